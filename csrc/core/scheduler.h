@@ -1,0 +1,99 @@
+// One scheduler per loaded model version: a bounded priority queue, the dynamic batcher's threads
+// (one per instance) and the statistics. The batching policy itself is Decide() in batch_policy.h.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/batch_policy.h"
+#include "core/buffer_pool.h"
+#include "core/clock.h"
+#include "core/completion_queue.h"
+#include "core/request.h"
+#include "core/stats.h"
+
+namespace pyserve {
+
+struct SchedulerOptions {
+  std::string model_name;
+  std::string model_version;
+  std::vector<TensorSpec> inputs;
+  std::vector<TensorSpec> outputs;
+  BatchOptions batch;              // max_batch_size, preferred_batch_sizes, max_queue_delay_ns
+  int64_t max_queue_size = 0;      // requests; 0 = unbounded
+  int64_t default_timeout_ns = 0;  // 0 = none
+  int priority_levels = 1;         // priority 1 is the highest
+  int default_priority_level = 1;
+  int instance_count = 1;
+};
+
+// Checks options for values the scheduler cannot work with; the message names the option.
+Status ValidateOptions(const SchedulerOptions& options);
+
+class Scheduler {
+ public:
+  // Starts `instance_count` instance threads. `clock` defaults to the steady clock.
+  Scheduler(SchedulerOptions options, std::shared_ptr<Backend> backend,
+            std::shared_ptr<CompletionQueue> completions, std::shared_ptr<BufferPool> pool,
+            std::shared_ptr<const Clock> clock = nullptr);
+  // Stops without draining if Stop was not called. Must not be called by an instance thread.
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Validates `*request` and queues it. On success the scheduler owns the request (*request is
+  // null) and pushes exactly one completion for it later: result, backend error, timeout or
+  // cancellation. On failure the caller keeps the request and nothing is pushed: kInvalidArgument
+  // (the message names the tensor and what was expected) or kUnavailable (queue full, stopping).
+  // `id` receives the request's id (for Cancel) on success.
+  Status Submit(std::unique_ptr<Request>* request, uint64_t* id = nullptr);
+
+  // Cancels a queued request: it is answered kCancelled and never executed. False if it is not
+  // queued (unknown, already running or answered).
+  bool Cancel(uint64_t id);
+
+  // Stops accepting. drain: queued requests still run (without waiting for max_queue_delay);
+  // otherwise they are answered kUnavailable. Returns once every instance thread has exited.
+  // Idempotent. Blocks: a caller holding the GIL must release it first.
+  void Stop(bool drain);
+
+  StatsSnapshot Stats() const { return stats_.Snapshot(); }
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  class View;
+  using Batch = std::vector<std::unique_ptr<Request>>;
+
+  Status Validate(Request* r) const;  // fills r->pending; needs no lock
+  void InstanceLoop();
+  void Execute(Batch* batch, int64_t dispatch_ns);
+  void Fail(Batch* requests, StatusCode code, const std::string& message);
+  Completion MakeCompletion(std::unique_ptr<Request> r, Status status);
+
+  const SchedulerOptions options_;
+  const std::shared_ptr<Backend> backend_;
+  const std::shared_ptr<CompletionQueue> completions_;
+  const std::shared_ptr<BufferPool> pool_;
+  const std::shared_ptr<const Clock> clock_;
+  ModelStats stats_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::deque<std::unique_ptr<Request>>> queues_;  // guarded by mu_: one per priority level
+  int64_t queued_ = 0;       // guarded by mu_
+  int idle_instances_ = 0;   // guarded by mu_: instances waiting on cv_
+  bool stopping_ = false;    // guarded by mu_
+  bool draining_ = false;    // guarded by mu_
+  bool joined_ = false;      // guarded by stop_mu_
+  uint64_t next_id_ = 1;     // guarded by mu_
+  std::mutex stop_mu_;
+  std::vector<std::thread> instances_;
+};
+
+}  // namespace pyserve

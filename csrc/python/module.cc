@@ -1,0 +1,11 @@
+// The extension module pyserve._core: one register function per area.
+#include <pybind11/pybind11.h>
+
+namespace pyserve {
+void RegisterCore(pybind11::module_& m);
+}
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyserve's C++ core: dynamic batcher, buffer pool, statistics.";
+  pyserve::RegisterCore(m);
+}

@@ -1,0 +1,57 @@
+"""Type stubs of the C++ extension pyserve._core."""
+
+from typing import Any, Callable
+
+import numpy as np
+
+NO_DEADLINE: int
+
+class CoreError(Exception):
+    """args: (status code, message)."""
+
+class SchedulerOptions:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        model_version: str,
+        inputs: list[tuple[str, str, list[int]]],
+        outputs: list[tuple[str, str, list[int]]],
+        max_batch_size: int = 0,
+        preferred_batch_sizes: list[int] = ...,
+        max_queue_delay_us: int = 0,
+        max_queue_size: int = 0,
+        default_timeout_us: int = 0,
+        priority_levels: int = 1,
+        default_priority_level: int = 1,
+        instance_count: int = 1,
+    ) -> None: ...
+
+class CompletionQueue:
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> list[tuple[Any, int, str, dict[str, np.ndarray] | None]]: ...
+    def wait(self, timeout_ms: int) -> bool: ...
+
+class Scheduler:
+    def __init__(
+        self,
+        options: SchedulerOptions,
+        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | str,
+        completions: CompletionQueue,
+    ) -> None: ...
+    def submit(self, inputs: dict[str, np.ndarray], token: Any, priority: int = 0, timeout_us: int = 0) -> int: ...
+    def cancel(self, request_id: int) -> bool: ...
+    def stop(self, drain: bool = True) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+def decide(
+    queue: list[tuple[int, int, int, int]],
+    now_ns: int,
+    max_batch_size: int,
+    preferred_batch_sizes: list[int],
+    max_queue_delay_ns: int,
+) -> tuple[list[int], list[int], int]: ...
+def serialize_bytes(array: np.ndarray) -> bytes: ...
+def deserialize_bytes(data: bytes | memoryview, shape: list[int]) -> np.ndarray: ...
+def build_info() -> dict[str, bool]: ...

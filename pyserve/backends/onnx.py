@@ -1,0 +1,190 @@
+"""The ONNX Runtime backend (CPU execution provider), and reading an ONNX model's inputs and outputs.
+
+Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from pyserve.backends.base import Backend
+from pyserve.config import ConfigError, ModelConfig, TensorSpec
+from pyserve.errors import ErrorKind, PyserveError, invalid
+
+_ORT_DATATYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+Tensors = tuple[list[TensorSpec], list[TensorSpec]]
+
+
+def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Tensors:
+    """The full-shape inputs and outputs of a session (dynamic dims as -1)."""
+
+    def specs(args: list[Any], what: str) -> list[TensorSpec]:
+        out = []
+        for arg in args:
+            datatype = _ORT_DATATYPES.get(arg.type)
+            if datatype is None:
+                raise ConfigError(f"{onnx_path}: {what} {arg.name!r}: type {arg.type} has no KServe datatype")
+            # Symbolic dims come as str, unknown ones as None: both are variable.
+            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
+            out.append(TensorSpec(arg.name, datatype, dims))
+        return out
+
+    return specs(session.get_inputs(), "input"), specs(session.get_outputs(), "output")
+
+
+def read_onnx_tensors(onnx_path: Path) -> Tensors:
+    """The full-shape inputs and outputs of an ONNX file; ConfigError naming it when it cannot be loaded."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
+    return session_tensors(session, onnx_path)
+
+
+def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Path | str,
+                    what: str) -> tuple[TensorSpec, ...]:
+    """Config specs from full model shapes: without the first dim, which must be dynamic, when batching."""
+    if max_batch_size == 0:
+        return tuple(specs)
+    out = []
+    for spec in specs:
+        if not spec.shape or spec.shape[0] != -1:
+            raise ConfigError(
+                f"{onnx_path}: {what} {spec.name!r}: max_batch_size is {max_batch_size} but the model's "
+                f"shape {list(spec.shape)} has no dynamic first (batch) dimension")
+        out.append(TensorSpec(spec.name, spec.datatype, spec.shape[1:]))
+    return tuple(out)
+
+
+def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | str) -> None:
+    """Refuse a config whose inputs/outputs disagree with the ONNX model's ``tensors``.
+
+    Every model input must be configured; configured outputs must exist in the model (a subset is
+    fine). Names, datatypes, ranks and fixed dims must agree (a configured fixed dim may narrow a
+    dynamic model dim, not the other way round)."""
+    src = config.source or config.name
+    pairs = (("inputs", config.inputs, tensors[0]), ("outputs", config.outputs, tensors[1]))
+    for key, specs, model_specs in pairs:
+        by_name = {s.name: s for s in model_specs}
+        missing = [n for n in by_name if n not in {s.name for s in specs}]
+        if key == "inputs" and missing:
+            raise ConfigError(f"{src}: inputs: model input(s) {', '.join(map(repr, missing))} of {onnx_path} "
+                              "are not configured")
+        for i, spec in enumerate(specs):
+            at = f"{src}: {key}[{i}]"
+            model = by_name.get(spec.name)
+            if model is None:
+                what = "an input" if key == "inputs" else "an output"
+                raise ConfigError(f"{at}.name: {spec.name!r} is not {what} of {onnx_path} "
+                                  f"(it has {', '.join(map(repr, by_name))})")
+            if spec.datatype != model.datatype:
+                raise ConfigError(f"{at}.datatype: {spec.name!r} is {spec.datatype} "
+                                  f"but {onnx_path} has {model.datatype}")
+            dims = model.shape
+            if config.max_batch_size > 0:
+                if not dims or dims[0] != -1:
+                    raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but {key[:-1]} "
+                                      f"{spec.name!r} of {onnx_path} has shape {list(dims)} with no dynamic "
+                                      "first (batch) dimension")
+                dims = dims[1:]
+            if len(spec.shape) != len(dims) or any(m != -1 and c != m for c, m in zip(spec.shape, dims)):
+                batch = " (without the batch dimension)" if config.max_batch_size > 0 else ""
+                raise ConfigError(f"{at}.shape: {spec.name!r} has shape {list(spec.shape)} but {onnx_path} "
+                                  f"has {list(dims)}{batch}")
+
+
+def _session_options(options: Any) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(options.get("intra_op_num_threads", 1))
+    so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
+    so.graph_optimization_level = _OPT_LEVELS[options.get("graph_optimization_level", "all")]
+    so.log_severity_level = 3  # errors only: warnings about unused initializers etc. are noise in a server
+    # Spinning threads wait for work by burning CPU; an idle server must not.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+class OnnxBackend(Backend):
+    """Runs an ONNX model with onnxruntime. Numeric inputs are handed to ORT without copies."""
+
+    def __init__(self, config: ModelConfig, model_path: Path) -> None:
+        self._name = config.name
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise invalid(f"model {config.name!r}: {model_path}: no such model file")
+        try:
+            session = ort.InferenceSession(
+                str(model_path), _session_options(config.backend_options), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise invalid(f"model {config.name!r}: {model_path}: onnxruntime cannot load it: {exc}") from None
+        # Each version is checked: versions of one model may differ, the config holds for all of them.
+        check_onnx_model(config, session_tensors(session, model_path), model_path)
+        self._session: ort.InferenceSession | None = session
+        self._output_names = [o.name for o in config.outputs]
+        self._bytes_inputs = frozenset(i.name for i in config.inputs if i.datatype == "BYTES")
+        self._bytes_outputs = frozenset(o.name for o in config.outputs if o.datatype == "BYTES")
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise PyserveError(ErrorKind.UNAVAILABLE, f"model {self._name!r}: backend is closed")
+        feeds = inputs
+        if self._bytes_inputs:
+            feeds = dict(inputs)
+            for name in self._bytes_inputs & feeds.keys():
+                feeds[name] = _to_str(feeds[name], self._name, name)
+        try:
+            results = session.run(self._output_names, feeds)
+        except Exception as exc:
+            # ORT reports bad shapes/types as InvalidArgument; anything else is a fault of the model/runtime.
+            bad_input = type(exc).__name__ == "InvalidArgument"
+            kind = ErrorKind.INVALID_ARGUMENT if bad_input else ErrorKind.INTERNAL
+            raise PyserveError(kind, f"model {self._name!r}: onnxruntime: {exc}") from None
+        out = dict(zip(self._output_names, results))
+        for name in self._bytes_outputs:
+            out[name] = _to_bytes(out[name])
+        return out
+
+    def close(self) -> None:
+        """Drop the session (ORT frees its memory and threads)."""
+        self._session = None
+
+
+def _to_str(array: np.ndarray, model: str, name: str) -> np.ndarray:
+    """Object array of bytes -> str array for ORT (which would str() a bytes object into "b'..'")."""
+    array = np.asarray(array)
+    if array.dtype.kind == "U":
+        return array
+    try:
+        # Vectorised: object -> fixed-width bytes -> UTF-8 decode, no Python loop per element.
+        # (Fixed-width bytes drop trailing NUL bytes of an element.)
+        return np.char.decode(array.astype(np.bytes_), "utf-8")
+    except (UnicodeDecodeError, TypeError, ValueError) as exc:
+        raise invalid(f"model {model!r}: input {name!r}: BYTES elements must be UTF-8 text "
+                      f"for this model: {exc}") from None
+
+
+def _to_bytes(array: np.ndarray) -> np.ndarray:
+    """ORT string output (object array of str) -> object array of UTF-8 bytes."""
+    if array.size == 0:
+        return np.empty(array.shape, dtype=object)
+    return np.char.encode(array.astype(np.str_), "utf-8").astype(object)

@@ -1,0 +1,444 @@
+"""Model configuration: ``REPO/<model>/config.toml`` parsed into frozen, validated dataclasses.
+
+A wrong config is refused at load with a :class:`ConfigError` whose message names the file, the key
+and what was expected, e.g.
+``models/digits/config.toml: inputs[0].datatype: expected one of BOOL, UINT8, ..., got 'FLOAT'``.
+Unknown keys are errors at every level, so a typo never passes silently. Types are strict: a bool is
+not an int, a float is not an int.
+
+Layout (every key optional unless noted; the model name is the folder name, and a ``name`` key,
+if given, must equal it)::
+
+    backend = "onnxruntime"        # onnxruntime (default) | python | identity | tensorrt; when left
+                                   # out: python if a version folder holds model.py, else onnxruntime
+    max_batch_size = 32            # 0 (default) = no batching: each request runs alone, full shapes
+    instance_count = 1             # >= 1
+    default_model_filename = "model.onnx"   # a plain file name in each version folder;
+                                   # default model.onnx / model.py / model.plan by backend
+    [[inputs]]                     # required unless the backend is onnxruntime (then read off the model)
+    name = "x"                     # unique among inputs
+    datatype = "FP32"              # BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BYTES
+    shape = [64]                   # ints >= 1, or -1 for a variable dim; when max_batch_size > 0 the
+                                   # shape EXCLUDES the batch dimension (Triton convention)
+    [[outputs]]                    # as inputs
+    name = "y"
+    datatype = "FP32"
+    shape = [10]
+    [dynamic_batching]
+    preferred_batch_sizes = [8, 16]   # each 1..max_batch_size, no duplicates
+    max_queue_delay_us = 2000      # >= 0
+    max_queue_size = 1024          # 0 = unbounded
+    default_timeout_us = 0         # 0 = none
+    priority_levels = 2            # >= 1; priority 1 is the highest
+    default_priority_level = 2     # 1..priority_levels
+    [version_policy]               # exactly one of: latest = N | specific = [1, 3] | all = true
+    latest = 1
+    [onnxruntime]                  # options of the onnxruntime backend
+    intra_op_num_threads = 1       # default 1; 0 = onnxruntime's own default
+    inter_op_num_threads = 1       # default 1; 0 = onnxruntime's own default
+    graph_optimization_level = "all"   # disable | basic | extended | all (default)
+    [python]                       # options of the python backend
+    class = "Model"                # default "Model"
+
+A model folder without config.toml is allowed for ONNX models: everything is read off the model file
+of the newest version. When a config gives inputs/outputs of an ONNX model they must agree with it.
+Version folders are named by positive decimal integers (``1``, ``2``, ...); other names are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyserve.datatypes import DATATYPES
+from pyserve.errors import ErrorKind, PyserveError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib  # type: ignore[no-redef]
+
+BACKENDS: tuple[str, ...] = ("onnxruntime", "python", "identity", "tensorrt")
+DEFAULT_MODEL_FILENAMES: dict[str, str] = {
+    "onnxruntime": "model.onnx", "python": "model.py", "identity": "", "tensorrt": "model.plan",
+}
+GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "all")
+# Per backend: option -> default. Options are type-checked in _parse_options.
+BACKEND_OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "onnxruntime": {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "graph_optimization_level": "all"},
+    "python": {"class": "Model"},
+    "identity": {},
+    "tensorrt": {},
+}
+_TOP_KEYS = ("name", "backend", "max_batch_size", "instance_count", "default_model_filename", "inputs",
+             "outputs", "dynamic_batching", "version_policy", *[b for b in BACKENDS if b != "identity"])
+
+
+class ConfigError(PyserveError):
+    """A model configuration that is refused; the message names the file, the key and the expectation."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.INVALID_ARGUMENT, message)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output. When max_batch_size > 0 the shape excludes the batch dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    """The knobs of the dynamic batcher and the request queue of a model."""
+
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 0
+    default_timeout_us: int = 0
+    priority_levels: int = 1
+    default_priority_level: int = 1
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve."""
+
+    kind: str = "latest"
+    latest: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of ``available``, ascending."""
+        ordered = sorted(set(available))
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            wanted = set(self.versions)
+            return [v for v in ordered if v in wanted]
+        return ordered[-self.latest:] if self.latest > 0 else []
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The validated configuration of one model (all of its versions)."""
+
+    name: str
+    backend: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    dynamic_batching: DynamicBatching = DynamicBatching()
+    instance_count: int = 1
+    version_policy: VersionPolicy = VersionPolicy()
+    default_model_filename: str = ""
+    # hash=False: a mapping is not hashable, and the config stays usable as a dict key.
+    backend_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backend_options, types.MappingProxyType):
+            object.__setattr__(self, "backend_options", types.MappingProxyType(dict(self.backend_options)))
+
+    @property
+    def model_filename(self) -> str:
+        """The model file name inside a version folder (the backend's default when not configured)."""
+        return self.default_model_filename or DEFAULT_MODEL_FILENAMES.get(self.backend, "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict readers of TOML values. Each names ``source: key`` in its error.
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+
+
+def _check_keys(source: str, table: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(source, prefix + key, f"unknown key{hint}; expected one of {', '.join(allowed)}")
+
+
+def _table(source: str, value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(source, key, f"expected a table, got {value!r}")
+    return value
+
+
+def _int(source: str, value: Any, key: str, minimum: int = 0) -> int:
+    # bool is a subclass of int in Python; TOML true must not pass for 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _fail(source, key, f"expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise _fail(source, key, f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _str(source: str, value: Any, key: str, choices: tuple[str, ...] = ()) -> str:
+    if choices and value not in choices:
+        raise _fail(source, key, f"expected one of {', '.join(choices)}, got {value!r}")
+    if not isinstance(value, str) or not value:
+        raise _fail(source, key, f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _int_list(source: str, value: Any, key: str, minimum: int) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise _fail(source, key, f"expected a list of integers >= {minimum}, got {value!r}")
+    return tuple(_int(source, v, f"{key}[{i}]", minimum) for i, v in enumerate(value))
+
+
+def _parse_tensors(source: str, value: Any, key: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(source, key, f"expected a non-empty array of tables ([[{key}]]), got {value!r}")
+    specs: list[TensorSpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(value):
+        at = f"{key}[{i}]"
+        table = _table(source, entry, at)
+        _check_keys(source, table, ("name", "datatype", "shape"), at + ".")
+        for required in ("name", "datatype", "shape"):
+            if required not in table:
+                raise _fail(source, f"{at}.{required}", "missing; each tensor needs name, datatype and shape")
+        name = _str(source, table["name"], at + ".name")
+        if name in seen:
+            raise _fail(source, at + ".name", f"duplicate tensor name {name!r} in {key}")
+        seen.add(name)
+        datatype = _str(source, table["datatype"], at + ".datatype", DATATYPES)
+        shape = table["shape"]
+        if not isinstance(shape, list):
+            raise _fail(source, at + ".shape", f"expected a list of integers >= 1 or -1, got {shape!r}")
+        for j, dim in enumerate(shape):
+            if isinstance(dim, bool) or not isinstance(dim, int) or (dim < 1 and dim != -1):
+                raise _fail(source, f"{at}.shape[{j}]", f"expected an integer >= 1 or -1, got {dim!r}")
+        specs.append(TensorSpec(name, datatype, tuple(shape)))
+    return tuple(specs)
+
+
+def _parse_dynamic_batching(source: str, value: Any) -> DynamicBatching:
+    key = "dynamic_batching"
+    table = _table(source, value, key)
+    names = tuple(f.name for f in dataclasses.fields(DynamicBatching))
+    _check_keys(source, table, names, key + ".")
+    minimums = {"priority_levels": 1, "default_priority_level": 1}
+    kwargs: dict[str, Any] = {}
+    for name, v in table.items():
+        if name == "preferred_batch_sizes":
+            sizes = _int_list(source, v, f"{key}.{name}", 1)
+            if len(set(sizes)) != len(sizes):
+                raise _fail(source, f"{key}.{name}", f"expected no duplicates, got {list(sizes)}")
+            kwargs[name] = tuple(sorted(sizes))
+        else:
+            kwargs[name] = _int(source, v, f"{key}.{name}", minimums.get(name, 0))
+    return DynamicBatching(**kwargs)
+
+
+def _parse_version_policy(source: str, value: Any) -> VersionPolicy:
+    key = "version_policy"
+    table = _table(source, value, key)
+    _check_keys(source, table, ("latest", "specific", "all"), key + ".")
+    if len(table) != 1:
+        got = ", ".join(table) or "none"
+        raise _fail(source, key,
+                    f"expected exactly one of latest = N, specific = [...], all = true; got {got}")
+    (kind, v), = table.items()
+    if kind == "latest":
+        return VersionPolicy("latest", latest=_int(source, v, f"{key}.latest", 1))
+    if kind == "specific":
+        versions = _int_list(source, v, f"{key}.specific", 1)
+        if not versions:
+            raise _fail(source, f"{key}.specific", "expected a non-empty list of versions >= 1, got []")
+        return VersionPolicy("specific", versions=tuple(sorted(set(versions))))
+    if v is not True:
+        raise _fail(source, f"{key}.all", f"expected true, got {v!r}")
+    return VersionPolicy("all")
+
+
+def _parse_options(source: str, backend: str, value: Any) -> dict[str, Any]:
+    defaults = BACKEND_OPTION_DEFAULTS[backend]
+    table = _table(source, value, backend)
+    _check_keys(source, table, tuple(defaults), backend + ".")
+    options = dict(defaults)
+    for name, v in table.items():
+        at = f"{backend}.{name}"
+        if name == "graph_optimization_level":
+            options[name] = _str(source, v, at, GRAPH_OPTIMIZATION_LEVELS)
+        elif name == "class":
+            if not isinstance(v, str) or not v.isidentifier():
+                raise _fail(source, at, f"expected a Python class name, got {v!r}")
+            options[name] = v
+        else:
+            options[name] = _int(source, v, at, 0)
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
+
+def version_dirs(model_dir: Path) -> list[int]:
+    """The version numbers of a model folder (subfolders named by positive integers), ascending."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir()
+                  if p.is_dir() and p.name.isascii() and p.name.isdigit() and p.name == str(int(p.name))
+                  and int(p.name) > 0)
+
+
+def _validate(config: ModelConfig) -> ModelConfig:
+    """Checks across keys; also run on configs built from overrides."""
+    src = config.source or config.name
+    if config.backend not in BACKENDS:
+        raise _fail(src, "backend", f"expected one of {', '.join(BACKENDS)}, got {config.backend!r}")
+    _int(src, config.max_batch_size, "max_batch_size", 0)
+    _int(src, config.instance_count, "instance_count", 1)
+    filename = config.default_model_filename
+    if filename and (filename in (".", "..") or "/" in filename or "\\" in filename):
+        raise _fail(src, "default_model_filename", f"expected a plain file name, got {filename!r}")
+    batching = config.dynamic_batching
+    for size in batching.preferred_batch_sizes:
+        if not 1 <= size <= config.max_batch_size:
+            raise _fail(src, "dynamic_batching.preferred_batch_sizes",
+                        f"expected sizes in 1..max_batch_size ({config.max_batch_size}), got {size}")
+    if not 1 <= batching.default_priority_level <= batching.priority_levels:
+        raise _fail(src, "dynamic_batching.default_priority_level",
+                    f"expected 1..priority_levels ({batching.priority_levels}), "
+                    f"got {batching.default_priority_level}")
+    if not config.inputs or not config.outputs:
+        raise _fail(src, "inputs" if not config.inputs else "outputs",
+                    f"the {config.backend} backend needs [[inputs]] and [[outputs]] in config.toml")
+    if config.backend == "identity":
+        if len(config.inputs) != len(config.outputs):
+            raise _fail(src, "outputs", f"the identity backend needs one output per input: "
+                        f"{len(config.inputs)} inputs, {len(config.outputs)} outputs")
+        for i, (inp, out) in enumerate(zip(config.inputs, config.outputs)):
+            if inp.datatype != out.datatype:
+                raise _fail(src, f"outputs[{i}].datatype", f"the identity backend needs {inp.datatype} "
+                            f"(as inputs[{i}]), got {out.datatype}")
+    return config
+
+
+def _newest_model_file(model_dir: Path, filename: str, policy: VersionPolicy) -> Path | None:
+    # The newest version that will be served: a newer draft left out by the policy must not count.
+    for version in reversed(policy.select(version_dirs(model_dir))):
+        path = model_dir / str(version) / filename
+        if path.is_file():
+            return path
+    return None
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read and validate ``model_dir/config.toml`` (optional for ONNX models); ConfigError if wrong."""
+    model_dir = Path(model_dir)
+    source = str(model_dir / "config.toml")
+    if not model_dir.is_dir():
+        raise ConfigError(f"{model_dir}: not a model folder")
+    raw: dict[str, Any] = {}
+    if (model_dir / "config.toml").is_file():
+        try:
+            with open(model_dir / "config.toml", "rb") as f:
+                raw = tomllib.load(f)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    _check_keys(source, raw, _TOP_KEYS, "")
+    name = model_dir.name
+    if "name" in raw and raw["name"] != name:
+        raise _fail(source, "name", f"expected the folder name {name!r} (or no name), got {raw['name']!r}")
+    filename = _str(source, raw["default_model_filename"], "default_model_filename") \
+        if "default_model_filename" in raw else ""
+
+    if "backend" in raw:
+        backend = _str(source, raw["backend"], "backend", BACKENDS)
+    elif filename:
+        backend = {".py": "python", ".plan": "tensorrt"}.get(Path(filename).suffix, "onnxruntime")
+    else:
+        has_py = any((model_dir / str(v) / "model.py").is_file() for v in version_dirs(model_dir))
+        backend = "python" if has_py else "onnxruntime"
+    for other in BACKEND_OPTION_DEFAULTS:
+        if other != backend and other in raw:
+            raise _fail(source, other, f"options of the {other} backend, but the backend is {backend!r}")
+
+    max_batch_size = _int(source, raw.get("max_batch_size", 0), "max_batch_size", 0)
+    config = ModelConfig(
+        name=name,
+        backend=backend,
+        inputs=_parse_tensors(source, raw["inputs"], "inputs") if "inputs" in raw else (),
+        outputs=_parse_tensors(source, raw["outputs"], "outputs") if "outputs" in raw else (),
+        max_batch_size=max_batch_size,
+        dynamic_batching=_parse_dynamic_batching(source, raw["dynamic_batching"])
+        if "dynamic_batching" in raw else DynamicBatching(),
+        instance_count=_int(source, raw.get("instance_count", 1), "instance_count", 1),
+        version_policy=_parse_version_policy(source, raw["version_policy"])
+        if "version_policy" in raw else VersionPolicy(),
+        default_model_filename=filename,
+        backend_options=_parse_options(source, backend, raw.get(backend, {})),
+        source=source,
+    )
+    if backend == "onnxruntime":
+        onnx_path = _newest_model_file(model_dir, config.model_filename, config.version_policy)
+        if onnx_path is None and not (config.inputs and config.outputs):
+            example = model_dir / "1" / config.model_filename
+            raise ConfigError(f"{source}: no version folder holds {config.model_filename} to read the inputs "
+                              f"and outputs from; add a version folder (e.g. {example}) "
+                              "or give [[inputs]] and [[outputs]]")
+        if onnx_path is not None:
+            # Imported here: configs of other backends must not pay for importing onnxruntime.
+            from pyserve.backends import onnx as ort_backend
+
+            tensors = ort_backend.read_onnx_tensors(onnx_path)
+            strip = ort_backend.strip_batch_dim
+            if not config.inputs:
+                inputs = strip(tensors[0], max_batch_size, onnx_path, "input")
+                config = dataclasses.replace(config, inputs=inputs)
+            if not config.outputs:
+                outputs = strip(tensors[1], max_batch_size, onnx_path, "output")
+                config = dataclasses.replace(config, outputs=outputs)
+            ort_backend.check_onnx_model(config, tensors, onnx_path)
+    return _validate(config)
+
+
+def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int = 0, **overrides: Any) -> ModelConfig:
+    """The config of a single ONNX file served without a repository (``pyserve serve --model name=f.onnx``).
+
+    ``overrides`` replace ModelConfig fields; ``dynamic_batching``, ``version_policy`` and
+    ``backend_options`` may be given as dataclasses/mappings or as dicts in the TOML form. The
+    backend then loads ``onnx_path.parent / onnx_path.name``, i.e. version_dir = onnx_path.parent."""
+    onnx_path = Path(onnx_path)
+    source = str(onnx_path)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{source}: model name: expected a non-empty name without '/', got {name!r}")
+    if not onnx_path.is_file():
+        raise ConfigError(f"{source}: no such ONNX file")
+    fixed = {"name", "backend", "default_model_filename", "source"}
+    allowed = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in fixed)
+    _check_keys(source, overrides, allowed, "")
+    if isinstance(overrides.get("dynamic_batching"), dict):
+        overrides["dynamic_batching"] = _parse_dynamic_batching(source, overrides["dynamic_batching"])
+    if isinstance(overrides.get("version_policy"), dict):
+        overrides["version_policy"] = _parse_version_policy(source, overrides["version_policy"])
+    options = dict(overrides.get("backend_options", {}))
+    overrides["backend_options"] = _parse_options(source, "onnxruntime", options)
+    _int(source, max_batch_size, "max_batch_size", 0)
+    from pyserve.backends import onnx as ort_backend
+
+    tensors = ort_backend.read_onnx_tensors(onnx_path)
+    config = ModelConfig(
+        name=name,
+        backend="onnxruntime",
+        inputs=ort_backend.strip_batch_dim(tensors[0], max_batch_size, onnx_path, "input"),
+        outputs=ort_backend.strip_batch_dim(tensors[1], max_batch_size, onnx_path, "output"),
+        max_batch_size=max_batch_size,
+        default_model_filename=onnx_path.name,
+        source=source,
+    )
+    config = dataclasses.replace(config, **overrides)
+    ort_backend.check_onnx_model(config, tensors, onnx_path)
+    return _validate(config)

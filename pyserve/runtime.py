@@ -1,0 +1,144 @@
+"""The asyncio side of the C++ core: submit tensors to a model version's scheduler, get a future.
+
+Completions come back through one core completion queue per event loop. The loop watches its eventfd
+and drains everything queued at each wake-up, so C++ threads never take the GIL once per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from pyserve import _core
+from pyserve.errors import ErrorKind, PyserveError
+
+if TYPE_CHECKING:
+    from pyserve.config import ModelConfig
+
+log = logging.getLogger("pyserve.runtime")
+
+# Core status codes (csrc/core/types.h StatusCode) -> error kinds.
+_KINDS = {
+    1: ErrorKind.INVALID_ARGUMENT,
+    2: ErrorKind.UNAVAILABLE,
+    3: ErrorKind.DEADLINE_EXCEEDED,
+    4: ErrorKind.CANCELLED,
+    5: ErrorKind.INTERNAL,
+}
+
+
+def error_from_core(code: int, message: str) -> PyserveError:
+    """The PyserveError for a core status code."""
+    return PyserveError(_KINDS.get(code, ErrorKind.INTERNAL), message)
+
+
+class CompletionPump:
+    """Delivers the core's completions to asyncio futures on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.queue = _core.CompletionQueue()
+        self.loop.add_reader(self.queue.fileno(), self.drain)
+        self._closed = False
+
+    def drain(self) -> None:
+        """Completes the futures of every finished request (called by the loop on wake-up)."""
+        for future, code, message, outputs in self.queue.drain():
+            if future.done():  # the caller gave up (cancelled) before the answer came
+                continue
+            if code == 0:
+                future.set_result(outputs)
+            else:
+                future.set_exception(error_from_core(code, message))
+
+    def close(self) -> None:
+        """Stops watching the queue; call after every scheduler using it has stopped."""
+        if not self._closed:
+            self._closed = True
+            self.loop.remove_reader(self.queue.fileno())
+            self.drain()
+
+
+def _spec_tuples(specs: Any) -> list[tuple[str, str, list[int]]]:
+    return [(s.name, s.datatype, list(s.shape)) for s in specs]
+
+
+class ModelRunner:
+    """One loaded model version: its core scheduler and the backend it calls.
+
+    ``backend`` is a callable taking a batch (dict of numpy arrays) and returning a dict of numpy
+    arrays, or the string ``"identity"`` for the core's built-in no-op backend.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        version: str,
+        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | str,
+        pump: CompletionPump,
+    ) -> None:
+        self.config = config
+        self.version = version
+        self.backend = backend
+        self._pump = pump
+        self._loop = pump.loop
+        db = config.dynamic_batching
+        options = _core.SchedulerOptions(
+            model_name=config.name,
+            model_version=version,
+            inputs=_spec_tuples(config.inputs),
+            outputs=_spec_tuples(config.outputs),
+            max_batch_size=config.max_batch_size,
+            preferred_batch_sizes=list(db.preferred_batch_sizes),
+            max_queue_delay_us=db.max_queue_delay_us,
+            max_queue_size=db.max_queue_size,
+            default_timeout_us=db.default_timeout_us,
+            priority_levels=db.priority_levels,
+            default_priority_level=db.default_priority_level,
+            instance_count=config.instance_count,
+        )
+        try:
+            self._scheduler = _core.Scheduler(options, backend, pump.queue)
+        except _core.CoreError as e:
+            raise error_from_core(*e.args) from None
+        self._stopped = False
+
+    def submit(
+        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
+    ) -> asyncio.Future[dict[str, np.ndarray]]:
+        """Queues one request; the future resolves to its outputs or raises PyserveError.
+
+        Invalid input and a full queue raise at once (INVALID_ARGUMENT, UNAVAILABLE). Cancelling the
+        future cancels the request if it is still queued.
+        """
+        future = self._loop.create_future()
+        try:
+            request_id = self._scheduler.submit(inputs, future, priority, timeout_us)
+        except _core.CoreError as e:
+            raise error_from_core(*e.args) from None
+        future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
+        return future
+
+    async def infer(
+        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Runs one request and returns its outputs."""
+        return await self.submit(inputs, priority=priority, timeout_us=timeout_us)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the core's statistics for this version."""
+        return self._scheduler.stats()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stops accepting; finishes (drain) or fails every queued request, then closes the backend."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._loop.run_in_executor(None, self._scheduler.stop, drain)
+        self._pump.drain()
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,437 @@
+"""The C++ core through its Python binding: scheduler, batching, priorities, deadlines, rejection,
+cancellation, shutdown, statistics, and the asyncio runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pyserve import _core
+from pyserve.errors import ErrorKind, PyserveError
+from pyserve.runtime import CompletionPump, ModelRunner
+
+OK, INVALID, UNAVAILABLE, DEADLINE, CANCELLED, INTERNAL = range(6)
+
+
+def options(**kw):
+    base = dict(
+        model_name="m",
+        model_version="1",
+        inputs=[("x", "FP32", [4])],
+        outputs=[("y", "FP32", [4])],
+        max_batch_size=8,
+    )
+    base.update(kw)
+    return _core.SchedulerOptions(**base)
+
+
+def sample(i: int, n: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 4), i, dtype=np.float32)}
+
+
+def drain_all(cq: _core.CompletionQueue, count: int, timeout_s: float = 10.0) -> list:
+    """Collects `count` completions (a request answered twice or never fails here)."""
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        cq.wait(50)
+        got.extend(cq.drain())
+    assert len(got) == count, f"expected {count} completions, got {len(got)}"
+    return got
+
+
+class Gate:
+    """A Python backend that blocks until released and records every batch it runs."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[list[float]] = []
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.started.set()
+        self.release.wait(10)
+        self.batches.append(batch["x"][:, 0].tolist())
+        return {"y": batch["x"] * 2}
+
+
+def test_many_threads_each_request_gets_its_own_result() -> None:
+    cq = _core.CompletionQueue()
+    sched = _core.Scheduler(options(max_batch_size=32, max_queue_delay_us=200), "identity", cq)
+    threads, per_thread = 8, 500
+    results: dict[int, float] = {}
+    batch_sizes = []
+
+    def producer(t: int) -> None:
+        for j in range(per_thread):
+            key = t * per_thread + j
+            n = 1 + key % 3  # requests of 1..3 samples, never split
+            sched.submit({"x": np.full((n, 4), key, dtype=np.float32)}, (key, n))
+
+    ts = [threading.Thread(target=producer, args=(t,)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    got = drain_all(cq, threads * per_thread)
+    for t in ts:
+        t.join()
+    for (key, n), code, message, outputs in got:
+        assert code == OK, message
+        y = outputs["y"]
+        assert y.shape == (n, 4)
+        assert np.all(y == key), f"request {key} got another request's rows"
+        assert key not in results
+        results[key] = float(y[0, 0])
+    stats = sched.stats()
+    sched.stop()
+    assert len(results) == threads * per_thread
+    assert stats["requests_succeeded"] == threads * per_thread
+    assert stats["batches_executed"] < threads * per_thread, "no batch larger than one request formed"
+    assert stats["samples_inferred"] == sum(1 + k % 3 for k in range(threads * per_thread))
+    batch_sizes = stats["batch_size"]
+    assert batch_sizes["sum"] == stats["samples_inferred"]
+    assert stats["queue_depth"] == 0 and stats["in_flight"] == 0
+
+
+def test_python_backend_sees_batches_larger_than_one() -> None:
+    cq = _core.CompletionQueue()
+    seen: list[int] = []
+
+    def backend(batch):
+        seen.append(batch["x"].shape[0])
+        return {"y": batch["x"] + 1}
+
+    sched = _core.Scheduler(options(max_batch_size=16, max_queue_delay_us=5000), backend, cq)
+    for i in range(64):
+        sched.submit(sample(i), i)
+    got = drain_all(cq, 64)
+    sched.stop()
+    assert max(seen) > 1 and max(seen) <= 16
+    for token, code, _, outputs in got:
+        assert code == OK and outputs["y"][0, 0] == token + 1
+
+
+def test_delay_bound_with_one_request_at_a_time() -> None:
+    delay_us = 20_000
+    cq = _core.CompletionQueue()
+    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=delay_us), "identity", cq)
+    for i in range(3):
+        sched.submit(sample(i), i)
+        drain_all(cq, 1)
+    q = sched.stats()["queue_us"]
+    sched.stop()
+    mean_queue_us = q["sum"] / q["count"]
+    # Alone in the queue, a request waits for company for the whole delay, and not much longer.
+    assert delay_us * 0.9 <= mean_queue_us <= delay_us + 200_000, mean_queue_us
+
+
+def test_preferred_batch_size_dispatches_without_waiting() -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    gate.release.set()
+    sched = _core.Scheduler(
+        options(max_batch_size=8, preferred_batch_sizes=[4], max_queue_delay_us=10_000_000), gate, cq
+    )
+    for i in range(4):
+        sched.submit(sample(i), i)
+    drain_all(cq, 4, timeout_s=5)  # would take 10 s if the preferred size were ignored
+    sched.stop()
+    assert gate.batches == [[0, 1, 2, 3]]
+
+
+def test_priorities_are_batched_first() -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    sched = _core.Scheduler(options(max_batch_size=2, priority_levels=2, default_priority_level=2), gate, cq)
+    sched.submit(sample(0), 0)  # occupies the only instance
+    assert gate.started.wait(5)
+    for i in (1, 2):
+        sched.submit(sample(i), i, priority=2)
+    for i in (3, 4):
+        sched.submit(sample(i), i, priority=1)
+    gate.release.set()
+    drain_all(cq, 5)
+    sched.stop()
+    assert gate.batches == [[0], [3, 4], [1, 2]]
+
+
+def test_invalid_priority_is_refused() -> None:
+    sched = _core.Scheduler(options(priority_levels=2), "identity", _core.CompletionQueue())
+    with pytest.raises(_core.CoreError) as e:
+        sched.submit(sample(0), 0, priority=3)
+    assert e.value.args[0] == INVALID and "1..2" in e.value.args[1]
+    sched.stop()
+
+
+def test_deadline_passed_in_queue_is_answered_and_never_executed() -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    sched = _core.Scheduler(options(max_batch_size=4), gate, cq)
+    sched.submit(sample(0), "first")
+    assert gate.started.wait(5)
+    sched.submit(sample(7), "late", timeout_us=1000)
+    time.sleep(0.01)  # let the 1 ms deadline pass while the instance is busy
+    gate.release.set()
+    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 2)}
+    stats = sched.stats()
+    sched.stop()
+    assert got["first"][0] == OK
+    assert got["late"][0] == DEADLINE and "timed out" in got["late"][1]
+    assert [7.0] not in gate.batches
+    assert stats["requests_timed_out"] == 1
+
+
+def test_full_queue_rejects_at_once() -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    sched = _core.Scheduler(options(max_batch_size=1, max_queue_size=2), gate, cq)
+    sched.submit(sample(0), 0)
+    assert gate.started.wait(5)
+    sched.submit(sample(1), 1)
+    sched.submit(sample(2), 2)
+    with pytest.raises(_core.CoreError) as e:
+        sched.submit(sample(3), 3)
+    assert e.value.args[0] == UNAVAILABLE and "full" in e.value.args[1]
+    gate.release.set()
+    got = drain_all(cq, 3)
+    assert sorted(t for t, *_ in got) == [0, 1, 2]
+    stats = sched.stats()
+    sched.stop()
+    assert stats["requests_rejected"] == 1 and stats["requests_succeeded"] == 3
+
+
+def test_cancel_queued_request() -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    sched = _core.Scheduler(options(max_batch_size=1), gate, cq)
+    sched.submit(sample(0), 0)
+    assert gate.started.wait(5)
+    rid = sched.submit(sample(1), 1)
+    assert sched.cancel(rid) is True
+    assert sched.cancel(rid) is False  # answered already
+    gate.release.set()
+    got = {t: c for t, c, *_ in drain_all(cq, 2)}
+    sched.stop()
+    assert got == {0: OK, 1: CANCELLED}
+    assert gate.batches == [[0.0]]
+
+
+@pytest.mark.parametrize("drain", [True, False], ids=["drain", "fail"])
+def test_shutdown_answers_every_queued_request(drain: bool) -> None:
+    cq = _core.CompletionQueue()
+    gate = Gate()
+    sched = _core.Scheduler(options(max_batch_size=2, max_queue_delay_us=10_000_000), gate, cq)
+    sched.submit(sample(0, 2), 0)
+    assert gate.started.wait(5)
+    for i in range(1, 6):
+        sched.submit(sample(i), i)
+    stopper = threading.Thread(target=sched.stop, args=(drain,))
+    stopper.start()
+    time.sleep(0.02)
+    gate.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 6)}
+    expected = OK if drain else UNAVAILABLE
+    assert got[0][0] == OK
+    assert all(got[i][0] == expected for i in range(1, 6)), got
+    if not drain:
+        assert "shutting down" in got[1][1]
+    with pytest.raises(_core.CoreError) as e:
+        sched.submit(sample(9), 9)
+    assert e.value.args[0] == UNAVAILABLE
+
+
+def test_requests_of_different_shapes_never_share_a_batch() -> None:
+    cq = _core.CompletionQueue()
+    shapes: list[tuple[int, ...]] = []
+
+    def backend(batch):
+        shapes.append(batch["x"].shape)
+        return {"y": batch["x"]}
+
+    opts = options(inputs=[("x", "FP32", [-1])], outputs=[("y", "FP32", [-1])], max_queue_delay_us=20_000)
+    sched = _core.Scheduler(opts, backend, cq)
+    for i in range(6):
+        sched.submit({"x": np.full((1, 2 + i % 2), i, np.float32)}, i)
+    got = drain_all(cq, 6)
+    sched.stop()
+    for token, code, _, out in got:
+        assert code == OK and out["y"].shape == (1, 2 + token % 2) and np.all(out["y"] == token)
+    assert sorted(shapes) == [(3, 2), (3, 3)]
+
+
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ({"x": np.zeros((1, 4), np.float64)}, "expected datatype FP32"),
+        ({"x": np.zeros((1, 5), np.float32)}, "expected shape [-1, 4]"),
+        ({"x": np.zeros((4,), np.float32)}, "expected shape [-1, 4]"),
+        ({"x": np.zeros((1, 8), np.float32)[:, ::2]}, "C-contiguous"),
+        ({"x": np.zeros((9, 4), np.float32)}, "exceeds max_batch_size 8"),
+        ({"x": np.zeros((0, 4), np.float32)}, "at least 1"),
+        ({}, "missing input 'x'"),
+        ({"x": np.zeros((1, 4), np.float32), "z": np.zeros(1)}, "unexpected input 'z'"),
+        ({"x": [[1.0, 2.0, 3.0, 4.0]]}, "expected a numpy array"),
+    ],
+    ids=["dtype", "dim", "rank", "strided", "too-big", "empty", "missing", "extra", "list"],
+)
+def test_bad_input_is_refused_with_a_clear_error(inputs, needle) -> None:
+    sched = _core.Scheduler(options(), "identity", _core.CompletionQueue())
+    with pytest.raises(_core.CoreError) as e:
+        sched.submit(inputs, None)
+    sched.stop()
+    assert e.value.args[0] == INVALID
+    assert needle in e.value.args[1]
+
+
+def test_backend_errors_fail_the_batch_not_the_scheduler() -> None:
+    cq = _core.CompletionQueue()
+    calls = []
+
+    def backend(batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        if len(calls) == 2:
+            return {"y": batch["x"][:0]}  # wrong batch dimension
+        return {"y": batch["x"]}
+
+    sched = _core.Scheduler(options(), backend, cq)
+    codes = []
+    for i in range(3):
+        sched.submit(sample(i), i)
+        codes.append(drain_all(cq, 1)[0][1:3])
+    stats = sched.stats()
+    sched.stop()
+    assert codes[0][0] == INTERNAL and "boom" in codes[0][1]
+    assert codes[1][0] == INTERNAL and "batch dimension 1" in codes[1][1]
+    assert codes[2][0] == OK
+    assert stats["requests_failed"] == 2 and stats["requests_succeeded"] == 1
+
+
+def test_outputs_are_views_of_the_batch_output() -> None:
+    cq = _core.CompletionQueue()
+    sched = _core.Scheduler(
+        options(max_batch_size=8, max_queue_delay_us=50_000, preferred_batch_sizes=[4]),
+        lambda b: {"y": b["x"] * 3},
+        cq,
+    )
+    for i in range(4):
+        sched.submit(sample(i), i)
+    got = drain_all(cq, 4)
+    sched.stop()
+    ys = [out["y"] for *_, out in got]
+    assert all(y.base is not None for y in ys), "results were copied, not viewed"
+    assert [float(y[0, 0]) for y in ys] == [0.0, 3.0, 6.0, 9.0]
+
+
+def test_bytes_round_trip_through_the_core() -> None:
+    cq = _core.CompletionQueue()
+    opts = options(inputs=[("s", "BYTES", [1])], outputs=[("t", "BYTES", [1])], max_queue_delay_us=10_000)
+    sched = _core.Scheduler(opts, lambda b: {"t": b["s"]}, cq)
+    values = [b"", "héllo".encode(), b"\x00\xff", b"x" * 1000]
+    for i, v in enumerate(values):
+        sched.submit({"s": np.array([[v]], dtype=object)}, i)
+    got = drain_all(cq, len(values))
+    sched.stop()
+    for token, code, _, out in got:
+        assert code == OK and out["t"].shape == (1, 1) and out["t"][0, 0] == values[token]
+
+
+def test_bytes_helpers_round_trip() -> None:
+    arr = np.array([[b"a", b""], ["é", b"\x00"]], dtype=object)
+    wire = _core.serialize_bytes(arr)
+    assert wire[:5] == b"\x01\x00\x00\x00a"
+    back = _core.deserialize_bytes(wire, [2, 2])
+    assert back.tolist() == [[b"a", b""], ["é".encode(), b"\x00"]]
+    with pytest.raises(ValueError):
+        _core.deserialize_bytes(wire[:-1], [2, 2])
+
+
+def _config(**kw) -> SimpleNamespace:
+    spec = SimpleNamespace
+    db = dict(
+        preferred_batch_sizes=(), max_queue_delay_us=1000, max_queue_size=0, default_timeout_us=0,
+        priority_levels=1, default_priority_level=1,
+    )
+    db.update(kw.pop("dynamic_batching", {}))
+    base = dict(
+        name="m", inputs=(spec(name="x", datatype="FP32", shape=(4,)),),
+        outputs=(spec(name="y", datatype="FP32", shape=(4,)),), max_batch_size=8, instance_count=1,
+        dynamic_batching=SimpleNamespace(**db),
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_runner_from_asyncio_many_in_flight() -> None:
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(), "1", "identity", pump)
+        outs = await asyncio.gather(*(runner.infer(sample(i)) for i in range(500)))
+        assert [float(o["y"][0, 0]) for o in outs] == list(range(500))
+        stats = runner.stats()
+        assert stats["batches_executed"] < 500
+        with pytest.raises(PyserveError) as e:
+            runner.submit({"x": np.zeros((1, 3), np.float32)})
+        assert e.value.kind is ErrorKind.INVALID_ARGUMENT
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())
+
+
+def test_runner_cancelled_future_cancels_queued_request() -> None:
+    gate = Gate()
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(max_batch_size=1), "1", gate, pump)
+        first = runner.submit(sample(0))
+        await asyncio.get_running_loop().run_in_executor(None, gate.started.wait, 5)
+        second = runner.submit(sample(1))
+        second.cancel()
+        await asyncio.sleep(0)
+        gate.release.set()
+        assert float((await first)["y"][0, 0]) == 0.0
+        await runner.stop()
+        stats = runner.stats()
+        assert stats["requests_cancelled"] == 1
+        assert gate.batches == [[0.0]]
+        pump.close()
+
+    asyncio.run(main())
+
+
+def test_runner_timeout_maps_to_deadline_exceeded() -> None:
+    gate = Gate()
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(max_batch_size=1), "1", gate, pump)
+        first = runner.submit(sample(0))
+        await asyncio.get_running_loop().run_in_executor(None, gate.started.wait, 5)
+        late = runner.submit(sample(1), timeout_us=500)
+        await asyncio.sleep(0.01)
+        gate.release.set()
+        await first
+        with pytest.raises(PyserveError) as e:
+            await late
+        assert e.value.kind is ErrorKind.DEADLINE_EXCEEDED
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(_core.CoreError) as e:
+        _core.Scheduler(options(preferred_batch_sizes=[16]), "identity", _core.CompletionQueue())
+    assert "preferred_batch_sizes" in e.value.args[1]
+    with pytest.raises(_core.CoreError):
+        _core.Scheduler(options(instance_count=0), "identity", _core.CompletionQueue())
