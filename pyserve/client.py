@@ -1,0 +1,347 @@
+"""Python clients of a pyserve (or any KServe v2) server: numpy in, numpy out.
+
+``InferenceClient`` is synchronous and needs nothing beyond the standard library (``http.client``
+with one kept-alive connection); ``AsyncInferenceClient`` uses aiohttp. Both speak three protocols:
+
+- ``msgpack`` (default): tensors as raw bytes in a msgpack map, the cheapest to encode and decode;
+- ``binary``: KServe JSON header plus the binary tensor extension, for inputs and outputs;
+- ``json``: plain KServe JSON tensors (readable, slow for big tensors).
+
+Server errors raise :class:`InferenceServerError` with the HTTP status, the matching ErrorKind and the
+server's message; a server that cannot be reached is kind UNAVAILABLE, one that does not answer in
+time is DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import urllib.parse
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pyserve.errors import ErrorKind, PyserveError
+from pyserve.protocol import InferResponse, RequestedOutput, kserve, msgpack_codec
+
+__all__ = ["AsyncInferenceClient", "InferenceClient", "InferenceServerError"]
+
+PROTOCOLS = ("msgpack", "json", "binary")
+_HEADER_LENGTH = kserve.HEADER_LENGTH
+
+
+class InferenceServerError(PyserveError):
+    """An error answered by the server (``status`` set) or met reaching it (``status`` None)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        kind: ErrorKind | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(kind or kind_of_status(status), message)
+        self.status = status
+        self.retry_after = retry_after  # seconds, from a 503's Retry-After header
+
+    def __repr__(self) -> str:
+        return f"InferenceServerError({self.kind.name}, status={self.status}, {self.message!r})"
+
+
+def kind_of_status(status: int | None) -> ErrorKind:
+    """The ErrorKind of an HTTP error status (None, no reply at all, is UNAVAILABLE)."""
+    if status is None or status == 429:
+        return ErrorKind.UNAVAILABLE
+    try:
+        return ErrorKind(status)
+    except ValueError:
+        return ErrorKind.INVALID_ARGUMENT if 400 <= status < 500 else ErrorKind.INTERNAL
+
+
+class _ClientBase:
+    """What both clients share: URLs, request encoding and reply decoding; no I/O."""
+
+    def __init__(self, url: str, protocol: str, timeout_s: float) -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if "://" not in url:
+            url = "http://" + url
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be http://host[:port][/prefix], got {url!r}")
+        self.url = url.rstrip("/")
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._prefix = parts.path.rstrip("/")
+
+    def _model_path(self, model: str, version: str | int | None) -> str:
+        path = f"{self._prefix}/v2/models/{urllib.parse.quote(model, safe='')}"
+        if version is not None and version != "":
+            path += f"/versions/{urllib.parse.quote(str(version), safe='')}"
+        return path
+
+    def _infer_request(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        version: str | int | None,
+        outputs: list[str] | None,
+        request_id: str | None,
+        parameters: dict[str, Any] | None,
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """The path, body and headers of an infer request in this client's protocol."""
+        arrays = {name: np.asarray(values) for name, values in inputs.items()}
+        path = self._model_path(model, version) + "/infer"
+        if self.protocol == "msgpack":
+            body = msgpack_codec.encode_request(
+                arrays, request_id=request_id, parameters=parameters, outputs=outputs
+            )
+            ctype = msgpack_codec.CONTENT_TYPE
+            return path, body, {"Content-Type": ctype, "Accept": ctype}
+        binary = self.protocol == "binary"
+        params = dict(parameters or {})
+        if outputs is None:
+            if binary:
+                params["binary_data_output"] = True
+            requested = None
+        else:
+            requested = [RequestedOutput(name, binary) for name in outputs]
+        body, header_length = kserve.encode_request(
+            arrays, binary=binary, request_id=request_id, parameters=params, outputs=requested
+        )
+        headers = {
+            "Content-Type": "application/json" if header_length is None else "application/octet-stream"
+        }
+        if header_length is not None:
+            headers[_HEADER_LENGTH] = str(header_length)
+        return path, body, headers
+
+    def _infer_result(self, status: int, headers: Any, body: bytes) -> dict[str, np.ndarray]:
+        """The outputs of an infer reply, or the error it carries raised."""
+        if status != 200:
+            raise self._error(status, headers, body)
+        try:
+            resp: InferResponse
+            if (headers.get("Content-Type") or "").startswith(msgpack_codec.CONTENT_TYPE):
+                resp = msgpack_codec.decode_response(body)
+            else:
+                resp = kserve.decode_response(body, headers.get(_HEADER_LENGTH))
+        except PyserveError as e:
+            raise InferenceServerError(
+                f"malformed infer reply from {self.url}: {e.message}", status=status, kind=ErrorKind.INTERNAL
+            ) from None
+        return resp.outputs
+
+    def _json_result(self, status: int, headers: Any, body: bytes) -> dict:
+        if status != 200:
+            raise self._error(status, headers, body)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise InferenceServerError(
+                f"reply from {self.url} is not JSON: {e}", status=status, kind=ErrorKind.INTERNAL
+            ) from None
+        return doc
+
+    def _bool_result(self, status: int, headers: Any, body: bytes) -> bool:
+        """Health and readiness: 200 is yes; 404 (unknown) and 503 (not ready) are no; else an error."""
+        if status == 200:
+            return True
+        if status in (404, 503):
+            return False
+        raise self._error(status, headers, body)
+
+    def _error(self, status: int, headers: Any, body: bytes) -> InferenceServerError:
+        """The InferenceServerError of an error reply (``{"error": ...}``, or any text)."""
+        message = None
+        try:
+            doc = orjson.loads(body)
+            if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+                message = doc["error"]
+        except orjson.JSONDecodeError:
+            pass
+        if message is None:
+            text = body[:500].decode("utf-8", "replace").strip()
+            message = text or f"HTTP {status} from {self.url}"
+        retry_after = None
+        if headers.get("Retry-After"):
+            try:
+                retry_after = float(headers.get("Retry-After"))
+            except ValueError:
+                pass
+        return InferenceServerError(message, status=status, retry_after=retry_after)
+
+    def _unreachable(self, e: BaseException) -> InferenceServerError:
+        detail = str(e) or type(e).__name__
+        return InferenceServerError(
+            f"cannot reach the server at {self.url}: {detail}", kind=ErrorKind.UNAVAILABLE
+        )
+
+    def _timed_out(self) -> InferenceServerError:
+        return InferenceServerError(
+            f"no reply from {self.url} within {self.timeout_s} s", kind=ErrorKind.DEADLINE_EXCEEDED
+        )
+
+
+class InferenceClient(_ClientBase):
+    """Synchronous client over one kept-alive HTTP connection (not thread-safe: one per thread)."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0
+    ) -> None:
+        super().__init__(url, protocol, timeout_s)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        *,
+        version: str | int | None = None,
+        outputs: list[str] | None = None,
+        request_id: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs``; returns the outputs (all, or those named in ``outputs``)."""
+        path, body, headers = self._infer_request(model, inputs, version, outputs, request_id, parameters)
+        return self._infer_result(*self._request("POST", path, body, headers))
+
+    def is_live(self) -> bool:
+        """Whether the server process is up."""
+        return self._bool_result(*self._request("GET", f"{self._prefix}/v2/health/live"))
+
+    def is_ready(self) -> bool:
+        """Whether the server is ready to serve (its models loaded)."""
+        return self._bool_result(*self._request("GET", f"{self._prefix}/v2/health/ready"))
+
+    def model_ready(self, model: str, version: str | int | None = None) -> bool:
+        """Whether ``model`` (at ``version``) is loaded and ready; False when unknown."""
+        return self._bool_result(*self._request("GET", self._model_path(model, version) + "/ready"))
+
+    def model_metadata(self, model: str, version: str | int | None = None) -> dict:
+        """The KServe metadata of ``model``: name, versions, platform, inputs, outputs."""
+        return self._json_result(*self._request("GET", self._model_path(model, version)))
+
+    def server_metadata(self) -> dict:
+        """The KServe metadata of the server: name, version, extensions."""
+        return self._json_result(*self._request("GET", f"{self._prefix}/v2"))
+
+    def close(self) -> None:
+        """Close the connection (a later call opens a new one)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, bytes]:
+        for attempt in range(2):
+            reused = self._conn is not None
+            if self._conn is None:
+                cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+                self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+            conn = self._conn
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                resp = conn.getresponse()
+                data = resp.read()
+            except TimeoutError:
+                self.close()
+                raise self._timed_out() from None
+            except (http.client.HTTPException, OSError) as e:
+                self.close()
+                # The server may have closed an idle kept-alive connection: retry once on a new one.
+                stale = isinstance(e, (ConnectionResetError, BrokenPipeError, http.client.BadStatusLine))
+                if reused and stale and attempt == 0:
+                    continue
+                raise self._unreachable(e) from e
+            if resp.will_close:
+                self.close()
+            return resp.status, resp.headers, data
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class AsyncInferenceClient(_ClientBase):
+    """asyncio client on an aiohttp session (made on first use, inside the running loop)."""
+
+    def __init__(
+        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0
+    ) -> None:
+        super().__init__(url, protocol, timeout_s)
+        self._session: Any = None
+
+    async def infer(
+        self,
+        model: str,
+        inputs: dict[str, Any],
+        *,
+        version: str | int | None = None,
+        outputs: list[str] | None = None,
+        request_id: str | None = None,
+        parameters: dict[str, Any] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs``; returns the outputs (all, or those named in ``outputs``)."""
+        path, body, headers = self._infer_request(model, inputs, version, outputs, request_id, parameters)
+        return self._infer_result(*await self._request("POST", path, body, headers))
+
+    async def is_live(self) -> bool:
+        """Whether the server process is up."""
+        return self._bool_result(*await self._request("GET", f"{self._prefix}/v2/health/live"))
+
+    async def is_ready(self) -> bool:
+        """Whether the server is ready to serve (its models loaded)."""
+        return self._bool_result(*await self._request("GET", f"{self._prefix}/v2/health/ready"))
+
+    async def model_ready(self, model: str, version: str | int | None = None) -> bool:
+        """Whether ``model`` (at ``version``) is loaded and ready; False when unknown."""
+        return self._bool_result(*await self._request("GET", self._model_path(model, version) + "/ready"))
+
+    async def model_metadata(self, model: str, version: str | int | None = None) -> dict:
+        """The KServe metadata of ``model``: name, versions, platform, inputs, outputs."""
+        return self._json_result(*await self._request("GET", self._model_path(model, version)))
+
+    async def server_metadata(self) -> dict:
+        """The KServe metadata of the server: name, version, extensions."""
+        return self._json_result(*await self._request("GET", f"{self._prefix}/v2"))
+
+    async def close(self) -> None:
+        """Close the session and its connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncInferenceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, bytes]:
+        import aiohttp  # only the async client needs it: the sync one stays stdlib-only
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self._origin, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            )
+        try:
+            async with self._session.request(method, path, data=body, headers=headers) as resp:
+                data = await resp.read()
+                return resp.status, resp.headers, data
+        except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)
+            raise self._timed_out() from None
+        except aiohttp.ClientError as e:
+            raise self._unreachable(e) from e

@@ -1,0 +1,122 @@
+"""Wire protocol types shared by the KServe JSON/binary codec and the msgpack codec.
+
+The codecs are pure functions from bytes to these types and back: no aiohttp, no model lookup. The
+server handlers and the client both use them. The helpers at the bottom turn raw tensor bytes into
+arrays (zero copy) and arrays into raw bytes (zero copy where the array allows), the one place both
+codecs agree on the layout of a tensor on the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pyserve.datatypes import NUMPY_DTYPES, datatype_of, deserialize_bytes, serialize_bytes
+from pyserve.errors import PyserveError, invalid
+
+__all__ = [
+    "InferRequest",
+    "InferResponse",
+    "RequestedOutput",
+    "array_from_raw",
+    "check_shape",
+    "raw_bytes",
+]
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """One output the request asked for; ``binary`` is its ``binary_data`` parameter (None: default)."""
+
+    name: str
+    binary: bool | None = None
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded inference request. BYTES inputs are object arrays of ``bytes``."""
+
+    inputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None  # None: all outputs
+    # Per input parameters other than the transport's own ``binary_data_size``; only inputs that
+    # have some are present.
+    input_parameters: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """An inference result ready to encode. BYTES outputs are object arrays of ``bytes`` (or str)."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+def check_shape(shape: Any, name: str, what: str = "input") -> tuple[tuple[int, ...], int]:
+    """Validate a wire shape (a list of non-negative ints); returns it as a tuple and its element count."""
+    if type(shape) is not list:
+        raise invalid(f"{what} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    for d in shape:
+        # bool is an int subclass: refuse it, a shape of [true] is a client bug.
+        if type(d) is not int or d < 0:
+            raise invalid(f"{what} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+    # Python ints: no overflow however large the dims.
+    return tuple(shape), math.prod(shape)
+
+
+def array_from_raw(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, buf: Any, what: str = "input"
+) -> np.ndarray:
+    """An array of ``shape`` over raw little-endian tensor bytes ``buf`` (zero copy; maybe read-only).
+
+    BYTES data are the length-prefixed serialization. Any mismatch between the size of ``buf`` and
+    the shape is INVALID_ARGUMENT naming the tensor, the expected and the actual size.
+    """
+    dtype = NUMPY_DTYPES[datatype]
+    nbytes = len(buf) if not isinstance(buf, memoryview) else buf.nbytes
+    if datatype == "BYTES":
+        # Each element takes at least its 4-byte length; checking first bounds the element count
+        # by the data size before anything is allocated for it.
+        if count * 4 > nbytes:
+            raise invalid(
+                f"{what} {name!r}: expected at least {count * 4} bytes of BYTES data for shape "
+                f"{list(shape)} ({count} elements), got {nbytes}"
+            )
+        return deserialize_bytes(buf, shape, name)
+    expected = count * dtype.itemsize
+    if expected != nbytes:
+        raise invalid(
+            f"{what} {name!r}: expected {expected} bytes for {datatype} shape {list(shape)}, got {nbytes}"
+        )
+    try:
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except (ValueError, OverflowError) as e:  # e.g. more than 64 dims
+        raise invalid(f"{what} {name!r}: cannot make a tensor of shape {list(shape)}: {e}") from None
+
+
+def raw_bytes(name: str, values: Any) -> tuple[str, np.ndarray, Any]:
+    """The datatype, the array and the raw wire bytes of a tensor.
+
+    Numeric arrays give a memoryview over C-contiguous little-endian data (no copy when the array
+    already is); BYTES (object, str or bytes arrays) give the length-prefixed serialization.
+    """
+    arr = values if type(values) is np.ndarray else np.asarray(values)
+    try:
+        datatype = datatype_of(arr.dtype)
+    except PyserveError as e:
+        raise invalid(f"tensor {name!r}: {e.message}") from None
+    if datatype == "BYTES":
+        return datatype, arr, serialize_bytes(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    elif not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    # A byte view: bytes.join and msgpack take it as is, and its length is the byte size.
+    return datatype, arr, memoryview(arr.reshape(-1)).cast("B")

@@ -1,0 +1,454 @@
+"""KServe v2 (Open Inference Protocol) HTTP JSON and the binary tensor extension, as Triton does them.
+
+A request or response body is a JSON object, optionally followed by raw tensor bytes; the
+``Inference-Header-Content-Length`` header then gives the JSON's length. A tensor travels either as
+JSON ``data`` (flat or nested lists) or as ``binary_data_size`` bytes after the JSON, in the order of
+the tensors that have that parameter. Stock ``tritonclient.http`` encodes and parses these bodies.
+
+Every problem with a body is INVALID_ARGUMENT naming the tensor and what was expected; nothing else
+escapes the decoders, whatever the bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pyserve.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
+from pyserve.errors import PyserveError, invalid
+from pyserve.protocol import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    array_from_raw,
+    check_shape,
+    raw_bytes,
+)
+
+__all__ = [
+    "decode_request",
+    "decode_response",
+    "encode_error",
+    "encode_request",
+    "encode_response",
+    "model_metadata",
+    "server_metadata",
+]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+_NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
+# What numpy infers from JSON values, in words for error messages.
+_KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "strings"}
+
+
+# ---------------------------------------------------------------------------------------- decoding
+
+
+def decode_request(body: bytes, header_length: int | str | None = None) -> InferRequest:
+    """Decode an infer request body; ``header_length`` is the Inference-Header-Content-Length value."""
+    doc, binary = _split(body, header_length, "request")
+    inputs_doc = doc.get("inputs")
+    if inputs_doc is None:
+        raise invalid("request has no 'inputs': expected a list of input tensors")
+    if type(inputs_doc) is not list:
+        raise invalid(f"request 'inputs' must be a list of tensors, got {_json_type(inputs_doc)}")
+    request_id = doc.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise invalid(f"request 'id' must be a string, got {_json_type(request_id)}")
+    parameters = doc.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif type(parameters) is not dict:
+        raise invalid(f"request 'parameters' must be an object, got {_json_type(parameters)}")
+    inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input")
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        parameters=parameters,
+        outputs=_decode_requested(doc.get("outputs")),
+        input_parameters=input_parameters,
+    )
+
+
+def decode_response(body: bytes, header_length: int | str | None = None) -> InferResponse:
+    """Decode an infer response body (the client side of :func:`encode_response`)."""
+    doc, binary = _split(body, header_length, "response")
+    outputs_doc = doc.get("outputs", [])
+    if type(outputs_doc) is not list:
+        raise invalid(f"response 'outputs' must be a list of tensors, got {_json_type(outputs_doc)}")
+    outputs, _ = _decode_tensors(outputs_doc, binary, "output")
+    return InferResponse(
+        model_name=str(doc.get("model_name", "")),
+        model_version=str(doc.get("model_version", "")),
+        outputs=outputs,
+        id=doc.get("id"),
+        parameters=doc.get("parameters"),
+    )
+
+
+def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dict, memoryview | None]:
+    """Parse the JSON part of a body; returns it and the binary part (None when there is none)."""
+    if header_length is None:
+        header: Any = body
+        binary = None
+    else:
+        if type(header_length) is not int:
+            try:
+                header_length = int(header_length)
+            except (TypeError, ValueError):
+                raise invalid(
+                    f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}"
+                ) from None
+        if header_length < 0 or header_length > len(body):
+            raise invalid(f"{HEADER_LENGTH} is {header_length}, expected at most the body length {len(body)}")
+        view = memoryview(body)
+        header, binary = view[:header_length], view[header_length:]
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        raise invalid(f"{what} is not valid JSON: {e}") from None
+    if type(doc) is not dict:
+        raise invalid(f"{what} must be a JSON object, got {_json_type(doc)}")
+    return doc, binary
+
+
+def _decode_tensors(
+    entries: list, binary: memoryview | None, what: str
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Decode tensor entries; binary ones take their bytes from ``binary`` in order."""
+    tensors: dict[str, np.ndarray] = {}
+    extra_parameters: dict[str, dict] = {}
+    offset = 0
+    for i, entry in enumerate(entries):
+        if type(entry) is not dict:
+            raise invalid(f"{what} #{i} must be an object, got {_json_type(entry)}")
+        name = entry.get("name")
+        if type(name) is not str:
+            raise invalid(f"{what} #{i} has no 'name': expected a string, got {_json_type(name)}")
+        if name in tensors:
+            raise invalid(f"duplicate {what} {name!r}: each {what} may appear once")
+        datatype = entry.get("datatype")
+        if datatype is None:
+            raise invalid(f"{what} {name!r} has no 'datatype'")
+        if type(datatype) is not str or datatype not in NUMPY_DTYPES:
+            raise invalid(
+                f"{what} {name!r}: unknown datatype {datatype!r}, expected one of {', '.join(DATATYPES)}"
+            )
+        if "shape" not in entry:
+            raise invalid(f"{what} {name!r} has no 'shape'")
+        shape, count = check_shape(entry["shape"], name, what)
+        size = None
+        params = entry.get("parameters")
+        if params is not None:
+            if type(params) is not dict:
+                raise invalid(f"{what} {name!r}: 'parameters' must be an object, got {_json_type(params)}")
+            size = params.get("binary_data_size")
+            if len(params) > (size is not None):
+                extra_parameters[name] = {k: v for k, v in params.items() if k != "binary_data_size"}
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise invalid(
+                    f"{what} {name!r}: binary_data_size must be a non-negative integer, got {size!r}"
+                )
+            if binary is None:
+                raise invalid(
+                    f"{what} {name!r} has binary_data_size {size} but the body has no binary data "
+                    f"(no {HEADER_LENGTH} header)"
+                )
+            if "data" in entry:
+                raise invalid(f"{what} {name!r} has both JSON 'data' and binary_data_size: expected one")
+            end = offset + size
+            if end > len(binary):
+                raise invalid(
+                    f"{what} {name!r}: binary_data_size {size} but only {len(binary) - offset} bytes "
+                    f"of binary data are left"
+                )
+            tensors[name] = array_from_raw(name, datatype, shape, count, binary[offset:end], what)
+            offset = end
+        else:
+            data = entry.get("data")
+            if data is None:
+                raise invalid(f"{what} {name!r} has no 'data' and no binary_data_size parameter")
+            tensors[name] = _array_from_json(name, datatype, shape, count, data, what)
+    if binary is not None and offset != len(binary):
+        raise invalid(
+            f"{len(binary) - offset} bytes of binary data left over: the {what}s' binary_data_size "
+            f"add up to {offset}, the body has {len(binary)} after the JSON"
+        )
+    return tensors, extra_parameters
+
+
+def _array_from_json(
+    name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any, what: str
+) -> np.ndarray:
+    """An array from JSON ``data`` (flat or nested lists), checked against the datatype and shape."""
+    if type(data) is not list:
+        raise invalid(f"{what} {name!r}: 'data' must be a list, got {_json_type(data)}")
+    dtype = NUMPY_DTYPES[datatype]
+    try:
+        # numpy flattens nested lists in C; ragged nesting is a ValueError.
+        arr = np.array(data, dtype=object if datatype == "BYTES" else None)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise invalid(
+            f"{what} {name!r}: 'data' must be a flat list or nested lists of equal lengths "
+            f"of {'strings' if datatype == 'BYTES' else 'numbers'}"
+        ) from None
+    if arr.size != count:
+        raise invalid(f"{what} {name!r}: expected {count} elements for shape {list(shape)}, got {arr.size}")
+    try:
+        if datatype == "BYTES":
+            try:
+                # BYTES in JSON are strings: one encode per element is unavoidable.
+                encoded = [s.encode("utf-8") for s in arr.reshape(-1).tolist()]
+            except (AttributeError, UnicodeEncodeError):
+                raise invalid(f"{what} {name!r}: BYTES data must be strings") from None
+            out = np.empty(count, dtype=object)
+            out[:] = encoded
+            return out.reshape(shape)
+        if count == 0:
+            return np.empty(shape, dtype=dtype)
+        kind = arr.dtype.kind
+        if kind == "f" and dtype.kind in "iu":
+            # numpy infers float64 for a list mixing ints above 2**63 with others: parse exactly.
+            return _exact_integers(name, datatype, shape, data, arr, what)
+        if datatype == "BOOL":
+            ok = kind == "b"
+        elif dtype.kind == "f":
+            ok = kind in "iuf"
+        else:
+            ok = kind in "iu"
+        if not ok:
+            expected = "true/false" if datatype == "BOOL" else "numbers" if dtype.kind == "f" else "integers"
+            got = _KIND_WORDS.get(kind, "values of mixed or non-numeric types")
+            raise invalid(f"{what} {name!r}: {datatype} data must be {expected}, got {got}")
+        if dtype.kind in "iu" and not np.can_cast(arr.dtype, dtype):
+            info = np.iinfo(dtype)
+            low, high = int(arr.min()), int(arr.max())
+            if low < info.min or high > info.max:
+                raise invalid(
+                    f"{what} {name!r}: {datatype} data must lie in [{info.min}, {info.max}], "
+                    f"got values in [{low}, {high}]"
+                )
+        with np.errstate(over="ignore"):  # a float too large for FP16/FP32 becomes inf, as in C
+            return arr.astype(dtype, copy=False).reshape(shape)
+    except PyserveError:
+        raise
+    except (ValueError, OverflowError) as e:  # e.g. a zero-size shape with absurd dims
+        raise invalid(f"{what} {name!r}: cannot make a tensor of shape {list(shape)}: {e}") from None
+
+
+def _exact_integers(
+    name: str, datatype: str, shape: tuple[int, ...], data: list, inferred: np.ndarray, what: str
+) -> np.ndarray:
+    """Integer data numpy inferred as floats, parsed straight into ``datatype``; fractions refused."""
+    dtype = NUMPY_DTYPES[datatype]
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            exact = np.array(data, dtype=dtype)
+    except (OverflowError, ValueError, TypeError):
+        info = np.iinfo(dtype)
+        raise invalid(
+            f"{what} {name!r}: {datatype} data must be integers in [{info.min}, {info.max}]"
+        ) from None
+    # A fraction would have been truncated: compare back with the values as numbers.
+    if not np.array_equal(exact.astype(np.float64), inferred):
+        raise invalid(f"{what} {name!r}: {datatype} data must be integers, got numbers with fractions")
+    return exact.reshape(shape)
+
+
+def _decode_requested(outputs_doc: Any) -> list[RequestedOutput] | None:
+    """The requested outputs of a request; None when it names none."""
+    if outputs_doc is None:
+        return None
+    if type(outputs_doc) is not list:
+        raise invalid(f"request 'outputs' must be a list, got {_json_type(outputs_doc)}")
+    requested: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(outputs_doc):
+        if type(entry) is not dict:
+            raise invalid(f"requested output #{i} must be an object, got {_json_type(entry)}")
+        name = entry.get("name")
+        if type(name) is not str:
+            raise invalid(f"requested output #{i} has no 'name': expected a string, got {_json_type(name)}")
+        if name in seen:
+            raise invalid(f"requested output {name!r} appears twice")
+        seen.add(name)
+        binary = None
+        params = entry.get("parameters")
+        if params is not None:
+            if type(params) is not dict:
+                raise invalid(f"requested output {name!r}: 'parameters' must be an object")
+            binary = params.get("binary_data")
+            if binary is not None and type(binary) is not bool:
+                raise invalid(f"requested output {name!r}: binary_data must be true or false, got {binary!r}")
+        requested.append(RequestedOutput(name, binary))
+    return requested
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------------------- encoding
+
+
+def encode_response(
+    resp: InferResponse, requested: list[RequestedOutput] | None = None, binary_default: bool = False
+) -> tuple[bytes, int | None]:
+    """Encode a response; returns the body and the JSON length for Inference-Header-Content-Length.
+
+    ``requested`` None means every output of ``resp``. An output goes binary when its request said
+    ``binary_data: true``, or said nothing and ``binary_default`` (the request's
+    ``parameters.binary_data_output``) is true. The length is None when no output is binary.
+    """
+    if requested is None:
+        items = [(name, arr, binary_default) for name, arr in resp.outputs.items()]
+    else:
+        items = []
+        for r in requested:
+            arr = resp.outputs.get(r.name)
+            if arr is None:
+                raise invalid(f"requested output {r.name!r} is not an output of model {resp.model_name!r}")
+            items.append((r.name, arr, binary_default if r.binary is None else r.binary))
+    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.id is not None:
+        doc["id"] = resp.id
+    if resp.parameters is not None:
+        doc["parameters"] = resp.parameters
+    doc["outputs"], parts = _encode_tensors(items, "output")
+    return _body(doc, parts)
+
+
+def encode_request(
+    inputs: Mapping[str, Any],
+    *,
+    binary: bool,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    outputs: Iterable[RequestedOutput] | None = None,
+) -> tuple[bytes, int | None]:
+    """Encode an infer request (the client side); ``binary`` sends the inputs as binary tensors."""
+    doc: dict[str, Any] = {}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    doc["inputs"], parts = _encode_tensors([(n, a, binary) for n, a in inputs.items()], "input")
+    if outputs is not None:
+        doc["outputs"] = [
+            {"name": o.name}
+            if o.binary is None
+            else {"name": o.name, "parameters": {"binary_data": o.binary}}
+            for o in outputs
+        ]
+    return _body(doc, parts)
+
+
+def _encode_tensors(items: list[tuple[str, Any, bool]], what: str) -> tuple[list[dict], list[Any]]:
+    """Tensor entries for the JSON and the raw buffers that follow it, in order."""
+    entries: list[dict] = []
+    parts: list[Any] = []
+    for name, arr, binary in items:
+        if binary:
+            datatype, arr, raw = raw_bytes(name, arr)
+            entries.append(
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(arr.shape),
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            )
+            parts.append(raw)
+        else:
+            entries.append(_json_tensor(name, arr, what))
+    return entries, parts
+
+
+def _body(doc: dict, parts: list[Any]) -> tuple[bytes, int | None]:
+    header = orjson.dumps(doc, option=_NUMPY_OPT)
+    if not parts:
+        return header, None
+    # One copy: join takes the arrays' memoryviews as they are.
+    return b"".join([header, *parts]), len(header)
+
+
+def _json_tensor(name: str, values: Any, what: str) -> dict:
+    """A JSON tensor entry: data flattened row-major, as Triton sends it."""
+    arr = values if type(values) is np.ndarray else np.asarray(values)
+    try:
+        datatype = datatype_of(arr.dtype)
+    except PyserveError as e:
+        raise invalid(f"{what} {name!r}: {e.message}") from None
+    flat = arr.ravel()  # C-contiguous, a copy only when the array is not
+    if datatype == "BYTES":
+        data: Any = _json_strings(name, flat, what)
+    elif datatype == "FP16":
+        data = flat.astype(np.float32)  # orjson writes the shortest float32 text; FP16 parses it back exactly
+    elif not flat.dtype.isnative:
+        data = flat.astype(flat.dtype.newbyteorder("="))
+    else:
+        data = flat
+    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def _json_strings(name: str, flat: np.ndarray, what: str) -> list[str]:
+    """BYTES elements as JSON strings; bytes must be UTF-8 (else the tensor must go binary)."""
+    if flat.dtype.kind == "U":
+        return flat.tolist()
+    values = flat.tolist()
+    try:
+        return [v.decode("utf-8") if isinstance(v, (bytes, bytearray)) else str(v) for v in values]
+    except UnicodeDecodeError:
+        raise invalid(
+            f"{what} {name!r}: a BYTES element is not UTF-8 text, so it cannot be sent as JSON; "
+            f"use binary data (binary_data=true) for it"
+        ) from None
+
+
+def encode_error(message: str) -> bytes:
+    """The body of an error reply: ``{"error": message}``."""
+    return orjson.dumps({"error": message})
+
+
+# ---------------------------------------------------------------------------------------- metadata
+
+
+def server_metadata(name: str, version: str, extensions: Iterable[str]) -> dict:
+    """The body of ``GET /v2``."""
+    return {"name": name, "version": version, "extensions": list(extensions)}
+
+
+def model_metadata(
+    name: str, versions: list[str], platform: str, inputs: Iterable[Any], outputs: Iterable[Any]
+) -> dict:
+    """The body of ``GET /v2/models/{m}``; tensors are mappings or objects with name/datatype/shape."""
+    return {
+        "name": name,
+        "versions": [str(v) for v in versions],
+        "platform": platform,
+        "inputs": [_tensor_metadata(t) for t in inputs],
+        "outputs": [_tensor_metadata(t) for t in outputs],
+    }
+
+
+def _tensor_metadata(t: Any) -> dict:
+    if isinstance(t, Mapping):
+        name, datatype, shape = t["name"], t["datatype"], t["shape"]
+    else:
+        name, datatype, shape = t.name, t.datatype, t.shape
+    return {"name": name, "datatype": datatype, "shape": [int(d) for d in shape]}

@@ -1,0 +1,195 @@
+"""The msgpack infer protocol: the KServe request and response shapes, tensors as raw bytes.
+
+Request body (``Content-Type: application/msgpack``)::
+
+    {"id"?, "parameters"?, "inputs": [{"name", "datatype", "shape", "data": <bin>}],
+     "outputs"?: [name | {"name": name}]}
+
+``data`` is the tensor's raw little-endian bytes (BYTES tensors: the length-prefixed serialization of
+pyserve.datatypes). The reply is ``{"model_name", "model_version", "id"?, "parameters"?,
+"outputs": [{"name", "datatype", "shape", "data": <bin>}]}``. Numbers never travel as lists, so a
+tensor costs one memcpy on each side. Bad bodies are INVALID_ARGUMENT naming what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from pyserve.datatypes import DATATYPES, NUMPY_DTYPES
+from pyserve.errors import invalid
+from pyserve.protocol import (
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+    array_from_raw,
+    check_shape,
+    raw_bytes,
+)
+
+__all__ = ["CONTENT_TYPE", "decode_request", "decode_response", "encode_request", "encode_response"]
+
+CONTENT_TYPE = "application/msgpack"
+
+# Names, ids and parameter strings are short; a bigger string is a malformed or hostile body.
+_MAX_STR_LEN = 1 << 20
+
+
+def decode_request(body: bytes) -> InferRequest:
+    """Decode a msgpack infer request; tensors are zero-copy views of the unpacked ``bin`` data."""
+    doc = _unpack(body, "request")
+    inputs_doc = doc.get("inputs")
+    if inputs_doc is None:
+        raise invalid("request has no 'inputs': expected a list of input tensors")
+    if type(inputs_doc) is not list:
+        raise invalid(f"request 'inputs' must be a list of tensors, got {type(inputs_doc).__name__}")
+    request_id = doc.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise invalid(f"request 'id' must be a string, got {type(request_id).__name__}")
+    parameters = doc.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif type(parameters) is not dict:
+        raise invalid(f"request 'parameters' must be a map, got {type(parameters).__name__}")
+    inputs, input_parameters = _decode_tensors(inputs_doc, "input")
+    return InferRequest(
+        inputs=inputs,
+        id=request_id,
+        parameters=parameters,
+        outputs=_decode_requested(doc.get("outputs")),
+        input_parameters=input_parameters,
+    )
+
+
+def decode_response(body: bytes) -> InferResponse:
+    """Decode a msgpack infer reply (the client side of :func:`encode_response`)."""
+    doc = _unpack(body, "response")
+    outputs_doc = doc.get("outputs", [])
+    if type(outputs_doc) is not list:
+        raise invalid(f"response 'outputs' must be a list of tensors, got {type(outputs_doc).__name__}")
+    outputs, _ = _decode_tensors(outputs_doc, "output")
+    return InferResponse(
+        model_name=str(doc.get("model_name", "")),
+        model_version=str(doc.get("model_version", "")),
+        outputs=outputs,
+        id=doc.get("id"),
+        parameters=doc.get("parameters"),
+    )
+
+
+def encode_response(resp: InferResponse, requested: list[RequestedOutput] | None = None) -> bytes:
+    """Encode a reply holding the ``requested`` outputs (None: all of ``resp.outputs``)."""
+    if requested is None:
+        items: Iterable[tuple[str, Any]] = resp.outputs.items()
+    else:
+        items = []
+        for r in requested:
+            arr = resp.outputs.get(r.name)
+            if arr is None:
+                raise invalid(f"requested output {r.name!r} is not an output of model {resp.model_name!r}")
+            items.append((r.name, arr))
+    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.id is not None:
+        doc["id"] = resp.id
+    if resp.parameters is not None:
+        doc["parameters"] = resp.parameters
+    doc["outputs"] = _encode_tensors(items)
+    return msgpack.packb(doc)
+
+
+def encode_request(
+    inputs: Mapping[str, Any],
+    *,
+    request_id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    outputs: Iterable[str] | None = None,
+) -> bytes:
+    """Encode an infer request (the client side of :func:`decode_request`)."""
+    doc: dict[str, Any] = {}
+    if request_id is not None:
+        doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
+    doc["inputs"] = _encode_tensors(inputs.items())
+    if outputs is not None:
+        doc["outputs"] = list(outputs)
+    return msgpack.packb(doc)
+
+
+def _encode_tensors(items: Iterable[tuple[str, Any]]) -> list[dict]:
+    entries = []
+    for name, values in items:
+        # raw is a memoryview over the array for numeric data: packb copies it once into the body.
+        datatype, arr, raw = raw_bytes(name, values)
+        entries.append({"name": name, "datatype": datatype, "shape": list(arr.shape), "data": raw})
+    return entries
+
+
+def _unpack(body: bytes, what: str) -> dict:
+    try:
+        doc = msgpack.unpackb(body, raw=False, max_str_len=min(len(body), _MAX_STR_LEN), max_ext_len=0)
+    except Exception as e:  # msgpack raises many types (ValueError, FormatError, StackError, ...)
+        raise invalid(f"{what} is not valid msgpack: {e}") from None
+    if type(doc) is not dict:
+        raise invalid(f"{what} must be a msgpack map, got {type(doc).__name__}")
+    return doc
+
+
+def _decode_tensors(entries: list, what: str) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    tensors: dict[str, np.ndarray] = {}
+    extra_parameters: dict[str, dict] = {}
+    for i, entry in enumerate(entries):
+        if type(entry) is not dict:
+            raise invalid(f"{what} #{i} must be a map, got {type(entry).__name__}")
+        name = entry.get("name")
+        if type(name) is not str:
+            raise invalid(f"{what} #{i} has no 'name': expected a string, got {type(name).__name__}")
+        if name in tensors:
+            raise invalid(f"duplicate {what} {name!r}: each {what} may appear once")
+        datatype = entry.get("datatype")
+        if datatype is None:
+            raise invalid(f"{what} {name!r} has no 'datatype'")
+        if type(datatype) is not str or datatype not in NUMPY_DTYPES:
+            raise invalid(
+                f"{what} {name!r}: unknown datatype {datatype!r}, expected one of {', '.join(DATATYPES)}"
+            )
+        if "shape" not in entry:
+            raise invalid(f"{what} {name!r} has no 'shape'")
+        shape, count = check_shape(entry["shape"], name, what)
+        data = entry.get("data")
+        if type(data) is not bytes:
+            raise invalid(
+                f"{what} {name!r}: 'data' must be the raw little-endian bytes of the tensor "
+                f"(msgpack bin), got {type(data).__name__}"
+            )
+        tensors[name] = array_from_raw(name, datatype, shape, count, data, what)
+        params = entry.get("parameters")
+        if params is not None:
+            if type(params) is not dict:
+                raise invalid(f"{what} {name!r}: 'parameters' must be a map, got {type(params).__name__}")
+            if params:
+                extra_parameters[name] = params
+    return tensors, extra_parameters
+
+
+def _decode_requested(outputs_doc: Any) -> list[RequestedOutput] | None:
+    if outputs_doc is None:
+        return None
+    if type(outputs_doc) is not list:
+        raise invalid(f"request 'outputs' must be a list of names, got {type(outputs_doc).__name__}")
+    requested: list[RequestedOutput] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(outputs_doc):
+        name = entry.get("name") if type(entry) is dict else entry
+        if type(name) is not str:
+            raise invalid(
+                f"requested output #{i} must be a name or a map with a 'name' string, got {entry!r:.80}"
+            )
+        if name in seen:
+            raise invalid(f"requested output {name!r} appears twice")
+        seen.add(name)
+        requested.append(RequestedOutput(name))
+    return requested

@@ -1,0 +1,217 @@
+"""HTTP handlers: each one decodes, calls the repository or a model runner, encodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+import pyserve
+from pyserve.errors import invalid, not_found
+from pyserve.protocol import InferRequest, InferResponse
+from pyserve.protocol import kserve, msgpack_codec
+from pyserve.repository import ModelRepository
+from pyserve.server import metrics
+from pyserve.server.errors import endpoint, error_response
+from pyserve.server.state import REGISTRY, REPOSITORY, SETTINGS
+
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "identity": "identity", "tensorrt": "tensorrt_plan"}
+
+
+def _json(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type=JSON)
+
+
+def _repo(request: web.Request) -> ModelRepository:
+    return request.app[REPOSITORY]
+
+
+# -- health and metadata ----------------------------------------------------------------------
+@endpoint
+async def live(request: web.Request) -> web.Response:
+    return _json({"live": True})
+
+
+@endpoint
+async def ready(request: web.Request) -> web.Response:
+    repo = _repo(request)
+    ok = repo.all_ready() if request.app[SETTINGS].strict_readiness else repo.startup_done
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+@endpoint
+async def server_metadata(request: web.Request) -> web.Response:
+    return _json(kserve.server_metadata("pyserve", pyserve.__version__, EXTENSIONS))
+
+
+@endpoint
+async def model_metadata(request: web.Request) -> web.Response:
+    name, version = request.match_info["model"], request.match_info.get("version")
+    entry = _repo(request).entry(name)
+    runner = entry.runner(version)
+    config = runner.config
+    batch = [-1] if config.max_batch_size > 0 else []
+    tensors = lambda specs: [  # noqa: E731
+        {"name": t.name, "datatype": t.datatype, "shape": [*batch, *t.shape]} for t in specs
+    ]
+    versions = [str(v) for v in sorted(entry.versions)] if version is None else [runner.version]
+    doc = kserve.model_metadata(
+        name, versions, PLATFORMS.get(config.backend, config.backend), tensors(config.inputs), tensors(config.outputs)
+    )
+    return _json(doc)
+
+
+@endpoint
+async def model_ready(request: web.Request) -> web.Response:
+    name, version = request.match_info["model"], request.match_info.get("version")
+    entry = _repo(request).entry(name)
+    try:
+        entry.runner(version)
+        return _json({"name": name, "ready": True})
+    except Exception as e:  # not ready or no such version: say why, with the status a client reads
+        kind = getattr(e, "kind", None)
+        if kind is not None and kind.http_status == 404:
+            raise
+        return error_response(kind, str(e)) if kind is not None else _json({"name": name, "ready": False}, 503)
+
+
+@endpoint
+async def model_config(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    config = _repo(request).runner(name, request.match_info.get("version")).config
+    doc = {
+        "name": config.name,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "instance_count": config.instance_count,
+        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in config.inputs],
+        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in config.outputs],
+        "dynamic_batching": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in vars_of(config.dynamic_batching).items()
+        },
+        "version_policy": vars_of(config.version_policy),
+    }
+    return _json(doc)
+
+
+def vars_of(obj: Any) -> dict:
+    """The fields of a config dataclass as a JSON-ready dict."""
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
+@endpoint
+async def model_stats(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    entry = _repo(request).entry(name)
+    rows = [
+        {"name": name, "version": str(v), **runner.stats()} for v, runner in sorted(entry.versions.items())
+    ]
+    return _json({"model_stats": rows})
+
+
+# -- inference --------------------------------------------------------------------------------
+def _int_parameter(params: dict, key: str) -> int:
+    value = params.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid(f"parameters.{key}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+@endpoint
+async def infer(request: web.Request) -> web.Response:
+    name, version = request.match_info["model"], request.match_info.get("version")
+    runner = _repo(request).runner(name, version)
+    body = await request.read()
+    is_msgpack = request.content_type == MSGPACK
+    if is_msgpack:
+        req: InferRequest = msgpack_codec.decode_request(body)
+    else:
+        req = kserve.decode_request(body, request.headers.get("Inference-Header-Content-Length"))
+    if req.outputs is not None:
+        declared = {o.name for o in runner.config.outputs}
+        for r in req.outputs:
+            if r.name not in declared:
+                raise invalid(
+                    f"requested output '{r.name}' is not an output of model '{name}' "
+                    f"(outputs: {', '.join(sorted(declared))})"
+                )
+    params = req.parameters
+    priority = _int_parameter(params, "priority") if params else 0
+    timeout_us = _int_parameter(params, "timeout") if params else 0
+    outputs = await runner.submit(req.inputs, priority=priority, timeout_us=timeout_us)
+    resp = InferResponse(name, runner.version, outputs, req.id, None)
+    if is_msgpack:
+        return web.Response(body=msgpack_codec.encode_response(resp, req.outputs), content_type=MSGPACK)
+    binary_default = bool(params.get("binary_data_output", False)) if params else False
+    out, header_length = kserve.encode_response(resp, req.outputs, binary_default)
+    if header_length is None:
+        return web.Response(body=out, content_type=JSON)
+    return web.Response(
+        body=out,
+        content_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
+
+
+# -- model control and metrics ----------------------------------------------------------------
+@endpoint
+async def repository_index(request: web.Request) -> web.Response:
+    rows = _repo(request).index()
+    if request.method == "POST" and request.can_read_body:
+        body = await request.read()
+        try:
+            doc = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError as e:
+            raise invalid(f"repository index request: body is not JSON: {e}") from None
+        if isinstance(doc, dict) and doc.get("ready") is True:
+            rows = [r for r in rows if r["state"] == "READY"]
+    return _json(rows)
+
+
+def _control_allowed(request: web.Request) -> None:
+    if not request.app[SETTINGS].model_control:
+        raise not_found("model control is disabled on this server (start it without --disable-model-control)")
+
+
+@endpoint
+async def load_model(request: web.Request) -> web.Response:
+    _control_allowed(request)
+    await _repo(request).load(request.match_info["model"])
+    return _json({})
+
+
+@endpoint
+async def unload_model(request: web.Request) -> web.Response:
+    _control_allowed(request)
+    await _repo(request).unload(request.match_info["model"])
+    return _json({})
+
+
+@endpoint
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = metrics.render(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+def add_routes(app: web.Application) -> None:
+    """The URL table: KServe v2 paths as Triton and KServe serve them."""
+    r = app.router
+    r.add_get("/v2/health/live", live)
+    r.add_get("/v2/health/ready", ready)
+    r.add_get("/v2", server_metadata)
+    r.add_get("/metrics", metrics_endpoint)
+    r.add_route("*", "/v2/repository/index", repository_index)
+    r.add_post("/v2/repository/models/{model}/load", load_model)
+    r.add_post("/v2/repository/models/{model}/unload", unload_model)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(prefix, model_metadata)
+        r.add_get(prefix + "/ready", model_ready)
+        r.add_get(prefix + "/config", model_config)
+        r.add_get(prefix + "/stats", model_stats)
+        r.add_post(prefix + "/infer", infer)

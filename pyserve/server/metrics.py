@@ -1,0 +1,93 @@
+"""Prometheus metrics (``GET /metrics``), read from the core's statistics at scrape time.
+
+Every metric carries the labels ``model`` and ``version``, as Triton's do. The core counts in
+microseconds; Prometheus convention is seconds, so durations are exported in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from pyserve.runtime import ModelRunner
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (core stats key, outcome label): every request ends in exactly one of these.
+OUTCOMES = (
+    ("requests_succeeded", "success"),
+    ("requests_failed", "failure"),
+    ("requests_timed_out", "timeout"),
+    ("requests_rejected", "rejected"),
+    ("requests_cancelled", "cancelled"),
+)
+# (metric name, core stats key, help, scale to the exported unit)
+HISTOGRAMS = (
+    ("pyserve_request_duration_seconds", "request_us", "Time from queueing to answer, per request.", 1e-6),
+    ("pyserve_queue_duration_seconds", "queue_us", "Time spent queued before the batch ran, per request.", 1e-6),
+    ("pyserve_compute_duration_seconds", "compute_us", "Time of one backend call, per batch.", 1e-6),
+    ("pyserve_batch_size", "batch_size", "Samples per executed batch.", 1.0),
+)
+
+
+def _histogram(name: str, doc: str, labels: list[str], snap: dict, scale: float) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["model", "version"])
+    buckets: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(snap["upper_bounds"], snap["counts"]):
+        running += count
+        buckets.append((repr(bound * scale), running))
+    buckets.append(("+Inf", snap["count"]))
+    family.add_metric(labels, buckets, snap["sum"] * scale)
+    return family
+
+
+class CoreCollector(Collector):
+    """Collects the statistics of every loaded model version."""
+
+    def __init__(self, runners: Callable[[], Iterable[ModelRunner]]) -> None:
+        self._runners = runners
+
+    def collect(self):  # type: ignore[override]
+        requests = CounterMetricFamily(
+            "pyserve_requests", "Requests by outcome.", labels=["model", "version", "outcome"]
+        )
+        samples = CounterMetricFamily("pyserve_samples", "Samples inferred.", labels=["model", "version"])
+        batches = CounterMetricFamily("pyserve_batches", "Batches executed.", labels=["model", "version"])
+        depth = GaugeMetricFamily("pyserve_queue_depth", "Requests queued now.", labels=["model", "version"])
+        in_flight = GaugeMetricFamily(
+            "pyserve_inflight_requests", "Requests accepted and not yet answered.", labels=["model", "version"]
+        )
+        histograms = {name: [] for name, *_ in HISTOGRAMS}
+        for runner in self._runners():
+            labels = [runner.config.name, runner.version]
+            s = runner.stats()
+            for key, outcome in OUTCOMES:
+                requests.add_metric([*labels, outcome], s[key])
+            samples.add_metric(labels, s["samples_inferred"])
+            batches.add_metric(labels, s["batches_executed"])
+            depth.add_metric(labels, s["queue_depth"])
+            in_flight.add_metric(labels, s["in_flight"])
+            for name, key, doc, scale in HISTOGRAMS:
+                histograms[name].append(_histogram(name, doc, labels, s[key], scale))
+        yield from (requests, samples, batches, depth, in_flight)
+        for name, _key, doc, _scale in HISTOGRAMS:
+            merged = HistogramMetricFamily(name, doc, labels=["model", "version"])
+            for family in histograms[name]:
+                merged.samples.extend(family.samples)
+            yield merged
+
+
+def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> CollectorRegistry:
+    """A registry holding only pyserve's collector (no process metrics of the test runner)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CoreCollector(runners))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry)

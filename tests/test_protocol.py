@@ -1,0 +1,546 @@
+"""The KServe JSON/binary and msgpack codecs: round trips, Triton compatibility, errors, fuzzing."""
+
+from __future__ import annotations
+
+import math
+
+import msgpack
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyserve.datatypes import DATATYPES, NUMPY_DTYPES
+from pyserve.errors import ErrorKind, PyserveError
+from pyserve.protocol import InferResponse, RequestedOutput, kserve, msgpack_codec
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def sample(datatype: str, shape: tuple[int, ...] = (2, 3), text: bool = False) -> np.ndarray:
+    """A tensor of ``datatype`` with edge values (extremes, fractions, empty and non-UTF-8 strings)."""
+    n = math.prod(shape)
+    if datatype == "BYTES":
+        values = [f"s{i}é".encode() for i in range(n)]
+        if n:
+            values[0] = b"" if text else b"\xff\x00bin"
+        out = np.empty(n, dtype=object)
+        out[:] = values
+        return out.reshape(shape)
+    dtype = NUMPY_DTYPES[datatype]
+    if datatype == "BOOL":
+        return (np.arange(n) % 3 == 0).reshape(shape)
+    if dtype.kind in "iu":
+        arr = (np.arange(n) % 7).astype(dtype)
+        info = np.iinfo(dtype)
+        arr[: min(n, 2)] = [info.max, info.min][: min(n, 2)]
+        return arr.reshape(shape)
+    return (np.linspace(-1.5, 2.25, n) + 0.1).astype(dtype).reshape(shape)
+
+
+def assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype
+    assert np.array_equal(got, want)
+
+
+def fail(fn, *args, **kwargs) -> str:
+    """The message of the INVALID_ARGUMENT error ``fn`` raises."""
+    with pytest.raises(PyserveError) as info:
+        fn(*args, **kwargs)
+    assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+    return info.value.message
+
+
+def body_of(doc: dict, *raw: bytes) -> tuple[bytes, int | None]:
+    header = orjson.dumps(doc)
+    return (header + b"".join(raw), len(header)) if raw else (header, None)
+
+
+# ------------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+@pytest.mark.parametrize("shape", [(2, 3), (0, 4), ()])
+@pytest.mark.parametrize("binary", [False, True])
+def test_kserve_round_trip_every_datatype(datatype: str, shape: tuple[int, ...], binary: bool) -> None:
+    arr = sample(datatype, shape, text=not binary)
+    body, hl = kserve.encode_request({"x": arr}, binary=binary, request_id="r-1", parameters={"p": 2})
+    assert (hl is not None) == binary
+    req = kserve.decode_request(body, hl)
+    assert req.id == "r-1" and req.parameters == {"p": 2} and req.outputs is None
+    assert_same(req.inputs["x"], arr)
+
+    resp = InferResponse("m", "3", {"y": arr}, id="r-1")
+    body, hl = kserve.encode_response(resp, None, binary_default=binary)
+    out = kserve.decode_response(body, hl)
+    assert (out.model_name, out.model_version, out.id) == ("m", "3", "r-1")
+    assert_same(out.outputs["y"], arr)
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+@pytest.mark.parametrize("shape", [(2, 3), (0,), ()])
+def test_msgpack_round_trip_every_datatype(datatype: str, shape: tuple[int, ...]) -> None:
+    arr = sample(datatype, shape)
+    body = msgpack_codec.encode_request({"x": arr}, request_id="q", parameters={"k": "v"}, outputs=["y"])
+    req = msgpack_codec.decode_request(body)
+    assert req.id == "q" and req.parameters == {"k": "v"}
+    assert req.outputs == [RequestedOutput("y")]
+    assert_same(req.inputs["x"], arr)
+
+    out = msgpack_codec.decode_response(
+        msgpack_codec.encode_response(
+            InferResponse("m", "1", {"y": arr, "z": arr}, parameters={"a": 1}), req.outputs
+        )
+    )
+    assert list(out.outputs) == ["y"] and out.parameters == {"a": 1} and out.id is None
+    assert_same(out.outputs["y"], arr)
+
+
+def test_binary_inputs_are_zero_copy_views() -> None:
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    body, hl = kserve.encode_request({"x": arr}, binary=True)
+    got = kserve.decode_request(body, hl).inputs["x"]
+    assert not got.flags.owndata and not got.flags.writeable
+    got = msgpack_codec.decode_request(msgpack_codec.encode_request({"x": arr})).inputs["x"]
+    assert not got.flags.owndata
+
+
+def test_non_contiguous_and_big_endian_arrays_encode_in_row_major_order() -> None:
+    base = np.arange(12, dtype=np.int32).reshape(3, 4)
+    strided = base[:, ::2]
+    big = base.astype(">i4")
+    for binary in (False, True):
+        body, hl = kserve.encode_request({"s": strided, "b": big}, binary=binary)
+        req = kserve.decode_request(body, hl)
+        assert_same(req.inputs["s"], np.ascontiguousarray(strided))
+        assert np.array_equal(req.inputs["b"], base) and req.inputs["b"].dtype == np.dtype("<i4")
+    req = msgpack_codec.decode_request(msgpack_codec.encode_request({"s": strided}))
+    assert_same(req.inputs["s"], np.ascontiguousarray(strided))
+
+
+def test_str_arrays_are_bytes_tensors() -> None:
+    text = np.array([["héllo", "w"]])
+    want = np.array([["héllo".encode(), b"w"]], dtype=object)
+    for binary in (False, True):
+        body, hl = kserve.encode_request({"t": text}, binary=binary)
+        assert_same(kserve.decode_request(body, hl).inputs["t"], want)
+    assert_same(msgpack_codec.decode_request(msgpack_codec.encode_request({"t": text})).inputs["t"], want)
+
+
+def test_nested_and_flat_json_data_give_the_same_tensor() -> None:
+    nested = {"inputs": [{"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [[1, 2], [3, 4]]}]}
+    flat = {"inputs": [{"name": "a", "shape": [2, 2], "datatype": "INT64", "data": [1, 2, 3, 4]}]}
+    want = np.array([[1, 2], [3, 4]], dtype=np.int64)
+    assert_same(kserve.decode_request(orjson.dumps(nested), None).inputs["a"], want)
+    assert_same(kserve.decode_request(orjson.dumps(flat), None).inputs["a"], want)
+    words = {"inputs": [{"name": "w", "shape": [1, 2], "datatype": "BYTES", "data": [["a", "ü"]]}]}
+    assert_same(
+        kserve.decode_request(orjson.dumps(words)).inputs["w"], np.array([[b"a", "ü".encode()]], dtype=object)
+    )
+
+
+def test_json_numbers_convert_to_the_declared_datatype() -> None:
+    doc = {
+        "inputs": [
+            {"name": "f", "shape": [3], "datatype": "FP16", "data": [1, 0.5, -2.25]},
+            {"name": "b", "shape": [2], "datatype": "BOOL", "data": [True, False]},
+            {"name": "u", "shape": [1], "datatype": "UINT64", "data": [2**64 - 1]},
+        ]
+    }
+    inputs = kserve.decode_request(orjson.dumps(doc)).inputs
+    assert_same(inputs["f"], np.array([1, 0.5, -2.25], dtype=np.float16))
+    assert_same(inputs["b"], np.array([True, False]))
+    assert_same(inputs["u"], np.array([2**64 - 1], dtype=np.uint64))
+
+
+def test_requested_outputs_choose_outputs_and_their_encoding() -> None:
+    outs = {"a": np.arange(3, dtype=np.float32), "b": np.array([1, 2], dtype=np.int64), "c": np.ones(1)}
+    doc = {"inputs": [], "outputs": [{"name": "b", "parameters": {"binary_data": True}}, {"name": "a"}]}
+    req = kserve.decode_request(orjson.dumps(doc))
+    assert req.outputs == [RequestedOutput("b", True), RequestedOutput("a", None)]
+    body, hl = kserve.encode_response(InferResponse("m", "1", outs), req.outputs, binary_default=False)
+    header = orjson.loads(body[:hl])
+    assert [o["name"] for o in header["outputs"]] == ["b", "a"]
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 16}
+    assert header["outputs"][1]["data"] == [0.0, 1.0, 2.0]
+    assert body[hl:] == outs["b"].tobytes()
+    # binary_data_output (the default) decides for outputs whose request says nothing.
+    body, hl = kserve.encode_response(
+        InferResponse("m", "1", outs), [RequestedOutput("a")], binary_default=True
+    )
+    assert body[hl:] == outs["a"].tobytes()
+    body, hl = kserve.encode_response(InferResponse("m", "1", outs), [RequestedOutput("a", False)], True)
+    assert hl is None and orjson.loads(body)["outputs"][0]["data"] == [0.0, 1.0, 2.0]
+    assert "'zz'" in fail(
+        kserve.encode_response, InferResponse("m", "1", outs), [RequestedOutput("zz")], False
+    )
+    assert "'zz'" in fail(
+        msgpack_codec.encode_response, InferResponse("m", "1", outs), [RequestedOutput("zz")]
+    )
+
+
+def test_response_echoes_id_and_parameters_only_when_given() -> None:
+    arr = np.zeros(1, dtype=np.float32)
+    doc = orjson.loads(kserve.encode_response(InferResponse("m", "2", {"y": arr}), None, False)[0])
+    assert doc["model_name"] == "m" and doc["model_version"] == "2"
+    assert "id" not in doc and "parameters" not in doc
+    resp = InferResponse("m", "2", {"y": arr}, id="abc", parameters={"seq": 1})
+    doc = orjson.loads(kserve.encode_response(resp, None, False)[0])
+    assert doc["id"] == "abc" and doc["parameters"] == {"seq": 1}
+    doc = msgpack.unpackb(msgpack_codec.encode_response(resp, None))
+    assert (
+        doc["id"] == "abc" and doc["parameters"] == {"seq": 1} and doc["outputs"][0]["data"] == arr.tobytes()
+    )
+
+
+def test_input_parameters_pass_through_without_binary_data_size() -> None:
+    raw = np.ones(2, dtype=np.float32).tobytes()
+    doc = {
+        "inputs": [
+            {"name": "a", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8, "k": 1}},
+            {"name": "b", "shape": [1], "datatype": "INT8", "data": [1]},
+        ]
+    }
+    req = kserve.decode_request(*body_of(doc, raw))
+    assert req.input_parameters == {"a": {"k": 1}}
+
+
+def test_error_body_and_metadata() -> None:
+    assert orjson.loads(kserve.encode_error("model 'x' not found")) == {"error": "model 'x' not found"}
+    assert kserve.server_metadata("pyserve", "0.1", ["binary_tensor_data"]) == {
+        "name": "pyserve",
+        "version": "0.1",
+        "extensions": ["binary_tensor_data"],
+    }
+    meta = kserve.model_metadata(
+        "m",
+        ["1", "2"],
+        "onnxruntime_onnx",
+        [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+    )
+    assert meta == {
+        "name": "m",
+        "versions": ["1", "2"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+        "outputs": [{"name": "y", "datatype": "INT64", "shape": [-1]}],
+    }
+
+
+# ------------------------------------------------------------------------- Triton compatibility
+
+TRITON_TYPES = ["FP32", "INT64", "BOOL", "FP16", "BYTES"]
+
+
+@pytest.mark.parametrize("datatype", TRITON_TYPES)
+@pytest.mark.parametrize("binary", [False, True])
+def test_decodes_tritonclient_requests(datatype: str, binary: bool) -> None:
+    arr = sample(datatype, (2, 3), text=not binary)
+    tin = triton.InferInput("in0", list(arr.shape), datatype)
+    tin.set_data_from_numpy(arr, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("out0", binary_data=binary)]
+    body, hl = triton.InferenceServerClient.generate_request_body([tin], outputs=outputs, request_id="7")
+    req = kserve.decode_request(body, hl)
+    assert req.id == "7"
+    assert req.outputs == [RequestedOutput("out0", binary)]
+    assert_same(req.inputs["in0"], arr)
+    # Without requested outputs tritonclient asks for binary outputs with binary_data_output.
+    body, hl = triton.InferenceServerClient.generate_request_body([tin])
+    assert kserve.decode_request(body, hl).parameters == {"binary_data_output": True}
+
+
+@pytest.mark.parametrize("datatype", TRITON_TYPES)
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_parses_responses(datatype: str, binary: bool) -> None:
+    arr = sample(datatype, (2, 3), text=not binary)
+    body, hl = kserve.encode_response(InferResponse("m", "1", {"out0": arr}), None, binary)
+    result = triton.InferenceServerClient.parse_response_body(body, header_length=hl)
+    got = result.as_numpy("out0")
+    if datatype == "BYTES" and not binary:  # tritonclient gives JSON strings as str
+        got = np.array([s.encode() for s in got.reshape(-1)], dtype=object).reshape(got.shape)
+    assert_same(got, arr)
+    assert result.get_response()["model_name"] == "m"
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+FP32_IN = {"name": "x", "shape": [2, 3], "datatype": "FP32"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "raw", "expected"),
+    [
+        ({"outputs": []}, None, ["'inputs'"]),
+        ({"inputs": {}}, None, ["'inputs'", "list"]),
+        ({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}, None, ["#0", "'name'"]),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "data": [1]}]}, None, ["'x'", "'shape'"]),
+        ({"inputs": [{"name": "x", "shape": [1], "data": [1]}]}, None, ["'x'", "'datatype'"]),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]},
+            None,
+            ["'x'", "'FP8'", "FP32"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [2, -1], "datatype": "FP32", "data": [1]}]},
+            None,
+            ["'x'", "non-negative", "[2, -1]"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": "2", "datatype": "FP32", "data": [1]}]},
+            None,
+            ["'x'", "'shape'"],
+        ),
+        (
+            {"inputs": [{**FP32_IN, "data": [1, 2, 3, 4, 5]}]},
+            None,
+            ["'x'", "expected 6 elements for shape [2, 3], got 5"],
+        ),
+        ({"inputs": [{**FP32_IN, "data": [[1, 2, 3], [4, 5]]}]}, None, ["'x'", "nested lists"]),
+        ({"inputs": [{**FP32_IN, "data": ["a"] * 6}]}, None, ["'x'", "numbers", "strings"]),
+        ({"inputs": [{**FP32_IN, "data": 3}]}, None, ["'x'", "list"]),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]}]},
+            None,
+            ["'x'", "true/false"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1.5]}]},
+            None,
+            ["'x'", "integers"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8", "data": [300]}]},
+            None,
+            ["'x'", "[0, 255]", "300"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]}]},
+            None,
+            ["'x'", "strings"],
+        ),
+        ({"inputs": [{**FP32_IN}]}, None, ["'x'", "no 'data'"]),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}] * 2},
+            None,
+            ["duplicate", "'x'"],
+        ),
+        (
+            {"inputs": [{**FP32_IN, "parameters": {"binary_data_size": 20}}]},
+            b"\0" * 20,
+            ["'x'", "expected 24 bytes for FP32 shape [2, 3], got 20"],
+        ),
+        (
+            {"inputs": [{**FP32_IN, "parameters": {"binary_data_size": 24}}]},
+            b"\0" * 30,
+            ["6 bytes", "left over"],
+        ),
+        (
+            {"inputs": [{**FP32_IN, "parameters": {"binary_data_size": 24}}]},
+            b"\0" * 10,
+            ["'x'", "24", "only 10"],
+        ),
+        (
+            {"inputs": [{**FP32_IN, "parameters": {"binary_data_size": "24"}}]},
+            b"\0" * 24,
+            ["'x'", "binary_data_size", "non-negative integer"],
+        ),
+        (
+            {
+                "inputs": [
+                    {"name": "s", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": 8}}
+                ]
+            },
+            b"\0" * 8,
+            ["'s'", "expected at least 12 bytes", "[3]"],
+        ),
+        ({"id": 5, "inputs": []}, None, ["'id'", "string"]),
+        ({"parameters": [], "inputs": []}, None, ["'parameters'", "object"]),
+        (
+            {"inputs": [], "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]},
+            None,
+            ["'y'", "binary_data", "true or false"],
+        ),
+        ({"inputs": [], "outputs": [{"name": "y"}, {"name": "y"}]}, None, ["'y'", "twice"]),
+    ],
+)
+def test_kserve_errors_name_the_tensor_and_the_expectation(
+    doc: dict, raw: bytes | None, expected: list[str]
+) -> None:
+    body, hl = body_of(doc, raw) if raw is not None else body_of(doc)
+    message = fail(kserve.decode_request, body, hl)
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_kserve_framing_errors() -> None:
+    assert "not valid JSON" in fail(kserve.decode_request, b"{nope", None)
+    assert "JSON object" in fail(kserve.decode_request, b"[1]", None)
+    assert "expected at most the body length 2" in fail(kserve.decode_request, b"{}", 5)
+    assert "integer" in fail(kserve.decode_request, b"{}", "x")
+    doc = {"inputs": [{**FP32_IN, "parameters": {"binary_data_size": 24}}]}
+    assert "no Inference-Header-Content-Length" in fail(kserve.decode_request, orjson.dumps(doc), None)
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": b"\0" * 4}]},
+            ["'x'", "expected 8 bytes for FP32 shape [2], got 4"],
+        ),
+        (
+            {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]},
+            ["'x'", "raw little-endian bytes"],
+        ),
+        ({"inputs": [{"name": "x", "shape": [2], "datatype": "F32", "data": b""}]}, ["'x'", "'F32'"]),
+        (
+            {"inputs": [{"name": "x", "shape": [-2], "datatype": "FP32", "data": b""}]},
+            ["'x'", "non-negative"],
+        ),
+        ({"inputs": [{"name": "x", "datatype": "FP32", "data": b""}]}, ["'x'", "'shape'"]),
+        (
+            {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": b"\0" * 4}] * 2},
+            ["duplicate", "'x'"],
+        ),
+        (
+            {"inputs": [{"name": "s", "shape": [1], "datatype": "BYTES", "data": b"\5\0\0\0ab"}]},
+            ["'s'", "past the end"],
+        ),
+        ({"inputs": [], "outputs": ["y", 3]}, ["#1"]),
+        ({"id": 1, "inputs": []}, ["'id'"]),
+        ({"outputs": []}, ["'inputs'"]),
+    ],
+)
+def test_msgpack_errors_name_the_tensor_and_the_expectation(doc: dict, expected: list[str]) -> None:
+    message = fail(msgpack_codec.decode_request, msgpack.packb(doc))
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_msgpack_framing_errors() -> None:
+    assert "not valid msgpack" in fail(msgpack_codec.decode_request, b"\xc1")
+    assert "not valid msgpack" in fail(msgpack_codec.decode_request, msgpack.packb({"inputs": []}) + b"\0")
+    assert "map" in fail(msgpack_codec.decode_request, msgpack.packb([1, 2]))
+
+
+# --------------------------------------------------------------------------------------- fuzzing
+
+
+def decodes_or_refuses(fn, *args) -> None:
+    """``fn`` gives a result or a PyserveError, never another exception."""
+    try:
+        fn(*args)
+    except PyserveError as e:
+        assert e.kind is ErrorKind.INVALID_ARGUMENT
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+shapes = st.lists(st.integers(-1, 2**63 - 1) | st.sampled_from([0, 1, 2, 3]), max_size=4) | json_values
+tensor_docs = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["a", "b"]) | json_values,
+        "shape": shapes,
+        "datatype": st.sampled_from(DATATYPES) | json_values,
+    },
+    optional={
+        "data": json_values | st.lists(st.integers(0, 3), max_size=6),
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-1, 40) | json_values}),
+    },
+)
+request_docs = st.fixed_dictionaries(
+    {"inputs": st.lists(tensor_docs, max_size=3) | json_values},
+    optional={
+        "id": json_values,
+        "parameters": json_values,
+        "outputs": st.lists(st.fixed_dictionaries({"name": json_values}), max_size=2) | json_values,
+    },
+)
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.none() | st.integers(-3, 400))
+def test_fuzz_kserve_random_bytes(body: bytes, hl: int | None) -> None:
+    decodes_or_refuses(kserve.decode_request, body, hl)
+    decodes_or_refuses(kserve.decode_response, body, hl)
+
+
+@FUZZ
+@given(request_docs, st.binary(max_size=48), st.booleans())
+def test_fuzz_kserve_structured(doc: dict, raw: bytes, with_binary: bool) -> None:
+    body, hl = body_of(doc, raw) if with_binary else body_of(doc)
+    decodes_or_refuses(kserve.decode_request, body, hl)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_kserve_mutated_valid_bodies(data: st.DataObject) -> None:
+    datatype = data.draw(st.sampled_from(DATATYPES))
+    body, hl = kserve.encode_request(
+        {"x": sample(datatype, text=True), "y": sample("FP32")},
+        binary=data.draw(st.booleans()),
+        request_id="i",
+    )
+    body = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 4))):
+        if body:
+            body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    decodes_or_refuses(kserve.decode_request, bytes(body[:cut]), hl)
+    decodes_or_refuses(kserve.decode_request, bytes(body), hl)
+
+
+msgpack_tensor_docs = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["a", "b"]) | json_values,
+        "shape": shapes,
+        "datatype": st.sampled_from(DATATYPES) | json_values,
+        "data": st.binary(max_size=40) | json_values,
+    },
+    optional={"parameters": json_values},
+)
+
+
+@FUZZ
+@given(
+    st.fixed_dictionaries(
+        {"inputs": st.lists(msgpack_tensor_docs, max_size=3) | json_values},
+        optional={"id": json_values, "parameters": json_values, "outputs": json_values},
+    )
+)
+def test_fuzz_msgpack_structured(doc: dict) -> None:
+    decodes_or_refuses(msgpack_codec.decode_request, msgpack.packb(doc))
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_msgpack_random_bytes(body: bytes) -> None:
+    decodes_or_refuses(msgpack_codec.decode_request, body)
+    decodes_or_refuses(msgpack_codec.decode_response, body)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_msgpack_mutated_valid_bodies(data: st.DataObject) -> None:
+    datatype = data.draw(st.sampled_from(DATATYPES))
+    body = bytearray(
+        msgpack_codec.encode_request({"x": sample(datatype), "y": sample("INT8")}, outputs=["z"])
+    )
+    for _ in range(data.draw(st.integers(1, 4))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    decodes_or_refuses(msgpack_codec.decode_request, bytes(body[:cut]))
+    decodes_or_refuses(msgpack_codec.decode_request, bytes(body))
