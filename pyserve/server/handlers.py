@@ -18,6 +18,7 @@ from pyserve.server.state import REGISTRY, REPOSITORY, SETTINGS
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
+SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "identity": "identity", "tensorrt": "tensorrt_plan"}
 
@@ -116,6 +117,14 @@ async def model_stats(request: web.Request) -> web.Response:
 
 
 # -- inference --------------------------------------------------------------------------------
+def _content_type_param(request: web.Request, key: str) -> str | None:
+    for part in request.headers.get("Content-Type", "").split(";")[1:]:
+        name, _, value = part.partition("=")
+        if name.strip().lower() == key:
+            return value.strip()
+    return None
+
+
 def _int_parameter(params: dict, key: str) -> int:
     value = params.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -132,7 +141,11 @@ async def infer(request: web.Request) -> web.Response:
     if is_msgpack:
         req: InferRequest = msgpack_codec.decode_request(body)
     else:
-        req = kserve.decode_request(body, request.headers.get("Inference-Header-Content-Length"))
+        header_length = request.headers.get("Inference-Header-Content-Length")
+        if header_length is None and request.content_type == SAGEMAKER_BINARY:
+            # Triton's form for clients that cannot set headers: the length rides in the content type.
+            header_length = _content_type_param(request, "json-header-size")
+        req = kserve.decode_request(body, header_length)
     if req.outputs is not None:
         declared = {o.name for o in runner.config.outputs}
         for r in req.outputs:

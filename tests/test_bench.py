@@ -1,0 +1,392 @@
+"""Tests of ``pyserve bench``: pure parts exactly, and the whole generator against a server with a
+KNOWN service time, where queueing theory says what the figures must be.
+
+The target is a fixture (``target``): any KServe v2 server whose model ``target.model`` takes
+``target.service_s`` per request, one request at a time, without batching, fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from fake_kserve import FakeKServe
+from pyserve.bench import capacity, cli
+from pyserve.bench.loadgen import arrival_schedule
+from pyserve.bench.options import OptionError, parse_shapes, parse_sweep
+from pyserve.bench.payload import HEADER_LENGTH, InputSpec, PayloadError, build_payload, request_shape
+from pyserve.bench.report import CSV_COLUMNS
+from pyserve.bench.server_metrics import parse_snapshot, split
+from pyserve.bench.windows import WindowStats, is_stable, latency_summary_ms, nearest_rank
+
+SERVICE_S = 0.02
+
+
+@dataclass(frozen=True)
+class Target:
+    """A KServe v2 endpoint whose model serves one request at a time in ``service_s``."""
+
+    url: str
+    model: str
+    service_s: float
+
+
+@pytest.fixture(scope="module")
+def target():
+    server = FakeKServe(service_s=SERVICE_S)
+    url = server.start()
+    yield Target(url, "m", SERVICE_S)
+    assert server.bad_bodies == 0, "the bench sent bodies the server could not decode"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bare_target():
+    """The same model on a server without /metrics (not pyserve)."""
+    server = FakeKServe(service_s=SERVICE_S, metrics=False)
+    url = server.start()
+    yield Target(url, "m", SERVICE_S)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def failing_target():
+    server = FakeKServe(fail_status=500)
+    yield Target(server.start(), "m", SERVICE_S)
+    server.stop()
+
+
+def bench(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``pyserve bench argv`` in-process: (exit code, stdout, stderr)."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.run(parser.parse_args(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- pure parts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "integer", "levels"),
+    [
+        ("1:64:x2", True, (1, 2, 4, 8, 16, 32, 64)),
+        ("1:8:1", True, tuple(range(1, 9))),
+        ("1:8", True, tuple(range(1, 9))),
+        ("100:2000:100", False, tuple(range(100, 2001, 100))),
+        ("1,3,9", True, (1, 3, 9)),
+        ("4", True, (4,)),
+        ("0.5:2:0.5", False, (0.5, 1.0, 1.5, 2.0)),
+    ],
+)
+def test_parse_sweep(spec, integer, levels):
+    assert parse_sweep(spec, "--x", integer) == tuple(float(v) for v in levels)
+
+
+@pytest.mark.parametrize("spec", ["8:1", "0:4", "1:4:x1", "a", "1.5", "1:2:3:4"])
+def test_parse_sweep_rejects(spec):
+    with pytest.raises(OptionError, match="--concurrency"):
+        parse_sweep(spec, "--concurrency", integer=True)
+
+
+def test_parse_shapes():
+    assert parse_shapes(["x:3,224,224", "y:5"]) == {"x": (3, 224, 224), "y": (5,)}
+    with pytest.raises(OptionError, match="--shape"):
+        parse_shapes(["x:3,-1"])
+
+
+def test_nearest_rank_is_exact():
+    values = np.arange(1, 101, dtype=float)  # 1..100
+    assert [nearest_rank(values, p) for p in (50, 90, 95, 99, 100)] == [50, 90, 95, 99, 100]
+    ten = np.arange(1, 11, dtype=float)
+    assert nearest_rank(ten, 50) == 5 and nearest_rank(ten, 90) == 9 and nearest_rank(ten, 99) == 10
+    assert nearest_rank(np.array([7.0]), 1) == 7
+    assert math.isnan(nearest_rank(np.empty(0), 50))
+    s = latency_summary_ms(np.array([0.003, 0.001, 0.002]))  # seconds in, ms out, unsorted in
+    assert (s["p50_ms"], s["max_ms"], s["mean_ms"]) == pytest.approx((2.0, 3.0, 2.0))
+
+
+def _w(i: int, rps: float, p99: float) -> WindowStats:
+    return WindowStats(i, 1.0, int(rps), 0, rps, p99)
+
+
+def test_stability_rule():
+    assert not is_stable([_w(0, 100, 10), _w(1, 100, 10)], 10)  # needs 3 windows
+    assert is_stable([_w(0, 10, 99), _w(1, 100, 10), _w(2, 105, 10.5), _w(3, 95, 9.6)], 10)  # last 3 only
+    assert not is_stable([_w(0, 100, 10), _w(1, 100, 10), _w(2, 130, 10)], 10)  # throughput off
+    assert not is_stable([_w(0, 100, 10), _w(1, 100, 10), _w(2, 100, 13)], 10)  # p99 off
+    assert is_stable([_w(0, 0, math.nan)] * 3, 10)  # nothing succeeded: throughput decides
+
+
+POINTS = [
+    capacity.LevelPoint(1, 50.0, 21.0, 0),
+    capacity.LevelPoint(2, 95.0, 30.0, 0),
+    capacity.LevelPoint(4, 180.0, 48.0, 0),
+    capacity.LevelPoint(8, 190.0, 90.0, 0),  # over the SLO
+    capacity.LevelPoint(16, 200.0, 40.0, 3),  # within the SLO but with errors
+]
+
+
+def test_capacity_by_hand():
+    a = capacity.answer(POINTS, p99_slo_ms=50, target_rate=1000, headroom_pct=20, mode="concurrency")
+    # capacity = 180 (concurrency 4); replicas = ceil(1000 / (180 * 0.8)) = ceil(6.944) = 7
+    assert (a.capacity_rps, a.level, a.replicas) == (180.0, 4, 7)
+    assert "ceil(1000 / (180 * (1 - 0.2))) = ceil(6.944) = 7" in a.text
+    # Exactly divisible: 360 / (180 * 0.8) = 2.5 -> 3; 288 / (180 * 0.8) = 2 exactly, not 3.
+    assert capacity.answer(POINTS, 50, 288, 20, "concurrency").replicas == 2
+    assert capacity.answer(POINTS, 50, 360, 20, "concurrency").replicas == 3
+    assert capacity.answer(POINTS, 50, 180, 0, "concurrency").replicas == 1
+    # A tighter SLO picks a lower level.
+    assert capacity.answer(POINTS, 25, 1000, 20, "concurrency").capacity_rps == 50.0
+    # Without a target: capacity only.
+    assert capacity.answer(POINTS, 50, None, 20, "concurrency").replicas is None
+
+
+def test_capacity_none_meets_slo():
+    a = capacity.answer(POINTS, p99_slo_ms=10, target_rate=1000, headroom_pct=20, mode="concurrency")
+    assert a.capacity_rps is None and a.replicas is None
+    assert "No measured level meets the SLO" in a.text
+    failed = [capacity.LevelPoint(1, 0.0, math.nan, 100)]
+    assert capacity.answer(failed, 1e9, 10, 20, "concurrency").capacity_rps is None
+
+
+def test_arrival_schedule():
+    a = arrival_schedule(1000, "poisson", 20.0, seed=7)
+    assert np.array_equal(a, arrival_schedule(1000, "poisson", 20.0, seed=7))  # reproducible
+    assert not np.array_equal(a[:100], arrival_schedule(1000, "poisson", 20.0, seed=8)[:100])
+    assert len(a) == pytest.approx(20_000, rel=0.03) and a[-1] < 20.0 and np.all(np.diff(a) > 0)
+    gaps = np.diff(a)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: CV 1
+    c = arrival_schedule(10, "constant", 1.0, seed=0, phase_s=0.05)
+    assert np.allclose(np.diff(c), 0.1) and c[0] == pytest.approx(0.05)
+
+
+META = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                                 {"name": "s", "datatype": "BYTES", "shape": [-1, -1]}]}
+
+
+def test_request_shapes():
+    spec = InputSpec("s", "BYTES", (-1, -1))
+    assert request_shape(spec, {"s": (3,)}, 2) == (2, 3)
+    with pytest.raises(PayloadError, match="--shape s"):
+        request_shape(spec, {}, 1)
+    with pytest.raises(PayloadError, match="no batch dim"):
+        request_shape(InputSpec("x", "FP32", (4,)), {}, 2)
+
+
+def test_payload_encodings():
+    binary = build_payload(META, "binary", {"s": (3,)}, 2, None, seed=0)
+    n = int(binary.headers[HEADER_LENGTH])
+    head = json.loads(binary.body[:n])
+    sizes = [t["parameters"]["binary_data_size"] for t in head["inputs"]]
+    assert sizes == [2 * 4 * 4, 6 * (4 + 8)] and len(binary.body) == n + sum(sizes)
+    assert head["inputs"][0]["shape"] == [2, 4] and binary.samples == 2
+    packed = msgpack.unpackb(build_payload(META, "msgpack", {"s": (3,)}, 2, None, 0).body)
+    x = np.frombuffer(packed["inputs"][0]["data"], "<f4").reshape(packed["inputs"][0]["shape"])
+    assert x.shape == (2, 4) and np.all((x >= 0) & (x < 1))
+    js = json.loads(build_payload(META, "json", {"s": (3,)}, 2, None, 0).body)
+    assert len(js["inputs"][0]["data"]) == 8 and len(js["inputs"][1]["data"]) == 6
+
+
+def test_input_files(tmp_path):
+    single = {"name": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}
+    np.save(tmp_path / "x.npy", np.arange(4, dtype=np.float64))  # one sample, cast to FP32
+    p = build_payload(single, "binary", {}, 3, str(tmp_path / "x.npy"), 0)
+    n = int(p.headers[HEADER_LENGTH])
+    assert np.array_equal(np.frombuffer(p.body[n:], "<f4").reshape(3, 4), np.tile(np.arange(4), (3, 1)))
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 4), np.float32))
+    body = build_payload(single, "json", {}, 1, str(tmp_path / "d.npz"), 0).body
+    assert json.loads(body)["inputs"][0]["shape"] == [5, 4]
+    (tmp_path / "d.json").write_text(json.dumps({"x": [[1, 2, 3]]}))
+    with pytest.raises(PayloadError, match="model expects"):
+        build_payload(single, "json", {}, 1, str(tmp_path / "d.json"), 0)
+
+
+METRICS = """# TYPE pyserve_queue_duration_seconds histogram
+pyserve_queue_duration_seconds_sum{model="m",version="1"} 2.0
+pyserve_queue_duration_seconds_count{model="m",version="1"} 100
+pyserve_queue_duration_seconds_sum{model="other",version="1"} 50.0
+pyserve_queue_duration_seconds_count{model="other",version="1"} 1
+# TYPE pyserve_samples counter
+pyserve_samples_total{model="m",version="1"} 400
+# TYPE pyserve_batches counter
+pyserve_batches_total{model="m",version="1"} 100
+"""
+
+
+def test_server_metrics_diff():
+    before = parse_snapshot(METRICS, "m")
+    after = parse_snapshot(METRICS.replace("2.0", "5.0").replace(" 100", " 200").replace("400", "1200"), "m")
+    s = split(before, after)
+    assert s is not None
+    assert s.queue_ms == pytest.approx(30.0)  # 3 s over 100 requests
+    assert s.avg_batch_size == pytest.approx(8.0)  # 800 samples over 100 batches
+    assert math.isnan(s.compute_ms)  # not exported: empty, not an error
+    assert parse_snapshot("# TYPE foo counter\nfoo_total 1\n", "m") is None
+    assert split(None, after) is None
+
+
+# --- the generator against a known service time ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def closed_run(target, tmp_path_factory):
+    d = tmp_path_factory.mktemp("closed")
+    files = {k: d / f"out.{k}" for k in ("csv", "json", "raw.csv", "png")}
+    argv = ["-m", target.model, "-u", target.url, "--concurrency", "1:4:x4", "--warmup-s", "0.3",
+            "--window-s", "1", "--max-windows", "5", "--protocol", "binary",
+            "--p99-slo-ms", str(2.5 * target.service_s * 1e3), "--target-rate", "100",
+            "--csv", str(files["csv"]), "--json", str(files["json"]), "--raw-csv", str(files["raw.csv"])]
+    if _has_matplotlib():
+        argv += ["--plot", str(files["png"])]
+    code, out, err = bench(argv)
+    return code, out, err, files
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_closed_loop_matches_queueing_theory(closed_run, target):
+    code, out, err, files = closed_run
+    assert code == 0, err
+    rows = {int(r["concurrency"]): r for r in read_csv(files["csv"])}
+    assert set(rows) == {1, 4}
+    s_ms = target.service_s * 1e3
+    for c, row in rows.items():
+        # One server, one request at a time: throughput 1/S whatever the concurrency >= 1 ...
+        assert float(row["throughput_rps"]) == pytest.approx(1 / target.service_s, rel=0.15)
+        # ... and each request waits for the c - 1 ahead of it: latency ~= c * S.
+        assert float(row["mean_ms"]) == pytest.approx(c * s_ms, rel=0.15)
+        assert float(row["p50_ms"]) >= c * s_ms * 0.95
+        assert int(row["errors"]) == 0 and row["errors_by_status"] == ""
+    # The server's side: compute ~= S always; queue ~= (c - 1) * S.
+    if rows[1]["server_compute_ms"]:
+        assert float(rows[4]["server_compute_ms"]) == pytest.approx(s_ms, rel=0.15)
+        assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.2)
+        assert float(rows[1]["server_avg_batch_size"]) == 1.0
+
+
+def test_capacity_answer_of_a_run(closed_run, target):
+    code, out, err, files = closed_run
+    doc = json.loads(files["json"].read_text())
+    levels = {lv["concurrency"]: lv for lv in doc["levels"]}
+    cap = doc["capacity"]
+    # SLO 2.5 S: concurrency 1 (p99 ~ S) meets it, concurrency 4 (p99 ~ 4 S) does not.
+    assert cap["level"] == 1 and cap["capacity_rps"] == levels[1]["throughput_rps"]
+    # By hand: 100 / (capacity * 0.8) with capacity ~ 1/S = 50 is 2.5 -> 3 replicas.
+    assert cap["replicas"] == math.ceil(100 / (levels[1]["throughput_rps"] * 0.8)) == 3
+    assert "replicas = ceil(target / (capacity * (1 - headroom)))" in out and "= 3" in out
+
+
+def test_outputs(closed_run):
+    code, out, err, files = closed_run
+    with open(files["csv"], newline="") as f:
+        header = next(csv.reader(f))
+    assert header == ["concurrency", *CSV_COLUMNS]
+    assert header[:9] == ["concurrency", "offered_rate_rps", "throughput_rps", "samples_per_s",
+                          "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"]
+    doc = json.loads(files["json"].read_text())
+    assert doc["sweep"] == "concurrency" and [lv["concurrency"] for lv in doc["levels"]] == [1, 4]
+    assert doc["levels"][0]["latency_ms"]["p99"] > 0 and doc["levels"][0]["stable"] in (True, False)
+    raw = read_csv(files["raw.csv"])
+    assert len(raw) >= sum(lv["requests"] for lv in doc["levels"])
+    assert {r["status"] for r in raw} == {"200"} and all(float(r["latency_ms"]) > 0 for r in raw)
+    assert "window 1/5" in err  # progress, one line per window
+    if _has_matplotlib():
+        assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_open_loop_poisson_md1(target, tmp_path):
+    s = target.service_s
+    rate = 0.5 / s  # 50% load
+    code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(rate),
+                            "--distribution", "poisson", "--warmup-s", "0.5", "--window-s", "2",
+                            "--max-windows", "3", "--stability-pct", "1000", "--protocol", "msgpack",
+                            "--seed", "3", "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert level["request_rate"] == rate
+    assert level["throughput_rps"] == pytest.approx(rate, rel=0.15)  # below saturation: all offered is served
+    lat = level["latency_ms"]
+    assert lat["p50"] >= s * 1e3
+    # M/D/1: mean wait Wq = rho * S / (2 (1 - rho)) = S / 2 at rho = 0.5; latency = S + Wq.
+    wq_ms = 0.5 * s / (2 * 0.5) * 1e3
+    assert s * 1e3 + 0.5 * wq_ms <= lat["mean"] <= s * 1e3 + 1.6 * wq_ms + 2.0
+
+
+def test_open_loop_constant_does_not_queue(target, tmp_path):
+    s = target.service_s
+    code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(0.5 / s),
+                            "--distribution", "constant", "--warmup-s", "0.3", "--window-s", "1",
+                            "--max-windows", "4", "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert level["throughput_rps"] == pytest.approx(0.5 / s, rel=0.1)
+    # D/D/1 below saturation: nobody waits, so p99 stays near S (a Poisson run would not).
+    assert s * 1e3 <= level["latency_ms"]["p99"] <= 1.5 * s * 1e3
+
+
+def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path):
+    s = bare_target.service_s
+    code, out, err = bench(["-m", bare_target.model, "-u", bare_target.url, "--concurrency", "4",
+                            "--processes", "2", "--warmup-s", "0.3", "--window-s", "1", "--max-windows", "4",
+                            "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert level["throughput_rps"] == pytest.approx(1 / s, rel=0.15)
+    assert level["latency_ms"]["mean"] == pytest.approx(4 * s * 1e3, rel=0.15)  # 2 + 2 workers merged
+    assert level["server"] is None  # a target without pyserve metrics: empty, not an error
+
+
+def test_target_down_is_reported_with_its_url():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, err = bench(["-m", "m", "-u", f"127.0.0.1:{port}", "--concurrency", "1"])
+    assert code == cli.EXIT_TARGET
+    assert f"http://127.0.0.1:{port}/v2/models/m" in err and "cannot reach" in err
+    assert out == ""  # no table, no zero latency
+
+
+def test_target_answering_500(failing_target, tmp_path):
+    code, out, err = bench(["-m", "m", "-u", failing_target.url, "--concurrency", "1:2", "--warmup-s", "0.1",
+                            "--window-s", "0.3", "--max-windows", "3", "--p99-slo-ms", "1000",
+                            "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json")])
+    assert code == cli.EXIT_REQUEST_ERRORS
+    assert f"{failing_target.url}/v2/models/m/infer failed (500:" in err
+    rows = read_csv(tmp_path / "r.csv")
+    assert len(rows) == 1  # the sweep stops at a level where nothing succeeded
+    assert int(rows[0]["errors"]) == int(rows[0]["requests"]) > 0
+    assert rows[0]["errors_by_status"] == f"500:{rows[0]['errors']}"
+    assert rows[0]["p99_ms"] == "" and rows[0]["p50_ms"] == "" and float(rows[0]["throughput_rps"]) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["levels"][0]["latency_ms"]["p99"] is None
+    assert doc["capacity"]["capacity_rps"] is None and "No measured level meets the SLO" in out
+
+
+def test_bad_command_lines():
+    assert bench(["-m", "m", "--concurrency", "1", "--request-rate", "5"])[0] == cli.EXIT_USAGE
+    code, _, err = bench(["-m", "m", "--target-rate", "100"])
+    assert code == cli.EXIT_USAGE and "--p99-slo-ms" in err
+    assert bench(["-m", "m", "--headroom-pct", "100", "--p99-slo-ms", "5"])[0] == cli.EXIT_USAGE
