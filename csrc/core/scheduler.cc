@@ -154,6 +154,12 @@ Status Scheduler::Validate(Request* r) const {
   return Status::Ok();
 }
 
+bool Scheduler::BatchMayBeReadyLocked() const {
+  const auto& b = options_.batch;
+  return queued_samples_ >= b.max_batch_size ||
+         (!b.preferred_batch_sizes.empty() && queued_samples_ >= b.preferred_batch_sizes.front());
+}
+
 Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
   Request* r = request->get();
   Status s = Validate(r);
@@ -179,7 +185,11 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
     if (id != nullptr) *id = r->id;
     queues_[r->priority_level - 1].push_back(std::move(*request));
     ++queued_;
-    wake = idle_instances_ > 0;
+    queued_samples_ += r->pending.batch_size;
+    // Wake an instance only when it changes something: one waiting for work, or one waiting out
+    // max_queue_delay when the batch may now be full or of a preferred size. Waking it for every
+    // request would cost two context switches per request on a busy core.
+    wake = idle_instances_ > timed_waiters_ || (timed_waiters_ > 0 && BatchMayBeReadyLocked());
   }
   stats_.queue_depth.fetch_add(1, std::memory_order_relaxed);
   stats_.in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -197,6 +207,7 @@ bool Scheduler::Cancel(uint64_t id) {
         found = std::move(*it);
         q.erase(it);
         --queued_;
+        queued_samples_ -= found->pending.batch_size;
         break;
       }
     }
@@ -222,6 +233,7 @@ void Scheduler::Stop(bool drain) {
         q.clear();
       }
       queued_ = 0;
+      queued_samples_ = 0;
     }
   }
   cv_.notify_all();
@@ -282,7 +294,9 @@ void Scheduler::InstanceLoop() {
       if (d.wake_ns == kNoDeadline) {
         cv_.wait(lock);
       } else {
+        ++timed_waiters_;
         cv_.wait_for(lock, std::chrono::nanoseconds(d.wake_ns - now));
+        --timed_waiters_;
       }
       --idle_instances_;
       continue;
@@ -296,6 +310,7 @@ void Scheduler::InstanceLoop() {
     for (const auto& [pos, dispatch] : picks) {
       const auto [level, index] = view.Locate(pos);
       auto& q = queues_[level];
+      queued_samples_ -= q[index]->pending.batch_size;
       (dispatch ? batch : expired).push_back(std::move(q[index]));
       q.erase(q.begin() + static_cast<std::ptrdiff_t>(index));
     }

@@ -72,6 +72,8 @@ class Scheduler {
 
   Status Validate(Request* r) const;  // fills r->pending; needs no lock
   void InstanceLoop();
+  // Whether `queued_samples_` could make a waiting instance dispatch before its timer fires.
+  bool BatchMayBeReadyLocked() const;
   void Execute(Batch* batch, int64_t dispatch_ns);
   void Fail(Batch* requests, StatusCode code, const std::string& message);
   Completion MakeCompletion(std::unique_ptr<Request> r, Status status);
@@ -87,7 +89,9 @@ class Scheduler {
   std::condition_variable cv_;
   std::vector<std::deque<std::unique_ptr<Request>>> queues_;  // guarded by mu_: one per priority level
   int64_t queued_ = 0;       // guarded by mu_
+  int64_t queued_samples_ = 0;  // guarded by mu_
   int idle_instances_ = 0;   // guarded by mu_: instances waiting on cv_
+  int timed_waiters_ = 0;    // guarded by mu_: of those, the ones waiting for max_queue_delay to pass
   bool stopping_ = false;    // guarded by mu_
   bool draining_ = false;    // guarded by mu_
   bool joined_ = false;      // guarded by stop_mu_
