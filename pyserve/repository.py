@@ -24,6 +24,8 @@ from pyserve.runtime import CompletionPump, ModelRunner
 
 log = logging.getLogger("pyserve.repository")
 
+UNLOADED = "unloaded"  # the reason of a model unloaded on request (model control), not by failure
+
 
 class ModelState(enum.Enum):
     READY = "READY"
@@ -140,7 +142,12 @@ class ModelRepository:
                         fresh[version] = await loop.run_in_executor(None, self._start, config, version, path)
             except PyserveError as e:
                 if not entry.versions:
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, e.message
+                    if e.kind is ErrorKind.NOT_FOUND:
+                        # No such model: forget it, or a mistyped load would list it in the index
+                        # and keep the server unready for good.
+                        del self.models[name]
+                    else:
+                        entry.state, entry.reason = ModelState.UNAVAILABLE, e.message
                 raise
             except Exception as e:  # a model's own code may raise anything while loading
                 log.exception("model %s failed to load", name)
@@ -174,7 +181,7 @@ class ModelRepository:
                 return
             old = list(entry.versions.values())
             entry.versions = {}
-            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = ModelState.UNAVAILABLE, UNLOADED
             await asyncio.gather(*(r.stop(drain=True) for r in old))
             log.info("model %s unloaded", name)
 
@@ -218,8 +225,14 @@ class ModelRepository:
         return rows
 
     def all_ready(self) -> bool:
-        """Startup finished and every known model is READY."""
-        return self.startup_done and all(e.state is ModelState.READY for e in self.models.values())
+        """Startup finished and every known model is READY, or was unloaded on request.
+
+        An operator's unload must not make the whole server unready (a readiness probe would then
+        take every other model out of service), as in Triton."""
+        return self.startup_done and all(
+            e.state is ModelState.READY or (e.state is ModelState.UNAVAILABLE and e.reason == UNLOADED)
+            for e in self.models.values()
+        )
 
 
 def replace_overrides(single: SingleModel, **kw) -> SingleModel:

@@ -135,7 +135,8 @@ def _int_parameter(params: dict, key: str) -> int:
 @endpoint
 async def infer(request: web.Request) -> web.Response:
     name, version = request.match_info["model"], request.match_info.get("version")
-    runner = _repo(request).runner(name, version)
+    # Unknown or unready models are refused before the body is read...
+    _repo(request).runner(name, version)
     body = await request.read()
     is_msgpack = request.content_type == MSGPACK
     if is_msgpack:
@@ -146,6 +147,9 @@ async def infer(request: web.Request) -> web.Response:
             # Triton's form for clients that cannot set headers: the length rides in the content type.
             header_length = _content_type_param(request, "json-header-size")
         req = kserve.decode_request(body, header_length)
+    # ...and looked up again after the last await before submit: a load that swapped versions while
+    # the body was read has begun draining the old runner, which would refuse the request (503).
+    runner = _repo(request).runner(name, version)
     if req.outputs is not None:
         declared = {o.name for o in runner.config.outputs}
         for r in req.outputs:

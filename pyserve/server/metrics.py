@@ -39,7 +39,9 @@ def _histogram(name: str, doc: str, labels: list[str], snap: dict, scale: float)
     running = 0
     for bound, count in zip(snap["upper_bounds"], snap["counts"]):
         running += count
-        buckets.append((repr(bound * scale), running))
+        # 12 significant digits: 10 us * 1e-6 is 9.999999999999999e-06 in binary floating point, and
+        # dashboards match le labels as text (le="1e-05").
+        buckets.append((repr(float(f"{bound * scale:.12g}")), running))
     buckets.append(("+Inf", snap["count"]))
     family.add_metric(labels, buckets, snap["sum"] * scale)
     return family
