@@ -268,11 +268,11 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
 @pytest.mark.parametrize(
     "inputs, needle",
     [
-        ({"x": np.zeros((1, 4), np.float64)}, "expected datatype FP32"),
+        ({"x": np.zeros((1, 4), np.float64)}, "expected datatype FP32, got FP64"),
         ({"x": np.zeros((1, 5), np.float32)}, "expected shape [-1, 4]"),
         ({"x": np.zeros((4,), np.float32)}, "expected shape [-1, 4]"),
         ({"x": np.zeros((1, 8), np.float32)[:, ::2]}, "C-contiguous"),
-        ({"x": np.zeros((9, 4), np.float32)}, "exceeds max_batch_size 8"),
+        ({"x": np.zeros((9, 4), np.float32)}, "input 'x': batch of 9 samples"),
         ({"x": np.zeros((0, 4), np.float32)}, "at least 1"),
         ({}, "missing input 'x'"),
         ({"x": np.zeros((1, 4), np.float32), "z": np.zeros(1)}, "unexpected input 'z'"),

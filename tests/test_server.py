@@ -237,7 +237,7 @@ BAD_REQUESTS = {
     "shape": (_json({"inputs": [{**X_OK, "shape": [1, 5], "data": [1, 2, 3, 4, 5]}]}),
               ["'x'", "[-1, 4]", "[1, 5]"]),
     "rank": (_json({"inputs": [{**X_OK, "shape": [4]}]}), ["'x'", "[-1, 4]"]),
-    "datatype": (_json({"inputs": [{**X_OK, "datatype": "INT32"}]}), ["'x'", "FP32", "int32"]),
+    "datatype": (_json({"inputs": [{**X_OK, "datatype": "INT32"}]}), ["'x'", "FP32", "INT32"]),
     "extra-input": (_json({"inputs": [X_OK, {**X_OK, "name": "q"}]}), ["'q'", "inputs are x"]),
     "unknown-datatype": (_json({"inputs": [{**X_OK, "datatype": "FLOAT"}]}), ["'x'", "FLOAT", "FP32"]),
     "element-count": (_json({"inputs": [{**X_OK, "data": [1, 2, 3]}]}), ["'x'", "4 elements", "got 3"]),

@@ -139,7 +139,8 @@ Status Scheduler::Validate(Request* r) const {
   if (batching) {
     if (batch_size < 1) return Invalid("the batch dimension must be at least 1, got " + std::to_string(batch_size));
     if (batch_size > options_.batch.max_batch_size) {
-      return Invalid("batch of " + std::to_string(batch_size) + " samples exceeds max_batch_size " +
+      return Invalid("input '" + specs[0].name + "': batch of " + std::to_string(batch_size) +
+                     " samples (its first dimension) exceeds max_batch_size " +
                      std::to_string(options_.batch.max_batch_size));
     }
   }

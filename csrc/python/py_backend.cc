@@ -56,8 +56,13 @@ Status CheckArray(const py::array& array, DataType expected, const std::string& 
                       : kind == KindOf(expected) && static_cast<size_t>(dt.itemsize()) == ElementSize(expected) &&
                             dt.attr("byteorder").cast<std::string>() != ">";
   if (!ok) {
-    return {StatusCode::kInvalidArgument, who + ": expected datatype " + DataTypeName(expected) + ", got numpy " +
-                                              py::str(dt).cast<std::string>()};
+    // Name what was sent in the protocol's words (INT32), falling back to numpy's for the rest.
+    std::string got = "numpy " + py::str(dt).cast<std::string>();
+    for (int t = 0; t <= static_cast<int>(DataType::kFp64); ++t) {
+      const auto d = static_cast<DataType>(t);
+      if (kind == KindOf(d) && static_cast<size_t>(dt.itemsize()) == ElementSize(d)) got = DataTypeName(d);
+    }
+    return {StatusCode::kInvalidArgument, who + ": expected datatype " + DataTypeName(expected) + ", got " + got};
   }
   if (expected != DataType::kBytes && !(array.flags() & py::array::c_style)) {
     return {StatusCode::kInvalidArgument, who + ": the array must be C-contiguous"};

@@ -132,7 +132,8 @@ def _unpack(body: bytes, what: str) -> dict:
     try:
         doc = msgpack.unpackb(body, raw=False, max_str_len=min(len(body), _MAX_STR_LEN), max_ext_len=0)
     except Exception as e:  # msgpack raises many types (ValueError, FormatError, StackError, ...)
-        raise invalid(f"{what} is not valid msgpack: {e}") from None
+        detail = str(e) or type(e).__name__  # some msgpack errors carry no message
+        raise invalid(f"{what} is not valid msgpack ({len(body)} bytes): {detail}") from None
     if type(doc) is not dict:
         raise invalid(f"{what} must be a msgpack map, got {type(doc).__name__}")
     return doc
