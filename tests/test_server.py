@@ -595,6 +595,9 @@ def test_demo_repository_when_no_repo_is_given(serve: Any, tmp_path: Path) -> No
     # and the server must give exactly the model's own predictions.
     expected = run_onnx(digits / "1" / "model.onnx", samples["x"])
     assert np.sum(expected["label"] == samples["label"]) >= 15
+    # The golden outputs saved at training (scikit-learn's own answers) are what is served.
+    assert expected["label"].tolist() == samples["predicted_label"].tolist()
+    np.testing.assert_allclose(expected["probabilities"], samples["probabilities"], atol=1e-5)
     for protocol in PROTOCOLS:
         _, out = decode(infer(server.url, "digits", protocol, {"x": samples["x"]}))
         assert out["label"].tolist() == expected["label"].tolist(), protocol

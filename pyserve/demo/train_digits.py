@@ -163,10 +163,15 @@ def train_digits(out_dir: Path, seed: int = 0) -> dict[str, Any]:
     onnx_path = version_dir / "model.onnx"
     onnx_path.write_bytes(onnx_bytes)
     (model_dir / "config.toml").write_text(CONFIG_TOML, encoding="utf-8")
+    golden_x = np.ascontiguousarray(x_test[:N_SAMPLES], dtype=np.float32)
+    # Golden samples: the true labels, and what the trained model answers (a served model must
+    # answer the same; it is not always right).
     np.savez(
         model_dir / "samples.npz",
-        x=np.ascontiguousarray(x_test[:N_SAMPLES], dtype=np.float32),
+        x=golden_x,
         label=y_test[:N_SAMPLES],
+        predicted_label=pipeline.predict(golden_x).astype(np.int64),
+        probabilities=pipeline.predict_proba(golden_x).astype(np.float32),
     )
 
     metrics: dict[str, Any] = {
