@@ -341,3 +341,17 @@ def _refused(url: str) -> bool:
     except requests.ConnectionError:
         return True
     return False
+
+
+def test_sigterm_with_a_backend_that_never_returns_exits_1_after_the_timeout(serve: Any, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "models")
+    repo.python("stuck", GATE_MODEL.format(scale=1.0), gate_config(1))
+    gate = Gate(repo.root / "stuck" / "gate.lock")
+    server = serve([repo.root, "--shutdown-timeout-s", "1"])
+    with ThreadPoolExecutor(1) as pool, gate:
+        pool.submit(infer, server.url, "stuck", "json", {"x": np.ones((1, 1), np.float32)})
+        wait_until(lambda: model_stats(server.url, "stuck")["in_flight"] == 1, what="request running")
+        server.signal()
+        # The handler is cancelled after 1 s, the drain gives up 1 s later: exit 1, said in the log.
+        assert server.wait(timeout_s=15) == 1
+        assert "did not finish within 1 s of shutdown" in server.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,14 @@ async def _repository_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Shutdown: the listener is closed and in-flight handlers have finished or timed out; drain
     # whatever is still queued so no accepted request is dropped, then release the core.
-    await repo.close()
+    try:
+        await asyncio.wait_for(repo.close(), settings.shutdown_timeout_s)
+    except TimeoutError:
+        # A backend call that never returns cannot be interrupted; exiting is the only way out.
+        log.error("a model backend did not finish within %.0f s of shutdown; exiting with status 1",
+                  settings.shutdown_timeout_s)
+        logging.shutdown()
+        os._exit(1)
     pump.close()
 
 
