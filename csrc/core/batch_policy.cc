@@ -22,6 +22,8 @@ Decision Decide(const QueueView& queue, int64_t now_ns, const BatchOptions& opti
       d.expire.push_back(i);
       continue;
     }
+    // Any live request's deadline bounds the wait, whatever its shape: it must be answered on time.
+    nearest_deadline_ns = std::min(nearest_deadline_ns, r.deadline_ns);
     if (!have_head) {
       have_head = true;
       signature = r.signature;
@@ -39,7 +41,6 @@ Decision Decide(const QueueView& queue, int64_t now_ns, const BatchOptions& opti
     d.dispatch.push_back(i);
     total += r.batch_size;
     oldest_ns = std::min(oldest_ns, r.enqueue_ns);
-    nearest_deadline_ns = std::min(nearest_deadline_ns, r.deadline_ns);
     if (std::binary_search(options.preferred_batch_sizes.begin(),
                            options.preferred_batch_sizes.end(), total)) {
       preferred_cut = d.dispatch.size();

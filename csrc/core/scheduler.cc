@@ -123,7 +123,15 @@ Status Scheduler::Validate(Request* r) const {
       for (size_t d = 1; d < rank; ++d) signature = Mix(signature, static_cast<uint64_t>(v.shape[d]));
     }
     signature = Mix(signature, 0xFFFFFFFFFFFFFFFFull);  // separates the inputs' dimension lists
-    const int64_t count = ElementCount(v.shape);
+    // The element count, refusing shapes whose size overflows or cannot fit in the data given.
+    int64_t count = 1;
+    bool overflow = false;
+    for (int64_t dim : v.shape) overflow = overflow || __builtin_mul_overflow(count, dim, &count);
+    const size_t min_element_bytes = spec.dtype == DataType::kBytes ? 4 : ElementSize(spec.dtype);
+    if (overflow || (count > 0 && static_cast<uint64_t>(count) > v.nbytes / min_element_bytes)) {
+      return Invalid(who + ": shape " + ShapeString(v.shape) + " holds more elements than the " +
+                     std::to_string(v.nbytes) + " bytes given");
+    }
     if (spec.dtype == DataType::kBytes) {
       std::vector<uint64_t> offsets;
       if (!BytesElementOffsets(v.data, v.nbytes, count, &offsets)) {
@@ -190,7 +198,8 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
     // Wake an instance only when it changes something: one waiting for work, or one waiting out
     // max_queue_delay when the batch may now be full or of a preferred size. Waking it for every
     // request would cost two context switches per request on a busy core.
-    wake = idle_instances_ > timed_waiters_ || (timed_waiters_ > 0 && BatchMayBeReadyLocked());
+    wake = idle_instances_ > timed_waiters_ ||
+           (timed_waiters_ > 0 && (BatchMayBeReadyLocked() || r->pending.deadline_ns < timed_wake_ns_));
   }
   stats_.queue_depth.fetch_add(1, std::memory_order_relaxed);
   stats_.in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -296,8 +305,9 @@ void Scheduler::InstanceLoop() {
         cv_.wait(lock);
       } else {
         ++timed_waiters_;
+        timed_wake_ns_ = std::min(timed_wake_ns_, d.wake_ns);
         cv_.wait_for(lock, std::chrono::nanoseconds(d.wake_ns - now));
-        --timed_waiters_;
+        if (--timed_waiters_ == 0) timed_wake_ns_ = kNoDeadline;
       }
       --idle_instances_;
       continue;

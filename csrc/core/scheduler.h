@@ -92,6 +92,7 @@ class Scheduler {
   int64_t queued_samples_ = 0;  // guarded by mu_
   int idle_instances_ = 0;   // guarded by mu_: instances waiting on cv_
   int timed_waiters_ = 0;    // guarded by mu_: of those, the ones waiting for max_queue_delay to pass
+  int64_t timed_wake_ns_ = kNoDeadline;  // guarded by mu_: the earliest time a timed waiter wakes
   bool stopping_ = false;    // guarded by mu_
   bool draining_ = false;    // guarded by mu_
   bool joined_ = false;      // guarded by stop_mu_
