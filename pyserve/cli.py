@@ -11,6 +11,20 @@ from pyserve import __version__
 from pyserve.errors import PyserveError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The flags that configure --model models (flag -> argparse dest).
+_MODEL_FLAGS = {
+    "--max-batch-size": "max_batch_size",
+    "--max-queue-delay-us": "max_queue_delay_us",
+    "--preferred-batch-sizes": "preferred_batch_sizes",
+    "--max-queue-size": "max_queue_size",
+    "--instance-count": "instance_count",
+    "--intra-op-threads": "intra_op_threads",
+}
+
+
+def value(v: int | None, default: int) -> int:
+    """``v``, or ``default`` when the flag was not given."""
+    return default if v is None else v
 
 
 def _model_arg(text: str) -> tuple[str, Path]:
@@ -33,15 +47,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--model", action="append", default=[], type=_model_arg, metavar="NAME=PATH",
         help="also serve one ONNX file as model NAME (repeatable); batching from the flags below",
     )
-    p.add_argument("--max-batch-size", type=int, default=0,
+    p.add_argument("--max-batch-size", type=int, default=None,
                    help="for --model: max samples per batch (0 = no batching; default 0)")
-    p.add_argument("--max-queue-delay-us", type=int, default=0,
+    p.add_argument("--max-queue-delay-us", type=int, default=None,
                    help="for --model: how long a request may wait for others to batch with (default 0)")
-    p.add_argument("--preferred-batch-sizes", default="",
+    p.add_argument("--preferred-batch-sizes", default=None,
                    help="for --model: comma-separated batch sizes to dispatch at once (default none)")
-    p.add_argument("--max-queue-size", type=int, default=0, help="for --model: queued requests before 503 (0 = no limit)")
-    p.add_argument("--instance-count", type=int, default=1, help="for --model: batches run at once (default 1)")
-    p.add_argument("--intra-op-threads", type=int, default=1,
+    p.add_argument("--max-queue-size", type=int, default=None, help="for --model: queued requests before 503 (0 = no limit)")
+    p.add_argument("--instance-count", type=int, default=None, help="for --model: batches run at once (default 1)")
+    p.add_argument("--intra-op-threads", type=int, default=None,
                    help="for --model: onnxruntime intra-op threads (default 1; 0 = onnxruntime's choice)")
     p.add_argument("--max-body-bytes", type=int, default=64 << 20, help="largest request body (default 64 MiB; 413 above)")
     p.add_argument("--no-strict-readiness", action="store_true",
@@ -66,16 +80,30 @@ def _serve(args: argparse.Namespace) -> int:
     if repository is not None and not Path(repository).is_dir():
         print(f"pyserve serve: {repository}: no such model repository folder", file=sys.stderr)
         return 2
-    preferred = tuple(int(s) for s in args.preferred_batch_sizes.split(",") if s.strip())
+    given = [f for f, v in _MODEL_FLAGS.items() if getattr(args, v) is not None]
+    if given and not args.model:
+        print(f"pyserve serve: {', '.join(given)}: only for --model models; a repository model takes "
+              "its settings from REPO/<model>/config.toml", file=sys.stderr)
+        return 2
+    for name, path in args.model:
+        if not path.is_file():
+            print(f"pyserve serve: --model {name}={path}: no such file", file=sys.stderr)
+            return 2
+    try:
+        preferred = [int(s) for s in (args.preferred_batch_sizes or "").split(",") if s.strip()]
+    except ValueError:
+        print(f"pyserve serve: --preferred-batch-sizes: expected comma-separated integers, got "
+              f"{args.preferred_batch_sizes!r}", file=sys.stderr)
+        return 2
     overrides = {
-        "max_batch_size": args.max_batch_size,
-        "instance_count": args.instance_count,
+        "max_batch_size": value(args.max_batch_size, 0),
+        "instance_count": value(args.instance_count, 1),
         "dynamic_batching": {
-            "max_queue_delay_us": args.max_queue_delay_us,
-            "preferred_batch_sizes": list(preferred),
-            "max_queue_size": args.max_queue_size,
+            "max_queue_delay_us": value(args.max_queue_delay_us, 0),
+            "preferred_batch_sizes": preferred,
+            "max_queue_size": value(args.max_queue_size, 0),
         },
-        "backend_options": {"intra_op_num_threads": args.intra_op_threads},
+        "backend_options": {"intra_op_num_threads": value(args.intra_op_threads, 1)},
     }
     singles = tuple(SingleModel(name, path, overrides) for name, path in args.model)
     settings = ServerSettings(

@@ -51,6 +51,13 @@ class Model:
 """
 
 
+RAISER_MODEL = """
+class Model:
+    def infer(self, inputs):
+        raise ValueError("bad luck")
+"""
+
+
 def metrics(url: str) -> dict[tuple[str, frozenset], float]:
     """Every sample of GET /metrics as {(name, labels): value}."""
     resp = requests.get(url + "/metrics", timeout=10)
@@ -84,6 +91,8 @@ def build_main_repo(repo: Repo) -> None:
     repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
                 + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
                 + toml_tensors("outputs", [(f"out_{n}", d, s) for n, d, s in specs]))
+    repo.python("raiser", RAISER_MODEL, 'backend = "python"\n'
+                + toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])]))
     repo.python("gate", GATE_MODEL.format(scale=2.0), gate_config(1, """
         [dynamic_batching]
         max_queue_size = 3
@@ -642,3 +651,59 @@ def test_single_file_and_a_broken_config(serve: Any, tmp_path: Path) -> None:
     assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_us"] == 500
     _, out = decode(infer(server.url, "good", "msgpack", {"x": x}))
     np.testing.assert_array_equal(out["y"], run_onnx(repo.root / "good" / "1" / "model.onnx", x)["y"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults, disconnects, error counts
+
+def test_backend_exception_is_a_500_without_the_traceback(server: Server) -> None:
+    resp = infer(server.url, "raiser", "json", {"x": np.ones(3, np.float32)})
+    assert resp.status_code == 500
+    error = resp.json()["error"]
+    assert "ValueError: bad luck" in error and "model 'raiser'" in error
+    assert "Traceback" not in error and ".py" not in error, error
+    assert "bad luck" in server.log()  # the traceback went to the server's log instead
+    assert_still_serving(server.url)
+
+
+def test_client_that_goes_away_cancels_its_queued_request(server: Server, gate: Gate) -> None:
+    import socket
+
+    before = model_stats(server.url, "gate")
+    one = {"x": np.ones((1, 1), np.float32)}
+    with ThreadPoolExecutor(1) as pool, gate:
+        first = pool.submit(infer, server.url, "gate", "json", one)
+        wait_until(lambda: model_stats(server.url, "gate")["in_flight"] == 1, what="first request running")
+        body, headers = encode("json", one)
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(f"POST /v2/models/gate/infer HTTP/1.1\r\nHost: x\r\n{head}"
+                         f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            wait_until(lambda: model_stats(server.url, "gate")["queue_depth"] == 1, what="second queued")
+        # The connection is closed: the handler is cancelled and with it the queued request.
+        wait_until(lambda: model_stats(server.url, "gate")["requests_cancelled"]
+                   == before["requests_cancelled"] + 1, what="request cancelled")
+    assert first.result(timeout=30).status_code == 200
+    after = model_stats(server.url, "gate")
+    assert after["requests_succeeded"] == before["requests_succeeded"] + 1
+    assert after["batches_executed"] == before["batches_executed"] + 1  # the cancelled one never ran
+
+
+def test_error_answers_are_counted_by_model_and_status(server: Server) -> None:
+    before = metrics(server.url)
+    assert infer(server.url, "affine", "json", {"x": np.ones((1, 3), np.float32)}).status_code == 400
+    assert requests.post(server.url + "/v2/models/nope/infer", data=b"{}", timeout=10).status_code == 404
+    after = metrics(server.url)
+
+    def delta(**labels: str) -> float:
+        return (metric(after, "pyserve_infer_errors_total", **labels)
+                - metric(before, "pyserve_infer_errors_total", **labels))
+
+    assert delta(model="affine", status="400") == 1
+    assert delta(model="", status="404") == 1  # unknown names are not labels
+
+
+def test_stats_of_one_version(server: Server) -> None:
+    rows = requests.get(server.url + "/v2/models/affine/versions/1/stats", timeout=10).json()["model_stats"]
+    assert [r["version"] for r in rows] == ["1"] and rows[0]["name"] == "affine"
+    assert requests.get(server.url + "/v2/models/affine/versions/9/stats", timeout=10).status_code == 404

@@ -183,7 +183,17 @@ Status PyBackend::Execute(const std::vector<BatchInput>& inputs, std::vector<Bat
     }
     return Status::Ok();
   } catch (py::error_already_set& e) {
-    std::string message = e.what();
+    // The caller gets "Type: message"; the traceback goes to the server's log, never to a client.
+    std::string message;
+    try {
+      py::module_::import("logging").attr("getLogger")("pyserve.backend").attr("error")(
+          "backend call failed", py::arg("exc_info") = py::make_tuple(e.type(), e.value(), e.trace()));
+      const std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
+      const std::string text = py::str(e.value()).cast<std::string>();
+      message = type == "PyserveError" ? text : type + ": " + text;
+    } catch (const std::exception&) {
+      message = e.what();
+    }
     return {StatusCode::kInternal, message};
   } catch (const std::exception& e) {
     return {StatusCode::kInternal, e.what()};

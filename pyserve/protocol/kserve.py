@@ -110,7 +110,10 @@ def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dic
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
-        raise invalid(f"{what} is not valid JSON: {e}") from None
+        hint = ""
+        if header_length is None and b"binary_data_size" in body[:4096]:
+            hint = f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
+        raise invalid(f"{what} is not valid JSON: {e}{hint}") from None
     if type(doc) is not dict:
         raise invalid(f"{what} must be a JSON object, got {_json_type(doc)}")
     return doc, binary

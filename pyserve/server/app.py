@@ -14,7 +14,7 @@ from aiohttp import web
 from pyserve.repository import ModelRepository, SingleModel
 from pyserve.runtime import CompletionPump
 from pyserve.server import handlers, metrics
-from pyserve.server.state import REGISTRY, REPOSITORY, SETTINGS
+from pyserve.server.state import INFER_ERRORS, REGISTRY, REPOSITORY, SETTINGS
 
 log = logging.getLogger("pyserve.server")
 
@@ -39,7 +39,7 @@ async def _repository_ctx(app: web.Application) -> AsyncIterator[None]:
     pump = CompletionPump(asyncio.get_running_loop())
     repo = ModelRepository(pump, settings.repository, settings.models)
     app[REPOSITORY] = repo
-    app[REGISTRY] = metrics.make_registry(repo.runners)
+    app[REGISTRY], app[INFER_ERRORS] = metrics.make_registry(repo.runners)
     await repo.load_all()
     yield
     # Shutdown: the listener is closed and in-flight handlers have finished or timed out; drain
@@ -78,5 +78,7 @@ def run(settings: ServerSettings) -> None:
         port=settings.port,
         shutdown_timeout=settings.shutdown_timeout_s,
         access_log=None,
+        # A client that goes away cancels its handler, and so its request while still queued.
+        handler_cancellation=True,
         print=lambda msg: log.info("%s", msg.strip()),
     )

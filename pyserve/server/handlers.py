@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 import pyserve
-from pyserve.errors import invalid, not_found
+from pyserve.errors import ErrorKind, PyserveError, invalid, not_found
 from pyserve.protocol import InferRequest, InferResponse
 from pyserve.protocol import kserve, msgpack_codec
 from pyserve.repository import ModelRepository
 from pyserve.server import metrics
 from pyserve.server.errors import endpoint, error_response
-from pyserve.server.state import REGISTRY, REPOSITORY, SETTINGS
+from pyserve.server.state import INFER_ERRORS, REGISTRY, REPOSITORY, SETTINGS
+
+log = logging.getLogger("pyserve.server")
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -108,11 +112,10 @@ def vars_of(obj: Any) -> dict:
 
 @endpoint
 async def model_stats(request: web.Request) -> web.Response:
-    name = request.match_info["model"]
+    name, version = request.match_info["model"], request.match_info.get("version")
     entry = _repo(request).entry(name)
-    rows = [
-        {"name": name, "version": str(v), **runner.stats()} for v, runner in sorted(entry.versions.items())
-    ]
+    runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
+    rows = [{"name": name, "version": r.version, **r.stats()} for r in runners]
     return _json({"model_stats": rows})
 
 
@@ -134,10 +137,23 @@ def _int_parameter(params: dict, key: str) -> int:
 
 @endpoint
 async def infer(request: web.Request) -> web.Response:
+    try:
+        return await _infer(request)
+    except PyserveError as e:
+        name = request.match_info["model"]
+        known = name in _repo(request).models  # unknown names would grow the label set without bound
+        request.app[INFER_ERRORS].labels(name if known else "", str(e.kind.http_status)).inc()
+        raise
+
+
+async def _infer(request: web.Request) -> web.Response:
     name, version = request.match_info["model"], request.match_info.get("version")
     # Unknown or unready models are refused before the body is read...
     _repo(request).runner(name, version)
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise PyserveError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body too large: {e.text}") from None
     is_msgpack = request.content_type == MSGPACK
     if is_msgpack:
         req: InferRequest = msgpack_codec.decode_request(body)
@@ -199,14 +215,20 @@ def _control_allowed(request: web.Request) -> None:
 @endpoint
 async def load_model(request: web.Request) -> web.Response:
     _control_allowed(request)
-    await _repo(request).load(request.match_info["model"])
+    name = request.match_info["model"]
+    try:
+        # Shielded: a client that hangs up must not leave a model half loaded.
+        await asyncio.shield(_repo(request).load(name))
+    except PyserveError as e:
+        log.error("load of model %s refused: %s", name, e.message)
+        raise
     return _json({})
 
 
 @endpoint
 async def unload_model(request: web.Request) -> web.Response:
     _control_allowed(request)
-    await _repo(request).unload(request.match_info["model"])
+    await asyncio.shield(_repo(request).unload(request.match_info["model"]))
     return _json({})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -83,11 +83,19 @@ class CoreCollector(Collector):
             yield merged
 
 
-def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> CollectorRegistry:
-    """A registry holding only pyserve's collector (no process metrics of the test runner)."""
+def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> tuple[CollectorRegistry, Counter]:
+    """A registry holding pyserve's collector (no process metrics of the test runner), and the
+    counter of infer requests answered with an error status."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(runners))
-    return registry
+    errors = Counter(
+        "pyserve_infer_errors",
+        "Infer requests answered with an error status, including those refused before the model's queue "
+        "(bad input, unknown model or version, body too large).",
+        ["model", "status"],
+        registry=registry,
+    )
+    return registry, errors
 
 
 def render(registry: CollectorRegistry) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 
 from pyserve.repository import ModelRepository
 
@@ -15,3 +15,4 @@ if TYPE_CHECKING:
 SETTINGS: web.AppKey["ServerSettings"] = web.AppKey("settings")
 REPOSITORY: web.AppKey[ModelRepository] = web.AppKey("repository", ModelRepository)
 REGISTRY: web.AppKey[CollectorRegistry] = web.AppKey("registry", CollectorRegistry)
+INFER_ERRORS: web.AppKey[Counter] = web.AppKey("infer_errors", Counter)
