@@ -2,7 +2,10 @@
 KNOWN service time, where queueing theory says what the figures must be.
 
 The target is a fixture (``target``): any KServe v2 server whose model ``target.model`` takes
-``target.service_s`` per request, one request at a time, without batching, fits.
+``target.service_s`` per request, one request at a time, without batching, fits. Each such test runs
+twice: against the fake server of ``fake_kserve.py`` (exact service time, no server overhead) and
+against a real ``pyserve serve`` subprocess serving a Python-backend model that sleeps the service time
+per batch (one instance, batching off), so the bench is validated against what it is meant to measure.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from conftest import Repo, Server, toml_tensors
 from fake_kserve import FakeKServe
 from pyserve.bench import capacity, cli
 from pyserve.bench.loadgen import arrival_schedule
@@ -39,13 +43,53 @@ class Target:
     url: str
     model: str
     service_s: float
+    kind: str  # "fake" (fake_kserve.py) or "pyserve" (a real ``pyserve serve`` subprocess)
+
+
+TARGET_KINDS = ["fake", "pyserve"]
+
+# The real server's models: x FP32 [1, 4] -> y FP32 [1, 4], full shapes since batching is off.
+PYSERVE_CONFIG = ('backend = "python"\nmax_batch_size = 0\ninstance_count = 1\n'
+                  + toml_tensors("inputs", [("x", "FP32", [1, 4])])
+                  + toml_tensors("outputs", [("y", "FP32", [1, 4])]))
+
+# time.sleep releases the GIL: the server keeps accepting and queueing while the model "computes".
+SLEEPER_MODEL = """
+import time
+
+SERVICE_S = {service_s}
+
+
+class Model:
+    def infer(self, inputs):
+        time.sleep(SERVICE_S)
+        return {{"y": inputs["x"]}}
+"""
+
+FAILING_MODEL = """
+class Model:
+    def infer(self, inputs):
+        raise RuntimeError("injected failure")
+"""
 
 
 @pytest.fixture(scope="module")
-def target():
+def pyserve_server(serve_module, tmp_path_factory) -> Server:
+    """One ``pyserve serve`` with ``sleeper`` (SERVICE_S per batch) and ``failing`` (always raises)."""
+    repo = Repo(tmp_path_factory.mktemp("bench") / "models")
+    repo.python("sleeper", SLEEPER_MODEL.format(service_s=SERVICE_S), PYSERVE_CONFIG)
+    repo.python("failing", FAILING_MODEL, PYSERVE_CONFIG)
+    return serve_module([repo.root])
+
+
+@pytest.fixture(scope="module", params=TARGET_KINDS)
+def target(request):
+    if request.param == "pyserve":
+        yield Target(request.getfixturevalue("pyserve_server").url, "sleeper", SERVICE_S, "pyserve")
+        return
     server = FakeKServe(service_s=SERVICE_S)
     url = server.start()
-    yield Target(url, "m", SERVICE_S)
+    yield Target(url, "m", SERVICE_S, "fake")
     assert server.bad_bodies == 0, "the bench sent bodies the server could not decode"
     server.stop()
 
@@ -55,14 +99,18 @@ def bare_target():
     """The same model on a server without /metrics (not pyserve)."""
     server = FakeKServe(service_s=SERVICE_S, metrics=False)
     url = server.start()
-    yield Target(url, "m", SERVICE_S)
+    yield Target(url, "m", SERVICE_S, "fake")
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def failing_target():
+@pytest.fixture(scope="module", params=TARGET_KINDS)
+def failing_target(request):
+    """A model whose every request fails with HTTP 500."""
+    if request.param == "pyserve":
+        yield Target(request.getfixturevalue("pyserve_server").url, "failing", SERVICE_S, "pyserve")
+        return
     server = FakeKServe(fail_status=500)
-    yield Target(server.start(), "m", SERVICE_S)
+    yield Target(server.start(), "m", SERVICE_S, "fake")
     server.stop()
 
 
@@ -280,11 +328,12 @@ def test_closed_loop_matches_queueing_theory(closed_run, target):
         assert float(row["mean_ms"]) == pytest.approx(c * s_ms, rel=0.15)
         assert float(row["p50_ms"]) >= c * s_ms * 0.95
         assert int(row["errors"]) == 0 and row["errors_by_status"] == ""
-    # The server's side: compute ~= S always; queue ~= (c - 1) * S.
-    if rows[1]["server_compute_ms"]:
-        assert float(rows[4]["server_compute_ms"]) == pytest.approx(s_ms, rel=0.15)
-        assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.2)
-        assert float(rows[1]["server_avg_batch_size"]) == 1.0
+    # The server's side (both targets export pyserve's metrics): compute ~= S always; queue ~= (c - 1) * S.
+    for c, row in rows.items():
+        assert float(row["server_compute_ms"]) == pytest.approx(s_ms, rel=0.15)
+        assert float(row["server_avg_batch_size"]) == 1.0
+    assert float(rows[1]["server_queue_ms"]) < 0.1 * s_ms
+    assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.2)
 
 
 def test_capacity_answer_of_a_run(closed_run, target):
@@ -359,22 +408,66 @@ def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path)
     assert level["server"] is None  # a target without pyserve metrics: empty, not an error
 
 
-def test_target_down_is_reported_with_its_url():
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code, out, err = bench(["-m", "m", "-u", f"127.0.0.1:{port}", "--concurrency", "1"])
+@pytest.mark.parametrize("kind", ["nothing-listens", "pyserve-without-the-model"])
+def test_target_down_is_reported_with_its_url(kind, request):
+    if kind == "nothing-listens":
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            url, model = f"http://127.0.0.1:{sock.getsockname()[1]}", "m"
+    else:  # a live pyserve that does not serve the model: its 404, not a run
+        url, model = request.getfixturevalue("pyserve_server").url, "absent"
+    code, out, err = bench(["-m", model, "-u", url.removeprefix("http://"), "--concurrency", "1"])
     assert code == cli.EXIT_TARGET
-    assert f"http://127.0.0.1:{port}/v2/models/m" in err and "cannot reach" in err
+    assert f"{url}/v2/models/{model}" in err
+    assert ("cannot reach" if kind == "nothing-listens" else "answered HTTP 404") in err
     assert out == ""  # no table, no zero latency
 
 
+class _StopOnWindow(io.StringIO):
+    """The bench's stderr: SIGTERMs ``server`` when the progress line of window ``k`` is written, so a
+    target goes down mid-level at a known point of the run."""
+
+    def __init__(self, server: Server, k: int) -> None:
+        super().__init__()
+        self.server, self.mark = server, f"window {k}/"
+
+    def write(self, text: str) -> int:
+        if self.mark in text and self.server.proc.poll() is None:
+            self.server.signal()
+        return super().write(text)
+
+
+def test_pyserve_going_down_mid_run(serve, repo, tmp_path):
+    repo.python("sleeper", SLEEPER_MODEL.format(service_s=SERVICE_S), PYSERVE_CONFIG)
+    server = serve([repo.root])
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out, err = io.StringIO(), _StopOnWindow(server, 1)
+    code = cli.run(parser.parse_args(
+        ["-m", "sleeper", "-u", server.url, "--concurrency", "2", "--warmup-s", "0.3", "--window-s", "0.5",
+         "--max-windows", "4", "--raw-csv", str(tmp_path / "raw.csv"), "--json", str(tmp_path / "r.json")]),
+        out=out, err=err)
+    assert server.wait() == 0  # a clean, draining shutdown
+    assert code == cli.EXIT_REQUEST_ERRORS
+    assert f"requests to {server.url}/v2/models/sleeper/infer failed (connection_error: " in err.getvalue()
+    raw = read_csv(tmp_path / "raw.csv")
+    ok = [float(r["latency_ms"]) for r in raw if r["status"] == "200"]
+    assert {r["status"] for r in raw} <= {"200", "503", "connection_error"}
+    assert len(ok) >= 0.5 * 0.5 / SERVICE_S  # window 1 ran at about 1/S before the stop
+    # Every latency reported is a served request's (~2 S here), never a failed one's near-zero time.
+    assert min(ok) >= SERVICE_S * 1e3
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert level["errors_by_status"]["connection_error"] > 0
+    p99 = level["latency_ms"]["p99"]
+    assert p99 is None or p99 >= 2 * SERVICE_S * 1e3 * 0.9
+
+
 def test_target_answering_500(failing_target, tmp_path):
-    code, out, err = bench(["-m", "m", "-u", failing_target.url, "--concurrency", "1:2", "--warmup-s", "0.1",
-                            "--window-s", "0.3", "--max-windows", "3", "--p99-slo-ms", "1000",
+    code, out, err = bench(["-m", failing_target.model, "-u", failing_target.url, "--concurrency", "1:2",
+                            "--warmup-s", "0.1", "--window-s", "0.3", "--max-windows", "3", "--p99-slo-ms", "1000",
                             "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "r.json")])
     assert code == cli.EXIT_REQUEST_ERRORS
-    assert f"{failing_target.url}/v2/models/m/infer failed (500:" in err
+    assert f"{failing_target.url}/v2/models/{failing_target.model}/infer failed (500:" in err
     rows = read_csv(tmp_path / "r.csv")
     assert len(rows) == 1  # the sweep stops at a level where nothing succeeded
     assert int(rows[0]["errors"]) == int(rows[0]["requests"]) > 0

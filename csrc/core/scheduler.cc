@@ -410,6 +410,7 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   stats_.compute_us.Observe((end_ns - start_ns) / 1e3);
   stats_.batch_size.Observe(static_cast<double>(total));
   if (!status.ok()) {
+    for (const auto& r : *batch) stats_.queue_us.Observe((dispatch_ns - r->pending.enqueue_ns) / 1e3);
     Fail(batch, StatusCode::kInternal,
          "model '" + options_.model_name + "' version '" + options_.model_version + "': " + status.message);
     return;

@@ -81,9 +81,10 @@ def split(before: Snapshot | None, after: Snapshot | None) -> ServerSplit | None
     """Average queue, compute and request time (ms) and batch size between two snapshots."""
     if before is None or after is None:
         return None
-    batch = _ratio(after, before, "pyserve_samples_total", "pyserve_batches_total")
+    # The histogram counts every executed batch, failed ones too; samples_total counts only answers.
+    batch = _ratio(after, before, "pyserve_batch_size_sum", "pyserve_batch_size_count")
     if math.isnan(batch):
-        batch = _ratio(after, before, "pyserve_batch_size_sum", "pyserve_batch_size_count")
+        batch = _ratio(after, before, "pyserve_samples_total", "pyserve_batches_total")
     return ServerSplit(
         queue_ms=_ratio(
             after, before, "pyserve_queue_duration_seconds_sum", "pyserve_queue_duration_seconds_count", 1e3
