@@ -31,6 +31,9 @@ if given, must equal it)::
     default_timeout_us = 0         # 0 = none
     priority_levels = 2            # >= 1; priority 1 is the highest
     default_priority_level = 2     # 1..priority_levels
+    dispatch_when_idle = true      # default true: once the server has queued every request it has
+                                   # received, an idle instance dispatches without waiting out
+                                   # max_queue_delay_us; false: always wait (Triton's rule)
     [version_policy]               # exactly one of: latest = N | specific = [1, 3] | all = true
     latest = 1
     [onnxruntime]                  # options of the onnxruntime backend
@@ -105,6 +108,7 @@ class DynamicBatching:
     default_timeout_us: int = 0
     priority_levels: int = 1
     default_priority_level: int = 1
+    dispatch_when_idle: bool = True
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,10 @@ def _parse_dynamic_batching(source: str, value: Any) -> DynamicBatching:
             if len(set(sizes)) != len(sizes):
                 raise _fail(source, f"{key}.{name}", f"expected no duplicates, got {list(sizes)}")
             kwargs[name] = tuple(sorted(sizes))
+        elif name == "dispatch_when_idle":
+            if type(v) is not bool:
+                raise _fail(source, f"{key}.{name}", f"expected true or false, got {v!r}")
+            kwargs[name] = v
         else:
             kwargs[name] = _int(source, v, f"{key}.{name}", minimums.get(name, 0))
     return DynamicBatching(**kwargs)

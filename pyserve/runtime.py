@@ -105,6 +105,15 @@ class ModelRunner:
         except _core.CoreError as e:
             raise error_from_core(*e.args) from None
         self._stopped = False
+        # Work-conserving batching: once per loop iteration, after the handlers that ran have queued
+        # their requests, tell the core nothing more is on its way, so an idle instance does not wait
+        # out max_queue_delay_us for company that is not coming (a lone client pays nothing).
+        self._dispatch_when_idle = bool(getattr(db, "dispatch_when_idle", True))
+        self._flush_scheduled = False
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._scheduler.flush()
 
     def submit(
         self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
@@ -120,6 +129,9 @@ class ModelRunner:
         except _core.CoreError as e:
             raise error_from_core(*e.args) from None
         future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
+        if self._dispatch_when_idle and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)  # runs after this iteration's other handlers
         return future
 
     async def infer(

@@ -435,3 +435,37 @@ def test_bad_options_are_refused() -> None:
     assert "preferred_batch_sizes" in e.value.args[1]
     with pytest.raises(_core.CoreError):
         _core.Scheduler(options(instance_count=0), "identity", _core.CompletionQueue())
+
+
+def test_flush_dispatches_without_waiting_out_the_delay() -> None:
+    cq = _core.CompletionQueue()
+    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=10_000_000), "identity", cq)
+    sched.submit(sample(1), 1)
+    assert not cq.wait(50), "dispatched before the 10 s delay without a flush"
+    sched.flush()
+    got = drain_all(cq, 1, timeout_s=5)
+    sched.stop()
+    assert got[0][1] == OK
+
+
+@pytest.mark.parametrize("dispatch_when_idle", [True, False], ids=["when-idle", "triton-rule"])
+def test_runner_lone_request_waits_only_under_the_triton_rule(dispatch_when_idle: bool) -> None:
+    delay_us = 100_000
+
+    async def main() -> float:
+        pump = CompletionPump()
+        config = _config(dynamic_batching=dict(max_queue_delay_us=delay_us, dispatch_when_idle=dispatch_when_idle))
+        runner = ModelRunner(config, "1", "identity", pump)
+        await runner.infer(sample(0))  # warm
+        start = time.perf_counter()
+        await runner.infer(sample(1))
+        elapsed = time.perf_counter() - start
+        await runner.stop()
+        pump.close()
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    if dispatch_when_idle:
+        assert elapsed < delay_us / 1e6 / 2, elapsed  # nothing else was coming: no wait
+    else:
+        assert elapsed >= delay_us / 1e6 * 0.9, elapsed

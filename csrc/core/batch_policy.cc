@@ -5,7 +5,7 @@
 namespace pyserve {
 
 Decision Decide(const QueueView& queue, int64_t now_ns, const BatchOptions& options,
-                size_t scan_limit) {
+                int64_t flushed_ns, size_t scan_limit) {
   Decision d;
   const size_t n = std::min(queue.size(), scan_limit);
   bool have_head = false;
@@ -56,7 +56,7 @@ Decision Decide(const QueueView& queue, int64_t now_ns, const BatchOptions& opti
   const int64_t delay_end_ns = oldest_ns > kNoDeadline - options.max_queue_delay_ns
                                    ? kNoDeadline
                                    : oldest_ns + options.max_queue_delay_ns;
-  if (now_ns >= delay_end_ns) return d;
+  if (now_ns >= delay_end_ns || oldest_ns <= flushed_ns) return d;
   if (preferred_cut > 0) {
     d.dispatch.resize(preferred_cut);
     return d;

@@ -48,7 +48,12 @@ struct Decision {
 // largest preferred size reached; else dispatch everything gathered once the oldest gathered request
 // has waited max_queue_delay; otherwise wait until then or until the nearest deadline, whichever is
 // first. Looks at no more than `scan_limit` queued requests per call.
+//
+// `flushed_ns`: the submitter's word that every request it had received by then is queued (the
+// server has nothing else to add). Requests queued by then wait no longer for company: waiting out
+// the delay could only add latency. kNeverFlushed keeps the pure delay rule.
+constexpr int64_t kNeverFlushed = std::numeric_limits<int64_t>::min();
 Decision Decide(const QueueView& queue, int64_t now_ns, const BatchOptions& options,
-                size_t scan_limit = 4096);
+                int64_t flushed_ns = kNeverFlushed, size_t scan_limit = 4096);
 
 }  // namespace pyserve

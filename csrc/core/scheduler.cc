@@ -207,6 +207,16 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
   return Status::Ok();
 }
 
+void Scheduler::Flush() {
+  bool wake;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    flushed_ns_ = clock_->NowNs();
+    wake = queued_ > 0 && timed_waiters_ > 0;
+  }
+  if (wake) cv_.notify_one();
+}
+
 bool Scheduler::Cancel(uint64_t id) {
   std::unique_ptr<Request> found;
   {
@@ -298,7 +308,7 @@ void Scheduler::InstanceLoop() {
     BatchOptions batch_options = options_.batch;
     if (draining_) batch_options.max_queue_delay_ns = 0;  // finish quickly, do not wait for company
     View view(queues_);
-    const Decision d = Decide(view, now, batch_options);
+    const Decision d = Decide(view, now, batch_options, flushed_ns_);
     if (d.dispatch.empty() && d.expire.empty()) {
       ++idle_instances_;
       if (d.wake_ns == kNoDeadline) {

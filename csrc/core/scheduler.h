@@ -54,6 +54,10 @@ class Scheduler {
   // `id` receives the request's id (for Cancel) on success.
   Status Submit(std::unique_ptr<Request>* request, uint64_t* id = nullptr);
 
+  // The submitter has queued every request it received so far: an idle instance dispatches what is
+  // queued now instead of waiting out max_queue_delay for more (see Decide's `flushed_ns`).
+  void Flush();
+
   // Cancels a queued request: it is answered kCancelled and never executed. False if it is not
   // queued (unknown, already running or answered).
   bool Cancel(uint64_t id);
@@ -93,6 +97,7 @@ class Scheduler {
   int idle_instances_ = 0;   // guarded by mu_: instances waiting on cv_
   int timed_waiters_ = 0;    // guarded by mu_: of those, the ones waiting for max_queue_delay to pass
   int64_t timed_wake_ns_ = kNoDeadline;  // guarded by mu_: the earliest time a timed waiter wakes
+  int64_t flushed_ns_ = kNeverFlushed;   // guarded by mu_: time of the last Flush()
   bool stopping_ = false;    // guarded by mu_
   bool draining_ = false;    // guarded by mu_
   bool joined_ = false;      // guarded by stop_mu_

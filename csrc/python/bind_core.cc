@@ -139,6 +139,7 @@ class PyScheduler {
   }
 
   bool Cancel(uint64_t id) { return scheduler_->Cancel(id); }
+  void Flush() { scheduler_->Flush(); }
 
   void Stop(bool drain) {
     py::gil_scoped_release release;
@@ -243,13 +244,16 @@ void RegisterCore(py::module_& m) {
       .def("submit", &PyScheduler::Submit, py::arg("inputs"), py::arg("token"), py::arg("priority") = 0,
            py::arg("timeout_us") = 0)
       .def("cancel", &PyScheduler::Cancel, py::arg("request_id"))
+      .def("flush", &PyScheduler::Flush,
+           "Every request received so far is queued: an idle instance need not wait for more.")
       .def("stop", &PyScheduler::Stop, py::arg("drain") = true)
       .def("stats", &PyScheduler::Stats);
 
   m.def(
       "decide",
       [](const std::vector<std::tuple<int64_t, uint64_t, int64_t, int64_t>>& queue, int64_t now_ns,
-         int64_t max_batch_size, std::vector<int64_t> preferred_batch_sizes, int64_t max_queue_delay_ns) {
+         int64_t max_batch_size, std::vector<int64_t> preferred_batch_sizes, int64_t max_queue_delay_ns,
+         int64_t flushed_ns) {
         struct VecView final : QueueView {
           std::vector<PendingRequest> items;
           size_t size() const override { return items.size(); }
@@ -257,14 +261,15 @@ void RegisterCore(py::module_& m) {
         } view;
         for (const auto& [bs, sig, enq, dl] : queue) view.items.push_back({bs, sig, enq, dl});
         BatchOptions o{max_batch_size, std::move(preferred_batch_sizes), max_queue_delay_ns};
-        Decision d = Decide(view, now_ns, o);
+        Decision d = Decide(view, now_ns, o, flushed_ns);
         return py::make_tuple(d.dispatch, d.expire, d.wake_ns);
       },
       py::arg("queue"), py::arg("now_ns"), py::arg("max_batch_size"), py::arg("preferred_batch_sizes"),
-      py::arg("max_queue_delay_ns"),
+      py::arg("max_queue_delay_ns"), py::arg("flushed_ns") = kNeverFlushed,
       "The batching policy on a queue of (batch_size, signature, enqueue_ns, deadline_ns) tuples in dispatch "
       "order: returns (dispatch positions, expired positions, wake_ns).");
   m.attr("NO_DEADLINE") = kNoDeadline;
+  m.attr("NEVER_FLUSHED") = kNeverFlushed;
 
   m.def("serialize_bytes", [](const py::array& a) { return py::bytes(SerializeBytes(a, "tensor")); },
         "BYTES wire form of an array of bytes/str.");

@@ -231,8 +231,18 @@ TEST(decide_does_not_overflow_with_a_huge_delay) {
 TEST(decide_looks_no_further_than_the_scan_limit) {
   VecQueue q;
   for (int i = 0; i < 10; ++i) q.Add(1, 100, 7, 150);
-  const Decision d = Decide(q, 200, Opts(8, 1000), 4);
+  const Decision d = Decide(q, 200, Opts(8, 1000), kNeverFlushed, 4);
   CHECK_EQ(d.expire, (Positions{0, 1, 2, 3}));
+}
+
+TEST(decide_dispatches_flushed_requests_without_waiting_for_the_delay) {
+  VecQueue q;
+  q.Add(1, 100);
+  q.Add(1, 200);
+  CHECK(Decide(q, 300, Opts(8, 1000)).dispatch.empty());                   // waits for company
+  CHECK(Decide(q, 300, Opts(8, 1000), 150).dispatch.empty() == false);     // oldest queued before the flush
+  CHECK_EQ(Decide(q, 300, Opts(8, 1000), 150).dispatch, (Positions{0, 1}));  // and takes all it has
+  CHECK(Decide(q, 300, Opts(8, 1000), 99).dispatch.empty());              // flushed before it came
 }
 
 // ---------------------------------------------------------------------------------------------------
