@@ -236,8 +236,12 @@ def _array_from_json(
                     f"{what} {name!r}: {datatype} data must lie in [{info.min}, {info.max}], "
                     f"got values in [{low}, {high}]"
                 )
-        with np.errstate(over="ignore"):  # a float too large for FP16/FP32 becomes inf, as in C
-            return arr.astype(dtype, copy=False).reshape(shape)
+        if arr.dtype == dtype:
+            return arr.reshape(shape)
+        if dtype.kind == "f" and dtype.itemsize < arr.dtype.itemsize:
+            with np.errstate(over="ignore"):  # a float too large for FP16/FP32 becomes inf, as in C
+                return arr.astype(dtype).reshape(shape)
+        return arr.astype(dtype, copy=False).reshape(shape)
     except PyserveError:
         raise
     except (ValueError, OverflowError) as e:  # e.g. a zero-size shape with absurd dims

@@ -241,6 +241,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """The URL table: KServe v2 paths as Triton and KServe serve them."""
     r = app.router
+    # Infer first: the router tries routes in order, and infer is the hot path.
+    r.add_post("/v2/models/{model}/infer", infer)
+    r.add_post("/v2/models/{model}/versions/{version}/infer", infer)
     r.add_get("/v2/health/live", live)
     r.add_get("/v2/health/ready", ready)
     r.add_get("/v2", server_metadata)
@@ -253,4 +256,3 @@ def add_routes(app: web.Application) -> None:
         r.add_get(prefix + "/ready", model_ready)
         r.add_get(prefix + "/config", model_config)
         r.add_get(prefix + "/stats", model_stats)
-        r.add_post(prefix + "/infer", infer)
