@@ -10,7 +10,6 @@ reported (index, logs) and never stops the others.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import enum
 import logging
 from collections.abc import Iterable
@@ -234,7 +233,3 @@ class ModelRepository:
             for e in self.models.values()
         )
 
-
-def replace_overrides(single: SingleModel, **kw) -> SingleModel:
-    """A copy of ``single`` with more config overrides."""
-    return dataclasses.replace(single, overrides={**single.overrides, **kw})

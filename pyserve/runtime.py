@@ -86,6 +86,11 @@ class ModelRunner:
         self._pump = pump
         self._loop = pump.loop
         db = config.dynamic_batching
+        # Work-conserving batching: once per loop iteration, after the handlers that ran have queued
+        # their requests, tell the core nothing more is on its way, so an idle instance does not wait
+        # out max_queue_delay_us for company that is not coming (a lone client pays nothing).
+        self._dispatch_when_idle = bool(getattr(db, "dispatch_when_idle", True))
+        self._flush_scheduled = False
         options = _core.SchedulerOptions(
             model_name=config.name,
             model_version=version,
@@ -99,21 +104,20 @@ class ModelRunner:
             priority_levels=db.priority_levels,
             default_priority_level=db.default_priority_level,
             instance_count=config.instance_count,
+            submitter_flushes=self._dispatch_when_idle,
         )
         try:
             self._scheduler = _core.Scheduler(options, backend, pump.queue)
         except _core.CoreError as e:
             raise error_from_core(*e.args) from None
         self._stopped = False
-        # Work-conserving batching: once per loop iteration, after the handlers that ran have queued
-        # their requests, tell the core nothing more is on its way, so an idle instance does not wait
-        # out max_queue_delay_us for company that is not coming (a lone client pays nothing).
-        self._dispatch_when_idle = bool(getattr(db, "dispatch_when_idle", True))
-        self._flush_scheduled = False
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._scheduler.flush()
+        # A cheap batch with every instance idle runs right here, on the loop's thread; its answers
+        # are then delivered at once, without a wake-up of the loop.
+        if self._scheduler.flush(True):
+            self._pump.drain()
 
     def submit(
         self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0

@@ -469,3 +469,29 @@ def test_runner_lone_request_waits_only_under_the_triton_rule(dispatch_when_idle
         assert elapsed < delay_us / 1e6 / 2, elapsed  # nothing else was coming: no wait
     else:
         assert elapsed >= delay_us / 1e6 * 0.9, elapsed
+
+
+@pytest.mark.parametrize("cost_s, inline", [(0.0, True), (0.002, False)], ids=["cheap", "costly"])
+def test_runner_runs_cheap_lone_batches_on_the_loop_thread(cost_s: float, inline: bool) -> None:
+    threads: list[int] = []
+
+    def backend(batch):
+        threads.append(threading.get_ident())
+        if cost_s:
+            time.sleep(cost_s)
+        return {"y": batch["x"]}
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(), "1", backend, pump)
+        for i in range(30):  # one at a time: every instance idle at each flush
+            out = await runner.infer(sample(i))
+            assert float(out["y"][0, 0]) == i
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())
+    loop_thread = threading.get_ident()
+    # The first batches run on the instance thread until they are seen to be cheap.
+    assert threads[0] != loop_thread
+    assert (threads[-1] == loop_thread) is inline

@@ -198,8 +198,12 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
     // Wake an instance only when it changes something: one waiting for work, or one waiting out
     // max_queue_delay when the batch may now be full or of a preferred size. Waking it for every
     // request would cost two context switches per request on a busy core.
-    wake = idle_instances_ > timed_waiters_ ||
-           (timed_waiters_ > 0 && (BatchMayBeReadyLocked() || r->pending.deadline_ns < timed_wake_ns_));
+    if (options_.submitter_flushes) {
+      wake = idle_instances_ > 0 && BatchMayBeReadyLocked();
+    } else {
+      wake = idle_instances_ > timed_waiters_ ||
+             (timed_waiters_ > 0 && (BatchMayBeReadyLocked() || r->pending.deadline_ns < timed_wake_ns_));
+    }
   }
   stats_.queue_depth.fetch_add(1, std::memory_order_relaxed);
   stats_.in_flight.fetch_add(1, std::memory_order_relaxed);
@@ -207,14 +211,53 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
   return Status::Ok();
 }
 
-void Scheduler::Flush() {
-  bool wake;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    flushed_ns_ = clock_->NowNs();
-    wake = queued_ > 0 && timed_waiters_ > 0;
+bool Scheduler::Flush(bool run_inline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const int64_t now = clock_->NowNs();
+  flushed_ns_ = now;
+  // Inline: every instance is idle and recent batches were cheap, so handing the batch to an
+  // instance thread and the answer back would cost more than running it here.
+  if (run_inline && !stopping_ && queued_ > 0 && idle_instances_ == options_.instance_count &&
+      compute_ewma_ns_.load(std::memory_order_relaxed) <= kInlineMaxComputeNs) {
+    View view(queues_);
+    const Decision d = Decide(view, now, options_.batch, flushed_ns_);
+    if (!d.dispatch.empty() || !d.expire.empty()) {
+      Batch batch, expired;
+      TakeLocked(view, d, &batch, &expired);
+      lock.unlock();
+      RunTaken(&batch, &expired, now);
+      return true;
+    }
   }
+  const bool wake = queued_ > 0 && idle_instances_ > 0;
+  lock.unlock();
   if (wake) cv_.notify_one();
+  return false;
+}
+
+void Scheduler::TakeLocked(const View& view, const Decision& d, Batch* batch, Batch* expired) {
+  // Highest position first, so that earlier positions stay valid while requests are erased.
+  std::vector<std::pair<size_t, bool>> picks;  // (position, dispatch?)
+  for (size_t p : d.dispatch) picks.emplace_back(p, true);
+  for (size_t p : d.expire) picks.emplace_back(p, false);
+  std::sort(picks.begin(), picks.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (const auto& [pos, dispatch] : picks) {
+    const auto [level, index] = view.Locate(pos);
+    auto& q = queues_[level];
+    queued_samples_ -= q[index]->pending.batch_size;
+    (dispatch ? batch : expired)->push_back(std::move(q[index]));
+    q.erase(q.begin() + static_cast<std::ptrdiff_t>(index));
+  }
+  std::reverse(batch->begin(), batch->end());
+  queued_ -= static_cast<int64_t>(picks.size());
+}
+
+void Scheduler::RunTaken(Batch* batch, Batch* expired, int64_t dispatch_ns) {
+  Fail(expired, StatusCode::kDeadlineExceeded, "request timed out in the queue of model '" + options_.model_name + "'");
+  if (!batch->empty()) {
+    stats_.queue_depth.fetch_sub(static_cast<int64_t>(batch->size()), std::memory_order_relaxed);
+    Execute(batch, dispatch_ns);
+  }
 }
 
 bool Scheduler::Cancel(uint64_t id) {
@@ -322,30 +365,12 @@ void Scheduler::InstanceLoop() {
       --idle_instances_;
       continue;
     }
-    // Take the chosen requests out, highest position first so earlier positions stay valid.
-    std::vector<std::pair<size_t, bool>> picks;  // (position, dispatch?)
-    for (size_t p : d.dispatch) picks.emplace_back(p, true);
-    for (size_t p : d.expire) picks.emplace_back(p, false);
-    std::sort(picks.begin(), picks.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     Batch batch, expired;
-    for (const auto& [pos, dispatch] : picks) {
-      const auto [level, index] = view.Locate(pos);
-      auto& q = queues_[level];
-      queued_samples_ -= q[index]->pending.batch_size;
-      (dispatch ? batch : expired).push_back(std::move(q[index]));
-      q.erase(q.begin() + static_cast<std::ptrdiff_t>(index));
-    }
-    std::reverse(batch.begin(), batch.end());
-    queued_ -= static_cast<int64_t>(picks.size());
+    TakeLocked(view, d, &batch, &expired);
     const bool more = queued_ > 0 && idle_instances_ > 0;
     lock.unlock();
     if (more) cv_.notify_one();  // another instance can form the next batch meanwhile
-    Fail(&expired, StatusCode::kDeadlineExceeded,
-         "request timed out in the queue of model '" + options_.model_name + "'");
-    if (!batch.empty()) {
-      stats_.queue_depth.fetch_sub(static_cast<int64_t>(batch.size()), std::memory_order_relaxed);
-      Execute(&batch, now);
-    }
+    RunTaken(&batch, &expired, now);
     lock.lock();
   }
 }
@@ -386,6 +411,8 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     status = {StatusCode::kInternal, e.what()};
   }
   const int64_t end_ns = clock_->NowNs();
+  const int64_t ewma = compute_ewma_ns_.load(std::memory_order_relaxed);
+  compute_ewma_ns_.store(ewma - ewma / 8 + (end_ns - start_ns) / 8, std::memory_order_relaxed);
   inputs.clear();  // the buffers go back to the pool unless the backend kept them
 
   // Match outputs to the declared ones and check their batch dimension.

@@ -2,6 +2,7 @@
 // (one per instance) and the statistics. The batching policy itself is Decide() in batch_policy.h.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -31,6 +32,9 @@ struct SchedulerOptions {
   int priority_levels = 1;         // priority 1 is the highest
   int default_priority_level = 1;
   int instance_count = 1;
+  // The submitter calls Flush() after each round of submits: Submit then leaves waking an instance
+  // to Flush (unless the batch may be full), which can also run a cheap batch inline.
+  bool submitter_flushes = false;
 };
 
 // Checks options for values the scheduler cannot work with; the message names the option.
@@ -56,7 +60,11 @@ class Scheduler {
 
   // The submitter has queued every request it received so far: an idle instance dispatches what is
   // queued now instead of waiting out max_queue_delay for more (see Decide's `flushed_ns`).
-  void Flush();
+  // run_inline: when every instance is idle and recent batches took at most kInlineMaxComputeNs,
+  // run the batch on the calling thread instead (two thread hand-offs cost more than such a batch);
+  // returns whether it did. A caller holding the GIL may do this: a Python backend re-enters it.
+  bool Flush(bool run_inline = false);
+  static constexpr int64_t kInlineMaxComputeNs = 200'000;
 
   // Cancels a queued request: it is answered kCancelled and never executed. False if it is not
   // queued (unknown, already running or answered).
@@ -79,6 +87,10 @@ class Scheduler {
   // Whether `queued_samples_` could make a waiting instance dispatch before its timer fires.
   bool BatchMayBeReadyLocked() const;
   void Execute(Batch* batch, int64_t dispatch_ns);
+  // Moves the requests `d` chose out of the queue. Needs mu_.
+  void TakeLocked(const View& view, const Decision& d, Batch* batch, Batch* expired);
+  // Answers the expired requests and executes the batch. Without mu_.
+  void RunTaken(Batch* batch, Batch* expired, int64_t dispatch_ns);
   void Fail(Batch* requests, StatusCode code, const std::string& message);
   Completion MakeCompletion(std::unique_ptr<Request> r, Status status);
 
@@ -98,6 +110,9 @@ class Scheduler {
   int timed_waiters_ = 0;    // guarded by mu_: of those, the ones waiting for max_queue_delay to pass
   int64_t timed_wake_ns_ = kNoDeadline;  // guarded by mu_: the earliest time a timed waiter wakes
   int64_t flushed_ns_ = kNeverFlushed;   // guarded by mu_: time of the last Flush()
+  // Recent backend call time (moving average). Starts above the inline limit: a model is run
+  // inline only once its batches have been seen to be cheap.
+  std::atomic<int64_t> compute_ewma_ns_{2 * kInlineMaxComputeNs};
   bool stopping_ = false;    // guarded by mu_
   bool draining_ = false;    // guarded by mu_
   bool joined_ = false;      // guarded by stop_mu_

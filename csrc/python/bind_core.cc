@@ -139,7 +139,8 @@ class PyScheduler {
   }
 
   bool Cancel(uint64_t id) { return scheduler_->Cancel(id); }
-  void Flush() { scheduler_->Flush(); }
+  // Holds the GIL: an inline batch of a Python backend runs on this thread, which already has it.
+  bool Flush(bool run_inline) { return scheduler_->Flush(run_inline); }
 
   void Stop(bool drain) {
     py::gil_scoped_release release;
@@ -211,7 +212,8 @@ void RegisterCore(py::module_& m) {
       .def(py::init([](std::string model_name, std::string model_version, const py::list& inputs,
                        const py::list& outputs, int64_t max_batch_size, std::vector<int64_t> preferred_batch_sizes,
                        int64_t max_queue_delay_us, int64_t max_queue_size, int64_t default_timeout_us,
-                       int priority_levels, int default_priority_level, int instance_count) {
+                       int priority_levels, int default_priority_level, int instance_count,
+                       bool submitter_flushes) {
              SchedulerOptions o;
              o.model_name = std::move(model_name);
              o.model_version = std::move(model_version);
@@ -225,12 +227,14 @@ void RegisterCore(py::module_& m) {
              o.priority_levels = priority_levels;
              o.default_priority_level = default_priority_level;
              o.instance_count = instance_count;
+             o.submitter_flushes = submitter_flushes;
              return o;
            }),
            py::kw_only(), py::arg("model_name"), py::arg("model_version"), py::arg("inputs"), py::arg("outputs"),
            py::arg("max_batch_size") = 0, py::arg("preferred_batch_sizes") = std::vector<int64_t>{},
            py::arg("max_queue_delay_us") = 0, py::arg("max_queue_size") = 0, py::arg("default_timeout_us") = 0,
-           py::arg("priority_levels") = 1, py::arg("default_priority_level") = 1, py::arg("instance_count") = 1);
+           py::arg("priority_levels") = 1, py::arg("default_priority_level") = 1, py::arg("instance_count") = 1,
+           py::arg("submitter_flushes") = false);
 
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init<>())
@@ -244,8 +248,9 @@ void RegisterCore(py::module_& m) {
       .def("submit", &PyScheduler::Submit, py::arg("inputs"), py::arg("token"), py::arg("priority") = 0,
            py::arg("timeout_us") = 0)
       .def("cancel", &PyScheduler::Cancel, py::arg("request_id"))
-      .def("flush", &PyScheduler::Flush,
-           "Every request received so far is queued: an idle instance need not wait for more.")
+      .def("flush", &PyScheduler::Flush, py::arg("run_inline") = false,
+           "Every request received so far is queued: an idle instance need not wait for more. With "
+           "run_inline, a cheap batch may run on the calling thread; returns whether one did.")
       .def("stop", &PyScheduler::Stop, py::arg("drain") = true)
       .def("stats", &PyScheduler::Stats);
 

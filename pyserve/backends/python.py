@@ -80,9 +80,11 @@ class PythonBackend(Backend):
         except PyserveError:
             raise
         except Exception as exc:
-            raise _internal(f"model {self._name!r}: infer() raised {type(exc).__name__}: {exc}") from None
+            # The core prefixes the model and version; the chained traceback (server log only)
+            # points at the model's own code.
+            raise _internal(f"infer() raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(result, dict):
-            raise _internal(f"model {self._name!r}: infer() must return a dict of outputs, "
+            raise _internal(f"infer() must return a dict of outputs, "
                             f"got {type(result).__name__}")
         batch = None
         if self._config.max_batch_size > 0 and inputs:
@@ -91,7 +93,7 @@ class PythonBackend(Backend):
 
     def _check_output(self, spec: Any, result: dict[str, Any], batch: int | None) -> np.ndarray:
         """The output as an array of the configured datatype and shape (checked: the core trusts it)."""
-        where = f"model {self._name!r}: output {spec.name!r}"
+        where = f"output {spec.name!r}"  # the core prefixes the model and version
         if spec.name not in result:
             have = sorted(map(str, result))
             raise _internal(f"{where}: missing from the dict infer() returned (it has {have})")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -31,7 +31,6 @@ class ServerSettings:
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
-    extra: dict = field(default_factory=dict, hash=False)
 
 
 async def _repository_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,7 +16,7 @@ from pyserve.protocol import InferRequest, InferResponse
 from pyserve.protocol import kserve, msgpack_codec
 from pyserve.repository import ModelRepository
 from pyserve.server import metrics
-from pyserve.server.errors import endpoint, error_response
+from pyserve.server.errors import endpoint
 from pyserve.server.state import INFER_ERRORS, REGISTRY, REPOSITORY, SETTINGS
 
 log = logging.getLogger("pyserve.server")
@@ -53,19 +54,28 @@ async def server_metadata(request: web.Request) -> web.Response:
     return _json(kserve.server_metadata("pyserve", pyserve.__version__, EXTENSIONS))
 
 
+def _tensor_docs(specs: Any, batch_dim: bool = False) -> list[dict]:
+    """Tensors as metadata; ``batch_dim`` prepends the -1 batch dimension, as Triton reports it."""
+    lead = [-1] if batch_dim else []
+    return [{"name": t.name, "datatype": t.datatype, "shape": [*lead, *t.shape]} for t in specs]
+
+
+def _fields(obj: Any) -> dict:
+    """The fields of a config dataclass as a JSON-ready dict."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
+
+
 @endpoint
 async def model_metadata(request: web.Request) -> web.Response:
     name, version = request.match_info["model"], request.match_info.get("version")
     entry = _repo(request).entry(name)
     runner = entry.runner(version)
     config = runner.config
-    batch = [-1] if config.max_batch_size > 0 else []
-    tensors = lambda specs: [  # noqa: E731
-        {"name": t.name, "datatype": t.datatype, "shape": [*batch, *t.shape]} for t in specs
-    ]
+    batching = config.max_batch_size > 0
     versions = [str(v) for v in sorted(entry.versions)] if version is None else [runner.version]
     doc = kserve.model_metadata(
-        name, versions, PLATFORMS.get(config.backend, config.backend), tensors(config.inputs), tensors(config.outputs)
+        name, versions, PLATFORMS.get(config.backend, config.backend),
+        _tensor_docs(config.inputs, batching), _tensor_docs(config.outputs, batching),
     )
     return _json(doc)
 
@@ -73,15 +83,9 @@ async def model_metadata(request: web.Request) -> web.Response:
 @endpoint
 async def model_ready(request: web.Request) -> web.Response:
     name, version = request.match_info["model"], request.match_info.get("version")
-    entry = _repo(request).entry(name)
-    try:
-        entry.runner(version)
-        return _json({"name": name, "ready": True})
-    except Exception as e:  # not ready or no such version: say why, with the status a client reads
-        kind = getattr(e, "kind", None)
-        if kind is not None and kind.http_status == 404:
-            raise
-        return error_response(kind, str(e)) if kind is not None else _json({"name": name, "ready": False}, 503)
+    entry = _repo(request).entry(name)  # unknown model: 404
+    entry.runner(version)  # unknown version: 404; not ready: 503 with the reason
+    return _json({"name": name, "ready": True})
 
 
 @endpoint
@@ -93,21 +97,12 @@ async def model_config(request: web.Request) -> web.Response:
         "backend": config.backend,
         "max_batch_size": config.max_batch_size,
         "instance_count": config.instance_count,
-        "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in config.inputs],
-        "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in config.outputs],
-        "dynamic_batching": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in vars_of(config.dynamic_batching).items()
-        },
-        "version_policy": vars_of(config.version_policy),
+        "inputs": _tensor_docs(config.inputs),
+        "outputs": _tensor_docs(config.outputs),
+        "dynamic_batching": _fields(config.dynamic_batching),
+        "version_policy": _fields(config.version_policy),
     }
     return _json(doc)
-
-
-def vars_of(obj: Any) -> dict:
-    """The fields of a config dataclass as a JSON-ready dict."""
-    import dataclasses
-
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(obj).items()}
 
 
 @endpoint
