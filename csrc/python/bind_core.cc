@@ -74,7 +74,8 @@ class PyScheduler {
     if (py::isinstance<py::str>(backend) && backend.cast<std::string>() == "identity") {
       b = std::make_shared<IdentityBackend>(output_names);
     } else {
-      b = std::make_shared<PyBackend>(backend, options.outputs);
+      b = std::make_shared<PyBackend>(backend, options.outputs,
+                                      "model '" + options.model_name + "' version '" + options.model_version + "'");
     }
     for (const auto& in : options.inputs) input_names_.push_back(py::str(in.name));
     completions_ = completions;

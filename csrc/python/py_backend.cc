@@ -134,8 +134,8 @@ py::object ToNumpy(const TensorView& view, const std::shared_ptr<const void>& ho
   return py::array(NumpyDtype(view.dtype), dims, static_cast<const void*>(view.data), owner);
 }
 
-PyBackend::PyBackend(py::object callable, std::vector<TensorSpec> outputs)
-    : callable_(callable.release().ptr()), outputs_(std::move(outputs)) {}
+PyBackend::PyBackend(py::object callable, std::vector<TensorSpec> outputs, std::string label)
+    : callable_(callable.release().ptr()), outputs_(std::move(outputs)), label_(std::move(label)) {}
 
 PyBackend::~PyBackend() {
   PyObjectHolder drop(nullptr);
@@ -187,7 +187,7 @@ Status PyBackend::Execute(const std::vector<BatchInput>& inputs, std::vector<Bat
     std::string message;
     try {
       py::module_::import("logging").attr("getLogger")("pyserve.backend").attr("error")(
-          "backend call failed", py::arg("exc_info") = py::make_tuple(e.type(), e.value(), e.trace()));
+          "%s: backend call failed", label_, py::arg("exc_info") = py::make_tuple(e.type(), e.value(), e.trace()));
       const std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
       const std::string text = py::str(e.value()).cast<std::string>();
       message = type == "PyserveError" ? text : type + ": " + text;

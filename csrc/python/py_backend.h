@@ -36,13 +36,15 @@ pybind11::object HolderCapsule(const std::shared_ptr<const void>& holder);
 
 class PyBackend final : public Backend {
  public:
-  PyBackend(pybind11::object callable, std::vector<TensorSpec> outputs);
+  // `label` names the model version in the server log ("model 'm' version '1'").
+  PyBackend(pybind11::object callable, std::vector<TensorSpec> outputs, std::string label);
   ~PyBackend() override;
   Status Execute(const std::vector<BatchInput>& inputs, std::vector<BatchOutput>* outputs) override;
 
  private:
   PyObject* callable_;  // strong reference, dropped with the GIL
   const std::vector<TensorSpec> outputs_;
+  const std::string label_;
 };
 
 }  // namespace pyserve
