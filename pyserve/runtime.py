@@ -30,6 +30,10 @@ _KINDS = {
 }
 
 
+# Scheduler.flush results (csrc/core/scheduler.h FlushResult).
+_FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
+
+
 def error_from_core(code: int, message: str) -> PyserveError:
     """The PyserveError for a core status code."""
     return PyserveError(_KINDS.get(code, ErrorKind.INTERNAL), message)
@@ -113,10 +117,15 @@ class ModelRunner:
         self._stopped = False
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         # A cheap batch with every instance idle runs right here, on the loop's thread; its answers
-        # are then delivered at once, without a wake-up of the loop.
-        if self._scheduler.flush(True):
+        # are then delivered at once, without a wake-up of the loop. For a costly model the core
+        # puts the flush off while requests keep coming, so that batches fill.
+        result = self._scheduler.flush(True)
+        if result == _FLUSH_POSTPONED:
+            self._loop.call_soon(self._flush)
+            return
+        self._flush_scheduled = False
+        if result == _FLUSH_RAN_INLINE:
             self._pump.drain()
 
     def submit(

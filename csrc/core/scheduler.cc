@@ -194,6 +194,7 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
     if (id != nullptr) *id = r->id;
     queues_[r->priority_level - 1].push_back(std::move(*request));
     ++queued_;
+    ++submits_since_flush_;
     queued_samples_ += r->pending.batch_size;
     // Wake an instance only when it changes something: one waiting for work, or one waiting out
     // max_queue_delay when the batch may now be full or of a preferred size. Waking it for every
@@ -211,9 +212,13 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
   return Status::Ok();
 }
 
-bool Scheduler::Flush(bool run_inline) {
+Scheduler::FlushResult Scheduler::Flush(bool run_inline) {
   std::unique_lock<std::mutex> lock(mu_);
   const int64_t now = clock_->NowNs();
+  const bool costly = compute_ewma_ns_.load(std::memory_order_relaxed) > kInlineMaxComputeNs;
+  const int64_t fresh = submits_since_flush_;
+  submits_since_flush_ = 0;
+  if (costly && fresh > 0 && !stopping_) return FlushResult::kPostponed;
   flushed_ns_ = now;
   // Inline: every instance is idle and recent batches were cheap, so handing the batch to an
   // instance thread and the answer back would cost more than running it here.
@@ -226,13 +231,13 @@ bool Scheduler::Flush(bool run_inline) {
       TakeLocked(view, d, &batch, &expired);
       lock.unlock();
       RunTaken(&batch, &expired, now);
-      return true;
+      return FlushResult::kRanInline;
     }
   }
   const bool wake = queued_ > 0 && idle_instances_ > 0;
   lock.unlock();
   if (wake) cv_.notify_one();
-  return false;
+  return FlushResult::kFlushed;
 }
 
 void Scheduler::TakeLocked(const View& view, const Decision& d, Batch* batch, Batch* expired) {

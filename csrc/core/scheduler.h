@@ -63,7 +63,11 @@ class Scheduler {
   // run_inline: when every instance is idle and recent batches took at most kInlineMaxComputeNs,
   // run the batch on the calling thread instead (two thread hand-offs cost more than such a batch);
   // returns whether it did. A caller holding the GIL may do this: a Python backend re-enters it.
-  bool Flush(bool run_inline = false);
+  // Postponed: for a model whose batches are costly, where a fuller batch is worth a loop iteration,
+  // a flush that follows fresh submits is put off; the caller flushes again once it has handled
+  // what else has arrived (until then a full batch still goes at once).
+  enum class FlushResult { kFlushed = 0, kRanInline = 1, kPostponed = 2 };
+  FlushResult Flush(bool run_inline = false);
   static constexpr int64_t kInlineMaxComputeNs = 200'000;
 
   // Cancels a queued request: it is answered kCancelled and never executed. False if it is not
@@ -110,6 +114,7 @@ class Scheduler {
   int timed_waiters_ = 0;    // guarded by mu_: of those, the ones waiting for max_queue_delay to pass
   int64_t timed_wake_ns_ = kNoDeadline;  // guarded by mu_: the earliest time a timed waiter wakes
   int64_t flushed_ns_ = kNeverFlushed;   // guarded by mu_: time of the last Flush()
+  int64_t submits_since_flush_ = 0;      // guarded by mu_
   // Recent backend call time (moving average). Starts above the inline limit: a model is run
   // inline only once its batches have been seen to be cheap.
   std::atomic<int64_t> compute_ewma_ns_{2 * kInlineMaxComputeNs};

@@ -141,7 +141,7 @@ class PyScheduler {
 
   bool Cancel(uint64_t id) { return scheduler_->Cancel(id); }
   // Holds the GIL: an inline batch of a Python backend runs on this thread, which already has it.
-  bool Flush(bool run_inline) { return scheduler_->Flush(run_inline); }
+  int Flush(bool run_inline) { return static_cast<int>(scheduler_->Flush(run_inline)); }
 
   void Stop(bool drain) {
     py::gil_scoped_release release;
@@ -251,7 +251,8 @@ void RegisterCore(py::module_& m) {
       .def("cancel", &PyScheduler::Cancel, py::arg("request_id"))
       .def("flush", &PyScheduler::Flush, py::arg("run_inline") = false,
            "Every request received so far is queued: an idle instance need not wait for more. With "
-           "run_inline, a cheap batch may run on the calling thread; returns whether one did.")
+           "run_inline, a cheap batch may run on the calling thread. Returns 0 (flushed), 1 (ran a batch "
+           "inline) or 2 (postponed: costly model, fresh submits; flush again next turn).")
       .def("stop", &PyScheduler::Stop, py::arg("drain") = true)
       .def("stats", &PyScheduler::Stats);
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pyserve.datatypes import NUMPY_DTYPES, datatype_of, deserialize_bytes, serialize_bytes
+from pyserve.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of, deserialize_bytes, serialize_bytes
 from pyserve.errors import PyserveError, invalid
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "InferResponse",
     "RequestedOutput",
     "array_from_raw",
+    "check_entry",
     "check_shape",
     "raw_bytes",
 ]
@@ -57,6 +59,32 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+
+
+def check_entry(
+    entry: Any, index: int, seen: Any, what: str, type_name: Callable[[Any], str]
+) -> tuple[str, str, tuple[int, ...], int]:
+    """The name, datatype, shape and element count of one tensor entry of a request or reply.
+
+    ``seen``: the names decoded so far (a name may appear once). ``type_name`` names a value's type
+    in the words of the wire format (JSON "object", msgpack "map") for the messages.
+    """
+    if type(entry) is not dict:
+        raise invalid(f"{what} #{index} must be {type_name({})}, got {type_name(entry)}")
+    name = entry.get("name")
+    if type(name) is not str:
+        raise invalid(f"{what} #{index} has no 'name': expected a string, got {type_name(name)}")
+    if name in seen:
+        raise invalid(f"duplicate {what} {name!r}: each {what} may appear once")
+    datatype = entry.get("datatype")
+    if datatype is None:
+        raise invalid(f"{what} {name!r} has no 'datatype'")
+    if type(datatype) is not str or datatype not in NUMPY_DTYPES:
+        raise invalid(f"{what} {name!r}: unknown datatype {datatype!r}, expected one of {', '.join(DATATYPES)}")
+    if "shape" not in entry:
+        raise invalid(f"{what} {name!r} has no 'shape'")
+    shape, count = check_shape(entry["shape"], name, what)
+    return name, datatype, shape, count
 
 
 def check_shape(shape: Any, name: str, what: str = "input") -> tuple[tuple[int, ...], int]:

@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pyserve.datatypes import DATATYPES, NUMPY_DTYPES, datatype_of
+from pyserve.datatypes import NUMPY_DTYPES, datatype_of
 from pyserve.errors import PyserveError, invalid
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
     RequestedOutput,
     array_from_raw,
-    check_shape,
+    check_entry,
     raw_bytes,
 )
 
@@ -127,23 +127,7 @@ def _decode_tensors(
     extra_parameters: dict[str, dict] = {}
     offset = 0
     for i, entry in enumerate(entries):
-        if type(entry) is not dict:
-            raise invalid(f"{what} #{i} must be an object, got {_json_type(entry)}")
-        name = entry.get("name")
-        if type(name) is not str:
-            raise invalid(f"{what} #{i} has no 'name': expected a string, got {_json_type(name)}")
-        if name in tensors:
-            raise invalid(f"duplicate {what} {name!r}: each {what} may appear once")
-        datatype = entry.get("datatype")
-        if datatype is None:
-            raise invalid(f"{what} {name!r} has no 'datatype'")
-        if type(datatype) is not str or datatype not in NUMPY_DTYPES:
-            raise invalid(
-                f"{what} {name!r}: unknown datatype {datatype!r}, expected one of {', '.join(DATATYPES)}"
-            )
-        if "shape" not in entry:
-            raise invalid(f"{what} {name!r} has no 'shape'")
-        shape, count = check_shape(entry["shape"], name, what)
+        name, datatype, shape, count = check_entry(entry, i, tensors, what, _json_type)
         size = None
         params = entry.get("parameters")
         if params is not None:

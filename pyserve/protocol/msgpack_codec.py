@@ -19,14 +19,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from pyserve.datatypes import DATATYPES, NUMPY_DTYPES
 from pyserve.errors import invalid
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
     RequestedOutput,
     array_from_raw,
-    check_shape,
+    check_entry,
     raw_bytes,
 )
 
@@ -139,27 +138,15 @@ def _unpack(body: bytes, what: str) -> dict:
     return doc
 
 
+def _msgpack_type(value: Any) -> str:
+    return "a map" if type(value) is dict else type(value).__name__
+
+
 def _decode_tensors(entries: list, what: str) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     tensors: dict[str, np.ndarray] = {}
     extra_parameters: dict[str, dict] = {}
     for i, entry in enumerate(entries):
-        if type(entry) is not dict:
-            raise invalid(f"{what} #{i} must be a map, got {type(entry).__name__}")
-        name = entry.get("name")
-        if type(name) is not str:
-            raise invalid(f"{what} #{i} has no 'name': expected a string, got {type(name).__name__}")
-        if name in tensors:
-            raise invalid(f"duplicate {what} {name!r}: each {what} may appear once")
-        datatype = entry.get("datatype")
-        if datatype is None:
-            raise invalid(f"{what} {name!r} has no 'datatype'")
-        if type(datatype) is not str or datatype not in NUMPY_DTYPES:
-            raise invalid(
-                f"{what} {name!r}: unknown datatype {datatype!r}, expected one of {', '.join(DATATYPES)}"
-            )
-        if "shape" not in entry:
-            raise invalid(f"{what} {name!r} has no 'shape'")
-        shape, count = check_shape(entry["shape"], name, what)
+        name, datatype, shape, count = check_entry(entry, i, tensors, what, _msgpack_type)
         data = entry.get("data")
         if type(data) is not bytes:
             raise invalid(
