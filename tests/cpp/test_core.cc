@@ -525,6 +525,51 @@ TEST(scheduler_waits_for_max_queue_delay_on_its_clock) {
   CHECK_EQ(f.backend->Batches(), (std::vector<std::vector<float>>{{1, 2}}));
 }
 
+// Records on which thread each batch ran.
+class ThreadRecordingBackend final : public Backend {
+ public:
+  Status Execute(const std::vector<BatchInput>& inputs, std::vector<BatchOutput>* outputs) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    threads.push_back(std::this_thread::get_id());
+    outputs->push_back(BatchOutput{"y", inputs[0].view, inputs[0].holder});
+    return Status::Ok();
+  }
+  std::mutex mu_;
+  std::vector<std::thread::id> threads;
+};
+
+TEST(scheduler_flush_postpones_for_unknown_cost_then_runs_cheap_batches_inline) {
+  SchedulerOptions o = MakeOptions(8, 5'000'000'000);  // a delay far beyond the test's patience
+  o.submitter_flushes = true;
+  auto backend = std::make_shared<ThreadRecordingBackend>();
+  auto cq = std::make_shared<CompletionQueue>();
+  Scheduler sched(o, backend, cq, BufferPool::Create());
+  auto submit = [&](int64_t key) {
+    auto r = MakeRequest(key);
+    REQUIRE(sched.Submit(&r).ok());
+  };
+  // Not yet known to be cheap: the flush right after a submit is put off, the next one dispatches
+  // (to the instance thread, not inline).
+  submit(1);
+  CHECK(sched.Flush(true) == Scheduler::FlushResult::kPostponed);
+  CHECK(!cq->Wait(20));
+  CHECK(sched.Flush(true) == Scheduler::FlushResult::kFlushed);
+  Collect(*cq, 1);
+  // Cheap batches lower the moving average below the inline limit; then a flush runs the batch on
+  // the calling thread.
+  Scheduler::FlushResult last = Scheduler::FlushResult::kFlushed;
+  for (int i = 0; i < 40 && last != Scheduler::FlushResult::kRanInline; ++i) {
+    submit(2 + i);
+    last = sched.Flush(true);
+    if (last == Scheduler::FlushResult::kPostponed) last = sched.Flush(true);
+    Collect(*cq, 1);
+  }
+  CHECK(last == Scheduler::FlushResult::kRanInline);
+  std::lock_guard<std::mutex> lock(backend->mu_);
+  CHECK(backend->threads.front() != std::this_thread::get_id());
+  CHECK(backend->threads.back() == std::this_thread::get_id());
+}
+
 TEST(scheduler_rejects_when_the_queue_is_full) {
   SchedulerOptions o = MakeOptions(1, 0);
   o.max_queue_size = 2;
