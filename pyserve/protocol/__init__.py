@@ -26,6 +26,7 @@ __all__ = [
     "check_entry",
     "check_shape",
     "raw_bytes",
+    "request_fields",
 ]
 
 
@@ -59,6 +60,27 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+
+
+def request_fields(doc: dict, type_name: Callable[[Any], str]) -> tuple[list, str | None, dict]:
+    """The ``inputs`` list, the ``id`` and the ``parameters`` of a decoded request document, checked.
+
+    ``type_name`` names a value's type in the words of the wire format, for the messages.
+    """
+    inputs_doc = doc.get("inputs")
+    if inputs_doc is None:
+        raise invalid("request has no 'inputs': expected a list of input tensors")
+    if type(inputs_doc) is not list:
+        raise invalid(f"request 'inputs' must be a list of tensors, got {type_name(inputs_doc)}")
+    request_id = doc.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise invalid(f"request 'id' must be a string, got {type_name(request_id)}")
+    parameters = doc.get("parameters")
+    if parameters is None:
+        parameters = {}
+    elif type(parameters) is not dict:
+        raise invalid(f"request 'parameters' must be {type_name({})}, got {type_name(parameters)}")
+    return inputs_doc, request_id, parameters
 
 
 def check_entry(

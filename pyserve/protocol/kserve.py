@@ -26,6 +26,7 @@ from pyserve.protocol import (
     array_from_raw,
     check_entry,
     raw_bytes,
+    request_fields,
 )
 
 __all__ = [
@@ -51,19 +52,7 @@ _KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"
 def decode_request(body: bytes, header_length: int | str | None = None) -> InferRequest:
     """Decode an infer request body; ``header_length`` is the Inference-Header-Content-Length value."""
     doc, binary = _split(body, header_length, "request")
-    inputs_doc = doc.get("inputs")
-    if inputs_doc is None:
-        raise invalid("request has no 'inputs': expected a list of input tensors")
-    if type(inputs_doc) is not list:
-        raise invalid(f"request 'inputs' must be a list of tensors, got {_json_type(inputs_doc)}")
-    request_id = doc.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise invalid(f"request 'id' must be a string, got {_json_type(request_id)}")
-    parameters = doc.get("parameters")
-    if parameters is None:
-        parameters = {}
-    elif type(parameters) is not dict:
-        raise invalid(f"request 'parameters' must be an object, got {_json_type(parameters)}")
+    inputs_doc, request_id, parameters = request_fields(doc, _json_type)
     inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input")
     return InferRequest(
         inputs=inputs,

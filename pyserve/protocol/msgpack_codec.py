@@ -27,6 +27,7 @@ from pyserve.protocol import (
     array_from_raw,
     check_entry,
     raw_bytes,
+    request_fields,
 )
 
 __all__ = ["CONTENT_TYPE", "decode_request", "decode_response", "encode_request", "encode_response"]
@@ -40,19 +41,7 @@ _MAX_STR_LEN = 1 << 20
 def decode_request(body: bytes) -> InferRequest:
     """Decode a msgpack infer request; tensors are zero-copy views of the unpacked ``bin`` data."""
     doc = _unpack(body, "request")
-    inputs_doc = doc.get("inputs")
-    if inputs_doc is None:
-        raise invalid("request has no 'inputs': expected a list of input tensors")
-    if type(inputs_doc) is not list:
-        raise invalid(f"request 'inputs' must be a list of tensors, got {type(inputs_doc).__name__}")
-    request_id = doc.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise invalid(f"request 'id' must be a string, got {type(request_id).__name__}")
-    parameters = doc.get("parameters")
-    if parameters is None:
-        parameters = {}
-    elif type(parameters) is not dict:
-        raise invalid(f"request 'parameters' must be a map, got {type(parameters).__name__}")
+    inputs_doc, request_id, parameters = request_fields(doc, _msgpack_type)
     inputs, input_parameters = _decode_tensors(inputs_doc, "input")
     return InferRequest(
         inputs=inputs,
