@@ -235,28 +235,10 @@ def start_server(args: Sequence[str], log_dir: Path, *, env: dict[str, str] | No
     raise AssertionError("unreachable")
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
-    """A factory ``serve(args, env=None, wait_ready=True) -> Server``; each server is stopped (and
-    its clean exit asserted) at teardown unless the test stopped it already."""
+def _server_factory(log_dir: Path) -> Iterator[Any]:
+    """Yields ``serve(args, env=None, wait_ready=True) -> Server``; then stops every server it
+    started (asserting a clean exit) unless the test stopped it already."""
     started: list[Server] = []
-
-    def _serve(args: Sequence[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> Server:
-        server = start_server([str(a) for a in args], tmp_path / "logs", env=env, wait_ready=wait_ready)
-        started.append(server)
-        return server
-
-    yield _serve
-    for server in started:
-        if server.returncode is None:
-            server.stop()
-
-
-@pytest.fixture(scope="module")
-def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """As :func:`serve`, for servers shared by the tests of one module."""
-    started: list[Server] = []
-    log_dir = tmp_path_factory.mktemp("logs")
 
     def _serve(args: Sequence[str], env: dict[str, str] | None = None, wait_ready: bool = True) -> Server:
         server = start_server([str(a) for a in args], log_dir, env=env, wait_ready=wait_ready)
@@ -267,6 +249,18 @@ def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     for server in started:
         if server.returncode is None:
             server.stop()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    """A factory ``serve(args, env=None, wait_ready=True) -> Server`` for one test."""
+    yield from _server_factory(tmp_path / "logs")
+
+
+@pytest.fixture(scope="module")
+def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """As :func:`serve`, for servers shared by the tests of one module."""
+    yield from _server_factory(tmp_path_factory.mktemp("logs"))
 
 
 # ---------------------------------------------------------------------------------------------
