@@ -198,7 +198,8 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
     queued_samples_ += r->pending.batch_size;
     // Wake an instance only when it changes something: one waiting for work, or one waiting out
     // max_queue_delay when the batch may now be full or of a preferred size. Waking it for every
-    // request would cost two context switches per request on a busy core.
+    // request would cost two context switches per request on a busy core. A submitter that flushes
+    // promises a Flush() after its submits: that flush wakes (or runs the batch inline) instead.
     if (options_.submitter_flushes) {
       wake = idle_instances_ > 0 && BatchMayBeReadyLocked();
     } else {
