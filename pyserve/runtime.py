@@ -143,6 +143,11 @@ class ModelRunner:
             raise error_from_core(*e.args) from None
         future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
         if self._dispatch_when_idle and not self._flush_scheduled:
+            # The first request of this loop turn: if the model is cheap and idle it runs now, and
+            # its future is done before the caller awaits it (a lone client pays no loop turn).
+            # Requests later in the turn gather for the flush scheduled below.
+            if self._scheduler.flush(True) == _FLUSH_RAN_INLINE:
+                self._pump.drain()
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)  # runs after this iteration's other handlers
         return future
