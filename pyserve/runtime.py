@@ -30,6 +30,9 @@ _KINDS = {
 }
 
 
+# Backends whose cheap batches may run inline on the event loop's thread.
+INLINE_BACKENDS = frozenset({"onnxruntime", "identity"})
+
 # Scheduler.flush results (csrc/core/scheduler.h FlushResult).
 _FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
 
@@ -95,6 +98,9 @@ class ModelRunner:
         # out max_queue_delay_us for company that is not coming (a lone client pays nothing).
         self._dispatch_when_idle = bool(getattr(db, "dispatch_when_idle", True))
         self._flush_scheduled = False
+        # Only backends of steady cost may run on the loop's thread: a user's Python model that now
+        # and then takes seconds would stall every other request while it ran there.
+        self._inline_ok = getattr(config, "backend", "") in INLINE_BACKENDS
         options = _core.SchedulerOptions(
             model_name=config.name,
             model_version=version,
@@ -120,7 +126,7 @@ class ModelRunner:
         # A cheap batch with every instance idle runs right here, on the loop's thread; its answers
         # are then delivered at once, without a wake-up of the loop. For a costly model the core
         # puts the flush off while requests keep coming, so that batches fill.
-        result = self._scheduler.flush(True)
+        result = self._scheduler.flush(self._inline_ok)
         if result == _FLUSH_POSTPONED:
             self._loop.call_soon(self._flush)
             return
@@ -146,7 +152,7 @@ class ModelRunner:
             # The first request of this loop turn: if the model is cheap and idle it runs now, and
             # its future is done before the caller awaits it (a lone client pays no loop turn).
             # Requests later in the turn gather for the flush scheduled below.
-            if self._scheduler.flush(True) == _FLUSH_RAN_INLINE:
+            if self._scheduler.flush(self._inline_ok) == _FLUSH_RAN_INLINE:
                 self._pump.drain()
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)  # runs after this iteration's other handlers

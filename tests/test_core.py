@@ -475,8 +475,12 @@ def test_runner_lone_request_waits_only_under_the_triton_rule(dispatch_when_idle
         assert elapsed >= delay_us / 1e6 * 0.9, elapsed
 
 
-@pytest.mark.parametrize("cost_s, inline", [(0.0, True), (0.002, False)], ids=["cheap", "costly"])
-def test_runner_runs_cheap_lone_batches_on_the_loop_thread(cost_s: float, inline: bool) -> None:
+@pytest.mark.parametrize(
+    "backend_name, cost_s, inline",
+    [("onnxruntime", 0.0, True), ("onnxruntime", 0.002, False), ("python", 0.0, False)],
+    ids=["cheap", "costly", "user-python"],
+)
+def test_runner_runs_cheap_lone_batches_on_the_loop_thread(backend_name: str, cost_s: float, inline: bool) -> None:
     threads: list[int] = []
 
     def backend(batch):
@@ -487,7 +491,7 @@ def test_runner_runs_cheap_lone_batches_on_the_loop_thread(cost_s: float, inline
 
     async def main() -> None:
         pump = CompletionPump()
-        runner = ModelRunner(_config(), "1", backend, pump)
+        runner = ModelRunner(_config(backend=backend_name), "1", backend, pump)
         for i in range(30):  # one at a time: every instance idle at each flush
             out = await runner.infer(sample(i))
             assert float(out["y"][0, 0]) == i
