@@ -1,5 +1,5 @@
-"""The HTTP server: KServe v2 / Open Inference Protocol, msgpack, model control and metrics."""
+"""The HTTP server: KServe v2 and msgpack over a lean HTTP/1.1 transport."""
 
-from pyserve.server.app import ServerSettings, create_app
+from pyserve.server.app import ServerSettings, run, serve
 
-__all__ = ["ServerSettings", "create_app"]
+__all__ = ["ServerSettings", "run", "serve"]

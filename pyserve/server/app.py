@@ -1,20 +1,20 @@
-"""The aiohttp application: settings, the resources it owns, and how it starts and stops."""
+"""The server process: settings, the resources it owns, and how it starts and stops."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
 
 from pyserve.repository import ModelRepository, SingleModel
 from pyserve.runtime import CompletionPump
 from pyserve.server import handlers, metrics
-from pyserve.server.state import INFER_ERRORS, REGISTRY, REPOSITORY, SETTINGS
+from pyserve.server.http import HttpServer
 
 log = logging.getLogger("pyserve.server")
 
@@ -33,16 +33,39 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
 
 
-async def _repository_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
+class App:
+    """What the handlers share: the settings, the model repository and the metrics."""
+
+    def __init__(self, settings: ServerSettings, repository: ModelRepository, registry: CollectorRegistry,
+                 infer_errors: Counter) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.registry = registry
+        self.infer_errors = infer_errors
+
+
+async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
+    """Loads the models, serves until ``stop`` is set, then shuts down without dropping a request.
+
+    Shutdown: stop accepting; let every connection finish the requests it has begun; drain what
+    is still queued in the core; release the models. A backend that does not return within
+    ``shutdown_timeout_s`` ends the process with status 1.
+    """
     pump = CompletionPump(asyncio.get_running_loop())
     repo = ModelRepository(pump, settings.repository, settings.models)
-    app[REPOSITORY] = repo
-    app[REGISTRY], app[INFER_ERRORS] = metrics.make_registry(repo.runners)
+    registry, infer_errors = metrics.make_registry(repo.runners)
     await repo.load_all()
-    yield
-    # Shutdown: the listener is closed and in-flight handlers have finished or timed out; drain
-    # whatever is still queued so no accepted request is dropped, then release the core.
+    server = HttpServer(App(settings, repo, registry, infer_errors), handlers.make_router(),
+                        settings.max_body_bytes)
+    await server.listen(settings.host, settings.port)
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        log.info("======== Running on http://%s:%s ========", f"[{host}]" if ":" in host else host, port)
+    await stop.wait()
+    log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
+    if not await server.shutdown(settings.shutdown_timeout_s):
+        log.warning("some connections had not finished within %.0f s and were closed",
+                    settings.shutdown_timeout_s)
     try:
         await asyncio.wait_for(repo.close(), settings.shutdown_timeout_s)
     except TimeoutError:
@@ -54,30 +77,19 @@ async def _repository_ctx(app: web.Application) -> AsyncIterator[None]:
     pump.close()
 
 
-def create_app(settings: ServerSettings) -> web.Application:
-    """The application serving ``settings``; models load during startup."""
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    app[SETTINGS] = settings
-    app.cleanup_ctx.append(_repository_ctx)
-    handlers.add_routes(app)
-    return app
+async def _main(settings: ServerSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(settings, stop)
 
 
 def run(settings: ServerSettings) -> None:
     """Serves until SIGINT/SIGTERM: then stops accepting, finishes accepted requests, exits."""
     try:
         import uvloop
-
-        uvloop.install()
     except ImportError:  # optional: the stdlib loop works, a little slower
-        pass
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        access_log=None,
-        # A client that goes away cancels its handler, and so its request while still queued.
-        handler_cancellation=True,
-        print=lambda msg: log.info("%s", msg.strip()),
-    )
+        asyncio.run(_main(settings))
+    else:
+        uvloop.run(_main(settings))

@@ -8,16 +8,15 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 import pyserve
-from pyserve.errors import ErrorKind, PyserveError, invalid, not_found
+from pyserve.errors import PyserveError, invalid, not_found
 from pyserve.protocol import InferRequest, InferResponse
 from pyserve.protocol import kserve, msgpack_codec
 from pyserve.repository import ModelRepository
 from pyserve.server import metrics
-from pyserve.server.errors import endpoint
-from pyserve.server.state import INFER_ERRORS, REGISTRY, REPOSITORY, SETTINGS
+from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
+from pyserve.server.http import Deferred, Request, Response, Router
 
 log = logging.getLogger("pyserve.server")
 
@@ -28,29 +27,29 @@ EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "identity": "identity", "tensorrt": "tensorrt_plan"}
 
 
-def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(doc), content_type=JSON)
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status)
 
 
-def _repo(request: web.Request) -> ModelRepository:
-    return request.app[REPOSITORY]
+def _repo(request: Request) -> ModelRepository:
+    return request.app.repository
 
 
 # -- health and metadata ----------------------------------------------------------------------
 @endpoint
-async def live(request: web.Request) -> web.Response:
+def live(request: Request) -> Response:
     return _json({"live": True})
 
 
 @endpoint
-async def ready(request: web.Request) -> web.Response:
+def ready(request: Request) -> Response:
     repo = _repo(request)
-    ok = repo.all_ready() if request.app[SETTINGS].strict_readiness else repo.startup_done
+    ok = repo.all_ready() if request.app.settings.strict_readiness else repo.startup_done
     return _json({"ready": ok}, 200 if ok else 503)
 
 
 @endpoint
-async def server_metadata(request: web.Request) -> web.Response:
+def server_metadata(request: Request) -> Response:
     return _json(kserve.server_metadata("pyserve", pyserve.__version__, EXTENSIONS))
 
 
@@ -66,7 +65,7 @@ def _fields(obj: Any) -> dict:
 
 
 @endpoint
-async def model_metadata(request: web.Request) -> web.Response:
+def model_metadata(request: Request) -> Response:
     name, version = request.match_info["model"], request.match_info.get("version")
     entry = _repo(request).entry(name)
     runner = entry.runner(version)
@@ -81,7 +80,7 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 @endpoint
-async def model_ready(request: web.Request) -> web.Response:
+def model_ready(request: Request) -> Response:
     name, version = request.match_info["model"], request.match_info.get("version")
     entry = _repo(request).entry(name)  # unknown model: 404
     entry.runner(version)  # unknown version: 404; not ready: 503 with the reason
@@ -89,7 +88,7 @@ async def model_ready(request: web.Request) -> web.Response:
 
 
 @endpoint
-async def model_config(request: web.Request) -> web.Response:
+def model_config(request: Request) -> Response:
     name = request.match_info["model"]
     config = _repo(request).runner(name, request.match_info.get("version")).config
     doc = {
@@ -106,7 +105,7 @@ async def model_config(request: web.Request) -> web.Response:
 
 
 @endpoint
-async def model_stats(request: web.Request) -> web.Response:
+def model_stats(request: Request) -> Response:
     name, version = request.match_info["model"], request.match_info.get("version")
     entry = _repo(request).entry(name)
     runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
@@ -115,14 +114,6 @@ async def model_stats(request: web.Request) -> web.Response:
 
 
 # -- inference --------------------------------------------------------------------------------
-def _content_type_param(request: web.Request, key: str) -> str | None:
-    for part in request.headers.get("Content-Type", "").split(";")[1:]:
-        name, _, value = part.partition("=")
-        if name.strip().lower() == key:
-            return value.strip()
-    return None
-
-
 def _int_parameter(params: dict, key: str) -> int:
     value = params.get(key, 0)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -130,37 +121,43 @@ def _int_parameter(params: dict, key: str) -> int:
     return value
 
 
-@endpoint
-async def infer(request: web.Request) -> web.Response:
+def infer(request: Request) -> Response | Deferred:
+    """Decodes, queues in the core, and answers once the model has run (a Deferred until then)."""
+    name = request.match_info["model"]
     try:
-        return await _infer(request)
+        req, runner, is_msgpack = _decode_infer(request, name)
+        params = req.parameters
+        priority = _int_parameter(params, "priority") if params else 0
+        timeout_us = _int_parameter(params, "timeout") if params else 0
+        future = runner.submit(req.inputs, priority=priority, timeout_us=timeout_us)
     except PyserveError as e:
-        name = request.match_info["model"]
-        known = name in _repo(request).models  # unknown names would grow the label set without bound
-        request.app[INFER_ERRORS].labels(name if known else "", str(e.kind.http_status)).inc()
-        raise
+        return _infer_error(request, name, e)
+    except Exception:
+        return unexpected(request)
+
+    def finish(done: asyncio.Future) -> Response:
+        try:
+            return _encode_infer(req, InferResponse(name, runner.version, done.result(), req.id, None), is_msgpack)
+        except PyserveError as e:
+            return _infer_error(request, name, e)
+        except Exception:
+            return unexpected(request)
+
+    return Deferred(future, finish)
 
 
-async def _infer(request: web.Request) -> web.Response:
-    name, version = request.match_info["model"], request.match_info.get("version")
-    # Unknown or unready models are refused before the body is read...
-    _repo(request).runner(name, version)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as e:
-        raise PyserveError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body too large: {e.text}") from None
-    is_msgpack = request.content_type == MSGPACK
+def _decode_infer(request: Request, name: str) -> tuple[InferRequest, Any, bool]:
+    runner = _repo(request).runner(name, request.match_info.get("version"))  # 404 / 503 first
+    content_type = request.content_type
+    is_msgpack = content_type == MSGPACK
     if is_msgpack:
-        req: InferRequest = msgpack_codec.decode_request(body)
+        req: InferRequest = msgpack_codec.decode_request(request.body)
     else:
-        header_length = request.headers.get("Inference-Header-Content-Length")
-        if header_length is None and request.content_type == SAGEMAKER_BINARY:
+        header_length = request.headers.get("inference-header-content-length")
+        if header_length is None and content_type == SAGEMAKER_BINARY:
             # Triton's form for clients that cannot set headers: the length rides in the content type.
-            header_length = _content_type_param(request, "json-header-size")
-        req = kserve.decode_request(body, header_length)
-    # ...and looked up again after the last await before submit: a load that swapped versions while
-    # the body was read has begun draining the old runner, which would refuse the request (503).
-    runner = _repo(request).runner(name, version)
+            header_length = request.content_type_param("json-header-size")
+        req = kserve.decode_request(request.body, header_length)
     if req.outputs is not None:
         declared = {o.name for o in runner.config.outputs}
         for r in req.outputs:
@@ -169,30 +166,33 @@ async def _infer(request: web.Request) -> web.Response:
                     f"requested output '{r.name}' is not an output of model '{name}' "
                     f"(outputs: {', '.join(sorted(declared))})"
                 )
-    params = req.parameters
-    priority = _int_parameter(params, "priority") if params else 0
-    timeout_us = _int_parameter(params, "timeout") if params else 0
-    outputs = await runner.submit(req.inputs, priority=priority, timeout_us=timeout_us)
-    resp = InferResponse(name, runner.version, outputs, req.id, None)
+    return req, runner, is_msgpack
+
+
+def _encode_infer(req: InferRequest, resp: InferResponse, is_msgpack: bool) -> Response:
     if is_msgpack:
-        return web.Response(body=msgpack_codec.encode_response(resp, req.outputs), content_type=MSGPACK)
+        return Response(msgpack_codec.encode_response(resp, req.outputs), content_type=MSGPACK)
+    params = req.parameters
     binary_default = bool(params.get("binary_data_output", False)) if params else False
     out, header_length = kserve.encode_response(resp, req.outputs, binary_default)
     if header_length is None:
-        return web.Response(body=out, content_type=JSON)
-    return web.Response(
-        body=out,
-        content_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(header_length)},
-    )
+        return Response(out)
+    return Response(out, content_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+def _infer_error(request: Request, name: str, e: PyserveError) -> Response:
+    known = name in _repo(request).models  # unknown names would grow the label set without bound
+    request.app.infer_errors.labels(name if known else "", str(e.kind.http_status)).inc()
+    return error_response(e.kind, e.message)
 
 
 # -- model control and metrics ----------------------------------------------------------------
 @endpoint
-async def repository_index(request: web.Request) -> web.Response:
+def repository_index(request: Request) -> Response:
     rows = _repo(request).index()
-    if request.method == "POST" and request.can_read_body:
-        body = await request.read()
+    body = request.body
+    if request.method == "POST" and body:
         try:
             doc = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError as e:
@@ -202,13 +202,13 @@ async def repository_index(request: web.Request) -> web.Response:
     return _json(rows)
 
 
-def _control_allowed(request: web.Request) -> None:
-    if not request.app[SETTINGS].model_control:
+def _control_allowed(request: Request) -> None:
+    if not request.app.settings.model_control:
         raise not_found("model control is disabled on this server (start it without --disable-model-control)")
 
 
-@endpoint
-async def load_model(request: web.Request) -> web.Response:
+@async_endpoint
+async def load_model(request: Request) -> Response:
     _control_allowed(request)
     name = request.match_info["model"]
     try:
@@ -220,34 +220,34 @@ async def load_model(request: web.Request) -> web.Response:
     return _json({})
 
 
-@endpoint
-async def unload_model(request: web.Request) -> web.Response:
+@async_endpoint
+async def unload_model(request: Request) -> Response:
     _control_allowed(request)
     await asyncio.shield(_repo(request).unload(request.match_info["model"]))
     return _json({})
 
 
 @endpoint
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = metrics.render(request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+def metrics_endpoint(request: Request) -> Response:
+    return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
 
 
-def add_routes(app: web.Application) -> None:
+def make_router() -> Router:
     """The URL table: KServe v2 paths as Triton and KServe serve them."""
-    r = app.router
-    # Infer first: the router tries routes in order, and infer is the hot path.
-    r.add_post("/v2/models/{model}/infer", infer)
-    r.add_post("/v2/models/{model}/versions/{version}/infer", infer)
-    r.add_get("/v2/health/live", live)
-    r.add_get("/v2/health/ready", ready)
-    r.add_get("/v2", server_metadata)
-    r.add_get("/metrics", metrics_endpoint)
-    r.add_route("*", "/v2/repository/index", repository_index)
-    r.add_post("/v2/repository/models/{model}/load", load_model)
-    r.add_post("/v2/repository/models/{model}/unload", unload_model)
+    r = Router()
+    r.add("POST", "/v2/models/{model}/infer", infer)
+    r.add("POST", "/v2/models/{model}/versions/{version}/infer", infer)
+    r.add("GET", "/v2/health/live", live)
+    r.add("GET", "/v2/health/ready", ready)
+    r.add("GET", "/v2", server_metadata)
+    r.add("GET", "/metrics", metrics_endpoint)
+    r.add("GET", "/v2/repository/index", repository_index)
+    r.add("POST", "/v2/repository/index", repository_index)
+    r.add("POST", "/v2/repository/models/{model}/load", load_model)
+    r.add("POST", "/v2/repository/models/{model}/unload", unload_model)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add_get(prefix, model_metadata)
-        r.add_get(prefix + "/ready", model_ready)
-        r.add_get(prefix + "/config", model_config)
-        r.add_get(prefix + "/stats", model_stats)
+        r.add("GET", prefix, model_metadata)
+        r.add("GET", prefix + "/ready", model_ready)
+        r.add("GET", prefix + "/config", model_config)
+        r.add("GET", prefix + "/stats", model_stats)
+    return r
