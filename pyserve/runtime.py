@@ -88,6 +88,7 @@ class ModelRunner:
         pump: CompletionPump,
     ) -> None:
         self.config = config
+        self.output_names = frozenset(o.name for o in config.outputs)
         self.version = version
         self.backend = backend
         self._pump = pump

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -55,6 +56,10 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     repo = ModelRepository(pump, settings.repository, settings.models)
     registry, infer_errors = metrics.make_registry(repo.runners)
     await repo.load_all()
+    # What startup built (modules, models, sessions) lives until exit: keep it out of the
+    # collector's generations, so the collections that requests trigger walk only new objects.
+    gc.collect()
+    gc.freeze()
     server = HttpServer(App(settings, repo, registry, infer_errors), handlers.make_router(),
                         settings.max_body_bytes)
     await server.listen(settings.host, settings.port)

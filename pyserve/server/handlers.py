@@ -159,7 +159,7 @@ def _decode_infer(request: Request, name: str) -> tuple[InferRequest, Any, bool]
             header_length = request.content_type_param("json-header-size")
         req = kserve.decode_request(request.body, header_length)
     if req.outputs is not None:
-        declared = {o.name for o in runner.config.outputs}
+        declared = runner.output_names
         for r in req.outputs:
             if r.name not in declared:
                 raise invalid(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -113,12 +114,14 @@ def _internal_error() -> Response:
 
 
 class Router:
-    """Paths to handlers. A segment ``{name}`` captures one path segment into ``match_info``."""
+    """Paths to handlers. A segment ``{name}`` captures one path segment into ``match_info``.
+
+    Patterns are tried in the order they were added: add the hot path (infer) first.
+    """
 
     def __init__(self) -> None:
         self._exact: dict[str, dict[str, Handler]] = {}
-        # By segment count: (segments, {method: handler}); literal segments are str, captures None.
-        self._patterns: dict[int, list[tuple[list[str | None], list[str], dict[str, Handler]]]] = {}
+        self._patterns: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
 
     def add(self, method: str, pattern: str, handler: Handler) -> None:
         """Routes ``method`` ("*" for any) on ``pattern`` to ``handler``; GET routes answer HEAD too."""
@@ -126,17 +129,16 @@ class Router:
         if "{" not in pattern:
             table = self._exact.setdefault(pattern, {})
         else:
-            parts = pattern.strip("/").split("/")
-            segments = [None if p.startswith("{") else p for p in parts]
-            names = [p[1:-1] for p in parts if p.startswith("{")]
-            rows = self._patterns.setdefault(len(parts), [])
-            for row_segments, row_names, row_table in rows:
-                if row_segments == segments and row_names == names:
+            regex = re.compile("".join(
+                f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part)
+                for part in re.split(r"({[^}/]+})", pattern)) + r"\Z")
+            for row_regex, row_table in self._patterns:
+                if row_regex.pattern == regex.pattern:
                     table = row_table
                     break
             else:
                 table = {}
-                rows.append((segments, names, table))
+                self._patterns.append((regex, table))
         for m in methods:
             table.setdefault(m, handler)
 
@@ -145,14 +147,15 @@ class Router:
         table = self._exact.get(path)
         captures: dict[str, str] = {}
         if table is None:
-            parts = path.strip("/").split("/")
-            for segments, names, row_table in self._patterns.get(len(parts), ()):
-                values = [p for p, s in zip(parts, segments) if s is None]
-                if all(s is None or s == p for p, s in zip(parts, segments)) and all(values):
+            for regex, row_table in self._patterns:
+                match = regex.match(path)
+                if match is not None:
                     table = row_table
-                    captures = {n: unquote(v) if "%" in v else v for n, v in zip(names, values)}
+                    captures = match.groupdict()
+                    if "%" in path:
+                        captures = {k: unquote(v) for k, v in captures.items()}
                     break
-            if table is None:
+            else:
                 return None, captures, []
         handler = table.get(method) or table.get("*")
         return handler, captures, ([] if handler else sorted(table))
