@@ -12,10 +12,11 @@ import json
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Repo, Server
+from conftest import GATE_MODEL, Gate, Repo, Server, gate_config, model_stats, wait_until
 
 SOCKET_TIMEOUT_S = 5.0  # a hang fails the test instead of blocking the run
 MAX_BODY = 1000  # the server's --max-body-bytes; every ordinary infer body here is far smaller
@@ -492,6 +493,67 @@ def test_oversized_header_is_refused(server: Server) -> None:
     assert_server_serves(server)
 
 
+def test_request_line_that_never_ends_is_refused_before_it_ends(server: Server) -> None:
+    """The parser buffers a line until its end: the server must count what arrives, not wait for it."""
+    with Conn(server) as c:
+        c.send(b"GET /v2/" + b"a" * (200 << 10))  # no CRLF: the request line is still going on
+        resp = c.read_response()
+        assert resp.status == 431, (resp.status, resp.body[:300])
+        assert "over 65536 bytes" in resp.json()["error"]
+        assert resp.header("connection") == "close"
+    assert_server_serves(server)
+
+
+@pytest.mark.parametrize("first", [
+    b"GET /v2 HTTP/1.1\r\n\r\n",  # refused: no Host
+    b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (70 << 10) + b"\r\n\r\n",  # refused: 431
+])
+def test_requests_after_a_refused_one_are_not_served(server: Server, first: bytes) -> None:
+    """Once a request is refused the connection ends: what was pipelined after it gets no answer
+    (and must not make the server write to a half-closed socket)."""
+    follow = request_bytes("POST", INFER_PATH, b"0123456789",
+                           {"Expect": "100-continue", "Content-Type": "application/json"})
+    with Conn(server) as c:
+        c.send(first + follow + infer_request([1.0, 2.0, 3.0, 4.0]))
+        resp = c.read_response()
+        assert resp.status in (400, 431), (resp.status, resp.body[:300])
+        assert resp.header("connection") == "close"
+        assert c.closed_by_server()
+    assert_server_serves(server)
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GET /v2/health/live HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+     501),
+])
+def test_unsupported_version_and_coding(server: Server, raw: bytes, status: int) -> None:
+    with Conn(server) as c:
+        c.send(raw)
+        resp = c.read_response()
+        assert resp.status == status, (resp.status, resp.body[:300])
+        assert "not supported" in resp.json()["error"]
+    assert_server_serves(server)
+
+
+def test_percent_encoded_path(server: Server) -> None:
+    with Conn(server) as c:
+        assert_live(c.request("GET", "/v2/health/%6Cive"))
+        assert_infer(c.request("POST", f"/v2/models/{MODEL[:2]}%{ord(MODEL[2]):02X}{MODEL[3:]}/infer",
+                               infer_body([1.0, 2.0, 3.0, 4.0]), {"Content-Type": "application/json"}),
+                     [1.0, 2.0, 3.0, 4.0])
+
+
+def test_upgrade_is_declined_and_the_connection_ends(server: Server) -> None:
+    """h2c upgrade (what ``curl --http2`` sends on plain HTTP): answered in HTTP/1.1, then closed."""
+    with Conn(server) as c:
+        resp = c.request("GET", "/v2/health/live", None, {
+            "Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQAAP__"})
+        assert_live(resp)
+        assert resp.header("connection") == "close"
+        assert c.closed_by_server()
+
+
 # ---------------------------------------------------------------------------------------------
 # Framing and headers of every response; many connections
 
@@ -536,3 +598,39 @@ def test_many_concurrent_connections(server: Server) -> None:
     finally:
         for c in conns:
             c.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Shutdown
+
+def test_sigterm_answers_pipelined_requests_and_says_close_on_the_last(serve: Any, tmp_path: Path) -> None:
+    """Requests read before SIGTERM are all answered, in order; the last answer carries
+    ``Connection: close`` (so the client knows nothing after it was read), then the server closes."""
+    repo = Repo(tmp_path / "models")
+    repo.python("slow", GATE_MODEL.format(scale=2.0), gate_config(4))
+    gate = Gate(repo.root / "slow" / "gate.lock")
+    server = serve([repo.root])
+    bodies = [json.dumps({"id": f"r{i}", "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32",
+                                                     "data": [float(i)]}]}).encode() for i in range(3)]
+    with gate, Conn(server) as c:
+        c.send(b"".join(request_bytes("POST", "/v2/models/slow/infer", b, {"Content-Type": "application/json"})
+                        for b in bodies))
+        wait_until(lambda: model_stats(server.url, "slow")["in_flight"] == 3, what="3 requests in flight")
+        server.signal()
+        wait_until(lambda: _refused(server), what="listener closed")  # shutdown has begun
+        gate.open()
+        answers = [c.read_response("POST") for _ in bodies]
+        assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
+        assert [a.json()["id"] for a in answers] == ["r0", "r1", "r2"]
+        assert [a.json()["outputs"][0]["data"] for a in answers] == [[0.0], [2.0], [4.0]]
+        assert [a.header("connection") for a in answers] == [None, None, "close"]
+        assert c.closed_by_server()
+    assert server.wait() == 0, server.log()[-3000:]
+
+
+def _refused(server: Server) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+    except OSError:
+        return True
+    return False

@@ -7,15 +7,15 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pyserve.errors import ErrorKind, PyserveError
-from pyserve.server import http
-from pyserve.server.http import Request, Response
+from pyserve.server import messages
+from pyserve.server.messages import Request, Response
 
 log = logging.getLogger("pyserve.server")
 
 
 def error_response(kind: ErrorKind, message: str) -> Response:
     """The JSON error body ``{"error": message}`` with the status of ``kind``."""
-    return http.error_response(kind.http_status, message)
+    return messages.error_response(kind.http_status, message)
 
 
 def unexpected(request: Request) -> Response:

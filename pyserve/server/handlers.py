@@ -16,7 +16,8 @@ from pyserve.protocol import kserve, msgpack_codec
 from pyserve.repository import ModelRepository
 from pyserve.server import metrics
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
-from pyserve.server.http import Deferred, Request, Response, Router
+from pyserve.server.messages import Deferred, Request, Response
+from pyserve.server.router import Router
 
 log = logging.getLogger("pyserve.server")
 
@@ -126,6 +127,7 @@ def infer(request: Request) -> Response | Deferred:
     name = request.match_info["model"]
     try:
         req, runner, is_msgpack = _decode_infer(request, name)
+        request.body = b""  # what is needed is decoded: the rest may go while the model runs
         params = req.parameters
         priority = _int_parameter(params, "priority") if params else 0
         timeout_us = _int_parameter(params, "timeout") if params else 0

@@ -1,0 +1,85 @@
+"""What handlers see and return: a parsed request, a response, a response still on its way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+RETRY_AFTER_S = "1"  # what a 503 suggests: the queue drains in well under a second
+
+
+class Request:
+    """One parsed request: the whole body is in memory (the size limit bounds it)."""
+
+    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info", "keep_alive")
+
+    def __init__(self, app: Any, method: str, path: str, query_string: str, headers: dict[str, str],
+                 body: bytes, keep_alive: bool) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers  # lower-case names; repeated headers joined with ", "
+        self.body = body
+        self.match_info: dict[str, str] = {}
+        self.keep_alive = keep_alive
+
+    @property
+    def content_type(self) -> str:
+        """The media type of the body, lower case, without parameters ("" when absent)."""
+        value = self.headers.get("content-type")
+        if not value:
+            return ""
+        return value.partition(";")[0].strip().lower()
+
+    def content_type_param(self, key: str) -> str | None:
+        """A parameter of the Content-Type header (``key`` in lower case), or None."""
+        for part in self.headers.get("content-type", "").split(";")[1:]:
+            name, _, value = part.partition("=")
+            if name.strip().lower() == key:
+                return value.strip().strip('"')
+        return None
+
+
+class Response:
+    """A complete response; ``body`` is bytes-like."""
+
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, body: Any = b"", status: int = 200, content_type: str | None = "application/json",
+                 headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+
+class Deferred:
+    """A response that waits on ``future``: ``finish(future)`` makes it once the future is done.
+
+    ``finish`` must not raise (handlers turn their errors into responses). Cancelling ``future``
+    is how a request is abandoned when its client goes away.
+    """
+
+    __slots__ = ("future", "finish")
+
+    def __init__(self, future: asyncio.Future, finish: Callable[[asyncio.Future], Response]) -> None:
+        self.future = future
+        self.finish = finish
+
+
+Handler = Callable[[Request], Response | Deferred | Awaitable[Response]]
+
+
+def error_response(status: int, message: str) -> Response:
+    """The JSON error body ``{"error": message}``; a 503 says when to retry."""
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    return Response(orjson.dumps({"error": message}), status, headers=headers)
+
+
+def internal_error() -> Response:
+    """A 500 that tells the client no more than to look in the log."""
+    return error_response(500, "internal server error (see the server log)")
