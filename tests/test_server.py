@@ -348,11 +348,15 @@ def test_unknown_model_or_version_is_404(server: Server, path: str) -> None:
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:
+    before = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", status="413")
     x = np.zeros((MAX_BODY // 16 + 1, 4), np.float32)  # one row over the limit in binary form
     for protocol in ("binary", "msgpack", "json"):
         resp = infer(server.url, "affine", protocol, {"x": x})
         assert resp.status_code == 413, (protocol, resp.status_code, resp.text[:200])
         assert "too large" in resp.json()["error"]
+    # Refused by the transport before the handler ran, and still counted against the model.
+    after = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", status="413")
+    assert after - before == 3
     # The limit is the largest body accepted: JSON padded with spaces to exactly the limit passes.
     body, headers = encode("json", {"x": sample_input(1)})
     for size, status in ((MAX_BODY, 200), (MAX_BODY + 1, 413)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -60,8 +61,10 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     # collector's generations, so the collections that requests trigger walk only new objects.
     gc.collect()
     gc.freeze()
-    server = HttpServer(App(settings, repo, registry, infer_errors), handlers.make_router(),
-                        settings.max_body_bytes)
+    app = App(settings, repo, registry, infer_errors)
+    router = handlers.make_router()
+    server = HttpServer(app, router, settings.max_body_bytes,
+                        on_refused=functools.partial(handlers.count_refused, app, router))
     await server.listen(settings.host, settings.port)
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]

@@ -184,9 +184,20 @@ def _encode_infer(req: InferRequest, resp: InferResponse, is_msgpack: bool) -> R
 
 
 def _infer_error(request: Request, name: str, e: PyserveError) -> Response:
-    known = name in _repo(request).models  # unknown names would grow the label set without bound
-    request.app.infer_errors.labels(name if known else "", str(e.kind.http_status)).inc()
+    _count_infer_error(request.app, name, e.kind.http_status)
     return error_response(e.kind, e.message)
+
+
+def _count_infer_error(app: Any, name: str, status: int) -> None:
+    known = name in app.repository.models  # unknown names would grow the label set without bound
+    app.infer_errors.labels(name if known else "", str(status)).inc()
+
+
+def count_refused(app: Any, router: Router, method: str, path: str, status: int) -> None:
+    """Counts an infer request the transport refused before its handler ran (413, 431, ...)."""
+    handler, captures, _ = router.resolve(method, path)
+    if handler is infer:
+        _count_infer_error(app, captures["model"], status)
 
 
 # -- model control and metrics ----------------------------------------------------------------

@@ -46,9 +46,12 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 class HttpServer:
     """Listens and serves ``router``'s handlers; one :class:`Connection` per client."""
 
-    def __init__(self, app: Any, router: Router, max_body_bytes: int) -> None:
+    def __init__(self, app: Any, router: Router, max_body_bytes: int,
+                 on_refused: Callable[[str, str, int], None] | None = None) -> None:
         self.app = app
         self.router = router
+        # Told (method, path, status) of each request refused before its handler ran (413, 431...).
+        self.on_refused = on_refused
         self.max_body_bytes = max_body_bytes
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
@@ -392,13 +395,14 @@ class Connection(asyncio.Protocol):
     def _encode(self, resp: Response, slot: _Slot, head: bool) -> bytes:
         body = resp.body
         status = resp.status
-        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\nContent-Length: %d\r\n"
-                 % (status, _REASONS.get(status, b"Unknown"), SERVER_NAME, self.server.date, len(body))]
-        if resp.content_type:
-            parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
+        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
+                 % (status, _REASONS.get(status, b"Unknown"), SERVER_NAME, self.server.date)]
         if resp.headers:
             for k, v in resp.headers.items():
                 parts.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
+        if resp.content_type:
+            parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
+        parts.append(b"Content-Length: %d\r\n" % len(body))
         if slot.close:
             parts.append(b"Connection: close\r\n")
         elif slot.http10:
@@ -413,6 +417,13 @@ class Connection(asyncio.Protocol):
         self._refused = True
         self._linger = True
         self._answer(error_response(status, message), _Slot(True, False), False)
+        if self.server.on_refused is not None and self.in_message and not self.in_head:
+            try:
+                method = self.parser.get_method().decode("ascii", "replace")
+                url = httptools.parse_url(b"".join(self._url))
+            except httptools.HttpParserError:
+                return  # not even a request line: nothing to count it against
+            self.server.on_refused(method, unquote((url.path or b"/").decode("utf-8", "replace")), status)
 
     # -- connection state ------------------------------------------------------------------------
     def _pause_reading(self) -> None:
