@@ -38,6 +38,9 @@ IDLE_TIMEOUT_S = 75.0  # a connection that sends nothing for this long, owing no
 HEADER_TIMEOUT_S = 30.0  # a request's line and headers must arrive within this (slow clients)
 SWEEP_INTERVAL_S = 1.0
 LINGER_S = 2.0  # after refusing a request mid-body, how long its remaining bytes are read and dropped
+# The parser runs over a read in pieces of this size, so that a client pipelining many cheap
+# requests stops being parsed (and answered) once the server stops reading from it.
+FEED_SLICE = 8 << 10
 SERVER_NAME = b"pyserve"
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -107,12 +110,17 @@ class HttpServer:
 
 
 class _Slot:
-    """An answer a connection owes, in request order; ``data`` is set once it is ready."""
+    """An answer a connection owes, in request order; ``resp`` is set once it is ready.
 
-    __slots__ = ("data", "future", "close", "http10", "nbytes")
+    It is encoded when written, so a shutdown that begins meanwhile still gets its
+    ``Connection: close`` onto the last answer.
+    """
+
+    __slots__ = ("resp", "head", "future", "close", "http10", "nbytes")
 
     def __init__(self, close: bool, http10: bool, nbytes: int = 0) -> None:
-        self.data: bytes | None = None
+        self.resp: Response | None = None
+        self.head = False  # answering a HEAD request: no body
         self.future: asyncio.Future | None = None
         self.close = close  # the connection ends after this answer
         self.http10 = http10
@@ -144,6 +152,9 @@ class Connection(asyncio.Protocol):
         self._refused = False  # this message was answered early (413, 431, ...): skip the rest
         self._upgrade = False
         self._linger = False  # close by half-closing first: the client may still be sending
+        self._backlog: memoryview | None = None  # read but not yet parsed (reading is paused)
+        self._feeding = False
+        self._swept_buffered = 0  # write buffer size at the last sweep
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -168,6 +179,27 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return  # refused or ending: what still arrives is dropped
         self.last_active = self.server.now
+        if len(data) <= FEED_SLICE and self._backlog is None:
+            self._parse(data)  # the common case: one request, or a few small ones
+            return
+        view = memoryview(data)
+        self._backlog = view if self._backlog is None else memoryview(bytes(self._backlog) + data)
+        self._feed_backlog()
+
+    def _feed_backlog(self) -> None:
+        """Parses what was read, a piece at a time, until done or reading is paused."""
+        if self._feeding:
+            return  # called back from inside the parser: the loop below goes on by itself
+        self._feeding = True
+        try:
+            while self._backlog is not None and not self.closing and not self.reading_paused:
+                backlog = self._backlog
+                self._backlog = backlog[FEED_SLICE:] if len(backlog) > FEED_SLICE else None
+                self._parse(backlog[:FEED_SLICE])
+        finally:
+            self._feeding = False
+
+    def _parse(self, data: bytes | memoryview) -> None:
         if self.in_head:
             self.head_bytes += len(data)
         try:
@@ -181,6 +213,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             # A protocol switch (h2c, websocket) is not offered: the request was answered in
             # HTTP/1.1 with Connection: close, and whatever follows it is not HTTP/1.1.
+            self._linger = True
             self._stop_reading()
             return
         except httptools.HttpParserError as e:
@@ -253,6 +286,11 @@ class Connection(asyncio.Protocol):
             self._refuse(413, f"request body too large: {length} bytes, the limit is {limit}")
             return
         self._upgrade = parser.should_upgrade()
+        if self._upgrade and (length or coding):
+            # llhttp hands the bytes after an upgrade request's headers to the new protocol, so
+            # its body would be lost: refuse rather than answer a request without its body.
+            self._refuse(400, "a request with Upgrade and a body is not supported: send it without Upgrade")
+            return
         if (headers.get("expect", "").lower() == "100-continue" and version == "1.1"
                 and not self.pending and (length or coding)):
             # Only with nothing owed: a 100 must not overtake an earlier request's answer (the
@@ -290,6 +328,7 @@ class Connection(asyncio.Protocol):
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
+                self._linger = True
                 self._answer(error_response(400, f"invalid URL {url[:200]!r}"), _Slot(True, http10), False)
                 return
             path = (parsed.path or b"/").decode("utf-8", "replace")
@@ -355,7 +394,7 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error while answering")
             resp = internal_error()
-        slot.data = self._encode(resp, slot, head)
+        slot.resp, slot.head = resp, head
         self._write_ready()
 
     def _answer(self, resp: Response, slot: _Slot, head: bool) -> None:
@@ -366,11 +405,13 @@ class Connection(asyncio.Protocol):
             if slot.close:
                 self._close_after_writes()
             return
-        slot.data = self._encode(resp, slot, head)
+        slot.resp, slot.head = resp, head
         self.pending.append(slot)
         self.pending_bytes += slot.nbytes
         if slot.close:
             self.closing = True  # read nothing more; _write_ready closes after this answer
+        elif len(self.pending) >= MAX_PIPELINED:
+            self._pause_reading()
         self._write_ready()
 
     def _write_ready(self) -> None:
@@ -380,10 +421,10 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         self.last_active = self.server.now  # a long request answered just now is not idle
-        while pending and pending[0].data is not None:
+        while pending and pending[0].resp is not None:
             slot = pending.popleft()
             self.pending_bytes -= slot.nbytes
-            transport.write(slot.data)  # type: ignore[arg-type]
+            transport.write(self._encode(slot.resp, slot, slot.head))  # type: ignore[arg-type]
             if slot.close:
                 self._close_after_writes()
                 return
@@ -436,7 +477,9 @@ class Connection(asyncio.Protocol):
                 and not self.writing_paused and len(self.pending) < MAX_PIPELINED
                 and self.pending_bytes <= self.server.max_body_bytes):
             self.reading_paused = False
-            self.transport.resume_reading()
+            self._feed_backlog()  # what was read before the pause comes first
+            if not self.reading_paused and self.transport is not None:
+                self.transport.resume_reading()
 
     def _stop_reading(self) -> None:
         """No more requests from this client: close once every owed answer is written."""
@@ -446,6 +489,7 @@ class Connection(asyncio.Protocol):
 
     def _close_after_writes(self) -> None:
         self.closing = True
+        self._backlog = None
         transport = self.transport
         if transport is None:
             return
@@ -455,16 +499,26 @@ class Connection(asyncio.Protocol):
             # arrives (data_received ignores it), close a little later.
             self._linger = False
             transport.write_eof()
-            self.server.loop.call_later(LINGER_S, transport.close)
+            self.server.loop.call_later(LINGER_S, self._end_linger)
             return
         transport.close()  # flushes what is buffered first
+
+    def _end_linger(self) -> None:
+        if self.transport is not None:
+            # A client that does not read its answer in time does not get to hold the socket.
+            if buffered:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def close_when_done(self) -> None:
         """Shutdown: answer what was read (the last answer says Connection: close), then close.
 
-        A request still arriving is served, answered with Connection: close, and ends it.
+        With nothing owed, a request still arriving is served, answered with Connection: close,
+        and ends the connection; with answers owed, nothing more is read.
         """
         if self.pending:
+            self._linger = True  # the client may be sending requests that will not be read
             self.closing = True
             self.pending[-1].close = True
         elif not self.in_message:
@@ -472,11 +526,20 @@ class Connection(asyncio.Protocol):
 
     def sweep(self, now: float) -> None:
         """Closes the connection if it is idle too long, or too slow sending a request's headers."""
-        if self.pending:
+        if self.pending or self.transport is None:
             return
+        buffered = self.transport.get_write_buffer_size()
+        if buffered != self._swept_buffered:  # the client reads, however slowly: not idle
+            self._swept_buffered = buffered
+            self.last_active = now
         if self.last_active < now - IDLE_TIMEOUT_S or (
-                self.in_message and self.in_head and self.message_started < now - HEADER_TIMEOUT_S):
-            self._close_after_writes()
+                # Not while the server itself has stopped reading (the client does not read).
+                self.in_message and self.in_head and not self.reading_paused
+                and self.message_started < now - HEADER_TIMEOUT_S):
+            if buffered:
+                self.transport.abort()  # it does not read what it was sent: close() would wait forever
+            else:
+                self._close_after_writes()
 
     def abort(self) -> None:
         """Drops the connection at once (what is owed is lost: only after the shutdown timeout)."""
