@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -668,3 +669,23 @@ def test_upgrade_with_a_body_is_refused(server: Server) -> None:
             "Content-Type": "application/json", "Connection": "Upgrade", "Upgrade": "h2c"})
         assert resp.status == 400, (resp.status, resp.body[:300])
         assert "Upgrade" in resp.json()["error"]
+
+
+def test_refused_connection_is_closed_after_lingering(server: Server) -> None:
+    """After a refusal the server half-closes, drops what the client still sends, then closes for
+    good (LINGER_S later): a client that stays connected finds the socket gone, not held open."""
+    with Conn(server) as c:
+        c.send(b"GET /v2 HTTP/1.1\r\n\r\n")  # no Host: refused
+        assert c.read_response().status == 400
+        deadline = time.monotonic() + 6.0
+        closed = False
+        while not closed and time.monotonic() < deadline:
+            # Polling: the final close is a timer inside the server; while it lingers these bytes
+            # are read and dropped, once it has closed they are answered with a reset.
+            try:
+                c.send(b"x")
+                time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        assert closed, "the server still held the refused connection open after 6 s"
+    assert not crash_reports(server.log()), crash_reports(server.log())

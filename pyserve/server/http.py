@@ -506,7 +506,7 @@ class Connection(asyncio.Protocol):
     def _end_linger(self) -> None:
         if self.transport is not None:
             # A client that does not read its answer in time does not get to hold the socket.
-            if buffered:
+            if self.transport.get_write_buffer_size():
                 self.transport.abort()
             else:
                 self.transport.close()
