@@ -46,6 +46,17 @@ SERVER_NAME = b"pyserve"
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
+def _split_url(url: bytes) -> tuple[str, str]:
+    """The percent-decoded path and the query of a request target (HttpParserInvalidURLError)."""
+    if url.startswith(b"/") and b"?" not in url and b"#" not in url:
+        path, query = url.decode("utf-8", "replace"), ""  # the common case, without parse_url
+    else:
+        parsed = httptools.parse_url(url)
+        path = (parsed.path or b"/").decode("utf-8", "replace")
+        query = (parsed.query or b"").decode("utf-8", "replace")
+    return (unquote(path) if "%" in path else path), query
+
+
 class HttpServer:
     """Listens and serves ``router``'s handlers; one :class:`Connection` per client."""
 
@@ -322,21 +333,13 @@ class Connection(asyncio.Protocol):
         body = self._body
         self._body = b""
         url = b"".join(self._url) if len(self._url) != 1 else self._url[0]
-        if url.startswith(b"/") and b"?" not in url and b"#" not in url:
-            path, query = url.decode("utf-8", "replace"), ""  # the common case, without parse_url
-        else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                self._linger = True
-                self._answer(error_response(400, f"invalid URL {url[:200]!r}"), _Slot(True, http10), False)
-                return
-            path = (parsed.path or b"/").decode("utf-8", "replace")
-            query = (parsed.query or b"").decode("utf-8", "replace")
-        if "%" in path:
-            path = unquote(path)
+        try:
+            path, query = _split_url(url)
+        except httptools.HttpParserInvalidURLError:
+            self._refuse(400, f"invalid URL {url[:200]!r}")
+            return
         request = Request(self.server.app, parser.get_method().decode("ascii", "replace"), path, query,
-                          self._headers, body, keep_alive)
+                          self._headers, body)
         self._dispatch(request, _Slot(not keep_alive, http10, len(body)))
 
     # -- answering -------------------------------------------------------------------------------
@@ -461,10 +464,10 @@ class Connection(asyncio.Protocol):
         if self.server.on_refused is not None and self.in_message and not self.in_head:
             try:
                 method = self.parser.get_method().decode("ascii", "replace")
-                url = httptools.parse_url(b"".join(self._url))
+                path, _ = _split_url(b"".join(self._url))
             except httptools.HttpParserError:
                 return  # not even a request line: nothing to count it against
-            self.server.on_refused(method, unquote((url.path or b"/").decode("utf-8", "replace")), status)
+            self.server.on_refused(method, path, status)
 
     # -- connection state ------------------------------------------------------------------------
     def _pause_reading(self) -> None:

@@ -14,10 +14,10 @@ RETRY_AFTER_S = "1"  # what a 503 suggests: the queue drains in well under a sec
 class Request:
     """One parsed request: the whole body is in memory (the size limit bounds it)."""
 
-    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info", "keep_alive")
+    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info")
 
     def __init__(self, app: Any, method: str, path: str, query_string: str, headers: dict[str, str],
-                 body: bytes, keep_alive: bool) -> None:
+                 body: bytes) -> None:
         self.app = app
         self.method = method
         self.path = path
@@ -25,7 +25,6 @@ class Request:
         self.headers = headers  # lower-case names; repeated headers joined with ", "
         self.body = body
         self.match_info: dict[str, str] = {}
-        self.keep_alive = keep_alive
 
     @property
     def content_type(self) -> str:
