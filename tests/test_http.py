@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GATE_MODEL, Gate, Repo, Server, gate_config, model_stats, wait_until
+from conftest import GATE_MODEL, Gate, Repo, Server, gate_config, http_status, model_stats, wait_until
 
 SOCKET_TIMEOUT_S = 5.0  # a hang fails the test instead of blocking the run
 MAX_BODY = 1000  # the server's --max-body-bytes; every ordinary infer body here is far smaller
@@ -618,7 +618,8 @@ def test_sigterm_answers_pipelined_requests_and_says_close_on_the_last(serve: An
                         for b in bodies))
         wait_until(lambda: model_stats(server.url, "slow")["in_flight"] == 3, what="3 requests in flight")
         server.signal()
-        wait_until(lambda: _refused(server), what="listener closed")  # shutdown has begun
+        # Shutdown has begun once the listener is closed (nothing answers a new connection).
+        wait_until(lambda: http_status(server.url + "/v2/health/live", 1.0) is None, what="listener closed")
         gate.open()
         answers = [c.read_response("POST") for _ in bodies]
         assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
@@ -627,14 +628,6 @@ def test_sigterm_answers_pipelined_requests_and_says_close_on_the_last(serve: An
         assert [a.header("connection") for a in answers] == [None, None, "close"]
         assert c.closed_by_server()
     assert server.wait() == 0, server.log()[-3000:]
-
-
-def _refused(server: Server) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
-    except OSError:
-        return True
-    return False
 
 
 def _rss_bytes(server: Server) -> int:

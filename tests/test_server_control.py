@@ -22,6 +22,7 @@ from conftest import (
     decode,
     encode,
     gate_config,
+    http_status,
     infer,
     model_stats,
     run_onnx,
@@ -326,7 +327,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(serve: Any, tmp_pat
         wait_until(lambda: model_stats(server.url, "slow")["in_flight"] == n, what=f"{n} requests in flight")
         server.signal()
         # The listener closes first: a new connection is refused while the accepted requests wait.
-        wait_until(lambda: _refused(server.url), what="listener closed")
+        wait_until(lambda: http_status(server.url + "/v2/health/live", 1.0) is None, what="listener closed")
         assert server.proc.poll() is None
         gate.open()
         for i, f in enumerate(futures):
@@ -334,13 +335,6 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(serve: Any, tmp_pat
             assert doc["id"] == f"r{i}" and out["y"].tolist() == [[2.0 * i]]
     assert server.wait() == 0, server.log()[-3000:]
 
-
-def _refused(url: str) -> bool:
-    try:
-        requests.get(url + "/v2/health/live", timeout=1)
-    except requests.ConnectionError:
-        return True
-    return False
 
 
 def test_sigterm_with_a_backend_that_never_returns_exits_1_after_the_timeout(serve: Any, tmp_path: Path) -> None:
