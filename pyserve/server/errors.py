@@ -21,7 +21,7 @@ def error_response(kind: ErrorKind, message: str) -> Response:
 def unexpected(request: Request) -> Response:
     """Logs the exception being handled and answers a 500 without its details."""
     log.exception("unexpected error in %s %s", request.method, request.path)
-    return error_response(ErrorKind.INTERNAL, "internal server error (see the server log)")
+    return messages.internal_error()
 
 
 def endpoint(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
