@@ -35,11 +35,15 @@ class CompletionQueue:
     def drain(self) -> list[tuple[Any, int, str, dict[str, np.ndarray] | None]]: ...
     def wait(self, timeout_ms: int) -> bool: ...
 
+class IdentityBackend:
+    """The core's identity backend: output i is input i, run in C++ without the GIL."""
+    def __init__(self) -> None: ...
+
 class Scheduler:
     def __init__(
         self,
         options: SchedulerOptions,
-        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | str,
+        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | IdentityBackend,
         completions: CompletionQueue,
     ) -> None: ...
     def submit(self, inputs: dict[str, np.ndarray], token: Any, priority: int = 0, timeout_us: int = 0) -> int: ...

@@ -24,6 +24,7 @@ import orjson
 
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferResponse, RequestedOutput, kserve, msgpack_codec
+from pyserve.protocol.http_status import kind_of_status
 
 __all__ = ["AsyncInferenceClient", "InferenceClient", "InferenceServerError"]
 
@@ -48,16 +49,6 @@ class InferenceServerError(PyserveError):
 
     def __repr__(self) -> str:
         return f"InferenceServerError({self.kind.name}, status={self.status}, {self.message!r})"
-
-
-def kind_of_status(status: int | None) -> ErrorKind:
-    """The ErrorKind of an HTTP error status (None, no reply at all, is UNAVAILABLE)."""
-    if status is None or status == 429:
-        return ErrorKind.UNAVAILABLE
-    try:
-        return ErrorKind(status)
-    except ValueError:
-        return ErrorKind.INVALID_ARGUMENT if 400 <= status < 500 else ErrorKind.INTERNAL
 
 
 class _ClientBase:

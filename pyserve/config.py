@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyserve.backends import registry as backends
 from pyserve.datatypes import DATATYPES
 from pyserve.errors import ErrorKind, PyserveError
 
@@ -66,20 +67,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
-BACKENDS: tuple[str, ...] = ("onnxruntime", "python", "identity", "tensorrt")
-DEFAULT_MODEL_FILENAMES: dict[str, str] = {
-    "onnxruntime": "model.onnx", "python": "model.py", "identity": "", "tensorrt": "model.plan",
-}
-GRAPH_OPTIMIZATION_LEVELS: tuple[str, ...] = ("disable", "basic", "extended", "all")
-# Per backend: option -> default. Options are type-checked in _parse_options.
-BACKEND_OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "onnxruntime": {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "graph_optimization_level": "all"},
-    "python": {"class": "Model"},
-    "identity": {},
-    "tensorrt": {},
-}
 _TOP_KEYS = ("name", "backend", "max_batch_size", "instance_count", "default_model_filename", "inputs",
-             "outputs", "dynamic_batching", "version_policy", *[b for b in BACKENDS if b != "identity"])
+             "outputs", "dynamic_batching", "version_policy", *backends.option_tables())
 
 
 class ConfigError(PyserveError):
@@ -154,7 +143,7 @@ class ModelConfig:
     @property
     def model_filename(self) -> str:
         """The model file name inside a version folder (the backend's default when not configured)."""
-        return self.default_model_filename or DEFAULT_MODEL_FILENAMES.get(self.backend, "")
+        return self.default_model_filename or backends.get(self.backend).model_filename
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,20 +261,15 @@ def _parse_version_policy(source: str, value: Any) -> VersionPolicy:
 
 
 def _parse_options(source: str, backend: str, value: Any) -> dict[str, Any]:
-    defaults = BACKEND_OPTION_DEFAULTS[backend]
+    kind = backends.get(backend)
     table = _table(source, value, backend)
-    _check_keys(source, table, tuple(defaults), backend + ".")
-    options = dict(defaults)
+    _check_keys(source, table, tuple(kind.options), backend + ".")
+    options = kind.defaults()
     for name, v in table.items():
-        at = f"{backend}.{name}"
-        if name == "graph_optimization_level":
-            options[name] = _str(source, v, at, GRAPH_OPTIMIZATION_LEVELS)
-        elif name == "class":
-            if not isinstance(v, str) or not v.isidentifier():
-                raise _fail(source, at, f"expected a Python class name, got {v!r}")
-            options[name] = v
-        else:
-            options[name] = _int(source, v, at, 0)
+        try:
+            options[name] = kind.options[name].parse(v)
+        except ValueError as e:
+            raise _fail(source, f"{backend}.{name}", str(e)) from None
     return options
 
 
@@ -304,8 +288,8 @@ def version_dirs(model_dir: Path) -> list[int]:
 def _validate(config: ModelConfig) -> ModelConfig:
     """Checks across keys; also run on configs built from overrides."""
     src = config.source or config.name
-    if config.backend not in BACKENDS:
-        raise _fail(src, "backend", f"expected one of {', '.join(BACKENDS)}, got {config.backend!r}")
+    if config.backend not in backends.REGISTRY:
+        raise _fail(src, "backend", f"expected one of {', '.join(backends.REGISTRY)}, got {config.backend!r}")
     _int(src, config.max_batch_size, "max_batch_size", 0)
     _int(src, config.instance_count, "instance_count", 1)
     filename = config.default_model_filename
@@ -323,14 +307,9 @@ def _validate(config: ModelConfig) -> ModelConfig:
     if not config.inputs or not config.outputs:
         raise _fail(src, "inputs" if not config.inputs else "outputs",
                     f"the {config.backend} backend needs [[inputs]] and [[outputs]] in config.toml")
-    if config.backend == "identity":
-        if len(config.inputs) != len(config.outputs):
-            raise _fail(src, "outputs", f"the identity backend needs one output per input: "
-                        f"{len(config.inputs)} inputs, {len(config.outputs)} outputs")
-        for i, (inp, out) in enumerate(zip(config.inputs, config.outputs)):
-            if inp.datatype != out.datatype:
-                raise _fail(src, f"outputs[{i}].datatype", f"the identity backend needs {inp.datatype} "
-                            f"(as inputs[{i}]), got {out.datatype}")
+    kind = backends.get(config.backend)
+    if kind.check is not None:
+        kind.check(config)
     return config
 
 
@@ -343,19 +322,30 @@ def _newest_model_file(model_dir: Path, filename: str, policy: VersionPolicy) ->
     return None
 
 
-def load_model_config(model_dir: Path) -> ModelConfig:
-    """Read and validate ``model_dir/config.toml`` (optional for ONNX models); ConfigError if wrong."""
+def read_config_file(model_dir: Path) -> dict[str, Any]:
+    """The raw TOML of ``model_dir/config.toml`` ({} when there is none); ConfigError if not TOML."""
+    path = Path(model_dir) / "config.toml"
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, source: str = "") -> ModelConfig:
+    """Read and validate ``model_dir/config.toml`` (optional for ONNX models); ConfigError if wrong.
+
+    ``raw``, when given, is used instead of the file: a config in config.toml's shape as a mapping (a
+    load request's config override); ``source`` then names it in the messages."""
     model_dir = Path(model_dir)
-    source = str(model_dir / "config.toml")
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir}: not a model folder")
-    raw: dict[str, Any] = {}
-    if (model_dir / "config.toml").is_file():
-        try:
-            with open(model_dir / "config.toml", "rb") as f:
-                raw = tomllib.load(f)
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    if raw is None:
+        raw = read_config_file(model_dir)
+        source = str(model_dir / "config.toml")
+    source = source or str(model_dir / "config.toml")
     _check_keys(source, raw, _TOP_KEYS, "")
     name = model_dir.name
     if "name" in raw and raw["name"] != name:
@@ -364,13 +354,13 @@ def load_model_config(model_dir: Path) -> ModelConfig:
         if "default_model_filename" in raw else ""
 
     if "backend" in raw:
-        backend = _str(source, raw["backend"], "backend", BACKENDS)
+        kind = backends.get(_str(source, raw["backend"], "backend", backends.backend_names()))
     elif filename:
-        backend = {".py": "python", ".plan": "tensorrt"}.get(Path(filename).suffix, "onnxruntime")
+        kind = backends.kind_of_file(filename)
     else:
-        has_py = any((model_dir / str(v) / "model.py").is_file() for v in version_dirs(model_dir))
-        backend = "python" if has_py else "onnxruntime"
-    for other in BACKEND_OPTION_DEFAULTS:
+        kind = backends.detect([model_dir / str(v) for v in version_dirs(model_dir)])
+    backend = kind.name
+    for other in backends.option_tables():
         if other != backend and other in raw:
             raise _fail(source, other, f"options of the {other} backend, but the backend is {backend!r}")
 
@@ -390,26 +380,9 @@ def load_model_config(model_dir: Path) -> ModelConfig:
         backend_options=_parse_options(source, backend, raw.get(backend, {})),
         source=source,
     )
-    if backend == "onnxruntime":
-        onnx_path = _newest_model_file(model_dir, config.model_filename, config.version_policy)
-        if onnx_path is None and not (config.inputs and config.outputs):
-            example = model_dir / "1" / config.model_filename
-            raise ConfigError(f"{source}: no version folder holds {config.model_filename} to read the inputs "
-                              f"and outputs from; add a version folder (e.g. {example}) "
-                              "or give [[inputs]] and [[outputs]]")
-        if onnx_path is not None:
-            # Imported here: configs of other backends must not pay for importing onnxruntime.
-            from pyserve.backends import onnx as ort_backend
-
-            tensors = ort_backend.read_onnx_tensors(onnx_path)
-            strip = ort_backend.strip_batch_dim
-            if not config.inputs:
-                inputs = strip(tensors[0], max_batch_size, onnx_path, "input")
-                config = dataclasses.replace(config, inputs=inputs)
-            if not config.outputs:
-                outputs = strip(tensors[1], max_batch_size, onnx_path, "output")
-                config = dataclasses.replace(config, outputs=outputs)
-            ort_backend.check_onnx_model(config, tensors, onnx_path)
+    if kind.complete is not None:
+        model_file = _newest_model_file(model_dir, config.model_filename, config.version_policy)
+        config = kind.complete(config, model_file)
     return _validate(config)
 
 
@@ -432,21 +405,12 @@ def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int = 0, **over
         overrides["dynamic_batching"] = _parse_dynamic_batching(source, overrides["dynamic_batching"])
     if isinstance(overrides.get("version_policy"), dict):
         overrides["version_policy"] = _parse_version_policy(source, overrides["version_policy"])
+    kind = backends.get(backends.DEFAULT_BACKEND)
     options = dict(overrides.get("backend_options", {}))
-    overrides["backend_options"] = _parse_options(source, "onnxruntime", options)
+    overrides["backend_options"] = _parse_options(source, kind.name, options)
     _int(source, max_batch_size, "max_batch_size", 0)
-    from pyserve.backends import onnx as ort_backend
-
-    tensors = ort_backend.read_onnx_tensors(onnx_path)
-    config = ModelConfig(
-        name=name,
-        backend="onnxruntime",
-        inputs=ort_backend.strip_batch_dim(tensors[0], max_batch_size, onnx_path, "input"),
-        outputs=ort_backend.strip_batch_dim(tensors[1], max_batch_size, onnx_path, "output"),
-        max_batch_size=max_batch_size,
-        default_model_filename=onnx_path.name,
-        source=source,
-    )
+    config = ModelConfig(name=name, backend=kind.name, inputs=(), outputs=(), max_batch_size=max_batch_size,
+                         default_model_filename=onnx_path.name, source=source)
     config = dataclasses.replace(config, **overrides)
-    ort_backend.check_onnx_model(config, tensors, onnx_path)
-    return _validate(config)
+    assert kind.complete is not None
+    return _validate(kind.complete(config, onnx_path))

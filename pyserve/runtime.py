@@ -13,33 +13,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from pyserve import _core
-from pyserve.errors import ErrorKind, PyserveError
+from pyserve.backends import registry
+from pyserve.errors import error_from_core
 
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
 
 log = logging.getLogger("pyserve.runtime")
 
-# Core status codes (csrc/core/types.h StatusCode) -> error kinds.
-_KINDS = {
-    1: ErrorKind.INVALID_ARGUMENT,
-    2: ErrorKind.UNAVAILABLE,
-    3: ErrorKind.DEADLINE_EXCEEDED,
-    4: ErrorKind.CANCELLED,
-    5: ErrorKind.INTERNAL,
-}
-
-
-# Backends whose cheap batches may run inline on the event loop's thread.
-INLINE_BACKENDS = frozenset({"onnxruntime", "identity"})
-
 # Scheduler.flush results (csrc/core/scheduler.h FlushResult).
 _FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
-
-
-def error_from_core(code: int, message: str) -> PyserveError:
-    """The PyserveError for a core status code."""
-    return PyserveError(_KINDS.get(code, ErrorKind.INTERNAL), message)
 
 
 class CompletionPump:
@@ -76,15 +59,15 @@ def _spec_tuples(specs: Any) -> list[tuple[str, str, list[int]]]:
 class ModelRunner:
     """One loaded model version: its core scheduler and the backend it calls.
 
-    ``backend`` is a callable taking a batch (dict of numpy arrays) and returning a dict of numpy
-    arrays, or the string ``"identity"`` for the core's built-in no-op backend.
+    ``backend`` is what the backend registry made for this version: a callable taking a batch (dict of
+    numpy arrays) and returning a dict of numpy arrays, or a ``_core.IdentityBackend``.
     """
 
     def __init__(
         self,
         config: ModelConfig,
         version: str,
-        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | str,
+        backend: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | _core.IdentityBackend,
         pump: CompletionPump,
     ) -> None:
         self.config = config
@@ -97,11 +80,10 @@ class ModelRunner:
         # Work-conserving batching: once per loop iteration, after the handlers that ran have queued
         # their requests, tell the core nothing more is on its way, so an idle instance does not wait
         # out max_queue_delay_us for company that is not coming (a lone client pays nothing).
-        self._dispatch_when_idle = bool(getattr(db, "dispatch_when_idle", True))
+        self._dispatch_when_idle = db.dispatch_when_idle
         self._flush_scheduled = False
-        # Only backends of steady cost may run on the loop's thread: a user's Python model that now
-        # and then takes seconds would stall every other request while it ran there.
-        self._inline_ok = getattr(config, "backend", "") in INLINE_BACKENDS
+        # Only backends of steady cost may run on the loop's thread (the registry says which).
+        self._inline_ok = registry.get(config.backend).inline_ok
         options = _core.SchedulerOptions(
             model_name=config.name,
             model_version=version,

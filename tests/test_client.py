@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from pyserve.client import AsyncInferenceClient, InferenceClient, InferenceServerError, kind_of_status
+from pyserve.client import AsyncInferenceClient, InferenceClient, InferenceServerError
+from pyserve.protocol.http_status import kind_of_status
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferResponse, kserve, msgpack_codec
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from pyserve import _core
+from pyserve.config import DynamicBatching, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.runtime import CompletionPump, ModelRunner
 
@@ -62,7 +62,7 @@ class Gate:
 
 def test_many_threads_each_request_gets_its_own_result() -> None:
     cq = _core.CompletionQueue()
-    sched = _core.Scheduler(options(max_batch_size=32, max_queue_delay_us=200), "identity", cq)
+    sched = _core.Scheduler(options(max_batch_size=32, max_queue_delay_us=200), _core.IdentityBackend(), cq)
     threads, per_thread = 8, 500
     results: dict[int, float] = {}
     batch_sizes = []
@@ -118,7 +118,7 @@ def test_python_backend_sees_batches_larger_than_one() -> None:
 def test_delay_bound_with_one_request_at_a_time() -> None:
     delay_us = 20_000
     cq = _core.CompletionQueue()
-    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=delay_us), "identity", cq)
+    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=delay_us), _core.IdentityBackend(), cq)
     for i in range(3):
         sched.submit(sample(i), i)
         drain_all(cq, 1)
@@ -160,7 +160,7 @@ def test_priorities_are_batched_first() -> None:
 
 
 def test_invalid_priority_is_refused() -> None:
-    sched = _core.Scheduler(options(priority_levels=2), "identity", _core.CompletionQueue())
+    sched = _core.Scheduler(options(priority_levels=2), _core.IdentityBackend(), _core.CompletionQueue())
     with pytest.raises(_core.CoreError) as e:
         sched.submit(sample(0), 0, priority=3)
     assert e.value.args[0] == INVALID and "1..2" in e.value.args[1]
@@ -281,7 +281,7 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
     ids=["dtype", "dim", "rank", "strided", "too-big", "empty", "missing", "extra", "list"],
 )
 def test_bad_input_is_refused_with_a_clear_error(inputs, needle) -> None:
-    sched = _core.Scheduler(options(), "identity", _core.CompletionQueue())
+    sched = _core.Scheduler(options(), _core.IdentityBackend(), _core.CompletionQueue())
     with pytest.raises(_core.CoreError) as e:
         sched.submit(inputs, None)
     sched.stop()
@@ -353,26 +353,22 @@ def test_bytes_helpers_round_trip() -> None:
         _core.deserialize_bytes(wire[:-1], [2, 2])
 
 
-def _config(**kw) -> SimpleNamespace:
-    spec = SimpleNamespace
-    db = dict(
-        preferred_batch_sizes=(), max_queue_delay_us=1000, max_queue_size=0, default_timeout_us=0,
-        priority_levels=1, default_priority_level=1,
-    )
+def _config(**kw) -> ModelConfig:
+    db = dict(max_queue_delay_us=1000)
     db.update(kw.pop("dynamic_batching", {}))
     base = dict(
-        name="m", inputs=(spec(name="x", datatype="FP32", shape=(4,)),),
-        outputs=(spec(name="y", datatype="FP32", shape=(4,)),), max_batch_size=8, instance_count=1,
-        dynamic_batching=SimpleNamespace(**db),
+        name="m", backend="identity", inputs=(TensorSpec("x", "FP32", (4,)),),
+        outputs=(TensorSpec("y", "FP32", (4,)),), max_batch_size=8, instance_count=1,
+        dynamic_batching=DynamicBatching(**db),
     )
     base.update(kw)
-    return SimpleNamespace(**base)
+    return ModelConfig(**base)
 
 
 def test_runner_from_asyncio_many_in_flight() -> None:
     async def main() -> None:
         pump = CompletionPump()
-        runner = ModelRunner(_config(), "1", "identity", pump)
+        runner = ModelRunner(_config(), "1", _core.IdentityBackend(), pump)
         outs = await asyncio.gather(*(runner.infer(sample(i)) for i in range(500)))
         assert [float(o["y"][0, 0]) for o in outs] == list(range(500))
         stats = runner.stats()
@@ -431,15 +427,15 @@ def test_runner_timeout_maps_to_deadline_exceeded() -> None:
 
 def test_bad_options_are_refused() -> None:
     with pytest.raises(_core.CoreError) as e:
-        _core.Scheduler(options(preferred_batch_sizes=[16]), "identity", _core.CompletionQueue())
+        _core.Scheduler(options(preferred_batch_sizes=[16]), _core.IdentityBackend(), _core.CompletionQueue())
     assert "preferred_batch_sizes" in e.value.args[1]
     with pytest.raises(_core.CoreError):
-        _core.Scheduler(options(instance_count=0), "identity", _core.CompletionQueue())
+        _core.Scheduler(options(instance_count=0), _core.IdentityBackend(), _core.CompletionQueue())
 
 
 def test_flush_dispatches_without_waiting_out_the_delay() -> None:
     cq = _core.CompletionQueue()
-    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=10_000_000), "identity", cq)
+    sched = _core.Scheduler(options(max_batch_size=8, max_queue_delay_us=10_000_000), _core.IdentityBackend(), cq)
     sched.submit(sample(1), 1)
     assert not cq.wait(50), "dispatched before the 10 s delay without a flush"
     # A model not yet seen to be cheap: the flush right after a submit is put off once...
@@ -459,7 +455,7 @@ def test_runner_lone_request_waits_only_under_the_triton_rule(dispatch_when_idle
     async def main() -> float:
         pump = CompletionPump()
         config = _config(dynamic_batching=dict(max_queue_delay_us=delay_us, dispatch_when_idle=dispatch_when_idle))
-        runner = ModelRunner(config, "1", "identity", pump)
+        runner = ModelRunner(config, "1", _core.IdentityBackend(), pump)
         await runner.infer(sample(0))  # warm
         start = time.perf_counter()
         await runner.infer(sample(1))

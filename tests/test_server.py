@@ -267,8 +267,13 @@ BAD_REQUESTS = {
     "batch-too-large": (_json({"inputs": [{**X_OK, "shape": [17, 4], "data": [0] * 68}]}),
                         ["max_batch_size 16"]),
     "unknown-output": (_json({"inputs": [X_OK], "outputs": [{"name": "nope"}]}), ["'nope'", "argmax, y"]),
-    "bad-priority": (_json({"inputs": [X_OK], "parameters": {"priority": 9}}), ["priority", "1..1"]),
-    "bad-timeout": (_json({"inputs": [X_OK], "parameters": {"timeout": -5}}), ["timeout", "non-negative"]),
+    "bad-priority": (_json({"inputs": [X_OK], "parameters": {"priority": 9}}), ["priority", "from 0 to 1", "9"]),
+    "huge-priority": (_json({"inputs": [X_OK], "parameters": {"priority": 2**40}}), ["priority", "from 0 to 1"]),
+    "float-priority": (_json({"inputs": [X_OK], "parameters": {"priority": 1.0}}), ["priority", "integer"]),
+    "bad-timeout": (_json({"inputs": [X_OK], "parameters": {"timeout": -5}}), ["timeout", "from 0 to", "-5"]),
+    # Past the core's int64 nanoseconds: must not overflow into a deadline already passed (504).
+    "huge-timeout": (_json({"inputs": [X_OK], "parameters": {"timeout": 2**62}}), ["timeout", "from 0 to"]),
+    "bool-timeout": (_json({"inputs": [X_OK], "parameters": {"timeout": True}}), ["timeout", "integer"]),
 }
 
 
@@ -348,14 +353,14 @@ def test_unknown_model_or_version_is_404(server: Server, path: str) -> None:
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:
-    before = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", status="413")
+    before = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", kind="payload_too_large")
     x = np.zeros((MAX_BODY // 16 + 1, 4), np.float32)  # one row over the limit in binary form
     for protocol in ("binary", "msgpack", "json"):
         resp = infer(server.url, "affine", protocol, {"x": x})
         assert resp.status_code == 413, (protocol, resp.status_code, resp.text[:200])
         assert "too large" in resp.json()["error"]
     # Refused by the transport before the handler ran, and still counted against the model.
-    after = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", status="413")
+    after = metric(metrics(server.url), "pyserve_infer_errors_total", model="affine", kind="payload_too_large")
     assert after - before == 3
     # The limit is the largest body accepted: JSON padded with spaces to exactly the limit passes.
     body, headers = encode("json", {"x": sample_input(1)})
@@ -693,7 +698,7 @@ def test_client_that_goes_away_cancels_its_queued_request(server: Server, gate: 
     assert after["batches_executed"] == before["batches_executed"] + 1  # the cancelled one never ran
 
 
-def test_error_answers_are_counted_by_model_and_status(server: Server) -> None:
+def test_error_answers_are_counted_by_model_and_kind(server: Server) -> None:
     before = metrics(server.url)
     assert infer(server.url, "affine", "json", {"x": np.ones((1, 3), np.float32)}).status_code == 400
     assert requests.post(server.url + "/v2/models/nope/infer", data=b"{}", timeout=10).status_code == 404
@@ -703,8 +708,8 @@ def test_error_answers_are_counted_by_model_and_status(server: Server) -> None:
         return (metric(after, "pyserve_infer_errors_total", **labels)
                 - metric(before, "pyserve_infer_errors_total", **labels))
 
-    assert delta(model="affine", status="400") == 1
-    assert delta(model="", status="404") == 1  # unknown names are not labels
+    assert delta(model="affine", kind="invalid_argument") == 1
+    assert delta(model="", kind="not_found") == 1  # unknown names are not labels
 
 
 def test_stats_of_one_version(server: Server) -> None:

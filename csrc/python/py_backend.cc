@@ -183,18 +183,30 @@ Status PyBackend::Execute(const std::vector<BatchInput>& inputs, std::vector<Bat
     }
     return Status::Ok();
   } catch (py::error_already_set& e) {
-    // The caller gets "Type: message"; the traceback goes to the server's log, never to a client.
+    // An exception that carries a core status (pyserve's own errors do, as `core_status`) keeps its
+    // kind: a backend that reports bad input answers the client's mistake, not a server fault. Only
+    // faults are logged with their traceback; the caller never gets a traceback.
+    StatusCode code = StatusCode::kInternal;
     std::string message;
     try {
-      py::module_::import("logging").attr("getLogger")("pyserve.backend").attr("error")(
-          "%s: backend call failed", label_, py::arg("exc_info") = py::make_tuple(e.type(), e.value(), e.trace()));
-      const std::string type = py::str(e.type().attr("__name__")).cast<std::string>();
-      const std::string text = py::str(e.value()).cast<std::string>();
-      message = type == "PyserveError" ? text : type + ": " + text;
+      py::object value = e.value();
+      const bool typed = py::hasattr(value, "core_status");
+      if (typed) {
+        const int c = value.attr("core_status").cast<int>();
+        if (c > static_cast<int>(StatusCode::kOk) && c <= static_cast<int>(StatusCode::kInternal)) {
+          code = static_cast<StatusCode>(c);
+        }
+      }
+      const std::string text = py::str(value).cast<std::string>();
+      message = typed ? text : py::str(e.type().attr("__name__")).cast<std::string>() + ": " + text;
+      if (code == StatusCode::kInternal) {
+        py::module_::import("logging").attr("getLogger")("pyserve.backend").attr("error")(
+            "%s: backend call failed", label_, py::arg("exc_info") = py::make_tuple(e.type(), value, e.trace()));
+      }
     } catch (const std::exception&) {
       message = e.what();
     }
-    return {StatusCode::kInternal, message};
+    return {code, message};
   } catch (const std::exception& e) {
     return {StatusCode::kInternal, e.what()};
   }

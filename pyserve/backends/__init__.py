@@ -1,5 +1,8 @@
-"""Backends: run one batch of a model version. The C++ core calls a backend once per batch."""
+"""Backends: run one batch of a model version. The C++ core calls a backend once per batch.
 
-from pyserve.backends.base import Backend, IdentityBackend, create_backend
+Which backends exist, and everything pyserve knows of each, is in :mod:`pyserve.backends.registry`.
+"""
 
-__all__ = ["Backend", "IdentityBackend", "create_backend"]
+from pyserve.backends.base import Backend, create_backend
+
+__all__ = ["Backend", "create_backend"]

@@ -4,6 +4,7 @@ Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,30 @@ def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | st
                 batch = " (without the batch dimension)" if config.max_batch_size > 0 else ""
                 raise ConfigError(f"{at}.shape: {spec.name!r} has shape {list(spec.shape)} but {onnx_path} "
                                   f"has {list(dims)}{batch}")
+
+
+def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig:
+    """``config`` with the inputs and outputs it leaves out read off ``model_file``, and checked against it.
+
+    ``model_file`` is the newest served version's ONNX file (None when no version folder holds one:
+    then the config must give both inputs and outputs). Raises ConfigError naming the file and key."""
+    src = config.source or config.name
+    if model_file is None:
+        if config.inputs and config.outputs:
+            return config
+        folder = Path(src).parent if src.endswith("config.toml") else Path(config.name)
+        raise ConfigError(f"{src}: no version folder holds {config.model_filename} to read the inputs "
+                          f"and outputs from; add a version folder (e.g. {folder / '1' / config.model_filename}) "
+                          "or give [[inputs]] and [[outputs]]")
+    tensors = read_onnx_tensors(model_file)
+    if not config.inputs:
+        config = dataclasses.replace(
+            config, inputs=strip_batch_dim(tensors[0], config.max_batch_size, model_file, "input"))
+    if not config.outputs:
+        config = dataclasses.replace(
+            config, outputs=strip_batch_dim(tensors[1], config.max_batch_size, model_file, "output"))
+    check_onnx_model(config, tensors, model_file)
+    return config
 
 
 def _session_options(options: Any) -> ort.SessionOptions:

@@ -283,6 +283,9 @@ def _json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+json_type = _json_type  # public: transports name JSON types in their messages the same way
+
+
 # ---------------------------------------------------------------------------------------- encoding
 
 

@@ -11,12 +11,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
-from pyserve.repository import ModelRepository, SingleModel
-from pyserve.runtime import CompletionPump
-from pyserve.server import handlers, metrics
+from pyserve import metrics
+from pyserve.errors import ErrorKind, PyserveError
+from pyserve.repository import SingleModel
+from pyserve.server import handlers
 from pyserve.server.http import HttpServer
+from pyserve.service import InferenceService, ModelHost
 
 log = logging.getLogger("pyserve.server")
 
@@ -35,15 +37,22 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
 
 
-class App:
-    """What the handlers share: the settings, the model repository and the metrics."""
+class StartupError(PyserveError):
+    """The server cannot start (nothing to serve); the message says why and what to do."""
 
-    def __init__(self, settings: ServerSettings, repository: ModelRepository, registry: CollectorRegistry,
-                 infer_errors: Counter) -> None:
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UNAVAILABLE, message)
+
+
+class App:
+    """What the HTTP handlers share: the settings, the model host, the inference service, the metrics."""
+
+    def __init__(self, settings: ServerSettings, host: ModelHost, service: InferenceService,
+                 registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.repository = repository
+        self.host = host
+        self.service = service
         self.registry = registry
-        self.infer_errors = infer_errors
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
@@ -51,38 +60,47 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
 
     Shutdown: stop accepting; let every connection finish the requests it has begun; drain what
     is still queued in the core; release the models. A backend that does not return within
-    ``shutdown_timeout_s`` ends the process with status 1.
+    ``shutdown_timeout_s`` ends the process with status 1. Raises :class:`StartupError` when a
+    server given only ``--model`` files could load none of them, and OSError when it cannot listen.
     """
-    pump = CompletionPump(asyncio.get_running_loop())
-    repo = ModelRepository(pump, settings.repository, settings.models)
-    registry, infer_errors = metrics.make_registry(repo.runners)
-    await repo.load_all()
+    host = ModelHost(settings.repository, settings.models)
+    registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
+    await host.start()
+    if settings.models and settings.repository is None and not host.registry.runners():
+        await host.close()
+        raise StartupError("no --model could be loaded (see the errors above): nothing to serve")
+    service = InferenceService(host, infer_errors)
     # What startup built (modules, models, sessions) lives until exit: keep it out of the
     # collector's generations, so the collections that requests trigger walk only new objects.
     gc.collect()
     gc.freeze()
-    app = App(settings, repo, registry, infer_errors)
+    app = App(settings, host, service, registry)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
-    await server.listen(settings.host, settings.port)
+    try:
+        await server.listen(settings.host, settings.port)
+    except BaseException:
+        await host.close()
+        raise
     for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
-        log.info("======== Running on http://%s:%s ========", f"[{host}]" if ":" in host else host, port)
+        host_name, port = sock.getsockname()[:2]
+        log.info("======== Running on http://%s:%s ========",
+                 f"[{host_name}]" if ":" in host_name else host_name, port)
     await stop.wait()
     log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
     if not await server.shutdown(settings.shutdown_timeout_s):
         log.warning("some connections had not finished within %.0f s and were closed",
                     settings.shutdown_timeout_s)
     try:
-        await asyncio.wait_for(repo.close(), settings.shutdown_timeout_s)
+        await asyncio.wait_for(host.close(), settings.shutdown_timeout_s)
     except TimeoutError:
         # A backend call that never returns cannot be interrupted; exiting is the only way out.
         log.error("a model backend did not finish within %.0f s of shutdown; exiting with status 1",
                   settings.shutdown_timeout_s)
         logging.shutdown()
         os._exit(1)
-    pump.close()
+    log.info("server stopped")
 
 
 async def _main(settings: ServerSettings) -> None:

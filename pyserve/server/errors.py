@@ -1,4 +1,4 @@
-"""Errors become HTTP statuses here and nowhere else."""
+"""Errors become HTTP responses here, with the statuses of :mod:`pyserve.protocol.http_status`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pyserve.errors import ErrorKind, PyserveError
+from pyserve.protocol.http_status import http_status
 from pyserve.server import messages
 from pyserve.server.messages import Request, Response
 
@@ -15,7 +16,7 @@ log = logging.getLogger("pyserve.server")
 
 def error_response(kind: ErrorKind, message: str) -> Response:
     """The JSON error body ``{"error": message}`` with the status of ``kind``."""
-    return messages.error_response(kind.http_status, message)
+    return messages.error_response(http_status(kind), message)
 
 
 def unexpected(request: Request) -> Response:

@@ -1,4 +1,8 @@
-"""HTTP handlers: each one decodes, calls the repository or a model runner, encodes."""
+"""HTTP handlers: each one decodes, calls the inference service or the repository, encodes.
+
+What a request means (model lookup, parameters, outputs, errors) is the service's business
+(:mod:`pyserve.service`); what is here is HTTP: paths, headers, bodies and statuses.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,12 @@ from typing import Any
 import orjson
 
 import pyserve
-from pyserve.errors import PyserveError, invalid, not_found
-from pyserve.protocol import InferRequest, InferResponse
-from pyserve.protocol import kserve, msgpack_codec
-from pyserve.repository import ModelRepository
-from pyserve.server import metrics
+from pyserve import metrics
+from pyserve.errors import ErrorKind, PyserveError, invalid, not_found
+from pyserve.protocol import InferRequest, kserve, msgpack_codec
+from pyserve.protocol.http_status import kind_of_status
+from pyserve.repository import check_model_name
+from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
 from pyserve.server.messages import Deferred, Request, Response
 from pyserve.server.router import Router
@@ -25,15 +30,14 @@ JSON = "application/json"
 MSGPACK = "application/msgpack"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "python": "python", "identity": "identity", "tensorrt": "tensorrt_plan"}
 
 
 def _json(doc: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(doc), status)
 
 
-def _repo(request: Request) -> ModelRepository:
-    return request.app.repository
+def _service(request: Request) -> InferenceService:
+    return request.app.service
 
 
 # -- health and metadata ----------------------------------------------------------------------
@@ -44,8 +48,7 @@ def live(request: Request) -> Response:
 
 @endpoint
 def ready(request: Request) -> Response:
-    repo = _repo(request)
-    ok = repo.all_ready() if request.app.settings.strict_readiness else repo.startup_done
+    ok = request.app.host.ready(strict=request.app.settings.strict_readiness)
     return _json({"ready": ok}, 200 if ok else 503)
 
 
@@ -54,10 +57,8 @@ def server_metadata(request: Request) -> Response:
     return _json(kserve.server_metadata("pyserve", pyserve.__version__, EXTENSIONS))
 
 
-def _tensor_docs(specs: Any, batch_dim: bool = False) -> list[dict]:
-    """Tensors as metadata; ``batch_dim`` prepends the -1 batch dimension, as Triton reports it."""
-    lead = [-1] if batch_dim else []
-    return [{"name": t.name, "datatype": t.datatype, "shape": [*lead, *t.shape]} for t in specs]
+def _tensor_docs(specs: Any) -> list[dict]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
 
 
 def _fields(obj: Any) -> dict:
@@ -67,31 +68,20 @@ def _fields(obj: Any) -> dict:
 
 @endpoint
 def model_metadata(request: Request) -> Response:
-    name, version = request.match_info["model"], request.match_info.get("version")
-    entry = _repo(request).entry(name)
-    runner = entry.runner(version)
-    config = runner.config
-    batching = config.max_batch_size > 0
-    versions = [str(v) for v in sorted(entry.versions)] if version is None else [runner.version]
-    doc = kserve.model_metadata(
-        name, versions, PLATFORMS.get(config.backend, config.backend),
-        _tensor_docs(config.inputs, batching), _tensor_docs(config.outputs, batching),
-    )
-    return _json(doc)
+    meta = _service(request).metadata(request.match_info["model"], request.match_info.get("version"))
+    return _json(kserve.model_metadata(meta.name, list(meta.versions), meta.platform, meta.inputs, meta.outputs))
 
 
 @endpoint
 def model_ready(request: Request) -> Response:
-    name, version = request.match_info["model"], request.match_info.get("version")
-    entry = _repo(request).entry(name)  # unknown model: 404
-    entry.runner(version)  # unknown version: 404; not ready: 503 with the reason
+    name = request.match_info["model"]
+    _service(request).ready(name, request.match_info.get("version"))  # 404 unknown; 503 not ready
     return _json({"name": name, "ready": True})
 
 
 @endpoint
 def model_config(request: Request) -> Response:
-    name = request.match_info["model"]
-    config = _repo(request).runner(name, request.match_info.get("version")).config
+    config = _service(request).config(request.match_info["model"], request.match_info.get("version"))
     doc = {
         "name": config.name,
         "backend": config.backend,
@@ -107,72 +97,55 @@ def model_config(request: Request) -> Response:
 
 @endpoint
 def model_stats(request: Request) -> Response:
-    name, version = request.match_info["model"], request.match_info.get("version")
-    entry = _repo(request).entry(name)
-    runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
-    rows = [{"name": name, "version": r.version, **r.stats()} for r in runners]
-    return _json({"model_stats": rows})
+    rows = _service(request).statistics(request.match_info["model"], request.match_info.get("version"))
+    return _json({"model_stats": [{"name": name, "version": version, **stats} for name, version, stats in rows]})
 
 
 # -- inference --------------------------------------------------------------------------------
-def _int_parameter(params: dict, key: str) -> int:
-    value = params.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid(f"parameters.{key}: expected a non-negative integer, got {value!r}")
-    return value
-
-
 def infer(request: Request) -> Response | Deferred:
-    """Decodes, queues in the core, and answers once the model has run (a Deferred until then)."""
+    """Decodes, submits to the service, and answers once the model has run (a Deferred until then)."""
+    service = _service(request)
     name = request.match_info["model"]
+    model = req = ctx = None
     try:
-        req, runner, is_msgpack = _decode_infer(request, name)
+        model = service.model(name, request.match_info.get("version"))  # 404 / 503 before decoding
+        req, protocol = _decode_infer(request)
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
-        params = req.parameters
-        priority = _int_parameter(params, "priority") if params else 0
-        timeout_us = _int_parameter(params, "timeout") if params else 0
-        future = runner.submit(req.inputs, priority=priority, timeout_us=timeout_us)
+        ctx = CallContext(protocol, req.id)
+        future = service.submit(model, req, ctx)
     except PyserveError as e:
-        return _infer_error(request, name, e)
+        service.failed(name, e, ctx, model, req)
+        return error_response(e.kind, e.message)
     except Exception:
         return unexpected(request)
 
     def finish(done: asyncio.Future) -> Response:
         try:
-            return _encode_infer(req, InferResponse(name, runner.version, done.result(), req.id, None), is_msgpack)
+            return _encode_infer(req, service.complete(model, req, ctx, done), protocol)
         except PyserveError as e:
-            return _infer_error(request, name, e)
+            service.failed(name, e, ctx, model, req)
+            return error_response(e.kind, e.message)
         except Exception:
             return unexpected(request)
 
     return Deferred(future, finish)
 
 
-def _decode_infer(request: Request, name: str) -> tuple[InferRequest, Any, bool]:
-    runner = _repo(request).runner(name, request.match_info.get("version"))  # 404 / 503 first
+def _decode_infer(request: Request) -> tuple[InferRequest, str]:
+    """The request and its wire form ("http+msgpack", "http+binary" or "http+json")."""
     content_type = request.content_type
-    is_msgpack = content_type == MSGPACK
-    if is_msgpack:
-        req: InferRequest = msgpack_codec.decode_request(request.body)
-    else:
-        header_length = request.headers.get("inference-header-content-length")
-        if header_length is None and content_type == SAGEMAKER_BINARY:
-            # Triton's form for clients that cannot set headers: the length rides in the content type.
-            header_length = request.content_type_param("json-header-size")
-        req = kserve.decode_request(request.body, header_length)
-    if req.outputs is not None:
-        declared = runner.output_names
-        for r in req.outputs:
-            if r.name not in declared:
-                raise invalid(
-                    f"requested output '{r.name}' is not an output of model '{name}' "
-                    f"(outputs: {', '.join(sorted(declared))})"
-                )
-    return req, runner, is_msgpack
+    if content_type == MSGPACK:
+        return msgpack_codec.decode_request(request.body), "http+msgpack"
+    header_length = request.headers.get("inference-header-content-length")
+    if header_length is None and content_type == SAGEMAKER_BINARY:
+        # Triton's form for clients that cannot set headers: the length rides in the content type.
+        header_length = request.content_type_param("json-header-size")
+    req = kserve.decode_request(request.body, header_length)
+    return req, "http+json" if header_length is None else "http+binary"
 
 
-def _encode_infer(req: InferRequest, resp: InferResponse, is_msgpack: bool) -> Response:
-    if is_msgpack:
+def _encode_infer(req: InferRequest, resp: Any, protocol: str) -> Response:
+    if protocol == "http+msgpack":
         return Response(msgpack_codec.encode_response(resp, req.outputs), content_type=MSGPACK)
     params = req.parameters
     binary_default = bool(params.get("binary_data_output", False)) if params else False
@@ -183,34 +156,38 @@ def _encode_infer(req: InferRequest, resp: InferResponse, is_msgpack: bool) -> R
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
 
-def _infer_error(request: Request, name: str, e: PyserveError) -> Response:
-    _count_infer_error(request.app, name, e.kind.http_status)
-    return error_response(e.kind, e.message)
-
-
-def _count_infer_error(app: Any, name: str, status: int) -> None:
-    known = name in app.repository.models  # unknown names would grow the label set without bound
-    app.infer_errors.labels(name if known else "", str(status)).inc()
-
-
 def count_refused(app: Any, router: Router, method: str, path: str, status: int) -> None:
-    """Counts an infer request the transport refused before its handler ran (413, 431, ...)."""
+    """Records an infer request the transport refused before its handler ran (413, 431, ...)."""
     handler, captures, _ = router.resolve(method, path)
     if handler is infer:
-        _count_infer_error(app, captures["model"], status)
+        message = f"refused by the HTTP transport with status {status}"
+        app.service.failed(captures["model"], PyserveError(kind_of_status(status), message))
 
 
 # -- model control and metrics ----------------------------------------------------------------
+def _json_body(request: Request, what: str) -> dict:
+    """The body as a JSON object ({} when empty); INVALID_ARGUMENT when it is anything else."""
+    body = request.body
+    if not body or not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise invalid(f"{what}: the body is not JSON: {e}") from None
+    if type(doc) is not dict:
+        raise invalid(f"{what}: the body must be a JSON object, got {kserve.json_type(doc)}")
+    return doc
+
+
 @endpoint
 def repository_index(request: Request) -> Response:
-    rows = _repo(request).index()
-    body = request.body
-    if request.method == "POST" and body:
-        try:
-            doc = orjson.loads(body) if body.strip() else {}
-        except orjson.JSONDecodeError as e:
-            raise invalid(f"repository index request: body is not JSON: {e}") from None
-        if isinstance(doc, dict) and doc.get("ready") is True:
+    rows = request.app.host.repository.index()
+    if request.method == "POST":
+        doc = _json_body(request, "repository index request")
+        ready_only = doc.get("ready", False)
+        if type(ready_only) is not bool:
+            raise invalid(f"repository index request: 'ready' must be true or false, got {ready_only!r}")
+        if ready_only:
             rows = [r for r in rows if r["state"] == "READY"]
     return _json(rows)
 
@@ -220,23 +197,59 @@ def _control_allowed(request: Request) -> None:
         raise not_found("model control is disabled on this server (start it without --disable-model-control)")
 
 
+def _config_override(doc: dict) -> dict | None:
+    """The ``parameters.config`` of a load request (Triton's form: a JSON string; an object is taken
+    too), as a mapping in config.toml's shape; None when absent."""
+    params = doc.get("parameters", {})
+    if type(params) is not dict:
+        raise invalid(f"load request: 'parameters' must be a JSON object, got {kserve.json_type(params)}")
+    unknown = sorted(set(params) - {"config"})
+    if unknown:
+        raise invalid(f"load request: unknown parameter(s) {', '.join(map(repr, unknown))}; "
+                      "expected 'config' (the model's config as JSON, in config.toml's shape)")
+    config = params.get("config")
+    if config is None:
+        return None
+    if type(config) is str:
+        try:
+            config = orjson.loads(config)
+        except orjson.JSONDecodeError as e:
+            raise invalid(f"load request: parameters.config is not JSON: {e}") from None
+    if type(config) is not dict:
+        raise invalid(f"load request: parameters.config must be a JSON object (config.toml's keys), "
+                      f"got {kserve.json_type(config)}")
+    return config
+
+
 @async_endpoint
 async def load_model(request: Request) -> Response:
     _control_allowed(request)
     name = request.match_info["model"]
+    override = _config_override(_json_body(request, "load request"))
     try:
         # Shielded: a client that hangs up must not leave a model half loaded.
-        await asyncio.shield(_repo(request).load(name))
+        await asyncio.shield(request.app.host.repository.load(name, override))
     except PyserveError as e:
-        log.error("load of model %s refused: %s", name, e.message)
+        # A client's unknown or impossible name is its mistake, not the server's.
+        level = logging.INFO if e.kind is ErrorKind.NOT_FOUND or _is_name_error(name) else logging.ERROR
+        log.log(level, "load of model %r refused: %s", name, e.message)
         raise
     return _json({})
+
+
+def _is_name_error(name: str) -> bool:
+    try:
+        check_model_name(name)
+    except PyserveError:
+        return True
+    return False
 
 
 @async_endpoint
 async def unload_model(request: Request) -> Response:
     _control_allowed(request)
-    await asyncio.shield(_repo(request).unload(request.match_info["model"]))
+    _json_body(request, "unload request")
+    await asyncio.shield(request.app.host.repository.unload(request.match_info["model"]))
     return _json({})
 
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (``GET /metrics``), read from the core's statistics at scrape time.
+"""Prometheus metrics (served by ``GET /metrics``), read from the core's statistics at scrape time.
 
 Every metric carries the labels ``model`` and ``version``, as Triton's do. The core counts in
 microseconds; Prometheus convention is seconds, so durations are exported in seconds.
@@ -85,14 +85,14 @@ class CoreCollector(Collector):
 
 def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> tuple[CollectorRegistry, Counter]:
     """A registry holding pyserve's collector (no process metrics of the test runner), and the
-    counter of infer requests answered with an error status."""
+    counter of infer calls answered with an error (labels ``model`` and ``kind``)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(CoreCollector(runners))
     errors = Counter(
         "pyserve_infer_errors",
-        "Infer requests answered with an error status, including those refused before the model's queue "
-        "(bad input, unknown model or version, body too large).",
-        ["model", "status"],
+        "Infer requests answered with an error, by error kind, including those refused before the model's "
+        "queue (bad input, unknown model or version, body too large).",
+        ["model", "kind"],
         registry=registry,
     )
     return registry, errors

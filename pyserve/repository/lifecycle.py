@@ -1,0 +1,162 @@
+"""The lifecycle of models: load, swap in new versions, drain old ones, unload, close.
+
+Each loaded version has its own core scheduler (:class:`pyserve.runtime.ModelRunner`). Loading a model
+again starts the new versions first and then drains the old ones, so requests in flight on an old
+version finish; a model that fails to load is recorded (index, logs) and never stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pyserve.backends import create_backend
+from pyserve.config import ModelConfig
+from pyserve.errors import ErrorKind, PyserveError, not_found
+from pyserve.repository.registry import ModelEntry, ModelRegistry, ModelState
+from pyserve.repository.sources import ModelSources, SingleModel, check_model_name
+from pyserve.runtime import CompletionPump, ModelRunner
+
+log = logging.getLogger("pyserve.repository")
+
+
+class ModelRepository:
+    """Loads models from their sources into the registry, and unloads them.
+
+    ``repository.registry`` answers the lookups of the request path; the methods here change what
+    is served. Every name is checked (:func:`~pyserve.repository.sources.check_model_name`) before a
+    file is read, and no state is kept for a name that no source has."""
+
+    def __init__(
+        self,
+        pump: CompletionPump,
+        root: Path | None = None,
+        single_models: Iterable[SingleModel] = (),
+    ) -> None:
+        self.pump = pump
+        self.sources = ModelSources(root, single_models)
+        self.registry = ModelRegistry()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.startup_done = False
+
+    # -- load / unload -----------------------------------------------------------------------
+    async def load_all(self) -> None:
+        """Loads every model of every source, each on its own; failures are recorded and logged."""
+        await asyncio.gather(*(self._load_logged(n) for n in self.sources.names()))
+        self.startup_done = True
+
+    async def _load_logged(self, name: str) -> None:
+        try:
+            await self.load(name)
+        except PyserveError as e:
+            log.error("model %s failed to load: %s", name, e.message)
+
+    def _check_known(self, name: str) -> None:
+        """INVALID_ARGUMENT for a name that cannot be a model, NOT_FOUND for one no source has."""
+        check_model_name(name)
+        if not self.sources.has(name):
+            raise not_found(f"unknown model '{name}'")
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        """The lock of a model a source has (checked by the caller): loads and unloads of one model
+        run one at a time."""
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    async def load(self, name: str, config_override: Mapping[str, Any] | None = None) -> ModelEntry:
+        """(Re)loads a model: new versions start serving, then removed or replaced ones drain.
+
+        ``config_override`` replaces the model's config.toml for this load (a mapping in its shape).
+        Raises INVALID_ARGUMENT for a name that cannot be a model or a config that is refused,
+        NOT_FOUND when no source has the model; a version's failure leaves the versions that
+        served before in service."""
+        loop = asyncio.get_running_loop()
+        # Checked before any lock or entry exists: unknown names leave nothing behind.
+        self._check_known(name)
+        async with self._lock(name):
+            entry = self.registry.models.get(name)
+            if entry is None:
+                entry = self.registry.models[name] = ModelEntry(name)
+            elif entry.state is not ModelState.READY:
+                entry.state, entry.reason = ModelState.LOADING, ""
+            try:
+                config, dirs = await loop.run_in_executor(None, self.sources.read, name, config_override)
+                keep = entry.versions if entry.config == config else {}
+                fresh = {v: r for v, r in keep.items() if v in dirs}
+                for version, path in dirs.items():
+                    if version not in fresh:
+                        fresh[version] = await loop.run_in_executor(None, self._start, config, version, path)
+            except PyserveError as e:
+                self._failed(entry, e.kind, e.message)
+                raise
+            except Exception as e:  # a model's own code may raise anything while loading
+                log.exception("model %s failed to load", name)
+                self._failed(entry, ErrorKind.INVALID_ARGUMENT, f"{type(e).__name__}: {e}")
+                raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"model '{name}' failed to load: {e}") from None
+            old = [r for v, r in entry.versions.items() if fresh.get(v) is not r]
+            entry.config, entry.versions = config, fresh
+            entry.state, entry.reason = ModelState.READY, ""
+            log.info("model %s ready, versions %s", name, sorted(fresh))
+            await asyncio.gather(*(r.stop(drain=True) for r in old))
+            return entry
+
+    def _failed(self, entry: ModelEntry, kind: ErrorKind, message: str) -> None:
+        """Records a failed load; a model still serving older versions keeps serving them."""
+        if entry.versions:
+            return
+        if kind is ErrorKind.NOT_FOUND:
+            # The model's folder went away: forget it, or the index would list it and the server
+            # would stay unready for good.
+            self.registry.models.pop(entry.name, None)
+            self._locks.pop(entry.name, None)
+        else:
+            entry.state, entry.reason = ModelState.UNAVAILABLE, message
+
+    def _start(self, config: ModelConfig, version: int, version_dir: Path) -> ModelRunner:
+        # Runs in an executor thread: building a backend may take seconds (ORT session, imports).
+        backend = create_backend(config, version_dir)
+        try:
+            return ModelRunner(config, str(version), backend, self.pump)
+        except BaseException:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+            raise
+
+    async def unload(self, name: str) -> None:
+        """Stops serving a model; requests already accepted finish first.
+
+        INVALID_ARGUMENT for a name that cannot be a model, NOT_FOUND for one that is neither loaded
+        nor in a source; unloading a model that is not loaded does nothing."""
+        entry = self.registry.models.get(name)
+        if entry is None:
+            self._check_known(name)
+            return
+        async with self._lock(name):
+            old = list(entry.versions.values())
+            entry.versions = {}
+            entry.state, entry.reason = ModelState.UNLOADED, ""
+            await asyncio.gather(*(r.stop(drain=True) for r in old))
+            log.info("model %s unloaded", name)
+
+    async def close(self) -> None:
+        """Drains and stops every version (server shutdown)."""
+        runners = self.registry.runners()
+        for e in self.registry.models.values():
+            e.versions = {}
+            e.state, e.reason = ModelState.UNAVAILABLE, "the server is shutting down"
+        await asyncio.gather(*(r.stop(drain=True) for r in runners))
+
+    # -- what the server shows -----------------------------------------------------------------
+    def index(self) -> list[dict]:
+        """Triton's repository index over every source's models and every registry entry."""
+        return self.registry.index(self.sources.names())
+
+    def all_ready(self) -> bool:
+        """Startup finished and every known model is READY, or was unloaded on request."""
+        return self.startup_done and self.registry.all_ready()

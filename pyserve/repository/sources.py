@@ -1,0 +1,154 @@
+"""Where models come from: a repository folder, single files given on the command line.
+
+A source answers three questions and keeps no state per name it is asked about: which models it has
+(:meth:`names`), whether it has one (:meth:`has`), and what one is (:meth:`read`: its config and the
+folders of the versions to serve). Every name reaches a source through :func:`check_model_name`
+first, so no request can make a source read outside its folder.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyserve.backends import registry as backends
+from pyserve.config import ModelConfig, config_from_onnx, load_model_config, version_dirs
+from pyserve.errors import PyserveError, invalid, not_found
+
+MAX_MODEL_NAME_LENGTH = 255  # bytes of UTF-8: a file name on every common file system
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it can name a model; PyserveError(INVALID_ARGUMENT) saying why not.
+
+    A model name is a folder name of the repository that startup would serve: 1 to 255 bytes of
+    UTF-8, not ``.`` or ``..``, no ``/``, ``\\`` or control character, and not starting with ``.`` or
+    ``_`` (startup skips such folders). Checked before any file is touched."""
+    if not isinstance(name, str) or not name:
+        raise invalid("model name: expected a non-empty name")
+    shown = ascii(name) if len(name) <= 80 else ascii(name[:80]) + "..."
+    if name in (".", ".."):
+        raise invalid(f"model name {shown}: '.' and '..' are not model names")
+    if "/" in name or "\\" in name:
+        raise invalid(f"model name {shown}: a model name has no path separator ('/' or '\\')")
+    if name[0] in "._":
+        raise invalid(f"model name {shown}: names starting with '.' or '_' are not served "
+                      "(such folders of the repository are skipped)")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise invalid(f"model name {shown}: a model name has no control characters")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_MODEL_NAME_LENGTH:
+        raise invalid(f"model name {shown}: longer than {MAX_MODEL_NAME_LENGTH} bytes")
+    return name
+
+
+class FolderSource:
+    """The models of a repository folder: ``ROOT/<model>/config.toml`` and numbered version folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def names(self) -> set[str]:
+        """The model folders of the repository (hidden and ``_`` folders skipped)."""
+        if not self.root.is_dir():
+            return set()
+        return {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` (already checked by :func:`check_model_name`) is a model folder."""
+        return (self.root / name).is_dir()
+
+    def read(self, name: str, override: Mapping[str, Any] | None = None) -> tuple[ModelConfig, dict[int, Path]]:
+        """The config of model ``name`` and the folders of the versions its policy serves.
+
+        ``override`` replaces config.toml (a load request's config). NOT_FOUND for an unknown model;
+        ConfigError (INVALID_ARGUMENT) for a wrong config or no version to serve."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            raise not_found(f"unknown model '{name}'")
+        source = f"{model_dir}: the load request's config" if override is not None else ""
+        config = load_model_config(model_dir, override, source)
+        selected = config.version_policy.select(version_dirs(model_dir))
+        if not selected:
+            if backends.get(config.backend).needs_model_file:
+                raise invalid(f"{model_dir}: no version folder to serve "
+                              f"(expected {model_dir}/1/{config.model_filename})")
+            selected = [1]  # a backend with no model file serves version 1 without a folder
+        return config, {v: model_dir / str(v) for v in selected}
+
+
+@dataclass(frozen=True)
+class SingleModel:
+    """A model given as one ONNX file (``--model NAME=PATH``) with the batching knobs of the CLI."""
+
+    name: str
+    path: Path
+    overrides: dict = field(default_factory=dict, hash=False)
+
+    def config(self) -> ModelConfig:
+        """The model's config, read off the ONNX file with the CLI's knobs applied."""
+        overrides = dict(self.overrides)
+        max_batch_size = overrides.pop("max_batch_size", 0)
+        return config_from_onnx(self.name, self.path, max_batch_size=max_batch_size, **overrides)
+
+
+class FileSource:
+    """Models given one file each (``--model NAME=PATH``), each served as version 1."""
+
+    def __init__(self, models: Iterable[SingleModel]) -> None:
+        self.models = {m.name: m for m in models}
+
+    def names(self) -> set[str]:
+        """The names given on the command line."""
+        return set(self.models)
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` was given on the command line."""
+        return name in self.models
+
+    def read(self, name: str, override: Mapping[str, Any] | None = None) -> tuple[ModelConfig, dict[int, Path]]:
+        """The config of model ``name`` and its one version folder (the file's folder)."""
+        model = self.models.get(name)
+        if model is None:
+            raise not_found(f"unknown model '{name}'")
+        if override is not None:
+            raise invalid(f"model '{name}' is served from one file (--model): a load request cannot "
+                          "replace its config; restart with other flags")
+        return model.config(), {1: model.path.parent}
+
+
+class ModelSources:
+    """Every source of a server, the command line's single files first (they win a name clash)."""
+
+    def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = ()) -> None:
+        self.sources: list[FileSource | FolderSource] = [FileSource(single_models)]
+        if root is not None:
+            self.sources.append(FolderSource(Path(root)))
+
+    def names(self) -> list[str]:
+        """Every model name of every source, sorted."""
+        out: set[str] = set()
+        for source in self.sources:
+            out |= source.names()
+        return sorted(out)
+
+    def has(self, name: str) -> bool:
+        """Whether a source has model ``name``; False for names that cannot be models."""
+        try:
+            check_model_name(name)
+        except PyserveError:
+            return False
+        return any(s.has(name) for s in self.sources)
+
+    def read(self, name: str, override: Mapping[str, Any] | None = None) -> tuple[ModelConfig, dict[int, Path]]:
+        """The config and version folders of ``name`` from the first source that has it.
+
+        INVALID_ARGUMENT for a name that cannot be a model (nothing is read), NOT_FOUND when no
+        source has it."""
+        check_model_name(name)
+        for source in self.sources:
+            if source.has(name):
+                return source.read(name, override)
+        raise not_found(f"unknown model '{name}'")

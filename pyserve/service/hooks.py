@@ -1,0 +1,36 @@
+"""Hooks around each inference call: where payload logging and shadow traffic attach.
+
+A hook runs on the event loop's thread, inside the call: it must only look at what it is given and
+hand any real work (writing, sending, comparing) to a queue or a task of its own. A hook that raises
+is logged and does not change the call's answer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyserve.errors import PyserveError
+    from pyserve.protocol import InferRequest, InferResponse
+    from pyserve.runtime import ModelRunner
+    from pyserve.service.context import CallContext
+
+
+class InferHooks:
+    """Base class of hooks: override the methods you need; each default does nothing.
+
+    ``model`` is the runner of the model version serving the call (``model.config.name``,
+    ``model.version``); None in :meth:`on_error` when the model or version was not found."""
+
+    def before_request(self, ctx: CallContext, model: ModelRunner, request: InferRequest) -> None:
+        """Called once the request is decoded and checked, just before it is queued in the core."""
+
+    def after_response(self, ctx: CallContext, model: ModelRunner, request: InferRequest,
+                       response: InferResponse) -> None:
+        """Called with the answer, before it is encoded and sent."""
+
+    def on_error(self, ctx: CallContext | None, model_name: str, model: ModelRunner | None,
+                 request: InferRequest | None, error: PyserveError) -> None:
+        """Called for every call answered with an error, including those refused before the model's
+        queue (bad input, unknown model or version, a body too large for the transport); ``request``
+        is None when it could not be decoded, ``ctx`` when the transport refused it."""

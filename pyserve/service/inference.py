@@ -1,0 +1,186 @@
+"""The inference service: where a request meets a model, with no protocol in it.
+
+A transport decodes a request into an :class:`~pyserve.protocol.InferRequest`, then:
+
+1. :meth:`InferenceService.model` resolves the model and version (NOT_FOUND, UNAVAILABLE), before the
+   body is decoded, so an unknown model costs no decoding;
+2. :meth:`InferenceService.submit` checks the requested outputs, applies the request's parameters
+   (``priority``, ``timeout``), runs the ``before_request`` hooks and queues the request in the core;
+3. :meth:`InferenceService.complete`, once the core answered, selects the requested outputs, runs the
+   ``after_response`` hooks and returns the :class:`~pyserve.protocol.InferResponse` to encode;
+4. :meth:`InferenceService.failed` records every error answered (counted per model and kind; the
+   ``on_error`` hooks), including those the transport met before the service saw the request.
+
+Steps 2 and 3 are split so a transport can answer from the core future's callback without a task per
+request; :meth:`InferenceService.infer` runs them in one ``await`` for in-process callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pyserve.backends import registry as backends
+from pyserve.config import ModelConfig, TensorSpec
+from pyserve.errors import PyserveError, invalid
+from pyserve.protocol import InferRequest, InferResponse
+from pyserve.runtime import ModelRunner
+from pyserve.service.context import CallContext
+from pyserve.service.hooks import InferHooks
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from pyserve.service.host import ModelHost
+
+log = logging.getLogger("pyserve.service")
+
+# The core's timeout is in ns in an int64: a larger timeout would overflow to a deadline in the past.
+MAX_TIMEOUT_US = (2**63 - 1) // 1000
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What ``GET /v2/models/{m}`` shows: the names of the served versions, the platform (Triton's
+    name of the backend) and the tensors with full shapes (-1: variable; the batch dimension first,
+    as -1, when the model batches)."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def _full_shapes(specs: Iterable[TensorSpec], batching: bool) -> tuple[TensorSpec, ...]:
+    if not batching:
+        return tuple(specs)
+    return tuple(TensorSpec(s.name, s.datatype, (-1, *s.shape)) for s in specs)
+
+
+def _parameter(params: dict, key: str, maximum: int) -> int:
+    """The integer request parameter ``key`` (0 when absent), within 0..``maximum``."""
+    value = params.get(key, 0)
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise invalid(f"parameters.{key}: expected an integer from 0 to {maximum}, got {value!r}")
+    return value
+
+
+class InferenceService:
+    """Runs inference calls on the models of a :class:`~pyserve.service.host.ModelHost`.
+
+    ``errors`` counts calls answered with an error, labelled ``model`` (``""`` for a name that is not a
+    model, so unknown names cannot grow the label set) and ``kind`` (the ErrorKind, lower case).
+    ``hooks`` run around each call (see :mod:`pyserve.service.hooks`)."""
+
+    def __init__(self, host: ModelHost, errors: Counter | None = None, hooks: Iterable[InferHooks] = ()) -> None:
+        self.host = host
+        self._errors = errors
+        self._hooks = tuple(hooks)
+
+    def add_hooks(self, hooks: InferHooks) -> None:
+        """Adds hooks that run around every later call."""
+        self._hooks = (*self._hooks, hooks)
+
+    # -- the call --------------------------------------------------------------------------------
+    def model(self, name: str, version: str | None = None) -> ModelRunner:
+        """The runner serving ``name`` at ``version`` (the newest when None or "").
+
+        NOT_FOUND for an unknown model or version, UNAVAILABLE for a model that is not ready."""
+        return self.host.registry.version(name, version)
+
+    def submit(self, model: ModelRunner, request: InferRequest, ctx: CallContext) -> asyncio.Future:
+        """Queues ``request`` on ``model``; the future resolves to the core's outputs (a dict of arrays).
+
+        Raises INVALID_ARGUMENT at once for an output the model does not have, a bad ``priority``
+        or ``timeout`` parameter, or inputs the model refuses; UNAVAILABLE when its queue is full.
+        The caller records such errors with :meth:`failed`."""
+        if request.outputs is not None:
+            declared = model.output_names
+            for r in request.outputs:
+                if r.name not in declared:
+                    raise invalid(f"requested output '{r.name}' is not an output of model "
+                                  f"'{model.config.name}' (outputs: {', '.join(sorted(declared))})")
+        params = request.parameters
+        if params:
+            ctx.priority = _parameter(params, "priority", model.config.dynamic_batching.priority_levels)
+            ctx.timeout_us = _parameter(params, "timeout", MAX_TIMEOUT_US)
+        if self._hooks:
+            self._run_hooks("before_request", ctx, model, request)
+        future = model.submit(request.inputs, priority=ctx.priority, timeout_us=ctx.timeout_us)
+        ctx.future = future
+        return future
+
+    def complete(self, model: ModelRunner, request: InferRequest, ctx: CallContext,
+                 done: asyncio.Future) -> InferResponse:
+        """The response of a call whose core future ``done`` is done; raises its PyserveError.
+
+        Only the requested outputs are kept (every output when the request names none)."""
+        outputs = done.result()
+        if request.outputs is not None:
+            outputs = {r.name: outputs[r.name] for r in request.outputs}
+        response = InferResponse(model.config.name, model.version, outputs, request.id, None)
+        if self._hooks:
+            self._run_hooks("after_response", ctx, model, request, response)
+        return response
+
+    def failed(self, model_name: str, error: PyserveError, ctx: CallContext | None = None,
+               model: ModelRunner | None = None, request: InferRequest | None = None) -> None:
+        """Records a call answered with ``error``: counted, and passed to the ``on_error`` hooks."""
+        if self._errors is not None:
+            known = model_name in self.host.registry.models
+            self._errors.labels(model_name if known else "", error.kind.name.lower()).inc()
+        if self._hooks:
+            self._run_hooks("on_error", ctx, model_name, model, request, error)
+
+    async def infer(self, name: str, version: str | None, request: InferRequest,
+                    ctx: CallContext | None = None) -> InferResponse:
+        """Runs one call in-process; raises PyserveError (recorded like any transport's)."""
+        ctx = ctx or CallContext("inprocess", request.id)
+        model = None
+        try:
+            model = self.model(name, version)
+            future = self.submit(model, request, ctx)
+            try:
+                await future  # a caller that gives up cancels the request
+            except PyserveError:
+                pass  # complete() raises it, as for every transport
+            return self.complete(model, request, ctx, future)
+        except PyserveError as e:
+            self.failed(name, e, ctx, model, request)
+            raise
+
+    def _run_hooks(self, method: str, *args: Any) -> None:
+        for hooks in self._hooks:
+            try:
+                getattr(hooks, method)(*args)
+            except Exception:
+                log.exception("%s hook %s failed", method, type(hooks).__name__)
+
+    # -- what a model is -------------------------------------------------------------------------
+    def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        """The metadata of a model (``version`` None: every served version listed)."""
+        entry = self.host.registry.entry(name)
+        runner = entry.runner(version)
+        config = runner.config
+        versions = tuple(str(v) for v in sorted(entry.versions)) if version is None else (runner.version,)
+        batching = config.max_batch_size > 0
+        return ModelMetadata(name, versions, backends.get(config.backend).platform,
+                             _full_shapes(config.inputs, batching), _full_shapes(config.outputs, batching))
+
+    def config(self, name: str, version: str | None = None) -> ModelConfig:
+        """The config serving ``name`` at ``version``."""
+        return self.model(name, version).config
+
+    def ready(self, name: str, version: str | None = None) -> None:
+        """Returns when the model (version) is ready; NOT_FOUND / UNAVAILABLE otherwise."""
+        self.model(name, version)
+
+    def statistics(self, name: str, version: str | None = None) -> list[tuple[str, str, dict]]:
+        """(model, version, core statistics) of one version, or of every served version when None."""
+        entry = self.host.registry.entry(name)
+        runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
+        return [(name, r.version, r.stats()) for r in runners]
