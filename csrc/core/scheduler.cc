@@ -321,7 +321,7 @@ Completion Scheduler::MakeCompletion(std::unique_ptr<Request> r, Status status) 
   return c;
 }
 
-void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& message) {
+void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& message, bool queued) {
   if (requests->empty()) return;
   std::vector<Completion> out;
   out.reserve(requests->size());
@@ -337,8 +337,7 @@ void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& messag
     if (code != StatusCode::kUnavailable) stats_.request_us.Observe((now - r->pending.enqueue_ns) / 1e3);
     out.push_back(MakeCompletion(std::move(r), {code, message}));
   }
-  stats_.queue_depth.fetch_sub(code == StatusCode::kInternal ? 0 : static_cast<int64_t>(requests->size()),
-                               std::memory_order_relaxed);
+  if (queued) stats_.queue_depth.fetch_sub(static_cast<int64_t>(requests->size()), std::memory_order_relaxed);
   requests->clear();
   completions_->Push(&out);
 }
@@ -454,8 +453,10 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   stats_.batch_size.Observe(static_cast<double>(total));
   if (!status.ok()) {
     for (const auto& r : *batch) stats_.queue_us.Observe((dispatch_ns - r->pending.enqueue_ns) / 1e3);
-    Fail(batch, StatusCode::kInternal,
-         "model '" + options_.model_name + "' version '" + options_.model_version + "': " + status.message);
+    // The backend's code is kept: a backend that reports invalid input answers the client's mistake.
+    Fail(batch, status.code,
+         "model '" + options_.model_name + "' version '" + options_.model_version + "': " + status.message,
+         /*queued=*/false);
     return;
   }
   stats_.samples_inferred.fetch_add(static_cast<uint64_t>(total), std::memory_order_relaxed);

@@ -95,7 +95,9 @@ class Scheduler {
   void TakeLocked(const View& view, const Decision& d, Batch* batch, Batch* expired);
   // Answers the expired requests and executes the batch. Without mu_.
   void RunTaken(Batch* batch, Batch* expired, int64_t dispatch_ns);
-  void Fail(Batch* requests, StatusCode code, const std::string& message);
+  // Answers `requests` with `code`; `queued`: they are still counted in the queue depth (not taken
+  // into a batch yet).
+  void Fail(Batch* requests, StatusCode code, const std::string& message, bool queued = true);
   Completion MakeCompletion(std::unique_ptr<Request> r, Status status);
 
   const SchedulerOptions options_;

@@ -5,6 +5,7 @@ Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,10 @@ class OnnxBackend(Backend):
         # Each version is checked: versions of one model may differ, the config holds for all of them.
         check_onnx_model(config, session_tensors(session, model_path), model_path)
         self._session: ort.InferenceSession | None = session
+        # Failures of a run are answered and logged by pyserve; ORT's own line per failed run on
+        # stderr would let any client flood the log.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self._output_names = [o.name for o in config.outputs]
         self._bytes_inputs = frozenset(i.name for i in config.inputs if i.datatype == "BYTES")
         self._bytes_outputs = frozenset(o.name for o in config.outputs if o.datatype == "BYTES")
@@ -178,12 +183,9 @@ class OnnxBackend(Backend):
             for name in self._bytes_inputs & feeds.keys():
                 feeds[name] = _to_str(feeds[name], self._name, name)
         try:
-            results = session.run(self._output_names, feeds)
+            results = session.run(self._output_names, feeds, self._run_options)
         except Exception as exc:
-            # ORT reports bad shapes/types as InvalidArgument; anything else is a fault of the model/runtime.
-            bad_input = type(exc).__name__ == "InvalidArgument"
-            kind = ErrorKind.INVALID_ARGUMENT if bad_input else ErrorKind.INTERNAL
-            raise PyserveError(kind, f"model {self._name!r}: onnxruntime: {exc}") from None
+            raise run_error(exc, feeds) from None
         out = dict(zip(self._output_names, results))
         for name in self._bytes_outputs:
             out[name] = _to_bytes(out[name])
@@ -192,6 +194,35 @@ class OnnxBackend(Backend):
     def close(self) -> None:
         """Drop the session (ORT frees its memory and threads)."""
         self._session = None
+
+
+# ORT's error classes (onnxruntime.capi.onnxruntime_pybind11_state) for a run that failed on its
+# inputs: a node could not compute with the values or shapes it was given.
+_INPUT_FAILURES = ("InvalidArgument", "Fail", "RuntimeException")
+# "/onnxruntime_src/.../reshape_helper.h:84 <C++ signature> <condition> was false. " before the message.
+_SOURCE_PREFIX = re.compile(r"^\S+:\d+ .*? was false\. ", re.S)
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def run_error(exc: Exception, feeds: dict[str, np.ndarray]) -> PyserveError:
+    """The PyserveError of a failed ``session.run``.
+
+    The model loaded and was checked against its config, so a run that fails while a node computes
+    (two inputs whose dimensions disagree, an index out of range, a reshape that does not fit) failed
+    on the request's inputs: INVALID_ARGUMENT, naming the inputs and their shapes and keeping ORT's
+    own words without its source path. Anything else (memory, the execution provider) is INTERNAL.
+    The core prefixes the model and version to the message."""
+    text = str(exc)
+    kind_name = type(exc).__name__
+    if kind_name in _INPUT_FAILURES and "alloc" not in text.lower():
+        _, found, status = text.partition("Status Message: ")
+        if found or kind_name == "InvalidArgument":
+            detail = _SOURCE_PREFIX.sub("", status.strip()) if found else _ORT_PREFIX.sub("", text).strip()
+            node = re.search(r"while running (\S+) node", text)
+            where = f" in its {node.group(1)} node" if node else ""
+            shapes = ", ".join(f"{name} {list(np.shape(a))}" for name, a in feeds.items())
+            return invalid(f"onnxruntime could not run the model on these inputs ({shapes}){where}: {detail}")
+    return PyserveError(ErrorKind.INTERNAL, f"onnxruntime: {text}")
 
 
 def _to_str(array: np.ndarray, model: str, name: str) -> np.ndarray:

@@ -15,10 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
 from pyserve.errors import ErrorKind, PyserveError
-from pyserve.repository import SingleModel
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
-from pyserve.service import InferenceService, ModelHost
+from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
 
 log = logging.getLogger("pyserve.server")
 
@@ -52,6 +51,7 @@ class App:
         self.settings = settings
         self.host = host
         self.service = service
+        self.control = ModelControl(host)
         self.registry = registry
 
 

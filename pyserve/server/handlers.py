@@ -1,4 +1,4 @@
-"""HTTP handlers: each one decodes, calls the inference service or the repository, encodes.
+"""HTTP handlers: each one decodes, calls the service layer (inference, model control), encodes.
 
 What a request means (model lookup, parameters, outputs, errors) is the service's business
 (:mod:`pyserve.service`); what is here is HTTP: paths, headers, bodies and statuses.
@@ -15,10 +15,9 @@ import orjson
 
 import pyserve
 from pyserve import metrics
-from pyserve.errors import ErrorKind, PyserveError, invalid, not_found
+from pyserve.errors import PyserveError, invalid, not_found
 from pyserve.protocol import InferRequest, kserve, msgpack_codec
 from pyserve.protocol.http_status import kind_of_status
-from pyserve.repository import check_model_name
 from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
 from pyserve.server.messages import Deferred, Request, Response
@@ -181,15 +180,12 @@ def _json_body(request: Request, what: str) -> dict:
 
 @endpoint
 def repository_index(request: Request) -> Response:
-    rows = request.app.host.repository.index()
+    ready_only = False
     if request.method == "POST":
-        doc = _json_body(request, "repository index request")
-        ready_only = doc.get("ready", False)
+        ready_only = _json_body(request, "repository index request").get("ready", False)
         if type(ready_only) is not bool:
             raise invalid(f"repository index request: 'ready' must be true or false, got {ready_only!r}")
-        if ready_only:
-            rows = [r for r in rows if r["state"] == "READY"]
-    return _json(rows)
+    return _json(request.app.control.index(ready_only))
 
 
 def _control_allowed(request: Request) -> None:
@@ -224,32 +220,16 @@ def _config_override(doc: dict) -> dict | None:
 @async_endpoint
 async def load_model(request: Request) -> Response:
     _control_allowed(request)
-    name = request.match_info["model"]
     override = _config_override(_json_body(request, "load request"))
-    try:
-        # Shielded: a client that hangs up must not leave a model half loaded.
-        await asyncio.shield(request.app.host.repository.load(name, override))
-    except PyserveError as e:
-        # A client's unknown or impossible name is its mistake, not the server's.
-        level = logging.INFO if e.kind is ErrorKind.NOT_FOUND or _is_name_error(name) else logging.ERROR
-        log.log(level, "load of model %r refused: %s", name, e.message)
-        raise
+    await request.app.control.load(request.match_info["model"], override)
     return _json({})
-
-
-def _is_name_error(name: str) -> bool:
-    try:
-        check_model_name(name)
-    except PyserveError:
-        return True
-    return False
 
 
 @async_endpoint
 async def unload_model(request: Request) -> Response:
     _control_allowed(request)
     _json_body(request, "unload request")
-    await asyncio.shield(request.app.host.repository.unload(request.match_info["model"]))
+    await request.app.control.unload(request.match_info["model"])
     return _json({})
 
 

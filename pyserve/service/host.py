@@ -16,6 +16,8 @@ from pathlib import Path
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
 from pyserve.runtime import CompletionPump
 
+__all__ = ["ModelHost", "SingleModel"]
+
 
 class ModelHost:
     """Loads the models of ``root`` (a repository folder) and ``single_models`` on the running loop.
