@@ -1,13 +1,19 @@
 """The ONNX Runtime backend (CPU execution provider), and reading an ONNX model's inputs and outputs.
 
-Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed."""
+Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed.
+
+pyserve serves tensors (KServe v2). Exporters also write other ONNX types: skl2onnx classifiers, with
+their default options, end in a ZipMap whose ``output_probability`` is ``seq(map(int64,tensor(float)))``.
+Such outputs are left out of the served outputs (one log line per model load says which and how to
+export them as tensors); an input that is not a servable tensor makes the model unservable."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -15,6 +21,8 @@ import onnxruntime as ort
 from pyserve.backends.base import Backend
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
+
+log = logging.getLogger("pyserve.backends.onnx")
 
 _ORT_DATATYPES: dict[str, str] = {
     "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
@@ -29,28 +37,87 @@ _OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-Tensors = tuple[list[TensorSpec], list[TensorSpec]]
+_SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
+_ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
+                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
+                  "probabilities then come as an FP32 [N, classes] tensor")
+
+
+class Tensors(NamedTuple):
+    """What pyserve can serve of an ONNX model: its tensor ``inputs`` and ``outputs`` (full shapes,
+    dynamic dims as -1), and the outputs it ``left_out`` as ``(name, ONNX type)`` pairs: non-tensor
+    types (sequence, map, optional, sparse tensor) and tensors with no KServe datatype."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    left_out: tuple[tuple[str, str], ...] = ()
+
+
+def _why(onnx_type: str) -> str:
+    """Why a value of ``onnx_type`` cannot travel as a KServe tensor."""
+    if onnx_type.startswith("tensor("):
+        return f"its ONNX type {onnx_type} has no KServe datatype (pyserve serves a {_SERVED_TYPES})"
+    return f"its ONNX type {onnx_type} is not a tensor (pyserve serves tensors only)"
+
+
+def _output_advice(onnx_type: str) -> str:
+    """What to do so that an output of ``onnx_type`` comes out of the model as a servable tensor."""
+    if onnx_type.startswith("tensor("):
+        return "to serve it, cast it in the model to a served type (e.g. a Cast node to float, FP32)"
+    if "map(" in onnx_type:  # a classifier's ZipMap (skl2onnx's default), seq(map(label, tensor(float)))
+        return "to get it as a tensor, " + _ZIPMAP_ADVICE
+    if onnx_type.startswith("seq("):
+        return ("to get it as a tensor, export the model so that this output is one tensor (e.g. a "
+                "ConcatFromSequence node on the sequence)")
+    if onnx_type.startswith("optional("):
+        return "to get it as a tensor, export it as a plain tensor (e.g. an OptionalGetElement node)"
+    return "to get it as a tensor, export the model so that this output is a dense tensor"
+
+
+def left_out_message(name: str, onnx_type: str) -> str:
+    """Why output ``name`` of ONNX type ``onnx_type`` is not served, and what to do to serve it."""
+    return f"output {name!r} is not served: {_why(onnx_type)}; {_output_advice(onnx_type)}"
 
 
 def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Tensors:
-    """The full-shape inputs and outputs of a session (dynamic dims as -1)."""
+    """The servable inputs and outputs of a session (full shapes, dynamic dims as -1), and the outputs
+    left out (see :class:`Tensors`). ConfigError when an input is not a servable tensor, or when no
+    output is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
 
-    def specs(args: list[Any], what: str) -> list[TensorSpec]:
-        out = []
-        for arg in args:
-            datatype = _ORT_DATATYPES.get(arg.type)
-            if datatype is None:
-                raise ConfigError(f"{onnx_path}: {what} {arg.name!r}: type {arg.type} has no KServe datatype")
-            # Symbolic dims come as str, unknown ones as None: both are variable.
-            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
-            out.append(TensorSpec(arg.name, datatype, dims))
-        return out
+    def spec(arg: Any) -> TensorSpec:
+        # Symbolic dims come as str, unknown ones as None: both are variable.
+        dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
+        return TensorSpec(arg.name, _ORT_DATATYPES[arg.type], dims)
 
-    return specs(session.get_inputs(), "input"), specs(session.get_outputs(), "output")
+    inputs = []
+    for arg in session.get_inputs():
+        if arg.type not in _ORT_DATATYPES:
+            if arg.type.startswith("tensor("):
+                todo = "export the model with inputs of a served type (e.g. float, and a Cast node after it)"
+            else:
+                todo = ("export the model with tensor inputs (e.g. keep a scikit-learn DictVectorizer, which "
+                        "takes dicts, out of the exported pipeline and feed the array it makes)")
+            raise ConfigError(f"{onnx_path}: input {arg.name!r}: {_why(arg.type)}, so pyserve cannot serve "
+                              f"this model; {todo}")
+        inputs.append(spec(arg))
+    outputs, left_out = [], []
+    for arg in session.get_outputs():
+        if arg.type in _ORT_DATATYPES:
+            outputs.append(spec(arg))
+        else:
+            left_out.append((arg.name, arg.type))
+    if not outputs:
+        raise ConfigError(f"{onnx_path}: no output pyserve can serve: "
+                          + "; ".join(left_out_message(n, t) for n, t in left_out))
+    return Tensors(inputs, outputs, tuple(left_out))
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
-    """The full-shape inputs and outputs of an ONNX file; ConfigError naming it when it cannot be loaded."""
+    """The servable inputs and outputs of an ONNX file (see :func:`session_tensors`); ConfigError naming
+    it when it cannot be loaded or served.
+
+    Called once per model load (when its config is read), it logs one warning naming the outputs left
+    out, their ONNX types and how to export them as tensors, if the model has any."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
@@ -58,7 +125,11 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
-    return session_tensors(session, onnx_path)
+    tensors = session_tensors(session, onnx_path)
+    if tensors.left_out:
+        log.warning("%s: serving its tensor outputs only; %s", onnx_path,
+                    "; ".join(left_out_message(n, t) for n, t in tensors.left_out))
+    return tensors
 
 
 def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Path | str,
@@ -80,8 +151,8 @@ def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | st
     """Refuse a config whose inputs/outputs disagree with the ONNX model's ``tensors``.
 
     Every model input must be configured; configured outputs must exist in the model (a subset is
-    fine). Names, datatypes, ranks and fixed dims must agree (a configured fixed dim may narrow a
-    dynamic model dim, not the other way round)."""
+    fine) and be servable (not among ``tensors.left_out``). Names, datatypes, ranks and fixed dims must
+    agree (a configured fixed dim may narrow a dynamic model dim, not the other way round)."""
     src = config.source or config.name
     pairs = (("inputs", config.inputs, tensors[0]), ("outputs", config.outputs, tensors[1]))
     for key, specs, model_specs in pairs:
@@ -93,6 +164,11 @@ def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | st
         for i, spec in enumerate(specs):
             at = f"{src}: {key}[{i}]"
             model = by_name.get(spec.name)
+            if model is None and key == "outputs" and spec.name in dict(tensors.left_out):
+                onnx_type = dict(tensors.left_out)[spec.name]
+                raise ConfigError(f"{at}.name: {spec.name!r} is an output of {onnx_path} that pyserve cannot "
+                                  f"serve: {_why(onnx_type)}; leave it out of [[outputs]], or "
+                                  f"{_output_advice(onnx_type)}")
             if model is None:
                 what = "an input" if key == "inputs" else "an output"
                 raise ConfigError(f"{at}.name: {spec.name!r} is not {what} of {onnx_path} "
