@@ -58,11 +58,6 @@ def datatype_of(dtype: np.dtype) -> str:
         raise invalid(f"numpy dtype {dtype} has no KServe datatype") from None
 
 
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size datatype (0 for BYTES)."""
-    return 0 if datatype == "BYTES" else numpy_dtype(datatype).itemsize
-
-
 def as_bytes_array(values: np.ndarray) -> np.ndarray:
     """An object array of ``bytes`` from an array of str, bytes or objects (str encoded as UTF-8)."""
     arr = np.asarray(values)

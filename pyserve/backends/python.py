@@ -24,13 +24,9 @@ import numpy as np
 from pyserve.backends.base import Backend
 from pyserve.config import ModelConfig
 from pyserve.datatypes import NUMPY_DTYPES
-from pyserve.errors import ErrorKind, PyserveError, invalid
+from pyserve.errors import PyserveError, internal, invalid
 
 _module_ids = itertools.count(1)
-
-
-def _internal(message: str) -> PyserveError:
-    return PyserveError(ErrorKind.INTERNAL, message)
 
 
 class PythonBackend(Backend):
@@ -82,9 +78,9 @@ class PythonBackend(Backend):
         except Exception as exc:
             # The core prefixes the model and version; the chained traceback (server log only)
             # points at the model's own code.
-            raise _internal(f"infer() raised {type(exc).__name__}: {exc}") from exc
+            raise internal(f"infer() raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(result, dict):
-            raise _internal(f"infer() must return a dict of outputs, "
+            raise internal(f"infer() must return a dict of outputs, "
                             f"got {type(result).__name__}")
         batch = None
         if self._config.max_batch_size > 0 and inputs:
@@ -96,11 +92,11 @@ class PythonBackend(Backend):
         where = f"output {spec.name!r}"  # the core prefixes the model and version
         if spec.name not in result:
             have = sorted(map(str, result))
-            raise _internal(f"{where}: missing from the dict infer() returned (it has {have})")
+            raise internal(f"{where}: missing from the dict infer() returned (it has {have})")
         try:
             array = np.asarray(result[spec.name])
         except Exception as exc:
-            raise _internal(f"{where}: not convertible to a numpy array: {exc}") from None
+            raise internal(f"{where}: not convertible to a numpy array: {exc}") from None
         want = self._dtypes[spec.name]
         if spec.datatype == "BYTES":
             if array.dtype.kind == "U":
@@ -108,16 +104,16 @@ class PythonBackend(Backend):
             elif array.dtype.kind == "S":
                 array = array.astype(object)
             elif array.dtype.kind != "O":
-                raise _internal(f"{where}: expected BYTES (bytes or str), got dtype {array.dtype}")
+                raise internal(f"{where}: expected BYTES (bytes or str), got dtype {array.dtype}")
         elif array.dtype != want:
             # Widening or same-kind casts (float64 -> float32, int -> float) are what users expect
             # from Python code; a cast that changes kind (float -> int) is a bug to report.
             if not np.can_cast(array.dtype, want, casting="same_kind"):
-                raise _internal(f"{where}: expected {spec.datatype} ({want}), got dtype {array.dtype}")
+                raise internal(f"{where}: expected {spec.datatype} ({want}), got dtype {array.dtype}")
             array = array.astype(want)
         dims = spec.shape if batch is None else (batch, *spec.shape)
         if array.ndim != len(dims) or any(d != -1 and a != d for a, d in zip(array.shape, dims)):
-            raise _internal(f"{where}: expected shape {list(dims)} (-1: any), got {list(array.shape)}")
+            raise internal(f"{where}: expected shape {list(dims)} (-1: any), got {list(array.shape)}")
         return array
 
     def close(self) -> None:

@@ -25,7 +25,6 @@ from pyserve.server.router import Router
 
 log = logging.getLogger("pyserve.server")
 
-JSON = "application/json"
 MSGPACK = "application/msgpack"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
