@@ -80,11 +80,15 @@ class ConfigError(PyserveError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output. When max_batch_size > 0 the shape excludes the batch dimension."""
+    """One input or output. When max_batch_size > 0 the shape excludes the batch dimension.
+
+    ``labels``: an output's class labels, line by line from its ``label_filename`` (Triton's
+    classification extension names classes with them); empty when it has none."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    labels: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,15 +194,16 @@ def _int_list(source: str, value: Any, key: str, minimum: int) -> tuple[int, ...
     return tuple(_int(source, v, f"{key}[{i}]", minimum) for i, v in enumerate(value))
 
 
-def _parse_tensors(source: str, value: Any, key: str) -> tuple[TensorSpec, ...]:
+def _parse_tensors(source: str, value: Any, key: str, model_dir: Path | None = None) -> tuple[TensorSpec, ...]:
     if not isinstance(value, list) or not value:
         raise _fail(source, key, f"expected a non-empty array of tables ([[{key}]]), got {value!r}")
     specs: list[TensorSpec] = []
     seen: set[str] = set()
+    allowed = ("name", "datatype", "shape", "label_filename") if key == "outputs" else ("name", "datatype", "shape")
     for i, entry in enumerate(value):
         at = f"{key}[{i}]"
         table = _table(source, entry, at)
-        _check_keys(source, table, ("name", "datatype", "shape"), at + ".")
+        _check_keys(source, table, allowed, at + ".")
         for required in ("name", "datatype", "shape"):
             if required not in table:
                 raise _fail(source, f"{at}.{required}", "missing; each tensor needs name, datatype and shape")
@@ -213,8 +218,27 @@ def _parse_tensors(source: str, value: Any, key: str) -> tuple[TensorSpec, ...]:
         for j, dim in enumerate(shape):
             if isinstance(dim, bool) or not isinstance(dim, int) or (dim < 1 and dim != -1):
                 raise _fail(source, f"{at}.shape[{j}]", f"expected an integer >= 1 or -1, got {dim!r}")
-        specs.append(TensorSpec(name, datatype, tuple(shape)))
+        labels: tuple[str, ...] = ()
+        if "label_filename" in table:
+            labels = _read_label_file(source, table["label_filename"], at + ".label_filename", model_dir)
+        specs.append(TensorSpec(name, datatype, tuple(shape), labels))
     return tuple(specs)
+
+
+def _read_label_file(source: str, value: Any, key: str, model_dir: Path | None) -> tuple[str, ...]:
+    """The labels of a ``label_filename``: a file of the model folder, one label per line."""
+    filename = _str(source, value, key)
+    if model_dir is None:
+        raise _fail(source, key, "label files are read from a model folder; this model has none")
+    parts = Path(filename).parts
+    if Path(filename).is_absolute() or ".." in parts:
+        raise _fail(source, key, f"expected a file of the model folder {model_dir}, got {filename!r}")
+    from pyserve.classification import read_labels
+
+    try:
+        return tuple(read_labels(model_dir / filename))
+    except PyserveError as e:
+        raise _fail(source, key, e.message) from None
 
 
 def _parse_dynamic_batching(source: str, value: Any) -> DynamicBatching:
@@ -369,7 +393,7 @@ def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, sou
         name=name,
         backend=backend,
         inputs=_parse_tensors(source, raw["inputs"], "inputs") if "inputs" in raw else (),
-        outputs=_parse_tensors(source, raw["outputs"], "outputs") if "outputs" in raw else (),
+        outputs=_parse_tensors(source, raw["outputs"], "outputs", model_dir) if "outputs" in raw else (),
         max_batch_size=max_batch_size,
         dynamic_batching=_parse_dynamic_batching(source, raw["dynamic_batching"])
         if "dynamic_batching" in raw else DynamicBatching(),

@@ -72,6 +72,8 @@ class ModelRunner:
     ) -> None:
         self.config = config
         self.output_names = frozenset(o.name for o in config.outputs)
+        self.output_specs = {o.name: o for o in config.outputs}
+        self.last_inference_ms = 0  # when the service last answered a request of this version
         self.version = version
         self.backend = backend
         self._pump = pump

@@ -278,7 +278,7 @@ def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition")
 
 def model_stats(url: str, model: str) -> dict[str, Any]:
     """The stats row of the newest served version of ``model`` (GET /v2/models/{m}/stats)."""
-    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=5) as resp:
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats?format=pyserve", timeout=5) as resp:
         rows = json.loads(resp.read())["model_stats"]
     return max(rows, key=lambda r: int(r["version"]))
 

@@ -1,4 +1,4 @@
-"""Triton's classification extension (pyserve.service.classification): ranking, the score text
+"""Triton's classification extension (pyserve.classification): ranking, the score text
 C++ std::to_string prints, labels, shapes, and the checks of the class count and the label file.
 
 What Triton does is read from triton-inference-server/server docs/protocol/
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pyserve.errors import ErrorKind, PyserveError
-from pyserve.service.classification import MAX_CLASSES, check_class_count, classify, read_labels
+from pyserve.classification import MAX_CLASSES, check_class_count, classify, read_labels
 
 NUMERIC = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"]
 

@@ -713,6 +713,6 @@ def test_error_answers_are_counted_by_model_and_kind(server: Server) -> None:
 
 
 def test_stats_of_one_version(server: Server) -> None:
-    rows = requests.get(server.url + "/v2/models/affine/versions/1/stats", timeout=10).json()["model_stats"]
+    rows = requests.get(server.url + "/v2/models/affine/versions/1/stats?format=pyserve", timeout=10).json()["model_stats"]
     assert [r["version"] for r in rows] == ["1"] and rows[0]["name"] == "affine"
     assert requests.get(server.url + "/v2/models/affine/versions/9/stats", timeout=10).status_code == 404

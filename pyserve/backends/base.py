@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import abc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pyserve.backends import registry
-from pyserve.config import ModelConfig
+
+if TYPE_CHECKING:  # config imports the registry, whose package imports this module
+    from pyserve.config import ModelConfig
 
 
 class Backend(abc.ABC):

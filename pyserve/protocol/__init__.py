@@ -32,10 +32,15 @@ __all__ = [
 
 @dataclass(slots=True)
 class RequestedOutput:
-    """One output the request asked for; ``binary`` is its ``binary_data`` parameter (None: default)."""
+    """One output the request asked for; ``binary`` is its ``binary_data`` parameter (None: default).
+
+    ``classification`` is its ``classification`` parameter as the wire gave it (Triton's
+    classification extension: the top K classes instead of the tensor); None or 0 when absent. The
+    service checks it (:func:`pyserve.classification.check_class_count`)."""
 
     name: str
     binary: bool | None = None
+    classification: Any = None
 
 
 @dataclass(slots=True)

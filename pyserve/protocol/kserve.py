@@ -257,7 +257,7 @@ def _decode_requested(outputs_doc: Any) -> list[RequestedOutput] | None:
         if name in seen:
             raise invalid(f"requested output {name!r} appears twice")
         seen.add(name)
-        binary = None
+        binary = classification = None
         params = entry.get("parameters")
         if params is not None:
             if type(params) is not dict:
@@ -265,7 +265,8 @@ def _decode_requested(outputs_doc: Any) -> list[RequestedOutput] | None:
             binary = params.get("binary_data")
             if binary is not None and type(binary) is not bool:
                 raise invalid(f"requested output {name!r}: binary_data must be true or false, got {binary!r}")
-        requested.append(RequestedOutput(name, binary))
+            classification = params.get("classification")
+        requested.append(RequestedOutput(name, binary, classification))
     return requested
 
 
@@ -332,13 +333,18 @@ def encode_request(
         doc["parameters"] = dict(parameters)
     doc["inputs"], parts = _encode_tensors([(n, a, binary) for n, a in inputs.items()], "input")
     if outputs is not None:
-        doc["outputs"] = [
-            {"name": o.name}
-            if o.binary is None
-            else {"name": o.name, "parameters": {"binary_data": o.binary}}
-            for o in outputs
-        ]
+        doc["outputs"] = [_requested_doc(o) for o in outputs]
     return _body(doc, parts)
+
+
+def _requested_doc(output: RequestedOutput) -> dict:
+    """A requested output of a request body, with its parameters when it has any."""
+    params: dict[str, Any] = {}
+    if output.binary is not None:
+        params["binary_data"] = output.binary
+    if output.classification:
+        params["classification"] = output.classification
+    return {"name": output.name, "parameters": params} if params else {"name": output.name}
 
 
 def _encode_tensors(items: list[tuple[str, Any, bool]], what: str) -> tuple[list[dict], list[Any]]:

@@ -3,7 +3,7 @@
 Request body (``Content-Type: application/msgpack``)::
 
     {"id"?, "parameters"?, "inputs": [{"name", "datatype", "shape", "data": <bin>}],
-     "outputs"?: [name | {"name": name}]}
+     "outputs"?: [name | {"name": name, "parameters"?: {"classification"?: K}}]}
 
 ``data`` is the tensor's raw little-endian bytes (BYTES tensors: the length-prefixed serialization of
 pyserve.datatypes). The reply is ``{"model_name", "model_version", "id"?, "parameters"?,
@@ -168,5 +168,8 @@ def _decode_requested(outputs_doc: Any) -> list[RequestedOutput] | None:
         if name in seen:
             raise invalid(f"requested output {name!r} appears twice")
         seen.add(name)
-        requested.append(RequestedOutput(name))
+        params = entry.get("parameters") if type(entry) is dict else None
+        if params is not None and type(params) is not dict:
+            raise invalid(f"requested output {name!r}: 'parameters' must be a map, got {type(params).__name__}")
+        requested.append(RequestedOutput(name, None, params.get("classification") if params else None))
     return requested

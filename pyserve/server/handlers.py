@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import urllib.parse
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ import orjson
 import pyserve
 from pyserve import metrics
 from pyserve.errors import PyserveError, invalid, not_found
-from pyserve.protocol import InferRequest, kserve, msgpack_codec
+from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
@@ -27,7 +28,9 @@ log = logging.getLogger("pyserve.server")
 
 MSGPACK = "application/msgpack"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
-EXTENSIONS = ("binary_tensor_data", "model_repository", "msgpack")
+# Triton's extension names (GET /v2 lists them), and pyserve's own msgpack protocol.
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "parameters",
+              "statistics", "msgpack")
 
 
 def _json(doc: Any, status: int = 200) -> Response:
@@ -95,8 +98,16 @@ def model_config(request: Request) -> Response:
 
 @endpoint
 def model_stats(request: Request) -> Response:
-    rows = _service(request).statistics(request.match_info["model"], request.match_info.get("version"))
-    return _json({"model_stats": [{"name": name, "version": version, **stats} for name, version, stats in rows]})
+    """Triton's statistics extension (what tritonclient's get_inference_statistics reads); with
+    ``?format=pyserve``, the core's own counters and histograms."""
+    rows = _service(request).statistics(request.match_info.get("model"), request.match_info.get("version"))
+    fmt = urllib.parse.parse_qs(request.query_string).get("format", ["triton"])[-1]
+    if fmt == "pyserve":
+        return _json({"model_stats": [{"name": r.name, "version": r.version, **r.stats} for r in rows]})
+    if fmt != "triton":
+        raise invalid(f"format: expected triton (the default) or pyserve, got {fmt!r}")
+    return _json(triton_stats.statistics_document(
+        triton_stats.model_statistics(r.name, r.version, r.stats, r.last_inference_ms) for r in rows))
 
 
 # -- inference --------------------------------------------------------------------------------
@@ -250,6 +261,7 @@ def make_router() -> Router:
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
     r.add("POST", "/v2/repository/models/{model}/unload", unload_model)
+    r.add("GET", "/v2/models/stats", model_stats)  # every model; exact paths win over {model}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix, model_metadata)
         r.add("GET", prefix + "/ready", model_ready)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyserve.backends import registry as backends
+from pyserve.classification import check_class_count, classify
 from pyserve.config import ModelConfig, TensorSpec
 from pyserve.errors import PyserveError, invalid
 from pyserve.protocol import InferRequest, InferResponse
@@ -53,6 +55,17 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class VersionStatistics:
+    """The core's statistics of one model version (``stats``: what ``ModelRunner.stats()`` returns),
+    and when it last answered a request (ms since the Unix epoch; 0 for never)."""
+
+    name: str
+    version: str
+    stats: dict
+    last_inference_ms: int
 
 
 def _full_shapes(specs: Iterable[TensorSpec], batching: bool) -> tuple[TensorSpec, ...]:
@@ -104,6 +117,8 @@ class InferenceService:
                 if r.name not in declared:
                     raise invalid(f"requested output '{r.name}' is not an output of model "
                                   f"'{model.config.name}' (outputs: {', '.join(sorted(declared))})")
+                if r.classification:  # 0 or absent: the tensor itself, as in Triton
+                    r.classification = check_class_count(r.classification, r.name)
         params = request.parameters
         if params:
             ctx.priority = _parameter(params, "priority", model.config.dynamic_batching.priority_levels)
@@ -118,10 +133,22 @@ class InferenceService:
                  done: asyncio.Future) -> InferResponse:
         """The response of a call whose core future ``done`` is done; raises its PyserveError.
 
-        Only the requested outputs are kept (every output when the request names none)."""
+        Only the requested outputs are kept (every output when the request names none); an output
+        requested with ``classification = K`` becomes its top K classes, as BYTES ``"score:index[:label]"``
+        (Triton's classification extension, :func:`pyserve.classification.classify`): INVALID_ARGUMENT
+        when the output's datatype cannot be ranked."""
         outputs = done.result()
         if request.outputs is not None:
-            outputs = {r.name: outputs[r.name] for r in request.outputs}
+            selected = {}
+            for r in request.outputs:
+                if r.classification:
+                    spec = model.output_specs[r.name]
+                    selected[r.name] = classify(outputs[r.name], r.classification, model.config.max_batch_size > 0,
+                                                spec.labels, output=r.name)
+                else:
+                    selected[r.name] = outputs[r.name]
+            outputs = selected
+        model.last_inference_ms = time.time_ns() // 1_000_000
         response = InferResponse(model.config.name, model.version, outputs, request.id, None)
         if self._hooks:
             self._run_hooks("after_response", ctx, model, request, response)
@@ -179,8 +206,15 @@ class InferenceService:
         """Returns when the model (version) is ready; NOT_FOUND / UNAVAILABLE otherwise."""
         self.model(name, version)
 
-    def statistics(self, name: str, version: str | None = None) -> list[tuple[str, str, dict]]:
-        """(model, version, core statistics) of one version, or of every served version when None."""
-        entry = self.host.registry.entry(name)
-        runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
-        return [(name, r.version, r.stats()) for r in runners]
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[VersionStatistics]:
+        """The statistics of one version, of every served version of a model (``version`` None), or
+        of every served version of every model (``name`` None), in model then version order.
+
+        NOT_FOUND / UNAVAILABLE as :meth:`model` for one model."""
+        if name is None:
+            entries = [e for _, e in sorted(self.host.registry.models.items())]
+            runners = [r for e in entries for _, r in sorted(e.versions.items())]
+        else:
+            entry = self.host.registry.entry(name)
+            runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
+        return [VersionStatistics(r.config.name, r.version, r.stats(), r.last_inference_ms) for r in runners]
