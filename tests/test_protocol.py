@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import msgpack
@@ -264,6 +265,288 @@ def test_tritonclient_parses_responses(datatype: str, binary: bool) -> None:
         got = np.array([s.encode() for s in got.reshape(-1)], dtype=object).reshape(got.shape)
     assert_same(got, arr)
     assert result.get_response()["model_name"] == "m"
+
+
+# ---------------------------------------------------------------- non-finite numbers and overflow
+
+FLOAT_TYPES = ["FP16", "FP32", "FP64"]
+NAN, INF = float("nan"), float("inf")
+
+
+def assert_same_nan(got: np.ndarray, want: np.ndarray) -> None:
+    """Same dtype, shape and values; NaN where ``want`` has NaN, and each inf with its sign."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got, want)
+    assert np.array_equal(got, want, equal_nan=True), (got, want)
+
+
+def json_text(*tensors: tuple[str, str, list[int], str], key: str = "inputs", **top: str) -> bytes:
+    """A body written as text, so that it can hold the tokens orjson cannot write: one tensor per
+    ``(name, datatype, shape, data text)``; ``top`` adds top-level members as JSON text."""
+    entries = ", ".join(
+        f'{{"name": "{n}", "datatype": "{d}", "shape": {list(s)}, "data": {data}}}'
+        for n, d, s, data in tensors
+    )
+    members = "".join(f'"{k}": {v}, ' for k, v in top.items())
+    return f'{{{members}"{key}": [{entries}]}}'.encode()
+
+
+@pytest.mark.parametrize("datatype", FLOAT_TYPES)
+def test_json_nan_and_infinity_tokens_decode_for_float_tensors(datatype: str) -> None:
+    dtype = NUMPY_DTYPES[datatype]
+    tensors = (
+        ("flat", datatype, [5], "[NaN, Infinity, -Infinity, 1.5, -0.25]"),
+        ("nested", datatype, [2, 3], "[[NaN, 2, -Infinity], [Infinity, -3, NaN]]"),
+        ("finite", datatype, [2], "[1, 2.5]"),
+    )
+    req = kserve.decode_request(json_text(*tensors, id='"nf-1"', parameters='{"priority": 1}'))
+    assert req.id == "nf-1" and req.parameters == {"priority": 1}
+    assert_same_nan(req.inputs["flat"], np.array([NAN, INF, -INF, 1.5, -0.25], dtype))
+    assert_same_nan(req.inputs["nested"], np.array([[NAN, 2, -INF], [INF, -3, NAN]], dtype))
+    assert_same_nan(req.inputs["finite"], np.array([1, 2.5], dtype))
+    # A reply as pyserve.client decodes it.
+    body = json_text(*tensors, key="outputs", model_name='"m"', model_version='"1"')
+    out = kserve.decode_response(body, None)
+    assert out.model_name == "m"
+    assert_same_nan(out.outputs["nested"], np.array([[NAN, 2, -INF], [INF, -3, NAN]], dtype))
+
+
+def test_json_non_finite_tokens_beside_binary_tensors() -> None:
+    raw32 = np.array([NAN, -INF, INF, 2], dtype=np.float32)
+    raw_int = np.array([7, -7], dtype=np.int32)
+    header = (
+        b'{"inputs": ['
+        b'{"name": "b", "datatype": "FP32", "shape": [4], "parameters": {"binary_data_size": 16}}, '
+        b'{"name": "j", "datatype": "FP64", "shape": [2, 2], "data": [[-Infinity, 1], [NaN, Infinity]]}, '
+        b'{"name": "i", "datatype": "INT32", "shape": [2], "parameters": {"binary_data_size": 8}}, '
+        b'{"name": "h", "datatype": "FP16", "shape": [1], "data": [-Infinity]}]}'
+    )
+    body = header + raw32.tobytes() + raw_int.tobytes()
+    for hl in (len(header), str(len(header))):
+        req = kserve.decode_request(body, hl)
+        assert_same_nan(req.inputs["b"], raw32)
+        assert_same_nan(req.inputs["j"], np.array([[-INF, 1], [NAN, INF]]))
+        assert_same_nan(req.inputs["i"], raw_int)
+        assert_same_nan(req.inputs["h"], np.array([-INF], np.float16))
+    # Without the header length the binary tensors are still refused, with the hint.
+    assert "needs the Inference-Header-Content-Length header" in fail(kserve.decode_request, body, None)
+
+    # A reply with the same mix: JSON tensors get the tokens, binary ones their raw bytes.
+    outs = {"j": req.inputs["j"], "b": raw32, "h": req.inputs["h"]}
+    requested = [RequestedOutput("j", False), RequestedOutput("b", True), RequestedOutput("h", False)]
+    body, hl = kserve.encode_response(InferResponse("m", "1", outs), requested)
+    assert hl is not None and body[hl:] == raw32.tobytes()
+    assert b'"data":[-Infinity,1.0,NaN,Infinity]' in body[:hl] and b'"data":[-Infinity]' in body[:hl]
+    result = triton.InferenceServerClient.parse_response_body(body, header_length=hl)
+    for got in (kserve.decode_response(body, hl).outputs, {n: result.as_numpy(n) for n in outs}):
+        for name, want in outs.items():
+            assert_same_nan(got[name], want)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("datatype", [d for d in DATATYPES if d not in FLOAT_TYPES + ["BYTES"]])
+def test_json_non_finite_refused_for_integer_and_bool_tensors(datatype: str, token: str) -> None:
+    first = "true" if datatype == "BOOL" else "1"
+    cases = ((f"[{first}, {token}]", [2]), (f"[[{first}], [{token}]]", [2, 1]), (f"[{token}]", [1]))
+    for data, shape in cases:
+        # A float tensor before it holds NaN too: the tokens are accepted, only not for this datatype.
+        body = json_text(("ok", "FP32", [1], "[NaN]"), ("x", datatype, shape, data))
+        message = fail(kserve.decode_request, body)
+        assert f"input 'x': {datatype} data must be" in message and "got NaN or Infinity" in message, message
+    body = json_text(("x", datatype, [1], f"[{token}]"), key="outputs")
+    assert "output 'x'" in fail(kserve.decode_response, body)
+
+
+def test_json_non_finite_refused_for_bytes_tensors() -> None:
+    message = fail(kserve.decode_request, json_text(("s", "BYTES", [2], '["a", NaN]')))
+    assert "input 's'" in message and "strings" in message
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "data", "shown"),
+    [
+        ("FP32", [1], "[1e39]", "1e+39"),
+        ("FP32", [2], "[1, -3.5e38]", "-3.5e+38"),
+        ("FP32", [2, 1], "[[1e300], [2]]", "1e+300"),
+        ("FP16", [1], "[70000]", "70000"),
+        ("FP16", [2, 1], "[[0.5], [-65520.0]]", "-65520.0"),
+        ("FP16", [2], "[65536, 1]", "65536"),
+        ("FP16", [3], "[NaN, 1e5, Infinity]", "100000.0"),  # parsed by the fallback
+        ("FP32", [3], "[-Infinity, 5e38, -5e38]", "5e+38 and 1 more values"),
+    ],
+)
+def test_json_numbers_too_large_for_the_datatype_are_refused(
+    datatype: str, shape: list[int], data: str, shown: str
+) -> None:
+    message = fail(kserve.decode_request, json_text(("big", datatype, shape, data)))
+    assert f"input 'big': {datatype} cannot hold {shown}" in message, message
+    assert ("65504" if datatype == "FP16" else "3.4028235e+38") in message
+    reply = json_text(("big", datatype, shape, data), key="outputs")
+    assert "output 'big'" in fail(kserve.decode_response, reply)
+
+
+def test_json_numbers_at_the_limits_are_kept() -> None:
+    f32_max = float(np.finfo(np.float32).max)
+    body = json_text(
+        ("h", "FP16", [5], "[65504, -65504, 65519, 1e-10, NaN]"),
+        ("f", "FP32", [4], f"[{f32_max!r}, {-f32_max!r}, Infinity, 1e-50]"),
+        ("d", "FP64", [3], "[1.7976931348623157e308, -Infinity, 5e-324]"),
+    )
+    inputs = kserve.decode_request(body).inputs
+    # 65519 rounds to 65504, as in C; numbers too small for the datatype become 0.
+    assert_same_nan(inputs["h"], np.array([65504, -65504, 65504, 0, NAN], np.float16))
+    assert_same_nan(inputs["f"], np.array([f32_max, -f32_max, INF, 0], np.float32))
+    assert_same_nan(inputs["d"], np.array([1.7976931348623157e308, -INF, 5e-324]))
+
+
+def test_json_numbers_beyond_a_double_are_refused_with_or_without_tokens() -> None:
+    for data in ("[1e400, 1]", "[NaN, -1e400]", "[Infinity, 1" + "0" * 400 + "]"):
+        message = fail(kserve.decode_request, json_text(("d", "FP64", [2], data)))
+        assert "request is not valid JSON" in message and "infinity when parsed as double" in message, message
+        assert len(message) < 200
+
+
+def test_json_fallback_keeps_orjson_numbers() -> None:
+    """With NaN in the body the standard library parses it: integers still give what orjson gives."""
+    body = json_text(
+        ("nan", "FP32", [1], "[NaN]"),
+        ("big", "FP64", [3], "[18446744073709551616, -9223372036854775809, 1]"),
+        ("u", "UINT64", [2], "[18446744073709551615, 0]"),
+        ("i", "INT64", [2], "[-9223372036854775808, 9223372036854775807]"),
+    )
+    inputs = kserve.decode_request(body).inputs
+    assert_same_nan(inputs["big"], np.array([2.0**64, -(2.0**63), 1]))
+    assert_same_nan(inputs["u"], np.array([2**64 - 1, 0], np.uint64))
+    assert_same_nan(inputs["i"], np.array([-(2**63), 2**63 - 1], np.int64))
+    same_without_nan = kserve.decode_request(body.replace(b"[NaN]", b"[0]")).inputs
+    assert_same_nan(same_without_nan["big"], inputs["big"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (b"{nope", "line 1 column 2"),  # no token: orjson's message, as before
+        (b'{"inputs": [], "x": nan}', "line 1 column 21"),
+        (b'{"inputs": [], "x": Inf}', "line 1 column 21"),
+        (b'{"inputs": [], "x": +Infinity}', "line 1 column 21"),
+        (b'{"inputs": [], "x": -NaN}', "line 1 column 21"),
+        (b'{"inputs": [], "x": [NaN, 1,]}', "line 1 column 29"),  # the first problem past the token
+        (b'{"inputs": [], "x": NaN', "line 1 column 24"),
+        (b'{"inputs": [], "x": NaNa}', "line 1 column 24"),
+        (b"{NaN: 1}", "line 1 column 2"),
+        (b'{"inputs": [], "x": NaN, "y": "\\ud800"}', "surrogate"),
+        (b'{"inputs": [], "x": NaN, "y": "\\ud83d"}', "surrogate"),
+        (b'{"inputs": [], "x": NaN, "y": "\x01"}', "line 1 column 32"),
+        (b'{"inputs": [], "x": NaN, "y": ' + b"[" * 5000 + b"]" * 5000 + b"}", "recursion"),
+        (b'{"inputs": [], "x": NaN, "y": "\xff"}', "UTF-8"),
+    ],
+)
+def test_invalid_json_is_still_refused_with_a_clear_message(text: bytes, expected: str) -> None:
+    for decode, what in ((kserve.decode_request, "request"), (kserve.decode_response, "response")):
+        message = fail(decode, text, None)
+        assert message.startswith(f"{what} is not valid JSON: ") and expected in message, message
+
+
+def test_json_tokens_outside_an_object_or_in_strings() -> None:
+    assert "must be a JSON object, got a number" in fail(kserve.decode_request, b"NaN")
+    # In a string NaN is text: orjson parses it, BYTES keep it.
+    got = kserve.decode_request(json_text(("s", "BYTES", [2], '["NaN", "-Infinity"]'))).inputs["s"]
+    assert got.tolist() == [b"NaN", b"-Infinity"]
+    # A paired surrogate escape is a valid string, with or without the fallback.
+    req = kserve.decode_request(json_text(("x", "FP32", [1], "[NaN]"), id='"\\ud83d\\ude00 \\\\ud800"'))
+    assert req.id == "\U0001f600 \\ud800"
+
+
+def non_finite_sample(datatype: str, size: int) -> np.ndarray:
+    """``size`` numbers with NaN, +inf and -inf among them, shaped (size // 4, 4)."""
+    arr = np.linspace(-2.5, 2.5, size).astype(NUMPY_DTYPES[datatype])
+    arr[[0, 5, size // 2, size - 1]] = [NAN, INF, -INF, -INF]
+    arr[size // 3] = -0.0
+    return arr.reshape(size // 4, 4)
+
+
+@pytest.mark.parametrize("datatype", FLOAT_TYPES)
+@pytest.mark.parametrize("size", [8, 20000])  # checked in the JSON text, and with np.isfinite
+def test_non_finite_outputs_are_written_as_tokens(datatype: str, size: int) -> None:
+    arr = non_finite_sample(datatype, size)
+    body, hl = kserve.encode_response(InferResponse("m", "1", {"y": arr}), None, False)
+    assert hl is None and b"null" not in body
+    assert body.count(b"NaN") == 1 and body.count(b"-Infinity") == 2 and body.count(b"Infinity") == 3
+    # Python's json reads what it would write itself (tritonclient parses replies with it).
+    doc = json.loads(body)
+    got = np.array(doc["outputs"][0]["data"], NUMPY_DTYPES[datatype]).reshape(doc["outputs"][0]["shape"])
+    assert_same_nan(got, arr)
+    assert_same_nan(kserve.decode_response(body, hl).outputs["y"], arr)
+    assert_same_nan(triton.InferenceServerClient.parse_response_body(body).as_numpy("y"), arr)
+    # The client side: a request with the tensor as JSON.
+    body, hl = kserve.encode_request({"x": arr}, binary=False)
+    assert hl is None and b"null" not in body
+    assert_same_nan(kserve.decode_request(body, hl).inputs["x"], arr)
+
+
+def test_non_finite_output_text_is_what_python_json_writes() -> None:
+    values = [1.5, NAN, INF, -INF, -0.0, 3e38]
+    arr = np.array(values, np.float32)
+    body, _ = kserve.encode_response(InferResponse("m", "1", {"y": arr}), None, False)
+    assert b'"data":' + json.dumps(values, separators=(",", ":")).encode() in body
+    # Finite arrays take the fast path: orjson's own text.
+    finite = np.array([1.5, -0.0, 3e38], np.float32)
+    body, _ = kserve.encode_response(InferResponse("m", "1", {"y": finite}), None, False)
+    assert b'"data":' + orjson.dumps(finite, option=orjson.OPT_SERIALIZE_NUMPY) + b"}" in body
+
+
+def test_non_finite_outputs_of_strided_and_big_endian_arrays() -> None:
+    base = non_finite_sample("FP64", 24)
+    strided, big = base[:, ::2], base.astype(">f8")
+    body, hl = kserve.encode_response(InferResponse("m", "1", {"s": strided, "b": big}), None, False)
+    out = kserve.decode_response(body, hl).outputs
+    assert_same_nan(out["s"], np.ascontiguousarray(strided))
+    assert_same_nan(out["b"], base)
+
+
+@pytest.mark.parametrize("datatype", FLOAT_TYPES)
+@pytest.mark.parametrize("binary", [False, True])
+def test_tritonclient_non_finite_requests_decode(datatype: str, binary: bool) -> None:
+    arr = non_finite_sample(datatype, 16)
+    tin = triton.InferInput("in0", list(arr.shape), datatype)
+    tin.set_data_from_numpy(arr, binary_data=binary)
+    body, hl = triton.InferenceServerClient.generate_request_body([tin])
+    assert (b"NaN" in body) != binary
+    assert_same_nan(kserve.decode_request(body, hl).inputs["in0"], arr)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_float_json_round_trip_with_non_finite(data: st.DataObject) -> None:
+    datatype = data.draw(st.sampled_from(FLOAT_TYPES))
+    width = {"FP16": 16, "FP32": 32, "FP64": 64}[datatype]
+    values = data.draw(st.lists(st.floats(width=width), max_size=24))
+    arr = np.array(values, NUMPY_DTYPES[datatype])
+    body, hl = kserve.encode_response(InferResponse("m", "1", {"y": arr}), None, False)
+    assert_same_nan(kserve.decode_response(body, hl).outputs["y"], arr)
+    want = np.array(json.loads(body)["outputs"][0]["data"], NUMPY_DTYPES[datatype]) if values else arr
+    assert_same_nan(want, arr)
+    body, hl = kserve.encode_request({"x": arr}, binary=False)
+    assert_same_nan(kserve.decode_request(body, hl).inputs["x"], arr)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_kserve_mutated_non_finite_bodies(data: st.DataObject) -> None:
+    """Bodies that take the standard-library fallback, mutated: a result or a 400, never a crash."""
+    body, hl = kserve.encode_request(
+        {"x": non_finite_sample("FP32", 8), "y": sample("INT64"), "s": sample("BYTES", text=True)},
+        binary=False,
+        request_id="i",
+    )
+    if data.draw(st.booleans()):  # keep the tokens, break what follows them
+        body = body.replace(b"NaN", data.draw(st.sampled_from([b"NaN", b"-NaN", b"NaN,", b"Inf", b"1e999"])))
+    body = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 4))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(body)))
+    decodes_or_refuses(kserve.decode_request, bytes(body[:cut]), hl)
+    decodes_or_refuses(kserve.decode_request, bytes(body), hl)
+    decodes_or_refuses(kserve.decode_response, bytes(body), hl)
 
 
 # ---------------------------------------------------------------------------------------- errors

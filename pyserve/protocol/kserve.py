@@ -7,12 +7,20 @@ the tensors that have that parameter. Stock ``tritonclient.http`` encodes and pa
 
 Every problem with a body is INVALID_ARGUMENT naming the tensor and what was expected; nothing else
 escapes the decoders, whatever the bytes.
+
+Non-finite numbers travel as the tokens ``NaN``, ``Infinity`` and ``-Infinity``, as Triton (rapidjson
+with ``kParseNanAndInfFlag``) and Python's ``json`` read and write them. orjson refuses them, so it
+stays the fast path and a body it refuses at such a token is parsed again by the standard library;
+an array with a non-finite value is written as pre-serialized text with those tokens.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -44,13 +52,27 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 # What numpy infers from JSON values, in words for error messages.
 _KIND_WORDS = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "strings"}
+_NON_FINITE_WORDS = "NaN or Infinity"
+# The largest finite value of the float datatypes a JSON number can overflow, as written in messages.
+_FLOAT_MAX = {"FP16": "65504", "FP32": "3.4028235e+38"}
+# The JSON tokens of NaN, +inf and -inf, indexed by the codes of _non_finite_json.
+_TOKENS = np.array([b"NaN", b"Infinity", b"-Infinity"], dtype=object)
+# Float tensors up to this many elements are checked for NaN/inf in their JSON text, larger ones with
+# np.isfinite, whichever costs less (see _json_tensor).
+_TEXT_CHECK_MAX = 16384
+# A \u escape of a UTF-16 surrogate: json accepts a lone one, orjson (and UTF-8) do not.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 # ---------------------------------------------------------------------------------------- decoding
 
 
 def decode_request(body: bytes, header_length: int | str | None = None) -> InferRequest:
-    """Decode an infer request body; ``header_length`` is the Inference-Header-Content-Length value."""
+    """Decode an infer request body; ``header_length`` is the Inference-Header-Content-Length value.
+
+    JSON ``data`` of FP16/FP32/FP64 tensors may hold the tokens NaN, Infinity and -Infinity; in other
+    datatypes they are INVALID_ARGUMENT, and so is a finite number too large for the datatype.
+    """
     doc, binary = _split(body, header_length, "request")
     inputs_doc, request_id, parameters = request_fields(doc, _json_type)
     inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input")
@@ -64,7 +86,10 @@ def decode_request(body: bytes, header_length: int | str | None = None) -> Infer
 
 
 def decode_response(body: bytes, header_length: int | str | None = None) -> InferResponse:
-    """Decode an infer response body (the client side of :func:`encode_response`)."""
+    """Decode an infer response body (the client side of :func:`encode_response`).
+
+    The tensors are checked as in :func:`decode_request`: NaN, Infinity and -Infinity are read.
+    """
     doc, binary = _split(body, header_length, "response")
     outputs_doc = doc.get("outputs", [])
     if type(outputs_doc) is not list:
@@ -99,13 +124,61 @@ def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dic
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
-        hint = ""
-        if header_length is None and b"binary_data_size" in body[:4096]:
-            hint = f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
-        raise invalid(f"{what} is not valid JSON: {e}{hint}") from None
+        doc = _loads_non_finite(e, what)
+        if doc is None:
+            hint = ""
+            if header_length is None and b"binary_data_size" in body[:4096]:
+                hint = f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
+            raise invalid(f"{what} is not valid JSON: {e}{hint}") from None
     if type(doc) is not dict:
         raise invalid(f"{what} must be a JSON object, got {_json_type(doc)}")
     return doc, binary
+
+
+def _loads_non_finite(error: orjson.JSONDecodeError, what: str) -> Any:
+    """The document orjson refused with ``error``, when what it refused is NaN/Infinity/-Infinity.
+
+    None when orjson stopped at anything else (the caller reports orjson's error). Otherwise the
+    text is parsed again by the standard library, with orjson's rules for everything but those
+    tokens: integers beyond 64 bits become floats, a number too large for a double and a lone
+    surrogate escape are refused. If that parse fails too, its error (the first problem past the
+    tokens) is the 400.
+    """
+    text, pos = error.doc, error.pos
+    # orjson stops at the I of -Infinity; a stop at its sign would match as well.
+    if type(text) is not str or not text.startswith(("NaN", "Infinity", "-Infinity"), pos):
+        return None
+    try:
+        doc = json.loads(text, parse_float=_json_float, parse_int=_json_int)
+    except (ValueError, RecursionError) as e:
+        # json.JSONDecodeError is a ValueError, and so is the refusal of _json_float.
+        raise invalid(f"{what} is not valid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            orjson.dumps(doc)  # refuses a str holding a lone surrogate, as orjson.loads does
+        except orjson.JSONEncodeError:
+            raise invalid(f"{what} is not valid JSON: a string has a lone surrogate \\u escape") from None
+    return doc
+
+
+def _json_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; refused when a double cannot hold it, as orjson does."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+        raise ValueError(f"number {shown} is infinity when parsed as double")
+    return value
+
+
+def _json_int(text: str) -> int | float:
+    """A JSON integer; beyond the 64-bit range it becomes a float, as orjson makes it."""
+    if len(text) <= 18:  # JSON has no leading zeros: at most 18 digits always fit int64
+        return int(text)
+    if len(text) <= 20:  # 2**64 - 1 and -2**63 have 20 characters
+        value = int(text)
+        if -(2**63) <= value < 2**64:
+            return value
+    return _json_float(text)
 
 
 def _decode_tensors(
@@ -189,6 +262,8 @@ def _array_from_json(
             return np.empty(shape, dtype=dtype)
         kind = arr.dtype.kind
         if kind == "f" and dtype.kind in "iu":
+            if not np.isfinite(arr).all():
+                raise invalid(f"{what} {name!r}: {datatype} data must be integers, got {_NON_FINITE_WORDS}")
             # numpy infers float64 for a list mixing ints above 2**63 with others: parse exactly.
             return _exact_integers(name, datatype, shape, data, arr, what)
         if datatype == "BOOL":
@@ -199,7 +274,10 @@ def _array_from_json(
             ok = kind in "iu"
         if not ok:
             expected = "true/false" if datatype == "BOOL" else "numbers" if dtype.kind == "f" else "integers"
-            got = _KIND_WORDS.get(kind, "values of mixed or non-numeric types")
+            if kind == "f" and not np.isfinite(arr).all():
+                got = _NON_FINITE_WORDS
+            else:
+                got = _KIND_WORDS.get(kind, "values of mixed or non-numeric types")
             raise invalid(f"{what} {name!r}: {datatype} data must be {expected}, got {got}")
         if dtype.kind in "iu" and not np.can_cast(arr.dtype, dtype):
             info = np.iinfo(dtype)
@@ -212,13 +290,29 @@ def _array_from_json(
         if arr.dtype == dtype:
             return arr.reshape(shape)
         if dtype.kind == "f" and dtype.itemsize < arr.dtype.itemsize:
-            with np.errstate(over="ignore"):  # a float too large for FP16/FP32 becomes inf, as in C
-                return arr.astype(dtype).reshape(shape)
+            try:
+                # A finite value too large for FP16/FP32 would become inf; NaN and inf stay as they are.
+                with np.errstate(over="raise"):
+                    return arr.astype(dtype).reshape(shape)
+            except FloatingPointError:
+                _refuse_overflow(name, datatype, arr, what)
         return arr.astype(dtype, copy=False).reshape(shape)
     except PyserveError:
         raise
     except (ValueError, OverflowError) as e:  # e.g. a zero-size shape with absurd dims
         raise invalid(f"{what} {name!r}: cannot make a tensor of shape {list(shape)}: {e}") from None
+
+
+def _refuse_overflow(name: str, datatype: str, arr: np.ndarray, what: str) -> NoReturn:
+    """Raise the 400 for finite values of ``arr`` that ``datatype`` cannot hold (they would be inf)."""
+    with np.errstate(over="ignore"):
+        bad = arr[np.isinf(arr.astype(NUMPY_DTYPES[datatype])) & np.isfinite(arr)]
+    # A Python int or float: its repr is the number as sent.
+    value = f"{bad[0].item()!r}" + (f" and {bad.size - 1} more values" if bad.size > 1 else "")
+    raise invalid(
+        f"{what} {name!r}: {datatype} cannot hold {value if bad.size else 'a value'}: "
+        f"the largest finite {datatype} is {_FLOAT_MAX[datatype]}"
+    )
 
 
 def _exact_integers(
@@ -298,6 +392,7 @@ def encode_response(
     ``requested`` None means every output of ``resp``. An output goes binary when its request said
     ``binary_data: true``, or said nothing and ``binary_default`` (the request's
     ``parameters.binary_data_output``) is true. The length is None when no output is binary.
+    NaN and infinities in JSON outputs are written as NaN, Infinity and -Infinity, as Triton does.
     """
     if requested is None:
         items = [(name, arr, binary_default) for name, arr in resp.outputs.items()]
@@ -325,7 +420,10 @@ def encode_request(
     parameters: Mapping[str, Any] | None = None,
     outputs: Iterable[RequestedOutput] | None = None,
 ) -> tuple[bytes, int | None]:
-    """Encode an infer request (the client side); ``binary`` sends the inputs as binary tensors."""
+    """Encode an infer request (the client side); ``binary`` sends the inputs as binary tensors.
+
+    NaN and infinities in JSON inputs are written as NaN, Infinity and -Infinity.
+    """
     doc: dict[str, Any] = {}
     if request_id is not None:
         doc["id"] = request_id
@@ -392,7 +490,30 @@ def _json_tensor(name: str, values: Any, what: str) -> dict:
         data = flat.astype(flat.dtype.newbyteorder("="))
     else:
         data = flat
+    if flat.dtype.kind == "f":
+        # orjson writes NaN and inf as null, which must become NaN, Infinity or -Infinity.
+        if data.size <= _TEXT_CHECK_MAX:
+            # The n of null is the only n in the text of a float array, and memchr finds it faster
+            # than np.isfinite can say the same (two numpy calls). Larger, the extra copy of the
+            # text into the header costs more than the isfinite pass.
+            text = orjson.dumps(data, option=_NUMPY_OPT)
+            data = orjson.Fragment(_non_finite_json(text, data) if b"n" in text else text)
+        elif not np.logical_and.reduce(np.isfinite(data)):
+            data = orjson.Fragment(_non_finite_json(orjson.dumps(data, option=_NUMPY_OPT), data))
     return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
+
+
+def _non_finite_json(text: bytes, flat: np.ndarray) -> bytes:
+    """orjson's JSON ``text`` of the float array ``flat`` with each ``null`` (a NaN or inf) replaced,
+    in order, by the token of its value: NaN, Infinity or -Infinity."""
+    pieces = text.split(b"null")
+    odd = flat[~np.isfinite(flat)]
+    # 0: NaN, 1: Infinity, 2: -Infinity
+    codes = np.where(np.isnan(odd), 0, np.where(odd > 0, 1, 2))
+    out = [b""] * (2 * len(pieces) - 1)
+    out[0::2] = pieces
+    out[1::2] = _TOKENS[codes].tolist()
+    return b"".join(out)
 
 
 def _json_strings(name: str, flat: np.ndarray, what: str) -> list[str]:
