@@ -72,13 +72,13 @@ class Recorder(InferHooks):
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    def before_request(self, ctx: CallContext, model: Any, request: InferRequest) -> None:
-        self.calls.append(("before", (ctx.protocol, model.config.name, sorted(request.inputs))))
+    def before_request(self, ctx: CallContext, runner: Any, request: InferRequest) -> None:
+        self.calls.append(("before", (ctx.protocol, runner.config.name, sorted(request.inputs))))
 
-    def after_response(self, ctx: CallContext, model: Any, request: InferRequest, response: Any) -> None:
+    def after_response(self, ctx: CallContext, runner: Any, request: InferRequest, response: Any) -> None:
         self.calls.append(("after", (response.model_name, sorted(response.outputs))))
 
-    def on_error(self, ctx: Any, model_name: str, model: Any, request: Any, error: PyserveError) -> None:
+    def on_error(self, ctx: Any, model_name: str, runner: Any, request: Any, error: PyserveError) -> None:
         self.calls.append(("error", (model_name, error.kind)))
 
 

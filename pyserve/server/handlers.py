@@ -115,24 +115,24 @@ def infer(request: Request) -> Response | Deferred:
     """Decodes, submits to the service, and answers once the model has run (a Deferred until then)."""
     service = _service(request)
     name = request.match_info["model"]
-    model = req = ctx = None
+    runner = req = ctx = None
     try:
-        model = service.model(name, request.match_info.get("version"))  # 404 / 503 before decoding
+        runner = service.runner(name, request.match_info.get("version"))  # 404 / 503 before decoding
         req, protocol = _decode_infer(request)
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
         ctx = CallContext(protocol, req.id)
-        future = service.submit(model, req, ctx)
+        future = service.submit(runner, req, ctx)
     except PyserveError as e:
-        service.failed(name, e, ctx, model, req)
+        service.failed(name, e, ctx, runner, req)
         return error_response(e.kind, e.message)
     except Exception:
         return unexpected(request)
 
     def finish(done: asyncio.Future) -> Response:
         try:
-            return _encode_infer(req, service.complete(model, req, ctx, done), protocol)
+            return _encode_infer(req, service.complete(runner, req, ctx, done), protocol)
         except PyserveError as e:
-            service.failed(name, e, ctx, model, req)
+            service.failed(name, e, ctx, runner, req)
             return error_response(e.kind, e.message)
         except Exception:
             return unexpected(request)

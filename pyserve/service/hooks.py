@@ -19,17 +19,17 @@ if TYPE_CHECKING:
 class InferHooks:
     """Base class of hooks: override the methods you need; each default does nothing.
 
-    ``model`` is the runner of the model version serving the call (``model.config.name``,
-    ``model.version``); None in :meth:`on_error` when the model or version was not found."""
+    ``runner`` is the loaded model version serving the call (``runner.config.name``,
+    ``runner.version``); None in :meth:`on_error` when the model or version was not found."""
 
-    def before_request(self, ctx: CallContext, model: ModelRunner, request: InferRequest) -> None:
+    def before_request(self, ctx: CallContext, runner: ModelRunner, request: InferRequest) -> None:
         """Called once the request is decoded and checked, just before it is queued in the core."""
 
-    def after_response(self, ctx: CallContext, model: ModelRunner, request: InferRequest,
+    def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
                        response: InferResponse) -> None:
         """Called with the answer, before it is encoded and sent."""
 
-    def on_error(self, ctx: CallContext | None, model_name: str, model: ModelRunner | None,
+    def on_error(self, ctx: CallContext | None, model_name: str, runner: ModelRunner | None,
                  request: InferRequest | None, error: PyserveError) -> None:
         """Called for every call answered with an error, including those refused before the model's
         queue (bad input, unknown model or version, a body too large for the transport); ``request``

@@ -2,7 +2,7 @@
 
 A transport decodes a request into an :class:`~pyserve.protocol.InferRequest`, then:
 
-1. :meth:`InferenceService.model` resolves the model and version (NOT_FOUND, UNAVAILABLE), before the
+1. :meth:`InferenceService.runner` resolves the model and version (NOT_FOUND, UNAVAILABLE), before the
    body is decoded, so an unknown model costs no decoding;
 2. :meth:`InferenceService.submit` checks the requested outputs, applies the request's parameters
    (``priority``, ``timeout``), runs the ``before_request`` hooks and queues the request in the core;
@@ -99,37 +99,37 @@ class InferenceService:
         self._hooks = (*self._hooks, hooks)
 
     # -- the call --------------------------------------------------------------------------------
-    def model(self, name: str, version: str | None = None) -> ModelRunner:
+    def runner(self, name: str, version: str | None = None) -> ModelRunner:
         """The runner serving ``name`` at ``version`` (the newest when None or "").
 
         NOT_FOUND for an unknown model or version, UNAVAILABLE for a model that is not ready."""
         return self.host.registry.version(name, version)
 
-    def submit(self, model: ModelRunner, request: InferRequest, ctx: CallContext) -> asyncio.Future:
+    def submit(self, runner: ModelRunner, request: InferRequest, ctx: CallContext) -> asyncio.Future:
         """Queues ``request`` on ``model``; the future resolves to the core's outputs (a dict of arrays).
 
         Raises INVALID_ARGUMENT at once for an output the model does not have, a bad ``priority``
         or ``timeout`` parameter, or inputs the model refuses; UNAVAILABLE when its queue is full.
         The caller records such errors with :meth:`failed`."""
         if request.outputs is not None:
-            declared = model.output_names
+            declared = runner.output_names
             for r in request.outputs:
                 if r.name not in declared:
                     raise invalid(f"requested output '{r.name}' is not an output of model "
-                                  f"'{model.config.name}' (outputs: {', '.join(sorted(declared))})")
+                                  f"'{runner.config.name}' (outputs: {', '.join(sorted(declared))})")
                 if r.classification:  # 0 or absent: the tensor itself, as in Triton
                     r.classification = check_class_count(r.classification, r.name)
         params = request.parameters
         if params:
-            ctx.priority = _parameter(params, "priority", model.config.dynamic_batching.priority_levels)
+            ctx.priority = _parameter(params, "priority", runner.config.dynamic_batching.priority_levels)
             ctx.timeout_us = _parameter(params, "timeout", MAX_TIMEOUT_US)
         if self._hooks:
-            self._run_hooks("before_request", ctx, model, request)
-        future = model.submit(request.inputs, priority=ctx.priority, timeout_us=ctx.timeout_us)
+            self._run_hooks("before_request", ctx, runner, request)
+        future = runner.submit(request.inputs, priority=ctx.priority, timeout_us=ctx.timeout_us)
         ctx.future = future
         return future
 
-    def complete(self, model: ModelRunner, request: InferRequest, ctx: CallContext,
+    def complete(self, runner: ModelRunner, request: InferRequest, ctx: CallContext,
                  done: asyncio.Future) -> InferResponse:
         """The response of a call whose core future ``done`` is done; raises its PyserveError.
 
@@ -142,42 +142,42 @@ class InferenceService:
             selected = {}
             for r in request.outputs:
                 if r.classification:
-                    spec = model.output_specs[r.name]
-                    selected[r.name] = classify(outputs[r.name], r.classification, model.config.max_batch_size > 0,
+                    spec = runner.output_specs[r.name]
+                    selected[r.name] = classify(outputs[r.name], r.classification, runner.config.max_batch_size > 0,
                                                 spec.labels, output=r.name)
                 else:
                     selected[r.name] = outputs[r.name]
             outputs = selected
-        model.last_inference_ms = time.time_ns() // 1_000_000
-        response = InferResponse(model.config.name, model.version, outputs, request.id, None)
+        runner.last_inference_ms = time.time_ns() // 1_000_000
+        response = InferResponse(runner.config.name, runner.version, outputs, request.id, None)
         if self._hooks:
-            self._run_hooks("after_response", ctx, model, request, response)
+            self._run_hooks("after_response", ctx, runner, request, response)
         return response
 
     def failed(self, model_name: str, error: PyserveError, ctx: CallContext | None = None,
-               model: ModelRunner | None = None, request: InferRequest | None = None) -> None:
+               runner: ModelRunner | None = None, request: InferRequest | None = None) -> None:
         """Records a call answered with ``error``: counted, and passed to the ``on_error`` hooks."""
         if self._errors is not None:
             known = model_name in self.host.registry.models
             self._errors.labels(model_name if known else "", error.kind.name.lower()).inc()
         if self._hooks:
-            self._run_hooks("on_error", ctx, model_name, model, request, error)
+            self._run_hooks("on_error", ctx, model_name, runner, request, error)
 
     async def infer(self, name: str, version: str | None, request: InferRequest,
                     ctx: CallContext | None = None) -> InferResponse:
         """Runs one call in-process; raises PyserveError (recorded like any transport's)."""
         ctx = ctx or CallContext("inprocess", request.id)
-        model = None
+        runner = None
         try:
-            model = self.model(name, version)
-            future = self.submit(model, request, ctx)
+            runner = self.runner(name, version)
+            future = self.submit(runner, request, ctx)
             try:
                 await future  # a caller that gives up cancels the request
             except PyserveError:
                 pass  # complete() raises it, as for every transport
-            return self.complete(model, request, ctx, future)
+            return self.complete(runner, request, ctx, future)
         except PyserveError as e:
-            self.failed(name, e, ctx, model, request)
+            self.failed(name, e, ctx, runner, request)
             raise
 
     def _run_hooks(self, method: str, *args: Any) -> None:
@@ -200,11 +200,11 @@ class InferenceService:
 
     def config(self, name: str, version: str | None = None) -> ModelConfig:
         """The config serving ``name`` at ``version``."""
-        return self.model(name, version).config
+        return self.runner(name, version).config
 
     def ready(self, name: str, version: str | None = None) -> None:
         """Returns when the model (version) is ready; NOT_FOUND / UNAVAILABLE otherwise."""
-        self.model(name, version)
+        self.runner(name, version)
 
     def statistics(self, name: str | None = None, version: str | None = None) -> list[VersionStatistics]:
         """The statistics of one version, of every served version of a model (``version`` None), or
