@@ -1,0 +1,82 @@
+"""Hostile and malformed input found in review: each case once answered a 500, a wrong status, an
+uncounted error or left state behind. In-process (ModelHost + InferenceService, the HTTP handler
+called directly) so no server process is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import Repo, toml_tensors
+from prometheus_client import CollectorRegistry, Counter
+
+from pyserve.config import ConfigError, load_model_config
+from pyserve.errors import ErrorKind, PyserveError
+from pyserve.protocol import InferRequest, RequestedOutput, kserve
+from pyserve.server import handlers
+from pyserve.server.messages import Deferred, Request
+from pyserve.service import InferenceService, InferHooks, ModelHost
+from pyserve.service.inference import MAX_TIMEOUT_US
+
+WAIT_MODEL = """
+import time
+
+class Model:
+    def infer(self, inputs):
+        time.sleep(0.02)  # long enough that the scheduler sees the request's deadline first
+        return {"y": inputs["x"]}
+"""
+ONE_FP32 = 'backend = "python"\nmax_batch_size = 4\n' + toml_tensors("inputs", [("x", "FP32", [1])]) \
+    + toml_tensors("outputs", [("y", "FP32", [1])])
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    repo = Repo(tmp_path / "models")
+    repo.identity("echo", [("x", "FP32", [3])], max_batch_size=4)
+    repo.python("wait", WAIT_MODEL, ONE_FP32)
+    return repo.root
+
+
+class Errors(InferHooks):
+    def __init__(self) -> None:
+        self.kinds: list[ErrorKind] = []
+
+    def on_error(self, ctx: Any, model_name: str, runner: Any, request: Any, error: PyserveError) -> None:
+        self.kinds.append(error.kind)
+
+
+def run(models: Path, body: Any) -> Any:
+    """Runs ``body(service, errors)`` on a started host over ``models``."""
+
+    async def main() -> Any:
+        errors = Counter("errors", "errors", ["model", "kind"], registry=CollectorRegistry())
+        async with ModelHost(models) as host:
+            return await body(InferenceService(host, errors), errors)
+
+    return asyncio.run(main())
+
+
+def count(errors: Counter, model: str, kind: str) -> float:
+    return errors.labels(model, kind)._value.get()
+
+
+X = {"in_x": np.ones((1, 3), np.float32)}
+
+
+def test_a_version_of_thousands_of_digits_is_not_found(models: Path) -> None:
+    # int() of more than 4300 digits raises ValueError: that was a 500 for a client's typo.
+    async def body(service: InferenceService, errors: Counter) -> None:
+        with pytest.raises(PyserveError) as info:
+            await service.infer("echo", "9" * 5000, InferRequest(dict(X)))
+        assert info.value.kind is ErrorKind.NOT_FOUND and "serving: 1" in info.value.message
+        with pytest.raises(PyserveError) as info:
+            service.ready("echo", "1" + "0" * 19)  # 20 digits: past int64, not a version either
+        assert info.value.kind is ErrorKind.NOT_FOUND
+
+    run(models, body)
