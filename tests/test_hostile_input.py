@@ -80,3 +80,51 @@ def test_a_version_of_thousands_of_digits_is_not_found(models: Path) -> None:
         assert info.value.kind is ErrorKind.NOT_FOUND
 
     run(models, body)
+
+
+def test_an_unexpected_failure_in_process_is_counted_and_hooked(models: Path, monkeypatch: Any) -> None:
+    import pyserve.service.inference as inference
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug in classify")
+
+    monkeypatch.setattr(inference, "classify", broken)
+
+    async def body(service: InferenceService, errors: Counter) -> list[ErrorKind]:
+        hooks = Errors()
+        service.add_hooks(hooks)
+        request = InferRequest(dict(X), outputs=[RequestedOutput("out_x", classification=2)])
+        with pytest.raises(RuntimeError):
+            await service.infer("echo", None, request)
+        assert count(errors, "echo", "internal") == 1
+        return hooks.kinds
+
+    assert run(models, body) == [ErrorKind.INTERNAL]
+
+
+def test_an_unexpected_failure_over_http_is_counted_and_hooked(models: Path, monkeypatch: Any,
+                                                                caplog: Any) -> None:
+    # The HTTP handler answered such failures 500 without counting them in
+    # pyserve_infer_errors_total or calling on_error, unlike every other error it answers.
+    import pyserve.service.inference as inference
+
+    monkeypatch.setattr(inference, "classify", lambda *a, **k: 1 / 0)
+    body_bytes = (b'{"inputs": [{"name": "in_x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],'
+                  b' "outputs": [{"name": "out_x", "parameters": {"classification": 2}}]}')
+
+    async def body(service: InferenceService, errors: Counter) -> list[ErrorKind]:
+        hooks = Errors()
+        service.add_hooks(hooks)
+        app = SimpleNamespace(service=service)
+        request = Request(app, "POST", "/v2/models/echo/infer", "", {}, body_bytes)
+        request.match_info = {"model": "echo"}
+        result = handlers.infer(request)
+        assert type(result) is Deferred
+        await asyncio.wait([result.future])
+        response = result.finish(result.future)
+        assert response.status == 500
+        assert count(errors, "echo", "internal") == 1
+        return hooks.kinds
+
+    assert run(models, body) == [ErrorKind.INTERNAL]
+    assert "ZeroDivisionError" in caplog.text  # the traceback is still logged

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pyserve.backends import registry as backends
 from pyserve.classification import check_class_count, classify
 from pyserve.config import ModelConfig, TensorSpec
-from pyserve.errors import PyserveError, invalid
+from pyserve.errors import PyserveError, internal, invalid
 from pyserve.protocol import InferRequest, InferResponse
 from pyserve.runtime import ModelRunner
 from pyserve.service.context import CallContext
@@ -178,6 +178,9 @@ class InferenceService:
             return self.complete(runner, request, ctx, future)
         except PyserveError as e:
             self.failed(name, e, ctx, runner, request)
+            raise
+        except Exception as e:  # a bug, not the caller's mistake: still an error answered
+            self.failed(name, internal(f"{type(e).__name__}: {e}"), ctx, runner, request)
             raise
 
     def _run_hooks(self, method: str, *args: Any) -> None:
