@@ -128,3 +128,21 @@ def test_an_unexpected_failure_over_http_is_counted_and_hooked(models: Path, mon
 
     assert run(models, body) == [ErrorKind.INTERNAL]
     assert "ZeroDivisionError" in caplog.text  # the traceback is still logged
+
+
+@pytest.mark.parametrize("k", [False, 0.0, "", [], {}, "0"])
+def test_a_class_count_that_is_falsy_but_not_0_is_refused(models: Path, k: Any) -> None:
+    # false, 0.0, "" ... were taken as "no classification" and answered the raw tensor.
+    async def body(service: InferenceService, errors: Counter) -> None:
+        request = InferRequest(dict(X), outputs=[RequestedOutput("out_x", classification=k)])
+        with pytest.raises(PyserveError) as info:
+            await service.infer("echo", None, request)
+        assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+        assert "output 'out_x'" in info.value.message and "'classification'" in info.value.message
+        # 0 (the integer) and an absent K still mean the tensor itself, as in Triton.
+        for same in (0, None):
+            out = await service.infer("echo", None, InferRequest(
+                dict(X), outputs=[RequestedOutput("out_x", classification=same)]))
+            assert out.outputs["out_x"].dtype == np.float32
+
+    run(models, body)

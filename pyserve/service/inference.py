@@ -117,8 +117,11 @@ class InferenceService:
                 if r.name not in declared:
                     raise invalid(f"requested output '{r.name}' is not an output of model "
                                   f"'{runner.config.name}' (outputs: {', '.join(sorted(declared))})")
-                if r.classification:  # 0 or absent: the tensor itself, as in Triton
-                    r.classification = check_class_count(r.classification, r.name)
+                k = r.classification
+                # Absent (None) or the integer 0: the tensor itself, as in Triton. Anything else is
+                # checked: false, 0.0, "" or [] are not "no classification" but a wrong K.
+                if k is not None and not (type(k) is int and k == 0):
+                    r.classification = check_class_count(k, r.name)
         params = request.parameters
         if params:
             ctx.priority = _parameter(params, "priority", runner.config.dynamic_batching.priority_levels)
