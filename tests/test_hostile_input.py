@@ -146,3 +146,15 @@ def test_a_class_count_that_is_falsy_but_not_0_is_refused(models: Path, k: Any) 
             assert out.outputs["out_x"].dtype == np.float32
 
     run(models, body)
+
+
+def test_the_largest_timeout_does_not_time_out_at_once(models: Path) -> None:
+    # The core added the timeout to its clock in an int64: near the documented maximum the sum
+    # wrapped into the past and every request was answered 504 at once.
+    async def body(service: InferenceService, errors: Counter) -> None:
+        for timeout in (MAX_TIMEOUT_US, MAX_TIMEOUT_US - 10**6):
+            out = await service.infer("wait", None, InferRequest({"x": np.ones((1, 1), np.float32)},
+                                                                 parameters={"timeout": timeout}))
+            np.testing.assert_array_equal(out.outputs["y"], np.ones((1, 1), np.float32))
+
+    run(models, body)
