@@ -158,3 +158,19 @@ def test_the_largest_timeout_does_not_time_out_at_once(models: Path) -> None:
             np.testing.assert_array_equal(out.outputs["y"], np.ones((1, 1), np.float32))
 
     run(models, body)
+
+
+@pytest.mark.parametrize("value", ["false", 0, 1, "true", [], None])
+def test_binary_data_output_must_be_a_boolean(value: Any) -> None:
+    # bool("false") is True: a string asked for binary outputs.
+    import orjson
+
+    doc = {"parameters": {"binary_data_output": value},
+           "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    if value is None:  # null: absent
+        assert kserve.decode_request(orjson.dumps(doc)).parameters == {"binary_data_output": None}
+        return
+    with pytest.raises(PyserveError) as info:
+        kserve.decode_request(orjson.dumps(doc))
+    assert info.value.kind is ErrorKind.INVALID_ARGUMENT
+    assert "parameters.binary_data_output" in info.value.message
