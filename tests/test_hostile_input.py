@@ -174,3 +174,36 @@ def test_binary_data_output_must_be_a_boolean(value: Any) -> None:
         kserve.decode_request(orjson.dumps(doc))
     assert info.value.kind is ErrorKind.INVALID_ARGUMENT
     assert "parameters.binary_data_output" in info.value.message
+
+
+IDENTITY = {"backend": "identity", "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1]}],
+            "outputs": [{"name": "b", "datatype": "FP32", "shape": [-1]}]}
+
+
+@pytest.mark.parametrize("override, key, maximum", [
+    ({"dynamic_batching": {"default_timeout_us": 18446744073709552}}, "dynamic_batching.default_timeout_us",
+     MAX_TIMEOUT_US),
+    ({"dynamic_batching": {"max_queue_delay_us": 9223372036854776}}, "dynamic_batching.max_queue_delay_us",
+     MAX_TIMEOUT_US),
+    ({"dynamic_batching": {"priority_levels": 2**31}}, "dynamic_batching.priority_levels", 2**31 - 1),
+    ({"instance_count": 2**32 + 1}, "instance_count", 2**31 - 1),
+    ({"max_batch_size": 2**63}, "max_batch_size", 2**63 - 1),
+    ({"dynamic_batching": {"max_queue_size": 2**63}}, "dynamic_batching.max_queue_size", 2**63 - 1),
+])
+def test_config_integers_beyond_the_core_are_refused(tmp_path: Path, override: dict, key: str,
+                                                     maximum: int) -> None:
+    # They reached the core's SchedulerOptions: pybind11's "incompatible constructor arguments", or
+    # µs * 1000 wrapped around in an int64 (18446744073709552 µs became a 384 ns default timeout).
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ConfigError) as info:
+        load_model_config(tmp_path / "m", {**IDENTITY, **override}, "override")
+    assert f"override: {key}: expected an integer from" in info.value.message
+    assert f"to {maximum}, got" in info.value.message
+
+
+def test_a_shape_dimension_beyond_int64_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    raw = {**IDENTITY, "inputs": [{"name": "a", "datatype": "FP32", "shape": [2**63]}]}
+    with pytest.raises(ConfigError) as info:
+        load_model_config(tmp_path / "m", raw, "override")
+    assert "override: inputs[0].shape[0]: expected an integer >= 1 or -1" in info.value.message
