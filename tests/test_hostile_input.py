@@ -207,3 +207,12 @@ def test_a_shape_dimension_beyond_int64_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_model_config(tmp_path / "m", raw, "override")
     assert "override: inputs[0].shape[0]: expected an integer >= 1 or -1" in info.value.message
+
+
+def test_a_label_filename_with_a_nul_names_the_key(tmp_path: Path) -> None:
+    # open() raises ValueError for it: the load failed as "embedded null byte", naming nothing.
+    (tmp_path / "m").mkdir()
+    raw = {**IDENTITY, "outputs": [{**IDENTITY["outputs"][0], "label_filename": "a\0b"}]}
+    with pytest.raises(ConfigError) as info:
+        load_model_config(tmp_path / "m", raw, "override")
+    assert "override: outputs[0].label_filename: label file" in info.value.message
