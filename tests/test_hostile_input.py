@@ -216,3 +216,41 @@ def test_a_label_filename_with_a_nul_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_model_config(tmp_path / "m", raw, "override")
     assert "override: outputs[0].label_filename: label file" in info.value.message
+
+
+TWO_VERSIONS = """
+class Model:
+    def __init__(self, version_dir):
+        if version_dir.name == "2":
+            raise RuntimeError("version 2 is broken")
+
+    def infer(self, inputs):
+        return {"y": inputs["x"]}
+
+    def close(self):
+        open(CLOSED, "a").write("closed\\n")
+"""
+
+
+def test_a_failed_load_stops_the_versions_it_had_started(tmp_path: Path) -> None:
+    # Version 1 started, version 2 failed: version 1's runner was dropped without stop(), so its
+    # model's close() never ran and its module stayed in sys.modules, once per failed load.
+    repo = Repo(tmp_path / "models")
+    closed = tmp_path / "closed"
+    config = ONE_FP32 + "[version_policy]\nall = true\n"
+    repo.python("two", f"CLOSED = {str(closed)!r}\n" + TWO_VERSIONS, config, versions=(1, 2))
+
+    def modules() -> int:
+        return sum(1 for m in sys.modules if m.startswith("pyserve_model_two_"))
+
+    async def main() -> None:
+        async with ModelHost(repo.root) as host:
+            assert host.repository.index()[0]["state"] == "UNAVAILABLE"
+            before = modules()
+            for _ in range(3):
+                with pytest.raises(PyserveError):
+                    await host.repository.load("two")
+            assert modules() == before == 0
+            assert closed.read_text().count("closed") == 4  # startup's load and the three above
+
+    asyncio.run(main())
