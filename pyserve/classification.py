@@ -106,7 +106,7 @@ def read_labels(path: str | PathLike[str]) -> list[str]:
     label, as its bytes do in Triton's).
 
     Returns a list of ``str`` (empty for an empty file). Raises ``PyserveError`` INVALID_ARGUMENT
-    naming the path when the file cannot be read or is not UTF-8.
+    naming the path when the file cannot be read (also a path with a NUL character) or is not UTF-8.
 
     Source: Triton core ``src/label_provider.cc``; the file is the ``label_filename`` of the output
     in the model configuration, relative to the model folder (core ``src/model.cc``).
@@ -116,6 +116,8 @@ def read_labels(path: str | PathLike[str]) -> list[str]:
             data = file.read()
     except OSError as e:
         raise invalid(f"label file {str(path)!r}: cannot read it: {e.strerror or e}") from None
+    except ValueError as e:  # a path no file can have: a NUL character
+        raise invalid(f"label file {str(path)!r}: cannot read it: {e}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -171,12 +171,27 @@ def _table(source: str, value: Any, key: str) -> Mapping[str, Any]:
     return value
 
 
-def _int(source: str, value: Any, key: str, minimum: int = 0) -> int:
+# The largest values the C++ core can take: counts are int64, levels and instances C ints, and
+# durations in µs become ns in an int64 (a larger one would wrap around to a tiny or negative time).
+INT64_MAX = 2**63 - 1
+C_INT_MAX = 2**31 - 1
+MAX_US = INT64_MAX // 1000
+_MAXIMUMS = {"instance_count": C_INT_MAX, "priority_levels": C_INT_MAX, "default_priority_level": C_INT_MAX,
+             "max_queue_delay_us": MAX_US, "default_timeout_us": MAX_US}
+
+
+def _int(source: str, value: Any, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer >= ``minimum`` and <= ``maximum`` (by default the one the core's field for ``key``
+    holds: :data:`_MAXIMUMS`, else an int64)."""
     # bool is a subclass of int in Python; TOML true must not pass for 1.
     if not isinstance(value, int) or isinstance(value, bool):
         raise _fail(source, key, f"expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise _fail(source, key, f"expected an integer >= {minimum}, got {value}")
+    if maximum is None:
+        maximum = _MAXIMUMS.get(key.rpartition(".")[2], INT64_MAX)
+    if value > maximum:
+        raise _fail(source, key, f"expected an integer from {minimum} to {maximum}, got {value}")
     return value
 
 
@@ -216,7 +231,7 @@ def _parse_tensors(source: str, value: Any, key: str, model_dir: Path | None = N
         if not isinstance(shape, list):
             raise _fail(source, at + ".shape", f"expected a list of integers >= 1 or -1, got {shape!r}")
         for j, dim in enumerate(shape):
-            if isinstance(dim, bool) or not isinstance(dim, int) or (dim < 1 and dim != -1):
+            if isinstance(dim, bool) or not isinstance(dim, int) or (dim < 1 and dim != -1) or dim > INT64_MAX:
                 raise _fail(source, f"{at}.shape[{j}]", f"expected an integer >= 1 or -1, got {dim!r}")
         labels: tuple[str, ...] = ()
         if "label_filename" in table:

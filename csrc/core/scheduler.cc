@@ -176,7 +176,9 @@ Status Scheduler::Submit(std::unique_ptr<Request>* request, uint64_t* id) {
   const int64_t now = clock_->NowNs();
   const int64_t timeout = r->timeout_ns > 0 ? r->timeout_ns : options_.default_timeout_ns;
   r->pending.enqueue_ns = now;
-  r->pending.deadline_ns = timeout > 0 ? now + timeout : kNoDeadline;
+  // Saturating: a timeout longer than what is left of the clock's range (up to ~292 years) is no
+  // deadline, not a sum that wraps around into the past and times the request out at once.
+  r->pending.deadline_ns = timeout > 0 && now <= kNoDeadline - timeout ? now + timeout : kNoDeadline;
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -75,6 +75,11 @@ def decode_request(body: bytes, header_length: int | str | None = None) -> Infer
     """
     doc, binary = _split(body, header_length, "request")
     inputs_doc, request_id, parameters = request_fields(doc, _json_type)
+    if parameters:
+        binary_default = parameters.get("binary_data_output")
+        if binary_default is not None and type(binary_default) is not bool:
+            # Checked like an output's binary_data: a string "false" must not mean true.
+            raise invalid(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
     inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input")
     return InferRequest(
         inputs=inputs,

@@ -84,18 +84,23 @@ class ModelRepository:
                 entry = self.registry.models[name] = ModelEntry(name)
             elif entry.state is not ModelState.READY:
                 entry.state, entry.reason = ModelState.LOADING, ""
+            started: list[ModelRunner] = []  # this load's new runners: stopped again if it fails
             try:
                 config, dirs = await loop.run_in_executor(None, self.sources.read, name, config_override)
                 keep = entry.versions if entry.config == config else {}
                 fresh = {v: r for v, r in keep.items() if v in dirs}
                 for version, path in dirs.items():
                     if version not in fresh:
-                        fresh[version] = await loop.run_in_executor(None, self._start, config, version, path)
+                        runner = await loop.run_in_executor(None, self._start, config, version, path)
+                        started.append(runner)
+                        fresh[version] = runner
             except PyserveError as e:
+                await self._discard(name, started)
                 self._failed(entry, e.kind, e.message)
                 raise
             except Exception as e:  # a model's own code may raise anything while loading
                 log.exception("model %s failed to load", name)
+                await self._discard(name, started)
                 self._failed(entry, ErrorKind.INVALID_ARGUMENT, f"{type(e).__name__}: {e}")
                 raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"model '{name}' failed to load: {e}") from None
             old = [r for v, r in entry.versions.items() if fresh.get(v) is not r]
@@ -104,6 +109,16 @@ class ModelRepository:
             log.info("model %s ready, versions %s", name, sorted(fresh))
             await asyncio.gather(*(r.stop(drain=True) for r in old))
             return entry
+
+    @staticmethod
+    async def _discard(name: str, runners: list[ModelRunner]) -> None:
+        """Stops the runners a failed load had started (never served: nothing to drain), so their
+        core threads, backends (an ORT session, a Python model's close()) and modules go too."""
+        results = await asyncio.gather(*(r.stop(drain=False) for r in runners), return_exceptions=True)
+        for runner, result in zip(runners, results):
+            if isinstance(result, BaseException):
+                log.error("model %s version %s: stopping it after a failed load failed: %r", name,
+                          runner.version, result)
 
     def _failed(self, entry: ModelEntry, kind: ErrorKind, message: str) -> None:
         """Records a failed load; a model still serving older versions keeps serving them."""

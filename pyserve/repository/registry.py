@@ -42,7 +42,10 @@ class ModelEntry:
             raise unavailable(f"model '{self.name}' is not ready" + (f": {why}" if why else ""))
         if not version:
             return self.versions[max(self.versions)]
-        runner = self.versions.get(int(version)) if version.isdigit() and version.isascii() else None
+        # A version is a number of at most 19 digits (an int64, as Triton's): a longer string cannot
+        # be one, and int() of thousands of digits raises (Python's int_max_str_digits).
+        runner = self.versions.get(int(version)) \
+            if version.isascii() and version.isdigit() and len(version) <= 19 else None
         if runner is None:
             served = ", ".join(str(v) for v in sorted(self.versions))
             raise not_found(f"model '{self.name}' has no version '{version}' (serving: {served})")

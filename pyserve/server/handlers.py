@@ -16,7 +16,7 @@ import orjson
 
 import pyserve
 from pyserve import metrics
-from pyserve.errors import PyserveError, invalid, not_found
+from pyserve.errors import PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.service import CallContext, InferenceService
@@ -28,6 +28,8 @@ log = logging.getLogger("pyserve.server")
 
 MSGPACK = "application/msgpack"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
+# What the on_error hooks see of a fault that was not a PyserveError (the traceback is in the log).
+UNEXPECTED = "internal server error (see the server log)"
 # Triton's extension names (GET /v2 lists them), and pyserve's own msgpack protocol.
 EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "parameters",
               "statistics", "msgpack")
@@ -126,7 +128,9 @@ def infer(request: Request) -> Response | Deferred:
         service.failed(name, e, ctx, runner, req)
         return error_response(e.kind, e.message)
     except Exception:
-        return unexpected(request)
+        response = unexpected(request)
+        service.failed(name, internal(UNEXPECTED), ctx, runner, req)  # a 500 is an error answered too
+        return response
 
     def finish(done: asyncio.Future) -> Response:
         try:
@@ -135,7 +139,9 @@ def infer(request: Request) -> Response | Deferred:
             service.failed(name, e, ctx, runner, req)
             return error_response(e.kind, e.message)
         except Exception:
-            return unexpected(request)
+            response = unexpected(request)
+            service.failed(name, internal(UNEXPECTED), ctx, runner, req)
+            return response
 
     return Deferred(future, finish)
 

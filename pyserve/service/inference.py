@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pyserve.backends import registry as backends
 from pyserve.classification import check_class_count, classify
 from pyserve.config import ModelConfig, TensorSpec
-from pyserve.errors import PyserveError, invalid
+from pyserve.errors import PyserveError, internal, invalid
 from pyserve.protocol import InferRequest, InferResponse
 from pyserve.runtime import ModelRunner
 from pyserve.service.context import CallContext
@@ -117,8 +117,11 @@ class InferenceService:
                 if r.name not in declared:
                     raise invalid(f"requested output '{r.name}' is not an output of model "
                                   f"'{runner.config.name}' (outputs: {', '.join(sorted(declared))})")
-                if r.classification:  # 0 or absent: the tensor itself, as in Triton
-                    r.classification = check_class_count(r.classification, r.name)
+                k = r.classification
+                # Absent (None) or the integer 0: the tensor itself, as in Triton. Anything else is
+                # checked: false, 0.0, "" or [] are not "no classification" but a wrong K.
+                if k is not None and not (type(k) is int and k == 0):
+                    r.classification = check_class_count(k, r.name)
         params = request.parameters
         if params:
             ctx.priority = _parameter(params, "priority", runner.config.dynamic_batching.priority_levels)
@@ -178,6 +181,9 @@ class InferenceService:
             return self.complete(runner, request, ctx, future)
         except PyserveError as e:
             self.failed(name, e, ctx, runner, request)
+            raise
+        except Exception as e:  # a bug, not the caller's mistake: still an error answered
+            self.failed(name, internal(f"{type(e).__name__}: {e}"), ctx, runner, request)
             raise
 
     def _run_hooks(self, method: str, *args: Any) -> None:

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -478,6 +479,19 @@ TEST(scheduler_answers_expired_requests_without_running_them) {
   CHECK_EQ(f.backend->Batches(), (std::vector<std::vector<float>>{{0, 0, 0, 0}, {2}}));
   f.sched->Stop(true);
   CHECK_EQ(f.sched->Stats().requests_timed_out, uint64_t{1});
+}
+
+TEST(scheduler_a_timeout_past_the_clock_range_is_no_deadline) {
+  // now + timeout would overflow int64 (a wrapped, negative deadline times the request out at once):
+  // the largest timeout a request can ask for means "no deadline".
+  GateFixture f(MakeOptions(4, 0));
+  f.Block();
+  f.Submit(MakeRequest(1, 1, 0, std::numeric_limits<int64_t>::max() - 5));
+  f.backend->Open();
+  const auto got = Collect(*f.cq, 2);
+  for (const Completion& c : got) CHECK(c.status.ok());
+  f.sched->Stop(true);
+  CHECK_EQ(f.sched->Stats().requests_timed_out, uint64_t{0});
 }
 
 TEST(scheduler_answers_a_deadline_that_comes_before_the_pending_delay) {
