@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from pyserve.backends import registry as backends
+from pyserve.classification import read_labels
 from pyserve.datatypes import DATATYPES
 from pyserve.errors import ErrorKind, PyserveError
 
@@ -176,8 +177,13 @@ def _table(source: str, value: Any, key: str) -> Mapping[str, Any]:
 INT64_MAX = 2**63 - 1
 C_INT_MAX = 2**31 - 1
 MAX_US = INT64_MAX // 1000
-_MAXIMUMS = {"instance_count": C_INT_MAX, "priority_levels": C_INT_MAX, "default_priority_level": C_INT_MAX,
-             "max_queue_delay_us": MAX_US, "default_timeout_us": MAX_US}
+# Each instance is a thread and each priority level a queue: a config (a load request's override
+# included) must not be able to ask for millions of either.
+MAX_INSTANCES = 1024
+MAX_PRIORITY_LEVELS = 1024
+_MAXIMUMS = {"instance_count": MAX_INSTANCES, "priority_levels": MAX_PRIORITY_LEVELS,
+             "default_priority_level": MAX_PRIORITY_LEVELS, "max_queue_delay_us": MAX_US,
+             "default_timeout_us": MAX_US}
 
 
 def _int(source: str, value: Any, key: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -245,13 +251,22 @@ def _read_label_file(source: str, value: Any, key: str, model_dir: Path | None) 
     filename = _str(source, value, key)
     if model_dir is None:
         raise _fail(source, key, "label files are read from a model folder; this model has none")
+    if "\0" in filename:
+        raise _fail(source, key, f"expected a file name without NUL characters, got {filename!r}")
     parts = Path(filename).parts
     if Path(filename).is_absolute() or ".." in parts:
         raise _fail(source, key, f"expected a file of the model folder {model_dir}, got {filename!r}")
-    from pyserve.classification import read_labels
-
+    path = model_dir / filename
     try:
-        return tuple(read_labels(model_dir / filename))
+        # A symlink may not lead out of the model folder: a load request names the file.
+        inside = model_dir.resolve() in path.resolve().parents
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        raise _fail(source, key, f"expected a file of the model folder {model_dir}, got {filename!r}, "
+                    "which leads out of it")
+    try:
+        return tuple(read_labels(path))
     except PyserveError as e:
         raise _fail(source, key, e.message) from None
 

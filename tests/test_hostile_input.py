@@ -185,8 +185,8 @@ IDENTITY = {"backend": "identity", "inputs": [{"name": "a", "datatype": "FP32", 
      MAX_TIMEOUT_US),
     ({"dynamic_batching": {"max_queue_delay_us": 9223372036854776}}, "dynamic_batching.max_queue_delay_us",
      MAX_TIMEOUT_US),
-    ({"dynamic_batching": {"priority_levels": 2**31}}, "dynamic_batching.priority_levels", 2**31 - 1),
-    ({"instance_count": 2**32 + 1}, "instance_count", 2**31 - 1),
+    ({"dynamic_batching": {"priority_levels": 2**31}}, "dynamic_batching.priority_levels", 1024),
+    ({"instance_count": 2**32 + 1}, "instance_count", 1024),
     ({"max_batch_size": 2**63}, "max_batch_size", 2**63 - 1),
     ({"dynamic_batching": {"max_queue_size": 2**63}}, "dynamic_batching.max_queue_size", 2**63 - 1),
 ])
@@ -215,7 +215,7 @@ def test_a_label_filename_with_a_nul_names_the_key(tmp_path: Path) -> None:
     raw = {**IDENTITY, "outputs": [{**IDENTITY["outputs"][0], "label_filename": "a\0b"}]}
     with pytest.raises(ConfigError) as info:
         load_model_config(tmp_path / "m", raw, "override")
-    assert "override: outputs[0].label_filename: label file" in info.value.message
+    assert "override: outputs[0].label_filename: expected a file name without NUL" in info.value.message
 
 
 TWO_VERSIONS = """
@@ -254,3 +254,41 @@ def test_a_failed_load_stops_the_versions_it_had_started(tmp_path: Path) -> None
             assert closed.read_text().count("closed") == 4  # startup's load and the three above
 
     asyncio.run(main())
+
+
+def test_a_label_file_may_not_lead_out_of_the_model_folder(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password\n")
+    (tmp_path / "m" / "labels.txt").symlink_to(secret)
+    raw = {**IDENTITY, "outputs": [{**IDENTITY["outputs"][0], "label_filename": "labels.txt"}]}
+    with pytest.raises(ConfigError) as info:
+        load_model_config(tmp_path / "m", raw, "override")
+    assert "outputs[0].label_filename" in info.value.message and "leads out of it" in info.value.message
+    # A file of the folder, through a link inside it, is fine.
+    (tmp_path / "m" / "real.txt").write_text("a\nb\n")
+    (tmp_path / "m" / "link.txt").symlink_to(tmp_path / "m" / "real.txt")
+    raw = {**IDENTITY, "outputs": [{**IDENTITY["outputs"][0], "label_filename": "link.txt"}]}
+    assert load_model_config(tmp_path / "m", raw, "override").outputs[0].labels == ("a", "b")
+
+
+@pytest.mark.parametrize("key, value", [("instance_count", 1025), ("dynamic_batching.priority_levels", 1025)])
+def test_a_config_cannot_ask_for_a_million_threads_or_queues(tmp_path: Path, key: str, value: int) -> None:
+    (tmp_path / "m").mkdir()
+    table, _, leaf = key.rpartition(".")
+    raw: dict = {**IDENTITY, **({table: {leaf: value}} if table else {leaf: value})}
+    with pytest.raises(ConfigError) as info:
+        load_model_config(tmp_path / "m", raw, "override")
+    assert f"override: {key}: expected an integer from 1 to 1024, got {value}" in info.value.message
+
+
+def test_stats_of_an_unloaded_model_are_unavailable(models: Path) -> None:
+    async def body(service: InferenceService, errors: Counter) -> None:
+        await service.host.repository.unload("echo")
+        for version in (None, "1"):
+            with pytest.raises(PyserveError) as info:
+                service.statistics("echo", version)
+            assert info.value.kind is ErrorKind.UNAVAILABLE
+        assert [s.name for s in service.statistics()] == ["wait"]
+
+    run(models, body)

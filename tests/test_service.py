@@ -203,6 +203,39 @@ def test_onnxruntime_refusals_of_inputs_are_invalid_argument(models: Path, caplo
     assert "backend call failed" not in caplog.text  # client mistakes are not logged as faults
 
 
+def broken_reshape_onnx() -> bytes:
+    """``y = x + reshape(c[6], [4])``: the Reshape fails whatever ``x`` is (the model's own fault)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    inits = [helper.make_tensor("c", TensorProto.FLOAT, [6], [1.0] * 6),
+             helper.make_tensor("s", TensorProto.INT64, [1], [4])]
+    nodes = [helper.make_node("Reshape", ["c", "s"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "broken", [x], [y], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_model_broken_in_itself_is_internal(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "models")
+    (repo.model_dir("broken") / "1").mkdir()
+    (repo.model_dir("broken") / "1" / "model.onnx").write_bytes(broken_reshape_onnx())
+    # Without optimisation ORT runs the Reshape at every request instead of folding it at load.
+    repo.config("broken", '[onnxruntime]\ngraph_optimization_level = "disable"\n')
+
+    async def body(service: InferenceService, errors: Counter) -> None:
+        for _ in range(2):
+            with pytest.raises(PyserveError) as info:
+                await service.infer("broken", None, InferRequest({"x": np.ones((1, 4), np.float32)}))
+            assert info.value.kind is ErrorKind.INTERNAL, info.value.message
+            assert "Reshape" in info.value.message
+
+    run(repo.root, body)
+
+
 def test_backends_are_named_only_in_the_registry() -> None:
     """No module but the registry compares a backend's name: a new backend is one registry entry."""
     names = set(backends.REGISTRY)

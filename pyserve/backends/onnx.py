@@ -245,6 +245,8 @@ class OnnxBackend(Backend):
         # stderr would let any client flood the log.
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
+        # Whether a run ever succeeded: until one has, a node that fails may be the model's own fault.
+        self._answered = False
         self._output_names = [o.name for o in config.outputs]
         self._bytes_inputs = frozenset(i.name for i in config.inputs if i.datatype == "BYTES")
         self._bytes_outputs = frozenset(o.name for o in config.outputs if o.datatype == "BYTES")
@@ -261,7 +263,8 @@ class OnnxBackend(Backend):
         try:
             results = session.run(self._output_names, feeds, self._run_options)
         except Exception as exc:
-            raise run_error(exc, feeds) from None
+            raise run_error(exc, feeds, self._answered) from None
+        self._answered = True
         out = dict(zip(self._output_names, results))
         for name in self._bytes_outputs:
             out[name] = _to_bytes(out[name])
@@ -280,17 +283,21 @@ _SOURCE_PREFIX = re.compile(r"^\S+:\d+ .*? was false\. ", re.S)
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
-def run_error(exc: Exception, feeds: dict[str, np.ndarray]) -> PyserveError:
+def run_error(exc: Exception, feeds: dict[str, np.ndarray], answered: bool = True) -> PyserveError:
     """The PyserveError of a failed ``session.run``.
 
-    The model loaded and was checked against its config, so a run that fails while a node computes
-    (two inputs whose dimensions disagree, an index out of range, a reshape that does not fit) failed
-    on the request's inputs: INVALID_ARGUMENT, naming the inputs and their shapes and keeping ORT's
-    own words without its source path. Anything else (memory, the execution provider) is INTERNAL.
-    The core prefixes the model and version to the message."""
+    The model loaded and was checked against its config, so once it has ``answered`` a run, a run
+    that fails while a node computes (two inputs whose dimensions disagree, an index out of range,
+    a reshape that does not fit) failed on the request's inputs: INVALID_ARGUMENT, naming the
+    inputs and their shapes and keeping ORT's own words without its source path. ORT's own
+    INVALID_ARGUMENT about an input (a wrong dimension) is the request's at any time. Before the
+    model has answered once, a node that fails may fail whatever the input (a model broken in
+    itself): INTERNAL. Anything else (memory, the execution provider) is INTERNAL. The core
+    prefixes the model and version to the message."""
     text = str(exc)
     kind_name = type(exc).__name__
-    if kind_name in _INPUT_FAILURES and "alloc" not in text.lower():
+    node_failure = "Status Message: " in text
+    if kind_name in _INPUT_FAILURES and "alloc" not in text.lower() and (answered or not node_failure):
         _, found, status = text.partition("Status Message: ")
         if found or kind_name == "InvalidArgument":
             detail = _SOURCE_PREFIX.sub("", status.strip()) if found else _ORT_PREFIX.sub("", text).strip()

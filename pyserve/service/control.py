@@ -42,7 +42,9 @@ class ModelControl:
         try:
             await asyncio.shield(self.host.repository.load(name, config_override))
         except PyserveError as e:
-            level = logging.INFO if self._callers_mistake(name, e) else logging.ERROR
+            # A refused override is the caller's mistake; a config.toml that does not load, the server's.
+            mistake = config_override is not None or self._callers_mistake(name, e)
+            level = logging.INFO if mistake else logging.ERROR
             log.log(level, "load of model %r refused: %s", name, e.message)
             raise
 

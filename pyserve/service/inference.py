@@ -216,11 +216,13 @@ class InferenceService:
         """The statistics of one version, of every served version of a model (``version`` None), or
         of every served version of every model (``name`` None), in model then version order.
 
-        NOT_FOUND / UNAVAILABLE as :meth:`model` for one model."""
+        NOT_FOUND / UNAVAILABLE as :meth:`runner` for one model (a model that serves no version is
+        UNAVAILABLE, as for every other call on it)."""
         if name is None:
             entries = [e for _, e in sorted(self.host.registry.models.items())]
             runners = [r for e in entries for _, r in sorted(e.versions.items())]
         else:
             entry = self.host.registry.entry(name)
-            runners = [entry.runner(version)] if version is not None else [r for _, r in sorted(entry.versions.items())]
+            newest = entry.runner(version)  # NOT_FOUND / UNAVAILABLE
+            runners = [newest] if version is not None else [r for _, r in sorted(entry.versions.items())]
         return [VersionStatistics(r.config.name, r.version, r.stats(), r.last_inference_ms) for r in runners]
