@@ -264,6 +264,31 @@ def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# In-process service
+
+def run_service(models: Path, body: Any) -> Any:
+    """Runs ``await body(service, errors)`` on a started ModelHost over the repository ``models``;
+    ``errors`` is the service's error counter (labels ``model``, ``kind``)."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from pyserve.service import InferenceService, ModelHost
+
+    async def main() -> Any:
+        errors = Counter("errors", "errors", ["model", "kind"], registry=CollectorRegistry())
+        async with ModelHost(models) as host:
+            return await body(InferenceService(host, errors), errors)
+
+    return asyncio.run(main())
+
+
+def error_count(errors: Any, model: str, kind: str) -> float:
+    """The value of the error counter of :func:`run_service` for ``model`` and ``kind``."""
+    return errors.labels(model, kind)._value.get()
+
+
+# ---------------------------------------------------------------------------------------------
 # Cross-process helpers
 
 def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> None:

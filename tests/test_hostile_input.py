@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Repo, toml_tensors
-from prometheus_client import CollectorRegistry, Counter
+from conftest import Repo, error_count as count, run_service as run, toml_tensors
+from prometheus_client import Counter
 
 from pyserve.config import ConfigError, load_model_config
 from pyserve.errors import ErrorKind, PyserveError
@@ -49,21 +49,6 @@ class Errors(InferHooks):
 
     def on_error(self, ctx: Any, model_name: str, runner: Any, request: Any, error: PyserveError) -> None:
         self.kinds.append(error.kind)
-
-
-def run(models: Path, body: Any) -> Any:
-    """Runs ``body(service, errors)`` on a started host over ``models``."""
-
-    async def main() -> Any:
-        errors = Counter("errors", "errors", ["model", "kind"], registry=CollectorRegistry())
-        async with ModelHost(models) as host:
-            return await body(InferenceService(host, errors), errors)
-
-    return asyncio.run(main())
-
-
-def count(errors: Counter, model: str, kind: str) -> float:
-    return errors.labels(model, kind)._value.get()
 
 
 X = {"in_x": np.ones((1, 3), np.float32)}

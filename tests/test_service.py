@@ -5,19 +5,18 @@ of the package (transports import the service; nothing below imports a transport
 from __future__ import annotations
 
 import ast
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Repo, toml_tensors
-from prometheus_client import CollectorRegistry, Counter
+from conftest import Repo, error_count as count, run_service as run, toml_tensors
+from prometheus_client import Counter
 
 from pyserve.backends import registry as backends
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferRequest, RequestedOutput
-from pyserve.service import CallContext, InferenceService, InferHooks, ModelHost
+from pyserve.service import CallContext, InferenceService, InferHooks
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pyserve"
 
@@ -88,21 +87,6 @@ class Exploding(InferHooks):
 
     def after_response(self, *args: Any) -> None:
         raise RuntimeError("a broken hook")
-
-
-def run(models: Path, body: Any) -> Any:
-    """Runs ``body(service, errors)`` on a started host over ``models``."""
-
-    async def main() -> Any:
-        errors = Counter("errors", "errors", ["model", "kind"], registry=CollectorRegistry())
-        async with ModelHost(models) as host:
-            return await body(InferenceService(host, errors), errors)
-
-    return asyncio.run(main())
-
-
-def count(errors: Counter, model: str, kind: str) -> float:
-    return errors.labels(model, kind)._value.get()
 
 
 def test_in_process_inference_with_hooks(models: Path) -> None:
@@ -205,7 +189,6 @@ def test_onnxruntime_refusals_of_inputs_are_invalid_argument(models: Path, caplo
 
 def broken_reshape_onnx() -> bytes:
     """``y = x + reshape(c[6], [4])``: the Reshape fails whatever ``x`` is (the model's own fault)."""
-    import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
