@@ -348,3 +348,34 @@ def test_read_onnx_tensors_lists_what_it_left_out(exported: Exported) -> None:
     assert [s.name for s in tensors.inputs] == ["X"] and [s.name for s in tensors.outputs] == ["output_label"]
     assert tensors.left_out == (("output_probability", ZIPMAP_STR),)
 
+
+
+def test_only_the_served_outputs_are_computed(tmp_path: Path) -> None:
+    """ORT runs every node of a graph: a config that serves a subset of the outputs has the rest cut
+    away, so a node that only feeds an unserved output (here one that always fails) never runs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pyserve.backends import create_backend
+    from pyserve.config import load_model_config
+    from pyserve.errors import PyserveError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [-1, 3])
+    shape = helper.make_tensor("s", TensorProto.INT64, [2], [-1, 3])  # 4 columns never reshape to 3
+    nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Reshape", ["x", "s"], ["z"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y, z], initializer=[shape]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    onnx.save(model, str(tmp_path / "m" / "1" / "model.onnx"))
+    (tmp_path / "m" / "config.toml").write_text('[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [-1, 4]\n')
+    backend = create_backend(load_model_config(tmp_path / "m"), tmp_path / "m" / "1")
+    out = backend({"x": np.array([[-1, 2, -3, 4]], np.float32)})
+    np.testing.assert_array_equal(out["y"], [[0, 2, 0, 4]])
+    # Serving both outputs runs the failing node, as the model says.
+    (tmp_path / "m" / "config.toml").unlink()
+    whole = create_backend(load_model_config(tmp_path / "m"), tmp_path / "m" / "1")
+    with pytest.raises(PyserveError):
+        whole({"x": np.ones((1, 4), np.float32)})

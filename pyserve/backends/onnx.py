@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend
+from pyserve.backends.onnx_prune import pruned_model
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
@@ -233,11 +234,19 @@ class OnnxBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise invalid(f"model {config.name!r}: {model_path}: no such model file")
+        options = _session_options(config.backend_options)
         try:
-            session = ort.InferenceSession(
-                str(model_path), _session_options(config.backend_options), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise invalid(f"model {config.name!r}: {model_path}: onnxruntime cannot load it: {exc}") from None
+        served = [o.name for o in config.outputs]
+        if not {o.name for o in session.get_outputs()} <= set(served):
+            # ORT runs every node whatever a run asks for: cut the graph to the served outputs.
+            pruned = pruned_model(model_path, served)
+            if pruned is not None:
+                session = ort.InferenceSession(pruned[0], options, providers=["CPUExecutionProvider"])
+                log.debug("model %r: %s: computing only its served outputs (%d of %d nodes)",
+                         config.name, model_path, pruned[2], pruned[1])
         # Each version is checked: versions of one model may differ, the config holds for all of them.
         check_onnx_model(config, session_tensors(session, model_path), model_path)
         self._session: ort.InferenceSession | None = session
