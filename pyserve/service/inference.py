@@ -106,7 +106,7 @@ class InferenceService:
         return self.host.registry.version(name, version)
 
     def submit(self, runner: ModelRunner, request: InferRequest, ctx: CallContext) -> asyncio.Future:
-        """Queues ``request`` on ``model``; the future resolves to the core's outputs (a dict of arrays).
+        """Queues ``request`` on ``runner``; the future resolves to the core's outputs (a dict of arrays).
 
         Raises INVALID_ARGUMENT at once for an output the model does not have, a bad ``priority``
         or ``timeout`` parameter, or inputs the model refuses; UNAVAILABLE when its queue is full.
