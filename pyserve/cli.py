@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pyserve import __version__
 from pyserve.errors import PyserveError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PORT = 65535
+# Exit status of a start-up refusal (a bad command line, a port in use, a missing extra).
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 # The flags that configure --model models (flag -> argparse dest).
 _MODEL_FLAGS = {
     "--max-batch-size": "max_batch_size",
@@ -25,6 +33,61 @@ _MODEL_FLAGS = {
 def value(v: int | None, default: int) -> int:
     """``v``, or ``default`` when the flag was not given."""
     return default if v is None else v
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer >= ``minimum``, else argparse's usage error naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
+        return v
+
+    return parse
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type=`` for ``--port``: 0..65535, 0 meaning any free port."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"expected a TCP port in 0..{MAX_PORT} (0 = any free port), got {text!r}")
+    return v
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type=``: a finite number of seconds >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return v
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    """An argparse ``type=`` for ``--preferred-batch-sizes``: comma-separated distinct integers >= 1
+    (``""`` = none)."""
+    if not text.strip():
+        return ()
+    try:
+        sizes = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 1 (e.g. 8,16), got {text!r}")
+    if len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"expected distinct sizes, got {text!r}")
+    return sizes
 
 
 def _model_arg(text: str) -> tuple[str, Path]:
@@ -42,28 +105,35 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("repository", nargs="?", type=Path, help="model repository folder (REPO/<model>/config.toml)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=port_number, default=8000, metavar="PORT",
+                   help="TCP port, 0..65535 (default 8000; 0 = any free port, logged at start-up)")
     p.add_argument(
         "--model", action="append", default=[], type=_model_arg, metavar="NAME=PATH",
         help="also serve one ONNX file as model NAME (repeatable); batching from the flags below",
     )
-    p.add_argument("--max-batch-size", type=int, default=None,
-                   help="for --model: max samples per batch (0 = no batching; default 0)")
-    p.add_argument("--max-queue-delay-us", type=int, default=None,
-                   help="for --model: how long a request may wait for others to batch with (default 0)")
-    p.add_argument("--preferred-batch-sizes", default=None,
-                   help="for --model: comma-separated batch sizes to dispatch at once (default none)")
-    p.add_argument("--max-queue-size", type=int, default=None, help="for --model: queued requests before 503 (0 = no limit)")
-    p.add_argument("--instance-count", type=int, default=None, help="for --model: batches run at once (default 1)")
-    p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="for --model: onnxruntime intra-op threads (default 1; 0 = onnxruntime's choice)")
-    p.add_argument("--max-body-bytes", type=int, default=64 << 20, help="largest request body (default 64 MiB; 413 above)")
+    p.add_argument("--max-batch-size", type=int_at_least(0), default=None, metavar="N",
+                   help="for --model: max samples per batch, >= 0 (0 = no batching; default 0)")
+    p.add_argument("--max-queue-delay-us", type=int_at_least(0), default=None, metavar="US",
+                   help="for --model: how long a request may wait for others to batch with, >= 0 (default 0)")
+    p.add_argument("--preferred-batch-sizes", type=batch_sizes, default=None, metavar="A,B",
+                   help="for --model: comma-separated batch sizes to dispatch at once, "
+                        "each 1..--max-batch-size (default none)")
+    p.add_argument("--max-queue-size", type=int_at_least(0), default=None, metavar="N",
+                   help="for --model: queued requests before 503, >= 0 (0 = no limit)")
+    p.add_argument("--instance-count", type=int_at_least(1), default=None, metavar="N",
+                   help="for --model: batches run at once, >= 1 (default 1)")
+    p.add_argument("--intra-op-threads", type=int_at_least(0), default=None, metavar="N",
+                   help="for --model: onnxruntime intra-op threads, >= 0 "
+                        "(default 1; 0 = onnxruntime's choice)")
+    p.add_argument("--max-body-bytes", type=int_at_least(1), default=64 << 20, metavar="N",
+                   help="largest request body, >= 1 (default 64 MiB; 413 above)")
     p.add_argument("--no-strict-readiness", action="store_true",
                    help="/v2/health/ready answers 200 once startup finished, even if a model failed to load")
     p.add_argument("--disable-model-control", action="store_true",
                    help="refuse /v2/repository/models/{m}/load and /unload")
-    p.add_argument("--shutdown-timeout-s", type=float, default=30.0,
-                   help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30)")
+    p.add_argument("--shutdown-timeout-s", type=seconds, default=30.0, metavar="S",
+                   help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
+                        ">= 0 (default 30)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
     p.set_defaults(func=_serve)
 
@@ -74,29 +144,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     repository = args.repository
     if repository is None and not args.model:
-        from pyserve.demo import demo_repository
-
-        repository = demo_repository()
+        repository = _demo_repository()
+        if repository is None:
+            return EXIT_REFUSED
     if repository is not None and not Path(repository).is_dir():
-        print(f"pyserve serve: {repository}: no such model repository folder", file=sys.stderr)
-        return 2
+        _refuse(f"{repository}: no such model repository folder")
+        return EXIT_REFUSED
     given = [f for f, v in _MODEL_FLAGS.items() if getattr(args, v) is not None]
     if given and not args.model:
-        print(f"pyserve serve: {', '.join(given)}: only for --model models; a repository model takes "
-              "its settings from REPO/<model>/config.toml", file=sys.stderr)
-        return 2
+        _refuse(f"{', '.join(given)}: only for --model models; a repository model takes "
+                "its settings from REPO/<model>/config.toml")
+        return EXIT_REFUSED
     for name, path in args.model:
         if not path.is_file():
-            print(f"pyserve serve: --model {name}={path}: no such file", file=sys.stderr)
-            return 2
-    try:
-        preferred = [int(s) for s in (args.preferred_batch_sizes or "").split(",") if s.strip()]
-    except ValueError:
-        print(f"pyserve serve: --preferred-batch-sizes: expected comma-separated integers, got "
-              f"{args.preferred_batch_sizes!r}", file=sys.stderr)
-        return 2
+            _refuse(f"--model {name}={path}: no such file")
+            return EXIT_REFUSED
+    max_batch_size = value(args.max_batch_size, 0)
+    preferred = list(args.preferred_batch_sizes or ())
+    too_large = [s for s in preferred if s > max_batch_size]
+    if too_large:
+        _refuse(f"--preferred-batch-sizes: each size must be at most --max-batch-size ({max_batch_size}), "
+                f"got {','.join(map(str, too_large))}")
+        return EXIT_REFUSED
     overrides = {
-        "max_batch_size": value(args.max_batch_size, 0),
+        "max_batch_size": max_batch_size,
         "instance_count": value(args.instance_count, 1),
         "dynamic_batching": {
             "max_queue_delay_us": value(args.max_queue_delay_us, 0),
@@ -116,8 +187,66 @@ def _serve(args: argparse.Namespace) -> int:
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,
     )
-    run(settings)
+    try:
+        run(settings)
+    except OSError as e:
+        # The listener is opened after the models load (pyserve.server.app.serve); a bind error
+        # comes out of the event loop's run as an OSError.
+        logging.getLogger("pyserve.cli").debug("start-up failed", exc_info=True)
+        message = listen_error(e, args.host, args.port)
+        if message is None:
+            _refuse(f"start-up failed: {e} (--log-level debug shows the traceback)")
+            return 1
+        _refuse(message)
+        return EXIT_REFUSED
     return 0
+
+
+def _refuse(message: str) -> None:
+    print(f"pyserve serve: {message}", file=sys.stderr)
+
+
+def _demo_repository() -> Path | None:
+    """The demo repository (built on first use), or None after saying on stderr why it cannot be."""
+    from pyserve.demo import default_cache_dir, demo_repository
+
+    try:
+        return demo_repository()
+    except ImportError as e:
+        cause = e.__cause__ if isinstance(e.__cause__, ImportError) else e
+        missing = f" (cannot import {cause.name})" if cause.name else ""
+        _refuse("with no REPO and no --model, pyserve serves the built-in demo, which needs "
+                f"scikit-learn and skl2onnx{missing}: pip install 'pyserve[demo]' "
+                "(from a checkout: pip install -e '.[demo]'), "
+                "or serve your own models with REPO or --model NAME=FILE.onnx")
+    except OSError as e:
+        _refuse(f"cannot build the demo model repository in {default_cache_dir()}: "
+                f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}; "
+                "set PYSERVE_HOME to a writable folder, or serve your own models with REPO or --model")
+    return None
+
+
+def listen_error(e: OSError, host: str, port: int) -> str | None:
+    """One line saying why the server could not listen on ``host:port`` and what to change, or None
+    when ``e`` is not an error of opening the listener (an unresolvable host, an address in use or
+    not available, a port not permitted)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    if isinstance(e, socket.gaierror):
+        return (f"--host {host!r}: cannot resolve the address ({e.strerror}); give an IP address "
+                "(127.0.0.1 for this machine only, 0.0.0.0 for all interfaces) "
+                "or a name this machine resolves")
+    if e.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: address already in use; pick another --port (0 = any free port) "
+                "or stop the process using it")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on {where}: address not available (not an address of this machine); "
+                "give one of its addresses with --host: 127.0.0.1 for this machine only, "
+                "0.0.0.0 for all interfaces")
+    if e.errno == errno.EACCES and "bind" in str(e):
+        hint = ("ports below 1024 need root or CAP_NET_BIND_SERVICE: pick a --port of 1024 or above"
+                if 0 < port < 1024 else "pick another --port or --host")
+        return f"cannot listen on {where}: permission denied; {hint}"
+    return None
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
@@ -132,14 +261,19 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=bench_cli.run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pyserve`` command."""
+def make_parser() -> argparse.ArgumentParser:
+    """The parser of the ``pyserve`` command and its ``serve`` and ``bench`` subcommands."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pyserve`` command; its exit status."""
+    args = make_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -148,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PyserveError as e:
         print(f"pyserve {args.command}: {e.message}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
+    except KeyboardInterrupt:  # Ctrl-C before the server handles signals itself (e.g. demo training)
+        print(f"pyserve {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

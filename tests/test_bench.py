@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import io
 import json
 import math
+import os
+import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,9 +423,97 @@ def test_target_down_is_reported_with_its_url(kind, request):
         url, model = request.getfixturevalue("pyserve_server").url, "absent"
     code, out, err = bench(["-m", model, "-u", url.removeprefix("http://"), "--concurrency", "1"])
     assert code == cli.EXIT_TARGET
+    assert len(err.splitlines()) == 1, err
     assert f"{url}/v2/models/{model}" in err
     assert ("cannot reach" if kind == "nothing-listens" else "answered HTTP 404") in err
+    if kind == "nothing-listens":
+        assert "is the server running there? Start it (pyserve serve) or point -u/--url at it" in err
     assert out == ""  # no table, no zero latency
+
+
+def test_target_host_unknown():
+    code, out, err = bench(["-m", "m", "-u", "no-such-host.invalid:8000", "--concurrency", "1"])
+    assert code == cli.EXIT_TARGET and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("pyserve bench: error: cannot reach http://no-such-host.invalid:8000/v2/models/m: "
+                          "cannot resolve host 'no-such-host.invalid' (")
+    assert err.rstrip().endswith("); check -u/--url")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["-u", "localhost:99999"], "-u/--url: Port out of range"),
+        (["-u", "localhost:abc"], "-u/--url: Port could not be cast"),
+        (["-u", "http://[::1"], "-u/--url: Invalid IPv6 URL"),
+        (["-u", "localhost:0"], "-u/--url: port 0"),
+        (["-u", "http://:8000"], "-u/--url: no host"),
+        (["--seed", "-1"], "--seed: must be >= 0"),
+        (["--input-data", "{tmp}/missing.npy"], "--input-data: no such file"),
+        (["--csv", "{tmp}/no-such-folder/r.csv"], "--csv: no such folder"),
+        (["--raw-csv", "{tmp}/no-such-folder/raw.csv"], "--raw-csv: no such folder"),
+        (["--json", "{tmp}"], "--json: "),
+        (["--plot", "{tmp}/no-such-folder/p.png"], "--plot: no such folder"),
+    ],
+    ids=["port-range", "port-text", "ipv6", "port-0", "no-host", "seed", "input-data", "csv", "raw-csv",
+         "json-folder", "plot"],
+)
+def test_bad_values_are_refused_before_any_request(tmp_path, argv, flag):
+    if argv[0] == "--plot" and not _has_matplotlib():
+        pytest.skip("--plot is checked for matplotlib first")
+    code, out, err = bench(["-m", "m", "--concurrency", "1", *(a.format(tmp=tmp_path) for a in argv)])
+    assert code == cli.EXIT_USAGE, err  # 2, not 3: refused before the target is asked anything
+    assert out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(f"pyserve bench: error: {flag}"), err
+
+
+def test_output_that_cannot_be_written_after_the_run(bare_target, tmp_path, monkeypatch):
+    from pyserve.bench import report
+
+    def disk_full(path, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(report, "write_csv", disk_full)
+    csv_path = tmp_path / "r.csv"
+    code, out, err = bench(["-m", bare_target.model, "-u", bare_target.url, "--concurrency", "1",
+                            "--warmup-s", "0", "--window-s", "0.2", "--max-windows", "3", "-q",
+                            "--csv", str(csv_path)])
+    assert code == cli.EXIT_USAGE
+    assert "concurrency" in out  # the table was printed before
+    assert err.splitlines()[-1] == (
+        f"pyserve bench: error: --csv {csv_path}: cannot write: No space left on device")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_ctrl_c_ends_the_run_cleanly(bare_target, processes):
+    """SIGINT to the process group, as Ctrl-C in a terminal: one line and status 130, no traceback from
+    the coordinator or a generator process, no task or session left behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pyserve", "bench", "-m", bare_target.model, "-u", bare_target.url,
+         "--concurrency", str(2 * processes), "--processes", str(processes), "--warmup-s", "0",
+         "--window-s", "0.2", "--max-windows", "1000", "--stability-pct", "0.000001"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "window 2/" in line:
+                break
+        else:
+            pytest.fail("no progress line: " + "".join(lines))
+        os.killpg(proc.pid, signal.SIGINT)
+        out, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert out == ""
+    *progress, last = err.splitlines()
+    assert last == "pyserve bench: interrupted; no figures"
+    assert all(line.startswith(f"[concurrency {2 * processes}] window ") for line in progress), err
 
 
 class _StopOnWindow(io.StringIO):

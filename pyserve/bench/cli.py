@@ -1,13 +1,14 @@
 """Command line of ``pyserve bench`` (perf_analyzer's habits) and its exit codes.
 
 Exit codes: 0 measured, no failed request; 1 measured, but requests failed (reported by status);
-2 bad command line or input data; 3 target unreachable or not a usable KServe v2 model; 4 a generator
-process died.
+2 bad command line or input data (or an output file that cannot be written); 3 target unreachable or
+not a usable KServe v2 model; 4 a generator process died; 130 interrupted (Ctrl-C), no figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import TextIO
 
@@ -24,6 +25,7 @@ EXIT_REQUEST_ERRORS = 1
 EXIT_USAGE = 2
 EXIT_TARGET = 3
 EXIT_GENERATOR = 4
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_async(opts: BenchOptions, err: TextIO) -> RunResult:
-    loop = new_event_loop()
-    try:
-        return loop.run_until_complete(run_sweep(opts, lambda line: print(line, file=err, flush=True)))
-    finally:
-        loop.close()
+    # asyncio.Runner turns Ctrl-C into a cancellation of the sweep, so its sessions and generator
+    # processes are closed before KeyboardInterrupt is raised here.
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(run_sweep(opts, lambda line: print(line, file=err, flush=True)))
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -104,6 +105,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except GeneratorError as e:
         print(f"pyserve bench: error: {e}", file=err)
         return EXIT_GENERATOR
+    except KeyboardInterrupt:
+        print("pyserve bench: interrupted; no figures", file=err)
+        return EXIT_INTERRUPTED
 
     report.print_table(result, opts.mode, out)
     answer = None
@@ -113,17 +117,21 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         ]
         answer = capacity_mod.answer(points, opts.p99_slo_ms, opts.target_rate, opts.headroom_pct, opts.mode)
         out.write("\n" + answer.text + "\n")
-    if opts.csv:
-        report.write_csv(opts.csv, result, opts.mode)
-    if opts.json:
-        report.write_json(opts.json, result, opts, answer)
-    if opts.raw_csv:
-        report.write_raw_csv(opts.raw_csv, result, opts.mode)
-    if opts.plot:
-        from pyserve.bench.plot import write_plot
-
-        write_plot(opts.plot, result, opts.mode, opts.model, opts.p99_slo_ms)
     out.flush()
+    outputs = [
+        ("--csv", opts.csv, lambda path: report.write_csv(path, result, opts.mode)),
+        ("--json", opts.json, lambda path: report.write_json(path, result, opts, answer)),
+        ("--raw-csv", opts.raw_csv, lambda path: report.write_raw_csv(path, result, opts.mode)),
+        ("--plot", opts.plot, lambda path: _write_plot(path, result, opts)),
+    ]
+    for flag, path, write in outputs:
+        if not path:
+            continue
+        try:
+            write(path)
+        except OSError as e:  # checked before the run, but the disk may fill or the folder go
+            print(f"pyserve bench: error: {flag} {path}: cannot write: {e.strerror or e}", file=err)
+            return EXIT_USAGE
 
     failed = sum(r.errors for r in result.levels)
     if failed:
@@ -140,6 +148,12 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         )
         return EXIT_REQUEST_ERRORS
     return EXIT_OK
+
+
+def _write_plot(path: str, result: RunResult, opts: BenchOptions) -> None:
+    from pyserve.bench.plot import write_plot
+
+    write_plot(path, result, opts.mode, opts.model, opts.p99_slo_ms)
 
 
 def main(argv: list[str] | None = None) -> int:

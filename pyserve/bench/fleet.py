@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -81,6 +82,8 @@ class LocalFleet:
 
 def _worker_main(conn: Connection, url: str, payload: Payload, limit: int, timeout_s: float) -> None:
     """Entry point of a worker process: run levels as the coordinator asks, until ``exit``."""
+    # Ctrl-C reaches the whole process group: the coordinator handles it and tells us to exit.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = new_event_loop()
     try:
         loop.run_until_complete(_worker_serve(conn, url, payload, limit, timeout_s))

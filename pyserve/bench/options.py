@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
+import urllib.parse
+from pathlib import Path
 from typing import Literal
 
 PROTOCOLS = ("json", "binary", "msgpack")
@@ -146,7 +149,31 @@ def normalize_url(url: str) -> str:
         url = "http://" + url
     if not url.startswith(("http://", "https://")):
         raise OptionError(f"-u/--url: only http and https targets, got {url!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0..65535
+    except ValueError as e:
+        raise OptionError(
+            f"-u/--url: {e} in {url!r}; expected HOST:PORT (port 1..65535) or an http(s) URL") from None
+    if not parts.hostname:
+        raise OptionError(f"-u/--url: no host in {url!r}; expected HOST:PORT or an http(s) URL")
+    if port == 0:
+        raise OptionError(f"-u/--url: port 0 in {url!r}; a server listens on a port in 1..65535")
     return url
+
+
+def output_path(path: str, flag: str) -> str:
+    """``path`` when a file can be written there (its folder exists and is writable), so that a
+    measurement is not lost at the end of a run; :class:`OptionError` naming ``flag`` otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise OptionError(f"{flag}: {path!r} is a folder; give a file name")
+    folder = p.parent
+    if not folder.is_dir():
+        raise OptionError(f"{flag}: no such folder {str(folder)!r} (for {path!r})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OptionError(f"{flag}: folder {str(folder)!r} is not writable (for {path!r})")
+    return path
 
 
 def _positive(value: float, flag: str, allow_zero: bool = False) -> float:
@@ -179,10 +206,18 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise OptionError("--target-rate needs --p99-slo-ms (capacity is the rate within the SLO)")
     if not 0 <= args.headroom_pct < 100:
         raise OptionError(f"--headroom-pct: must be in [0, 100), got {args.headroom_pct}")
+    if args.seed < 0:
+        raise OptionError(f"--seed: must be >= 0, got {args.seed}")
     if args.input_data and not args.input_data.endswith((".npy", ".npz", ".json")):
         raise OptionError(f"--input-data: expected a .npy, .npz or .json file, got {args.input_data!r}")
+    if args.input_data and not os.path.isfile(args.input_data):
+        raise OptionError(f"--input-data: no such file: {args.input_data!r}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise OptionError(f"--plot: the plot is a PNG file, got {args.plot!r}")
+    outputs = {"--csv": args.csv, "--json": args.json, "--raw-csv": args.raw_csv, "--plot": args.plot}
+    for flag, path in outputs.items():
+        if path:
+            output_path(path, flag)
     return BenchOptions(
         model=args.model,
         url=normalize_url(args.url),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ async def fetch_metadata(session: aiohttp.ClientSession, url: str) -> dict:
             text = await resp.text()
             if resp.status != 200:
                 raise TargetError(f"{url} answered HTTP {resp.status}: {text[:200].strip()}")
+    except aiohttp.ClientConnectorError as e:
+        raise TargetError(_unreachable(url, e)) from None
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
         raise TargetError(f"cannot reach {url}: {e or type(e).__name__}") from None
     try:
@@ -50,6 +53,16 @@ async def fetch_metadata(session: aiohttp.ClientSession, url: str) -> dict:
     if not isinstance(meta, dict):
         raise TargetError(f"{url} did not answer a JSON object")
     return meta
+
+
+def _unreachable(url: str, e: aiohttp.ClientConnectorError) -> str:
+    """Why no connection to ``url`` could be made, and what to check."""
+    if isinstance(e, aiohttp.ClientSSLError):  # a server answered: the TLS handshake failed
+        return f"cannot reach {url}: {e}"
+    if isinstance(e.os_error, socket.gaierror):
+        return f"cannot reach {url}: cannot resolve host {e.host!r} ({e.os_error.strerror}); check -u/--url"
+    return (f"cannot reach {url}: {e}; is the server running there? Start it (pyserve serve) "
+            "or point -u/--url at it")
 
 
 def level_plans(opts: BenchOptions, index: int, level: float, processes: int, t0: float) -> list[LevelPlan]:
