@@ -397,8 +397,12 @@ def test_open_loop_constant_does_not_queue(target, tmp_path):
     assert code == 0, err
     level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
     assert level["throughput_rps"] == pytest.approx(0.5 / s, rel=0.1)
-    # D/D/1 below saturation: nobody waits, so p99 stays near S (a Poisson run would not).
-    assert s * 1e3 <= level["latency_ms"]["p99"] <= 1.5 * s * 1e3
+    # D/D/1 below saturation: nobody waits. The server's queue time says so without the noise of a
+    # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1); the client's p99
+    # stays well below the ~3.5 S of Poisson arrivals.
+    assert level["server"]["queue_ms"] < 0.15 * s * 1e3, level["server"]
+    assert s * 1e3 <= level["latency_ms"]["p50"] <= 1.25 * s * 1e3 + 2.0
+    assert level["latency_ms"]["p99"] <= 2.0 * s * 1e3
 
 
 def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path):

@@ -140,14 +140,29 @@ def test_port_in_use(onnx_file: Path, log_level: str) -> None:
         port = taken.getsockname()[1]
         result = run("serve", "--model", f"a={onnx_file}", "--port", str(port), "--log-level", log_level)
     assert result.returncode == 2
-    if log_level == "info":  # the models load first, then the listener fails: drop the INFO lines
-        stderr = "".join(line for line in result.stderr.splitlines(keepends=True)
-                         if " INFO pyserve." not in line)
-    else:
-        stderr = result.stderr
-    line = one_line(stderr)
+    # The address is bound before any model loads: nothing but the one line, at any log level.
+    line = one_line(result.stderr)
     assert line == (f"pyserve serve: cannot listen on 127.0.0.1:{port}: address already in use; "
                     "pick another --port (0 = any free port) or stop the process using it")
+
+
+def test_port_in_use_fails_before_the_models_load(tmp_path: Path) -> None:
+    """A model that takes long to load must not delay the answer: the port is bound first."""
+    model = tmp_path / "models" / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "config.toml").write_text('backend = "python"\n[[inputs]]\nname = "x"\ndatatype = "FP32"\n'
+                                       'shape = [1]\n[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [1]\n')
+    marker = tmp_path / "loaded"
+    (model / "1" / "model.py").write_text(
+        f"import pathlib\nclass Model:\n    def __init__(self):\n        pathlib.Path({str(marker)!r}).touch()\n"
+        "    def infer(self, inputs):\n        return {'y': inputs['x']}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", str(tmp_path / "models"), "--port", str(port), "--log-level", "warning")
+    assert result.returncode == 2 and "address already in use" in result.stderr
+    assert not marker.exists(), "the model was loaded before the port was found taken"
 
 
 def test_address_not_available(onnx_file: Path) -> None:

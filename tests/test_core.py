@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -499,3 +500,38 @@ def test_runner_runs_cheap_lone_batches_on_the_loop_thread(backend_name: str, co
     # The first batches run on the instance thread until they are seen to be cheap.
     assert threads[0] != loop_thread
     assert (threads[-1] == loop_thread) is inline
+
+
+@pytest.mark.parametrize("backend_name", ["identity", "python"], ids=["inline", "instance-thread"])
+@pytest.mark.parametrize("instances", [1, 2])
+def test_runner_mixed_shapes_every_request_ends(backend_name: str, instances: int) -> None:
+    """Bursts of requests of several lengths (a variable non-batch dimension, as every sequence model
+    exported with dynamic_axes has), priorities and batch sizes: every one is answered well within
+    max_queue_delay (which is far beyond the test's patience), inline or on instance threads."""
+    seq_spec = TensorSpec("x", "FP32", (-1,))
+    out_spec = TensorSpec("y", "FP32", (-1,))
+    config = _config(backend=backend_name, inputs=(seq_spec,), outputs=(out_spec,), instance_count=instances,
+                     dynamic_batching=dict(max_queue_delay_us=30_000_000, priority_levels=2))
+    backend: Any = _core.IdentityBackend() if backend_name == "identity" else (lambda b: {"y": b["x"]})
+    rng = np.random.default_rng(7)
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(config, "1", backend, pump)
+        for _ in range(3):  # warm up: batches are seen to be cheap, so later flushes run inline
+            await runner.infer({"x": np.zeros((1, 3), np.float32)})
+        for burst in range(20):
+            futures, expected = [], []
+            for i in range(int(rng.integers(1, 40))):
+                rows, length = int(rng.integers(1, 4)), int(rng.choice([2, 3, 5, 7]))
+                x = np.full((rows, length), burst * 1000 + i, np.float32)
+                futures.append(runner.submit({"x": x}, priority=int(rng.integers(0, 3))))
+                expected.append(x)
+            done, pending = await asyncio.wait(futures, timeout=5.0)
+            assert not pending, f"burst {burst}: {len(pending)} of {len(futures)} requests never answered"
+            for future, x in zip(futures, expected):
+                np.testing.assert_array_equal(future.result()["y"], x)
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())

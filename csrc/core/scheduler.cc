@@ -234,6 +234,13 @@ Scheduler::FlushResult Scheduler::Flush(bool run_inline) {
       TakeLocked(view, d, &batch, &expired);
       lock.unlock();
       RunTaken(&batch, &expired, now);
+      // Progress: a batch holds one signature (shape), so requests of other shapes may remain. The
+      // flush covers them (they were queued before it), so an idle instance dispatches them at once;
+      // wake one, or nothing would until a later request of their shape arrived.
+      lock.lock();
+      const bool more = queued_ > 0 && idle_instances_ > 0;
+      lock.unlock();
+      if (more) cv_.notify_one();
       return FlushResult::kRanInline;
     }
   }

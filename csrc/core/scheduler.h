@@ -1,5 +1,12 @@
 // One scheduler per loaded model version: a bounded priority queue, the dynamic batcher's threads
 // (one per instance) and the statistics. The batching policy itself is Decide() in batch_policy.h.
+//
+// Progress guarantee: after any dispatch (by an instance or inline in Flush), whatever remains queued
+// is dispatched, or has an instance that will dispatch it: an instance that takes a batch wakes
+// another idle one when requests remain, an inline run wakes one after its batch, and an instance
+// that finds nothing to dispatch yet waits with a timer set to Decide's wake_ns (at most the oldest
+// request's max_queue_delay, or its deadline). Requests queued before a Flush() are dispatched at once
+// (work-conserving) by the first idle instance.
 #pragma once
 
 #include <atomic>

@@ -61,26 +61,30 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     Shutdown: stop accepting; let every connection finish the requests it has begun; drain what
     is still queued in the core; release the models. A backend that does not return within
     ``shutdown_timeout_s`` ends the process with status 1. Raises :class:`StartupError` when a
-    server given only ``--model`` files could load none of them, and OSError when it cannot listen.
+    server given only ``--model`` files could load none of them, and OSError when it cannot bind its
+    address (before any model is loaded).
     """
     host = ModelHost(settings.repository, settings.models)
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
-    await host.start()
-    if settings.models and settings.repository is None and not host.registry.runners():
-        await host.close()
-        raise StartupError("no --model could be loaded (see the errors above): nothing to serve")
     service = InferenceService(host, infer_errors)
-    # What startup built (modules, models, sessions) lives until exit: keep it out of the
-    # collector's generations, so the collections that requests trigger walk only new objects.
-    gc.collect()
-    gc.freeze()
     app = App(settings, host, service, registry)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    # Bound before the models load, so an address in use fails at once rather than after minutes of
+    # loading; connections are refused until the models are loaded and the socket listens.
+    await server.bind(settings.host, settings.port)
     try:
-        await server.listen(settings.host, settings.port)
+        await host.start()
+        if settings.models and settings.repository is None and not host.registry.runners():
+            raise StartupError("no --model could be loaded (see the errors above): nothing to serve")
+        # What startup built (modules, models, sessions) lives until exit: keep it out of the
+        # collector's generations, so the collections that requests trigger walk only new objects.
+        gc.collect()
+        gc.freeze()
+        await server.listen()
     except BaseException:
+        server.close()
         await host.close()
         raise
     for sock in server.sockets:

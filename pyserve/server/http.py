@@ -76,10 +76,22 @@ class HttpServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event = asyncio.Event()
 
-    async def listen(self, host: str, port: int) -> None:
-        """Starts accepting connections on ``host:port``."""
-        self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024)
+    async def bind(self, host: str, port: int) -> None:
+        """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
+        Raises OSError (address in use, not available, permission denied) at once."""
+        self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024,
+                                                       start_serving=False)
+
+    async def listen(self) -> None:
+        """Starts accepting connections on the bound address."""
+        assert self._listener is not None, "bind() first"
+        await self._listener.start_serving()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def close(self) -> None:
+        """Releases the address of a server that never listened (start-up failed)."""
+        if self._listener is not None:
+            self._listener.close()
 
     @property
     def sockets(self) -> list[Any]:

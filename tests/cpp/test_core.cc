@@ -584,6 +584,42 @@ TEST(scheduler_flush_postpones_for_unknown_cost_then_runs_cheap_batches_inline) 
   CHECK(backend->threads.back() == std::this_thread::get_id());
 }
 
+// A batch run inline takes only the head's signature (its shape): the requests of other shapes left
+// queued must still be dispatched at once (the submitter flushed: nothing more is coming), not stay
+// queued until a later request of their shape arrives. `cols` varies the non-batch dimension.
+TEST(scheduler_inline_flush_leaves_no_request_of_another_shape_stranded) {
+  for (int instances : {1, 2}) {
+    SchedulerOptions o = MakeOptions(32, 5'000'000'000, instances);  // submits never fill a batch: only flushes dispatch
+    o.inputs = {TensorSpec{"x", DataType::kFp32, {-1}}};
+    o.outputs = {TensorSpec{"y", DataType::kFp32, {-1}}};
+    o.submitter_flushes = true;
+    auto backend = std::make_shared<ThreadRecordingBackend>();
+    auto cq = std::make_shared<CompletionQueue>();
+    Scheduler sched(o, backend, cq, BufferPool::Create());
+    auto submit = [&](int64_t key, int64_t cols) {
+      auto r = MakeRequest(key, 1, 0, 0, cols);
+      REQUIRE(sched.Submit(&r).ok());
+    };
+    // Cheap batches first, until a flush runs inline.
+    Scheduler::FlushResult last = Scheduler::FlushResult::kFlushed;
+    for (int i = 0; i < 40 && last != Scheduler::FlushResult::kRanInline; ++i) {
+      submit(i, 2);
+      last = sched.Flush(true);
+      if (last == Scheduler::FlushResult::kPostponed) last = sched.Flush(true);
+      Collect(*cq, 1);
+    }
+    REQUIRE(last == Scheduler::FlushResult::kRanInline);
+    // Three shapes interleaved, one flush: one batch runs inline, the other two must follow.
+    for (int i = 0; i < 9; ++i) submit(100 + i, 2 + i % 3);
+    last = sched.Flush(true);
+    if (last == Scheduler::FlushResult::kPostponed) last = sched.Flush(true);
+    CHECK(last == Scheduler::FlushResult::kRanInline);
+    std::vector<Completion> got = Collect(*cq, 9, 3000);
+    for (const auto& c : got) CHECK(c.status.ok());
+    sched.Stop(true);
+  }
+}
+
 TEST(scheduler_rejects_when_the_queue_is_full) {
   SchedulerOptions o = MakeOptions(1, 0);
   o.max_queue_size = 2;
