@@ -5,6 +5,7 @@ of the package (transports import the service; nothing below imports a transport
 from __future__ import annotations
 
 import ast
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -256,3 +257,43 @@ def test_the_http_transport_reaches_models_through_the_service() -> None:
     for path in sorted((PACKAGE / "server").rglob("*.py")):
         direct = {m for m in _imports(path) if m.startswith(("pyserve.repository", "pyserve.runtime", "pyserve._core"))}
         assert not direct, f"{path.relative_to(PACKAGE)} imports {direct}: go through pyserve.service"
+
+
+def gather_onnx() -> bytes:
+    """``g = table[i]`` with a table of 5 values: an index past 4 is a value the model cannot take."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])
+    g = helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N"])
+    table = helper.make_tensor("table", TensorProto.FLOAT, [5], [10.0, 11.0, 12.0, 13.0, 14.0])
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "i"], ["g"])], "gather", [i], [g],
+                              initializer=[table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_one_bad_value_fails_only_its_own_request(tmp_path: Path) -> None:
+    """Requests batched together: the one whose index is out of range is a 400, the others answer."""
+    repo = Repo(tmp_path / "models")
+    (repo.model_dir("gather") / "1").mkdir()
+    (repo.model_dir("gather") / "1" / "model.onnx").write_bytes(gather_onnx())
+    repo.config("gather", "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 200000\n")
+
+    async def body(service: InferenceService, errors: Any) -> None:
+        runner = service.runner("gather")
+        await runner.infer({"i": np.array([0], np.int64)})  # the model has answered once
+        indexes = [1, 9, 2, 3]
+        futures = [runner.submit({"i": np.array([k], np.int64)}) for k in indexes]  # one batch of 4
+        await asyncio.wait(futures)
+        for k, future in zip(indexes, futures):
+            if k < 5:
+                assert float(future.result()["g"][0]) == 10.0 + k
+            else:
+                assert isinstance(future.exception(), PyserveError)
+                assert future.exception().kind is ErrorKind.INVALID_ARGUMENT
+        assert runner.stats()["batch_size"]["count"] >= 2
+
+    run(repo.root, body)

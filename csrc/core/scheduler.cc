@@ -460,6 +460,17 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   stats_.batches_executed.fetch_add(1, std::memory_order_relaxed);
   stats_.compute_us.Observe((end_ns - start_ns) / 1e3);
   stats_.batch_size.Observe(static_cast<double>(total));
+  if (status.code == StatusCode::kInvalidArgument && batch->size() > 1) {
+    // The input of one request (a value the model cannot take) must not fail the others batched
+    // with it: run each request alone, so only the guilty ones are answered INVALID_ARGUMENT.
+    for (auto& r : *batch) {
+      Batch alone;
+      alone.push_back(std::move(r));
+      Execute(&alone, dispatch_ns);
+    }
+    batch->clear();
+    return;
+  }
   if (!status.ok()) {
     for (const auto& r : *batch) stats_.queue_us.Observe((dispatch_ns - r->pending.enqueue_ns) / 1e3);
     // The backend's code is kept: a backend that reports invalid input answers the client's mistake.

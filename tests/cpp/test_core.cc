@@ -620,6 +620,47 @@ TEST(scheduler_inline_flush_leaves_no_request_of_another_shape_stranded) {
   }
 }
 
+// Refuses a batch that holds a negative value, as a model refuses a value it cannot take.
+class PickyBackend final : public Backend {
+ public:
+  Status Execute(const std::vector<BatchInput>& inputs, std::vector<BatchOutput>* outputs) override {
+    const TensorView& v = inputs[0].view;
+    const auto* f = reinterpret_cast<const float*>(v.data);
+    for (int64_t i = 0; i < v.shape[0] * kCols; ++i) {
+      if (f[i] < 0) return {StatusCode::kInvalidArgument, "negative value"};
+    }
+    outputs->push_back(BatchOutput{"y", v, inputs[0].holder});
+    return Status::Ok();
+  }
+};
+
+// One request's bad value fails only that request, not the others batched with it.
+TEST(scheduler_invalid_input_fails_only_the_request_that_sent_it) {
+  SchedulerOptions o = MakeOptions(8, 0);
+  auto cq = std::make_shared<CompletionQueue>();
+  auto backend = std::make_shared<PickyBackend>();
+  auto clock = std::make_shared<FakeClock>();
+  o.batch.max_queue_delay_ns = 1'000'000'000;  // on the fake clock: the batch forms only when full
+  Scheduler sched(o, backend, cq, BufferPool::Create(), clock);
+  for (int64_t key : {1, -1, 2, 3, -5, 4, 5, 6}) {
+    auto r = MakeRequest(key);
+    REQUIRE(sched.Submit(&r).ok());
+  }
+  std::vector<Completion> got = Collect(*cq, 8);
+  int bad = 0;
+  for (const auto& c : got) {
+    const bool negative = OwnerOf(c).key < 0;
+    CHECK(c.status.ok() != negative);
+    if (negative) {
+      ++bad;
+      CHECK(c.status.code == StatusCode::kInvalidArgument);
+    }
+  }
+  CHECK(bad == 2);
+  const StatsSnapshot s = sched.Stats();
+  CHECK(s.requests_succeeded == 6 && s.requests_failed == 2);
+}
+
 TEST(scheduler_rejects_when_the_queue_is_full) {
   SchedulerOptions o = MakeOptions(1, 0);
   o.max_queue_size = 2;
