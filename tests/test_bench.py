@@ -328,9 +328,11 @@ def test_closed_loop_matches_queueing_theory(closed_run, target):
     s_ms = target.service_s * 1e3
     for c, row in rows.items():
         # One server, one request at a time: throughput 1/S whatever the concurrency >= 1 ...
-        assert float(row["throughput_rps"]) == pytest.approx(1 / target.service_s, rel=0.15)
+        # (rel 0.25: a stall of the shared 2-core machine moves a short run by 15%; the figures tested
+        # differ by factors of c.)
+        assert float(row["throughput_rps"]) == pytest.approx(1 / target.service_s, rel=0.25)
         # ... and each request waits for the c - 1 ahead of it: latency ~= c * S.
-        assert float(row["mean_ms"]) == pytest.approx(c * s_ms, rel=0.15)
+        assert float(row["mean_ms"]) == pytest.approx(c * s_ms, rel=0.25)
         assert float(row["p50_ms"]) >= c * s_ms * 0.95
         assert int(row["errors"]) == 0 and row["errors_by_status"] == ""
     # The server's side (both targets export pyserve's metrics): compute ~= S always; queue ~= (c - 1) * S.
@@ -338,7 +340,7 @@ def test_closed_loop_matches_queueing_theory(closed_run, target):
         assert float(row["server_compute_ms"]) == pytest.approx(s_ms, rel=0.15)
         assert float(row["server_avg_batch_size"]) == 1.0
     assert float(rows[1]["server_queue_ms"]) < 0.1 * s_ms
-    assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.2)
+    assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.25)
 
 
 def test_capacity_answer_of_a_run(closed_run, target):
@@ -398,11 +400,13 @@ def test_open_loop_constant_does_not_queue(target, tmp_path):
     level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
     assert level["throughput_rps"] == pytest.approx(0.5 / s, rel=0.1)
     # D/D/1 below saturation: nobody waits. The server's queue time says so without the noise of a
-    # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1); the client's p99
-    # stays well below the ~3.5 S of Poisson arrivals.
+    # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1); the client's p90
+    # stays well below the ~2.5 S of Poisson arrivals.
     assert level["server"]["queue_ms"] < 0.15 * s * 1e3, level["server"]
     assert s * 1e3 <= level["latency_ms"]["p50"] <= 1.25 * s * 1e3 + 2.0
-    assert level["latency_ms"]["p99"] <= 2.0 * s * 1e3
+    # p90, not p99: in ~100 requests a window's p99 is its slowest request, which one stall of a
+    # shared machine decides (54 ms seen once).
+    assert level["latency_ms"]["p90"] <= 1.5 * s * 1e3
 
 
 def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path):
