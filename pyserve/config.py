@@ -84,12 +84,14 @@ class TensorSpec:
     """One input or output. When max_batch_size > 0 the shape excludes the batch dimension.
 
     ``labels``: an output's class labels, line by line from its ``label_filename`` (Triton's
-    classification extension names classes with them); empty when it has none."""
+    classification extension names classes with them); empty when it has none. ``label_filename``:
+    that file's name as configured ("" when none), shown in Triton's model configuration."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     labels: tuple[str, ...] = ()
+    label_filename: str = ""
 
 
 @dataclass(frozen=True)
@@ -242,7 +244,8 @@ def _parse_tensors(source: str, value: Any, key: str, model_dir: Path | None = N
         labels: tuple[str, ...] = ()
         if "label_filename" in table:
             labels = _read_label_file(source, table["label_filename"], at + ".label_filename", model_dir)
-        specs.append(TensorSpec(name, datatype, tuple(shape), labels))
+        specs.append(TensorSpec(name, datatype, tuple(shape), labels,
+                                table.get("label_filename", "")))
     return tuple(specs)
 
 

@@ -39,7 +39,7 @@ def test_load_applies_a_config_override(server) -> None:  # type: ignore[no-unty
     resp = load(server.url, json={"parameters": {"config": json.dumps(override)}})
     assert resp.status_code == 200, resp.text
     doc = config_of(server.url)
-    assert doc["max_batch_size"] == 16 and doc["dynamic_batching"]["max_queue_delay_us"] == 500
+    assert doc["max_batch_size"] == 16 and doc["dynamic_batching"]["max_queue_delay_microseconds"] == 500
     resp = infer(server.url, "m", "json", {"x": np.ones((16, 4), np.float32)})
     assert resp.status_code == 200, resp.text
     # An object is taken too; a plain load goes back to config.toml.

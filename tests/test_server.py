@@ -657,7 +657,7 @@ def test_single_file_and_a_broken_config(serve: Any, tmp_path: Path) -> None:
     meta = requests.get(server.url + "/v2/models/single", timeout=5).json()
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
     config = requests.get(server.url + "/v2/models/single/config", timeout=5).json()
-    assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_us"] == 500
+    assert config["max_batch_size"] == 8 and config["dynamic_batching"]["max_queue_delay_microseconds"] == 500
     _, out = decode(infer(server.url, "good", "msgpack", {"x": x}))
     np.testing.assert_array_equal(out["y"], run_onnx(repo.root / "good" / "1" / "model.onnx", x)["y"])
 

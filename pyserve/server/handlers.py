@@ -17,7 +17,7 @@ import orjson
 import pyserve
 from pyserve import metrics
 from pyserve.errors import PyserveError, internal, invalid, not_found
-from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_stats
+from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
@@ -82,9 +82,23 @@ def model_ready(request: Request) -> Response:
     return _json({"name": name, "ready": True})
 
 
+def _format(request: Request) -> str:
+    """The ``format`` query parameter of /config and /stats: ``triton`` (the default) or ``pyserve``;
+    anything else is INVALID (400)."""
+    fmt = urllib.parse.parse_qs(request.query_string).get("format", ["triton"])[-1]
+    if fmt not in ("triton", "pyserve"):
+        raise invalid(f"format: expected triton (the default) or pyserve, got {fmt!r}")
+    return fmt
+
+
 @endpoint
 def model_config(request: Request) -> Response:
-    config = _service(request).config(request.match_info["model"], request.match_info.get("version"))
+    """Triton's model configuration extension (what tritonclient's get_model_config reads); with
+    ``?format=pyserve``, pyserve's own form of the effective config."""
+    service = _service(request)
+    config = service.config(request.match_info["model"], request.match_info.get("version"))
+    if _format(request) == "triton":
+        return _json(triton_config.model_config_document(config, service.platform(config)))
     doc = {
         "name": config.name,
         "backend": config.backend,
@@ -103,11 +117,8 @@ def model_stats(request: Request) -> Response:
     """Triton's statistics extension (what tritonclient's get_inference_statistics reads); with
     ``?format=pyserve``, the core's own counters and histograms."""
     rows = _service(request).statistics(request.match_info.get("model"), request.match_info.get("version"))
-    fmt = urllib.parse.parse_qs(request.query_string).get("format", ["triton"])[-1]
-    if fmt == "pyserve":
+    if _format(request) == "pyserve":
         return _json({"model_stats": [{"name": r.name, "version": r.version, **r.stats} for r in rows]})
-    if fmt != "triton":
-        raise invalid(f"format: expected triton (the default) or pyserve, got {fmt!r}")
     return _json(triton_stats.statistics_document(
         triton_stats.model_statistics(r.name, r.version, r.stats, r.last_inference_ms) for r in rows))
 

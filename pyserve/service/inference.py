@@ -208,6 +208,11 @@ class InferenceService:
         """The config serving ``name`` at ``version``."""
         return self.runner(name, version).config
 
+    def platform(self, config: ModelConfig) -> str:
+        """Triton's platform name of the backend of ``config`` (``onnxruntime_onnx``), as metadata
+        shows it."""
+        return backends.get(config.backend).platform
+
     def ready(self, name: str, version: str | None = None) -> None:
         """Returns when the model (version) is ready; NOT_FOUND / UNAVAILABLE otherwise."""
         self.runner(name, version)
