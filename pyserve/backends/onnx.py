@@ -1,11 +1,17 @@
 """The ONNX Runtime backend (CPU execution provider), and reading an ONNX model's inputs and outputs.
 
-Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed.
+onnxruntime runs the models; the ``onnx`` package (see onnx_prune.py) cuts graphs down to the served
+outputs and says which external data file a graph that failed to load refers to and lacks.
+
+Weights in external data files (``torch.onnx.export`` writes ``model.onnx`` + ``model.onnx.data``)
+are read by onnxruntime from the graph's folder, under the name the graph records.
 
 pyserve serves tensors (KServe v2). Exporters also write other ONNX types: skl2onnx classifiers, with
 their default options, end in a ZipMap whose ``output_probability`` is ``seq(map(int64,tensor(float)))``.
 Such outputs are left out of the served outputs (one log line per model load says which and how to
-export them as tensors); an input that is not a servable tensor makes the model unservable."""
+export them as tensors); an input that is not a servable tensor makes the model unservable. An input
+of type ``optional(tensor(T))`` is served as a required input of type T (every request sends it):
+absent inputs are not served yet."""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend
-from pyserve.backends.onnx_prune import pruned_model
+from pyserve.backends.onnx_prune import EXTERNAL_FOLDER_ENTRY, missing_external_data, pruned_model
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
@@ -38,6 +44,11 @@ _OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# onnxruntime reads external data of a model given as bytes from a folder it is told (the session
+# config entry EXTERNAL_FOLDER_ENTRY) since 1.21 (microsoft/onnxruntime#23557); older versions would
+# look beside the working directory, so models with external data are run whole there.
+_ORT_VERSION = tuple(int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
+_CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
                   "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
@@ -52,6 +63,14 @@ class Tensors(NamedTuple):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     left_out: tuple[tuple[str, str], ...] = ()
+    # Inputs of ONNX type optional(tensor(T)), served as required tensor inputs of type T (see
+    # OPTIONAL_INPUT_NOTE): (name, ONNX type) pairs.
+    required_optional: tuple[tuple[str, str], ...] = ()
+
+
+_OPTIONAL_TENSOR = re.compile(r"optional\((tensor\(\w+\))\)")
+OPTIONAL_INPUT_NOTE = ("pyserve does not serve absent inputs yet: it is served as a required input, so every "
+                       "request must send it (onnxruntime takes a tensor for an optional input)")
 
 
 def _why(onnx_type: str) -> str:
@@ -82,16 +101,23 @@ def left_out_message(name: str, onnx_type: str) -> str:
 
 def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Tensors:
     """The servable inputs and outputs of a session (full shapes, dynamic dims as -1), and the outputs
-    left out (see :class:`Tensors`). ConfigError when an input is not a servable tensor, or when no
-    output is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
+    left out (see :class:`Tensors`). An input of ONNX type optional(tensor(T)) is served as a required
+    tensor input of type T. ConfigError when an input is not a servable tensor, or when no output
+    is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
 
     def spec(arg: Any) -> TensorSpec:
         # Symbolic dims come as str, unknown ones as None: both are variable.
         dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
         return TensorSpec(arg.name, _ORT_DATATYPES[arg.type], dims)
 
-    inputs = []
+    inputs, required_optional = [], []
     for arg in session.get_inputs():
+        optional = _OPTIONAL_TENSOR.fullmatch(arg.type)
+        if optional and optional.group(1) in _ORT_DATATYPES:
+            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
+            inputs.append(TensorSpec(arg.name, _ORT_DATATYPES[optional.group(1)], dims))
+            required_optional.append((arg.name, arg.type))
+            continue
         if arg.type not in _ORT_DATATYPES:
             if arg.type.startswith("tensor("):
                 todo = "export the model with inputs of a served type (e.g. float, and a Cast node after it)"
@@ -110,7 +136,7 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     if not outputs:
         raise ConfigError(f"{onnx_path}: no output pyserve can serve: "
                           + "; ".join(left_out_message(n, t) for n, t in left_out))
-    return Tensors(inputs, outputs, tuple(left_out))
+    return Tensors(inputs, outputs, tuple(left_out), tuple(required_optional))
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
@@ -118,15 +144,21 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     it when it cannot be loaded or served.
 
     Called once per model load (when its config is read), it logs one warning naming the outputs left
-    out, their ONNX types and how to export them as tensors, if the model has any."""
+    out, their ONNX types and how to export them as tensors, if the model has any, and one per
+    optional input (served as a required input, see :data:`OPTIONAL_INPUT_NOTE`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        missing = missing_external_data(Path(onnx_path))
+        if missing is not None:
+            raise ConfigError(f"{onnx_path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
         raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
     tensors = session_tensors(session, onnx_path)
+    for name, onnx_type in tensors.required_optional:
+        log.warning("%s: input %r is of ONNX type %s: %s", onnx_path, name, onnx_type, OPTIONAL_INPUT_NOTE)
     if tensors.left_out:
         log.warning("%s: serving its tensor outputs only; %s", onnx_path,
                     "; ".join(left_out_message(n, t) for n, t in tensors.left_out))
@@ -214,7 +246,34 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
     return config
 
 
+def _pruned_session(name: str, model_path: Path, served: list[str], backend_options: Any,
+                    whole: ort.InferenceSession) -> ort.InferenceSession:
+    """A session of ``model_path`` cut to the ``served`` outputs, or ``whole`` (the session of the
+    whole model) when it cannot be cut. A model whose weights are in external data files is given to
+    onnxruntime as bytes with the graph's folder as the folder of its data files (onnxruntime 1.21
+    or newer; older ones run it whole)."""
+    pruned = pruned_model(model_path, served)
+    if pruned is None:
+        return whole
+    options = _session_options(backend_options)
+    if pruned.external_data:
+        if not _CUTS_EXTERNAL_DATA:
+            log.debug("model %r: %s: weights in external data files and onnxruntime %s: run whole",
+                      name, model_path, ort.__version__)
+            return whole
+        options.add_session_config_entry(EXTERNAL_FOLDER_ENTRY, str(model_path.resolve().parent))
+    try:
+        session = ort.InferenceSession(pruned.model, options, providers=["CPUExecutionProvider"])
+    except Exception:  # the whole model loaded: run it whole rather than refuse it
+        log.debug("model %r: %s: the cut graph did not load; run whole", name, model_path, exc_info=True)
+        return whole
+    log.debug("model %r: %s: computing only its served outputs (%d of %d nodes)",
+              name, model_path, pruned.nodes_after, pruned.nodes_before)
+    return session
+
+
 def _session_options(options: Any) -> ort.SessionOptions:
+    """ORT session options from a model's ``backend_options``."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(options.get("intra_op_num_threads", 1))
     so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
@@ -238,15 +297,15 @@ class OnnxBackend(Backend):
         try:
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            missing = missing_external_data(model_path)
+            if missing is not None:
+                raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {missing} "
+                              f"(onnxruntime: {exc})") from None
             raise invalid(f"model {config.name!r}: {model_path}: onnxruntime cannot load it: {exc}") from None
         served = [o.name for o in config.outputs]
         if not {o.name for o in session.get_outputs()} <= set(served):
             # ORT runs every node whatever a run asks for: cut the graph to the served outputs.
-            pruned = pruned_model(model_path, served)
-            if pruned is not None:
-                session = ort.InferenceSession(pruned[0], options, providers=["CPUExecutionProvider"])
-                log.debug("model %r: %s: computing only its served outputs (%d of %d nodes)",
-                         config.name, model_path, pruned[2], pruned[1])
+            session = _pruned_session(config.name, model_path, served, config.backend_options, session)
         # Each version is checked: versions of one model may differ, the config holds for all of them.
         check_onnx_model(config, session_tensors(session, model_path), model_path)
         self._session: ort.InferenceSession | None = session
