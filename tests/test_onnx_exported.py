@@ -1,11 +1,15 @@
-"""ONNX models as current exporters write them: weights in an external data file.
+"""ONNX models as current exporters write them: weights in an external data file, optional inputs.
 
 ``torch.onnx.export`` in current PyTorch writes ``model.onnx`` and ``model.onnx.data`` (ONNX external
 data: initializers whose ``location`` names a file relative to the graph's folder). torch is not
 needed: the models are built with onnx.helper and saved with
 ``onnx.save_model(..., save_as_external_data=True, all_tensors_to_one_file=True,
-location="model.onnx.data", size_threshold=0)``, which writes the same layout. Answers are compared
-with onnxruntime run in-process on the same files.
+location="model.onnx.data", size_threshold=0)``, which writes the same layout.
+
+Inputs of ONNX type ``optional(tensor(float))`` are marked ``"optional": true`` and may be left out
+of a request (models with such inputs are served without batching).
+
+Answers are compared with onnxruntime run in-process on the same files.
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ def test_cut_reads_the_data_file_in_place_and_writes_nothing(tmp_path: Path,
 
 
 # ---------------------------------------------------------------------------------------------
-# Optional inputs: served as required inputs (absent inputs are not served yet)
+# Optional inputs: a request may leave them out (served without batching)
 
 def save_optional_input(path: Path) -> Path:
     """x: FP32 [N, 4], bias: optional(tensor(float)) [N, 4] -> y = x + (bias if given else 10)."""
@@ -230,34 +234,49 @@ def save_optional_input(path: Path) -> Path:
     return path
 
 
-def test_optional_input_is_served_as_a_required_input(tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+BIAS = np.full((2, 4), 3, np.float32)
+
+
+def ort_optional(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """onnxruntime's own answer, in-process (an optional input left out of ``feeds`` is absent)."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_optional_input_is_marked_and_may_be_left_out(tmp_path: Path) -> None:
     path = save_optional_input(tmp_path / "m" / "1" / "model.onnx")
-    with caplog.at_level("WARNING", logger="pyserve.backends.onnx"):
-        config = load_model_config(tmp_path / "m")
-    assert config.inputs == (TensorSpec("x", "FP32", (-1, 4)), TensorSpec("bias", "FP32", (-1, 4)))
-    assert [r.getMessage() for r in caplog.records] == [(
-        f"{path}: input 'bias' is of ONNX type optional(tensor(float)): pyserve does not serve absent "
-        "inputs yet: it is served as a required input, so every request must send it (onnxruntime "
-        "takes a tensor for an optional input)")]
+    config = load_model_config(tmp_path / "m")
+    assert config.inputs == (TensorSpec("x", "FP32", (-1, 4)), TensorSpec("bias", "FP32", (-1, 4), optional=True))
     backend = create_backend(config, path.parent)
-    bias = np.full((2, 4), 3, np.float32)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {"x": X, "bias": bias})[0]
-    np.testing.assert_array_equal(backend({"x": X, "bias": bias})["y"], expected)
-    np.testing.assert_array_equal(expected, X + 3)
+    for feeds in ({"x": X, "bias": BIAS}, {"x": X}):
+        np.testing.assert_array_equal(backend(dict(feeds))["y"], ort_optional(path, feeds))
+    np.testing.assert_array_equal(backend({"x": X})["y"], X + 10)
 
 
-def test_optional_input_model_served_by_a_server(serve: Any, tmp_path: Path) -> None:
-    """The model loads and answers when the input is sent; leaving it out is refused (400), and
-    the metadata lists it as an FP32 input."""
+def test_optional_input_with_batching_is_refused(tmp_path: Path) -> None:
+    path = save_optional_input(tmp_path / "m" / "1" / "model.onnx")
+    (tmp_path / "m" / "config.toml").write_text("max_batch_size = 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_model_config(tmp_path / "m")
+    assert str(err.value) == (
+        f"{tmp_path / 'm' / 'config.toml'}: max_batch_size: is 4 but input(s) 'bias' of {path} are optional "
+        "(ONNX type optional(tensor)), which pyserve serves without batching; set max_batch_size = 0")
+
+
+def test_optional_input_served_by_a_server(serve: Any, tmp_path: Path) -> None:
+    """Metadata and config mark the input ``"optional": true``; a request may leave it out (the
+    model's default is used), or send it; the required input is still required."""
     path = save_optional_input(tmp_path / "repo" / "opt" / "1" / "model.onnx")
     server = serve([tmp_path / "repo"])
-    bias = np.full((2, 4), -1, np.float32)
-    _, out = decode(infer(server.url, "opt", "json", {"x": X, "bias": bias}))
-    np.testing.assert_array_equal(out["y"], X - 1)
     meta = requests.get(f"{server.url}/v2/models/opt", timeout=5).json()
-    assert meta["inputs"][1] == {"name": "bias", "datatype": "FP32", "shape": [-1, 4]}
-    resp = infer(server.url, "opt", "json", {"x": X})
-    assert resp.status_code == 400 and "missing input 'bias'" in resp.text, resp.text
-    assert path.is_file()
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                              {"name": "bias", "datatype": "FP32", "shape": [-1, 4], "optional": True}]
+    config = requests.get(f"{server.url}/v2/models/opt/config", timeout=5).json()
+    assert config["inputs"][1] == {"name": "bias", "datatype": "FP32", "shape": [-1, 4], "optional": True}
+    for protocol in ("json", "binary"):
+        for feeds in ({"x": X, "bias": BIAS}, {"x": X}):
+            _, out = decode(infer(server.url, "opt", protocol, dict(feeds)))
+            np.testing.assert_array_equal(out["y"], ort_optional(path, feeds))
+    resp = infer(server.url, "opt", "json", {"bias": BIAS})
+    assert resp.status_code == 400 and "missing input 'x'" in resp.text, resp.text
+    resp = infer(server.url, "opt", "json", {"x": X, "other": X})
+    assert resp.status_code == 400 and "unexpected input 'other'" in resp.text, resp.text

@@ -10,8 +10,9 @@ pyserve serves tensors (KServe v2). Exporters also write other ONNX types: skl2o
 their default options, end in a ZipMap whose ``output_probability`` is ``seq(map(int64,tensor(float)))``.
 Such outputs are left out of the served outputs (one log line per model load says which and how to
 export them as tensors); an input that is not a servable tensor makes the model unservable. An input
-of type ``optional(tensor(T))`` is served as a required input of type T (every request sends it):
-absent inputs are not served yet."""
+of type ``optional(tensor(T))`` is served as an optional input of type T (``TensorSpec.optional``): a
+request may leave it out, and the session then runs without it; such models are served without
+batching (max_batch_size 0)."""
 
 from __future__ import annotations
 
@@ -63,14 +64,9 @@ class Tensors(NamedTuple):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     left_out: tuple[tuple[str, str], ...] = ()
-    # Inputs of ONNX type optional(tensor(T)), served as required tensor inputs of type T (see
-    # OPTIONAL_INPUT_NOTE): (name, ONNX type) pairs.
-    required_optional: tuple[tuple[str, str], ...] = ()
 
 
 _OPTIONAL_TENSOR = re.compile(r"optional\((tensor\(\w+\))\)")
-OPTIONAL_INPUT_NOTE = ("pyserve does not serve absent inputs yet: it is served as a required input, so every "
-                       "request must send it (onnxruntime takes a tensor for an optional input)")
 
 
 def _why(onnx_type: str) -> str:
@@ -101,8 +97,8 @@ def left_out_message(name: str, onnx_type: str) -> str:
 
 def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Tensors:
     """The servable inputs and outputs of a session (full shapes, dynamic dims as -1), and the outputs
-    left out (see :class:`Tensors`). An input of ONNX type optional(tensor(T)) is served as a required
-    tensor input of type T. ConfigError when an input is not a servable tensor, or when no output
+    left out (see :class:`Tensors`). An input of ONNX type optional(tensor(T)) is an optional tensor
+    input of type T (``TensorSpec.optional``). ConfigError when an input is not a servable tensor, or when no output
     is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
 
     def spec(arg: Any) -> TensorSpec:
@@ -110,13 +106,12 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
         dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
         return TensorSpec(arg.name, _ORT_DATATYPES[arg.type], dims)
 
-    inputs, required_optional = [], []
+    inputs = []
     for arg in session.get_inputs():
         optional = _OPTIONAL_TENSOR.fullmatch(arg.type)
         if optional and optional.group(1) in _ORT_DATATYPES:
             dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
-            inputs.append(TensorSpec(arg.name, _ORT_DATATYPES[optional.group(1)], dims))
-            required_optional.append((arg.name, arg.type))
+            inputs.append(TensorSpec(arg.name, _ORT_DATATYPES[optional.group(1)], dims, optional=True))
             continue
         if arg.type not in _ORT_DATATYPES:
             if arg.type.startswith("tensor("):
@@ -136,7 +131,7 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     if not outputs:
         raise ConfigError(f"{onnx_path}: no output pyserve can serve: "
                           + "; ".join(left_out_message(n, t) for n, t in left_out))
-    return Tensors(inputs, outputs, tuple(left_out), tuple(required_optional))
+    return Tensors(inputs, outputs, tuple(left_out))
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
@@ -144,8 +139,7 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     it when it cannot be loaded or served.
 
     Called once per model load (when its config is read), it logs one warning naming the outputs left
-    out, their ONNX types and how to export them as tensors, if the model has any, and one per
-    optional input (served as a required input, see :data:`OPTIONAL_INPUT_NOTE`)."""
+    out, their ONNX types and how to export them as tensors, if the model has any."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
@@ -157,8 +151,6 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
             raise ConfigError(f"{onnx_path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
         raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
     tensors = session_tensors(session, onnx_path)
-    for name, onnx_type in tensors.required_optional:
-        log.warning("%s: input %r is of ONNX type %s: %s", onnx_path, name, onnx_type, OPTIONAL_INPUT_NOTE)
     if tensors.left_out:
         log.warning("%s: serving its tensor outputs only; %s", onnx_path,
                     "; ".join(left_out_message(n, t) for n, t in tensors.left_out))
@@ -176,7 +168,7 @@ def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Pat
             raise ConfigError(
                 f"{onnx_path}: {what} {spec.name!r}: max_batch_size is {max_batch_size} but the model's "
                 f"shape {list(spec.shape)} has no dynamic first (batch) dimension")
-        out.append(TensorSpec(spec.name, spec.datatype, spec.shape[1:]))
+        out.append(dataclasses.replace(spec, shape=spec.shape[1:]))
     return tuple(out)
 
 
@@ -236,6 +228,11 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
                           f"and outputs from; add a version folder (e.g. {folder / '1' / config.model_filename}) "
                           "or give [[inputs]] and [[outputs]]")
     tensors = read_onnx_tensors(model_file)
+    optional = [s.name for s in tensors.inputs if s.optional]
+    if optional and config.max_batch_size > 0:
+        raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but input(s) "
+                          f"{', '.join(map(repr, optional))} of {model_file} are optional (ONNX type "
+                          "optional(tensor)), which pyserve serves without batching; set max_batch_size = 0")
     if not config.inputs:
         config = dataclasses.replace(
             config, inputs=strip_batch_dim(tensors[0], config.max_batch_size, model_file, "input"))
@@ -243,6 +240,9 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
         config = dataclasses.replace(
             config, outputs=strip_batch_dim(tensors[1], config.max_batch_size, model_file, "output"))
     check_onnx_model(config, tensors, model_file)
+    if optional:  # the model says which inputs are optional, whatever config.toml lists
+        config = dataclasses.replace(config, inputs=tuple(
+            dataclasses.replace(s, optional=s.name in optional) for s in config.inputs))
     return config
 
 
