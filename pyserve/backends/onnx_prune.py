@@ -79,9 +79,9 @@ def missing_external_data(path: Path) -> str | None:
         return None
     return ("; ".join(missing) + f". The graph {Path(path).name} records each data file's name relative to "
             "its own folder: keep the data file beside the graph under the name the exporter gave it "
-            "(the graph file may be renamed, the data file may not), or re-save the model with "
-            "onnx.save_model(onnx.load(path), new_path, save_as_external_data=True, "
-            "location=new_data_name)")
+            "(the graph file may be renamed, the data file may not), or, to give it another name, load "
+            "the model with its data file in place and re-save it with onnx.save_model(model, new_path, "
+            "save_as_external_data=True, location=new_data_name)")
 
 
 def _names_used_by(graph) -> set[str]:  # type: ignore[no-untyped-def]
