@@ -16,8 +16,10 @@ class SchedulerOptions:
         *,
         model_name: str,
         model_version: str,
-        inputs: list[tuple[str, str, list[int]]],
-        outputs: list[tuple[str, str, list[int]]],
+        # (name, datatype, shape) or (name, datatype, shape, optional): an optional input may be
+        # left out of a request (only with max_batch_size 0); the backend gets the inputs present.
+        inputs: list[tuple[str, str, list[int]]] | list[tuple[str, str, list[int], bool]],
+        outputs: list[tuple[str, str, list[int]]] | list[tuple[str, str, list[int], bool]],
         max_batch_size: int = 0,
         preferred_batch_sizes: list[int] = ...,
         max_queue_delay_us: int = 0,

@@ -85,13 +85,18 @@ class TensorSpec:
 
     ``labels``: an output's class labels, line by line from its ``label_filename`` (Triton's
     classification extension names classes with them); empty when it has none. ``label_filename``:
-    that file's name as configured ("" when none), shown in Triton's model configuration."""
+    that file's name as configured ("" when none), shown in Triton's model configuration.
+
+    ``optional``: an input a request may leave out (an ONNX input of type optional(tensor(T)), read
+    off the model, never from config.toml); the backend then gets only the inputs present. Models
+    with optional inputs are served without batching (max_batch_size 0)."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     labels: tuple[str, ...] = ()
     label_filename: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ class CompletionPump:
             self.drain()
 
 
-def _spec_tuples(specs: Any) -> list[tuple[str, str, list[int]]]:
-    return [(s.name, s.datatype, list(s.shape)) for s in specs]
+def _spec_tuples(specs: Any) -> list[tuple[str, str, list[int], bool]]:
+    """The core's tensor specs: (name, datatype, shape, optional)."""
+    return [(s.name, s.datatype, list(s.shape), bool(getattr(s, "optional", False))) for s in specs]
 
 
 class ModelRunner:

@@ -22,6 +22,7 @@ class RequestOwner {
 struct RequestInput {
   TensorView view;     // full shape, batch dimension first when batching; data borrowed from the owner
   std::string owned;   // storage for `view.data` when the core had to build it (BYTES)
+  bool present = true; // false: an optional input the request left out (view empty, not validated)
 };
 
 struct Request {

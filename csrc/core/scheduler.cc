@@ -42,6 +42,11 @@ Status ValidateOptions(const SchedulerOptions& o) {
     return Invalid("default_priority_level must be within 1..priority_levels");
   if (o.instance_count < 1) return Invalid("instance_count must be >= 1");
   if (o.inputs.empty()) return Invalid("a model needs at least one input");
+  for (const auto& in : o.inputs) {
+    if (in.optional && b.max_batch_size > 0) {
+      return Invalid("input '" + in.name + "' is optional: a model with optional inputs needs max_batch_size 0");
+    }
+  }
   return Status::Ok();
 }
 
@@ -97,6 +102,10 @@ Status Scheduler::Validate(Request* r) const {
   uint64_t signature = 14695981039346656037ull;
   for (size_t i = 0; i < specs.size(); ++i) {
     const TensorSpec& spec = specs[i];
+    if (!r->inputs[i].present) {
+      if (!spec.optional) return Invalid("missing input '" + spec.name + "'");
+      continue;  // never batching (ValidateOptions): nothing to check against the other inputs
+    }
     const TensorView& v = r->inputs[i].view;
     const std::string who = "input '" + spec.name + "'";
     if (v.dtype != spec.dtype) {
@@ -397,6 +406,8 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   // Copy each input of every request once into one pooled, contiguous buffer.
   std::vector<BatchInput> inputs(options_.inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) {
+    // An optional input left out (only without batching: the batch is this one request).
+    if (!batch->front()->inputs[i].present) continue;
     size_t nbytes = 0;
     for (const auto& r : *batch) nbytes += r->inputs[i].view.nbytes;
     std::shared_ptr<Buffer> buffer = pool_->Acquire(nbytes);
@@ -415,6 +426,14 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     in.view.nbytes = nbytes;
     in.holder = std::shared_ptr<const void>(buffer, buffer.get());
   }
+  // The backend is handed the inputs present only, in the model's order.
+  size_t kept = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!batch->front()->inputs[i].present) continue;
+    if (kept != i) inputs[kept] = std::move(inputs[i]);
+    ++kept;
+  }
+  inputs.resize(kept);
 
   std::vector<BatchOutput> outputs;
   const int64_t start_ns = clock_->NowNs();

@@ -44,6 +44,9 @@ struct TensorSpec {
   std::string name;
   DataType dtype = DataType::kFp32;
   std::vector<int64_t> shape;
+  // An input a request may leave out (ONNX optional(tensor)): only without batching (max_batch_size
+  // 0), where a batch is one request and the backend is handed the inputs present.
+  bool optional = false;
 };
 
 // A tensor the core reads or hands out, by pointer. Who keeps `data` alive is said where it is used.

@@ -33,6 +33,7 @@ TensorSpec SpecFromTuple(const py::handle& t) {
   const auto dt = tup[1].cast<std::string>();
   if (!ParseDataType(dt, &s.dtype)) throw py::value_error("tensor '" + s.name + "': unknown datatype " + dt);
   s.shape = tup[2].cast<std::vector<int64_t>>();
+  if (tup.size() > 3) s.optional = tup[3].cast<bool>();
   return s;
 }
 
@@ -94,9 +95,16 @@ class PyScheduler {
     auto request = std::make_unique<Request>();
     request->inputs.resize(specs.size());
     owner->keep.reserve(specs.size());
+    size_t present = 0;
     for (size_t i = 0; i < specs.size(); ++i) {
       PyObject* item = PyDict_GetItem(inputs.ptr(), input_names_[i].ptr());
+      if (item == nullptr && specs[i].optional) {  // left out: the backend gets the inputs present
+        request->inputs[i].present = false;
+        request->inputs[i].view.dtype = specs[i].dtype;
+        continue;
+      }
       if (item == nullptr) Raise({StatusCode::kInvalidArgument, "missing input '" + specs[i].name + "'"});
+      ++present;
       const std::string who = "input '" + specs[i].name + "'";
       if (!py::isinstance<py::array>(item)) {
         Raise({StatusCode::kInvalidArgument, who + ": expected a numpy array"});
@@ -121,7 +129,7 @@ class PyScheduler {
         owner->keep.push_back(std::move(array));
       }
     }
-    if (static_cast<size_t>(PyDict_Size(inputs.ptr())) != specs.size()) {
+    if (static_cast<size_t>(PyDict_Size(inputs.ptr())) != present) {
       for (auto item : inputs) {
         bool known = false;
         for (const auto& n : input_names_) known = known || n.equal(item.first);

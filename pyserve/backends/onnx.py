@@ -1,11 +1,18 @@
 """The ONNX Runtime backend (CPU execution provider), and reading an ONNX model's inputs and outputs.
 
-Only onnxruntime (a hard dependency) is used; the ``onnx`` package is not needed.
+onnxruntime runs the models; the ``onnx`` package (see onnx_prune.py) cuts graphs down to the served
+outputs and says which external data file a graph that failed to load refers to and lacks.
+
+Weights in external data files (``torch.onnx.export`` writes ``model.onnx`` + ``model.onnx.data``)
+are read by onnxruntime from the graph's folder, under the name the graph records.
 
 pyserve serves tensors (KServe v2). Exporters also write other ONNX types: skl2onnx classifiers, with
 their default options, end in a ZipMap whose ``output_probability`` is ``seq(map(int64,tensor(float)))``.
 Such outputs are left out of the served outputs (one log line per model load says which and how to
-export them as tensors); an input that is not a servable tensor makes the model unservable."""
+export them as tensors); an input that is not a servable tensor makes the model unservable. An input
+of type ``optional(tensor(T))`` is served as an optional input of type T (``TensorSpec.optional``): a
+request may leave it out, and the session then runs without it; such models are served without
+batching (max_batch_size 0)."""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend
-from pyserve.backends.onnx_prune import pruned_model
+from pyserve.backends.onnx_prune import EXTERNAL_FOLDER_ENTRY, missing_external_data, pruned_model
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
@@ -38,6 +45,11 @@ _OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+# onnxruntime reads external data of a model given as bytes from a folder it is told (the session
+# config entry EXTERNAL_FOLDER_ENTRY) since 1.21 (microsoft/onnxruntime#23557); older versions would
+# look beside the working directory, so models with external data are run whole there.
+_ORT_VERSION = tuple(int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
+_CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
                   "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
@@ -52,6 +64,9 @@ class Tensors(NamedTuple):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     left_out: tuple[tuple[str, str], ...] = ()
+
+
+_OPTIONAL_TENSOR = re.compile(r"optional\((tensor\(\w+\))\)")
 
 
 def _why(onnx_type: str) -> str:
@@ -82,8 +97,9 @@ def left_out_message(name: str, onnx_type: str) -> str:
 
 def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Tensors:
     """The servable inputs and outputs of a session (full shapes, dynamic dims as -1), and the outputs
-    left out (see :class:`Tensors`). ConfigError when an input is not a servable tensor, or when no
-    output is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
+    left out (see :class:`Tensors`). An input of ONNX type optional(tensor(T)) is an optional tensor
+    input of type T (``TensorSpec.optional``). ConfigError when an input is not a servable tensor, or when no output
+    is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
 
     def spec(arg: Any) -> TensorSpec:
         # Symbolic dims come as str, unknown ones as None: both are variable.
@@ -92,6 +108,11 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
 
     inputs = []
     for arg in session.get_inputs():
+        optional = _OPTIONAL_TENSOR.fullmatch(arg.type)
+        if optional and optional.group(1) in _ORT_DATATYPES:
+            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
+            inputs.append(TensorSpec(arg.name, _ORT_DATATYPES[optional.group(1)], dims, optional=True))
+            continue
         if arg.type not in _ORT_DATATYPES:
             if arg.type.startswith("tensor("):
                 todo = "export the model with inputs of a served type (e.g. float, and a Cast node after it)"
@@ -125,6 +146,9 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
+        missing = missing_external_data(Path(onnx_path))
+        if missing is not None:
+            raise ConfigError(f"{onnx_path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
         raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
     tensors = session_tensors(session, onnx_path)
     if tensors.left_out:
@@ -144,7 +168,7 @@ def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Pat
             raise ConfigError(
                 f"{onnx_path}: {what} {spec.name!r}: max_batch_size is {max_batch_size} but the model's "
                 f"shape {list(spec.shape)} has no dynamic first (batch) dimension")
-        out.append(TensorSpec(spec.name, spec.datatype, spec.shape[1:]))
+        out.append(dataclasses.replace(spec, shape=spec.shape[1:]))
     return tuple(out)
 
 
@@ -204,6 +228,11 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
                           f"and outputs from; add a version folder (e.g. {folder / '1' / config.model_filename}) "
                           "or give [[inputs]] and [[outputs]]")
     tensors = read_onnx_tensors(model_file)
+    optional = [s.name for s in tensors.inputs if s.optional]
+    if optional and config.max_batch_size > 0:
+        raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but input(s) "
+                          f"{', '.join(map(repr, optional))} of {model_file} are optional (ONNX type "
+                          "optional(tensor)), which pyserve serves without batching; set max_batch_size = 0")
     if not config.inputs:
         config = dataclasses.replace(
             config, inputs=strip_batch_dim(tensors[0], config.max_batch_size, model_file, "input"))
@@ -211,10 +240,40 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
         config = dataclasses.replace(
             config, outputs=strip_batch_dim(tensors[1], config.max_batch_size, model_file, "output"))
     check_onnx_model(config, tensors, model_file)
+    if optional:  # the model says which inputs are optional, whatever config.toml lists
+        config = dataclasses.replace(config, inputs=tuple(
+            dataclasses.replace(s, optional=s.name in optional) for s in config.inputs))
     return config
 
 
+def _pruned_session(name: str, model_path: Path, served: list[str], backend_options: Any,
+                    whole: ort.InferenceSession) -> ort.InferenceSession:
+    """A session of ``model_path`` cut to the ``served`` outputs, or ``whole`` (the session of the
+    whole model) when it cannot be cut. A model whose weights are in external data files is given to
+    onnxruntime as bytes with the graph's folder as the folder of its data files (onnxruntime 1.21
+    or newer; older ones run it whole)."""
+    pruned = pruned_model(model_path, served)
+    if pruned is None:
+        return whole
+    options = _session_options(backend_options)
+    if pruned.external_data:
+        if not _CUTS_EXTERNAL_DATA:
+            log.debug("model %r: %s: weights in external data files and onnxruntime %s: run whole",
+                      name, model_path, ort.__version__)
+            return whole
+        options.add_session_config_entry(EXTERNAL_FOLDER_ENTRY, str(model_path.resolve().parent))
+    try:
+        session = ort.InferenceSession(pruned.model, options, providers=["CPUExecutionProvider"])
+    except Exception:  # the whole model loaded: run it whole rather than refuse it
+        log.debug("model %r: %s: the cut graph did not load; run whole", name, model_path, exc_info=True)
+        return whole
+    log.debug("model %r: %s: computing only its served outputs (%d of %d nodes)",
+              name, model_path, pruned.nodes_after, pruned.nodes_before)
+    return session
+
+
 def _session_options(options: Any) -> ort.SessionOptions:
+    """ORT session options from a model's ``backend_options``."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(options.get("intra_op_num_threads", 1))
     so.inter_op_num_threads = int(options.get("inter_op_num_threads", 1))
@@ -238,15 +297,15 @@ class OnnxBackend(Backend):
         try:
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            missing = missing_external_data(model_path)
+            if missing is not None:
+                raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {missing} "
+                              f"(onnxruntime: {exc})") from None
             raise invalid(f"model {config.name!r}: {model_path}: onnxruntime cannot load it: {exc}") from None
         served = [o.name for o in config.outputs]
         if not {o.name for o in session.get_outputs()} <= set(served):
             # ORT runs every node whatever a run asks for: cut the graph to the served outputs.
-            pruned = pruned_model(model_path, served)
-            if pruned is not None:
-                session = ort.InferenceSession(pruned[0], options, providers=["CPUExecutionProvider"])
-                log.debug("model %r: %s: computing only its served outputs (%d of %d nodes)",
-                         config.name, model_path, pruned[2], pruned[1])
+            session = _pruned_session(config.name, model_path, served, config.backend_options, session)
         # Each version is checked: versions of one model may differ, the config holds for all of them.
         check_onnx_model(config, session_tensors(session, model_path), model_path)
         self._session: ort.InferenceSession | None = session

@@ -562,8 +562,13 @@ def model_metadata(
 
 
 def _tensor_metadata(t: Any) -> dict:
+    """A tensor's KServe v2 metadata; ``"optional": true`` added (as in Triton's model config) for an
+    input a request may leave out: KServe v2 has no such flag."""
     if isinstance(t, Mapping):
-        name, datatype, shape = t["name"], t["datatype"], t["shape"]
+        name, datatype, shape, optional = t["name"], t["datatype"], t["shape"], t.get("optional", False)
     else:
-        name, datatype, shape = t.name, t.datatype, t.shape
-    return {"name": name, "datatype": datatype, "shape": [int(d) for d in shape]}
+        name, datatype, shape, optional = t.name, t.datatype, t.shape, getattr(t, "optional", False)
+    doc = {"name": name, "datatype": datatype, "shape": [int(d) for d in shape]}
+    if optional:
+        doc["optional"] = True
+    return doc

@@ -60,7 +60,7 @@ def _input(spec: TensorSpec) -> dict[str, Any]:
         "dims": list(spec.shape),
         "is_shape_tensor": False,
         "allow_ragged_batch": False,
-        "optional": False,
+        "optional": spec.optional,  # Triton: a request may leave the input out
         "is_non_linear_format_io": False,
     }
 

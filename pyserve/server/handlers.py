@@ -61,7 +61,9 @@ def server_metadata(request: Request) -> Response:
 
 
 def _tensor_docs(specs: Any) -> list[dict]:
-    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs]
+    """Tensors of a model config as JSON; ``"optional": true`` on an input a request may leave out."""
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
+             **({"optional": True} if getattr(t, "optional", False) else {})} for t in specs]
 
 
 def _fields(obj: Any) -> dict:

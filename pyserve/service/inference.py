@@ -18,6 +18,7 @@ request; :meth:`InferenceService.infer` runs them in one ``await`` for in-proces
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -71,7 +72,7 @@ class VersionStatistics:
 def _full_shapes(specs: Iterable[TensorSpec], batching: bool) -> tuple[TensorSpec, ...]:
     if not batching:
         return tuple(specs)
-    return tuple(TensorSpec(s.name, s.datatype, (-1, *s.shape)) for s in specs)
+    return tuple(dataclasses.replace(s, shape=(-1, *s.shape)) for s in specs)
 
 
 def _parameter(params: dict, key: str, maximum: int) -> int:

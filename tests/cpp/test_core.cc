@@ -456,6 +456,58 @@ TEST(scheduler_runs_higher_priority_first_fifo_within_a_level) {
   CHECK(bad != nullptr);
 }
 
+// Records the names of the inputs of every batch it runs; answers y = its first input.
+class NamesBackend final : public Backend {
+ public:
+  Status Execute(const std::vector<BatchInput>& inputs, std::vector<BatchOutput>* outputs) override {
+    std::vector<std::string> names;
+    for (const auto& in : inputs) names.push_back(in.name);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      names_.push_back(names);
+    }
+    outputs->push_back(BatchOutput{"y", inputs[0].view, inputs[0].holder});
+    return Status::Ok();
+  }
+  std::vector<std::vector<std::string>> Names() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return names_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::vector<std::string>> names_;
+};
+
+TEST(scheduler_hands_the_backend_only_the_optional_inputs_present) {
+  SchedulerOptions o = MakeOptions(0, 0);
+  o.inputs = {TensorSpec{"x", DataType::kFp32, {-1, kCols}}, TensorSpec{"b", DataType::kFp32, {-1, kCols}, true}};
+  o.outputs = {TensorSpec{"y", DataType::kFp32, {-1, kCols}}};
+  SchedulerOptions batched = o;
+  batched.batch = Opts(4, 0);
+  CHECK_EQ(ValidateOptions(batched).code, StatusCode::kInvalidArgument);  // optional inputs: no batching
+  REQUIRE(ValidateOptions(o).ok());
+  auto backend = std::make_shared<NamesBackend>();
+  auto cq = std::make_shared<CompletionQueue>();
+  Scheduler sched(std::move(o), backend, cq, BufferPool::Create(), std::make_shared<FakeClock>());
+  auto absent = MakeRequest(1);
+  absent->inputs.resize(2);
+  absent->inputs[1].present = false;
+  auto given = MakeRequest(2);
+  given->inputs.push_back(given->inputs[0]);
+  auto no_x = MakeRequest(3);  // the required input left out: refused
+  no_x->inputs.resize(2);
+  no_x->inputs[0] = RequestInput{};
+  no_x->inputs[0].present = false;
+  uint64_t id = 0;
+  CHECK_EQ(sched.Submit(&no_x, &id).code, StatusCode::kInvalidArgument);
+  REQUIRE(sched.Submit(&absent, &id).ok());
+  REQUIRE(sched.Submit(&given, &id).ok());
+  sched.Flush(false);
+  for (const Completion& c : Collect(*cq, 2)) CHECK(c.status.ok());
+  CHECK_EQ(backend->Names(), (std::vector<std::vector<std::string>>{{"x"}, {"x", "b"}}));
+}
+
 TEST(scheduler_answers_expired_requests_without_running_them) {
   GateFixture f(MakeOptions(4, 0));
   f.Block();
