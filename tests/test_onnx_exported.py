@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pyserve.backends import create_backend
 from pyserve.backends.onnx import read_onnx_tensors
 from pyserve.backends.onnx_prune import external_data_files, missing_external_data
-from pyserve.config import ConfigError, TensorSpec, config_from_onnx, load_model_config
+from pyserve.config import ConfigError, ModelConfig, TensorSpec, config_from_onnx, load_model_config
 from pyserve.errors import PyserveError
 
 DATA = "model.onnx.data"
@@ -208,6 +208,63 @@ def test_cut_reads_the_data_file_in_place_and_writes_nothing(tmp_path: Path,
     whole = create_backend(load_model_config(tmp_path / "m"), path.parent)
     with pytest.raises(PyserveError):
         whole({"x": X})
+
+
+def relocate_external_data(path: Path, location: str) -> None:
+    """Rewrite every external data ``location`` the graph at ``path`` records (the weights stay)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("layout", ["dotdot", "absolute", "symlink"])
+def test_external_data_outside_the_folder_is_refused(tmp_path: Path, layout: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data file outside the graph's folder (a '..' location, an absolute one, a symlink to a file
+    elsewhere) is refused by pyserve before onnxruntime is asked: onnxruntime before 1.24 (pyserve
+    takes 1.17 and up) reads whatever file the graph names."""
+    path = save_exported(tmp_path / "m" / "1")
+    data = tmp_path / "elsewhere" / DATA
+    data.parent.mkdir()
+    (path.parent / DATA).rename(data)
+    if layout == "dotdot":
+        relocate_external_data(path, f"../../elsewhere/{DATA}")
+    elif layout == "absolute":
+        relocate_external_data(path, str(data))
+    else:
+        (path.parent / DATA).symlink_to(data)
+
+    def old_onnxruntime(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("onnxruntime was asked to load a graph whose data lies outside its folder")
+
+    monkeypatch.setattr("pyserve.backends.onnx.ort.InferenceSession", old_onnxruntime)
+    with pytest.raises(ConfigError) as err:
+        read_onnx_tensors(path)
+    assert "outside the graph's folder" in str(err.value) or "not a path relative" in str(err.value)
+    # An older version folder is loaded by the backend alone (the config is read off the newest).
+    config = ModelConfig(name="m", backend="onnxruntime", inputs=(TensorSpec("x", "FP32", (-1, 4)),),
+                         outputs=(TensorSpec("y", "FP32", (-1, 4)),))
+    with pytest.raises(PyserveError) as perr:
+        create_backend(config, path.parent)
+    assert "cannot be loaded" in str(perr.value)
+
+
+def test_external_data_symlinked_with_its_graph_loads(tmp_path: Path) -> None:
+    """Graph and data both symlinks into one other folder (Hugging Face's cache: snapshots/ ->
+    blobs/): the data lies beside the file the graph points to, which onnxruntime accepts too."""
+    real = save_exported(tmp_path / "blobs")
+    vdir = tmp_path / "m" / "1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.onnx").symlink_to(real)
+    (vdir / DATA).symlink_to(real.parent / DATA)
+    tensors = read_onnx_tensors(vdir / "model.onnx")
+    assert [s.name for s in tensors.inputs] == ["x"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,12 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend
-from pyserve.backends.onnx_prune import EXTERNAL_FOLDER_ENTRY, missing_external_data, pruned_model
+from pyserve.backends.onnx_prune import (
+    EXTERNAL_FOLDER_ENTRY,
+    escaping_external_data,
+    missing_external_data,
+    pruned_model,
+)
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
@@ -143,6 +148,9 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
+    escaping = escaping_external_data(Path(onnx_path))
+    if escaping is not None:
+        raise ConfigError(f"{onnx_path}: cannot be loaded: {escaping}")
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -293,6 +301,9 @@ class OnnxBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise invalid(f"model {config.name!r}: {model_path}: no such model file")
+        escaping = escaping_external_data(model_path)  # each version: versions may differ
+        if escaping is not None:
+            raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {escaping}")
         options = _session_options(config.backend_options)
         try:
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
