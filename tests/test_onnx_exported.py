@@ -29,7 +29,7 @@ from pyserve.backends import create_backend
 from pyserve.backends.onnx import read_onnx_tensors
 from pyserve.backends.onnx_prune import external_data_files, missing_external_data
 from pyserve.config import ConfigError, ModelConfig, TensorSpec, config_from_onnx, load_model_config
-from pyserve.errors import PyserveError
+from pyserve.errors import ErrorKind, PyserveError
 
 DATA = "model.onnx.data"
 W = np.arange(16, dtype=np.float32).reshape(4, 4) / 8 - 1
@@ -339,3 +339,28 @@ def test_optional_input_served_by_a_server(serve: Any, tmp_path: Path) -> None:
     assert resp.status_code == 400 and "missing input 'x'" in resp.text, resp.text
     resp = infer(server.url, "opt", "json", {"x": X, "other": X})
     assert resp.status_code == 400 and "unexpected input 'other'" in resp.text, resp.text
+
+
+def test_optional_input_required_by_an_older_version_is_a_400(tmp_path: Path) -> None:
+    """The config marks 'bias' optional because the newest version's model does; version 1's model
+    requires it: a request to version 1 that leaves it out is the client's mistake (INVALID_ARGUMENT
+    naming the input), not an onnxruntime failure answered 500."""
+    save_optional_input(tmp_path / "m" / "2" / "model.onnx")
+    v1 = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])], "required",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    v1.ir_version = 8
+    (tmp_path / "m" / "1").mkdir()
+    onnx.save(v1, str(tmp_path / "m" / "1" / "model.onnx"))
+    (tmp_path / "m" / "config.toml").write_text("[version_policy]\nall = true\n")
+    config = load_model_config(tmp_path / "m")
+    assert config.inputs[1].optional
+    old = create_backend(config, tmp_path / "m" / "1")
+    with pytest.raises(PyserveError) as err:
+        old({"x": X})
+    assert err.value.kind is ErrorKind.INVALID_ARGUMENT and "missing input 'bias'" in str(err.value)
+    np.testing.assert_array_equal(old({"x": X, "bias": BIAS})["y"], X + BIAS)
+    np.testing.assert_array_equal(create_backend(config, tmp_path / "m" / "2")({"x": X})["y"], X + 10)

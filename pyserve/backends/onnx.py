@@ -318,7 +318,12 @@ class OnnxBackend(Backend):
             # ORT runs every node whatever a run asks for: cut the graph to the served outputs.
             session = _pruned_session(config.name, model_path, served, config.backend_options, session)
         # Each version is checked: versions of one model may differ, the config holds for all of them.
-        check_onnx_model(config, session_tensors(session, model_path), model_path)
+        tensors = session_tensors(session, model_path)
+        check_onnx_model(config, tensors, model_path)
+        # The config marks an input optional when the newest version's model does; an older version
+        # whose model requires it answers a request that leaves it out as the client's mistake.
+        optional_here = {s.name for s in tensors.inputs if s.optional}
+        self._required_here = tuple(s.name for s in config.inputs if s.optional and s.name not in optional_here)
         self._session: ort.InferenceSession | None = session
         # Failures of a run are answered and logged by pyserve; ORT's own line per failed run on
         # stderr would let any client flood the log.
@@ -334,6 +339,10 @@ class OnnxBackend(Backend):
         session = self._session
         if session is None:
             raise PyserveError(ErrorKind.UNAVAILABLE, f"model {self._name!r}: backend is closed")
+        for name in self._required_here:
+            if name not in inputs:
+                raise invalid(f"missing input {name!r}: it is optional in the newest version of the model, "
+                              "not in this one")
         feeds = inputs
         if self._bytes_inputs:
             feeds = dict(inputs)
