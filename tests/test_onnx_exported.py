@@ -227,8 +227,8 @@ def relocate_external_data(path: Path, location: str) -> None:
 def test_external_data_outside_the_folder_is_refused(tmp_path: Path, layout: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A data file outside the graph's folder (a '..' location, an absolute one, a symlink to a file
-    elsewhere) is refused by pyserve before onnxruntime is asked: onnxruntime before 1.24 (pyserve
-    takes 1.17 and up) reads whatever file the graph names."""
+    elsewhere) is refused: by onnxruntime 1.24 and newer itself, and with older ones (pyserve takes
+    1.17 and up), which read whatever file the graph names, by pyserve before onnxruntime is asked."""
     path = save_exported(tmp_path / "m" / "1")
     data = tmp_path / "elsewhere" / DATA
     data.parent.mkdir()
@@ -243,7 +243,12 @@ def test_external_data_outside_the_folder_is_refused(tmp_path: Path, layout: str
     def old_onnxruntime(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("onnxruntime was asked to load a graph whose data lies outside its folder")
 
+    # With the installed onnxruntime (which checks itself from 1.24 on, pyserve before), refused.
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        read_onnx_tensors(path)
+    # As an onnxruntime older than 1.24 would not be: pyserve refuses before asking it.
     monkeypatch.setattr("pyserve.backends.onnx.ort.InferenceSession", old_onnxruntime)
+    monkeypatch.setattr("pyserve.backends.onnx._CHECKS_EXTERNAL_DATA_PATHS", False)
     with pytest.raises(ConfigError) as err:
         read_onnx_tensors(path)
     assert "outside the graph's folder" in str(err.value) or "not a path relative" in str(err.value)

@@ -55,6 +55,10 @@ _OPT_LEVELS = {
 # look beside the working directory, so models with external data are run whole there.
 _ORT_VERSION = tuple(int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
 _CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
+# onnxruntime 1.24 and newer refuse an external data location outside the graph's folder themselves
+# ('External data path escapes model directory'); with older ones pyserve checks (reading the graph
+# with the onnx package, a cost at each load that newer versions are spared).
+_CHECKS_EXTERNAL_DATA_PATHS = _ORT_VERSION >= (1, 24)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
                   "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
@@ -148,7 +152,7 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
-    escaping = escaping_external_data(Path(onnx_path))
+    escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(Path(onnx_path))
     if escaping is not None:
         raise ConfigError(f"{onnx_path}: cannot be loaded: {escaping}")
     try:
@@ -301,7 +305,8 @@ class OnnxBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise invalid(f"model {config.name!r}: {model_path}: no such model file")
-        escaping = escaping_external_data(model_path)  # each version: versions may differ
+        # Each version: versions may differ.
+        escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(model_path)
         if escaping is not None:
             raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {escaping}")
         options = _session_options(config.backend_options)

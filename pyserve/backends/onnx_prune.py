@@ -93,7 +93,7 @@ def escaping_external_data(path: Path) -> str | None:
 
     onnxruntime 1.24 and newer refuse such paths themselves; older ones (pyserve accepts 1.17 and
     up) read whatever file the graph names, so a model file could make the server read any file it
-    can open into a model's weights. pyserve checks before any session is made, whatever the version."""
+    can open into a model's weights. With those, pyserve checks before any session is made."""
     try:
         files = external_data_files(path)
     except Exception:  # not readable by onnx: onnxruntime's own message is all there is
