@@ -28,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from pyserve.backends import create_backend
 from pyserve.backends.onnx import read_onnx_tensors
 from pyserve.backends.onnx_prune import external_data_files, missing_external_data
-from pyserve.config import ConfigError, TensorSpec, config_from_onnx, load_model_config
-from pyserve.errors import PyserveError
+from pyserve.config import ConfigError, ModelConfig, TensorSpec, config_from_onnx, load_model_config
+from pyserve.errors import ErrorKind, PyserveError
 
 DATA = "model.onnx.data"
 W = np.arange(16, dtype=np.float32).reshape(4, 4) / 8 - 1
@@ -210,6 +210,68 @@ def test_cut_reads_the_data_file_in_place_and_writes_nothing(tmp_path: Path,
         whole({"x": X})
 
 
+def relocate_external_data(path: Path, location: str) -> None:
+    """Rewrite every external data ``location`` the graph at ``path`` records (the weights stay)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    path.write_bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize("layout", ["dotdot", "absolute", "symlink"])
+def test_external_data_outside_the_folder_is_refused(tmp_path: Path, layout: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data file outside the graph's folder (a '..' location, an absolute one, a symlink to a file
+    elsewhere) is refused: by onnxruntime 1.24 and newer itself, and with older ones (pyserve takes
+    1.17 and up), which read whatever file the graph names, by pyserve before onnxruntime is asked."""
+    path = save_exported(tmp_path / "m" / "1")
+    data = tmp_path / "elsewhere" / DATA
+    data.parent.mkdir()
+    (path.parent / DATA).rename(data)
+    if layout == "dotdot":
+        relocate_external_data(path, f"../../elsewhere/{DATA}")
+    elif layout == "absolute":
+        relocate_external_data(path, str(data))
+    else:
+        (path.parent / DATA).symlink_to(data)
+
+    def old_onnxruntime(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("onnxruntime was asked to load a graph whose data lies outside its folder")
+
+    # With the installed onnxruntime (which checks itself from 1.24 on, pyserve before), refused.
+    with pytest.raises(ConfigError, match="cannot be loaded"):
+        read_onnx_tensors(path)
+    # As an onnxruntime older than 1.24 would not be: pyserve refuses before asking it.
+    monkeypatch.setattr("pyserve.backends.onnx.ort.InferenceSession", old_onnxruntime)
+    monkeypatch.setattr("pyserve.backends.onnx._CHECKS_EXTERNAL_DATA_PATHS", False)
+    with pytest.raises(ConfigError) as err:
+        read_onnx_tensors(path)
+    assert "outside the graph's folder" in str(err.value) or "not a path relative" in str(err.value)
+    # An older version folder is loaded by the backend alone (the config is read off the newest).
+    config = ModelConfig(name="m", backend="onnxruntime", inputs=(TensorSpec("x", "FP32", (-1, 4)),),
+                         outputs=(TensorSpec("y", "FP32", (-1, 4)),))
+    with pytest.raises(PyserveError) as perr:
+        create_backend(config, path.parent)
+    assert "cannot be loaded" in str(perr.value)
+
+
+def test_external_data_symlinked_with_its_graph_loads(tmp_path: Path) -> None:
+    """Graph and data both symlinks into one other folder (Hugging Face's cache: snapshots/ ->
+    blobs/): the data lies beside the file the graph points to, which onnxruntime accepts too."""
+    real = save_exported(tmp_path / "blobs")
+    vdir = tmp_path / "m" / "1"
+    vdir.mkdir(parents=True)
+    (vdir / "model.onnx").symlink_to(real)
+    (vdir / DATA).symlink_to(real.parent / DATA)
+    tensors = read_onnx_tensors(vdir / "model.onnx")
+    assert [s.name for s in tensors.inputs] == ["x"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Optional inputs: a request may leave them out (served without batching)
 
@@ -282,3 +344,28 @@ def test_optional_input_served_by_a_server(serve: Any, tmp_path: Path) -> None:
     assert resp.status_code == 400 and "missing input 'x'" in resp.text, resp.text
     resp = infer(server.url, "opt", "json", {"x": X, "other": X})
     assert resp.status_code == 400 and "unexpected input 'other'" in resp.text, resp.text
+
+
+def test_optional_input_required_by_an_older_version_is_a_400(tmp_path: Path) -> None:
+    """The config marks 'bias' optional because the newest version's model does; version 1's model
+    requires it: a request to version 1 that leaves it out is the client's mistake (INVALID_ARGUMENT
+    naming the input), not an onnxruntime failure answered 500."""
+    save_optional_input(tmp_path / "m" / "2" / "model.onnx")
+    v1 = helper.make_model(helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])], "required",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    v1.ir_version = 8
+    (tmp_path / "m" / "1").mkdir()
+    onnx.save(v1, str(tmp_path / "m" / "1" / "model.onnx"))
+    (tmp_path / "m" / "config.toml").write_text("[version_policy]\nall = true\n")
+    config = load_model_config(tmp_path / "m")
+    assert config.inputs[1].optional
+    old = create_backend(config, tmp_path / "m" / "1")
+    with pytest.raises(PyserveError) as err:
+        old({"x": X})
+    assert err.value.kind is ErrorKind.INVALID_ARGUMENT and "missing input 'bias'" in str(err.value)
+    np.testing.assert_array_equal(old({"x": X, "bias": BIAS})["y"], X + BIAS)
+    np.testing.assert_array_equal(create_backend(config, tmp_path / "m" / "2")({"x": X})["y"], X + 10)

@@ -297,3 +297,58 @@ def test_one_bad_value_fails_only_its_own_request(tmp_path: Path) -> None:
         assert runner.stats()["batch_size"]["count"] >= 2
 
     run(repo.root, body)
+
+
+REFUSES_NEGATIVES = '''
+import numpy as np
+from pyserve.errors import invalid
+
+class Model:
+    def __init__(self, version_dir):
+        self.calls = version_dir / "calls.txt"
+
+    def infer(self, inputs):
+        x = inputs["x"]
+        with open(self.calls, "a") as f:
+            f.write(f"{x.shape[0]}\\n")
+        if (x < 0).any():
+            raise invalid("negative value")
+        return {"y": x * 2}
+'''
+
+
+def test_a_batch_refused_for_every_request_answers_each_once(tmp_path: Path) -> None:
+    """A Python model raising invalid() for every request of a batch: the batch runs again one
+    request at a time, each request gets exactly one INVALID_ARGUMENT, and the counters add up
+    (the refused batch counts among batches_executed: backend calls, failed ones included)."""
+    repo = Repo(tmp_path / "models")
+    repo.python("p", REFUSES_NEGATIVES,
+                'backend = "python"\nmax_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 300000\n'
+                + toml_tensors("inputs", [("x", "FP32", [1])]) + toml_tensors("outputs", [("y", "FP32", [1])]))
+    calls = repo.model_dir("p") / "1" / "calls.txt"
+
+    async def body(service: InferenceService, errors: Any) -> None:
+        runner = service.runner("p")
+        answered = 0
+        for keys in ([-1, -2, -3, -4, -5, -6, -7, -8], [1, -1, 2, -2]):
+            futures = [runner.submit({"x": np.array([[k]], np.float32)}) for k in keys]
+            _, pending = await asyncio.wait(futures, timeout=10)
+            assert not pending
+            for k, future in zip(keys, futures):
+                if k < 0:
+                    assert isinstance(future.exception(), PyserveError)
+                    assert future.exception().kind is ErrorKind.INVALID_ARGUMENT
+                else:
+                    assert float(future.result()["y"][0, 0]) == 2 * k
+                answered += 1
+        runs = [int(n) for n in calls.read_text().split()]
+        # Every batch of several requests holds a negative (batches are runs of the submission
+        # order), so it is refused and each request then runs alone: exactly once, whatever batches
+        # formed (8 + 4 when the machine keeps up).
+        assert runs.count(1) == 12 and len(runs) == 12 + sum(1 for n in runs if n > 1), runs
+        stats = runner.stats()
+        assert (stats["requests_failed"], stats["requests_succeeded"], stats["in_flight"]) == (10, 2, 0)
+        assert stats["batches_executed"] == len(runs) and stats["samples_inferred"] == 2
+        assert answered == 12
+
+    run(repo.root, body)

@@ -26,7 +26,12 @@ import numpy as np
 import onnxruntime as ort
 
 from pyserve.backends.base import Backend
-from pyserve.backends.onnx_prune import EXTERNAL_FOLDER_ENTRY, missing_external_data, pruned_model
+from pyserve.backends.onnx_prune import (
+    EXTERNAL_FOLDER_ENTRY,
+    escaping_external_data,
+    missing_external_data,
+    pruned_model,
+)
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
@@ -50,6 +55,10 @@ _OPT_LEVELS = {
 # look beside the working directory, so models with external data are run whole there.
 _ORT_VERSION = tuple(int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
 _CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
+# onnxruntime 1.24 and newer refuse an external data location outside the graph's folder themselves
+# ('External data path escapes model directory'); with older ones pyserve checks (reading the graph
+# with the onnx package, a cost at each load that newer versions are spared).
+_CHECKS_EXTERNAL_DATA_PATHS = _ORT_VERSION >= (1, 24)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
                   "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
@@ -143,6 +152,9 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
+    escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(Path(onnx_path))
+    if escaping is not None:
+        raise ConfigError(f"{onnx_path}: cannot be loaded: {escaping}")
     try:
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -293,6 +305,10 @@ class OnnxBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise invalid(f"model {config.name!r}: {model_path}: no such model file")
+        # Each version: versions may differ.
+        escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(model_path)
+        if escaping is not None:
+            raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {escaping}")
         options = _session_options(config.backend_options)
         try:
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
@@ -307,7 +323,12 @@ class OnnxBackend(Backend):
             # ORT runs every node whatever a run asks for: cut the graph to the served outputs.
             session = _pruned_session(config.name, model_path, served, config.backend_options, session)
         # Each version is checked: versions of one model may differ, the config holds for all of them.
-        check_onnx_model(config, session_tensors(session, model_path), model_path)
+        tensors = session_tensors(session, model_path)
+        check_onnx_model(config, tensors, model_path)
+        # The config marks an input optional when the newest version's model does; an older version
+        # whose model requires it answers a request that leaves it out as the client's mistake.
+        optional_here = {s.name for s in tensors.inputs if s.optional}
+        self._required_here = tuple(s.name for s in config.inputs if s.optional and s.name not in optional_here)
         self._session: ort.InferenceSession | None = session
         # Failures of a run are answered and logged by pyserve; ORT's own line per failed run on
         # stderr would let any client flood the log.
@@ -323,6 +344,10 @@ class OnnxBackend(Backend):
         session = self._session
         if session is None:
             raise PyserveError(ErrorKind.UNAVAILABLE, f"model {self._name!r}: backend is closed")
+        for name in self._required_here:
+            if name not in inputs:
+                raise invalid(f"missing input {name!r}: it is optional in the newest version of the model, "
+                              "not in this one")
         feeds = inputs
         if self._bytes_inputs:
             feeds = dict(inputs)

@@ -84,6 +84,37 @@ def missing_external_data(path: Path) -> str | None:
             "save_as_external_data=True, location=new_data_name)")
 
 
+def escaping_external_data(path: Path) -> str | None:
+    """Why the ONNX graph at ``path`` must not be loaded because an external data ``location`` it
+    records leaves its folder: an absolute path, a ``..`` that climbs out, or a data file that is a
+    symlink to a file elsewhere. None when every data file lies in the graph's folder (or in the
+    folder of the file a symlinked graph points to, as Hugging Face caches lay models out), or when
+    the graph cannot be read here (onnxruntime then answers for it).
+
+    onnxruntime 1.24 and newer refuse such paths themselves; older ones (pyserve accepts 1.17 and
+    up) read whatever file the graph names, so a model file could make the server read any file it
+    can open into a model's weights. With those, pyserve checks before any session is made."""
+    try:
+        files = external_data_files(path)
+    except Exception:  # not readable by onnx: onnxruntime's own message is all there is
+        return None
+    path = Path(path)
+    folders = {path.parent.resolve(), path.resolve().parent}
+    bad = []
+    for location in files:
+        if not location or Path(location).is_absolute():
+            bad.append(f"external data location {location!r} is not a path relative to the graph's folder")
+            continue
+        target = (path.parent / location).resolve()
+        if not any(target.is_relative_to(f) for f in folders):
+            bad.append(f"external data location {location!r} resolves to {target}, outside the graph's "
+                       f"folder {path.parent}")
+    if not bad:
+        return None
+    return "; ".join(bad) + (". Keep the data files in the graph's folder (no '..', no absolute path, no "
+                             "symlink to a file elsewhere)")
+
+
 def _names_used_by(graph) -> set[str]:  # type: ignore[no-untyped-def]
     """Every value name a graph's nodes read, subgraphs (If, Loop, Scan bodies) included: a subgraph
     may read names of the outer graph."""
