@@ -284,7 +284,7 @@ def test_one_bad_value_fails_only_its_own_request(tmp_path: Path) -> None:
 
     async def body(service: InferenceService, errors: Any) -> None:
         runner = service.runner("gather")
-        await runner.infer({"i": np.array([0], np.int64)})  # the model has answered once
+        # The first batch of a fresh model: ORT's own INVALID_ARGUMENT is trusted before any answer.
         indexes = [1, 9, 2, 3]
         futures = [runner.submit({"i": np.array([k], np.int64)}) for k in indexes]  # one batch of 4
         await asyncio.wait(futures)

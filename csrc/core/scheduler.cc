@@ -481,13 +481,14 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   stats_.batch_size.Observe(static_cast<double>(total));
   if (status.code == StatusCode::kInvalidArgument && batch->size() > 1) {
     // The input of one request (a value the model cannot take) must not fail the others batched
-    // with it: run each request alone, so only the guilty ones are answered INVALID_ARGUMENT.
-    for (auto& r : *batch) {
-      Batch alone;
-      alone.push_back(std::move(r));
-      Execute(&alone, dispatch_ns);
-    }
+    // with it: run each half again, down to single requests, so only the guilty ones are answered
+    // INVALID_ARGUMENT. Halving costs about 2 log2(n) backend calls for one bad request in n.
+    const size_t half = batch->size() / 2;
+    Batch first, second;
+    for (size_t i = 0; i < batch->size(); ++i) ((i < half) ? first : second).push_back(std::move((*batch)[i]));
     batch->clear();
+    Execute(&first, dispatch_ns);
+    Execute(&second, dispatch_ns);
     return;
   }
   if (!status.ok()) {

@@ -383,14 +383,14 @@ def run_error(exc: Exception, feeds: dict[str, np.ndarray], answered: bool = Tru
     that fails while a node computes (two inputs whose dimensions disagree, an index out of range,
     a reshape that does not fit) failed on the request's inputs: INVALID_ARGUMENT, naming the
     inputs and their shapes and keeping ORT's own words without its source path. ORT's own
-    INVALID_ARGUMENT about an input (a wrong dimension) is the request's at any time. Before the
-    model has answered once, a node that fails may fail whatever the input (a model broken in
-    itself): INTERNAL. Anything else (memory, the execution provider) is INTERNAL. The core
-    prefixes the model and version to the message."""
+    INVALID_ARGUMENT (a wrong dimension, an index out of range) is the request's at any time.
+    Before the model has answered once, any other node failure (ORT's FAIL) may fail whatever the
+    input (a model broken in itself): INTERNAL. Anything else (memory, the execution provider) is
+    INTERNAL. The core prefixes the model and version to the message."""
     text = str(exc)
     kind_name = type(exc).__name__
-    node_failure = "Status Message: " in text
-    if kind_name in _INPUT_FAILURES and "alloc" not in text.lower() and (answered or not node_failure):
+    trusted = answered or kind_name == "InvalidArgument" or "Status Message: " not in text
+    if kind_name in _INPUT_FAILURES and "alloc" not in text.lower() and trusted:
         _, found, status = text.partition("Status Message: ")
         if found or kind_name == "InvalidArgument":
             detail = _SOURCE_PREFIX.sub("", status.strip()) if found else _ORT_PREFIX.sub("", text).strip()
