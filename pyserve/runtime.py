@@ -54,7 +54,7 @@ class CompletionPump:
 
 def _spec_tuples(specs: Any) -> list[tuple[str, str, list[int], bool]]:
     """The core's tensor specs: (name, datatype, shape, optional)."""
-    return [(s.name, s.datatype, list(s.shape), bool(getattr(s, "optional", False))) for s in specs]
+    return [(s.name, s.datatype, list(s.shape), s.optional) for s in specs]
 
 
 class ModelRunner:

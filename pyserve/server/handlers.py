@@ -21,15 +21,13 @@ from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config,
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
-from pyserve.server.messages import Deferred, Request, Response
+from pyserve.server.messages import INTERNAL_ERROR, Deferred, Request, Response
 from pyserve.server.router import Router
 
 log = logging.getLogger("pyserve.server")
 
 MSGPACK = "application/msgpack"
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
-# What the on_error hooks see of a fault that was not a PyserveError (the traceback is in the log).
-UNEXPECTED = "internal server error (see the server log)"
 # Triton's extension names (GET /v2 lists them), and pyserve's own msgpack protocol.
 EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration", "parameters",
               "statistics", "msgpack")
@@ -63,7 +61,7 @@ def server_metadata(request: Request) -> Response:
 def _tensor_docs(specs: Any) -> list[dict]:
     """Tensors of a model config as JSON; ``"optional": true`` on an input a request may leave out."""
     return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape),
-             **({"optional": True} if getattr(t, "optional", False) else {})} for t in specs]
+             **({"optional": True} if t.optional else {})} for t in specs]
 
 
 def _fields(obj: Any) -> dict:
@@ -137,26 +135,30 @@ def infer(request: Request) -> Response | Deferred:
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
         ctx = CallContext(protocol, req.id)
         future = service.submit(runner, req, ctx)
-    except PyserveError as e:
-        service.failed(name, e, ctx, runner, req)
-        return error_response(e.kind, e.message)
-    except Exception:
-        response = unexpected(request)
-        service.failed(name, internal(UNEXPECTED), ctx, runner, req)  # a 500 is an error answered too
-        return response
+    except Exception as e:
+        return _infer_failed(request, e, ctx, runner, req)
 
     def finish(done: asyncio.Future) -> Response:
         try:
             return _encode_infer(req, service.complete(runner, req, ctx, done), protocol)
-        except PyserveError as e:
-            service.failed(name, e, ctx, runner, req)
-            return error_response(e.kind, e.message)
-        except Exception:
-            response = unexpected(request)
-            service.failed(name, internal(UNEXPECTED), ctx, runner, req)
-            return response
+        except Exception as e:
+            return _infer_failed(request, e, ctx, runner, req)
 
     return Deferred(future, finish)
+
+
+def _infer_failed(request: Request, e: Exception, ctx: CallContext | None, runner: Any,
+                  req: InferRequest | None) -> Response:
+    """The answer to an infer request that raised ``e`` (call it in the ``except`` block): the error's
+    status, or a 500 with the traceback logged; either way recorded by the service."""
+    service = _service(request)
+    name = request.match_info["model"]
+    if isinstance(e, PyserveError):
+        service.failed(name, e, ctx, runner, req)
+        return error_response(e.kind, e.message)
+    response = unexpected(request)
+    service.failed(name, internal(INTERNAL_ERROR), ctx, runner, req)  # a 500 is an error answered too
+    return response
 
 
 def _decode_infer(request: Request) -> tuple[InferRequest, str]:

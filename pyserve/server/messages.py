@@ -79,6 +79,9 @@ def error_response(status: int, message: str) -> Response:
     return Response(orjson.dumps({"error": message}), status, headers=headers)
 
 
+INTERNAL_ERROR = "internal server error (see the server log)"  # all a client learns of a fault
+
+
 def internal_error() -> Response:
     """A 500 that tells the client no more than to look in the log."""
-    return error_response(500, "internal server error (see the server log)")
+    return error_response(500, INTERNAL_ERROR)
