@@ -379,3 +379,38 @@ def test_only_the_served_outputs_are_computed(tmp_path: Path) -> None:
     whole = create_backend(load_model_config(tmp_path / "m"), tmp_path / "m" / "1")
     with pytest.raises(PyserveError):
         whole({"x": np.ones((1, 4), np.float32)})
+
+
+def test_the_cut_keeps_what_a_subgraph_reads_from_the_outer_graph(tmp_path: Path) -> None:
+    """An If branch that reads a value of the outer graph (not a node input of the If itself) keeps
+    the node that makes it; the node feeding only the unserved output goes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pyserve.backends.onnx_prune import pruned_model
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])
+    branch_out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])
+    then_g = helper.make_graph([helper.make_node("Identity", ["doubled"], ["b"])], "then", [], [branch_out])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "else", [], [branch_out])
+    nodes = [
+        helper.make_node("Add", ["x", "x"], ["doubled"], name="double"),  # read only inside the branch
+        helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g, name="choose"),
+        helper.make_node("Neg", ["x"], ["z"], name="negate"),  # feeds only z
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, c], [y, z]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    pruned = pruned_model(path, ["y"])
+    assert pruned is not None
+    kept = [n.name for n in onnx.load_from_string(pruned.model).graph.node]
+    assert kept == ["double", "choose"]
+    session = ort.InferenceSession(pruned.model, providers=["CPUExecutionProvider"])
+    out = session.run(["y"], {"x": np.array([1, 2], np.float32), "c": np.array(True)})[0]
+    np.testing.assert_array_equal(out, [2, 4])

@@ -110,17 +110,16 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     input of type T (``TensorSpec.optional``). ConfigError when an input is not a servable tensor, or when no output
     is: pyserve cannot serve such a model. Logs nothing: :func:`read_onnx_tensors` does."""
 
-    def spec(arg: Any) -> TensorSpec:
+    def spec(arg: Any, onnx_type: str, optional: bool = False) -> TensorSpec:
         # Symbolic dims come as str, unknown ones as None: both are variable.
         dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
-        return TensorSpec(arg.name, _ORT_DATATYPES[arg.type], dims)
+        return TensorSpec(arg.name, _ORT_DATATYPES[onnx_type], dims, optional=optional)
 
     inputs = []
     for arg in session.get_inputs():
         optional = _OPTIONAL_TENSOR.fullmatch(arg.type)
         if optional and optional.group(1) in _ORT_DATATYPES:
-            dims = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (arg.shape or ()))
-            inputs.append(TensorSpec(arg.name, _ORT_DATATYPES[optional.group(1)], dims, optional=True))
+            inputs.append(spec(arg, optional.group(1), optional=True))
             continue
         if arg.type not in _ORT_DATATYPES:
             if arg.type.startswith("tensor("):
@@ -130,17 +129,34 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
                         "takes dicts, out of the exported pipeline and feed the array it makes)")
             raise ConfigError(f"{onnx_path}: input {arg.name!r}: {_why(arg.type)}, so pyserve cannot serve "
                               f"this model; {todo}")
-        inputs.append(spec(arg))
+        inputs.append(spec(arg, arg.type))
     outputs, left_out = [], []
     for arg in session.get_outputs():
         if arg.type in _ORT_DATATYPES:
-            outputs.append(spec(arg))
+            outputs.append(spec(arg, arg.type))
         else:
             left_out.append((arg.name, arg.type))
     if not outputs:
         raise ConfigError(f"{onnx_path}: no output pyserve can serve: "
                           + "; ".join(left_out_message(n, t) for n, t in left_out))
     return Tensors(inputs, outputs, tuple(left_out))
+
+
+def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime session of the ONNX file ``path``; ConfigError naming the file when it cannot be
+    loaded: an external data location that leaves the graph's folder (checked here with onnxruntime
+    older than 1.24, which reads whatever file the graph names), an external data file that is
+    missing (named), or onnxruntime's own refusal."""
+    escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(path)
+    if escaping is not None:
+        raise ConfigError(f"{path}: cannot be loaded: {escaping}")
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        missing = missing_external_data(path)
+        if missing is not None:
+            raise ConfigError(f"{path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
+        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
@@ -152,17 +168,7 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
-    escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(Path(onnx_path))
-    if escaping is not None:
-        raise ConfigError(f"{onnx_path}: cannot be loaded: {escaping}")
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        missing = missing_external_data(Path(onnx_path))
-        if missing is not None:
-            raise ConfigError(f"{onnx_path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
-        raise ConfigError(f"{onnx_path}: cannot be loaded by onnxruntime: {exc}") from None
-    tensors = session_tensors(session, onnx_path)
+    tensors = session_tensors(open_session(Path(onnx_path), options), onnx_path)
     if tensors.left_out:
         log.warning("%s: serving its tensor outputs only; %s", onnx_path,
                     "; ".join(left_out_message(n, t) for n, t in tensors.left_out))
@@ -305,19 +311,10 @@ class OnnxBackend(Backend):
         model_path = Path(model_path)
         if not model_path.is_file():
             raise invalid(f"model {config.name!r}: {model_path}: no such model file")
-        # Each version: versions may differ.
-        escaping = None if _CHECKS_EXTERNAL_DATA_PATHS else escaping_external_data(model_path)
-        if escaping is not None:
-            raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {escaping}")
-        options = _session_options(config.backend_options)
-        try:
-            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            missing = missing_external_data(model_path)
-            if missing is not None:
-                raise invalid(f"model {config.name!r}: {model_path}: cannot be loaded: {missing} "
-                              f"(onnxruntime: {exc})") from None
-            raise invalid(f"model {config.name!r}: {model_path}: onnxruntime cannot load it: {exc}") from None
+        try:  # each version: versions may differ
+            session = open_session(model_path, _session_options(config.backend_options))
+        except ConfigError as e:
+            raise invalid(f"model {config.name!r}: {e.message}") from None
         served = [o.name for o in config.outputs]
         if not {o.name for o in session.get_outputs()} <= set(served):
             # ORT runs every node whatever a run asks for: cut the graph to the served outputs.

@@ -115,21 +115,23 @@ def escaping_external_data(path: Path) -> str | None:
                              "symlink to a file elsewhere)")
 
 
-def _names_used_by(graph) -> set[str]:  # type: ignore[no-untyped-def]
-    """Every value name a graph's nodes read, subgraphs (If, Loop, Scan bodies) included: a subgraph
-    may read names of the outer graph."""
+def _reads(node) -> set[str]:  # type: ignore[no-untyped-def]
+    """Every value name a node reads: its inputs, and what the nodes of its subgraphs (If, Loop, Scan
+    bodies) read, since a subgraph may read names of the outer graph."""
     import onnx
 
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(node.input)
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                used |= _names_used_by(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    used |= _names_used_by(g)
-    return used
+    names = set(node.input)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            subgraphs = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            subgraphs = list(attr.graphs)
+        else:
+            continue
+        for graph in subgraphs:
+            for inner in graph.node:
+                names |= _reads(inner)
+    return names
 
 
 def pruned_model(path: Path, outputs: Iterable[str]) -> Pruned | None:
@@ -160,8 +162,7 @@ def pruned_model(path: Path, outputs: Iterable[str]) -> Pruned | None:
         for node in reversed(graph.node):
             if needed.intersection(node.output):
                 keep.append(node)
-                needed.update(node.input)
-                needed |= _names_used_by(onnx.GraphProto(node=[node]))  # what its subgraphs read
+                needed |= _reads(node)
         before = len(graph.node)
         kept_outputs = [o for o in graph.output if o.name in wanted]
         del graph.output[:]
