@@ -403,9 +403,11 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   int64_t total = 0;
   for (const auto& r : *batch) total += r->pending.batch_size;
 
-  // Copy each input of every request once into one pooled, contiguous buffer.
-  std::vector<BatchInput> inputs(options_.inputs.size());
-  for (size_t i = 0; i < inputs.size(); ++i) {
+  // Copy each input of every request once into one pooled, contiguous buffer. The backend is handed
+  // the inputs present, in the model's order.
+  std::vector<BatchInput> inputs;
+  inputs.reserve(options_.inputs.size());
+  for (size_t i = 0; i < options_.inputs.size(); ++i) {
     // An optional input left out (only without batching: the batch is this one request).
     if (!batch->front()->inputs[i].present) continue;
     size_t nbytes = 0;
@@ -417,7 +419,7 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
       if (v.nbytes) std::memcpy(buffer->data + offset, v.data, v.nbytes);
       offset += v.nbytes;
     }
-    BatchInput& in = inputs[i];
+    BatchInput& in = inputs.emplace_back();
     in.name = options_.inputs[i].name;
     in.view.dtype = options_.inputs[i].dtype;
     in.view.shape = batch->front()->inputs[i].view.shape;
@@ -426,14 +428,6 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     in.view.nbytes = nbytes;
     in.holder = std::shared_ptr<const void>(buffer, buffer.get());
   }
-  // The backend is handed the inputs present only, in the model's order.
-  size_t kept = 0;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!batch->front()->inputs[i].present) continue;
-    if (kept != i) inputs[kept] = std::move(inputs[i]);
-    ++kept;
-  }
-  inputs.resize(kept);
 
   std::vector<BatchOutput> outputs;
   const int64_t start_ns = clock_->NowNs();
