@@ -190,8 +190,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         run(settings)
     except OSError as e:
-        # The listener is opened after the models load (pyserve.server.app.serve); a bind error
-        # comes out of the event loop's run as an OSError.
+        # The server binds its address before it loads any model (pyserve.server.app.serve); a bind
+        # error comes out of the event loop's run as an OSError.
         logging.getLogger("pyserve.cli").debug("start-up failed", exc_info=True)
         message = listen_error(e, args.host, args.port)
         if message is None:

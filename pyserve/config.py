@@ -405,8 +405,7 @@ def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, sou
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir}: not a model folder")
     if raw is None:
-        raw = read_config_file(model_dir)
-        source = str(model_dir / "config.toml")
+        raw, source = read_config_file(model_dir), ""  # the file names itself
     source = source or str(model_dir / "config.toml")
     _check_keys(source, raw, _TOP_KEYS, "")
     name = model_dir.name
