@@ -39,9 +39,19 @@ PICKY_CONFIG = 'backend = "python"\nmax_batch_size = 4\n' + toml_tensors("inputs
     + toml_tensors("outputs", [("y", "FP32", [1])])
 
 
+def model_bytes(graph: Any) -> bytes:
+    """An ONNX graph as a checked model file (opset 17, IR 8: read by every onnxruntime supported)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def two_input_add_onnx() -> bytes:
     """``y = a + b`` with a [N, K] and b [N, M]: K != M is the client's mistake, found by ORT."""
-    import onnx
     from onnx import TensorProto, helper
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "K"])
@@ -52,10 +62,7 @@ def two_input_add_onnx() -> bytes:
     g = helper.make_tensor_value_info("g", TensorProto.FLOAT, ["N"])
     nodes = [helper.make_node("Add", ["a", "b"], ["y"]), helper.make_node("Gather", ["d", "i"], ["g"])]
     graph = helper.make_graph(nodes, "add", [a, b, d, i], [y, g])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return model_bytes(graph)
 
 
 @pytest.fixture
@@ -197,10 +204,7 @@ def broken_reshape_onnx() -> bytes:
     inits = [helper.make_tensor("c", TensorProto.FLOAT, [6], [1.0] * 6),
              helper.make_tensor("s", TensorProto.INT64, [1], [4])]
     nodes = [helper.make_node("Reshape", ["c", "s"], ["r"]), helper.make_node("Add", ["x", "r"], ["y"])]
-    model = helper.make_model(helper.make_graph(nodes, "broken", [x], [y], initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+    return model_bytes(helper.make_graph(nodes, "broken", [x], [y], initializer=inits))
 
 
 def test_a_model_broken_in_itself_is_internal(tmp_path: Path) -> None:
@@ -261,7 +265,6 @@ def test_the_http_transport_reaches_models_through_the_service() -> None:
 
 def gather_onnx() -> bytes:
     """``g = table[i]`` with a table of 5 values: an index past 4 is a value the model cannot take."""
-    import onnx
     from onnx import TensorProto, helper
 
     i = helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])
@@ -269,10 +272,7 @@ def gather_onnx() -> bytes:
     table = helper.make_tensor("table", TensorProto.FLOAT, [5], [10.0, 11.0, 12.0, 13.0, 14.0])
     graph = helper.make_graph([helper.make_node("Gather", ["table", "i"], ["g"])], "gather", [i], [g],
                               initializer=[table])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return model_bytes(graph)
 
 
 def test_one_bad_value_fails_only_its_own_request(tmp_path: Path) -> None:
