@@ -108,6 +108,7 @@ def model_config(request: Request) -> Response:
         "outputs": _tensor_docs(config.outputs),
         "dynamic_batching": _fields(config.dynamic_batching),
         "version_policy": _fields(config.version_policy),
+        "payload_log": _fields(config.payload_log),
     }
     return _json(doc)
 
@@ -264,6 +265,31 @@ async def unload_model(request: Request) -> Response:
     return _json({})
 
 
+@async_endpoint
+async def payload_logs(request: Request) -> Response:
+    """``GET /v2/logs``: the payload log's records, newest first, as JSON (docs/payload-log.md)."""
+    from pyserve.payload_log import query as logs
+
+    plog = request.app.payload_log
+    if plog is None or plog.settings.log_dir is None:
+        raise not_found("the payload log is off on this server (start it with --payload-log-dir)")
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
+    unknown = sorted(set(params) - {"model", "version", "since", "until", "outcome", "limit"})
+    if unknown:
+        raise invalid(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                      "expected model, version, since, until, outcome, limit")
+    limit = params.get("limit", str(logs.DEFAULT_LIMIT))
+    if not limit.isdigit():
+        raise invalid(f"limit: expected an integer from 1 to {logs.MAX_LIMIT}, got {limit!r}")
+    q = logs.LogQuery(params.get("model"), params.get("version"),
+                      logs.parse_time(params["since"], "since") if "since" in params else None,
+                      logs.parse_time(params["until"], "until") if "until" in params else None,
+                      params.get("outcome"), int(limit))
+    # DuckDB reads the files off the event loop's thread.
+    rows = await asyncio.to_thread(lambda: logs.records(logs.select(plog.settings.log_dir, q)))
+    return Response(orjson.dumps({"records": rows}, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
 @endpoint
 def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
@@ -278,6 +304,7 @@ def make_router() -> Router:
     r.add("GET", "/v2/health/ready", ready)
     r.add("GET", "/v2", server_metadata)
     r.add("GET", "/metrics", metrics_endpoint)
+    r.add("GET", "/v2/logs", payload_logs)
     r.add("GET", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
