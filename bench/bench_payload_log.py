@@ -55,6 +55,32 @@ def measure(root: Path, rate: float | str | None, args: argparse.Namespace, out:
         server.wait(60)
 
 
+def hook_cost_us(rate: float | None, n: int = 200_000) -> float:
+    """µs per call of the payload log's after_response hook alone, in this process, on the tiny
+    model's tensors (rate None: a model without [payload_log])."""
+    import timeit
+    import types
+
+    import numpy as np
+
+    from pyserve.config import ModelConfig, PayloadLogConfig, TensorSpec
+    from pyserve.payload_log import PayloadLog, PayloadLogSettings
+    from pyserve.protocol import InferRequest, InferResponse
+    from pyserve.service import CallContext
+
+    config = ModelConfig("tiny", "onnxruntime", (TensorSpec("x", "FP32", (32,)),), (TensorSpec("y", "FP32", (10,)),),
+                         max_batch_size=32, payload_log=PayloadLogConfig(enabled=rate is not None,
+                                                                         sample_rate=rate or 0.0))
+    runner = types.SimpleNamespace(config=config, version="1")
+    plog = PayloadLog(PayloadLogSettings(queue_size=n + 1), lambda name: None)  # never started: nothing drains
+    request = InferRequest({"x": np.zeros((1, 32), np.float32)})
+    response = InferResponse("tiny", "1", {"y": np.zeros((1, 10), np.float32)})
+    ctx = CallContext("http+json")
+    spent = timeit.timeit(lambda: plog.after_response(ctx, runner, request, response), number=n)
+    empty = timeit.timeit(lambda: None, number=n)
+    return (spent - empty) / n * 1e6
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -63,6 +89,11 @@ def main() -> int:
     p.add_argument("--window-s", type=float, default=3.0)
     p.add_argument("--port", type=int, default=8132)
     args = p.parse_args()
+    from pyserve.config import PayloadLogConfig
+
+    print("after_response hook alone: " + ", ".join(
+        f"{name} {hook_cost_us(rate if rate != 'default' else PayloadLogConfig().sample_rate):.2f} us"
+        for name, rate in SETTINGS.items()) + " per call", flush=True)
     results: dict[str, list[float]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -209,6 +209,10 @@ def _payload_log_settings(args: argparse.Namespace) -> PayloadLogSettings:
             require_pyarrow()
         except ImportError as e:
             raise invalid(f"--payload-log-dir: {e}") from None
+        try:
+            settings.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise invalid(f"--payload-log-dir: cannot create {settings.log_dir}: {e.strerror or e}") from None
     return settings
 
 

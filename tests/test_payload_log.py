@@ -264,6 +264,23 @@ def test_a_full_queue_drops_and_counts_without_failing_requests(repo: Repo, tmp_
     assert [r["inputs"]["x"] for r in rows] == [[[0.0] * 4], [[1.0] * 4], [[2.0] * 4]]
 
 
+def test_a_tensor_over_max_tensor_bytes_is_logged_by_datatype_and_shape(repo: Repo, tmp_path: Path) -> None:
+    repo.onnx("affine", config="max_batch_size = 8\n" + LOGGED + "max_tensor_bytes = 20\n")
+
+    async def body(service: InferenceService, plog: PayloadLog) -> None:
+        await service.infer("affine", None, InferRequest({"x": np.ones((1, 4), np.float32)}, id="small"))
+        await service.infer("affine", None, InferRequest({"x": np.ones((2, 4), np.float32)}, id="large"))
+
+    in_process(repo.root, PayloadLogSettings(log_dir=tmp_path / "log"), body)
+    rows = {r["request_id"]: r for p in completed_files(tmp_path / "log") for r in pq.read_table(p).to_pylist()}
+    assert rows["small"]["inputs"]["x"] == [[1.0] * 4] and rows["small"]["other_tensors"] is None
+    assert rows["large"]["inputs"]["x"] is None and rows["large"]["outputs"]["y"] is None
+    assert rows["large"]["outputs"]["argmax"] == [3, 3]  # 16 bytes: within the limit
+    other = json.loads(rows["large"]["other_tensors"])
+    assert other == {"inputs": {"x": {"datatype": "FP32", "shape": [2, 4], "data": None}},
+                     "outputs": {"y": {"datatype": "FP32", "shape": [2, 4], "data": None}}}
+
+
 def test_rotation_by_size_and_time_and_retention(tmp_path: Path) -> None:
     table = pa.table({"model": ["m"] * 2000, "x": np.random.default_rng(0).random(2000)})
     files = ParquetFiles(tmp_path, rotate_bytes=20_000, rotate_s=60, retain_bytes=10**9, retain_s=1e9)
@@ -446,7 +463,13 @@ def test_payload_log_defaults(repo: Repo) -> None:
     assert on == PayloadLogConfig(enabled=True) and on.sample_rate == 0.1 and on.failures
 
 
-def test_serve_refuses_a_bad_sink_url(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(tmp_path), "--payload-log-sink",
-                             "ftp://x"], capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 2 and "--payload-log-sink: expected an http:// or https:// URL" in result.stderr
+@pytest.mark.parametrize("flags, needle", [
+    (["--payload-log-sink", "ftp://x"], "--payload-log-sink: expected an http:// or https:// URL"),
+    (["--payload-log-dir", "FILE/log"], "--payload-log-dir: cannot create"),
+])
+def test_serve_refuses_bad_payload_log_flags(tmp_path: Path, flags: list[str], needle: str) -> None:
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    flags = [f.replace("FILE", str(tmp_path / "FILE")) for f in flags]
+    result = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(tmp_path), *flags],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and needle in result.stderr, result.stderr

@@ -3,9 +3,9 @@ optionally posted as CloudEvents (docs/payload-log.md).
 
 :class:`PayloadLog` is a set of service hooks (:class:`~pyserve.service.hooks.InferHooks`), so it sees
 every call whatever protocol carried it. On the event loop's thread a hook only decides whether the
-call is logged (the model's ``[payload_log]``: on, sample rate, failures) and appends a
-:class:`~pyserve.payload_log.record.Capture` of references to a bounded queue; when the queue is full
-the record is dropped and counted, and the call goes on untouched. A writer thread takes the queue
+call is logged (the model's ``[payload_log]``: on, sample rate, failures) and appends the fields of
+a :class:`~pyserve.payload_log.record.Capture` (references only) to a bounded queue; when the queue
+is full the record is dropped and counted, and the call goes on untouched. A writer thread takes the queue
 every ``flush_s`` seconds, selects and redacts the tensors, builds Arrow columns, appends them to the
 model's open Parquet file and hands the records to the CloudEvents sink.
 """
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pyserve.payload_log.record import OK, Capture
@@ -29,6 +30,8 @@ from pyserve.service.hooks import InferHooks
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
     from pyserve.errors import PyserveError
+    from pyserve.payload_log.files import ParquetFiles
+    from pyserve.payload_log.sink import CloudEventsSink
     from pyserve.protocol import InferRequest, InferResponse
     from pyserve.runtime import ModelRunner
     from pyserve.service.context import CallContext
@@ -50,6 +53,18 @@ def require_pyarrow() -> None:
                           "pip install 'pyserve[log]'") from e
 
 
+def _within(tensors: dict | None, limit: int) -> dict | None:
+    """``tensors`` with each array over ``limit`` bytes replaced by a view of one zero broadcast to its
+    shape: same datatype, shape and ``nbytes``, no memory held (the record then logs no values)."""
+    if not tensors:
+        return tensors
+    for arr in tensors.values():
+        if arr.nbytes > limit:
+            return {n: np.broadcast_to(np.zeros((), a.dtype), a.shape) if a.nbytes > limit else a
+                    for n, a in tensors.items()}
+    return tensors
+
+
 class PayloadLog(InferHooks):
     """The payload log of a server: hooks, the writer thread, the sink.
 
@@ -63,7 +78,7 @@ class PayloadLog(InferHooks):
             require_pyarrow()
         self.settings = settings
         self._model_config = model_config
-        self._queue: collections.deque[Capture] = collections.deque()
+        self._queue: collections.deque[tuple] = collections.deque()  # Capture fields, in order
         self._max = settings.queue_size
         self._random = random.random
         registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
@@ -83,8 +98,8 @@ class PayloadLog(InferHooks):
             ["model"], registry=registry)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pyserve-payload-log", daemon=True)
-        self._files = None
-        self._sink = None
+        self._files: ParquetFiles | None = None
+        self._sink: CloudEventsSink | None = None
         self._started = False
         self._flush_requests: collections.deque[threading.Event] = collections.deque()
         self._layouts: dict[tuple, object] = {}  # layout key -> Layout (few: one per model config)
@@ -119,7 +134,7 @@ class PayloadLog(InferHooks):
             self._sink.close(self.settings.sink_timeout_s)
 
     def flush(self) -> None:
-        """Test helper: blocks until the queue is empty and every open file is published."""
+        """Blocks (up to 30 s) until what is queued now is written and every open file published."""
         done = threading.Event()
         self._flush_requests.append(done)
         done.wait(30)
@@ -150,9 +165,13 @@ class PayloadLog(InferHooks):
         if len(self._queue) >= self._max:
             self._dropped(config.name, "dropped").inc()
             return
+        limit = config.payload_log.max_tensor_bytes
+        if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
+            inputs, outputs = _within(inputs, limit), _within(outputs, limit)
         now_ns = time.time_ns()
         duration_ns = time.monotonic_ns() - ctx.started_ns if ctx is not None else 0
-        self._queue.append(Capture(
+        # A plain tuple, Capture's fields in order: the writer thread builds the Capture.
+        self._queue.append((
             now_ns - duration_ns, duration_ns, config.name, version,
             ctx.request_id if ctx is not None else None, ctx.protocol if ctx is not None else "",
             status, error, sampled, inputs, outputs, ctx.future if ctx is not None else None,
@@ -200,7 +219,7 @@ class PayloadLog(InferHooks):
         n = len(queue)
         if not n:
             return
-        captures = [queue.popleft() for _ in range(n)]
+        captures = [Capture(*queue.popleft()) for _ in range(n)]
         decoded = []
         for capture in captures:
             try:

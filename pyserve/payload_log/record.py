@@ -119,6 +119,13 @@ def _datatype(arr: np.ndarray) -> str:
         return str(arr.dtype)
 
 
+def _size(arr: np.ndarray) -> int:
+    """The bytes of a tensor's values (a BYTES element counts its own length, not a pointer's)."""
+    if arr.dtype != object or arr.strides == (0,) * arr.ndim:  # a broadcast placeholder: nbytes is its size
+        return arr.nbytes
+    return sum(len(v) if isinstance(v, bytes | bytearray | str) else 8 for v in arr.reshape(-1))
+
+
 def select(tensors: dict[str, np.ndarray] | None, keep: tuple[str, ...] | None, config: PayloadLogConfig
            ) -> dict[str, Tensor]:
     """The tensors the log keeps, redacted: only ``keep`` (None: all), without ``config.redact``,
@@ -132,7 +139,7 @@ def select(tensors: dict[str, np.ndarray] | None, keep: tuple[str, ...] | None, 
             continue
         arr = np.asarray(arr)
         datatype = _datatype(arr)
-        if limit and arr.nbytes > limit and name not in config.hash:
+        if limit and _size(arr) > limit:
             out[name] = Tensor(datatype, arr.shape, None)
         elif name in config.hash:
             out[name] = Tensor("BYTES", arr.shape, _hashed(arr))
