@@ -52,7 +52,8 @@ def logged_server(tmp_path_factory: pytest.TempPathFactory, serve_module: Any) -
     repo.onnx("rare", config="max_batch_size = 8\n[payload_log]\nsample_rate = 0.0\n")
     repo.onnx("quiet", config="max_batch_size = 8\n")
     log_dir = root / "log"
-    server = serve_module([repo.root, "--payload-log-dir", log_dir, "--payload-log-rotate-s", ROTATE_S])
+    server = serve_module([repo.root, "--payload-log-dir", log_dir, "--payload-log-rotate-s", ROTATE_S,
+                           "--max-body-bytes", "65536"])
     server.log_dir = log_dir
     return server
 
@@ -141,6 +142,22 @@ def test_failed_requests_are_logged_whatever_the_sample_rate(logged_server: Any)
     assert record["inputs"] == {"x": [[1.0] * 5]}  # the inputs that failed, as sent
     rows = requests.get(logged_server.url + "/v2/logs", params={"model": "rare"}, timeout=10).json()["records"]
     assert good not in {r["request_id"] for r in rows}  # sample rate 0: successes are not logged
+
+
+def test_a_body_the_transport_refuses_is_logged_with_its_error(logged_server: Any) -> None:
+    big = np.ones((20000, 4), np.float32)  # about 100 KB as JSON: over --max-body-bytes
+    resp = infer(logged_server.url, "rare", "json", {"x": big}, id="too-large")
+    assert resp.status_code == 413
+
+    def refused() -> list[dict]:
+        rows = requests.get(logged_server.url + "/v2/logs", params={"model": "rare", "limit": 1000},
+                            timeout=10).json()["records"]
+        return [r for r in rows if r["status"] == "payload_too_large"]
+
+    wait_until(lambda: bool(refused()), 20, "the refused request's record")
+    record = refused()[0]
+    assert (record["outcome"], record["protocol"], record["request_id"]) == ("failure", "", None)
+    assert "413" in record["error"] and record["inputs"] == {} and record["version"] == ""
 
 
 def test_a_model_without_payload_log_is_not_logged(logged_server: Any) -> None:

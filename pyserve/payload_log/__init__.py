@@ -213,46 +213,46 @@ class PayloadLog(InferHooks):
                 return
 
     def _drain(self) -> None:
-        from pyserve.payload_log.table import decode
-
         queue = self._queue
         n = len(queue)
         if not n:
             return
         captures = [Capture(*queue.popleft()) for _ in range(n)]
-        decoded = []
+        if self._sink is not None:
+            self._send(captures)
+        if self._files is not None:
+            self._append(captures)
+
+    def _send(self, captures: list[Capture]) -> None:
+        from pyserve.payload_log.table import decode
+
+        assert self._sink is not None
         for capture in captures:
             try:
-                decoded.append(decode(capture))
+                self._sink.put(capture, *decode(capture))
             except Exception:  # noqa: BLE001 - one odd record must not lose the others
-                log.exception("payload log: cannot decode a record of model %r", capture.model)
-                self._lost(capture.model, 1)
-                decoded.append(None)
-        if self._sink is not None:
-            for capture, d in zip(captures, decoded):
-                if d is not None:
-                    self._sink.put(capture, *d)
-        if self._files is not None:
-            self._append(captures, decoded)
+                log.exception("payload log: cannot send a record of model %r", capture.model)
+                self.sink_events_total.labels(capture.model, "failed").inc(2)
 
-    def _append(self, captures: list[Capture], decoded: list) -> None:
+    def _append(self, captures: list[Capture]) -> None:
         from pyserve.payload_log.table import Layout, build_table, layout_key
 
-        groups: dict[tuple, tuple[list, list]] = {}
-        for capture, d in zip(captures, decoded):
-            if d is not None:
-                rows = groups.setdefault(layout_key(capture), ([], []))
-                rows[0].append(capture)
-                rows[1].append(d)
-        for key, (group, group_decoded) in groups.items():
+        # Grouped by the identity of the config objects (alive, so distinct, during this batch; the
+        # same for every call of one model version), then one layout looked up by value per group.
+        groups: dict[tuple, list[Capture]] = {}
+        for c in captures:
+            groups.setdefault((c.model, id(c.config), id(c.input_specs), id(c.output_specs), c.batching),
+                              []).append(c)
+        for group in groups.values():
+            key = layout_key(group[0])
             layout = self._layouts.get(key)
             if layout is None:
                 if len(self._layouts) > 1000:  # configs reloaded many times: forget the old ones
                     self._layouts.clear()
                 layout = self._layouts[key] = Layout(group[0])
             try:
-                table = build_table(layout, group, group_decoded)
-            except Exception:  # noqa: BLE001
+                table = build_table(layout, group)
+            except Exception:  # noqa: BLE001 - one odd batch must not stop the writer
                 log.exception("payload log: cannot build the records of model %r", group[0].model)
                 self._lost(group[0].model, len(group))
                 continue

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``pyserve logs``."""
     p.add_argument("log_dir", type=Path, metavar="DIR", help="the payload log folder (serve's --payload-log-dir)")
     p.add_argument("--model", default=None, help="only this model's records")
-    p.add_argument("--version", dest="model_version", default=None, help="only this model version's records")
+    p.add_argument("--version", dest="model_version", default=None, metavar="V",
+                   help="only this model version's records")
     p.add_argument("--since", default=None, metavar="TIME",
                    help="from this time: ISO 8601 (2026-11-30T14:00:00Z; UTC when no zone) or a span "
                         "before now (30s, 15m, 2h, 7d)")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pyserve.datatypes import datatype_of
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -111,43 +113,42 @@ def _hashed(values: np.ndarray) -> np.ndarray:
 
 
 def _datatype(arr: np.ndarray) -> str:
-    from pyserve.datatypes import datatype_of
-
     try:
         return datatype_of(arr.dtype)
     except Exception:  # noqa: BLE001 - what a backend returned is logged, whatever it is
         return str(arr.dtype)
 
 
-def _size(arr: np.ndarray) -> int:
+def tensor_size(arr: np.ndarray) -> int:
     """The bytes of a tensor's values (a BYTES element counts its own length, not a pointer's)."""
     if arr.dtype != object or arr.strides == (0,) * arr.ndim:  # a broadcast placeholder: nbytes is its size
         return arr.nbytes
     return sum(len(v) if isinstance(v, bytes | bytearray | str) else 8 for v in arr.reshape(-1))
 
 
+def tensor(name: str, arr: np.ndarray, config: PayloadLogConfig) -> Tensor:
+    """One tensor as logged (not redacted: the caller skips those): ``config.hash`` hashed, BYTES as
+    text, values left out above ``config.max_tensor_bytes``."""
+    arr = np.asarray(arr)
+    datatype = _datatype(arr)
+    limit = config.max_tensor_bytes
+    if limit and tensor_size(arr) > limit:
+        return Tensor(datatype, arr.shape, None)
+    if name in config.hash:
+        return Tensor("BYTES", arr.shape, _hashed(arr))
+    if arr.dtype.kind in "OSU":
+        return Tensor(datatype, arr.shape, _text(arr))
+    return Tensor(datatype, arr.shape, arr)
+
+
 def select(tensors: dict[str, np.ndarray] | None, keep: tuple[str, ...] | None, config: PayloadLogConfig
            ) -> dict[str, Tensor]:
-    """The tensors the log keeps, redacted: only ``keep`` (None: all), without ``config.redact``,
-    ``config.hash`` hashed, BYTES as text, and values left out above ``config.max_tensor_bytes``."""
+    """The tensors the log keeps, redacted: only ``keep`` (None: all), without ``config.redact``, each
+    as :func:`tensor` makes it."""
     if not tensors:
         return {}
-    out: dict[str, Tensor] = {}
-    limit = config.max_tensor_bytes
-    for name, arr in tensors.items():
-        if (keep is not None and name not in keep) or name in config.redact:
-            continue
-        arr = np.asarray(arr)
-        datatype = _datatype(arr)
-        if limit and _size(arr) > limit:
-            out[name] = Tensor(datatype, arr.shape, None)
-        elif name in config.hash:
-            out[name] = Tensor("BYTES", arr.shape, _hashed(arr))
-        elif arr.dtype == object or arr.dtype.kind in "SU":
-            out[name] = Tensor(datatype, arr.shape, _text(arr))
-        else:
-            out[name] = Tensor(datatype, arr.shape, arr)
-    return out
+    return {name: tensor(name, arr, config) for name, arr in tensors.items()
+            if (keep is None or name in keep) and name not in config.redact}
 
 
 def json_values(tensor: Tensor) -> Any:

@@ -17,8 +17,9 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from pyserve.config import TensorSpec
-from pyserve.payload_log.record import Capture, Tensor, json_tensor, select
+from pyserve.config import PayloadLogConfig, TensorSpec
+from pyserve.datatypes import NUMPY_DTYPES
+from pyserve.payload_log.record import Capture, Tensor, tensor_size, json_tensor, select, tensor
 
 BASE_FIELDS = (
     pa.field("time", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -51,19 +52,25 @@ _TYPES: dict[str, tuple[pa.DataType, Any]] = {
 class Column:
     """One tensor's column: its name, the datatype it takes (``BYTES`` for a hashed tensor), its rank."""
 
-    __slots__ = ("name", "datatype", "rank", "type")
+    __slots__ = ("name", "datatype", "rank", "type", "hashed", "dtype")
 
-    def __init__(self, name: str, datatype: str, rank: int) -> None:
+    def __init__(self, name: str, datatype: str, rank: int, hashed: bool) -> None:
         self.name = name
         self.datatype = datatype
         self.rank = rank
+        self.hashed = hashed
+        # The numpy dtype a fitting array has (None: BYTES, an object array).
+        self.dtype = None if datatype == "BYTES" else np.dtype(NUMPY_DTYPES[datatype])
         t = _TYPES[datatype][0]
         for _ in range(rank):
             t = pa.list_(t)
         self.type = t
 
-    def fits(self, tensor: Tensor) -> bool:
-        return tensor.values is not None and tensor.datatype == self.datatype and len(tensor.shape) == self.rank
+    def fits(self, arr: np.ndarray) -> bool:
+        """Whether a call's array goes in this column (else it is written in ``other_tensors``)."""
+        if arr.ndim != self.rank:
+            return False
+        return self.hashed or (arr.dtype.kind in "OSU" if self.dtype is None else arr.dtype == self.dtype)
 
 
 class Layout:
@@ -74,9 +81,11 @@ class Layout:
         extra = 1 if capture.batching else 0
 
         def columns(specs: tuple[TensorSpec, ...], keep: tuple[str, ...] | None) -> list[Column]:
-            return [Column(s.name, "BYTES" if s.name in config.hash else s.datatype, len(s.shape) + extra)
+            return [Column(s.name, "BYTES" if s.name in config.hash else s.datatype, len(s.shape) + extra,
+                           s.name in config.hash)
                     for s in specs if (keep is None or s.name in keep) and s.name not in config.redact]
 
+        self.config = config
         self.inputs = columns(capture.input_specs, config.inputs)
         self.outputs = columns(capture.output_specs, config.outputs)
         fields = list(BASE_FIELDS)
@@ -97,69 +106,75 @@ def _nested(values: pa.Array, shapes: list[tuple[int, ...] | None], rank: int, t
     (None: a null row), row-major, as numpy's ``tolist`` would nest them."""
     if rank == 0:  # a scalar tensor: the value itself (values hold a null for each missing row)
         return values
+    missing = [s is None for s in shapes]
+    dims = np.array([s for s in shapes if s is not None], dtype=np.int64).reshape(-1, rank)
     arr = values
-    present = [s for s in shapes if s is not None]
     for level in range(rank - 1, 0, -1):
-        counts = np.array([int(np.prod(s[:level])) for s in present], dtype=np.int64)
-        lengths = np.repeat(np.array([s[level] for s in present], dtype=np.int32), counts)
+        # Level k holds prod(shape[:k]) lists of shape[k] items per row.
+        lengths = np.repeat(dims[:, level], dims[:, :level].prod(axis=1))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         arr = pa.ListArray.from_arrays(pa.array(offsets), arr)
-    top = np.array([s[0] if s is not None else 0 for s in shapes], dtype=np.int32)
+    top = np.zeros(len(shapes), dtype=np.int64)
+    top[~np.array(missing, dtype=bool)] = dims[:, 0]
     offsets = np.zeros(len(shapes) + 1, dtype=np.int32)
     np.cumsum(top, out=offsets[1:])
-    mask = np.array([s is None for s in shapes] + [False])
-    return pa.ListArray.from_arrays(pa.array(offsets, mask=mask if mask.any() else None), arr).cast(type_)
+    mask = np.array([*missing, False]) if any(missing) else None
+    return pa.ListArray.from_arrays(pa.array(offsets, mask=mask), arr).cast(type_)
 
 
-def _column(column: Column, tensors: list[Tensor | None]) -> pa.Array:
-    present = [t for t in tensors if t is not None]
+def _column(column: Column, arrays: list[np.ndarray | None], config: PayloadLogConfig) -> pa.Array:
+    """The Arrow column of one tensor over rows whose arrays fit it (None: a null row)."""
     arrow_type, np_type = _TYPES[column.datatype]
+    if column.datatype == "BYTES":  # text or digests: one Python string per element
+        arrays = [None if a is None else tensor(column.name, a, config).values for a in arrays]
     if column.rank == 0:
-        items = [None if t is None else t.values.reshape(()).item() for t in tensors]  # type: ignore[union-attr]
-        return pa.array(items, type=arrow_type)
+        return pa.array([None if a is None else a.reshape(()).item() for a in arrays], type=arrow_type)
+    present = [a.reshape(-1) for a in arrays if a is not None]
     if np_type is None:
-        flat = [v for t in present for v in t.values.reshape(-1)]  # type: ignore[union-attr]
-        values = pa.array(flat, type=pa.string())
+        values = pa.array([v for a in present for v in a], type=pa.string())
     elif present:
-        values = pa.array(np.concatenate([t.values.reshape(-1).astype(np_type, copy=False)  # type: ignore[union-attr]
-                                          for t in present]), type=arrow_type)
+        values = pa.array(np.concatenate(present).astype(np_type, copy=False), type=arrow_type)
     else:
         values = pa.array([], type=arrow_type)
-    return _nested(values, [None if t is None else t.shape for t in tensors], column.rank, column.type)
+    return _nested(values, [None if a is None else a.shape for a in arrays], column.rank, column.type)
 
 
-def _split(columns: list[Column], tensors: dict[str, Tensor], other: dict[str, dict]) -> dict[str, Tensor]:
-    """The tensors that fit their column; the rest go to ``other`` as JSON."""
-    by_name = {c.name: c for c in columns}
-    fitting = {}
-    for name, tensor in tensors.items():
-        column = by_name.get(name)
-        if column is not None and column.fits(tensor):
-            fitting[name] = tensor
-        else:
-            other[name] = json_tensor(tensor)
-    return fitting
+def _tensor_columns(columns: list[Column], keep: tuple[str, ...] | None, rows: list[dict | None],
+                    config: PayloadLogConfig, others: list[dict], key: str) -> list[pa.Array]:
+    """The Arrow columns of ``columns`` over ``rows`` (each call's arrays by name); what does not fit
+    a column, and kept tensors the model does not declare, go to ``others[row][key]`` as JSON."""
+    limit = config.max_tensor_bytes
+    by_row: list[list[np.ndarray | None]] = [[] for _ in columns]
+    names = {c.name for c in columns}
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            arr = row.get(column.name) if row else None
+            if arr is not None and (not column.fits(arr) or (limit and tensor_size(arr) > limit)):
+                others[i].setdefault(key, {})[column.name] = json_tensor(tensor(column.name, arr, config))
+                arr = None
+            by_row[j].append(arr)
+        if row and not row.keys() <= names:  # tensors the model does not declare (or redacted ones)
+            for name, arr in row.items():
+                if name not in names and name not in config.redact and (keep is None or name in keep):
+                    others[i].setdefault(key, {})[name] = json_tensor(tensor(name, arr, config))
+    return [_column(c, arrays, config) for c, arrays in zip(columns, by_row)]
 
 
-def build_table(layout: Layout, captures: list[Capture], decoded: list[tuple[dict, dict]]) -> pa.Table:
-    """The rows of ``captures`` (all of one :func:`layout_key`), with their tensors ``decoded``
-    (:func:`decode`), as a table of ``layout.schema``."""
-    inputs_rows: list[dict[str, Tensor]] = []
-    outputs_rows: list[dict[str, Tensor]] = []
-    others: list[str | None] = []
-    queue: list[int | None] = []
-    compute: list[int | None] = []
-    for capture, (inputs, outputs) in zip(captures, decoded):
-        other_in: dict[str, dict] = {}
-        other_out: dict[str, dict] = {}
-        inputs_rows.append(_split(layout.inputs, inputs, other_in))
-        outputs_rows.append(_split(layout.outputs, outputs, other_out))
-        doc = {k: v for k, v in (("inputs", other_in), ("outputs", other_out)) if v}
-        others.append(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode() if doc else None)
-        q, c = capture.timings_us()
-        queue.append(q)
-        compute.append(c)
+def build_table(layout: Layout, captures: list[Capture]) -> pa.Table:
+    """The rows of ``captures`` (all of one :func:`layout_key`) as a table of ``layout.schema``.
+
+    Column by column, without a Python object per value: a number tensor's arrays are concatenated
+    and nested by their shapes in Arrow."""
+    config = layout.config
+    others: list[dict] = [{} for _ in captures]
+    tensor_columns = {}
+    for key, cols, keep in (("inputs", layout.inputs, config.inputs), ("outputs", layout.outputs, config.outputs)):
+        rows = [getattr(c, key) for c in captures]
+        children = _tensor_columns(cols, keep, rows, config, others, key)
+        if cols:
+            tensor_columns[key] = pa.StructArray.from_arrays(children, fields=list(layout.schema.field(key).type))
+    timings = [c.timings_us() for c in captures]
     columns: dict[str, pa.Array] = {
         "time": pa.array([c.time_ns // 1000 for c in captures], pa.timestamp("us", tz="UTC")),
         "model": pa.array([c.model for c in captures], pa.string()),
@@ -171,14 +186,12 @@ def build_table(layout: Layout, captures: list[Capture], decoded: list[tuple[dic
         "error": pa.array([c.error for c in captures], pa.string()),
         "sampled": pa.array([c.sampled for c in captures], pa.bool_()),
         "duration_us": pa.array([c.duration_ns // 1000 for c in captures], pa.int64()),
-        "queue_us": pa.array(queue, pa.int64()),
-        "compute_us": pa.array(compute, pa.int64()),
+        "queue_us": pa.array([t[0] for t in timings], pa.int64()),
+        "compute_us": pa.array([t[1] for t in timings], pa.int64()),
+        **tensor_columns,
+        "other_tensors": pa.array([orjson.dumps(o, option=orjson.OPT_SERIALIZE_NUMPY).decode() if o else None
+                                   for o in others], pa.string()),
     }
-    for key, cols, rows in (("inputs", layout.inputs, inputs_rows), ("outputs", layout.outputs, outputs_rows)):
-        if cols:
-            children = [_column(c, [row.get(c.name) for row in rows]) for c in cols]
-            columns[key] = pa.StructArray.from_arrays(children, fields=list(layout.schema.field(key).type))
-    columns["other_tensors"] = pa.array(others, pa.string())
     return pa.Table.from_arrays([columns[f.name] for f in layout.schema], schema=layout.schema)
 
 
