@@ -46,7 +46,8 @@ def logged_server(tmp_path_factory: pytest.TempPathFactory, serve_module: Any) -
     root = tmp_path_factory.mktemp("payload")
     repo = Repo(root / "models")
     repo.onnx("affine", config="max_batch_size = 8\n" + LOGGED)
-    repo.identity("words", [("text", "BYTES", [2]), ("n", "INT32", [2])], extra=LOGGED)
+    repo.identity("words", [("text", "BYTES", [2]), ("n", "INT32", [2]), ("cube", "FP64", [2, 3, 2])],
+                  extra=LOGGED)
     repo.identity("secret", [("secret", "BYTES", [1]), ("user", "BYTES", [1]), ("x", "FP32", [2])], extra=(
         LOGGED + 'redact = ["in_secret", "out_secret"]\nhash = ["in_user"]\noutputs = ["out_x"]\n'))
     repo.onnx("rare", config="max_batch_size = 8\n[payload_log]\nsample_rate = 0.0\n")
@@ -93,18 +94,20 @@ def test_records_are_complete_and_decoded(logged_server: Any, protocol: str) -> 
 
     rid = f"words-{protocol}-{uuid.uuid4()}"
     text = ["héllo", "wörld"]
-    resp = infer(logged_server.url, "words", protocol, {"in_text": words(text),
-                                                        "in_n": np.array([7, -3], np.int32)}, id=rid)
+    cube = np.arange(12, dtype=np.float64).reshape(2, 3, 2) / 4
+    resp = infer(logged_server.url, "words", protocol, {"in_text": words(text), "in_n": np.array([7, -3], np.int32),
+                                                        "in_cube": cube}, id=rid)
     assert resp.status_code == 200
     record = logged(logged_server, rid, "words")
-    assert record["inputs"] == {"in_text": text, "in_n": [7, -3]}  # BYTES as strings
-    assert record["outputs"] == {"out_text": text, "out_n": [7, -3]}
+    # BYTES as strings; a rank-3 tensor nested as deep as its shape
+    assert record["inputs"] == {"in_text": text, "in_n": [7, -3], "in_cube": cube.tolist()}
+    assert record["outputs"] == {"out_text": text, "out_n": [7, -3], "out_cube": cube.tolist()}
 
 
 def test_the_files_hold_typed_columns(logged_server: Any) -> None:
     rid = f"typed-{uuid.uuid4()}"
-    infer(logged_server.url, "words", "json", {"in_text": words(["a", "b"]), "in_n": np.array([1, 2], np.int32)},
-          id=rid)
+    infer(logged_server.url, "words", "json", {"in_text": words(["a", "b"]), "in_n": np.array([1, 2], np.int32),
+                                               "in_cube": np.zeros((2, 3, 2))}, id=rid)
     logged(logged_server, rid, "words")
     table = pa.concat_tables([pq.read_table(p) for p in completed_files(logged_server.log_dir, "words")])
     inputs = table.schema.field("inputs").type
