@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,8 +30,25 @@ from bench_server import CLIENT_CPU, LAYERS, SERVER_CPU, pinned, wait_ready, wri
 SETTINGS = {"off": None, "rate 1.0": 1.0, "default rate": "default"}
 
 
-def measure(root: Path, rate: float | str | None, args: argparse.Namespace, out: Path) -> float:
-    """Requests/s of one server run with the log at ``rate`` (None: off; "default": no sample_rate)."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used, all its threads (the writer's included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def answered(url: str) -> float:
+    """pyserve_requests_total{outcome="success"} of the tiny model, from /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("pyserve_requests_total{") and 'outcome="success"' in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def measure(root: Path, rate: float | str | None, args: argparse.Namespace, out: Path) -> tuple[float, float]:
+    """Requests/s of one server run with the log at ``rate`` (None: off; "default": no sample_rate),
+    and the server's CPU µs per request answered over the whole run (warm-up included): a measure
+    of cost that other processes on the machine disturb far less than throughput."""
     table = "" if rate is None else "[payload_log]\n" + ("" if rate == "default" else f"sample_rate = {rate}\n")
     (root / "models" / "tiny" / "config.toml").write_text(
         "max_batch_size = 32\n[dynamic_batching]\nmax_queue_delay_us = 2000\n"
@@ -42,14 +61,16 @@ def measure(root: Path, rate: float | str | None, args: argparse.Namespace, out:
     server = subprocess.Popen(pinned(SERVER_CPU, serve))
     try:
         wait_ready(url)
+        cpu0, done0 = cpu_s(server.pid), answered(url)
         cmd = [sys.executable, "-m", "pyserve", "bench", "-q", "-m", "tiny", "-u", url, "--protocol", args.protocol,
                "--concurrency", str(args.concurrency), "--warmup-s", "2", "--window-s", str(args.window_s),
                "--max-windows", "3", "--json", str(out)]
         subprocess.run(pinned(CLIENT_CPU, cmd), check=True, stdout=subprocess.DEVNULL)
+        cpu_per_request_us = (cpu_s(server.pid) - cpu0) / max(1.0, answered(url) - done0) * 1e6
         level = json.loads(out.read_text())["levels"][0]
         if level["errors"]:
             raise SystemExit(f"{level['errors']} requests failed with the log {rate}")
-        return float(level["throughput_rps"])
+        return float(level["throughput_rps"]), cpu_per_request_us
     finally:
         server.terminate()
         server.wait(60)
@@ -95,23 +116,30 @@ def main() -> int:
         f"{name} {hook_cost_us(rate if rate != 'default' else PayloadLogConfig().sample_rate):.2f} us"
         for name, rate in SETTINGS.items()) + " per call", flush=True)
     results: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    cpu: dict[str, list[float]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "models" / "tiny" / "1").mkdir(parents=True)
         write_mlp(root / "models" / "tiny" / "1" / "model.onnx", LAYERS["tiny"])
         for r in range(args.rounds):
             for name, rate in SETTINGS.items():
-                rps = measure(root, rate, args, root / "bench.json")
+                rps, us = measure(root, rate, args, root / "bench.json")
                 results[name].append(rps)
-                print(f"round {r + 1}: log {name:12s} {rps:10,.0f} req/s", flush=True)
+                cpu[name].append(us)
+                print(f"round {r + 1}: log {name:12s} {rps:10,.0f} req/s {us:7.1f} server CPU us/request",
+                      flush=True)
         logged = sum(1 for _ in (root / "log").rglob("*.parquet"))
     base = statistics.median(results["off"])
     print(f"\ntiny model, {args.concurrency} clients, {args.protocol}, {args.rounds} rounds "
           f"({logged} log files written):")
-    print(f"  {'payload log':14s} {'median req/s':>12s} {'of off':>7s}   rounds")
+    base_cpu = statistics.median(cpu["off"])
+    print(f"  {'payload log':14s} {'median req/s':>12s} {'of off':>7s} {'CPU us/req':>10s} {'off/on':>7s}   "
+          "rounds (req/s)")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"  {name:14s} {median:12,.0f} {median / base:7.1%}   {', '.join(f'{v:,.0f}' for v in values)}")
+        median, us = statistics.median(values), statistics.median(cpu[name])
+        print(f"  {name:14s} {median:12,.0f} {median / base:7.1%} {us:10.1f} {base_cpu / us:7.1%}   "
+              f"{', '.join(f'{v:,.0f}' for v in values)}")
+    print("(off/on: the throughput a CPU-bound server keeps, from its CPU time per request)")
     return 0
 
 
