@@ -272,7 +272,7 @@ async def payload_logs(request: Request) -> Response:
 
     plog = request.app.payload_log
     if plog is None or plog.settings.log_dir is None:
-        raise not_found("the payload log is off on this server (start it with --payload-log-dir)")
+        raise not_found("this server keeps no payload log files (start it with --payload-log-dir)")
     params = {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
     unknown = sorted(set(params) - {"model", "version", "since", "until", "outcome", "limit"})
     if unknown:
