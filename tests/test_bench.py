@@ -30,13 +30,14 @@ import pytest
 
 from conftest import Repo, Server, toml_tensors
 from fake_kserve import FakeKServe
-from pyserve.bench import capacity, cli
+from pyserve.bench import capacity, cli, report
 from pyserve.bench.loadgen import arrival_schedule
 from pyserve.bench.options import OptionError, parse_shapes, parse_sweep
 from pyserve.bench.payload import HEADER_LENGTH, InputSpec, PayloadError, build_payload, request_shape
 from pyserve.bench.report import CSV_COLUMNS
 from pyserve.bench.server_metrics import parse_snapshot, split
-from pyserve.bench.windows import WindowStats, is_stable, latency_summary_ms, nearest_rank
+from pyserve.bench.results import RunResult, summarize_level
+from pyserve.bench.windows import Samples, WindowStats, is_stable, latency_summary_ms, nearest_rank, window_stats
 
 SERVICE_S = 0.02
 
@@ -173,6 +174,48 @@ def test_nearest_rank_is_exact():
     assert math.isnan(nearest_rank(np.empty(0), 50))
     s = latency_summary_ms(np.array([0.003, 0.001, 0.002]))  # seconds in, ms out, unsorted in
     assert (s["p50_ms"], s["max_ms"], s["mean_ms"]) == pytest.approx((2.0, 3.0, 2.0))
+
+
+# A hand-computed sample: latencies of 1, 2, ..., 200 ms, in shuffled order. Nearest rank takes the value
+# at rank ceil(p/100 * 200): p50 -> 100, p90 -> 180, p95 -> 190, p99 -> 198 (linear interpolation, as
+# numpy.percentile does by default, would give 100.5, 180.1, 190.05 and 198.01).
+HAND_SAMPLE_S = np.random.default_rng(5).permutation(np.arange(1, 201)) / 1e3
+HAND_FIGURES_MS = {"p50_ms": 100.0, "p90_ms": 180.0, "p95_ms": 190.0, "p99_ms": 198.0, "max_ms": 200.0,
+                   "mean_ms": 100.5}
+
+
+def test_latency_summary_of_a_hand_computed_sample():
+    assert latency_summary_ms(HAND_SAMPLE_S) == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    ok = np.full(200, 200, np.int32)
+    stats = window_stats(0, Samples(np.zeros(200), HAND_SAMPLE_S, ok, np.zeros(200, bool)), 2.0)
+    assert stats.p99_ms == pytest.approx(198.0) and stats.throughput_rps == 100.0
+
+
+def test_level_figures_and_their_report_come_from_the_last_three_windows(tmp_path):
+    """The hand-computed sample split over windows 1-3, after a window 0 of slow requests and with
+    failures mixed in: the figures, the CSV row and the JSON are exactly the sample's."""
+    def window(latency_s: np.ndarray, status: int) -> Samples:
+        n = len(latency_s)
+        return Samples(np.zeros(n), latency_s, np.full(n, status, np.int32), np.zeros(n, bool))
+
+    slow = window(np.full(50, 5.0), 200)  # before the last three: not in the figures
+    parts = np.split(HAND_SAMPLE_S, [70, 140])
+    windows = [slow, *(Samples.concat([window(p, 200), window(np.full(3, 1e-4), 503)]) for p in parts)]
+    stats = [window_stats(i, w, 1.0) for i, w in enumerate(windows)]
+    level = summarize_level("concurrency", 8, windows, stats, False, 1.0, 2, None, 12.0)
+    assert level.latency_ms == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    assert (level.requests, level.errors, level.errors_by_status) == (209, 9, {"503": 9})
+    assert (level.throughput_rps, level.samples_per_s, level.windows) == (200 / 3, 400 / 3, 4)
+    run = RunResult([level], 100, 2, 1, [])
+    report.write_csv(str(tmp_path / "r.csv"), run, "concurrency")
+    (row,) = read_csv(tmp_path / "r.csv")
+    assert {k: float(row[k]) for k in HAND_FIGURES_MS} == HAND_FIGURES_MS
+    assert (row["requests"], row["errors"], row["stable"]) == ("209", "9", "false")
+    latency = level.to_dict()["latency_ms"]
+    assert {f"{k}_ms": v for k, v in latency.items()} == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    table = io.StringIO()
+    report.print_table(run, "concurrency", table)
+    assert table.getvalue().splitlines()[1].split()[2:7] == ["100.00", "180.00", "190.00", "198.00", "200.00"]
 
 
 def _w(i: int, rps: float, p99: float) -> WindowStats:
@@ -476,8 +519,6 @@ def test_bad_values_are_refused_before_any_request(tmp_path, argv, flag):
 
 
 def test_output_that_cannot_be_written_after_the_run(bare_target, tmp_path, monkeypatch):
-    from pyserve.bench import report
-
     def disk_full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
