@@ -634,6 +634,7 @@ def _rss_bytes(server: Server) -> int:
     return kib << 10
 
 
+@pytest.mark.slow
 def test_client_that_pipelines_without_reading_is_not_read_further(server: Server) -> None:
     """Thousands of cheap requests with large answers, sent at once and not read: the server stops
     parsing once it cannot write (its memory stays flat), and once the client reads, every request

@@ -609,6 +609,7 @@ def test_pyserve_client_async(server: Server, main_repo: Repo) -> None:
 # ---------------------------------------------------------------------------------------------
 # Other ways to start the server
 
+@pytest.mark.slow
 def test_demo_repository_when_no_repo_is_given(serve: Any, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("skl2onnx")

@@ -342,6 +342,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(serve: Any, tmp_pat
 
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_backend_that_never_returns_exits_1_after_the_timeout(serve: Any, tmp_path: Path) -> None:
     repo = Repo(tmp_path / "models")
     repo.python("stuck", GATE_MODEL.format(scale=1.0), gate_config(1))
