@@ -264,6 +264,22 @@ async def unload_model(request: Request) -> Response:
     return _json({})
 
 
+@async_endpoint
+async def load_model_version(request: Request) -> Response:
+    _control_allowed(request)
+    _json_body(request, "load request")
+    await request.app.control.load_version(request.match_info["model"], request.match_info["version"])
+    return _json({})
+
+
+@async_endpoint
+async def unload_model_version(request: Request) -> Response:
+    _control_allowed(request)
+    _json_body(request, "unload request")
+    await request.app.control.unload_version(request.match_info["model"], request.match_info["version"])
+    return _json({})
+
+
 @endpoint
 def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
@@ -282,6 +298,8 @@ def make_router() -> Router:
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
     r.add("POST", "/v2/repository/models/{model}/unload", unload_model)
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", load_model_version)
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", unload_model_version)
     r.add("GET", "/v2/models/stats", model_stats)  # every model; exact paths win over {model}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix, model_metadata)

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pyserve.errors import ErrorKind, PyserveError
-from pyserve.repository import check_model_name
+from pyserve.errors import ErrorKind, PyserveError, invalid
+from pyserve.repository import check_model_name, version_number
 
 if TYPE_CHECKING:
     from pyserve.service.host import ModelHost
@@ -57,6 +57,32 @@ class ModelControl:
         except PyserveError as e:
             log.info("unload of model %r refused: %s", name, e.message)
             raise
+
+    async def load_version(self, name: str, version: str) -> None:
+        """(Re)loads one version of ``name``; the model's other versions keep serving, untouched.
+
+        INVALID_ARGUMENT for a name or version that cannot be one, or a version that fails to load
+        (nothing changes then); NOT_FOUND for an unknown model or version folder. Shielded."""
+        number = self._version(name, version)
+        await asyncio.shield(self.host.repository.load_version(name, number))
+
+    async def unload_version(self, name: str, version: str) -> None:
+        """Stops serving one version of ``name`` once its accepted requests are answered; the other
+        versions keep serving. NOT_FOUND for a version that is not loaded. Shielded."""
+        number = self._version(name, version)
+        try:
+            await asyncio.shield(self.host.repository.unload_version(name, number))
+        except PyserveError as e:
+            log.info("unload of model %r version %s refused: %s", name, version, e.message)
+            raise
+
+    @staticmethod
+    def _version(name: str, version: str) -> int:
+        check_model_name(name)
+        number = version_number(version)
+        if number is None:
+            raise invalid(f"model '{name}' version {version[:80]!r}: expected a version number (1, 2, ...)")
+        return number
 
     @staticmethod
     def _callers_mistake(name: str, error: PyserveError) -> bool:
