@@ -98,6 +98,13 @@ def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> tuple[Collect
     return registry, errors
 
 
+def policy_changes_counter(registry: CollectorRegistry) -> Counter:
+    """The counter of traffic-policy changes (aliases set, moved, removed; policies replaced), label
+    ``model``, registered in ``registry``."""
+    return Counter("pyserve_traffic_policy_changes", "Traffic policy changes made (alias set, moved or removed; "
+                   "policy replaced), each one written to the audit log.", ["model"], registry=registry)
+
+
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of ``registry``."""
     return generate_latest(registry)

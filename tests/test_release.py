@@ -4,6 +4,8 @@ loaded and unloaded while the others serve."""
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ from conftest import Repo, run_service
 
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferRequest
-from pyserve.service import InferenceService, ModelControl
+from pyserve.release import TrafficPolicy, key_point
+from pyserve.service import CallContext, InferenceService, ModelControl, ModelHost, SingleModel
 
 pytest.importorskip("onnx")
 
@@ -153,3 +156,281 @@ def test_version_that_fails_to_load_changes_nothing(models: Path) -> None:
         assert resp.model_version == "3"
 
     run_service(models, body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aliases
+
+def policy_file(models: Path, model: str) -> Path:
+    return models / model / "traffic.json"
+
+
+def audit(models: Path) -> list[dict]:
+    path = models / ".pyserve" / "traffic-audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_alias_is_usable_wherever_a_version_is(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        doc = await control.set_alias("every", "stable", "1", "tester", "first release")
+        assert doc == {"aliases": {"stable": "1"}, "weights": {}}
+        await control.set_alias("every", "canary", "2", "tester")
+        await control.set_alias("every", "current", "stable", "tester")  # an alias of an alias
+        for alias, version in (("stable", 1), ("canary", 2), ("current", 1)):
+            resp = await service.infer("every", alias, InferRequest({"x": X}))
+            assert resp.model_version == str(version), alias
+            assert resp.outputs["y"].tolist() == affine(version).tolist()
+            assert service.config("every", alias).name == "every"
+            assert service.metadata("every", alias).versions == (str(version),)
+            assert [r.version for r in service.statistics("every", alias)] == [str(version)]
+            service.ready("every", alias)
+        assert service.metadata("every").aliases == {"canary": "2", "current": "1", "stable": "1"}
+        assert service.metadata("every", "2").aliases == {"canary": "2"}
+        rows = {r["version"]: r.get("aliases") for r in control.index() if r["name"] == "every"}
+        assert rows == {"1": ["current", "stable"], "2": ["canary"], "3": None}
+        # No alias, no version: the newest, as without a policy.
+        assert (await service.infer("every", None, InferRequest({"x": X}))).model_version == "3"
+        await control.load_version("every", "canary")  # control calls take aliases too
+        with pytest.raises(PyserveError) as e:
+            await service.infer("every", "nightly", InferRequest({"x": X}))
+        assert e.value.kind is ErrorKind.NOT_FOUND
+        assert e.value.message == ("model 'every' has no version or alias 'nightly' (serving: 1, 2, 3; "
+                                   "aliases: canary, current, stable)")
+        await control.remove_alias("every", "canary", "tester", "done")
+        assert service.metadata("every").aliases == {"current": "1", "stable": "1"}
+
+    run_service(models, body)
+
+
+def test_alias_moves_under_traffic_without_a_failed_or_mixed_request(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        await control.set_alias("every", "stable", "1", "tester")
+        stop = asyncio.Event()
+        answers: list[tuple[str, list[float]]] = []
+        failures: list[str] = []
+        tasks = [asyncio.create_task(_hammer(service, "every", "stable", stop, answers, failures))
+                 for _ in range(4)]
+        while len(answers) < 30:
+            await asyncio.sleep(0.001)
+        for target in ("3", "1", "3", "2", "1"):
+            await control.set_alias("every", "stable", target, "tester", f"move to {target}")
+            mark = len(answers)
+            while len(answers) < mark + 30:
+                await asyncio.sleep(0.001)
+            # Once the move returned, only the new version answers (after the 4 calls in flight).
+            assert {v for v, _ in answers[mark + 4:]} == {target}
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert not failures, failures[:5]
+        for version, y in answers:
+            assert y == affine(int(version)).ravel().tolist()
+        assert {v for v, _ in answers} == {"1", "2", "3"}
+        assert [r["action"] for r in audit(models)] == ["set_alias"] + ["move_alias"] * 5
+
+    run_service(models, body)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (("set_alias", "every", "stable", "7"), "policy.aliases.stable: model 'every' version 7 is not loaded (loaded: 1, 2, 3); load it first"),
+    (("set_alias", "every", "stable", "nightly"), "'nightly' is neither a version number nor an alias"),
+    (("set_alias", "every", "base", "top"), "policy.aliases: alias loop top -> base -> top"),
+    (("set_alias", "every", "12", "1"), "alias '12': a number names a version, not an alias"),
+    (("set_alias", "every", "_x", "1"), "alias '_x': names starting with '.' or '_' are not served"),
+    (("set_alias", "every", "stable", 1.5), "'version' must be a version number or an alias"),
+    (("remove_alias", "every", "nightly"), "model 'every' has no alias 'nightly' (aliases: stable, top)"),
+    (("remove_alias", "every", "stable"), "policy.aliases.top: 'stable' is neither a version number nor an alias"),
+    (("unload_version", "every", "1"), "model 'every' version 1 is named by alias(es) 'stable', 'top': move or remove them first"),
+    (("set_alias", "nosuch", "stable", "1"), "unknown model 'nosuch'"),
+])
+def test_bad_alias_changes_are_refused_and_change_nothing(models: Path, call: tuple, message: str) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        await control.set_alias("every", "stable", "1", "tester")
+        await control.set_alias("every", "top", "stable", "tester")
+        if call[2] == "base":
+            # top -> base would close a loop: base -> top -> base
+            await control.set_alias("every", "base", "1", "tester")
+            await control.set_alias("every", "top", "base", "tester")
+        before = (control.traffic("every"), policy_file(models, "every").read_bytes(), audit(models),
+                  control.index())
+        method, *args = call
+        if call[2] == "base":
+            args = ["every", "base", "top"]
+        with pytest.raises(PyserveError) as e:
+            if method == "unload_version":
+                await control.unload_version(*args)
+            else:
+                await getattr(control, method)(*args, "tester")
+        assert message in e.value.message, e.value.message
+        after = (control.traffic("every"), policy_file(models, "every").read_bytes(), audit(models),
+                 control.index())
+        assert after == before
+
+    run_service(models, body)
+
+
+def test_aliases_survive_a_restart_and_every_change_is_audited(models: Path) -> None:
+    async def first(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        await control.set_alias("every", "stable", "2", "10.0.0.7:5000", "release 2")
+        await control.set_alias("every", "stable", "1", "10.0.0.7:5000", "roll back")
+
+    async def second(service: InferenceService, errors: Any) -> None:
+        assert (await service.infer("every", "stable", InferRequest({"x": X}))).model_version == "1"
+        assert ModelControl(service.host).traffic("every") == {"aliases": {"stable": "1"}, "weights": {}}
+
+    run_service(models, first)
+    assert json.loads(policy_file(models, "every").read_text()) == {"aliases": {"stable": "1"}, "weights": {}}
+    assert not [p for p in (models / "every").iterdir() if p.name.startswith(".traffic-")]  # no temp file left
+    first_change, second_change = audit(models)
+    assert first_change["who"] == "10.0.0.7:5000" and first_change["reason"] == "release 2"
+    assert first_change["old"] == {"aliases": {}, "weights": {}}
+    assert first_change["new"] == second_change["old"] == {"aliases": {"stable": "2"}, "weights": {}}
+    assert second_change["new"]["aliases"] == {"stable": "1"} and second_change["action"] == "move_alias"
+    assert second_change["model"] == "every" and second_change["time"].endswith("Z")
+    run_service(models, second)
+
+
+def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path) -> None:
+    policy_file(models, "every").write_text('{"aliases": {"stable": "nightly"}}')
+
+    async def body(service: InferenceService, errors: Any) -> None:
+        for version in ("stable", None):
+            with pytest.raises(PyserveError) as e:
+                await service.infer("every", version, InferRequest({"x": X}))
+            assert e.value.kind is ErrorKind.UNAVAILABLE and "traffic policy was refused at startup" in e.value.message
+        # An explicit version still serves; a new policy repairs the model.
+        assert (await service.infer("every", "2", InferRequest({"x": X}))).model_version == "2"
+        await ModelControl(service.host).set_traffic("every", {"aliases": {"stable": "1"}}, "tester", "repair")
+        assert (await service.infer("every", "stable", InferRequest({"x": X}))).model_version == "1"
+
+    run_service(models, body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Traffic policy: the weighted split
+
+def test_key_point_is_blake2b_64_of_the_key() -> None:
+    # Pinned: a change of hash would move every sticky key at the next restart.
+    assert key_point("user-1") == int("9aac5a8621eae188", 16) / 2**64
+    assert 0 <= key_point("") < 1 and 0 <= key_point("é") < 1
+
+
+@pytest.mark.parametrize("weights", [{"1": 90, "2": 10}, {"1": 70, "2": 20, "3": 10}, {"1": 50, "2": 0, "3": 50},
+                                     {"1": 33.3, "2": 33.3, "3": 33.4}])
+def test_split_follows_the_weights_over_many_keys(weights: dict[str, float]) -> None:
+    policy = TrafficPolicy.from_doc({"weights": weights})
+    keys = [f"user-{i}" for i in range(20000)]
+    counts = Counter(policy.pick(k) for k in keys)
+    for target, weight in weights.items():
+        assert abs(100 * counts[int(target)] / len(keys) - weight) < 1.5, (counts, weights)
+    # Sticky: the same key, the same version, every time.
+    assert all(policy.pick(k) == policy.pick(k) for k in keys[:500])
+
+
+def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
+    before = TrafficPolicy.from_doc({"aliases": {"stable": "1", "canary": "2"}, "weights": {"stable": 90, "canary": 10}})
+    after = TrafficPolicy.from_doc({"aliases": {"stable": "1", "canary": "2"}, "weights": {"stable": 75, "canary": 25}})
+    moved = [(before.pick(k), after.pick(k)) for k in (f"k{i}" for i in range(5000))]
+    assert (2, 1) not in set(moved)  # no key on the canary goes back to stable
+    assert sum(1 for m in moved if m == (1, 2)) > 0
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"weights": {"1": 90, "2": 20}}, "policy.weights: the percentages must sum to 100, got 110"),
+    ({"weights": {"1": 0.9, "2": 0.1}}, "policy.weights: the percentages must sum to 100, got 1"),
+    ({"weights": {"1": 110, "2": -10}}, "policy.weights.1: expected a percentage from 0 to 100, got 110"),
+    ({"weights": {"1": 100, "2": -0.0001}}, "policy.weights.2: expected a percentage from 0 to 100"),
+    ({"weights": {"1": "90", "2": 10}}, "policy.weights.1: expected a percentage from 0 to 100, got '90'"),
+    ({"weights": {"1": 100, "canary": 0}}, "policy.weights.canary: 'canary' is neither a version number nor an alias"),
+    ({"weights": {"7": 100}}, "policy.weights.7: model 'every' version 7 is not loaded (loaded: 1, 2, 3)"),
+    ({"aliases": {"a": "b", "b": "a"}}, "policy.aliases: alias loop a -> b -> a"),
+    ({"aliases": {"a": "a"}}, "policy.aliases: alias loop a -> a"),
+    ({"aliases": {"stable": "9"}}, "policy.aliases.stable: model 'every' version 9 is not loaded"),
+    ({"routing_header": "x user"}, "policy.routing_header: expected an HTTP header name, got 'x user'"),
+    ({"weight": {"1": 100}}, "policy: unknown field(s) 'weight'; expected aliases, weights, routing_header"),
+    ({"weights": [1, 2]}, "policy.weights: expected an object (version or alias -> percent), got an array"),
+])
+def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Path, doc: dict, message: str) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        good = {"aliases": {"stable": "1"}, "weights": {"stable": 80, "3": 20}, "routing_header": "x-user"}
+        await control.set_traffic("every", good, "tester", "good")
+        before = (policy_file(models, "every").read_bytes(), audit(models))
+        with pytest.raises(PyserveError) as e:
+            await control.set_traffic("every", doc, "tester", "bad")
+        assert e.value.kind is ErrorKind.INVALID_ARGUMENT and message in e.value.message, e.value.message
+        assert control.traffic("every") == good
+        assert (policy_file(models, "every").read_bytes(), audit(models)) == before
+
+    run_service(models, body)
+
+
+def test_split_routes_by_key_and_explicit_versions_bypass_it(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        doc = {"aliases": {"stable": "1", "canary": "2"}, "weights": {"stable": 80, "canary": 20},
+               "routing_header": "X-User"}
+        assert await control.set_traffic("every", doc, "tester", "canary 20%") == {**doc, "routing_header": "x-user"}
+        assert service.routing_header("every") == "x-user"
+        policy = TrafficPolicy.from_doc(doc)
+        served: Counter[str] = Counter()
+        for i in range(400):
+            key = f"user-{i}"
+            for ctx in (CallContext("inprocess", routing_key=key), CallContext("inprocess", request_id=key)):
+                resp = await service.infer("every", None, InferRequest({"x": X}), ctx)
+                assert resp.model_version == str(policy.pick(key))  # the header's key, else the request id
+                assert resp.outputs["y"].tolist() == affine(int(resp.model_version)).tolist()
+            served[resp.model_version] += 1
+        assert 80 - 6 < served["1"] / 4 < 80 + 6 and served["1"] + served["2"] == 400
+        # Without a key: random, both versions; a version or an alias named: no split.
+        random_versions = {(await service.infer("every", None, InferRequest({"x": X}))).model_version
+                           for _ in range(100)}
+        assert random_versions == {"1", "2"}
+        for version, expect in (("3", "3"), ("canary", "2"), ("stable", "1")):
+            for i in range(20):
+                ctx = CallContext("inprocess", routing_key=f"user-{i}")
+                assert (await service.infer("every", version, InferRequest({"x": X}), ctx)).model_version == expect
+        # A version that takes traffic cannot be unloaded.
+        with pytest.raises(PyserveError) as e:
+            await control.unload_version("every", "2")
+        assert "is named by alias(es) 'canary'" in e.value.message
+        await control.set_traffic("every", {"weights": {"1": 100}}, "tester", "canary off")
+        with pytest.raises(PyserveError) as e:
+            await control.unload_version("every", "1")
+        assert e.value.message == ("model 'every' version 1 takes traffic: weights.1 is 100%; change the "
+                                   "traffic policy first")
+        await control.unload_version("every", "2")
+
+    run_service(models, body)
+
+
+def test_policy_survives_a_restart(models: Path) -> None:
+    doc = {"aliases": {"stable": "1"}, "weights": {"stable": 50, "3": 50}, "routing_header": "x-user"}
+
+    async def first(service: InferenceService, errors: Any) -> None:
+        await ModelControl(service.host).set_traffic("every", doc, "tester", "split")
+
+    async def second(service: InferenceService, errors: Any) -> None:
+        assert ModelControl(service.host).traffic("every") == doc
+        for i in range(50):
+            key = f"k{i}"
+            resp = await service.infer("every", None, InferRequest({"x": X}), CallContext("inprocess", routing_key=key))
+            assert resp.model_version == str(TrafficPolicy.from_doc(doc).pick(key))
+
+    run_service(models, first)
+    run_service(models, second)
+
+
+def test_traffic_policy_needs_a_model_folder(tmp_path: Path) -> None:
+    onnx_file = Repo(tmp_path / "m").onnx_version("single", 1, 1.0)
+
+    async def main() -> None:
+        async with ModelHost(None, [SingleModel("single", onnx_file)]) as host:
+            with pytest.raises(PyserveError) as e:
+                await ModelControl(host).set_alias("single", "stable", "1", "tester")
+            assert "served from one file (--model)" in e.value.message
+
+    asyncio.run(main())

@@ -78,6 +78,10 @@ class FolderSource:
             selected = [1]  # a backend with no model file serves version 1 without a folder
         return config, {v: model_dir / str(v) for v in selected}
 
+    def model_dir(self, name: str) -> Path | None:
+        """The folder of model ``name``: where its config.toml, versions and traffic policy are."""
+        return self.root / name
+
     def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
         """The folder of one version of model ``name``, whatever its version policy; NOT_FOUND when
         the repository has no such folder (a backend with no model file serves version 1 without)."""
@@ -127,6 +131,10 @@ class FileSource:
                           "replace its config; restart with other flags")
         return model.config(), {1: model.path.parent}
 
+    def model_dir(self, name: str) -> Path | None:
+        """None: a model given as one file has no folder of its own."""
+        return None
+
     def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
         """The file's folder for version 1; NOT_FOUND for any other version."""
         if version != 1:
@@ -166,6 +174,15 @@ class ModelSources:
         for source in self.sources:
             if source.has(name):
                 return source.read(name, override)
+        raise not_found(f"unknown model '{name}'")
+
+    def model_dir(self, name: str) -> Path | None:
+        """The folder of model ``name`` in the first source that has it; None for a model given as one
+        file (``--model``). INVALID_ARGUMENT / NOT_FOUND as :meth:`read`."""
+        check_model_name(name)
+        for source in self.sources:
+            if source.has(name):
+                return source.model_dir(name)
         raise not_found(f"unknown model '{name}'")
 
     def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:

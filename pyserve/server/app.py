@@ -64,8 +64,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
-    host = ModelHost(settings.repository, settings.models)
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
+    host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry))
     service = InferenceService(host, infer_errors)
     app = App(settings, host, service, registry)
     router = handlers.make_router()
