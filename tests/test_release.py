@@ -434,3 +434,131 @@ def test_traffic_policy_needs_a_model_folder(tmp_path: Path) -> None:
             assert "served from one file (--model)" in e.value.message
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------
+# The validation gate: golden samples
+
+XS = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+
+def write_golden(version_dir: Path, produced_by: int, **extra: Any) -> Path:
+    """golden.npz of three samples, with the outputs that version ``produced_by`` answers."""
+    weights = np.float32(produced_by) * (1 + 0.25 * np.arange(4, dtype=np.float32))
+    y = XS * weights + np.float32(produced_by)
+    arrays = {"inputs/x": XS, "outputs/y": y, "outputs/argmax": np.argmax(y, axis=1)}
+    arrays.update(extra)
+    path = version_dir / "golden.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_golden_samples_gate_a_version_load(models: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        write_golden(models / "every" / "2", produced_by=2)
+        await control.load_version("every", "2")  # its own answers: passes
+        Repo(models).onnx_version("every", 4, scale=4.0, bias=4.0)
+        path = write_golden(models / "every" / "4", produced_by=2)  # version 2's answers: wrong
+        before = control.index()
+        with pytest.raises(PyserveError) as e:
+            await control.load_version("every", "4")
+        assert e.value.kind is ErrorKind.INVALID_ARGUMENT
+        message = e.value.message
+        assert message.startswith(f"model 'every' version 4 failed its golden samples ({path}): sample 0, "
+                                  "output 'y': 4 of 4 values differ by more than atol 1e-05 + rtol 0.0001 "
+                                  "* |expected|; largest |difference| 12.5 at index [0, 3]: got 25, expected 12.5")
+        assert control.index() == before  # stays out of traffic
+        assert any(r.levelname == "ERROR" and message in r.getMessage() for r in caplog.records)
+        with pytest.raises(PyserveError):
+            await service.infer("every", "4", InferRequest({"x": X}))
+        # A tolerance in the file lets a close answer pass.
+        write_golden(models / "every" / "4", produced_by=4, **{"outputs/y": XS * 0 + 1e6, "atol/y": np.float64(1e7)})
+        await control.load_version("every", "4")
+        assert (await service.infer("every", "4", InferRequest({"x": X}))).model_version == "4"
+
+    run_service(models, body)
+
+
+def test_a_version_failing_its_golden_samples_at_startup_is_not_served(models: Path) -> None:
+    write_golden(models / "newest" / "2", produced_by=1)
+
+    async def body(service: InferenceService, errors: Any) -> None:
+        row, = [r for r in ModelControl(service.host).index() if r["name"] == "newest"]
+        assert row["state"] == "UNAVAILABLE"
+        assert "model 'newest' version 2 failed its golden samples" in row["reason"]
+        assert "sample 0, output 'y'" in row["reason"]
+        with pytest.raises(PyserveError) as e:
+            await service.infer("newest", None, InferRequest({"x": X}))
+        assert e.value.kind is ErrorKind.UNAVAILABLE
+
+    run_service(models, body)
+
+
+def test_golden_samples_run_again_before_an_alias_or_a_weight_sends_traffic(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        await control.set_alias("every", "stable", "1", "tester")
+        # Version 3's golden file changed after it loaded (a wrong expectation, or a stateful model).
+        write_golden(models / "every" / "3", produced_by=1)
+        for change in (control.set_alias("every", "stable", "3", "tester"),
+                       control.set_traffic("every", {"aliases": {"stable": "1"}, "weights": {"stable": 99, "3": 1}},
+                                           "tester")):
+            with pytest.raises(PyserveError) as e:
+                await change
+            assert "model 'every' version 3 failed its golden samples" in e.value.message
+            assert control.traffic("every") == {"aliases": {"stable": "1"}, "weights": {}}
+        # A weight of 0 sends no traffic: no check.
+        await control.set_traffic("every", {"aliases": {"stable": "1"}, "weights": {"stable": 100, "3": 0}}, "tester")
+
+    run_service(models, body)
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ({"inputs/x": XS, "outputs/y": XS[:2]}, "every array must hold the same number of samples along its first axis"),
+    ({"inputs/x": XS}, "expected inputs/NAME and outputs/NAME arrays, got inputs/x"),
+    ({"inputs/x": XS, "outputs/y": XS, "expected": XS}, "unexpected array 'expected'"),
+    ({"inputs/x": XS, "outputs/z": XS}, "outputs/z: model 'every' has no output 'z' (outputs: argmax, y)"),
+    ({"inputs/x": XS, "outputs/y": XS, "atol": np.float64(-1)}, "atol: expected a tolerance >= 0, got -1.0"),
+    ({"inputs/x": XS[:, :3], "outputs/y": XS}, "sample 0: the model answered an error: input 'x'"),
+    ({"inputs/x": XS, "outputs/argmax": np.zeros(3, np.int64)},
+     "sample 0, output 'argmax': 1 of 1 values differ; first at index [0]: got 3, expected 0"),
+    ({"inputs/x": XS, "outputs/y": np.array([[b"a"]] * 3)}, "sample 0, output 'y': shape [1, 4], expected [1, 1]"),
+    ({"inputs/x": XS[:, None, None], "outputs/y": XS}, "inputs/x: 4 dimensions; expected 2 (samples along the first dimension) or 3"),
+    ({"inputs/z": XS, "outputs/y": XS}, "inputs/z: model 'every' has no input 'z' (inputs: x)"),
+])
+def test_bad_golden_files_refuse_the_version(models: Path, arrays: dict, message: str) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        np.savez(models / "every" / "2" / "golden.npz", **arrays)
+        with pytest.raises(PyserveError) as e:
+            await ModelControl(service.host).load_version("every", "2")
+        assert "model 'every' version 2 failed its golden samples" in e.value.message
+        assert message in e.value.message, e.value.message
+
+    run_service(models, body)
+
+
+def test_golden_samples_of_strings_and_of_a_model_that_does_not_batch(tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "models")
+    repo.identity("texts", [("t", "BYTES", [1])], max_batch_size=4)
+    repo.identity("plain", [("v", "INT32", [2])], max_batch_size=0)
+    (repo.root / "texts" / "1").mkdir()
+    (repo.root / "plain" / "1").mkdir()
+    words = np.array([["ab"], ["é"]])  # U: compared as UTF-8
+    np.savez(repo.root / "texts" / "1" / "golden.npz", **{"inputs/in_t": words, "outputs/out_t": words})
+    pairs = np.array([[1, 2], [3, 4]], np.int32)
+    np.savez(repo.root / "plain" / "1" / "golden.npz", **{"inputs/in_v": pairs, "outputs/out_v": pairs})
+
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        assert {r["name"]: r["state"] for r in control.index()} == {"plain": "READY", "texts": "READY"}
+        np.savez(repo.root / "texts" / "1" / "golden.npz",
+                 **{"inputs/in_t": words, "outputs/out_t": np.array([["ab"], ["e"]])})
+        with pytest.raises(PyserveError) as e:
+            await control.load_version("texts", "1")
+        assert "sample 1, output 'out_t': 1 of 1 values differ; first at index [0, 0]: got b'\\xc3\\xa9', " \
+               "expected b'e'" in e.value.message
+        assert (await service.infer("texts", "1", InferRequest({"in_t": np.array([[b"x"]], object)}))
+                ).outputs["out_t"].tolist() == [[b"x"]]
+
+    run_service(repo.root, body)

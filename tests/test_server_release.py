@@ -22,6 +22,11 @@ X = np.arange(4, dtype=np.float32).reshape(1, 4)
 def release_repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     repo = Repo(tmp_path_factory.mktemp("release") / "models")
     repo.onnx("every", {1: 1.0, 2: 2.0, 3: 3.0}, config="max_batch_size = 8\n[version_policy]\nall = true\n")
+    # "gated": version 1 serves; version 2's golden samples expect version 1's answers.
+    repo.onnx("gated", {1: 1.0, 2: 2.0}, config="max_batch_size = 8\n[version_policy]\nspecific = [1]\n")
+    y1 = run_onnx(repo.root / "gated" / "1" / "model.onnx", X)["y"]
+    for version in (1, 2):
+        np.savez(repo.root / "gated" / str(version) / "golden.npz", **{"inputs/x": X, "outputs/y": y1})
     return repo
 
 
@@ -286,3 +291,16 @@ def test_version_load_takes_no_config_override(server: Server) -> None:
     resp = post(server.url, "/v2/repository/models/every/versions/1/load",
                 json={"parameters": {"config": {"max_batch_size": 4}}})
     assert resp.status_code == 400 and "parameters.config is for the load of the whole model" in resp.json()["error"]
+
+
+def test_golden_samples_refuse_a_wrong_version_over_http(server: Server) -> None:
+    resp = post(server.url, "/v2/repository/models/gated/versions/2/load")
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]
+    assert message.startswith("model 'gated' version 2 failed its golden samples (")
+    assert "gated/2/golden.npz): sample 0, output 'y': 4 of 4 values differ" in message
+    assert served(server.url, "gated") == ["1"]
+    assert f"ERROR pyserve.release: {message}; the version is refused and takes no traffic" in server.log()
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert 'pyserve_golden_checks_total{model="gated",result="passed",version="1"} 1.0' in metrics
+    assert 'pyserve_golden_checks_total{model="gated",result="failed",version="2"} 1.0' in metrics

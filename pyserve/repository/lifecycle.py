@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,28 @@ from pyserve.runtime import CompletionPump, ModelRunner
 log = logging.getLogger("pyserve.repository")
 
 
+# Checks a started version before it joins the registry (its folder given); raises PyserveError to
+# refuse it. The server's is the golden-sample gate (pyserve.release.golden).
+Validator = Callable[[ModelRunner, Path], Awaitable[object]]
+
+
 class ModelRepository:
     """Loads models from their sources into the registry, and unloads them.
 
     ``repository.registry`` answers the lookups of the request path; the methods here change what
     is served. Every name is checked (:func:`~pyserve.repository.sources.check_model_name`) before a
-    file is read, and no state is kept for a name that no source has."""
+    file is read, and no state is kept for a name that no source has. ``validate`` runs on each
+    version started, before it serves: a version it refuses fails its load."""
 
     def __init__(
         self,
         pump: CompletionPump,
         root: Path | None = None,
         single_models: Iterable[SingleModel] = (),
+        validate: Validator | None = None,
     ) -> None:
         self.pump = pump
+        self.validate = validate
         self.sources = ModelSources(root, single_models)
         self.registry = ModelRegistry()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -93,6 +101,8 @@ class ModelRepository:
                     if version not in fresh:
                         runner = await loop.run_in_executor(None, self._start, config, version, path)
                         started.append(runner)
+                        if self.validate is not None:
+                            await self.validate(runner, path)
                         fresh[version] = runner
             except PyserveError as e:
                 await self._discard(name, started)
@@ -162,6 +172,12 @@ class ModelRepository:
                     (await loop.run_in_executor(None, self.sources.read, name, None))[0]
                 path = self.sources.version_dir(name, config, version)
                 runner = await self._start_checked(loop, name, config, version, path)
+                if self.validate is not None:
+                    try:
+                        await self.validate(runner, path)
+                    except BaseException:
+                        await self._discard(name, [runner])
+                        raise
             except PyserveError as e:
                 log.info("load of model %s version %s refused: %s", name, version, e.message)
                 raise

@@ -65,7 +65,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     address (before any model is loaded).
     """
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
-    host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry))
+    host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
+                     metrics.golden_checks_counter(registry))
     service = InferenceService(host, infer_errors)
     app = App(settings, host, service, registry)
     router = handlers.make_router()

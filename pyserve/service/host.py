@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pyserve.release import TrafficPolicies
+from pyserve.release import TrafficPolicies, check_golden
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
-from pyserve.runtime import CompletionPump
+from pyserve.runtime import CompletionPump, ModelRunner
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -29,13 +29,17 @@ class ModelHost:
 
     :meth:`start` loads every model (a model that fails is recorded, not raised) and their traffic
     policies; :meth:`close` drains every queued request and releases the models. Must be started and
-    closed on one event loop. ``policy_changes`` counts traffic-policy changes (label ``model``)."""
+    closed on one event loop. Each version's golden samples (:mod:`pyserve.release.golden`) run before
+    it serves, and before an alias or a weight first sends it traffic. ``policy_changes`` counts
+    traffic-policy changes (label ``model``), ``golden_checks`` golden-sample checks (``model``,
+    ``version``, ``result``)."""
 
     def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
-                 policy_changes: Counter | None = None) -> None:
+                 policy_changes: Counter | None = None, golden_checks: Counter | None = None) -> None:
         self._root = root
         self._single = tuple(single_models)
         self._policy_changes = policy_changes
+        self._golden_checks = golden_checks
         self.pump: CompletionPump | None = None
         self._repository: ModelRepository | None = None
         self._traffic: TrafficPolicies | None = None
@@ -63,11 +67,21 @@ class ModelHost:
         """Creates the completion pump on the running loop, reads the traffic policies and loads
         every model."""
         self.pump = CompletionPump(asyncio.get_running_loop())
-        repository = ModelRepository(self.pump, self._root, self._single)
-        self._traffic = TrafficPolicies(self._root, repository.sources, repository.registry, self._policy_changes)
+        repository = ModelRepository(self.pump, self._root, self._single, self._check_golden)
+        self._traffic = TrafficPolicies(self._root, repository.sources, repository.registry, self._policy_changes,
+                                        self._gate)
         self._traffic.load_all()
         self._repository = repository
         await repository.load_all()
+
+    async def _check_golden(self, runner: ModelRunner, version_dir: Path) -> None:
+        await check_golden(runner, version_dir, self._golden_checks)
+
+    async def _gate(self, name: str, version: int) -> None:
+        """Runs the golden samples of a loaded version about to take traffic (an alias or a weight)."""
+        runner = self.registry.entry(name).versions.get(version)
+        if runner is not None:  # not loaded: the policy's own check refuses it
+            await self._check_golden(runner, self.repository.sources.version_dir(name, runner.config, version))
 
     async def close(self) -> None:
         """Drains and stops every model version, then the pump. A backend call that never returns
