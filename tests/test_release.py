@@ -301,8 +301,9 @@ def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path) -
             with pytest.raises(PyserveError) as e:
                 await service.infer("every", version, InferRequest({"x": X}))
             assert e.value.kind is ErrorKind.UNAVAILABLE and "traffic policy was refused at startup" in e.value.message
-        # An explicit version still serves; a new policy repairs the model.
+        # An explicit version still serves, metadata still answers; a new policy repairs the model.
         assert (await service.infer("every", "2", InferRequest({"x": X}))).model_version == "2"
+        assert service.metadata("every").versions == ("1", "2", "3")
         await ModelControl(service.host).set_traffic("every", {"aliases": {"stable": "1"}}, "tester", "repair")
         assert (await service.infer("every", "stable", InferRequest({"x": X}))).model_version == "1"
 
@@ -350,8 +351,14 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"aliases": {"a": "a"}}, "policy.aliases: alias loop a -> a"),
     ({"aliases": {"stable": "9"}}, "policy.aliases.stable: model 'every' version 9 is not loaded"),
     ({"routing_header": "x user"}, "policy.routing_header: expected an HTTP header name, got 'x user'"),
-    ({"weight": {"1": 100}}, "policy: unknown field(s) 'weight'; expected aliases, weights, routing_header"),
+    ({"weight": {"1": 100}}, "policy: unknown field(s) 'weight'; expected aliases, weights, routing_header, shadow"),
     ({"weights": [1, 2]}, "policy.weights: expected an object (version or alias -> percent), got an array"),
+    ({"shadow": {"target": "7"}}, "policy.shadow.target: model 'every' version 7 is not loaded"),
+    ({"shadow": {"target": "nightly"}}, "policy.shadow.target: 'nightly' is neither a version number nor an alias"),
+    ({"shadow": {"target": "2", "percent": 101}}, "policy.shadow.percent: expected a percentage from 0 to 100"),
+    ({"shadow": {"target": "2", "max_in_flight": 0}}, "policy.shadow.max_in_flight: expected an integer >= 1, got 0"),
+    ({"shadow": {"target": "2", "share": 5}}, "policy.shadow: unknown field(s) 'share'"),
+    ({"shadow": "2"}, "policy.shadow: expected an object with target, percent, max_in_flight, got a string"),
 ])
 def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Path, doc: dict, message: str) -> None:
     async def body(service: InferenceService, errors: Any) -> None:

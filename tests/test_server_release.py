@@ -304,3 +304,29 @@ def test_golden_samples_refuse_a_wrong_version_over_http(server: Server) -> None
     metrics = requests.get(server.url + "/metrics", timeout=5).text
     assert 'pyserve_golden_checks_total{model="gated",result="passed",version="1"} 1.0' in metrics
     assert 'pyserve_golden_checks_total{model="gated",result="failed",version="2"} 1.0' in metrics
+
+
+def test_shadow_over_http_is_measured_and_never_answered(server: Server, release_repo: Repo) -> None:
+    url = server.url
+    resp = requests.put(url + "/v2/repository/models/every/traffic", timeout=30,
+                        json={"weights": {"1": 100}, "shadow": {"target": "3", "percent": 100}, "reason": "shadow 3"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["shadow"] == {"target": "3", "percent": 100, "max_in_flight": 64}
+    session = requests.Session()
+    for protocol in ("json", "binary", "msgpack") * 5:
+        body, headers = encode(protocol, {"x": X})
+        doc, out = decode(session.post(url + "/v2/models/every/infer", data=body, headers=headers, timeout=30))
+        assert doc["model_version"] == "1" and out["y"].ravel().tolist() == expected(release_repo, "every", "1")
+
+    def compared() -> float:
+        for line in requests.get(url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith('pyserve_shadow_requests_total{model="every",outcome="compared",version="3"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    wait_until(lambda: compared() == 15, what="15 mirrored requests compared")
+    metrics = requests.get(url + "/metrics", timeout=5).text
+    assert 'pyserve_shadow_output_comparisons_total{model="every",output="y",result="disagree",version="3"} 15.0' \
+        in metrics
+    assert "pyserve_shadow_duration_seconds_count" in metrics
+    assert requests.put(url + "/v2/repository/models/every/traffic", json={}, timeout=30).status_code == 200

@@ -117,17 +117,17 @@ async def check_golden(runner: ModelRunner, version_dir: Path, checks: Counter |
         whole = {f"{group}/{k}": _stacked(path, name, group, k, a, ranks[group])
                  for group, arrays in (("inputs", golden.inputs), ("outputs", golden.outputs))
                  for k, a in arrays.items()}
-        for i in range(golden.count):
-            def pick(key: str, a: np.ndarray) -> np.ndarray:
-                return a[i] if whole[key] else a[i:i + 1]
+        def pick(key: str, a: np.ndarray, i: int) -> np.ndarray:
+            return a[i] if whole[key] else a[i:i + 1]
 
-            inputs = {k: _wire(pick(f"inputs/{k}", a)) for k, a in golden.inputs.items()}
+        for i in range(golden.count):
+            inputs = {k: _wire(pick(f"inputs/{k}", a, i)) for k, a in golden.inputs.items()}
             try:
                 got = await runner.infer(inputs)
             except PyserveError as e:
                 raise invalid(f"sample {i}: the model answered an error: {e.message}") from None
             for output, expected in golden.outputs.items():
-                problem = _compare(got[output], pick(f"outputs/{output}", expected), *golden.tolerance(output))
+                problem = _compare(got[output], pick(f"outputs/{output}", expected, i), *golden.tolerance(output))
                 if problem:
                     raise invalid(f"sample {i}, output '{output}': {problem}")
     except PyserveError as e:

@@ -34,7 +34,9 @@ from typing import Any
 from pyserve.errors import PyserveError, invalid, not_found
 from pyserve.repository import check_model_name, version_number
 
-FIELDS = ("aliases", "weights", "routing_header")
+FIELDS = ("aliases", "weights", "routing_header", "shadow")
+SHADOW_FIELDS = ("target", "percent", "max_in_flight")
+DEFAULT_SHADOW_IN_FLIGHT = 64
 TOTAL_PERCENT = 100.0
 # Weights are sums of decimal percentages written by people: 33.3 + 33.3 + 33.4 is not exactly 100.
 SUM_TOLERANCE = 1e-6
@@ -63,12 +65,51 @@ def check_alias_name(alias: str) -> str:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """Mirror ``percent`` of the requests served by other versions to ``target`` (a version or an
+    alias), at most ``max_in_flight`` mirrored requests at a time (more are dropped and counted)."""
+
+    target: str
+    percent: float = 100.0
+    max_in_flight: int = DEFAULT_SHADOW_IN_FLIGHT
+
+    @classmethod
+    def from_doc(cls, doc: Any, where: str) -> Shadow:
+        """The shadow of a policy document; INVALID_ARGUMENT naming the field."""
+        if type(doc) is not dict:
+            raise invalid(f"{where}: expected an object with {', '.join(SHADOW_FIELDS)}, got {_kind(doc)}")
+        unknown = sorted(set(doc) - set(SHADOW_FIELDS))
+        if unknown:
+            raise invalid(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                          f"expected {', '.join(SHADOW_FIELDS)}")
+        target = doc.get("target")
+        if type(target) is int and not isinstance(target, bool):
+            target = str(target)
+        if type(target) is not str or not target:
+            raise invalid(f"{where}.target: expected a version number or an alias, got {target!r}")
+        percent = doc.get("percent", 100)
+        if type(percent) not in (int, float) or not math.isfinite(percent) or not 0 <= percent <= TOTAL_PERCENT:
+            raise invalid(f"{where}.percent: expected a percentage from 0 to 100, got {percent!r}")
+        in_flight = doc.get("max_in_flight", DEFAULT_SHADOW_IN_FLIGHT)
+        if type(in_flight) is not int or in_flight < 1:
+            raise invalid(f"{where}.max_in_flight: expected an integer >= 1, got {in_flight!r}")
+        return cls(target, float(percent), in_flight)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The JSON form (what :meth:`from_doc` reads)."""
+        percent = int(self.percent) if self.percent.is_integer() else self.percent
+        return {"target": self.target, "percent": percent, "max_in_flight": self.max_in_flight}
+
+
+@dataclass(frozen=True)
 class TrafficPolicy:
-    """A model's aliases, weights (percent per target, in order) and routing header (lower case)."""
+    """A model's aliases, weights (percent per target, in order), routing header (lower case) and
+    shadow (a candidate version that a share of the requests is mirrored to)."""
 
     aliases: Mapping[str, str] = field(default_factory=dict)
     weights: Mapping[str, float] = field(default_factory=dict)
     routing_header: str | None = None
+    shadow: Shadow | None = None
 
     def __post_init__(self) -> None:
         for name in ("aliases", "weights"):
@@ -84,8 +125,8 @@ class TrafficPolicy:
 
     @property
     def empty(self) -> bool:
-        """No alias, no weight, no header: the same as no policy."""
-        return not self.aliases and not self.weights and self.routing_header is None
+        """No alias, no weight, no header, no shadow: the same as no policy."""
+        return not self.aliases and not self.weights and self.routing_header is None and self.shadow is None
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
@@ -128,7 +169,10 @@ class TrafficPolicy:
             if type(header) is not str or not _TOKEN.match(header):
                 raise invalid(f"{where}.routing_header: expected an HTTP header name, got {header!r}")
             header = header.lower()
-        policy = cls(aliases, weights, header)
+        shadow = doc.get("shadow")
+        if shadow is not None:
+            shadow = Shadow.from_doc(shadow, f"{where}.shadow")
+        policy = cls(aliases, weights, header, shadow)
         for alias in aliases:
             policy._follow(alias, where)  # loops and unknown aliases
         for target in weights:
@@ -136,6 +180,11 @@ class TrafficPolicy:
                 policy._follow(target, where)
             except PyserveError as e:
                 raise invalid(f"{where}.weights.{target}: {e.message}") from None
+        if shadow is not None:
+            try:
+                policy._follow(shadow.target, where)
+            except PyserveError as e:
+                raise invalid(f"{where}.shadow.target: {e.message}") from None
         return policy
 
     def to_doc(self) -> dict[str, Any]:
@@ -146,6 +195,8 @@ class TrafficPolicy:
         }
         if self.routing_header is not None:
             doc["routing_header"] = self.routing_header
+        if self.shadow is not None:
+            doc["shadow"] = self.shadow.to_doc()
         return doc
 
     def check(self, model: str, loaded: set[int], where: str = "policy") -> None:
@@ -160,6 +211,11 @@ class TrafficPolicy:
             version = self.resolve(target)
             if weight > 0 and version not in loaded:
                 raise invalid(f"{where}.weights.{target}: model '{model}' version {version} is not loaded "
+                              f"(loaded: {served}); load it first")
+        if self.shadow is not None:
+            version = self.resolve(self.shadow.target)
+            if version not in loaded:
+                raise invalid(f"{where}.shadow.target: model '{model}' version {version} is not loaded "
                               f"(loaded: {served}); load it first")
 
     # -- routing -----------------------------------------------------------------------------
@@ -200,6 +256,8 @@ class TrafficPolicy:
         """The versions an alias names or a positive weight routes to."""
         out = {self.resolve(a) for a in self.aliases}
         out |= {self.resolve(t) for t, w in self.weights.items() if w > 0}
+        if self.shadow is not None and self.shadow.percent > 0:
+            out.add(self.resolve(self.shadow.target))
         return out
 
     def aliases_of(self, version: int) -> list[str]:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
 from pyserve.errors import ErrorKind, PyserveError
+from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
@@ -68,6 +69,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
                      metrics.golden_checks_counter(registry))
     service = InferenceService(host, infer_errors)
+    service.add_hooks(ShadowMirror(host, ShadowMetrics.register(registry)))
     app = App(settings, host, service, registry)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,

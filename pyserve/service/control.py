@@ -101,6 +101,9 @@ class ModelControl:
             if aliases:
                 raise invalid(f"model '{name}' version {version} is named by alias(es) "
                               f"{', '.join(map(repr, aliases))}: move or remove them first")
+            if policy.shadow is not None and policy.resolve(policy.shadow.target) == version:
+                raise invalid(f"model '{name}' version {version} is the shadow target: change the traffic "
+                              "policy first")
             weighted = [t for t, w in policy.weights.items() if w > 0 and policy.resolve(t) == version]
             if weighted:
                 raise invalid(f"model '{name}' version {version} takes traffic: weights."

@@ -238,7 +238,7 @@ class InferenceService:
         config = runner.config
         versions = tuple(str(v) for v in sorted(entry.versions)) if version is None else (runner.version,)
         batching = config.max_batch_size > 0
-        policy = self.host.traffic.get(name)
+        policy = self.host.traffic.policy_or_none(name)
         aliases = {a: str(policy.resolve(a)) for a in sorted(policy.aliases)} if policy is not None else {}
         if version is not None:
             aliases = {a: v for a, v in aliases.items() if v == runner.version}
