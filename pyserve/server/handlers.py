@@ -139,7 +139,7 @@ def infer(request: Request) -> Response | Deferred:
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
         header = service.routing_header(name)
         ctx = CallContext(protocol, req.id, request.headers.get(header) if header else None)
-        runner = service.route(name, version, ctx)  # the version that serves: an alias, the split
+        runner = service.route(name, version, ctx, runner)  # the version that serves: the split
         future = service.submit(runner, req, ctx)
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)

@@ -115,14 +115,19 @@ class InferenceService:
                 return self.host.registry.version(name, str(self._resolve(name, policy, version)))
         return self.host.registry.version(name, version)
 
-    def route(self, name: str, version: str | None, ctx: CallContext) -> ModelRunner:
+    def route(self, name: str, version: str | None, ctx: CallContext,
+              resolved: ModelRunner | None = None) -> ModelRunner:
         """The runner that serves one infer call: as :meth:`runner`, except that a call naming no
         version follows the model's weighted split, by ``ctx.routing_key`` (else ``ctx.request_id``,
-        else a random key). Called once per call: an alias moved meanwhile never splits a call."""
+        else a random key). ``resolved``: what :meth:`runner` answered for this call in the same turn
+        of the event loop (a transport's check before decoding), kept unless the split decides;
+        an alias is so resolved once per call, and a move meanwhile never splits a call."""
         if version:
-            return self.runner(name, version)
+            return resolved if resolved is not None else self.runner(name, version)
         policy = self.host.traffic.get(name)
         picked = policy.pick(ctx.routing_key or ctx.request_id) if policy is not None else None
+        if picked is None and resolved is not None:
+            return resolved
         return self.host.registry.version(name, str(picked) if picked is not None else None)
 
     def routing_header(self, name: str) -> str | None:
