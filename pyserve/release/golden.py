@@ -72,7 +72,10 @@ class GoldenSamples:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise invalid(f"{path}: not a golden-sample file numpy can read without pickle: {e}") from None
-        inputs, outputs, atol, rtol = {}, {}, {}, {}
+        inputs: dict[str, np.ndarray] = {}
+        outputs: dict[str, np.ndarray] = {}
+        atol: dict[str, float] = {}
+        rtol: dict[str, float] = {}
         for key, array in arrays.items():
             group, _, name = key.partition("/")
             if group in ("inputs", "outputs") and name:

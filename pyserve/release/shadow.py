@@ -36,7 +36,7 @@ from pyserve.errors import PyserveError
 from pyserve.service.hooks import InferHooks
 
 if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import CollectorRegistry, Counter, Histogram
 
     from pyserve.protocol import InferRequest, InferResponse
     from pyserve.runtime import ModelRunner
@@ -57,11 +57,11 @@ DURATION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 
 class ShadowMetrics:
     """The shadow metrics (see the module doc); labels ``model`` and ``version`` (the candidate's)."""
 
-    requests: object
-    comparisons: object
-    elements: object
-    difference: object
-    duration: object
+    requests: Counter
+    comparisons: Counter
+    elements: Counter
+    difference: Histogram
+    duration: Histogram
 
     @classmethod
     def register(cls, registry: CollectorRegistry | None = None) -> ShadowMetrics:

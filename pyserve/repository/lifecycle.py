@@ -166,10 +166,11 @@ class ModelRepository:
         self._check_known(name)
         async with self._lock(name):
             entry = self.registry.models.get(name)
-            serving = entry is not None and entry.state is ModelState.READY and bool(entry.versions)
             try:
-                config = entry.config if serving else \
-                    (await loop.run_in_executor(None, self.sources.read, name, None))[0]
+                if entry is not None and entry.state is ModelState.READY and entry.versions and entry.config:
+                    config = entry.config
+                else:
+                    config = (await loop.run_in_executor(None, self.sources.read, name, None))[0]
                 path = self.sources.version_dir(name, config, version)
                 runner = await self._start_checked(loop, name, config, version, path)
                 if self.validate is not None:
@@ -203,7 +204,7 @@ class ModelRepository:
         async with self._lock(name):
             entry = self.registry.models.get(name)
             runner = entry.versions.get(version) if entry is not None else None
-            if runner is None:
+            if entry is None or runner is None:
                 served = ", ".join(str(v) for v in sorted(entry.versions)) if entry else ""
                 raise not_found(f"model '{name}' has no version '{version}' loaded (serving: {served or 'none'})")
             entry.versions = {v: r for v, r in entry.versions.items() if v != version}
