@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.payload_log.settings import PayloadLogSettings
+from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
@@ -40,6 +42,8 @@ class ServerSettings:
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
+    # max_batch_size of the models whose config sets none and that can batch (0: none batches)
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     payload_log: PayloadLogSettings = PayloadLogSettings()
 
 
@@ -72,9 +76,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
-    host = ModelHost(settings.repository, settings.models)
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
+    host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
+                     metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
+    service.add_hooks(ShadowMirror(host, ShadowMetrics.register(registry)))
     app = App(settings, host, service, registry)
     if settings.payload_log.enabled:
         from pyserve.payload_log import PayloadLog
