@@ -61,7 +61,9 @@ _CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
 _CHECKS_EXTERNAL_DATA_PATHS = _ORT_VERSION >= (1, 24)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
-                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
+                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; with "
+                  "onnxmltools, convert_lightgbm(model, ..., zipmap=False); from any other exporter (CatBoost), "
+                  "remove the ZipMap node and make its input a graph output (docs/exporters.md); the "
                   "probabilities then come as an FP32 [N, classes] tensor")
 
 
@@ -142,6 +144,25 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     return Tensors(inputs, outputs, tuple(left_out))
 
 
+# onnxruntime's StringNormalizer builds the C++ locale its graph names, en_US.UTF-8 when it names none
+# (skl2onnx's text vectorizers name none by default); a host without that locale cannot load the model.
+_LOCALE_FAILURE = re.compile(r"Failed to construct locale with name:([^:]+):")
+
+
+def _load_advice(text: str) -> str:
+    """What to do about onnxruntime's refusal ``text`` to load a model, when pyserve knows ("" if not)."""
+    found = _LOCALE_FAILURE.search(text)
+    if found is None:
+        return ""
+    locale = found.group(1)
+    language, _, charset = locale.partition(".")
+    return (f"; the model's StringNormalizer node (skl2onnx's text vectorizers) needs the locale "
+            f"{locale!r}, which this host lacks: add it to the host (localedef -i {language} -f "
+            f"{charset or 'UTF-8'} {locale}) or export the model with a locale every host has: with "
+            "skl2onnx, to_onnx(model, ..., options={TfidfVectorizer: {'locale': 'C.UTF-8'}}) "
+            "(or CountVectorizer)")
+
+
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session of the ONNX file ``path``; ConfigError naming the file when it cannot be
     loaded: an external data location that leaves the graph's folder (checked here with onnxruntime
@@ -156,7 +177,8 @@ def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessio
         missing = missing_external_data(path)
         if missing is not None:
             raise ConfigError(f"{path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
-        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
+        text = str(exc).rstrip()
+        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {text}{_load_advice(text)}") from None
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
