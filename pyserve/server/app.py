@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
@@ -34,6 +35,8 @@ class ServerSettings:
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
+    # max_batch_size of the models whose config sets none and that can batch (0: none batches)
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
 
 class StartupError(PyserveError):
@@ -64,7 +67,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
-    host = ModelHost(settings.repository, settings.models)
+    host = ModelHost(settings.repository, settings.models, settings.default_max_batch_size)
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
     service = InferenceService(host, infer_errors)
     app = App(settings, host, service, registry)

@@ -108,6 +108,8 @@ def model_config(request: Request) -> Response:
         "outputs": _tensor_docs(config.outputs),
         "dynamic_batching": _fields(config.dynamic_batching),
         "version_policy": _fields(config.version_policy),
+        # What pyserve filled in from the model file rather than the config (Triton: auto-complete).
+        "auto_completed": list(config.auto_completed),
     }
     return _json(doc)
 

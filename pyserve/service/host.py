@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Iterable
 from pathlib import Path
 
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
 from pyserve.runtime import CompletionPump
 
@@ -23,11 +24,15 @@ class ModelHost:
     """Loads the models of ``root`` (a repository folder) and ``single_models`` on the running loop.
 
     :meth:`start` loads every model (a model that fails is recorded, not raised); :meth:`close` drains
-    every queued request and releases the models. Must be started and closed on one event loop."""
+    every queued request and releases the models. Must be started and closed on one event loop.
+    ``default_max_batch_size``: the max_batch_size of a model whose config sets none and that can batch
+    (0: no such model batches; see :func:`pyserve.config.load_model_config`)."""
 
-    def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = ()) -> None:
+    def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         self._root = root
         self._single = tuple(single_models)
+        self._default_max_batch_size = default_max_batch_size
         self.pump: CompletionPump | None = None
         self._repository: ModelRepository | None = None
 
@@ -46,7 +51,7 @@ class ModelHost:
     async def start(self) -> None:
         """Creates the completion pump on the running loop and loads every model."""
         self.pump = CompletionPump(asyncio.get_running_loop())
-        self._repository = ModelRepository(self.pump, self._root, self._single)
+        self._repository = ModelRepository(self.pump, self._root, self._single, self._default_max_batch_size)
         await self._repository.load_all()
 
     async def close(self) -> None:
