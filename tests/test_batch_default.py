@@ -278,8 +278,9 @@ def test_a_config_may_correct_a_declared_output_shape(served: Any) -> None:
     assert own["max_batch_size"] == 32 and own["auto_completed"] == ["inputs", "max_batch_size"]
     assert own["outputs"] == [{"name": "label", "datatype": "INT64", "shape": []}]
     model_file = root / "corrected" / "1" / "model.onnx"
-    assert any(f"output 'label' served with shape [-1] as configured ({model_file} declares [1]; a warm-up "
-               "run confirmed it)" in line for line in log_lines(server, "corrected"))
+    assert any(f"output 'label' served with shape [-1] (the batch dimension first) as configured "
+               f"({model_file} declares [1]; a warm-up run confirmed it)" in line
+               for line in log_lines(server, "corrected"))
     assert config_of(server, "corrected4")["max_batch_size"] == 4
     for model in ("corrected", "corrected4"):
         _, out = decode(infer(server.url, model, "binary", {"x": X}))
@@ -291,6 +292,8 @@ def test_a_wrong_correction_is_refused_naming_every_shape(served: Any) -> None:
     server, root = served
     row = index(server)["wrong"]
     assert row["state"] == "UNAVAILABLE"
+    # Refused: not said to batch.
+    assert not [line for line in log_lines(server, "wrong") if "batching" in line]
     model_file = root / "wrong" / "1" / "model.onnx"
     assert row["reason"] == (
         f"{root / 'wrong' / 'config.toml'}: outputs[0].shape: 'label' is configured as [-1, 2] (the batch "
@@ -381,6 +384,32 @@ def test_the_server_default_can_be_changed_or_turned_off(tmp_path: Path) -> None
     assert config_from_onnx("m", path, default_max_batch_size=0).max_batch_size == 0
     assert config_from_onnx("m", path, max_batch_size=0).max_batch_size == 0
     assert config_from_onnx("m", path, max_batch_size=4).auto_completed == ("inputs", "outputs")
+
+
+def test_the_command_line_default_is_the_config_default() -> None:
+    from pyserve import cli, config
+
+    assert cli.DEFAULT_MAX_BATCH_SIZE == config.DEFAULT_MAX_BATCH_SIZE  # repeated so the CLI starts light
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preferred-batch-sizes", "4,64"],
+     "--preferred-batch-sizes: each size must be at most --default-max-batch-size (32), got 64"),
+    (["--default-max-batch-size", "8", "--preferred-batch-sizes", "4,16"],
+     "--preferred-batch-sizes: each size must be at most --default-max-batch-size (8), got 16"),
+])
+def test_preferred_sizes_over_the_default_maximum_are_refused(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        args: list[str], message: str) -> None:
+    from pyserve import cli
+    from pyserve.server import app
+
+    monkeypatch.setattr(app, "run", lambda settings: pytest.fail(f"the server would start: {settings}"))
+    path = save_double(tmp_path / "m.onnx")
+    assert cli.main(["serve", "--model", f"m={path}", *args]) == cli.EXIT_REFUSED
+    assert capsys.readouterr().err.strip() == f"pyserve serve: {message}"
+    with pytest.raises(SystemExit):  # argparse's usage error: exit status 2
+        cli.main(["serve", "--model", f"m={path}", "--default-max-batch-size", "-1"])
 
 
 def test_flags_set_the_default_for_repository_and_single_file_models(serve: Any, tmp_path: Path) -> None:

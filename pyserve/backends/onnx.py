@@ -316,34 +316,33 @@ def _batching_off(src: str) -> str:
 
 
 def _auto_batching(config: ModelConfig, tensors: Tensors, model_file: Path,
-                   max_batch_size: int) -> ModelConfig:
+                   max_batch_size: int) -> tuple[ModelConfig, str]:
     """``config`` with batching on (``max_batch_size``, the shapes without their batch dimension) when
     the model allows it: no optional input, and a dynamic first dimension in every input and served
-    output. Logs one INFO line saying whether and why, and how to change it."""
+    output; and the line to log once the model is accepted, saying whether and why, and how to
+    change it."""
     src = config.source or config.name
     served = [("input", s) for s in config.inputs or tensors.inputs]
     served += [("output", s) for s in config.outputs or tensors.outputs]
     optional = [s.name for s in tensors.inputs if s.optional]
     fixed = [(what, s) for what, s in served if not s.shape or s.shape[0] != -1]
     if optional:
-        log.info("model %r: served without batching (max_batch_size 0): input(s) %s of %s are optional",
-                 config.name, ", ".join(map(repr, optional)), model_file)
-        return config
+        return config, (f"model {config.name!r}: served without batching (max_batch_size 0): input(s) "
+                        f"{', '.join(map(repr, optional))} of {model_file} are optional")
     if fixed:
         what, spec = fixed[0]
-        log.info("model %r: served without batching (max_batch_size 0): %s %r of %s has shape %s, whose "
-                 "first dimension is not dynamic; a model exported with a dynamic batch dimension is batched "
-                 "(torch.onnx.export: dynamic_axes={%r: {0: 'batch'}, ...})", config.name, what, spec.name,
-                 model_file, list(spec.shape), spec.name)
-        return config
-    log.info("model %r: dynamic batching on, max_batch_size %d (auto-completed: the first dimension of every "
-             "input and output of %s is dynamic); to serve it without batching %s (another value changes the "
-             "limit; --default-max-batch-size changes it for every model whose config sets none)",
-             config.name, max_batch_size, model_file, _batching_off(src))
-    return dataclasses.replace(
+        return config, (f"model {config.name!r}: served without batching (max_batch_size 0): {what} "
+                        f"{spec.name!r} of {model_file} has shape {list(spec.shape)}, whose first dimension "
+                        "is not dynamic; a model exported with a dynamic batch dimension is batched "
+                        f"(torch.onnx.export: dynamic_axes={{{spec.name!r}: {{0: 'batch'}}, ...}})")
+    batched = dataclasses.replace(
         config, max_batch_size=max_batch_size,
         inputs=tuple(dataclasses.replace(s, shape=s.shape[1:]) for s in config.inputs),
         outputs=tuple(dataclasses.replace(s, shape=s.shape[1:]) for s in config.outputs))
+    return batched, (f"model {config.name!r}: dynamic batching on, max_batch_size {max_batch_size} "
+                     f"(auto-completed: the first dimension of every input and output of {model_file} is "
+                     f"dynamic); to serve it without batching {_batching_off(src)} (another value changes "
+                     "the limit; --default-max-batch-size changes it for every model whose config sets none)")
 
 
 def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Path | str,
@@ -473,8 +472,9 @@ def complete_config(config: ModelConfig, model_file: Path | None,
     completed = tuple(key for key, given in (("inputs", config.inputs), ("outputs", config.outputs))
                       if not given)
     tensors = _probe_outputs(config, session, tensors, model_file)
+    batching_line = ""
     if auto_max_batch_size > 0:
-        config = _auto_batching(config, tensors, model_file, auto_max_batch_size)
+        config, batching_line = _auto_batching(config, tensors, model_file, auto_max_batch_size)
         if config.max_batch_size > 0:
             completed += ("max_batch_size",)
     if not config.inputs:
@@ -487,12 +487,15 @@ def complete_config(config: ModelConfig, model_file: Path | None,
     if mismatched:
         confirm_output_shapes(config, session, tensors.inputs, mismatched, model_file)
         for _, spec, model in mismatched:
-            log.info("model %r: output %r served with shape %s as configured (%s declares %s; a warm-up run "
-                     "confirmed it)", config.name, spec.name, list(_full_shape(spec, config.max_batch_size)),
-                     model_file, list(model.shape))
+            first = " (the batch dimension first)" if config.max_batch_size > 0 else ""
+            shape = list(_full_shape(spec, config.max_batch_size))
+            log.info("model %r: output %r served with shape %s%s as configured (%s declares %s; a warm-up "
+                     "run confirmed it)", config.name, spec.name, shape, first, model_file, list(model.shape))
     if optional:  # the model says which inputs are optional, whatever config.toml lists
         config = dataclasses.replace(config, inputs=tuple(
             dataclasses.replace(s, optional=s.name in optional) for s in config.inputs))
+    if batching_line:  # once the config is accepted: a refused model is not said to batch
+        log.info("%s", batching_line)
     return dataclasses.replace(config, auto_completed=completed)
 
 
