@@ -502,15 +502,11 @@ def concurrent_problems(url: str, case: Case, protocol: str = "json") -> list[st
         return [p for found in pool.map(one, rows) for p in found]
 
 
-def takes_rows(shape: list[int], rows: tuple[int, ...], batching: bool) -> bool:
-    """Whether a served tensor ``shape`` (from the metadata) holds ``rows`` (the shape of a tensor of
-    several rows) and any other number of rows: with ``batching``, the shape of one row (Triton's
-    convention), else a full shape with a dynamic first dimension."""
-    if not batching:
-        if len(shape) != len(rows) or shape[0] != -1:
-            return False
-        shape = shape[1:]
-    return len(shape) == len(rows) - 1 and all(d in (-1, r) for d, r in zip(shape, rows[1:]))
+def takes_rows(shape: list[int], rows: tuple[int, ...]) -> bool:
+    """Whether a tensor ``shape`` of the model metadata (a full shape, the batch dimension included
+    whether or not the model is batched) holds ``rows`` (the shape of a tensor of several rows) and
+    any other number of rows: a dynamic first dimension, and the others of ``rows`` or dynamic."""
+    return len(shape) == len(rows) and shape[0] == -1 and all(d in (-1, r) for d, r in zip(shape[1:], rows[1:]))
 
 
 def metadata_problems(url: str, case: Case) -> list[str]:
@@ -522,9 +518,6 @@ def metadata_problems(url: str, case: Case) -> list[str]:
     if resp.status_code != 200:
         return [f"metadata: HTTP {resp.status_code}: {resp.text[:400]}"]
     meta = resp.json()
-    # Triton's model configuration says whether the shapes leave out the batch dimension.
-    config = requests.get(f"{url}/v2/models/{case.name}/config", timeout=10).json()
-    batching = config["max_batch_size"] > 0
     problems = []
     for key, arrays in (("inputs", case.inputs), ("outputs", case.expected)):
         served = {t["name"]: t for t in meta[key]}
@@ -535,7 +528,7 @@ def metadata_problems(url: str, case: Case) -> list[str]:
             datatype = "BYTES" if array.dtype.kind in "OU" else wire_datatype(array)
             if key == "inputs" and tensor["datatype"] != datatype:
                 problems.append(f"metadata: {key} {name!r} is {tensor['datatype']}, sent as {datatype}")
-            if not takes_rows(tensor["shape"], array.shape, batching):
+            if not takes_rows(tensor["shape"], array.shape):
                 problems.append(f"metadata: {key} {name!r} has shape {tensor['shape']}, but the model "
                                 f"{'takes' if key == 'inputs' else 'returns'} {list(array.shape)} for "
                                 f"{array.shape[0]} rows")

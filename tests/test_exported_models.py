@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import requests
-from conftest import Server, decode, infer
+from conftest import Repo, Server, decode, infer
 from exported_models import (
     FAMILIES,
     Case,
@@ -49,14 +49,6 @@ SLOW_FAMILIES = {"torch"}  # the dynamo exporter takes tens of seconds on a smal
 # The default export of a text model loads only on a host with the en_US.UTF-8 locale: see
 # test_text_model_without_the_en_us_locale.
 HOST_DEPENDENT = {"sk_tfidf_text"}
-
-
-# Output shapes the exporters declare wrongly, which the metadata repeats as they are declared.
-WRONG_METADATA = {
-    "lgbm_classifier": ["metadata: outputs 'label' has shape [1], but the model returns [12] for 12 rows"],
-    "catboost_regressor": ["metadata: outputs 'predictions' has shape [-1], but the model returns [12, 1] "
-                           "for 12 rows"],
-}
 
 
 def family_params() -> list[Any]:
@@ -122,8 +114,17 @@ def test_loaded_without_config_with_the_exporters_tensors(served: Callable[[str]
     assert not_ready == {}
     assert not any((fam.repo / c.name / "config.toml").exists() for c in servable(fam))
     problems = {c.name: metadata_problems(fam.server.url, c) for c in servable(fam)}
-    known = {n: p for n, p in WRONG_METADATA.items() if n in fam.cases}
-    assert {n: p for n, p in problems.items() if p} == known
+    assert {n: p for n, p in problems.items() if p} == {}
+
+
+@pytest.mark.parametrize("family", family_params())
+def test_batched_by_default(served: Callable[[str], Served], family: str) -> None:
+    """Every model of the suite has a dynamic first dimension everywhere (once the shapes exporters
+    declare wrongly are corrected), so each is batched with no config."""
+    fam = served(family)
+    sizes = {c.name: requests.get(f"{fam.server.url}/v2/models/{c.name}/config", timeout=10).json()["max_batch_size"]
+             for c in servable(fam)}
+    assert {n: size for n, size in sizes.items() if size <= 0} == {}
 
 
 @pytest.mark.parametrize("protocol", ["json", "binary", "msgpack"])
@@ -154,6 +155,48 @@ def test_torch_default_export_writes_external_data_and_serves_it(served: Callabl
     meta = _metadata(fam.server.url, "torch_gru")
     # Batch and sequence length both dynamic, whether or not batching takes the first dimension.
     assert meta["inputs"][0]["shape"] in ([-1, -1], [-1]) and meta["inputs"][0]["datatype"] == "INT64"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output shapes declared wrongly: corrected at load
+
+def test_catboost_regressor_rank_is_corrected(served: Callable[[str], Served]) -> None:
+    """CatBoost declares the regressor's ``predictions`` [N] and returns [N, 1]: served as [-1, -1],
+    with one warning naming both shapes (batched, the declared shape would fail every request)."""
+    fam = served("catboost")
+    meta = _metadata(fam.server.url, "catboost_regressor")
+    assert meta["outputs"] == [{"name": "predictions", "datatype": "FP32", "shape": [-1, -1]}]
+    path = fam.repo / "catboost_regressor" / "1" / "model.onnx"
+    assert (f"model 'catboost_regressor': {path} declares output 'predictions' with shape [-1] but a warm-up run "
+            "on zeros (a batch of 2 samples) returned shape [2, 1]: serving it with shape [-1, -1]") in fam.server.log()
+
+
+def test_an_output_declared_with_the_wrong_rank_is_served_with_the_rank_it_has(repo: Repo, serve: Any) -> None:
+    """An output declared [N] that returns [N, 1], written as CatBoost writes its regressor (one
+    ai.onnx.ml TreeEnsembleRegressor, opset 2, for which onnxruntime infers no shape): with no
+    config it is batched and every request is answered with the shape the model returns."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])  # really [N, 1]
+    tree = helper.make_node(  # x[:, 0] <= 0 -> 1.0, else 2.0
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1,
+        nodes_treeids=[0, 0, 0], nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"], nodes_values=[0.0, 0.0, 0.0],
+        nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+        target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
+    model = helper.make_model(helper.make_graph([tree], "g", [x], [y]), opset_imports=[
+        helper.make_opsetid("ai.onnx.ml", 2), helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    vdir = repo.model_dir("tree") / "1"
+    vdir.mkdir()
+    onnx.save(model, str(vdir / "model.onnx"))
+    server = serve([repo.root])
+    config = requests.get(f"{server.url}/v2/models/tree/config?format=pyserve", timeout=10).json()
+    assert config["max_batch_size"] > 0 and config["outputs"][0]["shape"] == [-1], config
+    rows = np.array([[-1, 0, 0], [1, 0, 0], [0.5, 1, 1], [-2, 1, 1]], np.float32)
+    out = decode(infer(server.url, "tree", "json", {"x": rows}))[1]
+    np.testing.assert_array_equal(out["y"], [[1], [2], [2], [1]])
+    out = decode(infer(server.url, "tree", "msgpack", {"x": rows[1:2]}))[1]
+    np.testing.assert_array_equal(out["y"], [[2]])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -265,7 +265,11 @@ def _probe_outputs(config: ModelConfig, session: ort.InferenceSession, tensors: 
     dynamic (onnxmltools declares a LightGBM classifier's ``label`` [1] and returns [N]), or no
     dimension at all (a scalar, or a shape onnx left unknown). An output whose first dimension followed
     the warm-up's batch of :data:`WARMUP_BATCH` is served with a dynamic first dimension; one declared
-    without dimensions that returned some is served with as many dynamic ones. Each correction is
+    without dimensions that returned some is served with as many dynamic ones. When the first dimension
+    of every input is dynamic (the model may be batched), every output is checked, for a declaration
+    of the wrong rank too: one with a dynamic first dimension that followed the batch with another
+    rank is served with the rank returned, every dimension dynamic (CatBoost declares its regressor's
+    ``predictions`` [N] and returns [N, 1], which would fail every batched request). Each correction is
     logged as a warning naming the output and both shapes. When the run fails, or an output does not
     follow the batch, the declarations are kept."""
     if config.outputs:
@@ -273,24 +277,30 @@ def _probe_outputs(config: ModelConfig, session: ort.InferenceSession, tensors: 
     shapes = _input_shapes(tensors.inputs, config)
     batched = all(shape and shape[0] == -1 for shape in shapes.values())
     suspects = [o for o in tensors.outputs if not o.shape or (batched and o.shape[0] != -1)]
-    if not suspects:
+    probed = list(tensors.outputs) if batched else suspects
+    if not probed:
         return tensors
     run = "a warm-up run on zeros" + (f" (a batch of {WARMUP_BATCH} samples)" if batched else "")
     try:
-        observed = warm_up(session, warmup_feeds(tensors.inputs, config), [o.name for o in suspects])
+        observed = warm_up(session, warmup_feeds(tensors.inputs, config), [o.name for o in probed])
     except Exception as exc:
-        log.warning("model %r: %s: could not check the declared shapes of output(s) %s by %s, so they "
-                    "are served as declared: %s", config.name, model_file,
-                    ", ".join(f"{o.name!r} {list(o.shape)}" for o in suspects), run, exc)
+        # Declarations nothing made suspect are served as declared without a word.
+        (log.warning if suspects else log.debug)(
+            "model %r: %s: could not check the declared shapes of output(s) %s by %s, so they are served "
+            "as declared: %s", config.name, model_file,
+            ", ".join(f"{o.name!r} {list(o.shape)}" for o in suspects or probed), run, exc)
         return tensors
     corrected = {}
-    for out in suspects:
+    for out in probed:
         got = observed[out.name]
+        follows = batched and bool(got) and got[0] == WARMUP_BATCH
         if not out.shape and got:
             corrected[out.name] = (-1,) * len(got)
-        elif out.shape and batched and len(got) == len(out.shape) and got[0] == WARMUP_BATCH \
+        elif out.shape and follows and out.shape[0] != -1 and len(got) == len(out.shape) \
                 and _fits(got[1:], out.shape[1:]):
             corrected[out.name] = (-1, *out.shape[1:])
+        elif out.shape and follows and out.shape[0] == -1 and len(got) != len(out.shape):
+            corrected[out.name] = (-1,) * len(got)
         else:
             if not _fits(got, out.shape):
                 log.warning("model %r: %s declares output %r with shape %s but %s returned shape %s; a "
