@@ -9,6 +9,7 @@ onnxmltools when those packages are installed."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -372,6 +373,30 @@ def test_an_output_declared_without_dimensions_gets_the_rank_a_warm_up_returns(
             "model 'fails' version '1': output 'y': the model returned shape [1, 12] but declares []")
 
     run_service(tmp_path, body)
+
+
+def test_an_output_whose_first_dimension_is_named_apart_from_the_batch_must_follow_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The row indices of x's non-zero values, [M, 2], beside x [N, 4]: a dynamic first dimension that
+    is not the batch (batched, each request would get a 500). One warm-up run shows it (0 rows for
+    zeros), and the model is served without batching. An output named 'B' that does follow the
+    batch is batched."""
+    caplog.set_level(logging.INFO, logger="pyserve.backends.onnx")
+    nonzero = save(tmp_path / "nz" / "1" / "model.onnx",
+                   [helper.make_node("NonZero", ["x"], ["idx"]), helper.make_node("Transpose", ["idx"], ["nz"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                   [helper.make_tensor_value_info("nz", TensorProto.INT64, ["M", 2])])
+    config = load_model_config(tmp_path / "nz")
+    assert config.max_batch_size == 0 and config.outputs[0].shape == (-1, 2)
+    assert (f"model 'nz': served without batching (max_batch_size 0): {nonzero}: output 'nz' has a first "
+            "dimension named 'M' (the inputs': N), and a warm-up run on zeros (a batch of 2 samples) returned "
+            "shape [0, 2], so it is not the batch") in caplog.text
+    assert np.asarray(create_backend(config, nonzero.parent)({"x": X})["nz"]).shape == (np.count_nonzero(X), 2)
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    save(tmp_path / "named" / "1" / "model.onnx", [helper.make_node("Mul", ["x", "two"], ["y"])],
+         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])], (two,))
+    assert load_model_config(tmp_path / "named").max_batch_size == 32
 
 
 def test_the_server_default_can_be_changed_or_turned_off(tmp_path: Path) -> None:

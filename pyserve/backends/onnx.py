@@ -325,26 +325,65 @@ def _batching_off(src: str) -> str:
     return "set max_batch_size = 0 in the model's config"
 
 
-def _auto_batching(config: ModelConfig, tensors: Tensors, model_file: Path,
-                   max_batch_size: int) -> tuple[ModelConfig, str]:
+def _first_dim_names(args: list[Any]) -> dict[str, str]:
+    """The symbolic name of each onnxruntime NodeArg's first dimension, where it has one (``'N'``,
+    ``'batch'``); unnamed dynamic and fixed dimensions are left out."""
+    return {a.name: a.shape[0] for a in args if a.shape and isinstance(a.shape[0], str) and a.shape[0]}
+
+
+def _not_following_the_batch(config: ModelConfig, session: ort.InferenceSession, tensors: Tensors,
+                             served: list[str]) -> str | None:
+    """Why the first served output whose dynamic first dimension need not be the batch is not; None
+    when every one may be. The model's own names decide where it gives them: an output whose first
+    dimension has a name that no input's first dimension has (``'M'`` beside ``'N'``: detections,
+    a NonZero's count) is checked by one warm-up run of a batch of :data:`WARMUP_BATCH`, and follows
+    the batch only if it has that many rows. Unnamed dimensions are taken as the batch (Triton's
+    rule); a first dimension the probe corrected was shown to follow the batch (it has no name)."""
+    names = _first_dim_names(session.get_inputs())
+    outputs = _first_dim_names([o for o in session.get_outputs() if o.name in served])
+    suspects = [n for n, name in outputs.items() if name not in names.values()]
+    if not suspects:
+        return None
+    inputs = ", ".join(sorted(set(names.values()))) or "none"
+    try:
+        observed = warm_up(session, warmup_feeds(tensors.inputs, config), suspects)
+    except Exception as exc:
+        return (f"output {suspects[0]!r} has a first dimension named {outputs[suspects[0]]!r} (the inputs': "
+                f"{inputs}), and a warm-up run on zeros that would show whether it follows the batch "
+                f"failed: {exc}")
+    for name in suspects:
+        got = observed[name]
+        if not got or got[0] != WARMUP_BATCH:
+            return (f"output {name!r} has a first dimension named {outputs[name]!r} (the inputs': {inputs}), "
+                    f"and a warm-up run on zeros (a batch of {WARMUP_BATCH} samples) returned shape "
+                    f"{list(got)}, so it is not the batch")
+    return None
+
+
+def _auto_batching(config: ModelConfig, session: ort.InferenceSession, tensors: Tensors,
+                   model_file: Path, max_batch_size: int) -> tuple[ModelConfig, str]:
     """``config`` with batching on (``max_batch_size``, the shapes without their batch dimension) when
-    the model allows it: no optional input, and a dynamic first dimension in every input and served
-    output; and the line to log once the model is accepted, saying whether and why, and how to
-    change it."""
+    the model allows it: no optional input, a dynamic first dimension in every input and served
+    output, and every served output's first dimension the batch (see
+    :func:`_not_following_the_batch`); and the line to log once the model is accepted, saying whether
+    and why, and how to change it."""
     src = config.source or config.name
     served = [("input", s) for s in config.inputs or tensors.inputs]
     served += [("output", s) for s in config.outputs or tensors.outputs]
     optional = [s.name for s in tensors.inputs if s.optional]
     fixed = [(what, s) for what, s in served if not s.shape or s.shape[0] != -1]
+    off = f"model {config.name!r}: served without batching (max_batch_size 0): "
     if optional:
-        return config, (f"model {config.name!r}: served without batching (max_batch_size 0): input(s) "
-                        f"{', '.join(map(repr, optional))} of {model_file} are optional")
+        return config, f"{off}input(s) {', '.join(map(repr, optional))} of {model_file} are optional"
     if fixed:
         what, spec = fixed[0]
-        return config, (f"model {config.name!r}: served without batching (max_batch_size 0): {what} "
-                        f"{spec.name!r} of {model_file} has shape {list(spec.shape)}, whose first dimension "
-                        "is not dynamic; a model exported with a dynamic batch dimension is batched "
-                        f"(torch.onnx.export: dynamic_axes={{{spec.name!r}: {{0: 'batch'}}, ...}})")
+        return config, (f"{off}{what} {spec.name!r} of {model_file} has shape {list(spec.shape)}, whose "
+                        "first dimension is not dynamic; a model exported with a dynamic batch dimension is "
+                        f"batched (torch.onnx.export: dynamic_axes={{{spec.name!r}: {{0: 'batch'}}, ...}})")
+    outputs = [s.name for what, s in served if what == "output"]
+    why = _not_following_the_batch(config, session, tensors, outputs)
+    if why is not None:
+        return config, f"{off}{model_file}: {why}"
     batched = dataclasses.replace(
         config, max_batch_size=max_batch_size,
         inputs=tuple(dataclasses.replace(s, shape=s.shape[1:]) for s in config.inputs),
@@ -484,7 +523,7 @@ def complete_config(config: ModelConfig, model_file: Path | None,
     tensors = _probe_outputs(config, session, tensors, model_file)
     batching_line = ""
     if auto_max_batch_size > 0:
-        config, batching_line = _auto_batching(config, tensors, model_file, auto_max_batch_size)
+        config, batching_line = _auto_batching(config, session, tensors, model_file, auto_max_batch_size)
         if config.max_batch_size > 0:
             completed += ("max_batch_size",)
     if not config.inputs:
