@@ -1,4 +1,5 @@
-"""The ``pyserve`` command: ``serve`` a model repository (or the demo), ``bench`` a server."""
+"""The ``pyserve`` command: ``serve`` a model repository (or the demo), ``bench`` a server, and control a
+running server's models (``model``, ``alias``, ``traffic``: :mod:`pyserve.control_cli`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pyserve import __version__
+from pyserve import __version__, control_cli
 from pyserve.errors import PyserveError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -274,12 +275,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The parser of the ``pyserve`` command and its ``serve`` and ``bench`` subcommands."""
+    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``model``,
+    ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
+    control_cli.add_commands(sub)
     return parser
 
 

@@ -77,6 +77,25 @@ class _ClientBase:
             path += f"/versions/{urllib.parse.quote(str(version), safe='')}"
         return path
 
+    def _control(self, action: str, model: str, version: str | int | None = None, alias: str | None = None,
+                 doc: dict | None = None) -> tuple[str, str, bytes, dict[str, str]]:
+        """(method, path, body, headers) of a model-control call: ``load``, ``unload`` (of the model, or of
+        one ``version``), ``traffic`` (GET), ``set_traffic``, ``set_alias``, ``remove_alias``."""
+        base = f"{self._prefix}/v2/repository/models/{urllib.parse.quote(model, safe='')}"
+        if action in ("load", "unload"):
+            if version is not None and version != "":
+                base += f"/versions/{urllib.parse.quote(str(version), safe='')}"
+            method, path = "POST", f"{base}/{action}"
+        elif action == "traffic":
+            method, path = "GET", f"{base}/traffic"
+        elif action == "set_traffic":
+            method, path = "PUT", f"{base}/traffic"
+        else:
+            method = "PUT" if action == "set_alias" else "DELETE"
+            path = f"{base}/aliases/{urllib.parse.quote(str(alias), safe='')}"
+        body = orjson.dumps(doc) if doc is not None else b""
+        return method, path, body, {"Content-Type": "application/json"}
+
     def _infer_request(
         self,
         model: str,
@@ -223,6 +242,33 @@ class InferenceClient(_ClientBase):
         """The KServe metadata of the server: name, version, extensions."""
         return self._json_result(*self._request("GET", f"{self._prefix}/v2"))
 
+    def load_model(self, model: str, version: str | int | None = None) -> None:
+        """Loads (or reloads) ``model``, or only its ``version`` (a number or an alias), the other
+        versions untouched (``POST /v2/repository/models/{m}[/versions/{v}]/load``)."""
+        self._json_result(*self._request(*self._control("load", model, version)))
+
+    def unload_model(self, model: str, version: str | int | None = None) -> None:
+        """Unloads ``model``, or only its ``version``, once their accepted requests are answered."""
+        self._json_result(*self._request(*self._control("unload", model, version)))
+
+    def traffic_policy(self, model: str) -> dict:
+        """``model``'s traffic policy: ``{"aliases": ..., "weights": ..., "routing_header": ...}``."""
+        return self._json_result(*self._request(*self._control("traffic", model)))
+
+    def set_traffic_policy(self, model: str, policy: dict, reason: str = "") -> dict:
+        """Replaces ``model``'s traffic policy (see docs/release.md); returns the policy now in force."""
+        return self._json_result(*self._request(*self._control("set_traffic", model, doc={**policy, "reason": reason})))
+
+    def set_alias(self, model: str, alias: str, version: str | int, reason: str = "") -> dict:
+        """Sets or moves ``alias`` of ``model`` to ``version`` (a loaded version, or an alias)."""
+        doc = {"version": str(version), "reason": reason}
+        return self._json_result(*self._request(*self._control("set_alias", model, alias=alias, doc=doc)))
+
+    def remove_alias(self, model: str, alias: str, reason: str = "") -> dict:
+        """Removes ``alias`` of ``model``; returns the policy now in force."""
+        doc = {"reason": reason}
+        return self._json_result(*self._request(*self._control("remove_alias", model, alias=alias, doc=doc)))
+
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
         if self._conn is not None:
@@ -306,6 +352,33 @@ class AsyncInferenceClient(_ClientBase):
     async def server_metadata(self) -> dict:
         """The KServe metadata of the server: name, version, extensions."""
         return self._json_result(*await self._request("GET", f"{self._prefix}/v2"))
+
+    async def load_model(self, model: str, version: str | int | None = None) -> None:
+        """Loads (or reloads) ``model``, or only its ``version`` (a number or an alias), the other
+        versions untouched (``POST /v2/repository/models/{m}[/versions/{v}]/load``)."""
+        self._json_result(*await self._request(*self._control("load", model, version)))
+
+    async def unload_model(self, model: str, version: str | int | None = None) -> None:
+        """Unloads ``model``, or only its ``version``, once their accepted requests are answered."""
+        self._json_result(*await self._request(*self._control("unload", model, version)))
+
+    async def traffic_policy(self, model: str) -> dict:
+        """``model``'s traffic policy: ``{"aliases": ..., "weights": ..., "routing_header": ...}``."""
+        return self._json_result(*await self._request(*self._control("traffic", model)))
+
+    async def set_traffic_policy(self, model: str, policy: dict, reason: str = "") -> dict:
+        """Replaces ``model``'s traffic policy (see docs/release.md); returns the policy now in force."""
+        return self._json_result(*await self._request(*self._control("set_traffic", model, doc={**policy, "reason": reason})))
+
+    async def set_alias(self, model: str, alias: str, version: str | int, reason: str = "") -> dict:
+        """Sets or moves ``alias`` of ``model`` to ``version`` (a loaded version, or an alias)."""
+        doc = {"version": str(version), "reason": reason}
+        return self._json_result(*await self._request(*self._control("set_alias", model, alias=alias, doc=doc)))
+
+    async def remove_alias(self, model: str, alias: str, reason: str = "") -> dict:
+        """Removes ``alias`` of ``model``; returns the policy now in force."""
+        doc = {"reason": reason}
+        return self._json_result(*await self._request(*self._control("remove_alias", model, alias=alias, doc=doc)))
 
     async def close(self) -> None:
         """Close the session and its connections."""

@@ -98,6 +98,21 @@ def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> tuple[Collect
     return registry, errors
 
 
+def policy_changes_counter(registry: CollectorRegistry) -> Counter:
+    """The counter of traffic-policy changes (aliases set, moved, removed; policies replaced), label
+    ``model``, registered in ``registry``."""
+    return Counter("pyserve_traffic_policy_changes", "Traffic policy changes made (alias set, moved or removed; "
+                   "policy replaced), each one written to the audit log.", ["model"], registry=registry)
+
+
+def golden_checks_counter(registry: CollectorRegistry) -> Counter:
+    """The counter of golden-sample checks of versions (at load, and before an alias or a weight first
+    sends a version traffic), labels ``model``, ``version``, ``result`` (``passed``, ``failed``)."""
+    return Counter("pyserve_golden_checks", "Golden-sample checks of model versions before they take traffic, "
+                   "by result (passed, failed: the version was refused).", ["model", "version", "result"],
+                   registry=registry)
+
+
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of ``registry``."""
     return generate_latest(registry)

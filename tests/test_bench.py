@@ -30,13 +30,14 @@ import pytest
 
 from conftest import Repo, Server, toml_tensors
 from fake_kserve import FakeKServe
-from pyserve.bench import capacity, cli
+from pyserve.bench import capacity, cli, report
 from pyserve.bench.loadgen import arrival_schedule
 from pyserve.bench.options import OptionError, parse_shapes, parse_sweep
 from pyserve.bench.payload import HEADER_LENGTH, InputSpec, PayloadError, build_payload, request_shape
 from pyserve.bench.report import CSV_COLUMNS
 from pyserve.bench.server_metrics import parse_snapshot, split
-from pyserve.bench.windows import WindowStats, is_stable, latency_summary_ms, nearest_rank
+from pyserve.bench.results import RunResult, summarize_level
+from pyserve.bench.windows import Samples, WindowStats, is_stable, latency_summary_ms, nearest_rank, window_stats
 
 SERVICE_S = 0.02
 
@@ -173,6 +174,48 @@ def test_nearest_rank_is_exact():
     assert math.isnan(nearest_rank(np.empty(0), 50))
     s = latency_summary_ms(np.array([0.003, 0.001, 0.002]))  # seconds in, ms out, unsorted in
     assert (s["p50_ms"], s["max_ms"], s["mean_ms"]) == pytest.approx((2.0, 3.0, 2.0))
+
+
+# A hand-computed sample: latencies of 1, 2, ..., 200 ms, in shuffled order. Nearest rank takes the value
+# at rank ceil(p/100 * 200): p50 -> 100, p90 -> 180, p95 -> 190, p99 -> 198 (linear interpolation, as
+# numpy.percentile does by default, would give 100.5, 180.1, 190.05 and 198.01).
+HAND_SAMPLE_S = np.random.default_rng(5).permutation(np.arange(1, 201)) / 1e3
+HAND_FIGURES_MS = {"p50_ms": 100.0, "p90_ms": 180.0, "p95_ms": 190.0, "p99_ms": 198.0, "max_ms": 200.0,
+                   "mean_ms": 100.5}
+
+
+def test_latency_summary_of_a_hand_computed_sample():
+    assert latency_summary_ms(HAND_SAMPLE_S) == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    ok = np.full(200, 200, np.int32)
+    stats = window_stats(0, Samples(np.zeros(200), HAND_SAMPLE_S, ok, np.zeros(200, bool)), 2.0)
+    assert stats.p99_ms == pytest.approx(198.0) and stats.throughput_rps == 100.0
+
+
+def test_level_figures_and_their_report_come_from_the_last_three_windows(tmp_path):
+    """The hand-computed sample split over windows 1-3, after a window 0 of slow requests and with
+    failures mixed in: the figures, the CSV row and the JSON are exactly the sample's."""
+    def window(latency_s: np.ndarray, status: int) -> Samples:
+        n = len(latency_s)
+        return Samples(np.zeros(n), latency_s, np.full(n, status, np.int32), np.zeros(n, bool))
+
+    slow = window(np.full(50, 5.0), 200)  # before the last three: not in the figures
+    parts = np.split(HAND_SAMPLE_S, [70, 140])
+    windows = [slow, *(Samples.concat([window(p, 200), window(np.full(3, 1e-4), 503)]) for p in parts)]
+    stats = [window_stats(i, w, 1.0) for i, w in enumerate(windows)]
+    level = summarize_level("concurrency", 8, windows, stats, False, 1.0, 2, None, 12.0)
+    assert level.latency_ms == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    assert (level.requests, level.errors, level.errors_by_status) == (209, 9, {"503": 9})
+    assert (level.throughput_rps, level.samples_per_s, level.windows) == (200 / 3, 400 / 3, 4)
+    run = RunResult([level], 100, 2, 1, [])
+    report.write_csv(str(tmp_path / "r.csv"), run, "concurrency")
+    (row,) = read_csv(tmp_path / "r.csv")
+    assert {k: float(row[k]) for k in HAND_FIGURES_MS} == HAND_FIGURES_MS
+    assert (row["requests"], row["errors"], row["stable"]) == ("209", "9", "false")
+    latency = level.to_dict()["latency_ms"]
+    assert {f"{k}_ms": v for k, v in latency.items()} == pytest.approx(HAND_FIGURES_MS, abs=1e-9)
+    table = io.StringIO()
+    report.print_table(run, "concurrency", table)
+    assert table.getvalue().splitlines()[1].split()[2:7] == ["100.00", "180.00", "190.00", "198.00", "200.00"]
 
 
 def _w(i: int, rps: float, p99: float) -> WindowStats:
@@ -320,41 +363,54 @@ def _has_matplotlib() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_closed_loop_matches_queueing_theory(closed_run, target):
+    """Bounds come from the service time the server measured (a loaded machine stretches a 20 ms
+    sleep to 25 ms and more), so they hold on a busy machine as well as on an idle one."""
     code, out, err, files = closed_run
     assert code == 0, err
     rows = {int(r["concurrency"]): r for r in read_csv(files["csv"])}
     assert set(rows) == {1, 4}
-    s_ms = target.service_s * 1e3
     for c, row in rows.items():
-        # One server, one request at a time: throughput 1/S whatever the concurrency >= 1 ...
-        # (rel 0.25: a stall of the shared 2-core machine moves a short run by 15%; the figures tested
-        # differ by factors of c.)
-        assert float(row["throughput_rps"]) == pytest.approx(1 / target.service_s, rel=0.25)
-        # ... and each request waits for the c - 1 ahead of it: latency ~= c * S.
-        assert float(row["mean_ms"]) == pytest.approx(c * s_ms, rel=0.25)
-        assert float(row["p50_ms"]) >= c * s_ms * 0.95
-        assert int(row["errors"]) == 0 and row["errors_by_status"] == ""
-    # The server's side (both targets export pyserve's metrics): compute ~= S always; queue ~= (c - 1) * S.
-    for c, row in rows.items():
-        assert float(row["server_compute_ms"]) == pytest.approx(s_ms, rel=0.15)
-        assert float(row["server_avg_batch_size"]) == 1.0
-    assert float(rows[1]["server_queue_ms"]) < 0.1 * s_ms
-    assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * s_ms, rel=0.25)
+        s_ms = float(row["server_compute_ms"])  # both targets export pyserve's metrics
+        assert s_ms >= 0.95 * target.service_s * 1e3  # a sleep lasts at least what it was asked
+        assert float(row["server_avg_batch_size"]) == 1.0 and int(row["errors"]) == 0
+        assert row["errors_by_status"] == ""
+        throughput, mean_ms = float(row["throughput_rps"]), float(row["mean_ms"])
+        # Little's law in a closed loop: c requests are always outstanding, so X * R = c.
+        assert throughput * mean_ms / 1e3 == pytest.approx(c, rel=0.1)
+        # One server, one request at a time: it is busy at most all of the time ...
+        assert throughput * s_ms / 1e3 <= 1.05
+        # ... and each request waits for the c - 1 ahead of it: latency at least c * S.
+        assert float(row["p50_ms"]) >= 0.95 * c * s_ms
+    # With 3 requests always waiting at the server it never idles; alone, a request never queues.
+    busy = float(rows[4]["throughput_rps"]) * float(rows[4]["server_compute_ms"]) / 1e3
+    assert busy == pytest.approx(1.0, abs=0.15)
+    assert float(rows[4]["server_queue_ms"]) == pytest.approx(3 * float(rows[4]["server_compute_ms"]), rel=0.2)
+    assert float(rows[1]["server_queue_ms"]) < 0.1 * float(rows[1]["server_compute_ms"])
 
 
+@pytest.mark.slow
 def test_capacity_answer_of_a_run(closed_run, target):
     code, out, err, files = closed_run
     doc = json.loads(files["json"].read_text())
     levels = {lv["concurrency"]: lv for lv in doc["levels"]}
     cap = doc["capacity"]
-    # SLO 2.5 S: concurrency 1 (p99 ~ S) meets it, concurrency 4 (p99 ~ 4 S) does not.
-    assert cap["level"] == 1 and cap["capacity_rps"] == levels[1]["throughput_rps"]
-    # By hand: 100 / (capacity * 0.8) with capacity ~ 1/S = 50 is 2.5 -> 3 replicas.
-    assert cap["replicas"] == math.ceil(100 / (levels[1]["throughput_rps"] * 0.8)) == 3
-    assert "replicas = ceil(target / (capacity * (1 - headroom)))" in out and "= 3" in out
+    slo_ms = 2.5 * target.service_s * 1e3
+    # Concurrency 4 waits ~4 S: never within the SLO of 2.5 S. Concurrency 1 (p99 ~ S) meets it unless
+    # a stall of the machine delayed its slowest requests; the answer must follow what was measured.
+    assert levels[4]["latency_ms"]["p99"] > slo_ms
+    if levels[1]["latency_ms"]["p99"] <= slo_ms:
+        assert cap["level"] == 1 and cap["capacity_rps"] == levels[1]["throughput_rps"]
+        # By hand: 100 / (capacity * 0.8) with capacity ~ 1/S = 50 is 2.5 -> 3 replicas.
+        replicas = math.ceil(100 / (levels[1]["throughput_rps"] * 0.8))
+        assert cap["replicas"] == replicas
+        assert "replicas = ceil(target / (capacity * (1 - headroom)))" in out and f"= {replicas}" in out
+    else:
+        assert cap["capacity_rps"] is None and "No measured level meets the SLO" in out
 
 
+@pytest.mark.slow
 def test_outputs(closed_run):
     code, out, err, files = closed_run
     with open(files["csv"], newline="") as f:
@@ -364,51 +420,129 @@ def test_outputs(closed_run):
                           "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms"]
     doc = json.loads(files["json"].read_text())
     assert doc["sweep"] == "concurrency" and [lv["concurrency"] for lv in doc["levels"]] == [1, 4]
-    assert doc["levels"][0]["latency_ms"]["p99"] > 0 and doc["levels"][0]["stable"] in (True, False)
     raw = read_csv(files["raw.csv"])
     assert len(raw) >= sum(lv["requests"] for lv in doc["levels"])
     assert {r["status"] for r in raw} == {"200"} and all(float(r["latency_ms"]) > 0 for r in raw)
+    rows = {int(r["concurrency"]): r for r in read_csv(files["csv"])}
+    for level in doc["levels"]:
+        c = level["concurrency"]
+        # The percentiles are nearest-rank ones over the raw latencies of the last 3 windows.
+        windows = sorted({int(r["window"]) for r in raw if int(r["concurrency"]) == c})
+        assert len(windows) == level["windows"] and windows == list(range(level["windows"]))
+        used = np.sort([float(r["latency_ms"]) for r in raw
+                        if int(r["concurrency"]) == c and int(r["window"]) in windows[-3:]])
+        assert len(used) == level["requests"]
+        n = len(used)
+        for p in (50, 90, 95, 99):
+            want = used[math.ceil(p * n / 100) - 1]
+            assert level["latency_ms"][f"p{p}"] == pytest.approx(want, abs=1e-4), (c, p)  # raw: 4 decimals
+            assert float(rows[c][f"p{p}_ms"]) == pytest.approx(want, rel=1e-5, abs=1e-4), (c, p)
+        # The stability flag is the rule applied to the last 3 windows as reported.
+        last = [WindowStats(w["index"], 1.0, w["completed"], w["errors"], w["throughput_rps"], w["p99_ms"])
+                for w in level["window_stats"][-3:]]
+        assert level["stable"] is is_stable(last, 10.0)
+        assert rows[c]["stable"] == ("true" if level["stable"] else "false")
     assert "window 1/5" in err  # progress, one line per window
     if _has_matplotlib():
         assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize(("pct", "stable"), [(1000.0, True), (1e-6, False)], ids=["wide", "narrow"])
+def test_stable_flag_of_a_run(bare_target, tmp_path, pct, stable):
+    """Three windows never agree to within a millionth of a percent (their p99s are measured times),
+    and always agree to within 1000%: the flag, the message, the table and the files say which."""
+    code, out, err = bench(["-m", bare_target.model, "-u", bare_target.url, "--concurrency", "1",
+                            "--warmup-s", "0", "--window-s", "0.2", "--max-windows", "3",
+                            "--stability-pct", str(pct), "--csv", str(tmp_path / "r.csv"),
+                            "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert (level["stable"], level["windows"]) == (stable, 3)
+    assert read_csv(tmp_path / "r.csv")[0]["stable"] == ("true" if stable else "false")
+    assert out.splitlines()[1].split()[-1] == ("yes" if stable else "NO")
+    if stable:
+        assert "[concurrency 1] stable after 3 windows" in err
+    else:
+        assert "[concurrency 1] NOT stable: the last 3 of 3 windows differ by more than 1e-06%" in err
+
+
+def retry_on_noise(run, check, attempts: int = 2):
+    """``check(run())``, run again once when it fails: only for assertions about the noise of a shared
+    machine (one stall decides a high percentile), never for the queueing figures."""
+    for attempt in range(attempts):
+        result = run()
+        try:
+            check(result)
+            return result
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.slow
 def test_open_loop_poisson_md1(target, tmp_path):
     s = target.service_s
-    rate = 0.5 / s  # 50% load
-    code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(rate),
-                            "--distribution", "poisson", "--warmup-s", "0.5", "--window-s", "2",
-                            "--max-windows", "3", "--stability-pct", "1000", "--protocol", "msgpack",
-                            "--seed", "3", "--json", str(tmp_path / "r.json")])
-    assert code == 0, err
-    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    rate = 0.5 / s  # 50% load at the nominal service time
+
+    def run() -> dict:
+        code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(rate),
+                                "--distribution", "poisson", "--warmup-s", "0.5", "--window-s", "2",
+                                "--max-windows", "3", "--stability-pct", "1000", "--protocol", "msgpack",
+                                "--seed", "3", "--json", str(tmp_path / "r.json")])
+        assert code == 0, err
+        return json.loads((tmp_path / "r.json").read_text())["levels"][0]
+
+    def wq_ms(level: dict) -> float:
+        """M/D/1 at the load the measured service time S gives: mean wait rho * S / (2 (1 - rho)),
+        S / 2 at rho = 0.5."""
+        s_ms = level["server"]["compute_ms"]
+        rho = rate * s_ms / 1e3
+        assert rho < 0.9, f"service time {s_ms} ms: the machine is too loaded for this test"
+        return rho * s_ms / (2 * (1 - rho))
+
+    def not_stalled(level: dict) -> None:
+        # A loaded machine makes service times vary, and M/G/1 waits grow with their variance (up to
+        # twice M/D/1's when they vary as much as the arrivals do); beyond that, a stall: noise.
+        assert level["server"]["queue_ms"] <= 2.5 * wq_ms(level), (level["server"], wq_ms(level))
+
+    level = retry_on_noise(run, not_stalled)
     assert level["request_rate"] == rate
     assert level["throughput_rps"] == pytest.approx(rate, rel=0.15)  # below saturation: all offered is served
-    lat = level["latency_ms"]
+    lat, server = level["latency_ms"], level["server"]
     assert lat["p50"] >= s * 1e3
-    # M/D/1: mean wait Wq = rho * S / (2 (1 - rho)) = S / 2 at rho = 0.5; latency = S + Wq.
-    wq_ms = 0.5 * s / (2 * 0.5) * 1e3
-    assert s * 1e3 + 0.5 * wq_ms <= lat["mean"] <= s * 1e3 + 1.6 * wq_ms + 2.0
+    # Poisson arrivals queue (constant ones would not, see below): the server's own queue time, free of
+    # the client's overhead, is at least near M/D/1's wait, and the client sees it too.
+    assert server["queue_ms"] >= 0.4 * wq_ms(level), (server, wq_ms(level))
+    assert lat["mean"] >= server["compute_ms"] + 0.4 * wq_ms(level)
 
 
+@pytest.mark.slow
 def test_open_loop_constant_does_not_queue(target, tmp_path):
     s = target.service_s
-    code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(0.5 / s),
-                            "--distribution", "constant", "--warmup-s", "0.3", "--window-s", "1",
-                            "--max-windows", "4", "--json", str(tmp_path / "r.json")])
-    assert code == 0, err
-    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+
+    def run() -> dict:
+        code, out, err = bench(["-m", target.model, "-u", target.url, "--request-rate", str(0.5 / s),
+                                "--distribution", "constant", "--warmup-s", "0.3", "--window-s", "1",
+                                "--max-windows", "4", "--json", str(tmp_path / "r.json")])
+        assert code == 0, err
+        return json.loads((tmp_path / "r.json").read_text())["levels"][0]
+
+    def tail_is_short(level: dict) -> None:
+        # p90, not p99: in ~100 requests a window's p99 is its slowest request. Still, a stall of the
+        # shared machine can hold 10% of a short run: noise, so one more run decides.
+        assert level["latency_ms"]["p90"] <= 1.5 * level["server"]["compute_ms"] + 2.0, level["latency_ms"]
+
+    level = retry_on_noise(run, tail_is_short)
     assert level["throughput_rps"] == pytest.approx(0.5 / s, rel=0.1)
     # D/D/1 below saturation: nobody waits. The server's queue time says so without the noise of a
-    # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1); the client's p90
-    # stays well below the ~2.5 S of Poisson arrivals.
-    assert level["server"]["queue_ms"] < 0.15 * s * 1e3, level["server"]
-    assert s * 1e3 <= level["latency_ms"]["p50"] <= 1.25 * s * 1e3 + 2.0
-    # p90, not p99: in ~100 requests a window's p99 is its slowest request, which one stall of a
-    # shared machine decides (54 ms seen once).
-    assert level["latency_ms"]["p90"] <= 1.5 * s * 1e3
+    # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1).
+    s_ms = level["server"]["compute_ms"]
+    assert level["server"]["queue_ms"] < 0.15 * s_ms, level["server"]
+    assert s * 1e3 <= level["latency_ms"]["p50"]
 
 
+@pytest.mark.slow
 def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path):
     s = bare_target.service_s
     code, out, err = bench(["-m", bare_target.model, "-u", bare_target.url, "--concurrency", "4",
@@ -416,9 +550,13 @@ def test_processes_share_the_load_and_no_metrics_is_empty(bare_target, tmp_path)
                             "--json", str(tmp_path / "r.json")])
     assert code == 0, err
     level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
-    assert level["throughput_rps"] == pytest.approx(1 / s, rel=0.15)
-    assert level["latency_ms"]["mean"] == pytest.approx(4 * s * 1e3, rel=0.15)  # 2 + 2 workers merged
     assert level["server"] is None  # a target without pyserve metrics: empty, not an error
+    throughput, mean_ms = level["throughput_rps"], level["latency_ms"]["mean"]
+    # 2 + 2 workers merged: Little's law over all four, one server busy at most all the time, each
+    # request behind the 3 others.
+    assert throughput * mean_ms / 1e3 == pytest.approx(4, rel=0.1)
+    assert throughput <= 1.05 / s
+    assert level["latency_ms"]["p50"] >= 0.95 * 4 * s * 1e3
 
 
 @pytest.mark.parametrize("kind", ["nothing-listens", "pyserve-without-the-model"])
@@ -476,8 +614,6 @@ def test_bad_values_are_refused_before_any_request(tmp_path, argv, flag):
 
 
 def test_output_that_cannot_be_written_after_the_run(bare_target, tmp_path, monkeypatch):
-    from pyserve.bench import report
-
     def disk_full(path, *args):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
@@ -493,6 +629,7 @@ def test_output_that_cannot_be_written_after_the_run(bare_target, tmp_path, monk
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_ctrl_c_ends_the_run_cleanly(bare_target, processes):
     """SIGINT to the process group, as Ctrl-C in a terminal: one line and status 130, no traceback from
@@ -538,6 +675,7 @@ class _StopOnWindow(io.StringIO):
         return super().write(text)
 
 
+@pytest.mark.slow
 def test_pyserve_going_down_mid_run(serve, repo, tmp_path):
     repo.python("sleeper", SLEEPER_MODEL.format(service_s=SERVICE_S), PYSERVE_CONFIG)
     server = serve([repo.root])

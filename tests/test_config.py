@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from pathlib import Path
 
@@ -108,7 +109,13 @@ def test_full_config_round_trip(tmp_path: Path) -> None:
     assert config.model_filename == "net.py"
     with pytest.raises(AttributeError):
         config.max_batch_size = 1  # type: ignore[misc]
-    hash(config)  # frozen configs can key dicts
+    # A reload compares the config it reads with the one serving (equal: the running versions stay), so
+    # equal configs read twice must compare and hash equal, and any changed field must make them differ.
+    again = load_model_config(model_dir)
+    assert again == config and hash(again) == hash(config) and {config: "serving"}[again] == "serving"
+    for change in ({"max_batch_size": 16}, {"instance_count": 1}, {"backend_options": {"class": "Other"}},
+                   {"dynamic_batching": DynamicBatching((8, 16), 2000, 1024, 500, 2, 1)}):
+        assert dataclasses.replace(config, **change) != config, change
 
 
 def test_defaults(tmp_path: Path) -> None:

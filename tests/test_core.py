@@ -221,27 +221,49 @@ def test_cancel_queued_request() -> None:
     assert gate.batches == [[0.0]]
 
 
+def wait_until_stopping(sched: _core.Scheduler) -> None:
+    """Returns once ``sched.stop()`` has begun. The queue must be full (``max_queue_size``) and held:
+    a probe request is refused as "full" before the stop and as "shutting down" after, and is never
+    queued either way."""
+    deadline = time.monotonic() + 10
+    while True:
+        with pytest.raises(_core.CoreError) as e:
+            sched.submit(sample(99), 99)
+        assert e.value.args[0] == UNAVAILABLE
+        if "shutting down" in e.value.args[1]:
+            return
+        assert "full" in e.value.args[1] and time.monotonic() < deadline, e.value.args[1]
+        time.sleep(0.001)
+
+
 @pytest.mark.parametrize("drain", [True, False], ids=["drain", "fail"])
 def test_shutdown_answers_every_queued_request(drain: bool) -> None:
     cq = _core.CompletionQueue()
     gate = Gate()
-    sched = _core.Scheduler(options(max_batch_size=2, max_queue_delay_us=10_000_000), gate, cq)
+    # A queue delay far beyond the test: queued requests run only when a full batch or draining lets them.
+    opts = options(max_batch_size=2, max_queue_delay_us=60_000_000, max_queue_size=5)
+    sched = _core.Scheduler(opts, gate, cq)
     sched.submit(sample(0, 2), 0)
     assert gate.started.wait(5)
     for i in range(1, 6):
         sched.submit(sample(i), i)
     stopper = threading.Thread(target=sched.stop, args=(drain,))
     stopper.start()
-    time.sleep(0.02)
+    wait_until_stopping(sched)
+    if not drain:  # failed at once, while the running batch still holds the instance
+        dropped = {t: (c, m) for t, c, m, _ in drain_all(cq, 5)}
+        assert sorted(dropped) == [1, 2, 3, 4, 5]
+        assert all(c == UNAVAILABLE and "shutting down" in m for c, m in dropped.values()), dropped
     gate.release.set()
     stopper.join(10)
     assert not stopper.is_alive()
-    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 6)}
-    expected = OK if drain else UNAVAILABLE
+    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 6 if drain else 1)}
     assert got[0][0] == OK
-    assert all(got[i][0] == expected for i in range(1, 6)), got
-    if not drain:
-        assert "shutting down" in got[1][1]
+    if drain:  # every queued request ran, the last alone without waiting out its queue delay
+        assert all(got[i][0] == OK for i in range(1, 6)), got
+        assert gate.batches == [[0, 0], [1, 2], [3, 4], [5]]
+    else:
+        assert gate.batches == [[0, 0]]
     with pytest.raises(_core.CoreError) as e:
         sched.submit(sample(9), 9)
     assert e.value.args[0] == UNAVAILABLE

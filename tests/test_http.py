@@ -399,18 +399,16 @@ def test_wrong_method_405_with_allow(server: Server, method: str, path: str, all
     b"POST " + INFER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
 ])
 def test_malformed_request_is_refused(server: Server, garbage: bytes) -> None:
-    """An unparsable request gets 400 (RFC 9112 §3 SHOULD) or at least a closed connection; as the
-    stream cannot be resynchronised, the server closes it either way. New connections still work."""
+    """An unparsable request gets 400 (RFC 9112 §3 SHOULD) with a JSON error, and as the stream
+    cannot be resynchronised, the server closes the connection. New connections still work."""
     with Conn(server) as c:
         c.send(garbage)
-        try:
-            resp = c.read_response()
-        except (EOFError, ConnectionResetError):
-            resp = None
-        if resp is not None:
-            assert resp.status == 400, (resp.status, resp.body[:300])
-            assert_framed(resp)
-            assert c.closed_by_server()
+        resp = c.read_response()
+        assert resp.status == 400, (resp.status, resp.body[:300])
+        assert resp.header("connection") == "close"
+        assert isinstance(resp.json()["error"], str) and resp.json()["error"]
+        assert_framed(resp)
+        assert c.closed_by_server()
     assert_server_serves(server)
 
 
@@ -433,16 +431,17 @@ def test_invalid_framing_is_400_and_closed(server: Server, raw: bytes) -> None:
 
 
 def test_content_length_with_transfer_encoding(server: Server) -> None:
-    """Both framings at once: the server rejects it (400), or follows Transfer-Encoding and then
-    closes the connection (RFC 9112 §6.1) -- never reads the body by Content-Length."""
+    """Both framings at once: RFC 9112 §6.1 lets a server reject it or follow Transfer-Encoding and
+    then close; this one (llhttp) rejects it with 400 and closes -- never reads the body by
+    Content-Length."""
     raw = request_bytes("POST", INFER_PATH, None, {
         "Content-Type": "application/json", "Content-Length": "3", "Transfer-Encoding": "chunked"})
     body = infer_body([1, 2, 3, 4])
     with Conn(server) as c:
         c.send(raw + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         resp = c.read_response()
-        if resp.status != 400:
-            assert_infer(resp, [1, 2, 3, 4])
+        assert resp.status == 400, (resp.status, resp.body[:300])
+        assert "Content-Length" in resp.json()["error"] and resp.header("connection") == "close"
         assert c.closed_by_server()
     assert_server_serves(server)
 
@@ -484,13 +483,12 @@ def test_client_disconnect_mid_body(server: Server) -> None:
 def test_oversized_header_is_refused(server: Server) -> None:
     big = "a" * (100 << 10)
     with Conn(server) as c:
-        try:
-            c.send(request_bytes("GET", "/v2/health/live", None, {"X-Big": big}))
-            resp = c.read_response()
-        except (EOFError, ConnectionResetError, BrokenPipeError):
-            resp = None  # closed without an answer: allowed
-        if resp is not None:
-            assert resp.status in (400, 431), (resp.status, resp.body[:300])
+        c.send(request_bytes("GET", "/v2/health/live", None, {"X-Big": big}))
+        resp = c.read_response()
+        assert resp.status == 431, (resp.status, resp.body[:300])
+        assert "over 65536 bytes" in resp.json()["error"]
+        assert resp.header("connection") == "close"
+        assert c.closed_by_server()
     assert_server_serves(server)
 
 
@@ -505,11 +503,11 @@ def test_request_line_that_never_ends_is_refused_before_it_ends(server: Server) 
     assert_server_serves(server)
 
 
-@pytest.mark.parametrize("first", [
-    b"GET /v2 HTTP/1.1\r\n\r\n",  # refused: no Host
-    b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (70 << 10) + b"\r\n\r\n",  # refused: 431
-])
-def test_requests_after_a_refused_one_are_not_served(server: Server, first: bytes) -> None:
+@pytest.mark.parametrize("first,status", [
+    (b"GET /v2 HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (70 << 10) + b"\r\n\r\n", 431),
+], ids=["no-host", "header-too-large"])
+def test_requests_after_a_refused_one_are_not_served(server: Server, first: bytes, status: int) -> None:
     """Once a request is refused the connection ends: what was pipelined after it gets no answer
     (and must not make the server write to a half-closed socket)."""
     follow = request_bytes("POST", INFER_PATH, b"0123456789",
@@ -517,7 +515,7 @@ def test_requests_after_a_refused_one_are_not_served(server: Server, first: byte
     with Conn(server) as c:
         c.send(first + follow + infer_request([1.0, 2.0, 3.0, 4.0]))
         resp = c.read_response()
-        assert resp.status in (400, 431), (resp.status, resp.body[:300])
+        assert resp.status == status, (resp.status, resp.body[:300])
         assert resp.header("connection") == "close"
         assert c.closed_by_server()
     assert_server_serves(server)
@@ -636,6 +634,7 @@ def _rss_bytes(server: Server) -> int:
     return kib << 10
 
 
+@pytest.mark.slow
 def test_client_that_pipelines_without_reading_is_not_read_further(server: Server) -> None:
     """Thousands of cheap requests with large answers, sent at once and not read: the server stops
     parsing once it cannot write (its memory stays flat), and once the client reads, every request

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import Repo, infer
+from conftest import Repo, decode, infer, model_stats, run_onnx
 
 pytest.importorskip("onnx")
 
 
 @pytest.fixture
-def server(tmp_path: Path, serve):  # type: ignore[no-untyped-def]
-    repo = Repo(tmp_path / "models")
+def server(repo: Repo, serve):  # type: ignore[no-untyped-def]
     repo.onnx("m", {1: 1.0}, config="max_batch_size = 4\n")
     return serve([str(repo.root)])
 
@@ -47,6 +46,28 @@ def test_load_applies_a_config_override(server) -> None:  # type: ignore[no-unty
     assert config_of(server.url)["max_batch_size"] == 2
     assert load(server.url).status_code == 200
     assert config_of(server.url)["max_batch_size"] == 4
+
+
+def test_load_applies_a_changed_config_toml(server, repo: Repo) -> None:  # type: ignore[no-untyped-def]
+    """A load after config.toml changed starts the model's versions again with the new config (their
+    counters start from 0); a load with the same config keeps the running versions and their counters."""
+    eight = {"x": np.arange(32, dtype=np.float32).reshape(8, 4)}
+    refused = infer(server.url, "m", "json", eight)
+    assert refused.status_code == 400 and "max_batch_size 4" in refused.json()["error"], refused.text
+    for _ in range(3):
+        assert infer(server.url, "m", "json", {"x": np.ones((1, 4), np.float32)}).status_code == 200
+    assert load(server.url).status_code == 200  # config.toml unchanged
+    assert model_stats(server.url, "m")["requests_succeeded"] == 3
+
+    repo.config("m", "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 700\n")
+    assert load(server.url).status_code == 200
+    doc = config_of(server.url)
+    assert doc["max_batch_size"] == 8 and doc["dynamic_batching"]["max_queue_delay_microseconds"] == 700
+    _, out = decode(infer(server.url, "m", "binary", eight))
+    expected = run_onnx(repo.root / "m" / "1" / "model.onnx", eight["x"])
+    np.testing.assert_array_equal(out["y"], expected["y"])
+    stats = model_stats(server.url, "m")
+    assert (stats["requests_succeeded"], stats["samples_inferred"]) == (1, 8)  # a new runner's counters
 
 
 @pytest.mark.parametrize("body, needle", [

@@ -668,6 +668,58 @@ def test_kserve_framing_errors() -> None:
     assert "no Inference-Header-Content-Length" in fail(kserve.decode_request, orjson.dumps(doc), None)
 
 
+# Binary tensors whose declared sizes are wrong while their sum is the binary part's length: only a
+# decoder that cuts each tensor at its own binary_data_size (and checks it against the shape) sees it.
+# Cutting by shape instead would read every tensor as a valid one made of the wrong bytes.
+# Each tensor: (name, datatype, shape, declared binary_data_size, true size).
+@pytest.mark.parametrize(
+    ("tensors", "raw", "expected"),
+    [
+        (  # 'a' is FP32 [2], 8 bytes, but claims 12; 'b' (INT32 [2]) claims the 4 left
+            [("a", "FP32", [2], 12, 8), ("b", "INT32", [2], 4, 8)],
+            np.array([1.5, -2], "<f4").tobytes() + np.array([7, 9], "<i4").tobytes(),
+            "input 'a': expected 8 bytes for FP32 shape [2], got 12",
+        ),
+        (  # 'a' claims too few
+            [("a", "FP32", [2], 4, 8), ("b", "INT32", [2], 12, 8)],
+            np.array([1.5, -2], "<f4").tobytes() + np.array([7, 9], "<i4").tobytes(),
+            "input 'a': expected 8 bytes for FP32 shape [2], got 4",
+        ),
+        (  # the middle one of three is wrong, the first is right
+            [("a", "UINT8", [3], 3, 3), ("m", "INT16", [2], 6, 4), ("z", "INT16", [1], 0, 2)],
+            b"\1\2\3" + np.array([5, 6], "<i2").tobytes() + np.array([8], "<i2").tobytes(),
+            "input 'm': expected 4 bytes for INT16 shape [2], got 6",
+        ),
+        (  # BYTES first: 'abc' is 7 bytes on the wire (a 4-byte length, then 3), it claims 8
+            [("s", "BYTES", [1], 8, 7), ("u", "UINT8", [3], 2, 3)],
+            b"\3\0\0\0abc" + b"\4\5\6",
+            "tensor 's': 1 bytes left over after the 1 elements of shape [1]",
+        ),
+    ],
+    ids=["first-too-large", "first-too-small", "middle", "bytes-first"],
+)
+def test_binary_data_size_of_a_tensor_that_is_not_the_last_is_checked(
+    tensors: list[tuple[str, str, list[int], int, int]], raw: bytes, expected: str
+) -> None:
+    def entries(right: bool) -> list[dict]:
+        return [{"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": true if right else size}}
+                for n, d, s, size, true in tensors]
+
+    assert sum(size for *_, size, _ in tensors) == sum(true for *_, true in tensors) == len(raw)
+    assert fail(kserve.decode_request, *body_of({"inputs": entries(False)}, raw)) == expected
+    # The client decodes a reply the same way.
+    reply = body_of({"model_name": "m", "outputs": entries(False)}, raw)
+    assert fail(kserve.decode_response, *reply) == expected.replace("input '", "output '")
+    # With the right sizes the same bytes decode, each tensor from its own slice.
+    decoded = kserve.decode_request(*body_of({"inputs": entries(True)}, raw)).inputs
+    pos = 0
+    for name, datatype, _, _, true in tensors:
+        arr = decoded[name]
+        got = arr[0] if datatype == "BYTES" else arr.tobytes()
+        assert got == (raw[pos + 4:pos + true] if datatype == "BYTES" else raw[pos:pos + true]), name
+        pos += true
+
+
 @pytest.mark.parametrize(
     ("doc", "expected"),
     [

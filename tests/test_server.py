@@ -72,6 +72,20 @@ def metric(samples: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
+OUTCOMES = ("success", "failure", "timeout", "rejected", "cancelled")
+
+
+def outcome_deltas(before: dict, after: dict, model: str) -> dict[str, float]:
+    """How each ``pyserve_requests_total`` outcome series of ``model`` grew (the ones that did);
+    every outcome must be exported."""
+    exported = {dict(ls)["outcome"] for (n, ls), _ in after.items()
+                if n == "pyserve_requests_total" and dict(ls)["model"] == model}
+    assert exported == set(OUTCOMES), exported
+    deltas = {o: metric(after, "pyserve_requests_total", model=model, outcome=o)
+              - metric(before, "pyserve_requests_total", model=model, outcome=o) for o in OUTCOMES}
+    return {o: d for o, d in deltas.items() if d}
+
+
 # ---------------------------------------------------------------------------------------------
 # The shared server
 
@@ -389,11 +403,7 @@ def test_full_queue_is_503_with_retry_after(server: Server, gate: Gate) -> None:
         for future in [running, *queued]:
             _, out = decode(future.result(timeout=30))
             assert out["y"].tolist() == [[2.0]]
-    after = metrics(server.url)
-    assert metric(after, "pyserve_requests_total", model="gate", outcome="rejected") \
-        - metric(before, "pyserve_requests_total", model="gate", outcome="rejected") == 1
-    assert metric(after, "pyserve_requests_total", model="gate", outcome="success") \
-        - metric(before, "pyserve_requests_total", model="gate", outcome="success") == 4
+    assert outcome_deltas(before, metrics(server.url), "gate") == {"success": 4, "rejected": 1}
     # The queue drained: accepted again.
     _, out = decode(infer(server.url, "gate", "json", one))
     assert out["y"].tolist() == [[2.0]]
@@ -434,9 +444,7 @@ def test_timeout_parameter_is_honoured(server: Server, gate: Gate) -> None:
         assert "timed out" in late.json()["error"]
         _, out = decode(patient.result(timeout=30))
         assert out["y"].tolist() == [[2.0]]
-    after = metrics(server.url)
-    assert metric(after, "pyserve_requests_total", model="gate", outcome="timeout") \
-        - metric(before, "pyserve_requests_total", model="gate", outcome="timeout") == 1
+    assert outcome_deltas(before, metrics(server.url), "gate") == {"success": 2, "timeout": 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +609,7 @@ def test_pyserve_client_async(server: Server, main_repo: Repo) -> None:
 # ---------------------------------------------------------------------------------------------
 # Other ways to start the server
 
+@pytest.mark.slow
 def test_demo_repository_when_no_repo_is_given(serve: Any, tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     pytest.importorskip("skl2onnx")
@@ -666,8 +675,13 @@ def test_single_file_and_a_broken_config(serve: Any, tmp_path: Path) -> None:
 # Faults, disconnects, error counts
 
 def test_backend_exception_is_a_500_without_the_traceback(server: Server) -> None:
+    before = metrics(server.url)
     resp = infer(server.url, "raiser", "json", {"x": np.ones(3, np.float32)})
     assert resp.status_code == 500
+    # Counted as a failure of the model's queue and as an internal error answer, nothing else.
+    assert outcome_deltas(before, metrics(server.url), "raiser") == {"failure": 1}
+    assert metric(metrics(server.url), "pyserve_infer_errors_total", model="raiser", kind="internal") \
+        - metric(before, "pyserve_infer_errors_total", model="raiser", kind="internal") == 1
     error = resp.json()["error"]
     assert "ValueError: bad luck" in error and "model 'raiser'" in error
     assert "Traceback" not in error and ".py" not in error, error
@@ -679,6 +693,7 @@ def test_client_that_goes_away_cancels_its_queued_request(server: Server, gate: 
     import socket
 
     before = model_stats(server.url, "gate")
+    scrape = metrics(server.url)
     one = {"x": np.ones((1, 1), np.float32)}
     with ThreadPoolExecutor(1) as pool, gate:
         first = pool.submit(infer, server.url, "gate", "json", one)
@@ -696,6 +711,7 @@ def test_client_that_goes_away_cancels_its_queued_request(server: Server, gate: 
     after = model_stats(server.url, "gate")
     assert after["requests_succeeded"] == before["requests_succeeded"] + 1
     assert after["batches_executed"] == before["batches_executed"] + 1  # the cancelled one never ran
+    assert outcome_deltas(scrape, metrics(server.url), "gate") == {"success": 1, "cancelled": 1}
 
 
 def test_error_answers_are_counted_by_model_and_kind(server: Server) -> None:

@@ -195,11 +195,16 @@ def test_request_whose_body_arrives_during_a_load_is_served_by_the_new_version(
     x = np.ones((1, 4), np.float32)
     body, _ = encode("json", {"x": x})
     head = (f"POST /v2/models/slow_body/infer HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(head)
-        # A round trip on another connection: the server has read the headers sent before it.
-        assert requests.get(server.url + "/v2/health/live", timeout=5).status_code == 200
+        # The server answers 100 Continue once it has parsed the headers: from here on they are read.
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            chunk = sock.recv(1)
+            assert chunk, f"connection closed before the 100 Continue: {interim!r}"
+            interim += chunk
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
         control_repo.onnx_version("slow_body", 2, scale=4.0, bias=2.0)
         assert load(server.url, "slow_body").status_code == 200
         sock.sendall(body)
@@ -337,6 +342,7 @@ def test_sigterm_answers_every_accepted_request_then_exits_0(serve: Any, tmp_pat
 
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_backend_that_never_returns_exits_1_after_the_timeout(serve: Any, tmp_path: Path) -> None:
     repo = Repo(tmp_path / "models")
     repo.python("stuck", GATE_MODEL.format(scale=1.0), gate_config(1))

@@ -8,7 +8,8 @@
 """
 
 from pyserve.repository.lifecycle import ModelRepository
-from pyserve.repository.registry import ModelEntry, ModelRegistry, ModelState
+from pyserve.repository.registry import ModelEntry, ModelRegistry, ModelState, version_number
 from pyserve.repository.sources import SingleModel, check_model_name
 
-__all__ = ["ModelEntry", "ModelRegistry", "ModelRepository", "ModelState", "SingleModel", "check_model_name"]
+__all__ = ["ModelEntry", "ModelRegistry", "ModelRepository", "ModelState", "SingleModel", "check_model_name",
+           "version_number"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,29 @@ from pyserve.runtime import CompletionPump, ModelRunner
 log = logging.getLogger("pyserve.repository")
 
 
+# Checks a started version before it joins the registry (its folder given); raises PyserveError to
+# refuse it. The server's is the golden-sample gate (pyserve.release.golden).
+Validator = Callable[[ModelRunner, Path], Awaitable[object]]
+
+
 class ModelRepository:
     """Loads models from their sources into the registry, and unloads them.
 
     ``repository.registry`` answers the lookups of the request path; the methods here change what
     is served. Every name is checked (:func:`~pyserve.repository.sources.check_model_name`) before a
-    file is read, and no state is kept for a name that no source has."""
+    file is read, and no state is kept for a name that no source has. ``validate`` runs on each
+    version started, before it serves: a version it refuses fails its load."""
 
     def __init__(
         self,
         pump: CompletionPump,
         root: Path | None = None,
         single_models: Iterable[SingleModel] = (),
+        validate: Validator | None = None,
         default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
         self.pump = pump
+        self.validate = validate
         self.sources = ModelSources(root, single_models, default_max_batch_size)
         self.registry = ModelRegistry()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -94,6 +102,8 @@ class ModelRepository:
                     if version not in fresh:
                         runner = await loop.run_in_executor(None, self._start, config, version, path)
                         started.append(runner)
+                        if self.validate is not None:
+                            await self.validate(runner, path)
                         fresh[version] = runner
             except PyserveError as e:
                 await self._discard(name, started)
@@ -143,6 +153,78 @@ class ModelRepository:
             if callable(close):
                 close()
             raise
+
+    async def load_version(self, name: str, version: int) -> ModelEntry:
+        """(Re)loads one version of a model; its other versions keep serving, untouched.
+
+        The version runs with the config the model's other versions serve with, or, when none is
+        loaded, with its config.toml. It is served whatever the model's ``version_policy`` (an
+        operator asked for it), until the next load of the whole model, which serves what the policy
+        selects again. A version already loaded is started again and swapped in; the old one drains.
+        INVALID_ARGUMENT for a name that cannot be a model or a version that fails to load (nothing
+        changes then), NOT_FOUND for an unknown model or a version folder that does not exist."""
+        loop = asyncio.get_running_loop()
+        self._check_known(name)
+        async with self._lock(name):
+            entry = self.registry.models.get(name)
+            try:
+                if entry is not None and entry.state is ModelState.READY and entry.versions and entry.config:
+                    config = entry.config
+                else:
+                    config = (await loop.run_in_executor(None, self.sources.read, name, None))[0]
+                path = self.sources.version_dir(name, config, version)
+                runner = await self._start_checked(loop, name, config, version, path)
+                if self.validate is not None:
+                    try:
+                        await self.validate(runner, path)
+                    except BaseException:
+                        await self._discard(name, [runner])
+                        raise
+            except PyserveError as e:
+                log.info("load of model %s version %s refused: %s", name, version, e.message)
+                raise
+            if entry is None:
+                entry = self.registry.models[name] = ModelEntry(name)
+            old = entry.versions.get(version)
+            # A new dict, swapped in one step: the request path never sees a half-changed mapping.
+            entry.versions = dict(sorted({**entry.versions, version: runner}.items()))
+            entry.config = config
+            entry.state, entry.reason = ModelState.READY, ""
+            log.info("model %s version %s ready (serving %s)", name, version, sorted(entry.versions))
+            if old is not None:
+                await old.stop(drain=True)
+            return entry
+
+    async def unload_version(self, name: str, version: int) -> None:
+        """Stops serving one version of a model once the requests it accepted are answered; the
+        other versions keep serving. Unloading the last version unloads the model.
+
+        INVALID_ARGUMENT for a name that cannot be a model, NOT_FOUND for an unknown model or a
+        version that is not loaded."""
+        self._check_known(name)
+        async with self._lock(name):
+            entry = self.registry.models.get(name)
+            runner = entry.versions.get(version) if entry is not None else None
+            if entry is None or runner is None:
+                served = ", ".join(str(v) for v in sorted(entry.versions)) if entry else ""
+                raise not_found(f"model '{name}' has no version '{version}' loaded (serving: {served or 'none'})")
+            entry.versions = {v: r for v, r in entry.versions.items() if v != version}
+            if not entry.versions:
+                entry.state, entry.reason = ModelState.UNLOADED, ""
+            await runner.stop(drain=True)
+            log.info("model %s version %s unloaded (serving %s)", name, version, sorted(entry.versions))
+
+    async def _start_checked(self, loop: asyncio.AbstractEventLoop, name: str, config: ModelConfig,
+                             version: int, path: Path) -> ModelRunner:
+        """Starts one version; a model's own code may raise anything while loading: INVALID_ARGUMENT."""
+        try:
+            return await loop.run_in_executor(None, self._start, config, version, path)
+        except PyserveError:
+            raise
+        except Exception as e:
+            log.exception("model %s version %s failed to load", name, version)
+            raise PyserveError(ErrorKind.INVALID_ARGUMENT,
+                               f"model '{name}' version {version} failed to load: {e}") from None
 
     async def unload(self, name: str) -> None:
         """Stops serving a model; requests already accepted finish first.

@@ -15,6 +15,15 @@ from pyserve.errors import not_found, unavailable
 from pyserve.runtime import ModelRunner
 
 
+def version_number(text: str) -> int | None:
+    """The version that ``text`` names (``"2"`` -> 2), or None when it is not a version number."""
+    # A version is a number of at most 19 digits (an int64, as Triton's): a longer string cannot
+    # be one, and int() of thousands of digits raises (Python's int_max_str_digits).
+    if text.isascii() and text.isdigit() and len(text) <= 19 and int(text) > 0:
+        return int(text)
+    return None
+
+
 class ModelState(enum.Enum):
     """The state of a model, with Triton's names (repository index ``state``)."""
 
@@ -42,10 +51,8 @@ class ModelEntry:
             raise unavailable(f"model '{self.name}' is not ready" + (f": {why}" if why else ""))
         if not version:
             return self.versions[max(self.versions)]
-        # A version is a number of at most 19 digits (an int64, as Triton's): a longer string cannot
-        # be one, and int() of thousands of digits raises (Python's int_max_str_digits).
-        runner = self.versions.get(int(version)) \
-            if version.isascii() and version.isdigit() and len(version) <= 19 else None
+        number = version_number(version)
+        runner = self.versions.get(number) if number is not None else None
         if runner is None:
             served = ", ".join(str(v) for v in sorted(self.versions))
             raise not_found(f"model '{self.name}' has no version '{version}' (serving: {served})")

@@ -88,6 +88,19 @@ class FolderSource:
             selected = [1]  # a backend with no model file serves version 1 without a folder
         return config, {v: model_dir / str(v) for v in selected}
 
+    def model_dir(self, name: str) -> Path | None:
+        """The folder of model ``name``: where its config.toml, versions and traffic policy are."""
+        return self.root / name
+
+    def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
+        """The folder of one version of model ``name``, whatever its version policy; NOT_FOUND when
+        the repository has no such folder (a backend with no model file serves version 1 without)."""
+        path = self.root / name / str(version)
+        if path.is_dir() or (version == 1 and not backends.get(config.backend).needs_model_file):
+            return path
+        available = ", ".join(map(str, version_dirs(self.root / name))) or "none"
+        raise not_found(f"model '{name}' has no version folder '{version}' (version folders: {available})")
+
 
 @dataclass(frozen=True)
 class SingleModel:
@@ -132,6 +145,16 @@ class FileSource:
                           "replace its config; restart with other flags")
         return model.config(self.default_max_batch_size), {1: model.path.parent}
 
+    def model_dir(self, name: str) -> Path | None:
+        """None: a model given as one file has no folder of its own."""
+        return None
+
+    def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
+        """The file's folder for version 1; NOT_FOUND for any other version."""
+        if version != 1:
+            raise not_found(f"model '{name}' is served from one file (--model): it has version 1 only")
+        return self.models[name].path.parent
+
 
 class ModelSources:
     """Every source of a server, the command line's single files first (they win a name clash).
@@ -168,4 +191,21 @@ class ModelSources:
         for source in self.sources:
             if source.has(name):
                 return source.read(name, override)
+        raise not_found(f"unknown model '{name}'")
+
+    def model_dir(self, name: str) -> Path | None:
+        """The folder of model ``name`` in the first source that has it; None for a model given as one
+        file (``--model``). INVALID_ARGUMENT / NOT_FOUND as :meth:`read`."""
+        check_model_name(name)
+        for source in self.sources:
+            if source.has(name):
+                return source.model_dir(name)
+        raise not_found(f"unknown model '{name}'")
+
+    def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
+        """The folder of one version of ``name`` (checked as :meth:`read`), whatever its version policy."""
+        check_model_name(name)
+        for source in self.sources:
+            if source.has(name):
+                return source.version_dir(name, config, version)
         raise not_found(f"unknown model '{name}'")

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from pyserve import metrics
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
+from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
@@ -67,9 +68,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
-    host = ModelHost(settings.repository, settings.models, settings.default_max_batch_size)
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
+    host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
+                     metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
+    service.add_hooks(ShadowMirror(host, ShadowMetrics.register(registry)))
     app = App(settings, host, service, registry)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,

@@ -72,7 +72,10 @@ def _fields(obj: Any) -> dict:
 @endpoint
 def model_metadata(request: Request) -> Response:
     meta = _service(request).metadata(request.match_info["model"], request.match_info.get("version"))
-    return _json(kserve.model_metadata(meta.name, list(meta.versions), meta.platform, meta.inputs, meta.outputs))
+    doc = kserve.model_metadata(meta.name, list(meta.versions), meta.platform, meta.inputs, meta.outputs)
+    if meta.aliases:
+        doc["aliases"] = meta.aliases  # pyserve's: KServe's metadata has no aliases
+    return _json(doc)
 
 
 @endpoint
@@ -130,12 +133,15 @@ def infer(request: Request) -> Response | Deferred:
     """Decodes, submits to the service, and answers once the model has run (a Deferred until then)."""
     service = _service(request)
     name = request.match_info["model"]
+    version = request.match_info.get("version")
     runner = req = ctx = None
     try:
-        runner = service.runner(name, request.match_info.get("version"))  # 404 / 503 before decoding
+        runner = service.runner(name, version)  # 404 / 503 before decoding
         req, protocol = _decode_infer(request)
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
-        ctx = CallContext(protocol, req.id)
+        header = service.routing_header(name)
+        ctx = CallContext(protocol, req.id, request.headers.get(header) if header else None)
+        runner = service.route(name, version, ctx, runner)  # the version that serves: the split
         future = service.submit(runner, req, ctx)
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)
@@ -252,18 +258,76 @@ def _config_override(doc: dict) -> dict | None:
 
 @async_endpoint
 async def load_model(request: Request) -> Response:
+    """Loads a model (``parameters.config``: a config override), or one version of it."""
     _control_allowed(request)
     override = _config_override(_json_body(request, "load request"))
-    await request.app.control.load(request.match_info["model"], override)
+    name, version = request.match_info["model"], request.match_info.get("version")
+    if version is None:
+        await request.app.control.load(name, override)
+    elif override is not None:
+        raise invalid("load request: a version loads with the config its model serves with; "
+                      "parameters.config is for the load of the whole model")
+    else:
+        await request.app.control.load_version(name, version)
     return _json({})
 
 
 @async_endpoint
 async def unload_model(request: Request) -> Response:
+    """Unloads a model, or one version of it."""
     _control_allowed(request)
     _json_body(request, "unload request")
-    await request.app.control.unload(request.match_info["model"])
+    name, version = request.match_info["model"], request.match_info.get("version")
+    if version is None:
+        await request.app.control.unload(name)
+    else:
+        await request.app.control.unload_version(name, version)
     return _json({})
+
+
+def _reason(doc: dict) -> str:
+    """The ``reason`` of a change request (kept in the audit log; "" when absent)."""
+    reason = doc.pop("reason", "")
+    if type(reason) is not str:
+        raise invalid(f"reason: expected a string, got {kserve.json_type(reason)}")
+    return reason
+
+
+@endpoint
+def get_traffic(request: Request) -> Response:
+    return _json(request.app.control.traffic(request.match_info["model"]))
+
+
+@async_endpoint
+async def put_traffic(request: Request) -> Response:
+    _control_allowed(request)
+    doc = _json_body(request, "traffic policy")
+    reason = _reason(doc)
+    return _json(await request.app.control.set_traffic(request.match_info["model"], doc, request.peer, reason))
+
+
+@async_endpoint
+async def put_alias(request: Request) -> Response:
+    _control_allowed(request)
+    doc = _json_body(request, "alias request")
+    reason = _reason(doc)
+    unknown = sorted(set(doc) - {"version"})
+    if unknown or "version" not in doc:
+        raise invalid("alias request: expected {\"version\": \"<version or alias>\", \"reason\": \"...\"}"
+                      + (f"; unknown field(s) {', '.join(map(repr, unknown))}" if unknown else ""))
+    return _json(await request.app.control.set_alias(request.match_info["model"], request.match_info["alias"],
+                                                     doc["version"], request.peer, reason))
+
+
+@async_endpoint
+async def delete_alias(request: Request) -> Response:
+    _control_allowed(request)
+    doc = _json_body(request, "alias request")
+    reason = _reason(doc)
+    if doc:
+        raise invalid(f"alias request: unknown field(s) {', '.join(map(repr, sorted(doc)))}; expected reason")
+    return _json(await request.app.control.remove_alias(request.match_info["model"], request.match_info["alias"],
+                                                        request.peer, reason))
 
 
 @endpoint
@@ -284,6 +348,12 @@ def make_router() -> Router:
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
     r.add("POST", "/v2/repository/models/{model}/unload", unload_model)
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", load_model)
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", unload_model)
+    r.add("GET", "/v2/repository/models/{model}/traffic", get_traffic)
+    r.add("PUT", "/v2/repository/models/{model}/traffic", put_traffic)
+    r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", put_alias)
+    r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", delete_alias)
     r.add("GET", "/v2/models/stats", model_stats)  # every model; exact paths win over {model}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix, model_metadata)

@@ -173,6 +173,7 @@ class Connection(asyncio.Protocol):
         self._head_size = 0
         self._body: bytes | bytearray = b""
         self._refused = False  # this message was answered early (413, 431, ...): skip the rest
+        self.peer = ""
         self._upgrade = False
         self._linger = False  # close by half-closing first: the client may still be sending
         self._backlog: memoryview | None = None  # read but not yet parsed (reading is paused)
@@ -183,6 +184,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
         if self.server.closing:
             self.abort()
 
@@ -351,7 +354,7 @@ class Connection(asyncio.Protocol):
             self._refuse(400, f"invalid URL {url[:200]!r}")
             return
         request = Request(self.server.app, parser.get_method().decode("ascii", "replace"), path, query,
-                          self._headers, body)
+                          self._headers, body, self.peer)
         self._dispatch(request, _Slot(not keep_alive, http10, len(body)))
 
     # -- answering -------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ RETRY_AFTER_S = "1"  # what a 503 suggests: the queue drains in well under a sec
 class Request:
     """One parsed request: the whole body is in memory (the size limit bounds it)."""
 
-    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info")
+    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info", "peer")
 
     def __init__(self, app: Any, method: str, path: str, query_string: str, headers: dict[str, str],
-                 body: bytes) -> None:
+                 body: bytes, peer: str = "") -> None:
         self.app = app
         self.method = method
         self.path = path
@@ -25,6 +25,7 @@ class Request:
         self.headers = headers  # lower-case names; repeated headers joined with ", "
         self.body = body
         self.match_info: dict[str, str] = {}
+        self.peer = peer  # the client's address, "host:port" ("" when unknown): who, in audit logs
 
     @property
     def content_type(self) -> str:

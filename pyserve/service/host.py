@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
+from pyserve.release import TrafficPolicies, check_golden
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
-from pyserve.runtime import CompletionPump
+from pyserve.runtime import CompletionPump, ModelRunner
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 __all__ = ["ModelHost", "SingleModel"]
 
@@ -23,18 +28,26 @@ __all__ = ["ModelHost", "SingleModel"]
 class ModelHost:
     """Loads the models of ``root`` (a repository folder) and ``single_models`` on the running loop.
 
-    :meth:`start` loads every model (a model that fails is recorded, not raised); :meth:`close` drains
-    every queued request and releases the models. Must be started and closed on one event loop.
-    ``default_max_batch_size``: the max_batch_size of a model whose config sets none and that can batch
-    (0: no such model batches; see :func:`pyserve.config.load_model_config`)."""
+    :meth:`start` loads every model (a model that fails is recorded, not raised) and their traffic
+    policies; :meth:`close` drains every queued request and releases the models. Must be started and
+    closed on one event loop. Each version's golden samples (:mod:`pyserve.release.golden`) run before
+    it serves, and before an alias or a weight first sends it traffic. ``policy_changes`` counts
+    traffic-policy changes (label ``model``), ``golden_checks`` golden-sample checks (``model``,
+    ``version``, ``result``). ``default_max_batch_size``: the max_batch_size of a model whose config
+    sets none and that can batch (0: no such model batches; see
+    :func:`pyserve.config.load_model_config`)."""
 
     def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
+                 policy_changes: Counter | None = None, golden_checks: Counter | None = None,
                  default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         self._root = root
         self._single = tuple(single_models)
+        self._policy_changes = policy_changes
+        self._golden_checks = golden_checks
         self._default_max_batch_size = default_max_batch_size
         self.pump: CompletionPump | None = None
         self._repository: ModelRepository | None = None
+        self._traffic: TrafficPolicies | None = None
 
     @property
     def repository(self) -> ModelRepository:
@@ -48,11 +61,33 @@ class ModelHost:
         """The registry of the loaded models, as the request path looks them up."""
         return self.repository.registry
 
+    @property
+    def traffic(self) -> TrafficPolicies:
+        """The models' traffic policies (aliases, weights); RuntimeError before :meth:`start`."""
+        if self._traffic is None:
+            raise RuntimeError("the model host is not started")
+        return self._traffic
+
     async def start(self) -> None:
-        """Creates the completion pump on the running loop and loads every model."""
+        """Creates the completion pump on the running loop, reads the traffic policies and loads
+        every model."""
         self.pump = CompletionPump(asyncio.get_running_loop())
-        self._repository = ModelRepository(self.pump, self._root, self._single, self._default_max_batch_size)
-        await self._repository.load_all()
+        repository = ModelRepository(self.pump, self._root, self._single, self._check_golden,
+                                     self._default_max_batch_size)
+        self._traffic = TrafficPolicies(self._root, repository.sources, repository.registry, self._policy_changes,
+                                        self._gate)
+        self._traffic.load_all()
+        self._repository = repository
+        await repository.load_all()
+
+    async def _check_golden(self, runner: ModelRunner, version_dir: Path) -> None:
+        await check_golden(runner, version_dir, self._golden_checks)
+
+    async def _gate(self, name: str, version: int) -> None:
+        """Runs the golden samples of a loaded version about to take traffic (an alias or a weight)."""
+        runner = self.registry.entry(name).versions.get(version)
+        if runner is not None:  # not loaded: the policy's own check refuses it
+            await self._check_golden(runner, self.repository.sources.version_dir(name, runner.config, version))
 
     async def close(self) -> None:
         """Drains and stops every model version, then the pump. A backend call that never returns

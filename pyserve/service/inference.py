@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 from pyserve.backends import registry as backends
 from pyserve.classification import check_class_count, classify
 from pyserve.config import ModelConfig, TensorSpec
-from pyserve.errors import PyserveError, internal, invalid
+from pyserve.errors import ErrorKind, PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, InferResponse
+from pyserve.release import TrafficPolicy
+from pyserve.repository import version_number
 from pyserve.runtime import ModelRunner
 from pyserve.service.context import CallContext
 from pyserve.service.hooks import InferHooks
@@ -48,14 +50,16 @@ MAX_TIMEOUT_US = (2**63 - 1) // 1000
 @dataclass(frozen=True)
 class ModelMetadata:
     """What ``GET /v2/models/{m}`` shows: the names of the served versions, the platform (Triton's
-    name of the backend) and the tensors with full shapes (-1: variable; the batch dimension first,
-    as -1, when the model batches)."""
+    name of the backend), the tensors with full shapes (-1: variable; the batch dimension first,
+    as -1, when the model batches) and the aliases of the model's traffic policy (alias -> version;
+    those naming the version asked for, when one is)."""
 
     name: str
     versions: tuple[str, ...]
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # alias -> version it names
 
 
 @dataclass(frozen=True)
@@ -101,10 +105,47 @@ class InferenceService:
 
     # -- the call --------------------------------------------------------------------------------
     def runner(self, name: str, version: str | None = None) -> ModelRunner:
-        """The runner serving ``name`` at ``version`` (the newest when None or "").
+        """The runner serving ``name`` at ``version``: a version number, or an alias of the model's
+        traffic policy; the newest version when None or "" (no weighted split: see :meth:`route`).
 
-        NOT_FOUND for an unknown model or version, UNAVAILABLE for a model that is not ready."""
+        NOT_FOUND for an unknown model, version or alias, UNAVAILABLE for a model that is not ready."""
+        if version and version_number(version) is None:
+            policy = self.host.traffic.get(name)
+            if policy is not None:
+                return self.host.registry.version(name, str(self._resolve(name, policy, version)))
         return self.host.registry.version(name, version)
+
+    def route(self, name: str, version: str | None, ctx: CallContext,
+              resolved: ModelRunner | None = None) -> ModelRunner:
+        """The runner that serves one infer call: as :meth:`runner`, except that a call naming no
+        version follows the model's weighted split, by ``ctx.routing_key`` (else ``ctx.request_id``,
+        else a random key). ``resolved``: what :meth:`runner` answered for this call in the same turn
+        of the event loop (a transport's check before decoding), kept unless the split decides;
+        an alias is so resolved once per call, and a move meanwhile never splits a call."""
+        if version:
+            return resolved if resolved is not None else self.runner(name, version)
+        policy = self.host.traffic.get(name)
+        picked = policy.pick(ctx.routing_key or ctx.request_id) if policy is not None else None
+        if picked is None and resolved is not None:
+            return resolved
+        return self.host.registry.version(name, str(picked) if picked is not None else None)
+
+    def routing_header(self, name: str) -> str | None:
+        """The request header (lower case) whose value is model ``name``'s routing key, if its
+        traffic policy names one; transports copy its value into ``CallContext.routing_key``."""
+        return self.host.traffic.routing_header(name)
+
+    def _resolve(self, name: str, policy: TrafficPolicy, alias: str) -> int:
+        try:
+            return policy.resolve(alias)
+        except PyserveError as e:
+            if e.kind is not ErrorKind.NOT_FOUND:
+                raise
+            entry = self.host.registry.entry(name)
+            served = ", ".join(str(v) for v in sorted(entry.versions)) or "none"
+            aliases = ", ".join(sorted(policy.aliases)) or "none"
+            raise not_found(f"model '{name}' has no version or alias {alias[:80]!r} "
+                            f"(serving: {served}; aliases: {aliases})") from None
 
     def submit(self, runner: ModelRunner, request: InferRequest, ctx: CallContext) -> asyncio.Future:
         """Queues ``request`` on ``runner``; the future resolves to the core's outputs (a dict of arrays).
@@ -173,7 +214,7 @@ class InferenceService:
         ctx = ctx or CallContext("inprocess", request.id)
         runner = None
         try:
-            runner = self.runner(name, version)
+            runner = self.route(name, version, ctx)
             future = self.submit(runner, request, ctx)
             try:
                 await future  # a caller that gives up cancels the request
@@ -198,12 +239,17 @@ class InferenceService:
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         """The metadata of a model (``version`` None: every served version listed)."""
         entry = self.host.registry.entry(name)
-        runner = entry.runner(version)
+        runner = self.runner(name, version)
         config = runner.config
         versions = tuple(str(v) for v in sorted(entry.versions)) if version is None else (runner.version,)
         batching = config.max_batch_size > 0
+        policy = self.host.traffic.policy_or_none(name)
+        aliases = {a: str(policy.resolve(a)) for a in sorted(policy.aliases)} if policy is not None else {}
+        if version is not None:
+            aliases = {a: v for a, v in aliases.items() if v == runner.version}
         return ModelMetadata(name, versions, backends.get(config.backend).platform,
-                             _full_shapes(config.inputs, batching), _full_shapes(config.outputs, batching))
+                             _full_shapes(config.inputs, batching), _full_shapes(config.outputs, batching),
+                             aliases)
 
     def config(self, name: str, version: str | None = None) -> ModelConfig:
         """The config serving ``name`` at ``version``."""
@@ -229,6 +275,6 @@ class InferenceService:
             runners = [r for e in entries for _, r in sorted(e.versions.items())]
         else:
             entry = self.host.registry.entry(name)
-            newest = entry.runner(version)  # NOT_FOUND / UNAVAILABLE
+            newest = self.runner(name, version)  # NOT_FOUND / UNAVAILABLE
             runners = [newest] if version is not None else [r for _, r in sorted(entry.versions.items())]
         return [VersionStatistics(r.config.name, r.version, r.stats(), r.last_inference_ms) for r in runners]

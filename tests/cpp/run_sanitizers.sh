@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the C++ core tests (without Python or CUDA) twice, with AddressSanitizer + UndefinedBehavior
 # Sanitizer into build/asan and with ThreadSanitizer into build/tsan, runs both, and exits non-zero if
-# either build or run fails.
+# either build or run fails. The test suite runs it (tests/test_core_cpp.py, marked slow), one
+# sanitizer per test.
 #
-#   tests/cpp/run_sanitizers.sh            # from the repository root (or anywhere)
+#   tests/cpp/run_sanitizers.sh            # both, from the repository root (or anywhere)
+#   tests/cpp/run_sanitizers.sh tsan       # only the named ones: asan, tsan
 #   PYSERVE_TEST_SCALE=0.1 tests/cpp/run_sanitizers.sh   # a smaller concurrency test (default 1)
 set -u -o pipefail
 
@@ -29,12 +31,14 @@ run_one() {
     echo "== $name: configure FAILED"
     return 1
   fi
+  local start=$SECONDS
   if ! cmake --build "$dir" -j "$jobs" --target pyserve_core_tests >"$dir.build.log" 2>&1; then
     cat "$dir.build.log"
     echo "== $name: build FAILED"
     return 1
   fi
-  local start=$SECONDS
+  echo "== $name: built in $((SECONDS - start)) s"
+  start=$SECONDS
   if "$dir/pyserve_core_tests" >"$dir.run.log" 2>&1; then
     echo "== $name: $(tail -n 1 "$dir.run.log") in $((SECONDS - start)) s"
   else
@@ -44,9 +48,23 @@ run_one() {
   fi
 }
 
+declare -A flags=(
+  [asan]="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+  [tsan]="-fsanitize=thread"
+)
+names=("$@")
+[ "${#names[@]}" -eq 0 ] && names=(asan tsan)
+for name in "${names[@]}"; do
+  if [ -z "${flags[$name]+set}" ]; then
+    echo "run_sanitizers.sh: unknown sanitizer build '$name': expected asan or tsan" >&2
+    exit 2
+  fi
+done
+
 mkdir -p "$root/build"
-run_one asan "-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" || status=1
-run_one tsan "-fsanitize=thread" || status=1
+for name in "${names[@]}"; do
+  run_one "$name" "${flags[$name]}" || status=1
+done
 
 if [ "$status" -eq 0 ]; then echo "sanitizers: all passed"; else echo "sanitizers: FAILED"; fi
 exit "$status"

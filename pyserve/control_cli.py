@@ -1,0 +1,133 @@
+"""``pyserve model``, ``pyserve alias`` and ``pyserve traffic``: model control of a running server.
+
+Each command is one HTTP call (two for ``traffic set`` without ``--file``: read, then replace) through
+:class:`pyserve.client.InferenceClient`; it prints the server's answer (the traffic policy in force,
+as JSON) and exits 0, or prints the server's error and exits 2::
+
+    pyserve model unload digits --version 2
+    pyserve alias set digits stable 1 --reason "release 1"
+    pyserve traffic set digits --weights stable=90,canary=10 --routing-header x-user-id --reason "canary 10%"
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pyserve.client import InferenceClient
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def weights(text: str) -> dict[str, float]:
+    """``--weights``: ``TARGET=PERCENT,...`` (a target is a version number or an alias); "" for none."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        target, sep, value = part.partition("=")
+        try:
+            if not sep or not target:
+                raise ValueError
+            out[target.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected TARGET=PERCENT,... (1=90,2=10), got {part!r}") from None
+    return out
+
+
+def _common(p: argparse.ArgumentParser, reason: bool = False) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+    if reason:
+        p.add_argument("--reason", default="", help="why: kept in the server's audit log")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Adds ``model``, ``alias`` and ``traffic`` to the ``pyserve`` command's subparsers."""
+    model = sub.add_parser("model", help="load or unload a model, or one version of it, on a running server")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    for action in ("load", "unload"):
+        p = model_sub.add_parser(action, help=f"{action} a model (or --version V only)")
+        p.add_argument("model")
+        p.add_argument("--version", default=None, metavar="V",
+                       help=f"{action} only this version (a number or an alias); the others are untouched")
+        _common(p)
+        p.set_defaults(func=_model)
+
+    alias = sub.add_parser("alias", help="set, move or remove an alias of a model's versions")
+    alias_sub = alias.add_subparsers(dest="action", required=True)
+    p = alias_sub.add_parser("set", help="set or move ALIAS to VERSION (atomic: no request fails)")
+    p.add_argument("model")
+    p.add_argument("alias")
+    p.add_argument("version", help="a loaded version's number, or another alias")
+    _common(p, reason=True)
+    p.set_defaults(func=_alias)
+    p = alias_sub.add_parser("remove", help="remove ALIAS")
+    p.add_argument("model")
+    p.add_argument("alias")
+    _common(p, reason=True)
+    p.set_defaults(func=_alias)
+
+    traffic = sub.add_parser("traffic", help="show or change a model's traffic policy (aliases, weighted split)")
+    traffic_sub = traffic.add_subparsers(dest="action", required=True)
+    p = traffic_sub.add_parser("show", help="print the traffic policy as JSON")
+    p.add_argument("model")
+    _common(p)
+    p.set_defaults(func=_traffic)
+    p = traffic_sub.add_parser(
+        "set", help="change the traffic policy: the current one (or --file's) with the flags given applied")
+    p.add_argument("model")
+    p.add_argument("--file", type=Path, default=None, metavar="PATH",
+                   help="start from this JSON policy instead of the server's current one")
+    p.add_argument("--weights", type=weights, default=None, metavar="T=P,...",
+                   help="the split, in percent summing to 100 (1=90,2=10 or stable=90,canary=10); '' for none")
+    p.add_argument("--routing-header", default=None, metavar="NAME",
+                   help="the request header holding the routing key; '' for none (the request id)")
+    _common(p, reason=True)
+    p.set_defaults(func=_traffic)
+
+
+def _print(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+
+
+def _model(args: argparse.Namespace) -> int:
+    with InferenceClient(args.url) as client:
+        if args.action == "load":
+            client.load_model(args.model, args.version)
+        else:
+            client.unload_model(args.model, args.version)
+    return 0
+
+
+def _alias(args: argparse.Namespace) -> int:
+    with InferenceClient(args.url) as client:
+        if args.action == "set":
+            _print(client.set_alias(args.model, args.alias, args.version, args.reason))
+        else:
+            _print(client.remove_alias(args.model, args.alias, args.reason))
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    with InferenceClient(args.url) as client:
+        if args.action == "show":
+            _print(client.traffic_policy(args.model))
+            return 0
+        if args.file is not None:
+            try:
+                policy = orjson.loads(args.file.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as e:
+                print(f"pyserve traffic: --file {args.file}: {e}", file=sys.stderr)
+                return 2
+        else:
+            policy = client.traffic_policy(args.model)
+        if args.weights is not None:
+            policy["weights"] = args.weights
+        if args.routing_header is not None:
+            policy.pop("routing_header", None)
+            if args.routing_header:
+                policy["routing_header"] = args.routing_header
+        _print(client.set_traffic_policy(args.model, policy, args.reason))
+    return 0
