@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,9 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"shadow": {"target": "2", "max_in_flight": 0}}, "policy.shadow.max_in_flight: expected an integer >= 1, got 0"),
     ({"shadow": {"target": "2", "share": 5}}, "policy.shadow: unknown field(s) 'share'"),
     ({"shadow": "2"}, "policy.shadow: expected an object with target, percent, max_in_flight, got a string"),
+    ({"weights": {"1": 50, "01": 50}}, "policy.weights.01: version 1 is given twice"),
+    ({"aliases": {f"a{i}": "1" for i in range(101)}}, "policy.aliases: at most 100 aliases, got 101"),
+    ({"weights": {str(i): 1 for i in range(1, 102)}}, "policy.weights: at most 100 targets, got 101"),
 ])
 def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Path, doc: dict, message: str) -> None:
     async def body(service: InferenceService, errors: Any) -> None:
@@ -373,6 +377,24 @@ def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Pa
         assert (policy_file(models, "every").read_bytes(), audit(models)) == before
 
     run_service(models, body)
+
+
+def test_version_numbers_in_a_policy_are_kept_the_one_way_they_are_shown() -> None:
+    doc = {"aliases": {"stable": "01", "canary": 2}, "weights": {"001": 90, "canary": 10},
+           "shadow": {"target": "02"}}
+    policy = TrafficPolicy.from_doc(doc)
+    assert policy.to_doc() == {"aliases": {"stable": "1", "canary": "2"}, "weights": {"1": 90, "canary": 10},
+                               "shadow": {"target": "2", "percent": 100, "max_in_flight": 64}}
+
+
+def test_the_longest_alias_chain_is_checked_at_once() -> None:
+    # Following a chain was quadratic per alias (cubic in all): 2000 aliases took minutes of the
+    # event loop. A policy holds at most 100, each followed in linear time.
+    aliases = {f"a{i}": f"a{i + 1}" for i in range(99)} | {"a99": "1"}
+    started = time.perf_counter()
+    policy = TrafficPolicy.from_doc({"aliases": aliases, "weights": {"a0": 100}})
+    assert policy.resolve("a0") == 1 and policy.pick("alice") == 1
+    assert time.perf_counter() - started < 0.5
 
 
 def test_split_routes_by_key_and_explicit_versions_bypass_it(models: Path) -> None:
