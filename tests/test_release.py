@@ -294,14 +294,21 @@ def test_aliases_survive_a_restart_and_every_change_is_audited(models: Path) -> 
     run_service(models, second)
 
 
-def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path) -> None:
-    policy_file(models, "every").write_text('{"aliases": {"stable": "nightly"}}')
+@pytest.mark.parametrize(("text", "why"), [
+    ('{"aliases": {"stable": "nightly"}}', "'nightly' is neither a version number nor an alias"),
+    # Well formed, but naming a version that is not loaded: was kept, and every request 404.
+    ('{"aliases": {"stable": "9"}, "weights": {"stable": 100}}', "traffic.json.aliases.stable: model 'every' "
+     "version 9 is not loaded"),
+])
+def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path, text: str, why: str) -> None:
+    policy_file(models, "every").write_text(text)
 
     async def body(service: InferenceService, errors: Any) -> None:
         for version in ("stable", None):
             with pytest.raises(PyserveError) as e:
                 await service.infer("every", version, InferRequest({"x": X}))
             assert e.value.kind is ErrorKind.UNAVAILABLE and "traffic policy was refused at startup" in e.value.message
+            assert why in e.value.message, e.value.message
         # An explicit version still serves, metadata still answers; a new policy repairs the model.
         assert (await service.infer("every", "2", InferRequest({"x": X}))).model_version == "2"
         assert service.metadata("every").versions == ("1", "2", "3")
