@@ -368,6 +368,9 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"shadow": {"target": "2", "share": 5}}, "policy.shadow: unknown field(s) 'share'"),
     ({"shadow": "2"}, "policy.shadow: expected an object with target, percent, max_in_flight, got a string"),
     ({"weights": {"1": 50, "01": 50}}, "policy.weights.01: version 1 is given twice"),
+    ({"aliases": {"stable": "1"}, "weights": {"stable": 100}, "shadow": {"target": "1"}},
+     "policy.shadow.target: version 1 serves every request that names no version"),
+    ({"shadow": {"target": "3"}}, "policy.shadow.target: version 3 serves every request that names no version"),
     ({"aliases": {f"a{i}": "1" for i in range(101)}}, "policy.aliases: at most 100 aliases, got 101"),
     ({"weights": {str(i): 1 for i in range(1, 102)}}, "policy.weights: at most 100 targets, got 101"),
 ])

@@ -228,6 +228,13 @@ class TrafficPolicy:
             if version not in loaded:
                 raise invalid(f"{where}.shadow.target: model '{model}' version {version} is not loaded "
                               f"(loaded: {served}); load it first")
+            # Requests the candidate serves itself are not mirrored: as the primary it would see none.
+            share = sum(w for t, w in self.weights.items() if self.resolve(t) == version)
+            primary = abs(share - TOTAL_PERCENT) <= SUM_TOLERANCE if self.weights else version == max(loaded)
+            if primary and self.shadow.percent > 0:
+                raise invalid(f"{where}.shadow.target: version {version} serves every request that names no "
+                              "version (the primary): a shadow mirrors to a candidate that other versions "
+                              "serve beside")
 
     # -- routing -----------------------------------------------------------------------------
     def resolve(self, target: str) -> int:
