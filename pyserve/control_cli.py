@@ -36,7 +36,8 @@ def weights(text: str) -> dict[str, float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected TARGET=PERCENT,... (1=90,2=10), got {part!r}") from None
         if not math.isfinite(percent):  # JSON has no NaN: the server would be sent null
-            raise argparse.ArgumentTypeError(f"{target.strip()}: expected a percentage from 0 to 100, got {value!r}")
+            raise argparse.ArgumentTypeError(f"{target.strip()}: expected a percentage from 0 to 100, "
+                                             f"got {value!r}")
         if target.strip() in out:
             raise argparse.ArgumentTypeError(f"{target.strip()}: given twice")
         out[target.strip()] = percent

@@ -370,7 +370,8 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"weights": {"1": 50, "01": 50}}, "policy.weights.01: version 1 is given twice"),
     ({"aliases": {"stable": "1"}, "weights": {"stable": 100}, "shadow": {"target": "1"}},
      "policy.shadow.target: version 1 serves every request that names no version"),
-    ({"shadow": {"target": "3"}}, "policy.shadow.target: version 3 serves every request that names no version"),
+    ({"shadow": {"target": "3"}},
+     "policy.shadow.target: version 3 serves every request that names no version"),
     ({"aliases": {f"a{i}": "1" for i in range(101)}}, "policy.aliases: at most 100 aliases, got 101"),
     ({"weights": {str(i): 1 for i in range(1, 102)}}, "policy.weights: at most 100 targets, got 101"),
 ])

@@ -88,7 +88,8 @@ class TrafficPolicies:
                 continue
             model_dir = self.sources.model_dir(name)
             try:
-                policy.check(name, set(entry.versions), where=str(model_dir / POLICY_FILE) if model_dir else "policy")
+                where = str(model_dir / POLICY_FILE) if model_dir is not None else "policy"
+                policy.check(name, set(entry.versions), where=where)
             except PyserveError as e:
                 del self._policies[name]
                 self._broken[name] = e.message
