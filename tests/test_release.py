@@ -4,8 +4,10 @@ loaded and unloaded while the others serve."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from conftest import Repo, run_service
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferRequest
 from pyserve.release import TrafficPolicy, key_point
+from pyserve.release.golden import GoldenSamples
 from pyserve.service import CallContext, InferenceService, ModelControl, ModelHost, SingleModel
 
 pytest.importorskip("onnx")
@@ -576,6 +579,35 @@ def test_bad_golden_files_refuse_the_version(models: Path, arrays: dict, message
         assert message in e.value.message, e.value.message
 
     run_service(models, body)
+
+
+def _npy(shape: tuple, header: bytes | None = None) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return (header if header is not None else out.getvalue()) + b"\0" * 16
+
+
+@pytest.mark.parametrize(("members", "message"), [
+    # The header alone made numpy allocate 14.6 TiB: MemoryError, not a refusal.
+    ({"inputs/x.npy": _npy((10**12, 4)), "outputs/y.npy": _npy((1, 4))},
+     "array 'inputs/x' declares shape [1000000000000, 4] of float32 (16000000000000 bytes) "
+     "but holds 144 bytes"),
+    # numpy's header parser raised a tokenize error.
+    ({"inputs/x.npy": _npy((1,), b"\x93NUMPY\x01\x00\x10\x00{'descr': (      \n"),
+      "outputs/y.npy": _npy((1, 4))},
+     "not a golden-sample file numpy can read without pickle"),
+    ({"inputs/x.npy": b"\x93NUMPY\x01", "outputs/y.npy": _npy((1, 4))},
+     "not a golden-sample file numpy can read without pickle"),
+])
+def test_golden_files_with_lying_or_broken_headers_are_refused(tmp_path: Path, members: dict,
+                                                               message: str) -> None:
+    path = tmp_path / "golden.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(PyserveError) as e:
+        GoldenSamples.read(path)
+    assert e.value.kind is ErrorKind.INVALID_ARGUMENT and message in e.value.message, e.value.message
 
 
 def test_golden_samples_of_strings_and_of_a_model_that_does_not_batch(tmp_path: Path) -> None:
