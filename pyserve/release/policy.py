@@ -37,6 +37,8 @@ from pyserve.repository import check_model_name, version_number
 FIELDS = ("aliases", "weights", "routing_header", "shadow")
 SHADOW_FIELDS = ("target", "percent", "max_in_flight")
 DEFAULT_SHADOW_IN_FLIGHT = 64
+MAX_SHADOW_IN_FLIGHT = 10_000  # a bound that bounds: the mirrored requests each hold their inputs
+MAX_HEADER_NAME = 256
 TOTAL_PERCENT = 100.0
 # Weights are sums of decimal percentages written by people: 33.3 + 33.3 + 33.4 is not exactly 100.
 SUM_TOLERANCE = 1e-6
@@ -97,6 +99,8 @@ class Shadow:
         in_flight = doc.get("max_in_flight", DEFAULT_SHADOW_IN_FLIGHT)
         if type(in_flight) is not int or in_flight < 1:
             raise invalid(f"{where}.max_in_flight: expected an integer >= 1, got {in_flight!r}")
+        if in_flight > MAX_SHADOW_IN_FLIGHT:
+            raise invalid(f"{where}.max_in_flight: at most {MAX_SHADOW_IN_FLIGHT}, got {in_flight}")
         return cls(target, float(percent), in_flight)
 
     def to_doc(self) -> dict[str, Any]:
@@ -179,6 +183,9 @@ class TrafficPolicy:
         if header is not None:
             if type(header) is not str or not _TOKEN.match(header):
                 raise invalid(f"{where}.routing_header: expected an HTTP header name, got {header!r}")
+            if len(header) > MAX_HEADER_NAME:
+                raise invalid(f"{where}.routing_header: at most {MAX_HEADER_NAME} characters, "
+                              f"got {len(header)}")
             header = header.lower()
         shadow = doc.get("shadow")
         if shadow is not None:
