@@ -244,7 +244,7 @@ def test_alias_moves_under_traffic_without_a_failed_or_mixed_request(models: Pat
     (("set_alias", "every", "_x", "1"), "alias '_x': names starting with '.' or '_' are not served"),
     (("set_alias", "every", "stable", 1.5), "'version' must be a version number or an alias"),
     (("remove_alias", "every", "nightly"), "model 'every' has no alias 'nightly' (aliases: stable, top)"),
-    (("remove_alias", "every", "stable"), "policy.aliases.top: 'stable' is neither a version number nor an alias"),
+    (("remove_alias", "every", "stable"), "model 'every' alias 'stable' is named by aliases.top: change them first"),
     (("unload_version", "every", "1"), "model 'every' version 1 is named by alias(es) 'stable', 'top': move or remove them first"),
     (("set_alias", "nosuch", "stable", "1"), "unknown model 'nosuch'"),
 ])
@@ -271,6 +271,22 @@ def test_bad_alias_changes_are_refused_and_change_nothing(models: Path, call: tu
         after = (control.traffic("every"), policy_file(models, "every").read_bytes(), audit(models),
                  control.index())
         assert after == before
+
+    run_service(models, body)
+
+
+def test_removing_an_alias_that_weights_or_the_shadow_name_says_which(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        doc = {"aliases": {"stable": "1", "canary": "2"}, "weights": {"stable": 90, "canary": 10},
+               "shadow": {"target": "canary", "percent": 50}}
+        await control.set_traffic("every", doc, "tester")
+        with pytest.raises(PyserveError) as e:
+            await control.remove_alias("every", "canary", "tester")
+        assert e.value.kind is ErrorKind.INVALID_ARGUMENT
+        assert e.value.message == ("model 'every' alias 'canary' is named by weights.canary, shadow.target: "
+                                   "change them first")
+        assert control.traffic("every")["aliases"] == doc["aliases"]
 
     run_service(models, body)
 
