@@ -62,7 +62,9 @@ _CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
 _CHECKS_EXTERNAL_DATA_PATHS = _ORT_VERSION >= (1, 24)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
-                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
+                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; with "
+                  "onnxmltools, convert_lightgbm(model, ..., zipmap=False); from any other exporter (CatBoost), "
+                  "remove the ZipMap node and make its input a graph output (docs/exporters.md); the "
                   "probabilities then come as an FP32 [N, classes] tensor")
 
 
@@ -143,6 +145,25 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     return Tensors(inputs, outputs, tuple(left_out))
 
 
+# onnxruntime's StringNormalizer builds the C++ locale its graph names, en_US.UTF-8 when it names none
+# (skl2onnx's text vectorizers name none by default); a host without that locale cannot load the model.
+_LOCALE_FAILURE = re.compile(r"Failed to construct locale with name:([^:]+):")
+
+
+def _load_advice(text: str) -> str:
+    """What to do about onnxruntime's refusal ``text`` to load a model, when pyserve knows ("" if not)."""
+    found = _LOCALE_FAILURE.search(text)
+    if found is None:
+        return ""
+    locale = found.group(1)
+    language, _, charset = locale.partition(".")
+    return (f"; the model's StringNormalizer node (skl2onnx's text vectorizers) needs the locale "
+            f"{locale!r}, which this host lacks: add it to the host (localedef -i {language} -f "
+            f"{charset or 'UTF-8'} {locale}) or export the model with a locale every host has: with "
+            "skl2onnx, to_onnx(model, ..., options={TfidfVectorizer: {'locale': 'C.UTF-8'}}) "
+            "(or CountVectorizer)")
+
+
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session of the ONNX file ``path``; ConfigError naming the file when it cannot be
     loaded: an external data location that leaves the graph's folder (checked here with onnxruntime
@@ -157,7 +178,8 @@ def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessio
         missing = missing_external_data(path)
         if missing is not None:
             raise ConfigError(f"{path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
-        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
+        text = str(exc).rstrip()
+        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {text}{_load_advice(text)}") from None
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
@@ -243,7 +265,11 @@ def _probe_outputs(config: ModelConfig, session: ort.InferenceSession, tensors: 
     dynamic (onnxmltools declares a LightGBM classifier's ``label`` [1] and returns [N]), or no
     dimension at all (a scalar, or a shape onnx left unknown). An output whose first dimension followed
     the warm-up's batch of :data:`WARMUP_BATCH` is served with a dynamic first dimension; one declared
-    without dimensions that returned some is served with as many dynamic ones. Each correction is
+    without dimensions that returned some is served with as many dynamic ones. When the first dimension
+    of every input is dynamic (the model may be batched), every output is checked, for a declaration
+    of the wrong rank too: one with a dynamic first dimension that followed the batch with another
+    rank is served with the rank returned, every dimension dynamic (CatBoost declares its regressor's
+    ``predictions`` [N] and returns [N, 1], which would fail every batched request). Each correction is
     logged as a warning naming the output and both shapes. When the run fails, or an output does not
     follow the batch, the declarations are kept."""
     if config.outputs:
@@ -251,24 +277,30 @@ def _probe_outputs(config: ModelConfig, session: ort.InferenceSession, tensors: 
     shapes = _input_shapes(tensors.inputs, config)
     batched = all(shape and shape[0] == -1 for shape in shapes.values())
     suspects = [o for o in tensors.outputs if not o.shape or (batched and o.shape[0] != -1)]
-    if not suspects:
+    probed = list(tensors.outputs) if batched else suspects
+    if not probed:
         return tensors
     run = "a warm-up run on zeros" + (f" (a batch of {WARMUP_BATCH} samples)" if batched else "")
     try:
-        observed = warm_up(session, warmup_feeds(tensors.inputs, config), [o.name for o in suspects])
+        observed = warm_up(session, warmup_feeds(tensors.inputs, config), [o.name for o in probed])
     except Exception as exc:
-        log.warning("model %r: %s: could not check the declared shapes of output(s) %s by %s, so they "
-                    "are served as declared: %s", config.name, model_file,
-                    ", ".join(f"{o.name!r} {list(o.shape)}" for o in suspects), run, exc)
+        # Declarations nothing made suspect are served as declared without a word.
+        (log.warning if suspects else log.debug)(
+            "model %r: %s: could not check the declared shapes of output(s) %s by %s, so they are served "
+            "as declared: %s", config.name, model_file,
+            ", ".join(f"{o.name!r} {list(o.shape)}" for o in suspects or probed), run, exc)
         return tensors
     corrected = {}
-    for out in suspects:
+    for out in probed:
         got = observed[out.name]
+        follows = batched and bool(got) and got[0] == WARMUP_BATCH
         if not out.shape and got:
             corrected[out.name] = (-1,) * len(got)
-        elif out.shape and batched and len(got) == len(out.shape) and got[0] == WARMUP_BATCH \
+        elif out.shape and follows and out.shape[0] != -1 and len(got) == len(out.shape) \
                 and _fits(got[1:], out.shape[1:]):
             corrected[out.name] = (-1, *out.shape[1:])
+        elif out.shape and follows and out.shape[0] == -1 and len(got) != len(out.shape):
+            corrected[out.name] = (-1,) * len(got)
         else:
             if not _fits(got, out.shape):
                 log.warning("model %r: %s declares output %r with shape %s but %s returned shape %s; a "

@@ -327,6 +327,10 @@ def get_traffic(request: Request) -> Response:
 @async_endpoint
 async def put_traffic(request: Request) -> Response:
     _control_allowed(request)
+    if not request.body or not request.body.strip():
+        # Not taken as {}: a PUT whose body went missing would remove every alias and weight.
+        raise invalid("traffic policy: the body is empty; send the whole policy "
+                      "({} removes every alias and weight)")
     doc = _json_body(request, "traffic policy")
     reason = _reason(doc)
     return _json(await request.app.control.set_traffic(request.match_info["model"], doc, request.peer, reason))

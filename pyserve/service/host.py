@@ -79,6 +79,7 @@ class ModelHost:
         self._traffic.load_all()
         self._repository = repository
         await repository.load_all()
+        self._traffic.check_loaded()
 
     async def _check_golden(self, runner: ModelRunner, version_dir: Path) -> None:
         await check_golden(runner, version_dir, self._golden_checks)
