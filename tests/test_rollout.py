@@ -186,6 +186,19 @@ def test_error_rate_gate_rolls_back_at_once_naming_the_numbers(tmp_path: Path) -
     assert audit(root)[-1]["action"] == "rollout_rollback" and "error_rate" in audit(root)[-1]["reason"]
 
 
+def test_error_rate_gate_fails_fast_before_min_requests(tmp_path: Path) -> None:
+    # 10% failing, min_requests 1000, limit 0.5%: 6 failures already exceed 0.5% of 1000.
+    async def body(w: World) -> None:
+        spec = {**SPEC, "steps": [50], "min_requests": 1000, "gates": {**NO_P99, "max_error_rate": 0.5}}
+        await w.control.start_rollout("m", spec, "t")
+        await w.send(200)
+        await w.rollouts.tick()
+        state = w.control.rollout("m")
+        assert state["phase"] == "failed" and state["gates"]["requests"] < 1000, state["message"]
+
+    run(make_repo(tmp_path / "models", v2={"fail_every": 10}), body)
+
+
 def test_error_rate_gate_holds_under_its_limit(tmp_path: Path) -> None:
     # 1 failure in 50 (2%) with max_error_rate 5: promoted.
     async def body(w: World) -> None:
@@ -272,8 +285,9 @@ def test_pause_holds_resume_promote_and_abort(tmp_path: Path) -> None:
         assert state["phase"] == "progressing"
         await w.rollouts.tick()
         assert w.control.rollout("m")["step"] == 2 and w.weights() == {"stable": 75, "2": 25}
-        state = await w.control.rollout_action("m", "promote", "ops")  # now, without waiting
-        assert state["step"] == 3 and w.weights() == {"stable": 50, "2": 50}
+        await w.control.rollout_action("m", "pause", "ops")
+        state = await w.control.rollout_action("m", "promote", "ops")  # now, without waiting; no longer paused
+        assert state["step"] == 3 and state["phase"] == "progressing" and w.weights() == {"stable": 50, "2": 50}
         state = await w.control.rollout_action("m", "abort", "ops", "saw a bug")
         assert state["phase"] == "aborted" and "aborted by ops: saw a bug" in state["message"]
         assert w.weights() == {"stable": 100}

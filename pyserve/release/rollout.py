@@ -393,9 +393,11 @@ class RolloutController:
 
     async def promote(self, name: str, who: str, reason: str = "", full: bool = False) -> dict[str, Any]:
         """Promotes now, skipping the current step's analysis: to the next step, or (``full``, or
-        from the last step) to the candidate serving everything. INVALID_ARGUMENT unless in progress."""
+        from the last step) to the candidate serving everything; a paused rollout progresses again
+        (as Argo Rollouts' promote). INVALID_ARGUMENT unless in progress."""
         async with self._lock(name):
             r = self._active(name, ACTIVE, "promote")
+            r.phase = PROGRESSING
             why = f"promoted by {who}" + (f": {reason}" if reason else "")
             if full or r.step + 1 >= len(r.spec.steps):
                 await self._succeed(name, r, why)
@@ -459,7 +461,7 @@ class RolloutController:
         values: dict[str, Any] = {
             "requests": c.answered, "errors": c.errors, "elapsed_s": round(elapsed, 3),
             "error_rate": round(100 * c.errors / c.answered, 4) if c.answered else None,
-            "p99_seconds": p99, "stable_p99_seconds": stable_p99,
+            "p99_seconds": _round(p99), "stable_p99_seconds": _round(stable_p99),
             "p99_ratio": round(p99 / stable_p99, 4) if p99 is not None and stable_p99 else None,
             "agreement": None, "compared": 0,
         }
@@ -640,3 +642,7 @@ def _write_atomically(path: Path, doc: dict[str, Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _round(seconds: float | None) -> float | None:
+    return round(seconds, 6) if seconds is not None else None  # to the microsecond, the core's unit
