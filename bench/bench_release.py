@@ -15,6 +15,7 @@ Figures, not a test: the machine's other load shows in them. Needs the ``test`` 
 
     python bench/bench_release.py                 # about 2 minutes
     python bench/bench_release.py --rate 100 --overhead-rate 200 --rounds 3
+    python bench/bench_release.py --only overhead --server-cpu ''   # the server not pinned
 """
 
 from __future__ import annotations
@@ -222,6 +223,9 @@ def main() -> None:
     ap.add_argument("--overhead-rate", type=float, default=200, help="requests/s of the overhead runs")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10, help="seconds per overhead run")
+    ap.add_argument("--server-cpu", default=SERVER_CPU, help=f"the CPU the server is pinned to (default {SERVER_CPU}); "
+                    "'' for none")
+    ap.add_argument("--only", choices=("canary", "agreement", "overhead"), default=None, help="run one part only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "models"
@@ -235,15 +239,18 @@ def main() -> None:
         (root / "mlp" / "config.toml").write_text("max_batch_size = 32\n[version_policy]\nall = true\n")
         url = f"http://127.0.0.1:{args.port}"
         # The server on CPU 1, this load generator wherever the OS puts it (as bench_server.py does).
-        proc = subprocess.Popen(pinned(SERVER_CPU, [sys.executable, "-m", "pyserve", "serve", str(root), "--port",
-                                                    str(args.port), "--log-level", "error"]),
+        argv = [sys.executable, "-m", "pyserve", "serve", str(root), "--port", str(args.port), "--log-level", "error"]
+        proc = subprocess.Popen(pinned(args.server_cpu, argv) if args.server_cpu else argv,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(url)
             server = Server(url)
-            canary(server, args.rate)
-            shadow_agreement(server, args.shadow_requests)
-            shadow_overhead(server, args.overhead_rate, args.rounds, args.seconds)
+            if args.only in (None, "canary"):
+                canary(server, args.rate)
+            if args.only in (None, "agreement"):
+                shadow_agreement(server, args.shadow_requests)
+            if args.only in (None, "overhead"):
+                shadow_overhead(server, args.overhead_rate, args.rounds, args.seconds)
         finally:
             proc.terminate()
             proc.wait(30)
