@@ -148,6 +148,15 @@ def _print(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc).decode() + "\n")
 
 
+def _read_json(path: Path, command: str) -> Any:
+    """``--file``'s JSON; None (the error printed) when it cannot be read."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        print(f"pyserve {command}: --file {path}: {e}", file=sys.stderr)
+        return None
+
+
 def _model(args: argparse.Namespace) -> int:
     with InferenceClient(args.url) as client:
         if args.action == "load":
@@ -172,10 +181,8 @@ def _traffic(args: argparse.Namespace) -> int:
             _print(client.traffic_policy(args.model))
             return 0
         if args.file is not None:
-            try:
-                policy = orjson.loads(args.file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as e:
-                print(f"pyserve traffic: --file {args.file}: {e}", file=sys.stderr)
+            policy = _read_json(args.file, "traffic")
+            if policy is None:
                 return 2
         else:
             policy = client.traffic_policy(args.model)
@@ -199,10 +206,8 @@ def _rollout(args: argparse.Namespace) -> int:
             return 0
         spec: dict[str, Any] = {}
         if args.file is not None:
-            try:
-                spec = orjson.loads(args.file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as e:
-                print(f"pyserve rollout: --file {args.file}: {e}", file=sys.stderr)
+            spec = _read_json(args.file, "rollout")
+            if spec is None:
                 return 2
         for key, value in (("candidate", args.candidate), ("stable", args.stable), ("steps", args.steps),
                            ("min_duration_s", args.min_duration), ("min_requests", args.min_requests)):

@@ -22,12 +22,9 @@ gated by golden samples, persisted and audited with ``who = "rollout"``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +35,7 @@ import orjson
 
 from pyserve.errors import PyserveError, invalid, not_found
 from pyserve.release.policy import EMPTY, TrafficPolicy
+from pyserve.release.store import write_json_atomically
 from pyserve.repository import version_number
 
 if TYPE_CHECKING:
@@ -375,19 +373,17 @@ class RolloutController:
 
     async def pause(self, name: str, who: str, reason: str = "") -> dict[str, Any]:
         """Holds the rollout at its step (gates still roll back); INVALID_ARGUMENT unless progressing."""
-        async with self._lock(name):
-            r = self._active(name, (PROGRESSING,), "pause")
-            r.phase = PAUSED
-            self._event(r, "pause", f"paused by {who}" + (f": {reason}" if reason else ""))
-            await self._save(name, r)
-            return r.to_doc()
+        return await self._switch(name, PROGRESSING, PAUSED, "pause", f"paused by {who}", reason)
 
     async def resume(self, name: str, who: str, reason: str = "") -> dict[str, Any]:
         """Lets a paused rollout promote again; INVALID_ARGUMENT unless paused."""
+        return await self._switch(name, PAUSED, PROGRESSING, "resume", f"resumed by {who}", reason)
+
+    async def _switch(self, name: str, old: str, new: str, event: str, why: str, reason: str) -> dict[str, Any]:
         async with self._lock(name):
-            r = self._active(name, (PAUSED,), "resume")
-            r.phase = PROGRESSING
-            self._event(r, "resume", f"resumed by {who}" + (f": {reason}" if reason else ""))
+            r = self._active(name, (old,), event)
+            r.phase = new
+            self._event(r, event, why + (f": {reason}" if reason else ""))
             await self._save(name, r)
             return r.to_doc()
 
@@ -610,7 +606,7 @@ class RolloutController:
         self._show(name, r)
         path = self._path(name)
         assert path is not None
-        await asyncio.get_running_loop().run_in_executor(None, _write_atomically, path, r.to_doc())
+        await asyncio.get_running_loop().run_in_executor(None, write_json_atomically, path, r.to_doc())
 
 
 def _version(policy: TrafficPolicy, target: str) -> int | None:
@@ -627,21 +623,6 @@ def _summary(v: dict[str, Any]) -> str:
         if v.get(gate) is not None:
             parts.append(f"{gate} {v[gate]:g}{unit}")
     return ", ".join(parts)
-
-
-def _write_atomically(path: Path, doc: dict[str, Any]) -> None:
-    # Write then rename: a restart reads the old state or the new one, whole.
-    fd, tmp = tempfile.mkstemp(prefix=".rollout-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _round(seconds: float | None) -> float | None:
