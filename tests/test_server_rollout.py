@@ -137,3 +137,13 @@ def test_rollout_api_and_cli_control(serve: Any, tmp_path: Path, capsys: pytest.
         assert client.start_rollout("m", {"candidate": "2", "steps": [10]}, "again")["step"] == 1
         assert client.rollout_action("m", "promote", full=True)["phase"] == "succeeded"
         assert client.rollout("m")["weights"] == {"stable": 0, "2": 100}
+
+
+def test_rollout_control_is_off_with_model_control(serve: Any, tmp_path: Path) -> None:
+    server: Server = serve([make_repo(tmp_path / "models"), "--disable-model-control"])
+    for path, body in (("", {"candidate": "2", "steps": [50]}), ("/pause", {}), ("/abort", {})):
+        resp = requests.post(server.url + BASE + path, json=body, timeout=5)
+        assert resp.status_code == 404 and "model control is disabled" in resp.json()["error"], resp.text
+    resp = requests.get(server.url + BASE, timeout=5)  # reading stays available
+    assert resp.status_code == 404 and "model 'm' has no rollout" in resp.json()["error"]
+    assert not (tmp_path / "models" / "m" / "rollout.json").exists()
