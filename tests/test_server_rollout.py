@@ -136,7 +136,7 @@ def test_rollout_api_and_cli_control(serve: Any, tmp_path: Path, capsys: pytest.
     with InferenceClient(url) as client:
         assert client.start_rollout("m", {"candidate": "2", "steps": [10]}, "again")["step"] == 1
         assert client.rollout_action("m", "promote", full=True)["phase"] == "succeeded"
-        assert client.rollout("m")["weights"] == {"stable": 0, "2": 100}
+        assert client.rollout("m")["weights"] == {"2": 100}
 
 
 def test_rollout_control_is_off_with_model_control(serve: Any, tmp_path: Path) -> None:
@@ -147,3 +147,21 @@ def test_rollout_control_is_off_with_model_control(serve: Any, tmp_path: Path) -
     resp = requests.get(server.url + BASE, timeout=5)  # reading stays available
     assert resp.status_code == 404 and "model 'm' has no rollout" in resp.json()["error"]
     assert not (tmp_path / "models" / "m" / "rollout.json").exists()
+
+
+def test_a_rollout_in_progress_survives_a_server_restart(serve: Any, tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "models")
+    server: Server = serve([root])
+    resp = requests.post(server.url + BASE, json={"candidate": "2", "steps": [25, 100], "min_duration_s": 3600},
+                         timeout=30)
+    assert resp.status_code == 200, resp.text
+    before = resp.json()
+    server.stop()
+    server = serve([root])
+    after = state(server.url)
+    assert (after["phase"], after["step"], after["weights"], after["spec"]) == (
+        "progressing", 1, {"stable": 75, "2": 25}, before["spec"])
+    assert [h["event"] for h in after["history"]] == ["start", "restart"]
+    assert requests.get(server.url + "/v2/repository/models/m/traffic", timeout=5).json()["weights"] == {
+        "stable": 75, "2": 25}
+    assert 'pyserve_rollout_step{model="m"} 1.0' in requests.get(server.url + "/metrics", timeout=5).text

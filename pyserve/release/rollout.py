@@ -171,7 +171,8 @@ def _num(v: float) -> float | int:
 @dataclass
 class Rollout:
     """The state of one model's rollout: its spec, ``phase`` (one of :data:`PHASES`), ``step`` (index
-    into ``spec.steps``), ``weight`` (the candidate's percent now), the times (Unix seconds) it and
+    into ``spec.steps``), ``weight`` (the candidate's percent now; ``weights`` in the document: the
+    split it set, zero shares left out), the times (Unix seconds) it and
     its step started, the last ``gates`` measured, ``message`` (why it is where it is) and
     ``history`` (events, oldest first)."""
 
@@ -189,7 +190,8 @@ class Rollout:
         """What ``GET .../rollout`` shows and ``rollout.json`` holds."""
         return {"spec": self.spec.to_doc(), "phase": self.phase, "step": self.step + 1,
                 "steps": len(self.spec.steps), "weight": _num(self.weight),
-                "weights": {self.spec.stable: _num(100 - self.weight), self.spec.candidate: _num(self.weight)},
+                "weights": {t: _num(w) for t, w in ((self.spec.stable, 100 - self.weight),
+                                                    (self.spec.candidate, self.weight)) if w > 0},
                 "started": _now_iso(self.started), "step_started": _now_iso(self.step_started),
                 "started_s": self.started, "step_started_s": self.step_started,
                 "gates": self.gates, "message": self.message, "history": self.history}
@@ -414,7 +416,9 @@ class RolloutController:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.tick()
+                # Shielded: a shutdown that cancels the controller lets a step's policy change and
+                # state write finish together.
+                await asyncio.shield(self.tick())
             except Exception:
                 log.exception("rollout tick failed")
 
