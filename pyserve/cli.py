@@ -20,6 +20,9 @@ MAX_PORT = 65535
 # Exit status of a start-up refusal (a bad command line, a port in use, a missing extra).
 EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+# pyserve.config.DEFAULT_MAX_BATCH_SIZE (a test checks they agree), repeated so that the command line
+# starts without importing numpy and the core.
+DEFAULT_MAX_BATCH_SIZE = 32
 # The flags that configure --model models (flag -> argparse dest).
 _MODEL_FLAGS = {
     "--max-batch-size": "max_batch_size",
@@ -113,7 +116,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="also serve one ONNX file as model NAME (repeatable); batching from the flags below",
     )
     p.add_argument("--max-batch-size", type=int_at_least(0), default=None, metavar="N",
-                   help="for --model: max samples per batch, >= 0 (0 = no batching; default 0)")
+                   help="for --model: max samples per batch, >= 0 (0 = no batching; default: "
+                        "--default-max-batch-size if the model's first dimension is dynamic, else 0)")
     p.add_argument("--max-queue-delay-us", type=int_at_least(0), default=None, metavar="US",
                    help="for --model: how long a request may wait for others to batch with, >= 0 (default 0)")
     p.add_argument("--preferred-batch-sizes", type=batch_sizes, default=None, metavar="A,B",
@@ -126,6 +130,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--intra-op-threads", type=int_at_least(0), default=None, metavar="N",
                    help="for --model: onnxruntime intra-op threads, >= 0 "
                         "(default 1; 0 = onnxruntime's choice)")
+    p.add_argument("--default-max-batch-size", type=int_at_least(0), default=None, metavar="N",
+                   help="max_batch_size of every model whose config sets none (and of --model without "
+                        "--max-batch-size) when the first dimension of its every input and output is "
+                        f"dynamic, >= 0 (default {DEFAULT_MAX_BATCH_SIZE}; 0 = such models do not batch)")
     p.add_argument("--max-body-bytes", type=int_at_least(1), default=64 << 20, metavar="N",
                    help="largest request body, >= 1 (default 64 MiB; 413 above)")
     p.add_argument("--no-strict-readiness", action="store_true",
@@ -160,15 +168,18 @@ def _serve(args: argparse.Namespace) -> int:
         if not path.is_file():
             _refuse(f"--model {name}={path}: no such file")
             return EXIT_REFUSED
-    max_batch_size = value(args.max_batch_size, 0)
+    default_max_batch_size = value(args.default_max_batch_size, DEFAULT_MAX_BATCH_SIZE)
+    # Without --max-batch-size, a model that can batch gets the default (checked once it is read).
+    max_batch_size = value(args.max_batch_size, default_max_batch_size)
     preferred = list(args.preferred_batch_sizes or ())
     too_large = [s for s in preferred if s > max_batch_size]
     if too_large:
-        _refuse(f"--preferred-batch-sizes: each size must be at most --max-batch-size ({max_batch_size}), "
+        flag = "--max-batch-size" if args.max_batch_size is not None else "--default-max-batch-size"
+        _refuse(f"--preferred-batch-sizes: each size must be at most {flag} ({max_batch_size}), "
                 f"got {','.join(map(str, too_large))}")
         return EXIT_REFUSED
     overrides = {
-        "max_batch_size": max_batch_size,
+        **({"max_batch_size": args.max_batch_size} if args.max_batch_size is not None else {}),
         "instance_count": value(args.instance_count, 1),
         "dynamic_batching": {
             "max_queue_delay_us": value(args.max_queue_delay_us, 0),
@@ -187,6 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
         strict_readiness=not args.no_strict_readiness,
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        default_max_batch_size=default_max_batch_size,
     )
     try:
         run(settings)

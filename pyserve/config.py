@@ -11,7 +11,11 @@ if given, must equal it)::
 
     backend = "onnxruntime"        # onnxruntime (default) | python | identity | tensorrt; when left
                                    # out: python if a version folder holds model.py, else onnxruntime
-    max_batch_size = 32            # 0 (default) = no batching: each request runs alone, full shapes
+    max_batch_size = 32            # 0 = no batching: each request runs alone, full shapes. Left out:
+                                   # 0, except for a model whose tensors are read off its file (onnxruntime)
+                                   # with a dynamic first dimension in every input and output: then the
+                                   # server's default_max_batch_size (DEFAULT_MAX_BATCH_SIZE), shown as
+                                   # auto-completed
     instance_count = 1             # >= 1
     default_model_filename = "model.onnx"   # a plain file name in each version folder;
                                    # default model.onnx / model.py / model.plan by backend
@@ -44,7 +48,8 @@ if given, must equal it)::
     class = "Model"                # default "Model"
 
 A model folder without config.toml is allowed for ONNX models: everything is read off the model file
-of the newest version. When a config gives inputs/outputs of an ONNX model they must agree with it.
+of the newest version. When a config gives inputs/outputs of an ONNX model they must agree with it; an
+output shape that differs from the model's declaration stands when a warm-up run confirms it.
 Version folders are named by positive decimal integers (``1``, ``2``, ...); other names are ignored.
 """
 
@@ -147,6 +152,9 @@ class ModelConfig:
     # hash=False: a mapping is not hashable, and the config stays usable as a dict key.
     backend_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source: str = ""
+    # The keys filled in from the model file rather than the config (Triton's auto-complete):
+    # "inputs", "outputs", "max_batch_size".
+    auto_completed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend_options, types.MappingProxyType):
@@ -187,6 +195,12 @@ MAX_US = INT64_MAX // 1000
 # Each instance is a thread and each priority level a queue: a config (a load request's override
 # included) must not be able to ask for millions of either.
 MAX_INSTANCES = 1024
+# The max_batch_size of a model whose config sets none and whose first dimension is dynamic in every
+# input and output (the server's --default-max-batch-size; Triton's ONNX Runtime backend has its
+# default-max-batch-size, 4). Work-conserving batching forms batches this large only under load, so a
+# lone client pays nothing for it; at 32 a small model's cost per sample is near its floor (docs/
+# configuration.md); and it bounds the memory one batch of a large model may take.
+DEFAULT_MAX_BATCH_SIZE = 32
 MAX_PRIORITY_LEVELS = 1024
 _MAXIMUMS = {"instance_count": MAX_INSTANCES, "priority_levels": MAX_PRIORITY_LEVELS,
              "default_priority_level": MAX_PRIORITY_LEVELS, "max_queue_delay_us": MAX_US,
@@ -396,11 +410,14 @@ def read_config_file(model_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
 
-def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, source: str = "") -> ModelConfig:
+def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, source: str = "",
+                      default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> ModelConfig:
     """Read and validate ``model_dir/config.toml`` (optional for ONNX models); ConfigError if wrong.
 
     ``raw``, when given, is used instead of the file: a config in config.toml's shape as a mapping (a
-    load request's config override); ``source`` then names it in the messages."""
+    load request's config override); ``source`` then names it in the messages.
+    ``default_max_batch_size``: the max_batch_size of a config that sets none, for a model whose
+    backend completes configs from the model file and allows batching (0: such configs get 0)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"{model_dir}: not a model folder")
@@ -443,13 +460,18 @@ def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, sou
     )
     if kind.complete is not None:
         model_file = _newest_model_file(model_dir, config.model_filename, config.version_policy)
-        config = kind.complete(config, model_file)
+        # An explicit max_batch_size, 0 included, is the config's word: only a missing one is completed.
+        auto = 0 if "max_batch_size" in raw else default_max_batch_size
+        config = kind.complete(config, model_file, auto)
     return _validate(config)
 
 
-def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int = 0, **overrides: Any) -> ModelConfig:
+def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int | None = None,
+                     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, **overrides: Any) -> ModelConfig:
     """The config of a single ONNX file served without a repository (``pyserve serve --model name=f.onnx``).
 
+    ``max_batch_size`` None: completed from the model as for a config.toml that sets none (batching
+    with ``default_max_batch_size`` when the model allows it, see :func:`load_model_config`).
     ``overrides`` replace ModelConfig fields; ``dynamic_batching``, ``version_policy`` and
     ``backend_options`` may be given as dataclasses/mappings or as dicts in the TOML form. The
     backend then loads ``onnx_path.parent / onnx_path.name``, i.e. version_dir = onnx_path.parent."""
@@ -459,7 +481,7 @@ def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int = 0, **over
         raise ConfigError(f"{source}: model name: expected a non-empty name without '/', got {name!r}")
     if not onnx_path.is_file():
         raise ConfigError(f"{source}: no such ONNX file")
-    fixed = {"name", "backend", "default_model_filename", "source"}
+    fixed = {"name", "backend", "default_model_filename", "source", "auto_completed"}
     allowed = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in fixed)
     _check_keys(source, overrides, allowed, "")
     if isinstance(overrides.get("dynamic_batching"), dict):
@@ -469,9 +491,10 @@ def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int = 0, **over
     kind = backends.get(backends.DEFAULT_BACKEND)
     options = dict(overrides.get("backend_options", {}))
     overrides["backend_options"] = _parse_options(source, kind.name, options)
-    _int(source, max_batch_size, "max_batch_size", 0)
+    auto = default_max_batch_size if max_batch_size is None else 0
+    max_batch_size = _int(source, 0 if max_batch_size is None else max_batch_size, "max_batch_size", 0)
     config = ModelConfig(name=name, backend=kind.name, inputs=(), outputs=(), max_batch_size=max_batch_size,
                          default_model_filename=onnx_path.name, source=source)
     config = dataclasses.replace(config, **overrides)
     assert kind.complete is not None
-    return _validate(kind.complete(config, onnx_path))
+    return _validate(kind.complete(config, onnx_path, auto))

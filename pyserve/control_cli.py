@@ -14,6 +14,7 @@ as JSON) and exits 0, or prints the server's error and exits 2::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,15 @@ def weights(text: str) -> dict[str, float]:
         try:
             if not sep or not target:
                 raise ValueError
-            out[target.strip()] = float(value)
+            percent = float(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected TARGET=PERCENT,... (1=90,2=10), got {part!r}") from None
+        if not math.isfinite(percent):  # JSON has no NaN: the server would be sent null
+            raise argparse.ArgumentTypeError(f"{target.strip()}: expected a percentage from 0 to 100, "
+                                             f"got {value!r}")
+        if target.strip() in out:
+            raise argparse.ArgumentTypeError(f"{target.strip()}: given twice")
+        out[target.strip()] = percent
     return out
 
 

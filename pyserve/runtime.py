@@ -14,7 +14,7 @@ import numpy as np
 
 from pyserve import _core
 from pyserve.backends import registry
-from pyserve.errors import error_from_core
+from pyserve.errors import ErrorKind, PyserveError, error_from_core
 
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
@@ -132,7 +132,7 @@ class ModelRunner:
         try:
             request_id = self._scheduler.submit(inputs, future, priority, timeout_us)
         except _core.CoreError as e:
-            raise error_from_core(*e.args) from None
+            raise self._refused(inputs, error_from_core(*e.args)) from None
         future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
         if self._dispatch_when_idle and not self._flush_scheduled:
             # The first request of this loop turn: if the model is cheap and idle it runs now, and
@@ -143,6 +143,18 @@ class ModelRunner:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)  # runs after this iteration's other handlers
         return future
+
+    def _refused(self, inputs: dict[str, np.ndarray], error: PyserveError) -> PyserveError:
+        """``error`` (the core's refusal of ``inputs``), saying where the limit comes from when a request
+        exceeds a max_batch_size that pyserve filled in (the client did not ask for it)."""
+        limit = self.config.max_batch_size
+        if (error.kind is ErrorKind.INVALID_ARGUMENT and "max_batch_size" in self.config.auto_completed
+                and any(np.ndim(a) and np.shape(a)[0] > limit for a in inputs.values())):
+            return PyserveError(error.kind, error.message + (
+                f"; max_batch_size {limit} is pyserve's default for a model whose first dimension is "
+                "dynamic: set max_batch_size in the model's config (0: requests of any size, no batching) "
+                "or start the server with --default-max-batch-size"))
+        return error
 
     async def infer(
         self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0

@@ -303,3 +303,19 @@ def test_version_and_help() -> None:
         assert flag in out
     for text in ("0..65535", "0 = any free port", ">= 1 (default 1)", "each 1..--max-batch-size"):
         assert text in " ".join(out.split())  # the ranges, whatever the line breaks
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("stable=nan", "stable: expected a percentage from 0 to 100, got 'nan'"),
+    ("stable=inf", "stable: expected a percentage from 0 to 100, got 'inf'"),
+    ("1=50,1=50", "1: given twice"),
+    ("stable", "expected TARGET=PERCENT"),
+])
+def test_traffic_weights_flag_refuses_what_json_cannot_carry(text: str, message: str) -> None:
+    import argparse
+
+    from pyserve.control_cli import weights
+
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
+        weights(text)
+    assert weights("stable=90, canary=10,") == {"stable": 90.0, "canary": 10.0}

@@ -312,5 +312,8 @@ def test_config_from_onnx(tmp_path: Path) -> None:
     assert config.default_model_filename == "net.onnx" and config.source == str(onnx_path)
     with pytest.raises(ConfigError, match="instance_cnt: unknown key"):
         config_from_onnx("net", onnx_path, instance_cnt=2)
-    with pytest.raises(ConfigError, match="preferred_batch_sizes"):
-        config_from_onnx("net", onnx_path, dynamic_batching={"preferred_batch_sizes": [8]})
+    with pytest.raises(ConfigError, match=r"preferred_batch_sizes: expected sizes in 1..max_batch_size \(0\)"):
+        config_from_onnx("net", onnx_path, max_batch_size=0, dynamic_batching={"preferred_batch_sizes": [8]})
+    # Without max_batch_size the model's dynamic first dimension gets the default maximum.
+    with pytest.raises(ConfigError, match=r"preferred_batch_sizes: expected sizes in 1..max_batch_size \(32\)"):
+        config_from_onnx("net", onnx_path, dynamic_batching={"preferred_batch_sizes": [64]})

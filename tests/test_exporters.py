@@ -133,9 +133,11 @@ def index(server: Server) -> dict[str, dict]:
 
 
 def onnx_log_lines(server: Server, model_path: Path) -> list[str]:
-    """The log lines of the ONNX backend about the files under folder ``model_path`` (or that file)."""
+    """The log lines of the ONNX backend about outputs left out of the files under folder ``model_path``
+    (or that file); its other lines (batching on or off) are not counted."""
     key = str(model_path) + ("" if model_path.suffix == ".onnx" else "/")
-    return [line for line in server.log().splitlines() if f" {LOGGER}: " in line and key in line]
+    return [line for line in server.log().splitlines()
+            if f" {LOGGER}: " in line and key in line and "is not served" in line]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ loaded and unloaded while the others serve."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import time
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from conftest import Repo, run_service
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferRequest
 from pyserve.release import TrafficPolicy, key_point
+from pyserve.release.golden import GoldenSamples
 from pyserve.service import CallContext, InferenceService, ModelControl, ModelHost, SingleModel
 
 pytest.importorskip("onnx")
@@ -240,7 +244,7 @@ def test_alias_moves_under_traffic_without_a_failed_or_mixed_request(models: Pat
     (("set_alias", "every", "_x", "1"), "alias '_x': names starting with '.' or '_' are not served"),
     (("set_alias", "every", "stable", 1.5), "'version' must be a version number or an alias"),
     (("remove_alias", "every", "nightly"), "model 'every' has no alias 'nightly' (aliases: stable, top)"),
-    (("remove_alias", "every", "stable"), "policy.aliases.top: 'stable' is neither a version number nor an alias"),
+    (("remove_alias", "every", "stable"), "model 'every' alias 'stable' is named by aliases.top: change them first"),
     (("unload_version", "every", "1"), "model 'every' version 1 is named by alias(es) 'stable', 'top': move or remove them first"),
     (("set_alias", "nosuch", "stable", "1"), "unknown model 'nosuch'"),
 ])
@@ -271,6 +275,22 @@ def test_bad_alias_changes_are_refused_and_change_nothing(models: Path, call: tu
     run_service(models, body)
 
 
+def test_removing_an_alias_that_weights_or_the_shadow_name_says_which(models: Path) -> None:
+    async def body(service: InferenceService, errors: Any) -> None:
+        control = ModelControl(service.host)
+        doc = {"aliases": {"stable": "1", "canary": "2"}, "weights": {"stable": 90, "canary": 10},
+               "shadow": {"target": "canary", "percent": 50}}
+        await control.set_traffic("every", doc, "tester")
+        with pytest.raises(PyserveError) as e:
+            await control.remove_alias("every", "canary", "tester")
+        assert e.value.kind is ErrorKind.INVALID_ARGUMENT
+        assert e.value.message == ("model 'every' alias 'canary' is named by weights.canary, shadow.target: "
+                                   "change them first")
+        assert control.traffic("every")["aliases"] == doc["aliases"]
+
+    run_service(models, body)
+
+
 def test_aliases_survive_a_restart_and_every_change_is_audited(models: Path) -> None:
     async def first(service: InferenceService, errors: Any) -> None:
         control = ModelControl(service.host)
@@ -293,14 +313,21 @@ def test_aliases_survive_a_restart_and_every_change_is_audited(models: Path) -> 
     run_service(models, second)
 
 
-def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path) -> None:
-    policy_file(models, "every").write_text('{"aliases": {"stable": "nightly"}}')
+@pytest.mark.parametrize(("text", "why"), [
+    ('{"aliases": {"stable": "nightly"}}', "'nightly' is neither a version number nor an alias"),
+    # Well formed, but naming a version that is not loaded: was kept, and every request 404.
+    ('{"aliases": {"stable": "9"}, "weights": {"stable": 100}}', "traffic.json.aliases.stable: model 'every' "
+     "version 9 is not loaded"),
+])
+def test_a_refused_policy_file_keeps_the_model_off_policy_routes(models: Path, text: str, why: str) -> None:
+    policy_file(models, "every").write_text(text)
 
     async def body(service: InferenceService, errors: Any) -> None:
         for version in ("stable", None):
             with pytest.raises(PyserveError) as e:
                 await service.infer("every", version, InferRequest({"x": X}))
             assert e.value.kind is ErrorKind.UNAVAILABLE and "traffic policy was refused at startup" in e.value.message
+            assert why in e.value.message, e.value.message
         # An explicit version still serves, metadata still answers; a new policy repairs the model.
         assert (await service.infer("every", "2", InferRequest({"x": X}))).model_version == "2"
         assert service.metadata("every").versions == ("1", "2", "3")
@@ -359,6 +386,16 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"shadow": {"target": "2", "max_in_flight": 0}}, "policy.shadow.max_in_flight: expected an integer >= 1, got 0"),
     ({"shadow": {"target": "2", "share": 5}}, "policy.shadow: unknown field(s) 'share'"),
     ({"shadow": "2"}, "policy.shadow: expected an object with target, percent, max_in_flight, got a string"),
+    ({"weights": {"1": 50, "01": 50}}, "policy.weights.01: version 1 is given twice"),
+    ({"shadow": {"target": "2", "max_in_flight": 10**17}},
+     "policy.shadow.max_in_flight: at most 10000, got 100000000000000000"),
+    ({"routing_header": "x" * 5000}, "policy.routing_header: at most 256 characters, got 5000"),
+    ({"aliases": {"stable": "1"}, "weights": {"stable": 100}, "shadow": {"target": "1"}},
+     "policy.shadow.target: version 1 serves every request that names no version"),
+    ({"shadow": {"target": "3"}},
+     "policy.shadow.target: version 3 serves every request that names no version"),
+    ({"aliases": {f"a{i}": "1" for i in range(101)}}, "policy.aliases: at most 100 aliases, got 101"),
+    ({"weights": {str(i): 1 for i in range(1, 102)}}, "policy.weights: at most 100 targets, got 101"),
 ])
 def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Path, doc: dict, message: str) -> None:
     async def body(service: InferenceService, errors: Any) -> None:
@@ -373,6 +410,24 @@ def test_bad_policies_are_refused_naming_the_field_and_change_nothing(models: Pa
         assert (policy_file(models, "every").read_bytes(), audit(models)) == before
 
     run_service(models, body)
+
+
+def test_version_numbers_in_a_policy_are_kept_the_one_way_they_are_shown() -> None:
+    doc = {"aliases": {"stable": "01", "canary": 2}, "weights": {"001": 90, "canary": 10},
+           "shadow": {"target": "02"}}
+    policy = TrafficPolicy.from_doc(doc)
+    assert policy.to_doc() == {"aliases": {"stable": "1", "canary": "2"}, "weights": {"1": 90, "canary": 10},
+                               "shadow": {"target": "2", "percent": 100, "max_in_flight": 64}}
+
+
+def test_the_longest_alias_chain_is_checked_at_once() -> None:
+    # Following a chain was quadratic per alias (cubic in all): 2000 aliases took minutes of the
+    # event loop. A policy holds at most 100, each followed in linear time.
+    aliases = {f"a{i}": f"a{i + 1}" for i in range(99)} | {"a99": "1"}
+    started = time.perf_counter()
+    policy = TrafficPolicy.from_doc({"aliases": aliases, "weights": {"a0": 100}})
+    assert policy.resolve("a0") == 1 and policy.pick("alice") == 1
+    assert time.perf_counter() - started < 0.5
 
 
 def test_split_routes_by_key_and_explicit_versions_bypass_it(models: Path) -> None:
@@ -543,6 +598,35 @@ def test_bad_golden_files_refuse_the_version(models: Path, arrays: dict, message
         assert message in e.value.message, e.value.message
 
     run_service(models, body)
+
+
+def _npy(shape: tuple, header: bytes | None = None) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return (header if header is not None else out.getvalue()) + b"\0" * 16
+
+
+@pytest.mark.parametrize(("members", "message"), [
+    # The header alone made numpy allocate 14.6 TiB: MemoryError, not a refusal.
+    ({"inputs/x.npy": _npy((10**12, 4)), "outputs/y.npy": _npy((1, 4))},
+     "array 'inputs/x' declares shape [1000000000000, 4] of float32 (16000000000000 bytes) "
+     "but holds 144 bytes"),
+    # numpy's header parser raised a tokenize error.
+    ({"inputs/x.npy": _npy((1,), b"\x93NUMPY\x01\x00\x10\x00{'descr': (      \n"),
+      "outputs/y.npy": _npy((1, 4))},
+     "not a golden-sample file numpy can read without pickle"),
+    ({"inputs/x.npy": b"\x93NUMPY\x01", "outputs/y.npy": _npy((1, 4))},
+     "not a golden-sample file numpy can read without pickle"),
+])
+def test_golden_files_with_lying_or_broken_headers_are_refused(tmp_path: Path, members: dict,
+                                                               message: str) -> None:
+    path = tmp_path / "golden.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(PyserveError) as e:
+        GoldenSamples.read(path)
+    assert e.value.kind is ErrorKind.INVALID_ARGUMENT and message in e.value.message, e.value.message
 
 
 def test_golden_samples_of_strings_and_of_a_model_that_does_not_batch(tmp_path: Path) -> None:

@@ -264,6 +264,8 @@ def test_agreement_gate_reads_the_shadow_phase(tmp_path: Path, differ_every: int
             assert w.weights() == {"stable": 100}
         else:
             assert gates["agreement"] == 100
+            # The candidate serves everything: the shadow to it has ended with the shadow phase.
+            assert w.control.traffic("m") == {"aliases": {"stable": "2"}, "weights": {"stable": 100}}
 
     run(root, body)
 

@@ -186,6 +186,25 @@ def test_bad_alias_requests_are_refused(server: Server, release_repo: Repo, meth
     assert requests.get(server.url + "/v2/repository/models/every/traffic", timeout=5).json() == before
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    (b"", "traffic policy: the body is empty; send the whole policy"),
+    (b" \n", "traffic policy: the body is empty"),
+    (b'{"weights": {"1": NaN}}', "traffic policy: the body is not JSON"),
+    (b'{"weights": {"1": 1e999}}', "traffic policy: the body is not JSON"),
+    (b'{"aliases": {"../x": "1"}}', "policy.aliases: alias '../x': a model name has no path separator"),
+    (b'{"aliases": {"": "1"}}', "policy.aliases: alias: expected a non-empty name"),
+])
+def test_bad_traffic_bodies_are_refused_and_change_nothing(server: Server, body: bytes, message: str) -> None:
+    url = server.url + "/v2/repository/models/every"
+    resp = requests.put(url + "/aliases/stable", json={"version": "1"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    before = requests.get(url + "/traffic", timeout=5).json()
+    resp = requests.put(url + "/traffic", data=body, timeout=30)
+    assert resp.status_code == 400 and message in resp.json()["error"], resp.text
+    assert requests.get(url + "/traffic", timeout=5).json() == before
+    assert requests.delete(url + "/aliases/stable", timeout=30).status_code == 200
+
+
 # ---------------------------------------------------------------------------------------------
 # Traffic policy over HTTP and the CLI
 

@@ -55,7 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, serve_module):  # type: ign
         shape = []
         """)
     (batched / "labels.txt").write_text("a\nb\nc\nd\n")
-    repo.onnx("nobatch", {1: 1.0})  # no config.toml: max_batch_size 0, full shapes
+    repo.onnx("nobatch", {1: 1.0}, config="max_batch_size = 0\n")  # explicit 0: no batching, full shapes
+    repo.onnx("auto", {1: 1.0})  # no config.toml: a dynamic first dimension everywhere, so batching
     tensors = toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])])
     repo.python("pymodel", ECHO_MODEL,
                 'backend = "python"\nmax_batch_size = 4\n[version_policy]\nall = true\n' + tensors)
@@ -187,6 +188,25 @@ def test_onnx_model_without_batching(server) -> None:  # type: ignore[no-untyped
     assert doc["instance_group"][0]["count"] == 1
 
 
+def test_onnx_model_without_config_batches(server) -> None:  # type: ignore[no-untyped-def]
+    doc = get_config(server, "auto")
+    check(doc)
+    assert doc["max_batch_size"] == 32  # pyserve's default maximum (--default-max-batch-size)
+    assert [(t["name"], t["dims"]) for t in doc["input"]] == [("x", [4])]
+    assert [(t["name"], t["dims"]) for t in doc["output"]] == [("y", [4]), ("argmax", [])]
+    # Triton's auto-complete adds dynamic_batching with its defaults, and so does pyserve.
+    assert doc["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    assert doc["dynamic_batching"]["preferred_batch_size"] == []
+    own = requests.get(server.url + "/v2/models/auto/config?format=pyserve", timeout=10).json()
+    assert own["max_batch_size"] == 32 and own["auto_completed"] == ["inputs", "outputs", "max_batch_size"]
+    none = requests.get(server.url + "/v2/models/nobatch/config?format=pyserve", timeout=10).json()
+    assert none["max_batch_size"] == 0 and none["auto_completed"] == ["inputs", "outputs"]
+    # Shapes in metadata keep the Triton convention: the batch dimension as -1 in front.
+    meta = requests.get(server.url + "/v2/models/auto", timeout=10).json()
+    assert [t["shape"] for t in meta["inputs"]] == [[-1, 4]]
+    assert [t["shape"] for t in meta["outputs"]] == [[-1, 4], [-1]]
+
+
 def test_python_model(server) -> None:  # type: ignore[no-untyped-def]
     doc = get_config(server, "pymodel")
     check(doc)
@@ -210,6 +230,7 @@ def test_pyserve_form_and_bad_format(server) -> None:  # type: ignore[no-untyped
     own = requests.get(server.url + "/v2/models/batched/config?format=pyserve", timeout=10).json()
     assert own["dynamic_batching"]["max_queue_delay_us"] == 500 and own["instance_count"] == 2
     assert own["outputs"][0] == {"name": "y", "datatype": "FP32", "shape": [4]}
+    assert own["auto_completed"] == ["inputs"]  # the config gives max_batch_size and the outputs
     explicit = requests.get(server.url + "/v2/models/batched/config?format=triton", timeout=10).json()
     assert explicit == get_config(server, "batched")
     resp = requests.get(server.url + "/v2/models/batched/config?format=yaml", timeout=10)

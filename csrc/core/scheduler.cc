@@ -19,6 +19,18 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 
 Status Invalid(const std::string& message) { return {StatusCode::kInvalidArgument, message}; }
 
+// Whether an output shape a backend returned keeps the model's declaration (-1 matches any size). With
+// batching the declared shape leaves out the batch dimension, which must be the batch's sample count.
+bool KeepsDeclaredShape(const std::vector<int64_t>& got, const std::vector<int64_t>& declared, bool batching,
+                        int64_t samples) {
+  const size_t skip = batching ? 1 : 0;
+  if (got.size() != declared.size() + skip || (batching && got[0] != samples)) return false;
+  for (size_t d = 0; d < declared.size(); ++d) {
+    if (declared[d] >= 0 && got[d + skip] != declared[d]) return false;
+  }
+  return true;
+}
+
 uint64_t Mix(uint64_t h, uint64_t v) {  // FNV-1a over 8-byte words
   h ^= v;
   return h * 1099511628211ull;
@@ -442,7 +454,7 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
   compute_ewma_ns_.store(ewma - ewma / 8 + (end_ns - start_ns) / 8, std::memory_order_relaxed);
   inputs.clear();  // the buffers go back to the pool unless the backend kept them
 
-  // Match outputs to the declared ones and check their batch dimension.
+  // Match outputs to the declared ones and check their datatypes and shapes.
   std::vector<const BatchOutput*> ordered(options_.outputs.size(), nullptr);
   std::vector<std::vector<uint64_t>> byte_offsets(options_.outputs.size());
   for (size_t o = 0; status.ok() && o < options_.outputs.size(); ++o) {
@@ -457,9 +469,15 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     } else if (out->view.dtype != spec.dtype) {
       status = {StatusCode::kInternal, who + ": the backend returned " + DataTypeName(out->view.dtype) +
                                            ", the model declares " + DataTypeName(spec.dtype)};
-    } else if (batching && (out->view.shape.empty() || out->view.shape[0] != total)) {
-      status = {StatusCode::kInternal, who + ": the backend returned shape " + ShapeString(out->view.shape) +
-                                           ", expected batch dimension " + std::to_string(total)};
+    } else if (!KeepsDeclaredShape(out->view.shape, spec.shape, batching, total)) {
+      // A model that breaks its own declaration (an exporter's wrong shape): the batch fails as a
+      // fault of the model, and the server goes on. One compare per output and batch.
+      std::vector<int64_t> declared = spec.shape;
+      if (batching) declared.insert(declared.begin(), -1);
+      status = {StatusCode::kInternal,
+                who + ": the model returned shape " + ShapeString(out->view.shape) +
+                    (batching ? " for a batch of " + std::to_string(total) + (total == 1 ? " sample" : " samples") : "") +
+                    " but declares " + ShapeString(declared) + (batching ? " (the batch dimension first)" : "")};
     } else if (spec.dtype == DataType::kBytes &&
                !BytesElementOffsets(out->view.data, out->view.nbytes, ElementCount(out->view.shape),
                                     &byte_offsets[o])) {

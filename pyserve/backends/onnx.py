@@ -33,6 +33,7 @@ from pyserve.backends.onnx_prune import (
     pruned_model,
 )
 from pyserve.config import ConfigError, ModelConfig, TensorSpec
+from pyserve.datatypes import numpy_dtype
 from pyserve.errors import ErrorKind, PyserveError, invalid
 
 log = logging.getLogger("pyserve.backends.onnx")
@@ -61,7 +62,9 @@ _CUTS_EXTERNAL_DATA = _ORT_VERSION >= (1, 21)
 _CHECKS_EXTERNAL_DATA_PATHS = _ORT_VERSION >= (1, 24)
 _SERVED_TYPES = "tensor of bool, (u)int8/16/32/64, float16, float, double or string"
 _ZIPMAP_ADVICE = ("export it without ZipMap: with skl2onnx, to_onnx(model, X, options={'zipmap': False}), "
-                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; the "
+                  "or options={id(classifier): {'zipmap': False}} for a classifier inside a pipeline; with "
+                  "onnxmltools, convert_lightgbm(model, ..., zipmap=False); from any other exporter (CatBoost), "
+                  "remove the ZipMap node and make its input a graph output (docs/exporters.md); the "
                   "probabilities then come as an FP32 [N, classes] tensor")
 
 
@@ -142,6 +145,25 @@ def session_tensors(session: ort.InferenceSession, onnx_path: Path | str) -> Ten
     return Tensors(inputs, outputs, tuple(left_out))
 
 
+# onnxruntime's StringNormalizer builds the C++ locale its graph names, en_US.UTF-8 when it names none
+# (skl2onnx's text vectorizers name none by default); a host without that locale cannot load the model.
+_LOCALE_FAILURE = re.compile(r"Failed to construct locale with name:([^:]+):")
+
+
+def _load_advice(text: str) -> str:
+    """What to do about onnxruntime's refusal ``text`` to load a model, when pyserve knows ("" if not)."""
+    found = _LOCALE_FAILURE.search(text)
+    if found is None:
+        return ""
+    locale = found.group(1)
+    language, _, charset = locale.partition(".")
+    return (f"; the model's StringNormalizer node (skl2onnx's text vectorizers) needs the locale "
+            f"{locale!r}, which this host lacks: add it to the host (localedef -i {language} -f "
+            f"{charset or 'UTF-8'} {locale}) or export the model with a locale every host has: with "
+            "skl2onnx, to_onnx(model, ..., options={TfidfVectorizer: {'locale': 'C.UTF-8'}}) "
+            "(or CountVectorizer)")
+
+
 def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
     """An onnxruntime session of the ONNX file ``path``; ConfigError naming the file when it cannot be
     loaded: an external data location that leaves the graph's folder (checked here with onnxruntime
@@ -156,7 +178,8 @@ def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSessio
         missing = missing_external_data(path)
         if missing is not None:
             raise ConfigError(f"{path}: cannot be loaded: {missing} (onnxruntime: {exc})") from None
-        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
+        text = str(exc).rstrip()
+        raise ConfigError(f"{path}: cannot be loaded by onnxruntime: {text}{_load_advice(text)}") from None
 
 
 def read_onnx_tensors(onnx_path: Path) -> Tensors:
@@ -165,14 +188,210 @@ def read_onnx_tensors(onnx_path: Path) -> Tensors:
 
     Called once per model load (when its config is read), it logs one warning naming the outputs left
     out, their ONNX types and how to export them as tensors, if the model has any."""
+    return _read_model(Path(onnx_path))[1]
+
+
+def _read_model(onnx_path: Path) -> tuple[ort.InferenceSession, Tensors]:
+    """A session of ``onnx_path`` (unoptimized: made to read the I/O and for a warm-up run) and its
+    tensors, as :func:`read_onnx_tensors` says."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # only reading I/O
     options.log_severity_level = 3
-    tensors = session_tensors(open_session(Path(onnx_path), options), onnx_path)
+    session = open_session(onnx_path, options)
+    tensors = session_tensors(session, onnx_path)
     if tensors.left_out:
         log.warning("%s: serving its tensor outputs only; %s", onnx_path,
                     "; ".join(left_out_message(n, t) for n, t in tensors.left_out))
-    return tensors
+    return session, tensors
+
+
+# The batch of a warm-up run: 2 samples, so that an output whose first dimension follows the batch
+# is told apart from one of a fixed size 1 (onnxmltools declares a LightGBM classifier's label [1]).
+WARMUP_BATCH = 2
+
+
+def _full_shape(spec: TensorSpec, max_batch_size: int) -> tuple[int, ...]:
+    """A config tensor's shape with the batch dimension (-1) in front when batching."""
+    return (-1, *spec.shape) if max_batch_size > 0 else spec.shape
+
+
+def _input_shapes(model_inputs: list[TensorSpec], config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The full shape of each model input as served: the configured one where the config gives one of
+    the model's rank (it may narrow a dynamic dimension), else the model's."""
+    configured = {s.name: _full_shape(s, config.max_batch_size) for s in config.inputs}
+    shapes = {}
+    for spec in model_inputs:
+        shape = configured.get(spec.name, spec.shape)
+        shapes[spec.name] = shape if len(shape) == len(spec.shape) else spec.shape
+    return shapes
+
+
+def warmup_feeds(model_inputs: list[TensorSpec], config: ModelConfig) -> dict[str, np.ndarray]:
+    """The inputs of a warm-up run: zeros of each required input's datatype (BYTES: empty strings),
+    with :data:`WARMUP_BATCH` for a dynamic first dimension and 1 for any other dynamic one (Triton's
+    ``model_warmup`` with ``zero_data`` inputs is the precedent). Optional inputs are left out."""
+    feeds = {}
+    for spec in model_inputs:
+        if spec.optional:
+            continue
+        shape = _input_shapes([spec], config)[spec.name]
+        dims = tuple((WARMUP_BATCH if d == 0 else 1) if n == -1 else n for d, n in enumerate(shape))
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(dims, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(dims, numpy_dtype(spec.datatype))
+    return feeds
+
+
+def warm_up(session: ort.InferenceSession, feeds: dict[str, np.ndarray],
+            names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of outputs ``names`` in one run of ``session`` on ``feeds``; raises what onnxruntime
+    raises when the run fails."""
+    results = session.run(names, feeds)
+    return {name: tuple(np.shape(r)) for name, r in zip(names, results)}
+
+
+def _fits(observed: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a shape a run returned fits a declared one (-1 matches any size)."""
+    return len(observed) == len(shape) and all(s == -1 or s == o for o, s in zip(observed, shape))
+
+
+def _probe_outputs(config: ModelConfig, session: ort.InferenceSession, tensors: Tensors,
+                   model_file: Path) -> Tensors:
+    """``tensors`` with the output shapes the model declares wrongly corrected by one warm-up run.
+
+    Only outputs read off the model are probed (a config that lists outputs says what they are), and
+    only suspect declarations: a fixed first dimension while the first dimension of every input is
+    dynamic (onnxmltools declares a LightGBM classifier's ``label`` [1] and returns [N]), or no
+    dimension at all (a scalar, or a shape onnx left unknown). An output whose first dimension followed
+    the warm-up's batch of :data:`WARMUP_BATCH` is served with a dynamic first dimension; one declared
+    without dimensions that returned some is served with as many dynamic ones. When the first dimension
+    of every input is dynamic (the model may be batched), every output is checked, for a declaration
+    of the wrong rank too: one with a dynamic first dimension that followed the batch with another
+    rank is served with the rank returned, every dimension dynamic (CatBoost declares its regressor's
+    ``predictions`` [N] and returns [N, 1], which would fail every batched request). Each correction is
+    logged as a warning naming the output and both shapes. When the run fails, or an output does not
+    follow the batch, the declarations are kept."""
+    if config.outputs:
+        return tensors
+    shapes = _input_shapes(tensors.inputs, config)
+    batched = all(shape and shape[0] == -1 for shape in shapes.values())
+    suspects = [o for o in tensors.outputs if not o.shape or (batched and o.shape[0] != -1)]
+    probed = list(tensors.outputs) if batched else suspects
+    if not probed:
+        return tensors
+    run = "a warm-up run on zeros" + (f" (a batch of {WARMUP_BATCH} samples)" if batched else "")
+    try:
+        observed = warm_up(session, warmup_feeds(tensors.inputs, config), [o.name for o in probed])
+    except Exception as exc:
+        # Declarations nothing made suspect are served as declared without a word.
+        (log.warning if suspects else log.debug)(
+            "model %r: %s: could not check the declared shapes of output(s) %s by %s, so they are served "
+            "as declared: %s", config.name, model_file,
+            ", ".join(f"{o.name!r} {list(o.shape)}" for o in suspects or probed), run, exc)
+        return tensors
+    corrected = {}
+    for out in probed:
+        got = observed[out.name]
+        follows = batched and bool(got) and got[0] == WARMUP_BATCH
+        if not out.shape and got:
+            corrected[out.name] = (-1,) * len(got)
+        elif out.shape and follows and out.shape[0] != -1 and len(got) == len(out.shape) \
+                and _fits(got[1:], out.shape[1:]):
+            corrected[out.name] = (-1, *out.shape[1:])
+        elif out.shape and follows and out.shape[0] == -1 and len(got) != len(out.shape):
+            corrected[out.name] = (-1,) * len(got)
+        else:
+            if not _fits(got, out.shape):
+                log.warning("model %r: %s declares output %r with shape %s but %s returned shape %s; a "
+                            "request whose output breaks the declaration fails (500)", config.name,
+                            model_file, out.name, list(out.shape), run, list(got))
+            continue
+        log.warning("model %r: %s declares output %r with shape %s but %s returned shape %s: serving it "
+                    "with shape %s", config.name, model_file, out.name, list(out.shape), run, list(got),
+                    list(corrected[out.name]))
+    if not corrected:
+        return tensors
+    return tensors._replace(outputs=[dataclasses.replace(o, shape=corrected.get(o.name, o.shape))
+                                     for o in tensors.outputs])
+
+
+def _batching_off(src: str) -> str:
+    """How to serve without batching a model whose config comes from ``src``."""
+    if src.endswith("config.toml"):
+        return f"set max_batch_size = 0 in {src}"
+    if src.endswith(".onnx"):  # pyserve serve --model NAME=PATH
+        return "give --max-batch-size 0"
+    return "set max_batch_size = 0 in the model's config"
+
+
+def _first_dim_names(args: list[Any]) -> dict[str, str]:
+    """The symbolic name of each onnxruntime NodeArg's first dimension, where it has one (``'N'``,
+    ``'batch'``); unnamed dynamic and fixed dimensions are left out."""
+    return {a.name: a.shape[0] for a in args if a.shape and isinstance(a.shape[0], str) and a.shape[0]}
+
+
+def _not_following_the_batch(config: ModelConfig, session: ort.InferenceSession, tensors: Tensors,
+                             served: list[str]) -> str | None:
+    """Why the first served output whose dynamic first dimension need not be the batch is not; None
+    when every one may be. The model's own names decide where it gives them: an output whose first
+    dimension has a name that no input's first dimension has (``'M'`` beside ``'N'``: detections,
+    a NonZero's count) is checked by one warm-up run of a batch of :data:`WARMUP_BATCH`, and follows
+    the batch only if it has that many rows. Unnamed dimensions are taken as the batch (Triton's
+    rule); a first dimension the probe corrected was shown to follow the batch (it has no name)."""
+    names = _first_dim_names(session.get_inputs())
+    outputs = _first_dim_names([o for o in session.get_outputs() if o.name in served])
+    suspects = [n for n, name in outputs.items() if name not in names.values()]
+    if not suspects:
+        return None
+    inputs = ", ".join(sorted(set(names.values()))) or "none"
+    try:
+        observed = warm_up(session, warmup_feeds(tensors.inputs, config), suspects)
+    except Exception as exc:
+        return (f"output {suspects[0]!r} has a first dimension named {outputs[suspects[0]]!r} (the inputs': "
+                f"{inputs}), and a warm-up run on zeros that would show whether it follows the batch "
+                f"failed: {exc}")
+    for name in suspects:
+        got = observed[name]
+        if not got or got[0] != WARMUP_BATCH:
+            return (f"output {name!r} has a first dimension named {outputs[name]!r} (the inputs': {inputs}), "
+                    f"and a warm-up run on zeros (a batch of {WARMUP_BATCH} samples) returned shape "
+                    f"{list(got)}, so it is not the batch")
+    return None
+
+
+def _auto_batching(config: ModelConfig, session: ort.InferenceSession, tensors: Tensors,
+                   model_file: Path, max_batch_size: int) -> tuple[ModelConfig, str]:
+    """``config`` with batching on (``max_batch_size``, the shapes without their batch dimension) when
+    the model allows it: no optional input, a dynamic first dimension in every input and served
+    output, and every served output's first dimension the batch (see
+    :func:`_not_following_the_batch`); and the line to log once the model is accepted, saying whether
+    and why, and how to change it."""
+    src = config.source or config.name
+    served = [("input", s) for s in config.inputs or tensors.inputs]
+    served += [("output", s) for s in config.outputs or tensors.outputs]
+    optional = [s.name for s in tensors.inputs if s.optional]
+    fixed = [(what, s) for what, s in served if not s.shape or s.shape[0] != -1]
+    off = f"model {config.name!r}: served without batching (max_batch_size 0): "
+    if optional:
+        return config, f"{off}input(s) {', '.join(map(repr, optional))} of {model_file} are optional"
+    if fixed:
+        what, spec = fixed[0]
+        return config, (f"{off}{what} {spec.name!r} of {model_file} has shape {list(spec.shape)}, whose "
+                        "first dimension is not dynamic; a model exported with a dynamic batch dimension is "
+                        f"batched (torch.onnx.export: dynamic_axes={{{spec.name!r}: {{0: 'batch'}}, ...}})")
+    outputs = [s.name for what, s in served if what == "output"]
+    why = _not_following_the_batch(config, session, tensors, outputs)
+    if why is not None:
+        return config, f"{off}{model_file}: {why}"
+    batched = dataclasses.replace(
+        config, max_batch_size=max_batch_size,
+        inputs=tuple(dataclasses.replace(s, shape=s.shape[1:]) for s in config.inputs),
+        outputs=tuple(dataclasses.replace(s, shape=s.shape[1:]) for s in config.outputs))
+    return batched, (f"model {config.name!r}: dynamic batching on, max_batch_size {max_batch_size} "
+                     f"(auto-completed: the first dimension of every input and output of {model_file} is "
+                     f"dynamic); to serve it without batching {_batching_off(src)} (another value changes "
+                     "the limit; --default-max-batch-size changes it for every model whose config sets none)")
 
 
 def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Path | str,
@@ -190,13 +409,18 @@ def strip_batch_dim(specs: list[TensorSpec], max_batch_size: int, onnx_path: Pat
     return tuple(out)
 
 
-def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | str) -> None:
-    """Refuse a config whose inputs/outputs disagree with the ONNX model's ``tensors``.
+def check_onnx_model(config: ModelConfig, tensors: Tensors,
+                     onnx_path: Path | str) -> list[tuple[int, TensorSpec, TensorSpec]]:
+    """Refuse a config whose inputs/outputs disagree with the ONNX model's ``tensors``; return the
+    configured outputs whose shape differs from the model's declaration, as ``(index, configured spec,
+    model spec)``: such shapes stand when a warm-up run confirms them (:func:`confirm_output_shapes`).
 
     Every model input must be configured; configured outputs must exist in the model (a subset is
     fine) and be servable (not among ``tensors.left_out``). Names, datatypes, ranks and fixed dims must
-    agree (a configured fixed dim may narrow a dynamic model dim, not the other way round)."""
+    agree (a configured fixed dim may narrow a dynamic model dim, not the other way round); with
+    batching, every input's first dimension must be dynamic."""
     src = config.source or config.name
+    mismatched = []
     pairs = (("inputs", config.inputs, tensors[0]), ("outputs", config.outputs, tensors[1]))
     for key, specs, model_specs in pairs:
         by_name = {s.name: s for s in model_specs}
@@ -219,10 +443,14 @@ def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | st
             if spec.datatype != model.datatype:
                 raise ConfigError(f"{at}.datatype: {spec.name!r} is {spec.datatype} "
                                   f"but {onnx_path} has {model.datatype}")
+            if key == "outputs":
+                if not _fits(_full_shape(spec, config.max_batch_size), model.shape):
+                    mismatched.append((i, spec, model))
+                continue
             dims = model.shape
             if config.max_batch_size > 0:
                 if not dims or dims[0] != -1:
-                    raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but {key[:-1]} "
+                    raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but input "
                                       f"{spec.name!r} of {onnx_path} has shape {list(dims)} with no dynamic "
                                       "first (batch) dimension")
                 dims = dims[1:]
@@ -230,13 +458,52 @@ def check_onnx_model(config: ModelConfig, tensors: Tensors, onnx_path: Path | st
                 batch = " (without the batch dimension)" if config.max_batch_size > 0 else ""
                 raise ConfigError(f"{at}.shape: {spec.name!r} has shape {list(spec.shape)} but {onnx_path} "
                                   f"has {list(dims)}{batch}")
+    return mismatched
 
 
-def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig:
-    """``config`` with the inputs and outputs it leaves out read off ``model_file``, and checked against it.
+def confirm_output_shapes(config: ModelConfig, session: ort.InferenceSession, model_inputs: list[TensorSpec],
+                          mismatched: list[tuple[int, TensorSpec, TensorSpec]],
+                          onnx_path: Path | str) -> None:
+    """Accept configured output shapes that differ from the model's declaration (``mismatched``, from
+    :func:`check_onnx_model`) when one warm-up run (:func:`warmup_feeds`) returns outputs of those
+    shapes: with batching, a first dimension of the warm-up's batch and the configured rest. ConfigError
+    naming the output, the declared, the configured and the returned shape otherwise, or the run's
+    error when it fails."""
+    src = config.source or config.name
+    batching = config.max_batch_size > 0
+    first = " (the batch dimension first)" if batching else ""
+
+    def stated(i: int, spec: TensorSpec, model: TensorSpec) -> str:
+        # Full shapes, batch dimension included, as the model declares and returns them.
+        return (f"{src}: outputs[{i}].shape: {spec.name!r} is configured as "
+                f"{list(_full_shape(spec, config.max_batch_size))}{first} but {onnx_path} declares "
+                f"{list(model.shape)}")
+
+    run = f"a warm-up run on zeros (a batch of {WARMUP_BATCH} samples)"
+    try:
+        names = [spec.name for _, spec, _ in mismatched]
+        observed = warm_up(session, warmup_feeds(model_inputs, config), names)
+    except Exception as exc:
+        raise ConfigError(f"{stated(*mismatched[0])}, and {run}, which would have confirmed the configured "
+                          f"shape, failed: {exc}") from None
+    for i, spec, model in mismatched:
+        got = observed[spec.name]
+        if not _fits(got, _full_shape(spec, config.max_batch_size)) or (batching and got[0] != WARMUP_BATCH):
+            raise ConfigError(f"{stated(i, spec, model)}, and {run} returned shape {list(got)}, which "
+                              "does not fit the configured one; state the shape the model returns")
+
+
+def complete_config(config: ModelConfig, model_file: Path | None,
+                    auto_max_batch_size: int = 0) -> ModelConfig:
+    """``config`` with what it leaves out read off ``model_file``, and checked against it.
 
     ``model_file`` is the newest served version's ONNX file (None when no version folder holds one:
-    then the config must give both inputs and outputs). Raises ConfigError naming the file and key."""
+    then the config must give both inputs and outputs). The inputs and outputs the config leaves out
+    are read off the model, with output shapes the model declares wrongly corrected by a warm-up run
+    (:func:`_probe_outputs`). ``auto_max_batch_size`` > 0 (the config sets no max_batch_size): batching
+    is turned on with that maximum when the model allows it (:func:`_auto_batching`). Configured output
+    shapes that differ from the model's declaration stand when a warm-up run confirms them.
+    ``auto_completed`` names what was filled in. Raises ConfigError naming the file and key."""
     src = config.source or config.name
     if model_file is None:
         if config.inputs and config.outputs:
@@ -245,23 +512,40 @@ def complete_config(config: ModelConfig, model_file: Path | None) -> ModelConfig
         raise ConfigError(f"{src}: no version folder holds {config.model_filename} to read the inputs "
                           f"and outputs from; add a version folder (e.g. {folder / '1' / config.model_filename}) "
                           "or give [[inputs]] and [[outputs]]")
-    tensors = read_onnx_tensors(model_file)
+    session, tensors = _read_model(model_file)
     optional = [s.name for s in tensors.inputs if s.optional]
     if optional and config.max_batch_size > 0:
         raise ConfigError(f"{src}: max_batch_size: is {config.max_batch_size} but input(s) "
                           f"{', '.join(map(repr, optional))} of {model_file} are optional (ONNX type "
                           "optional(tensor)), which pyserve serves without batching; set max_batch_size = 0")
+    completed = tuple(key for key, given in (("inputs", config.inputs), ("outputs", config.outputs))
+                      if not given)
+    tensors = _probe_outputs(config, session, tensors, model_file)
+    batching_line = ""
+    if auto_max_batch_size > 0:
+        config, batching_line = _auto_batching(config, session, tensors, model_file, auto_max_batch_size)
+        if config.max_batch_size > 0:
+            completed += ("max_batch_size",)
     if not config.inputs:
         config = dataclasses.replace(
             config, inputs=strip_batch_dim(tensors[0], config.max_batch_size, model_file, "input"))
     if not config.outputs:
         config = dataclasses.replace(
             config, outputs=strip_batch_dim(tensors[1], config.max_batch_size, model_file, "output"))
-    check_onnx_model(config, tensors, model_file)
+    mismatched = check_onnx_model(config, tensors, model_file)
+    if mismatched:
+        confirm_output_shapes(config, session, tensors.inputs, mismatched, model_file)
+        for _, spec, model in mismatched:
+            first = " (the batch dimension first)" if config.max_batch_size > 0 else ""
+            shape = list(_full_shape(spec, config.max_batch_size))
+            log.info("model %r: output %r served with shape %s%s as configured (%s declares %s; a warm-up "
+                     "run confirmed it)", config.name, spec.name, shape, first, model_file, list(model.shape))
     if optional:  # the model says which inputs are optional, whatever config.toml lists
         config = dataclasses.replace(config, inputs=tuple(
             dataclasses.replace(s, optional=s.name in optional) for s in config.inputs))
-    return config
+    if batching_line:  # once the config is accepted: a refused model is not said to batch
+        log.info("%s", batching_line)
+    return dataclasses.replace(config, auto_completed=completed)
 
 
 def _pruned_session(name: str, model_path: Path, served: list[str], backend_options: Any,
@@ -321,7 +605,9 @@ class OnnxBackend(Backend):
             session = _pruned_session(config.name, model_path, served, config.backend_options, session)
         # Each version is checked: versions of one model may differ, the config holds for all of them.
         tensors = session_tensors(session, model_path)
-        check_onnx_model(config, tensors, model_path)
+        mismatched = check_onnx_model(config, tensors, model_path)
+        if mismatched:  # output shapes that differ from this version's declaration: one run confirms them
+            confirm_output_shapes(config, session, tensors.inputs, mismatched, model_path)
         # The config marks an input optional when the newest version's model does; an older version
         # whose model requires it answers a request that leaves it out as the client's mistake.
         optional_here = {s.name for s in tensors.inputs if s.optional}

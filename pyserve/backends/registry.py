@@ -62,16 +62,18 @@ class BackendKind:
     ``create(config, version_dir)`` returns the backend of one version: a callable taking a batch (dict
     of numpy arrays) and returning a dict of numpy arrays, with an optional ``close()``, or a
     ``_core.IdentityBackend``; it raises PyserveError(INVALID_ARGUMENT) naming the file when the
-    version cannot be loaded. ``complete(config, model_file)`` returns the config with what the model
-    file says filled in and checked (ConfigError when they disagree); ``model_file`` is None when no
-    version folder holds one."""
+    version cannot be loaded. ``complete(config, model_file, auto_max_batch_size)`` returns the config
+    with what the model file says filled in and checked (ConfigError when they disagree), and
+    ``auto_completed`` naming what was filled in; ``model_file`` is None when no version folder holds
+    one; ``auto_max_batch_size`` > 0 when the config sets no max_batch_size: the value to set when the
+    model allows batching (Triton's auto-complete of max_batch_size)."""
 
     name: str
     platform: str
     model_filename: str
     create: Callable[[ModelConfig, Path], BackendHandle]
     options: Mapping[str, Option] = field(default_factory=dict)
-    complete: Callable[[ModelConfig, Path | None], ModelConfig] | None = None
+    complete: Callable[[ModelConfig, Path | None, int], ModelConfig] | None = None
     inline_ok: bool = False
     needs_model_file: bool = True
     # Configs of this kind must be checked beyond the common rules (ConfigError when wrong).
@@ -91,10 +93,10 @@ def _create_onnx(config: ModelConfig, version_dir: Path) -> BackendHandle:
     return OnnxBackend(config, Path(version_dir) / config.model_filename)
 
 
-def _complete_onnx(config: ModelConfig, model_file: Path | None) -> ModelConfig:
+def _complete_onnx(config: ModelConfig, model_file: Path | None, auto_max_batch_size: int) -> ModelConfig:
     from pyserve.backends.onnx import complete_config
 
-    return complete_config(config, model_file)
+    return complete_config(config, model_file, auto_max_batch_size)
 
 
 # -- python --------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The audit log of traffic-policy changes: one JSON object per line, appended, never rewritten.
 
 Each line: ``time`` (UTC, ISO 8601 with milliseconds), ``model``, ``action`` (``set_policy``,
-``set_alias``, ``remove_alias``), ``who`` (the caller: the client's address for HTTP, ``inprocess``
-for in-process callers), ``reason`` (what the caller gave), ``old`` and ``new`` (the policies as
-``GET .../traffic`` shows them)."""
+``set_alias``, ``move_alias``, ``remove_alias``), ``who`` (the caller: the client's address for
+HTTP, ``inprocess`` for in-process callers), ``reason`` (what the caller gave), ``old`` and ``new``
+(the policies as ``GET .../traffic`` shows them)."""
 
 from __future__ import annotations
 

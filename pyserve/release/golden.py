@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyserve.release")
 
 GOLDEN_FILE = "golden.npz"
+# Golden samples are a handful of requests: a bound on the arrays' bytes once unzipped (a compressed
+# member can unzip to far more than the file holds).
+MAX_GOLDEN_BYTES = 1 << 30
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 
@@ -68,9 +71,12 @@ class GoldenSamples:
     def read(cls, path: Path) -> GoldenSamples:
         """Reads ``path``; INVALID_ARGUMENT naming the file and what is wrong with it."""
         try:
+            _check_sizes(path)
             with np.load(path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, zipfile.BadZipFile) as e:
+        except PyserveError:
+            raise
+        except Exception as e:  # numpy's header parser raises what it meets (tokenize errors, ...)
             raise invalid(f"{path}: not a golden-sample file numpy can read without pickle: {e}") from None
         inputs: dict[str, np.ndarray] = {}
         outputs: dict[str, np.ndarray] = {}
@@ -100,6 +106,28 @@ class GoldenSamples:
         """(atol, rtol) of ``output``: its own, else the file's, else the defaults."""
         return (self.atol.get(output, self.atol.get("", DEFAULT_ATOL)),
                 self.rtol.get(output, self.rtol.get("", DEFAULT_RTOL)))
+
+
+def _check_sizes(path: Path) -> None:
+    """INVALID_ARGUMENT when an array's header declares more bytes than its member holds: numpy
+    allocates what the header says before it reads (a 50-byte file can ask for terabytes)."""
+    with zipfile.ZipFile(path) as z:
+        total = sum(info.file_size for info in z.infolist())
+        if total > MAX_GOLDEN_BYTES:
+            raise invalid(f"{path}: its arrays hold {total} bytes unzipped, more than the {MAX_GOLDEN_BYTES} "
+                          "a golden-sample file may")
+        for info in z.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with z.open(info) as f:
+                fmt = np.lib.format
+                version = fmt.read_magic(f)
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if declared > info.file_size:
+                raise invalid(f"{path}: array {info.filename[:-4]!r} declares shape {list(shape)} of "
+                              f"{dtype} ({declared} bytes) but holds {info.file_size} bytes")
 
 
 async def check_golden(runner: ModelRunner, version_dir: Path, checks: Counter | None = None) -> int:

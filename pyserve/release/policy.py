@@ -37,9 +37,14 @@ from pyserve.repository import check_model_name, version_number
 FIELDS = ("aliases", "weights", "routing_header", "shadow")
 SHADOW_FIELDS = ("target", "percent", "max_in_flight")
 DEFAULT_SHADOW_IN_FLIGHT = 64
+MAX_SHADOW_IN_FLIGHT = 10_000  # a bound that bounds: the mirrored requests each hold their inputs
+MAX_HEADER_NAME = 256
 TOTAL_PERCENT = 100.0
 # Weights are sums of decimal percentages written by people: 33.3 + 33.3 + 33.4 is not exactly 100.
 SUM_TOLERANCE = 1e-6
+# A policy names a model's few versions: a bound keeps a hostile document from costing the server
+# (following an alias chain is linear in its length; the request path resolves aliases per call).
+MAX_ENTRIES = 100
 # RFC 9110's token: the characters of a header field name.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _HASH_SCALE = 1.0 / 2.0**64
@@ -87,12 +92,15 @@ class Shadow:
             target = str(target)
         if type(target) is not str or not target:
             raise invalid(f"{where}.target: expected a version number or an alias, got {target!r}")
+        target = _canonical(target)
         percent = doc.get("percent", 100)
         if type(percent) not in (int, float) or not math.isfinite(percent) or not 0 <= percent <= TOTAL_PERCENT:
             raise invalid(f"{where}.percent: expected a percentage from 0 to 100, got {percent!r}")
         in_flight = doc.get("max_in_flight", DEFAULT_SHADOW_IN_FLIGHT)
         if type(in_flight) is not int or in_flight < 1:
             raise invalid(f"{where}.max_in_flight: expected an integer >= 1, got {in_flight!r}")
+        if in_flight > MAX_SHADOW_IN_FLIGHT:
+            raise invalid(f"{where}.max_in_flight: at most {MAX_SHADOW_IN_FLIGHT}, got {in_flight}")
         return cls(target, float(percent), in_flight)
 
     def to_doc(self) -> dict[str, Any]:
@@ -141,6 +149,8 @@ class TrafficPolicy:
         aliases = doc.get("aliases", {})
         if type(aliases) is not dict:
             raise invalid(f"{where}.aliases: expected an object (alias -> version or alias), got {_kind(aliases)}")
+        if len(aliases) > MAX_ENTRIES:
+            raise invalid(f"{where}.aliases: at most {MAX_ENTRIES} aliases, got {len(aliases)}")
         aliases = dict(aliases)  # the caller's document is left as it was
         for alias, target in aliases.items():
             try:
@@ -151,15 +161,20 @@ class TrafficPolicy:
                 target = str(target)
             if type(target) is not str or not target:
                 raise invalid(f"{where}.aliases.{alias}: expected a version number or an alias, got {target!r}")
-            aliases[alias] = target
+            aliases[alias] = _canonical(target)
         weights = doc.get("weights", {})
         if type(weights) is not dict:
             raise invalid(f"{where}.weights: expected an object (version or alias -> percent), got {_kind(weights)}")
-        weights = dict(weights)
-        for target, weight in weights.items():
+        if len(weights) > MAX_ENTRIES:
+            raise invalid(f"{where}.weights: at most {MAX_ENTRIES} targets, got {len(weights)}")
+        given, weights = weights, {}
+        for target, weight in given.items():
             if type(weight) not in (int, float) or not math.isfinite(weight) or not 0 <= weight <= TOTAL_PERCENT:
                 raise invalid(f"{where}.weights.{target}: expected a percentage from 0 to 100, got {weight!r}")
-            weights[target] = float(weight)
+            name = _canonical(target)  # "01" is version 1: one entry per version number
+            if name in weights:
+                raise invalid(f"{where}.weights.{target}: version {name} is given twice")
+            weights[name] = float(weight)
         if weights:
             total = sum(weights.values())
             if abs(total - TOTAL_PERCENT) > SUM_TOLERANCE:
@@ -168,6 +183,9 @@ class TrafficPolicy:
         if header is not None:
             if type(header) is not str or not _TOKEN.match(header):
                 raise invalid(f"{where}.routing_header: expected an HTTP header name, got {header!r}")
+            if len(header) > MAX_HEADER_NAME:
+                raise invalid(f"{where}.routing_header: at most {MAX_HEADER_NAME} characters, "
+                              f"got {len(header)}")
             header = header.lower()
         shadow = doc.get("shadow")
         if shadow is not None:
@@ -217,6 +235,13 @@ class TrafficPolicy:
             if version not in loaded:
                 raise invalid(f"{where}.shadow.target: model '{model}' version {version} is not loaded "
                               f"(loaded: {served}); load it first")
+            # Requests the candidate serves itself are not mirrored: as the primary it would see none.
+            share = sum(w for t, w in self.weights.items() if self.resolve(t) == version)
+            primary = abs(share - TOTAL_PERCENT) <= SUM_TOLERANCE if self.weights else version == max(loaded)
+            if primary and self.shadow.percent > 0:
+                raise invalid(f"{where}.shadow.target: version {version} serves every request that names no "
+                              "version (the primary): a shadow mirrors to a candidate that other versions "
+                              "serve beside")
 
     # -- routing -----------------------------------------------------------------------------
     def resolve(self, target: str) -> int:
@@ -225,7 +250,7 @@ class TrafficPolicy:
         return self._follow(target, "policy")
 
     def _follow(self, target: str, where: str) -> int:
-        seen: list[str] = []
+        seen: dict[str, None] = {}  # ordered, and a constant-time membership test
         while True:
             number = version_number(target)
             if number is not None:
@@ -235,9 +260,10 @@ class TrafficPolicy:
             next_target = self.aliases.get(target)
             if next_target is None:
                 if seen:
-                    raise invalid(f"{where}.aliases.{seen[-1]}: {target!r} is neither a version number nor an alias")
-                raise not_found(f"{target!r} is neither a version number nor an alias")
-            seen.append(target)
+                    raise invalid(f"{where}.aliases.{next(reversed(seen))}: {target!r} is neither a version "
+                                  "number nor an alias")
+                raise not_found(f"{target[:80]!r} is neither a version number nor an alias")
+            seen[target] = None
             target = next_target
 
     def pick(self, key: str | None) -> int | None:
@@ -266,6 +292,12 @@ class TrafficPolicy:
 
 
 EMPTY = TrafficPolicy()
+
+
+def _canonical(target: str) -> str:
+    """A version number written the one way it is shown ("01" -> "1"); an alias as it is."""
+    number = version_number(target)
+    return str(number) if number is not None else target
 
 
 def _kind(value: Any) -> str:

@@ -532,7 +532,7 @@ class RolloutController:
         spec = r.spec
 
         def edit(old: TrafficPolicy) -> TrafficPolicy:
-            doc = old.to_doc()
+            doc = _end_shadow(old, spec.candidate)
             version = str(old.resolve(spec.candidate))
             if version_number(spec.stable) is None:  # the stable alias now names the candidate
                 doc["aliases"] = {**doc["aliases"], spec.stable: version}
@@ -568,7 +568,9 @@ class RolloutController:
 
         def edit(old: TrafficPolicy) -> TrafficPolicy:
             # The candidate last: widening its share only moves keys onto it (sticky users stay).
-            weights = {spec.candidate: 100} if weight >= 100 else {spec.stable: 100 - weight, spec.candidate: weight}
+            if weight >= 100:
+                return TrafficPolicy.from_doc({**_end_shadow(old, spec.candidate), "weights": {spec.candidate: 100}})
+            weights = {spec.stable: 100 - weight, spec.candidate: weight}
             return TrafficPolicy.from_doc({**old.to_doc(), "weights": weights})
 
         await self.host.traffic.change(name, edit, action="rollout_step", who=WHO, reason=reason)
@@ -619,6 +621,17 @@ def _version(policy: TrafficPolicy, target: str) -> int | None:
         return policy.resolve(target)
     except PyserveError:
         return None
+
+
+def _end_shadow(policy: TrafficPolicy, candidate: str) -> dict[str, Any]:
+    """The policy's document without its shadow when the shadow mirrors to ``candidate``: once the
+    candidate serves every request itself it has nothing left to mirror (and the policy refuses
+    a shadow of the version serving everything)."""
+    doc = policy.to_doc()
+    shadow = policy.shadow
+    if shadow is not None and _version(policy, shadow.target) == _version(policy, candidate):
+        del doc["shadow"]
+    return doc
 
 
 def _summary(v: dict[str, Any]) -> str:

@@ -77,6 +77,24 @@ class TrafficPolicies:
                 self._policies[name] = policy
                 log.info("model %s: traffic policy %s", name, orjson.dumps(policy.to_doc()).decode())
 
+    def check_loaded(self) -> None:
+        """After the startup load: a policy read back that names a version which did not load (a file
+        edited by hand, or a version folder removed) is refused as :meth:`load_all` refuses a wrong
+        file, rather than answering its alias and its share of the requests 404. Models that are not
+        READY are left alone (their policy is checked again when it next changes)."""
+        for name, policy in list(self._policies.items()):
+            entry = self.registry.models.get(name)
+            if entry is None or not entry.versions:
+                continue
+            model_dir = self.sources.model_dir(name)
+            try:
+                where = str(model_dir / POLICY_FILE) if model_dir is not None else "policy"
+                policy.check(name, set(entry.versions), where=where)
+            except PyserveError as e:
+                del self._policies[name]
+                self._broken[name] = e.message
+                log.error("model %s: traffic policy refused: %s", name, e.message)
+
     # -- the request path --------------------------------------------------------------------
     def get(self, name: str) -> TrafficPolicy | None:
         """The policy of model ``name`` (None when it has none); UNAVAILABLE when its file was refused."""

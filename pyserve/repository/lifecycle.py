@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pyserve.backends import create_backend
-from pyserve.config import ModelConfig
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig
 from pyserve.errors import ErrorKind, PyserveError, not_found
 from pyserve.repository.registry import ModelEntry, ModelRegistry, ModelState
 from pyserve.repository.sources import ModelSources, SingleModel, check_model_name
@@ -42,10 +42,11 @@ class ModelRepository:
         root: Path | None = None,
         single_models: Iterable[SingleModel] = (),
         validate: Validator | None = None,
+        default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
         self.pump = pump
         self.validate = validate
-        self.sources = ModelSources(root, single_models)
+        self.sources = ModelSources(root, single_models, default_max_batch_size)
         self.registry = ModelRegistry()
         self._locks: dict[str, asyncio.Lock] = {}
         self.startup_done = False

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pyserve.backends import registry as backends
-from pyserve.config import ModelConfig, config_from_onnx, load_model_config, version_dirs
+from pyserve.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    ModelConfig,
+    config_from_onnx,
+    load_model_config,
+    version_dirs,
+)
 from pyserve.errors import PyserveError, invalid, not_found
 
 MAX_MODEL_NAME_LENGTH = 255  # bytes of UTF-8: a file name on every common file system
@@ -45,10 +51,14 @@ def check_model_name(name: str) -> str:
 
 
 class FolderSource:
-    """The models of a repository folder: ``ROOT/<model>/config.toml`` and numbered version folders."""
+    """The models of a repository folder: ``ROOT/<model>/config.toml`` and numbered version folders.
 
-    def __init__(self, root: Path) -> None:
+    ``default_max_batch_size``: the max_batch_size of a model whose config sets none and that can batch
+    (see :func:`pyserve.config.load_model_config`)."""
+
+    def __init__(self, root: Path, default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         self.root = Path(root)
+        self.default_max_batch_size = default_max_batch_size
 
     def names(self) -> set[str]:
         """The model folders of the repository (hidden and ``_`` folders skipped)."""
@@ -69,7 +79,7 @@ class FolderSource:
         if not model_dir.is_dir():
             raise not_found(f"unknown model '{name}'")
         source = f"{model_dir}: the load request's config" if override is not None else ""
-        config = load_model_config(model_dir, override, source)
+        config = load_model_config(model_dir, override, source, self.default_max_batch_size)
         selected = config.version_policy.select(version_dirs(model_dir))
         if not selected:
             if backends.get(config.backend).needs_model_file:
@@ -100,18 +110,22 @@ class SingleModel:
     path: Path
     overrides: dict = field(default_factory=dict, hash=False)
 
-    def config(self) -> ModelConfig:
-        """The model's config, read off the ONNX file with the CLI's knobs applied."""
+    def config(self, default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> ModelConfig:
+        """The model's config, read off the ONNX file with the CLI's knobs applied; without a
+        ``max_batch_size`` knob, batching with ``default_max_batch_size`` when the model allows it."""
         overrides = dict(self.overrides)
-        max_batch_size = overrides.pop("max_batch_size", 0)
-        return config_from_onnx(self.name, self.path, max_batch_size=max_batch_size, **overrides)
+        max_batch_size = overrides.pop("max_batch_size", None)
+        return config_from_onnx(self.name, self.path, max_batch_size=max_batch_size,
+                                default_max_batch_size=default_max_batch_size, **overrides)
 
 
 class FileSource:
     """Models given one file each (``--model NAME=PATH``), each served as version 1."""
 
-    def __init__(self, models: Iterable[SingleModel]) -> None:
+    def __init__(self, models: Iterable[SingleModel],
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         self.models = {m.name: m for m in models}
+        self.default_max_batch_size = default_max_batch_size
 
     def names(self) -> set[str]:
         """The names given on the command line."""
@@ -129,7 +143,7 @@ class FileSource:
         if override is not None:
             raise invalid(f"model '{name}' is served from one file (--model): a load request cannot "
                           "replace its config; restart with other flags")
-        return model.config(), {1: model.path.parent}
+        return model.config(self.default_max_batch_size), {1: model.path.parent}
 
     def model_dir(self, name: str) -> Path | None:
         """None: a model given as one file has no folder of its own."""
@@ -143,12 +157,15 @@ class FileSource:
 
 
 class ModelSources:
-    """Every source of a server, the command line's single files first (they win a name clash)."""
+    """Every source of a server, the command line's single files first (they win a name clash).
 
-    def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = ()) -> None:
-        self.sources: list[FileSource | FolderSource] = [FileSource(single_models)]
+    ``default_max_batch_size``: the server's default of max_batch_size (``--default-max-batch-size``)."""
+
+    def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+        self.sources: list[FileSource | FolderSource] = [FileSource(single_models, default_max_batch_size)]
         if root is not None:
-            self.sources.append(FolderSource(Path(root)))
+            self.sources.append(FolderSource(Path(root), default_max_batch_size))
 
     def names(self) -> list[str]:
         """Every model name of every source, sorted."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
@@ -36,6 +37,8 @@ class ServerSettings:
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
+    # max_batch_size of the models whose config sets none and that can batch (0: none batches)
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 
 
 class StartupError(PyserveError):
@@ -68,7 +71,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     """
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
-                     metrics.golden_checks_counter(registry))
+                     metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
     shadow_metrics = ShadowMetrics.register(registry)
     service.add_hooks(ShadowMirror(host, shadow_metrics))

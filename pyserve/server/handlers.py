@@ -111,6 +111,8 @@ def model_config(request: Request) -> Response:
         "outputs": _tensor_docs(config.outputs),
         "dynamic_batching": _fields(config.dynamic_batching),
         "version_policy": _fields(config.version_policy),
+        # What pyserve filled in from the model file rather than the config (Triton: auto-complete).
+        "auto_completed": list(config.auto_completed),
     }
     return _json(doc)
 
@@ -299,6 +301,10 @@ def get_traffic(request: Request) -> Response:
 @async_endpoint
 async def put_traffic(request: Request) -> Response:
     _control_allowed(request)
+    if not request.body or not request.body.strip():
+        # Not taken as {}: a PUT whose body went missing would remove every alias and weight.
+        raise invalid("traffic policy: the body is empty; send the whole policy "
+                      "({} removes every alias and weight)")
     doc = _json_body(request, "traffic policy")
     reason = _reason(doc)
     return _json(await request.app.control.set_traffic(request.match_info["model"], doc, request.peer, reason))

@@ -159,6 +159,13 @@ class ModelControl:
             if alias not in old.aliases:
                 aliases = ", ".join(sorted(old.aliases)) or "none"
                 raise not_found(f"model '{name}' has no alias {alias!r} (aliases: {aliases})")
+            users = [f"aliases.{a}" for a, t in old.aliases.items() if t == alias]
+            users += [f"weights.{t}" for t in old.weights if t == alias]
+            if old.shadow is not None and old.shadow.target == alias:
+                users.append("shadow.target")
+            if users:
+                raise invalid(f"model '{name}' alias {alias!r} is named by {', '.join(users)}: "
+                              "change them first")
             doc = old.to_doc()
             doc["aliases"] = {a: t for a, t in doc["aliases"].items() if a != alias}
             return TrafficPolicy.from_doc(doc)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.release import TrafficPolicies, check_golden
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
 from pyserve.runtime import CompletionPump, ModelRunner
@@ -32,14 +33,18 @@ class ModelHost:
     closed on one event loop. Each version's golden samples (:mod:`pyserve.release.golden`) run before
     it serves, and before an alias or a weight first sends it traffic. ``policy_changes`` counts
     traffic-policy changes (label ``model``), ``golden_checks`` golden-sample checks (``model``,
-    ``version``, ``result``)."""
+    ``version``, ``result``). ``default_max_batch_size``: the max_batch_size of a model whose config
+    sets none and that can batch (0: no such model batches; see
+    :func:`pyserve.config.load_model_config`)."""
 
     def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
-                 policy_changes: Counter | None = None, golden_checks: Counter | None = None) -> None:
+                 policy_changes: Counter | None = None, golden_checks: Counter | None = None,
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
         self._root = root
         self._single = tuple(single_models)
         self._policy_changes = policy_changes
         self._golden_checks = golden_checks
+        self._default_max_batch_size = default_max_batch_size
         self.pump: CompletionPump | None = None
         self._repository: ModelRepository | None = None
         self._traffic: TrafficPolicies | None = None
@@ -67,12 +72,14 @@ class ModelHost:
         """Creates the completion pump on the running loop, reads the traffic policies and loads
         every model."""
         self.pump = CompletionPump(asyncio.get_running_loop())
-        repository = ModelRepository(self.pump, self._root, self._single, self._check_golden)
+        repository = ModelRepository(self.pump, self._root, self._single, self._check_golden,
+                                     self._default_max_batch_size)
         self._traffic = TrafficPolicies(self._root, repository.sources, repository.registry, self._policy_changes,
                                         self._gate)
         self._traffic.load_all()
         self._repository = repository
         await repository.load_all()
+        self._traffic.check_loaded()
 
     async def _check_golden(self, runner: ModelRunner, version_dir: Path) -> None:
         await check_golden(runner, version_dir, self._golden_checks)
