@@ -11,9 +11,13 @@ import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyserve import __version__, control_cli
-from pyserve.errors import PyserveError
+from pyserve.errors import PyserveError, invalid
+
+if TYPE_CHECKING:
+    from pyserve.payload_log.settings import PayloadLogSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_PORT = 65535
@@ -144,7 +148,81 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
                         ">= 0 (default 30)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
+    _add_payload_log_flags(p)
     p.set_defaults(func=_serve)
+
+
+def _add_payload_log_flags(p: argparse.ArgumentParser) -> None:
+    """The server-wide flags of the payload log (docs/payload-log.md); each model opts in with a
+    [payload_log] table in its config.toml."""
+    g = p.add_argument_group("payload log (docs/payload-log.md)")
+    g.add_argument("--payload-log-dir", type=Path, default=None, metavar="DIR",
+                   help="keep the payload log of the models with a [payload_log] table (and of --model "
+                        "models) as Parquet files in DIR (default: no files)")
+    g.add_argument("--payload-log-rotate-mb", type=positive_number, default=64.0, metavar="MB",
+                   help="close a file (making it visible) at this size, > 0 (default 64)")
+    g.add_argument("--payload-log-rotate-s", type=positive_number, default=60.0, metavar="S",
+                   help="close a file this many seconds after it was opened, > 0 (default 60); what a "
+                        "crash can lose")
+    g.add_argument("--payload-log-retain-mb", type=positive_number, default=1024.0, metavar="MB",
+                   help="delete the oldest files beyond this total size, > 0 (default 1024)")
+    g.add_argument("--payload-log-retain-hours", type=positive_number, default=168.0, metavar="H",
+                   help="delete files older than this, > 0 (default 168, a week)")
+    g.add_argument("--payload-log-queue-size", type=int_at_least(1), default=10_000, metavar="N",
+                   help="records waiting for the writer thread before new ones are dropped (counted), "
+                        ">= 1 (default 10000)")
+    g.add_argument("--payload-log-sink", default=None, metavar="URL",
+                   help="also post each record as CloudEvents (KServe's logger form) to this http(s) URL")
+    g.add_argument("--payload-log-sink-retries", type=int_at_least(0), default=5, metavar="N",
+                   help="retries of a failed post, with exponential backoff, >= 0 (default 5)")
+    g.add_argument("--payload-log-sink-namespace", default="", metavar="NS",
+                   help="the events' ce-namespace (KServe: the InferenceService's namespace; default empty)")
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type=``: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def _payload_log_settings(args: argparse.Namespace) -> PayloadLogSettings:
+    """The payload log's settings from the serve flags; PyserveError for a bad sink URL or a
+    missing extra."""
+    from pyserve.payload_log.settings import MIB, PayloadLogSettings
+
+    sink = args.payload_log_sink
+    if sink is not None and not sink.lower().startswith(("http://", "https://")):
+        raise invalid(f"--payload-log-sink: expected an http:// or https:// URL, got {sink!r}")
+    source = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
+    settings = PayloadLogSettings(
+        log_dir=args.payload_log_dir,
+        rotate_bytes=int(args.payload_log_rotate_mb * MIB),
+        rotate_s=args.payload_log_rotate_s,
+        retain_bytes=int(args.payload_log_retain_mb * MIB),
+        retain_s=args.payload_log_retain_hours * 3600,
+        queue_size=args.payload_log_queue_size,
+        sink_url=sink,
+        sink_retries=args.payload_log_sink_retries,
+        sink_source=source,
+        sink_namespace=args.payload_log_sink_namespace,
+    )
+    if settings.log_dir is not None:
+        from pyserve.payload_log import require_pyarrow
+
+        try:
+            require_pyarrow()
+        except ImportError as e:
+            raise invalid(f"--payload-log-dir: {e}") from None
+        try:
+            settings.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise invalid(f"--payload-log-dir: cannot create {settings.log_dir}: {e.strerror or e}") from None
+    return settings
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -188,6 +266,9 @@ def _serve(args: argparse.Namespace) -> int:
         },
         "backend_options": {"intra_op_num_threads": value(args.intra_op_threads, 1)},
     }
+    payload_log = _payload_log_settings(args)
+    if payload_log.enabled:
+        overrides["payload_log"] = {}  # --model models are logged with the defaults of [payload_log]
     singles = tuple(SingleModel(name, path, overrides) for name, path in args.model)
     settings = ServerSettings(
         repository=repository,
@@ -199,6 +280,7 @@ def _serve(args: argparse.Namespace) -> int:
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,
         default_max_batch_size=default_max_batch_size,
+        payload_log=payload_log,
     )
     try:
         run(settings)
@@ -274,14 +356,28 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=bench_cli.run)
 
 
+def _add_logs(sub: argparse._SubParsersAction) -> None:
+    from pyserve.payload_log import cli as logs_cli
+
+    p = sub.add_parser(
+        "logs",
+        help="query a payload log folder (filters or SQL through DuckDB)",
+        description="Print, or write as CSV, JSON or Parquet, the records of a payload log folder "
+                    "(pyserve serve --payload-log-dir), newest first (see docs/payload-log.md).",
+    )
+    logs_cli.add_arguments(p)
+    p.set_defaults(func=logs_cli.run)
+
+
 def make_parser() -> argparse.ArgumentParser:
-    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``model``,
-    ``alias``, ``traffic``)."""
+    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
+    ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
+    _add_logs(sub)
     control_cli.add_commands(sub)
     return parser
 

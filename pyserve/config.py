@@ -46,6 +46,15 @@ if given, must equal it)::
     graph_optimization_level = "all"   # disable | basic | extended | all (default)
     [python]                       # options of the python backend
     class = "Model"                # default "Model"
+    [payload_log]                  # the payload log of this model (docs/payload-log.md); off when absent
+    enabled = true                 # default true once the table is present
+    sample_rate = 0.1              # 0..1, the share of answered requests logged (default 0.1)
+    failures = true                # default true: every failed request is logged, whatever the rate
+    inputs = ["x"]                 # inputs kept (default: all); [] = none
+    outputs = ["label"]            # outputs kept (default: all); [] = none
+    redact = ["ssn"]               # tensors dropped before anything is written (never logged)
+    hash = ["user_id"]             # tensors whose elements are logged as SHA-256 hex digests
+    max_tensor_bytes = 65536       # a larger tensor is logged by datatype and shape only; 0 = no limit
 
 A model folder without config.toml is allowed for ONNX models: everything is read off the model file
 of the newest version. When a config gives inputs/outputs of an ONNX model they must agree with it; an
@@ -74,7 +83,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib  # type: ignore[no-redef]
 
 _TOP_KEYS = ("name", "backend", "max_batch_size", "instance_count", "default_model_filename", "inputs",
-             "outputs", "dynamic_batching", "version_policy", *backends.option_tables())
+             "outputs", "dynamic_batching", "version_policy", "payload_log", *backends.option_tables())
 
 
 class ConfigError(PyserveError):
@@ -137,6 +146,24 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
+class PayloadLogConfig:
+    """What the payload log keeps of one model's calls (``[payload_log]``; docs/payload-log.md).
+
+    ``inputs`` / ``outputs``: the tensor names kept, None for all. ``redact``: names never written;
+    ``hash``: names whose elements are written as SHA-256 hex digests. ``max_tensor_bytes``: a tensor
+    larger than this is logged by datatype and shape only (0: no limit)."""
+
+    enabled: bool = False
+    sample_rate: float = 0.1
+    failures: bool = True
+    inputs: tuple[str, ...] | None = None
+    outputs: tuple[str, ...] | None = None
+    redact: tuple[str, ...] = ()
+    hash: tuple[str, ...] = ()
+    max_tensor_bytes: int = 65536
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The validated configuration of one model (all of its versions)."""
 
@@ -155,6 +182,7 @@ class ModelConfig:
     # The keys filled in from the model file rather than the config (Triton's auto-complete):
     # "inputs", "outputs", "max_batch_size".
     auto_completed: tuple[str, ...] = ()
+    payload_log: PayloadLogConfig = PayloadLogConfig()
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend_options, types.MappingProxyType):
@@ -336,6 +364,55 @@ def _parse_version_policy(source: str, value: Any) -> VersionPolicy:
     return VersionPolicy("all")
 
 
+def _names(source: str, value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _fail(source, key, f"expected a list of tensor names, got {value!r}")
+    names = tuple(_str(source, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if len(set(names)) != len(names):
+        raise _fail(source, key, f"expected no duplicates, got {list(names)}")
+    return names
+
+
+def _parse_payload_log(source: str, value: Any) -> PayloadLogConfig:
+    key = "payload_log"
+    table = _table(source, value, key)
+    _check_keys(source, table, tuple(f.name for f in dataclasses.fields(PayloadLogConfig)), key + ".")
+    kwargs: dict[str, Any] = {"enabled": True}  # a [payload_log] table turns the log on unless it says not
+    for name, v in table.items():
+        at = f"{key}.{name}"
+        if name in ("enabled", "failures"):
+            if type(v) is not bool:
+                raise _fail(source, at, f"expected true or false, got {v!r}")
+            kwargs[name] = v
+        elif name == "sample_rate":
+            if type(v) not in (int, float) or not 0 <= v <= 1:
+                raise _fail(source, at, f"expected a number from 0 to 1, got {v!r}")
+            kwargs[name] = float(v)
+        elif name == "max_tensor_bytes":
+            kwargs[name] = _int(source, v, at, 0)
+        else:
+            kwargs[name] = _names(source, v, at)
+    return PayloadLogConfig(**kwargs)
+
+
+def _check_payload_log(src: str, config: ModelConfig) -> None:
+    """The names of ``[payload_log]`` must be tensors of the model (a typo would log a secret)."""
+    log = config.payload_log
+    inputs = {t.name for t in config.inputs}
+    tensors = inputs | {t.name for t in config.outputs}
+    for key, names, known in (("inputs", log.inputs, inputs), ("outputs", log.outputs, tensors - inputs),
+                              ("redact", log.redact, tensors), ("hash", log.hash, tensors)):
+        for i, name in enumerate(names or ()):
+            if name not in known:
+                what = "an input" if key == "inputs" else "an output" if key == "outputs" else "a tensor"
+                raise _fail(src, f"payload_log.{key}[{i}]", f"expected {what} of the model "
+                            f"({', '.join(sorted(known))}), got {name!r}")
+    both = sorted(set(log.redact) & set(log.hash))
+    if both:
+        raise _fail(src, "payload_log.hash", f"{', '.join(both)} also in payload_log.redact: "
+                    "a tensor is either dropped or hashed")
+
+
 def _parse_options(source: str, backend: str, value: Any) -> dict[str, Any]:
     kind = backends.get(backend)
     table = _table(source, value, backend)
@@ -383,6 +460,7 @@ def _validate(config: ModelConfig) -> ModelConfig:
     if not config.inputs or not config.outputs:
         raise _fail(src, "inputs" if not config.inputs else "outputs",
                     f"the {config.backend} backend needs [[inputs]] and [[outputs]] in config.toml")
+    _check_payload_log(src, config)
     kind = backends.get(config.backend)
     if kind.check is not None:
         kind.check(config)
@@ -457,6 +535,7 @@ def load_model_config(model_dir: Path, raw: Mapping[str, Any] | None = None, sou
         default_model_filename=filename,
         backend_options=_parse_options(source, backend, raw.get(backend, {})),
         source=source,
+        payload_log=_parse_payload_log(source, raw["payload_log"]) if "payload_log" in raw else PayloadLogConfig(),
     )
     if kind.complete is not None:
         model_file = _newest_model_file(model_dir, config.model_filename, config.version_policy)
@@ -488,6 +567,8 @@ def config_from_onnx(name: str, onnx_path: Path, max_batch_size: int | None = No
         overrides["dynamic_batching"] = _parse_dynamic_batching(source, overrides["dynamic_batching"])
     if isinstance(overrides.get("version_policy"), dict):
         overrides["version_policy"] = _parse_version_policy(source, overrides["version_policy"])
+    if isinstance(overrides.get("payload_log"), dict):
+        overrides["payload_log"] = _parse_payload_log(source, overrides["payload_log"])
     kind = backends.get(backends.DEFAULT_BACKEND)
     options = dict(overrides.get("backend_options", {}))
     overrides["backend_options"] = _parse_options(source, kind.name, options)

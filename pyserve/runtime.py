@@ -25,6 +25,14 @@ log = logging.getLogger("pyserve.runtime")
 _FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
 
 
+class CallFuture(asyncio.Future):
+    """The future of one request in the core; once done, ``queue_us`` is how long it waited in the
+    queue and ``compute_us`` how long the backend call of its batch took, as the core measured them
+    (-1: it never queued / never ran). Read by the payload log."""
+
+    __slots__ = ("queue_us", "compute_us")
+
+
 class CompletionPump:
     """Delivers the core's completions to asyncio futures on one event loop."""
 
@@ -36,9 +44,11 @@ class CompletionPump:
 
     def drain(self) -> None:
         """Completes the futures of every finished request (called by the loop on wake-up)."""
-        for future, code, message, outputs in self.queue.drain():
+        for future, code, message, outputs, queue_us, compute_us in self.queue.drain():
             if future.done():  # the caller gave up (cancelled) before the answer came
                 continue
+            future.queue_us = queue_us
+            future.compute_us = compute_us
             if code == 0:
                 future.set_result(outputs)
             else:
@@ -128,7 +138,7 @@ class ModelRunner:
         Invalid input and a full queue raise at once (INVALID_ARGUMENT, UNAVAILABLE). Cancelling the
         future cancels the request if it is still queued.
         """
-        future = self._loop.create_future()
+        future = CallFuture(loop=self._loop)
         try:
             request_id = self._scheduler.submit(inputs, future, priority, timeout_us)
         except _core.CoreError as e:

@@ -499,7 +499,7 @@ def test_the_core_checks_rank_and_fixed_dims_of_each_output() -> None:
     for key, mode in enumerate((0, 1, 2, 0)):
         sched.submit({"x": np.array([[mode, 7]], np.float32)}, key)
         while len(got) <= key:
-            got += [(code, message) for _, code, message, _ in cq.drain()]
+            got += [(code, message) for _, code, message, *_ in cq.drain()]
     sched.stop()
     errors = [error_from_core(code, message) if code else None for code, message in got]
     assert errors[0] is None and errors[3] is None

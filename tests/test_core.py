@@ -80,7 +80,7 @@ def test_many_threads_each_request_gets_its_own_result() -> None:
     got = drain_all(cq, threads * per_thread)
     for t in ts:
         t.join()
-    for (key, n), code, message, outputs in got:
+    for (key, n), code, message, outputs, *_ in got:
         assert code == OK, message
         y = outputs["y"]
         assert y.shape == (n, 4)
@@ -112,7 +112,7 @@ def test_python_backend_sees_batches_larger_than_one() -> None:
     got = drain_all(cq, 64)
     sched.stop()
     assert max(seen) > 1 and max(seen) <= 16
-    for token, code, _, outputs in got:
+    for token, code, _, outputs, *_ in got:
         assert code == OK and outputs["y"][0, 0] == token + 1
 
 
@@ -177,7 +177,7 @@ def test_deadline_passed_in_queue_is_answered_and_never_executed() -> None:
     sched.submit(sample(7), "late", timeout_us=1000)
     time.sleep(0.01)  # let the 1 ms deadline pass while the instance is busy
     gate.release.set()
-    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 2)}
+    got = {t: (c, m) for t, c, m, *_ in drain_all(cq, 2)}
     stats = sched.stats()
     sched.stop()
     assert got["first"][0] == OK
@@ -251,13 +251,13 @@ def test_shutdown_answers_every_queued_request(drain: bool) -> None:
     stopper.start()
     wait_until_stopping(sched)
     if not drain:  # failed at once, while the running batch still holds the instance
-        dropped = {t: (c, m) for t, c, m, _ in drain_all(cq, 5)}
+        dropped = {t: (c, m) for t, c, m, *_ in drain_all(cq, 5)}
         assert sorted(dropped) == [1, 2, 3, 4, 5]
         assert all(c == UNAVAILABLE and "shutting down" in m for c, m in dropped.values()), dropped
     gate.release.set()
     stopper.join(10)
     assert not stopper.is_alive()
-    got = {t: (c, m) for t, c, m, _ in drain_all(cq, 6 if drain else 1)}
+    got = {t: (c, m) for t, c, m, *_ in drain_all(cq, 6 if drain else 1)}
     assert got[0][0] == OK
     if drain:  # every queued request ran, the last alone without waiting out its queue delay
         assert all(got[i][0] == OK for i in range(1, 6)), got
@@ -283,7 +283,7 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
         sched.submit({"x": np.full((1, 2 + i % 2), i, np.float32)}, i)
     got = drain_all(cq, 6)
     sched.stop()
-    for token, code, _, out in got:
+    for token, code, _, out, *_ in got:
         assert code == OK and out["y"].shape == (1, 2 + token % 2) and np.all(out["y"] == token)
     assert sorted(shapes) == [(3, 2), (3, 3)]
 
@@ -349,7 +349,7 @@ def test_outputs_are_views_of_the_batch_output() -> None:
         sched.submit(sample(i), i)
     got = drain_all(cq, 4)
     sched.stop()
-    ys = [out["y"] for *_, out in got]
+    ys = [out["y"] for _, _, _, out, *_ in got]
     assert all(y.base is not None for y in ys), "results were copied, not viewed"
     assert [float(y[0, 0]) for y in ys] == [0.0, 3.0, 6.0, 9.0]
 
@@ -363,7 +363,7 @@ def test_bytes_round_trip_through_the_core() -> None:
         sched.submit({"s": np.array([[v]], dtype=object)}, i)
     got = drain_all(cq, len(values))
     sched.stop()
-    for token, code, _, out in got:
+    for token, code, _, out, *_ in got:
         assert code == OK and out["t"].shape == (1, 1) and out["t"][0, 0] == values[token]
 
 

@@ -48,6 +48,8 @@ struct Completion {
   Status status;
   std::vector<OutputSlice> outputs;  // empty unless status is ok
   std::unique_ptr<RequestOwner> owner;
+  int64_t queue_ns = -1;    // enqueue -> its batch started (or it timed out); -1: never queued
+  int64_t compute_ns = -1;  // the backend call of its batch; -1: never ran
 };
 
 }  // namespace pyserve

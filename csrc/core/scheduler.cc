@@ -351,7 +351,8 @@ Completion Scheduler::MakeCompletion(std::unique_ptr<Request> r, Status status) 
   return c;
 }
 
-void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& message, bool queued) {
+void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& message, bool queued,
+                     int64_t dispatch_ns, int64_t compute_ns) {
   if (requests->empty()) return;
   std::vector<Completion> out;
   out.reserve(requests->size());
@@ -365,7 +366,10 @@ void Scheduler::Fail(Batch* requests, StatusCode code, const std::string& messag
       stats_.requests_failed.fetch_add(1, std::memory_order_relaxed);
     }
     if (code != StatusCode::kUnavailable) stats_.request_us.Observe((now - r->pending.enqueue_ns) / 1e3);
+    const int64_t queue_ns = (dispatch_ns >= 0 ? dispatch_ns : now) - r->pending.enqueue_ns;
     out.push_back(MakeCompletion(std::move(r), {code, message}));
+    out.back().queue_ns = queue_ns;
+    out.back().compute_ns = compute_ns;
   }
   if (queued) stats_.queue_depth.fetch_sub(static_cast<int64_t>(requests->size()), std::memory_order_relaxed);
   requests->clear();
@@ -508,7 +512,7 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     // The backend's code is kept: a backend that reports invalid input answers the client's mistake.
     Fail(batch, status.code,
          "model '" + options_.model_name + "' version '" + options_.model_version + "': " + status.message,
-         /*queued=*/false);
+         /*queued=*/false, dispatch_ns, end_ns - start_ns);
     return;
   }
   stats_.samples_inferred.fetch_add(static_cast<uint64_t>(total), std::memory_order_relaxed);
@@ -521,7 +525,10 @@ void Scheduler::Execute(Batch* batch, int64_t dispatch_ns) {
     const int64_t n = r->pending.batch_size;
     stats_.queue_us.Observe((dispatch_ns - r->pending.enqueue_ns) / 1e3);
     stats_.request_us.Observe((end_ns - r->pending.enqueue_ns) / 1e3);
+    const int64_t enqueue_ns = r->pending.enqueue_ns;
     Completion c = MakeCompletion(std::move(r), Status::Ok());
+    c.queue_ns = dispatch_ns - enqueue_ns;
+    c.compute_ns = end_ns - start_ns;
     c.outputs.reserve(ordered.size());
     for (size_t o = 0; o < ordered.size(); ++o) {
       const BatchOutput& out = *ordered[o];

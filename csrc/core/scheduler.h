@@ -104,7 +104,10 @@ class Scheduler {
   void RunTaken(Batch* batch, Batch* expired, int64_t dispatch_ns);
   // Answers `requests` with `code`; `queued`: they are still counted in the queue depth (not taken
   // into a batch yet).
-  void Fail(Batch* requests, StatusCode code, const std::string& message, bool queued = true);
+  // dispatch_ns / compute_ns: when the failed batch started and how long its backend call took
+  // (-1: it never ran), for the completions' timings.
+  void Fail(Batch* requests, StatusCode code, const std::string& message, bool queued = true,
+            int64_t dispatch_ns = -1, int64_t compute_ns = -1);
   Completion MakeCompletion(std::unique_ptr<Request> r, Status status);
 
   const SchedulerOptions options_;

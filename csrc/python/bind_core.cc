@@ -185,7 +185,8 @@ class PyScheduler {
   std::unique_ptr<Scheduler, ReleaseGilDelete> scheduler_;
 };
 
-// drain() -> list of (token, code, message, outputs or None); the owners die here, GIL held.
+// drain() -> list of (token, code, message, outputs or None, queue_us, compute_us); the owners die
+// here, GIL held. The times are -1 when the request never queued / never ran.
 py::list Drain(CompletionQueue& cq) {
   std::vector<Completion> items = cq.Drain();
   py::list out(items.size());
@@ -207,7 +208,8 @@ py::list Drain(CompletionQueue& cq) {
       }
       outputs = std::move(d);
     }
-    out[i] = py::make_tuple(std::move(token), static_cast<int>(c.status.code), c.status.message, std::move(outputs));
+    out[i] = py::make_tuple(std::move(token), static_cast<int>(c.status.code), c.status.message, std::move(outputs),
+                            c.queue_ns < 0 ? -1 : c.queue_ns / 1000, c.compute_ns < 0 ? -1 : c.compute_ns / 1000);
   }
   return out;
 }

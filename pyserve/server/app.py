@@ -10,17 +10,23 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
+from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
+
+if TYPE_CHECKING:
+    from pyserve.config import ModelConfig
+    from pyserve.payload_log import PayloadLog
 
 log = logging.getLogger("pyserve.server")
 
@@ -39,6 +45,7 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
     # max_batch_size of the models whose config sets none and that can batch (0: none batches)
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    payload_log: PayloadLogSettings = PayloadLogSettings()
 
 
 class StartupError(PyserveError):
@@ -58,6 +65,7 @@ class App:
         self.service = service
         self.control = ModelControl(host, rollouts)
         self.registry = registry
+        self.payload_log: PayloadLog | None = None
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
@@ -77,6 +85,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     service.add_hooks(ShadowMirror(host, shadow_metrics))
     rollouts = RolloutController(host, RolloutMetrics(registry), shadow_metrics)
     app = App(settings, host, service, registry, rollouts)
+    if settings.payload_log.enabled:
+        from pyserve.payload_log import PayloadLog
+
+        app.payload_log = PayloadLog(settings.payload_log, functools.partial(_model_config, host), registry)
+        service.add_hooks(app.payload_log)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
@@ -92,10 +105,15 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         gc.collect()
         gc.freeze()
         rollouts.load_all()
+        if app.payload_log is not None:
+            app.payload_log.start()
+            _say_which_models_log(host, settings.payload_log)
         await server.listen()
     except BaseException:
         server.close()
         await host.close()
+        if app.payload_log is not None:
+            await asyncio.to_thread(app.payload_log.close)
         raise
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
@@ -117,7 +135,27 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
                   settings.shutdown_timeout_s)
         logging.shutdown()
         os._exit(1)
+    if app.payload_log is not None:
+        # After the models: the last answers are in the queue; their files are published now.
+        await asyncio.to_thread(app.payload_log.close)
     log.info("server stopped")
+
+
+def _model_config(host: ModelHost, name: str) -> ModelConfig | None:
+    entry = host.registry.models.get(name)
+    return entry.config if entry is not None else None
+
+
+def _say_which_models_log(host: ModelHost, settings: PayloadLogSettings) -> None:
+    where = " and ".join(w for w in (f"files in {settings.log_dir}" if settings.log_dir else "",
+                                     f"CloudEvents to {settings.sink_url}" if settings.sink_url else "") if w)
+    logged = sorted(name for name, entry in host.registry.models.items()
+                    if entry.config is not None and entry.config.payload_log.enabled)
+    if logged:
+        log.info("payload log: %s (%s)", ", ".join(logged), where)
+    else:
+        log.warning("payload log: %s, but no model has a [payload_log] table in its config.toml, "
+                    "so nothing is logged yet", where)
 
 
 async def _main(settings: ServerSettings) -> None:

@@ -113,6 +113,7 @@ def model_config(request: Request) -> Response:
         "version_policy": _fields(config.version_policy),
         # What pyserve filled in from the model file rather than the config (Triton: auto-complete).
         "auto_completed": list(config.auto_completed),
+        "payload_log": _fields(config.payload_log),
     }
     return _json(doc)
 
@@ -285,6 +286,31 @@ async def unload_model(request: Request) -> Response:
     return _json({})
 
 
+@async_endpoint
+async def payload_logs(request: Request) -> Response:
+    """``GET /v2/logs``: the payload log's records, newest first, as JSON (docs/payload-log.md)."""
+    from pyserve.payload_log import query as logs
+
+    plog = request.app.payload_log
+    if plog is None or plog.settings.log_dir is None:
+        raise not_found("this server keeps no payload log files (start it with --payload-log-dir)")
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
+    unknown = sorted(set(params) - {"model", "version", "since", "until", "outcome", "limit"})
+    if unknown:
+        raise invalid(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                      "expected model, version, since, until, outcome, limit")
+    limit = params.get("limit", str(logs.DEFAULT_LIMIT))
+    if not limit.isdigit():
+        raise invalid(f"limit: expected an integer from 1 to {logs.MAX_LIMIT}, got {limit!r}")
+    q = logs.LogQuery(params.get("model"), params.get("version"),
+                      logs.parse_time(params["since"], "since") if "since" in params else None,
+                      logs.parse_time(params["until"], "until") if "until" in params else None,
+                      params.get("outcome"), int(limit))
+    # DuckDB reads the files off the event loop's thread.
+    rows = await asyncio.to_thread(lambda: logs.records(logs.select(plog.settings.log_dir, q)))
+    return Response(orjson.dumps({"records": rows}, option=orjson.OPT_SERIALIZE_NUMPY))
+
+
 def _reason(doc: dict) -> str:
     """The ``reason`` of a change request (kept in the audit log; "" when absent)."""
     reason = doc.pop("reason", "")
@@ -378,6 +404,7 @@ def make_router() -> Router:
     r.add("GET", "/v2/health/ready", ready)
     r.add("GET", "/v2", server_metadata)
     r.add("GET", "/metrics", metrics_endpoint)
+    r.add("GET", "/v2/logs", payload_logs)
     r.add("GET", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
