@@ -1,5 +1,5 @@
 """The ``pyserve`` command: ``serve`` a model repository (or the demo), ``bench`` a server, and control a
-running server's models (``model``, ``alias``, ``traffic``: :mod:`pyserve.control_cli`)."""
+running server's models (``model``, ``alias``, ``traffic``, ``rollout``: :mod:`pyserve.control_cli`)."""
 
 from __future__ import annotations
 

@@ -80,7 +80,8 @@ class _ClientBase:
     def _control(self, action: str, model: str, version: str | int | None = None, alias: str | None = None,
                  doc: dict | None = None) -> tuple[str, str, bytes, dict[str, str]]:
         """(method, path, body, headers) of a model-control call: ``load``, ``unload`` (of the model, or of
-        one ``version``), ``traffic`` (GET), ``set_traffic``, ``set_alias``, ``remove_alias``."""
+        one ``version``), ``traffic`` (GET), ``set_traffic``, ``set_alias``, ``remove_alias``, ``rollout``
+        (GET), ``start_rollout``, ``rollout_pause|resume|promote|abort``."""
         base = f"{self._prefix}/v2/repository/models/{urllib.parse.quote(model, safe='')}"
         if action in ("load", "unload"):
             if version is not None and version != "":
@@ -90,6 +91,10 @@ class _ClientBase:
             method, path = "GET", f"{base}/traffic"
         elif action == "set_traffic":
             method, path = "PUT", f"{base}/traffic"
+        elif action in ("rollout", "start_rollout"):
+            method, path = ("GET" if action == "rollout" else "POST"), f"{base}/rollout"
+        elif action.startswith("rollout_"):
+            method, path = "POST", f"{base}/rollout/{action.removeprefix('rollout_')}"
         else:
             method = "PUT" if action == "set_alias" else "DELETE"
             path = f"{base}/aliases/{urllib.parse.quote(str(alias), safe='')}"
@@ -269,6 +274,19 @@ class InferenceClient(_ClientBase):
         doc = {"reason": reason}
         return self._json_result(*self._request(*self._control("remove_alias", model, alias=alias, doc=doc)))
 
+    def rollout(self, model: str) -> dict:
+        """The state of ``model``'s rollout (spec, phase, step, weights, gates, history)."""
+        return self._json_result(*self._request(*self._control("rollout", model)))
+
+    def start_rollout(self, model: str, spec: dict, reason: str = "") -> dict:
+        """Starts a rollout of ``model`` (``spec``: candidate, steps, ...; docs/release.md); its state."""
+        return self._json_result(*self._request(*self._control("start_rollout", model, doc={**spec, "reason": reason})))
+
+    def rollout_action(self, model: str, action: str, reason: str = "", full: bool = False) -> dict:
+        """``pause``, ``resume``, ``promote`` (``full``: to 100% now) or ``abort`` ``model``'s rollout."""
+        doc: dict[str, Any] = {"reason": reason, **({"full": True} if full else {})}
+        return self._json_result(*self._request(*self._control(f"rollout_{action}", model, doc=doc)))
+
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
         if self._conn is not None:
@@ -379,6 +397,19 @@ class AsyncInferenceClient(_ClientBase):
         """Removes ``alias`` of ``model``; returns the policy now in force."""
         doc = {"reason": reason}
         return self._json_result(*await self._request(*self._control("remove_alias", model, alias=alias, doc=doc)))
+
+    async def rollout(self, model: str) -> dict:
+        """The state of ``model``'s rollout (spec, phase, step, weights, gates, history)."""
+        return self._json_result(*await self._request(*self._control("rollout", model)))
+
+    async def start_rollout(self, model: str, spec: dict, reason: str = "") -> dict:
+        """Starts a rollout of ``model`` (``spec``: candidate, steps, ...; docs/release.md); its state."""
+        return self._json_result(*await self._request(*self._control("start_rollout", model, doc={**spec, "reason": reason})))
+
+    async def rollout_action(self, model: str, action: str, reason: str = "", full: bool = False) -> dict:
+        """``pause``, ``resume``, ``promote`` (``full``: to 100% now) or ``abort`` ``model``'s rollout."""
+        doc: dict[str, Any] = {"reason": reason, **({"full": True} if full else {})}
+        return self._json_result(*await self._request(*self._control(f"rollout_{action}", model, doc=doc)))
 
     async def close(self) -> None:
         """Close the session and its connections."""

@@ -1,4 +1,5 @@
-"""``pyserve model``, ``pyserve alias`` and ``pyserve traffic``: model control of a running server.
+"""``pyserve model``, ``pyserve alias``, ``pyserve traffic`` and ``pyserve rollout``: model control of a
+running server.
 
 Each command is one HTTP call (two for ``traffic set`` without ``--file``: read, then replace) through
 :class:`pyserve.client.InferenceClient`; it prints the server's answer (the traffic policy in force,
@@ -7,6 +8,7 @@ as JSON) and exits 0, or prints the server's error and exits 2::
     pyserve model unload digits --version 2
     pyserve alias set digits stable 1 --reason "release 1"
     pyserve traffic set digits --weights stable=90,canary=10 --routing-header x-user-id --reason "canary 10%"
+    pyserve rollout start digits --candidate 2 --steps 5,25,50,100 --min-duration 60 --min-requests 100
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ def weights(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(f"{target.strip()}: given twice")
         out[target.strip()] = percent
     return out
+
+
+def steps(text: str) -> list[float]:
+    """``--steps``: the candidate's percent at each step, ``5,25,50,100``."""
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PERCENT,... (5,25,50,100), got {text!r}") from None
+
+
+def _limit(text: str) -> float | None:
+    """A gate's limit; ``off`` turns the gate off."""
+    if text.lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got {text!r}") from None
 
 
 def _common(p: argparse.ArgumentParser, reason: bool = False) -> None:
@@ -94,9 +114,54 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _common(p, reason=True)
     p.set_defaults(func=_traffic)
 
+    rollout = sub.add_parser("rollout", help="progressive delivery: move traffic to a candidate version in "
+                             "steps, with automatic analysis and rollback")
+    rollout_sub = rollout.add_subparsers(dest="action", required=True)
+    p = rollout_sub.add_parser("start", help="start a rollout (the flags given override --file's spec)")
+    p.add_argument("model")
+    p.add_argument("--file", type=Path, default=None, metavar="PATH", help="the rollout spec as JSON")
+    p.add_argument("--candidate", default=None, metavar="V", help="the version to roll out (a number or an alias)")
+    p.add_argument("--stable", default=None, metavar="V",
+                   help="the stable version (default: the target weighted 100%%, else the alias 'stable')")
+    p.add_argument("--steps", type=steps, default=None, metavar="P,...",
+                   help="the candidate's percent at each step, increasing (5,25,50,100)")
+    p.add_argument("--min-duration", type=float, default=None, metavar="S",
+                   help="seconds each step lasts at least (default 60)")
+    p.add_argument("--min-requests", type=int, default=None, metavar="N",
+                   help="requests the candidate answers in each step at least (default 100)")
+    for flag, key, default in (("--max-error-rate", "max_error_rate", "1"), ("--max-p99-ratio", "max_p99_ratio", "1.5"),
+                               ("--min-agreement", "min_agreement", "99")):
+        p.add_argument(flag, type=_limit, default=argparse.SUPPRESS, dest=key, metavar="X",
+                       help=f"gate limit (default {default}); 'off' turns the gate off")
+    _common(p, reason=True)
+    p.set_defaults(func=_rollout)
+    p = rollout_sub.add_parser("status", help="print the rollout's state as JSON (step, weights, gates, history)")
+    p.add_argument("model")
+    _common(p)
+    p.set_defaults(func=_rollout)
+    for action, what in (("pause", "hold the rollout at its step (its gates still roll back)"),
+                         ("resume", "let a paused rollout promote again"),
+                         ("promote", "promote now: to the next step (--full: to 100%%)"),
+                         ("abort", "send all the traffic back to stable and end the rollout")):
+        p = rollout_sub.add_parser(action, help=what)
+        p.add_argument("model")
+        if action == "promote":
+            p.add_argument("--full", action="store_true", help="the candidate takes all the traffic now")
+        _common(p, reason=True)
+        p.set_defaults(func=_rollout)
+
 
 def _print(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+
+
+def _read_json(path: Path, command: str) -> Any:
+    """``--file``'s JSON; None (the error printed) when it cannot be read."""
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        print(f"pyserve {command}: --file {path}: {e}", file=sys.stderr)
+        return None
 
 
 def _model(args: argparse.Namespace) -> int:
@@ -123,10 +188,8 @@ def _traffic(args: argparse.Namespace) -> int:
             _print(client.traffic_policy(args.model))
             return 0
         if args.file is not None:
-            try:
-                policy = orjson.loads(args.file.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as e:
-                print(f"pyserve traffic: --file {args.file}: {e}", file=sys.stderr)
+            policy = _read_json(args.file, "traffic")
+            if policy is None:
                 return 2
         else:
             policy = client.traffic_policy(args.model)
@@ -137,4 +200,28 @@ def _traffic(args: argparse.Namespace) -> int:
             if args.routing_header:
                 policy["routing_header"] = args.routing_header
         _print(client.set_traffic_policy(args.model, policy, args.reason))
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    with InferenceClient(args.url) as client:
+        if args.action == "status":
+            _print(client.rollout(args.model))
+            return 0
+        if args.action != "start":
+            _print(client.rollout_action(args.model, args.action, args.reason, getattr(args, "full", False)))
+            return 0
+        spec: dict[str, Any] = {}
+        if args.file is not None:
+            spec = _read_json(args.file, "rollout")
+            if spec is None:
+                return 2
+        for key, value in (("candidate", args.candidate), ("stable", args.stable), ("steps", args.steps),
+                           ("min_duration_s", args.min_duration), ("min_requests", args.min_requests)):
+            if value is not None:
+                spec[key] = value
+        gates = {k: getattr(args, k) for k in ("max_error_rate", "max_p99_ratio", "min_agreement") if hasattr(args, k)}
+        if gates:
+            spec["gates"] = {**spec.get("gates", {}), **gates}
+        _print(client.start_rollout(args.model, spec, args.reason))
     return 0

@@ -7,7 +7,10 @@
 - :mod:`~pyserve.release.audit`: :class:`AuditLog`, the JSON-lines log of changes (who, why, when,
   old and new policy);
 - :mod:`~pyserve.release.golden`: the validation gate, a version's golden samples (``golden.npz``)
-  run before it takes traffic.
+  run before it takes traffic;
+- :mod:`~pyserve.release.shadow`: shadow traffic, mirrored to a candidate and compared;
+- :mod:`~pyserve.release.rollout`: progressive delivery, the candidate's weight raised in steps while
+  its gates hold, rolled back to stable when one fails.
 
 The service layer (:mod:`pyserve.service`) resolves an alias or a split once per request here; the
 transports only pass a request's routing header along.

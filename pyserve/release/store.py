@@ -173,17 +173,26 @@ class TrafficPolicies:
 
     def _persist(self, path: Path, doc: dict, name: str, action: str, who: str, reason: str,
                  old_doc: dict) -> None:
-        # Write then rename: readers (a restart) see the old file or the new one, whole.
-        fd, tmp = tempfile.mkstemp(prefix=".traffic-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            assert self.audit is not None
-            self.audit.write(name, action, who, reason, old_doc, doc)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        assert self.audit is not None
+        audit = self.audit
+        # Audited once the new file is on disk and before it replaces the old one.
+        write_json_atomically(path, doc, lambda: audit.write(name, action, who, reason, old_doc, doc))
+
+
+def write_json_atomically(path: Path, doc: dict, before_replace: Callable[[], object] | None = None) -> None:
+    """Writes ``doc`` as indented JSON to ``path``: a temporary file in the same folder, flushed to
+    disk, then renamed over ``path``, so readers (a restart) see the old file or the new one, whole.
+    ``before_replace`` runs between the two; OSError (or what it raises) leaves ``path`` untouched."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -18,6 +18,7 @@ from pyserve import metrics
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.payload_log.settings import PayloadLogSettings
+from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
@@ -58,11 +59,11 @@ class App:
     """What the HTTP handlers share: the settings, the model host, the inference service, the metrics."""
 
     def __init__(self, settings: ServerSettings, host: ModelHost, service: InferenceService,
-                 registry: CollectorRegistry) -> None:
+                 registry: CollectorRegistry, rollouts: RolloutController | None = None) -> None:
         self.settings = settings
         self.host = host
         self.service = service
-        self.control = ModelControl(host)
+        self.control = ModelControl(host, rollouts)
         self.registry = registry
         self.payload_log: PayloadLog | None = None
 
@@ -80,8 +81,10 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
                      metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
-    service.add_hooks(ShadowMirror(host, ShadowMetrics.register(registry)))
-    app = App(settings, host, service, registry)
+    shadow_metrics = ShadowMetrics.register(registry)
+    service.add_hooks(ShadowMirror(host, shadow_metrics))
+    rollouts = RolloutController(host, RolloutMetrics(registry), shadow_metrics)
+    app = App(settings, host, service, registry, rollouts)
     if settings.payload_log.enabled:
         from pyserve.payload_log import PayloadLog
 
@@ -101,6 +104,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         # collector's generations, so the collections that requests trigger walk only new objects.
         gc.collect()
         gc.freeze()
+        rollouts.load_all()
         if app.payload_log is not None:
             app.payload_log.start()
             _say_which_models_log(host, settings.payload_log)
@@ -111,11 +115,14 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         if app.payload_log is not None:
             await asyncio.to_thread(app.payload_log.close)
         raise
+    # The rollout controller ticks off the request path; it stops before the models are released.
+    ticker = asyncio.create_task(rollouts.run(), name="rollouts")
     for sock in server.sockets:
         host_name, port = sock.getsockname()[:2]
         log.info("======== Running on http://%s:%s ========",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
     await stop.wait()
+    ticker.cancel()
     log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
     if not await server.shutdown(settings.shutdown_timeout_s):
         log.warning("some connections had not finished within %.0f s and were closed",

@@ -361,6 +361,36 @@ async def delete_alias(request: Request) -> Response:
 
 
 @endpoint
+def get_rollout(request: Request) -> Response:
+    return _json(request.app.control.rollout(request.match_info["model"]))
+
+
+@async_endpoint
+async def start_rollout(request: Request) -> Response:
+    _control_allowed(request)
+    doc = _json_body(request, "rollout")
+    reason = _reason(doc)
+    return _json(await request.app.control.start_rollout(request.match_info["model"], doc, request.peer, reason))
+
+
+@async_endpoint
+async def rollout_action(request: Request) -> Response:
+    """pause, resume, promote (``{"full": true}``: to 100% now) or abort a rollout."""
+    _control_allowed(request)
+    action = request.match_info["action"]
+    doc = _json_body(request, f"rollout {action[:40]}")
+    reason = _reason(doc)
+    full = doc.pop("full", False) if action == "promote" else False
+    if type(full) is not bool:
+        raise invalid(f"rollout promote: 'full' must be true or false, got {full!r}")
+    if doc:
+        raise invalid(f"rollout {action[:40]}: unknown field(s) {', '.join(map(repr, sorted(doc)))}; expected reason"
+                      + (", full" if action == "promote" else ""))
+    return _json(await request.app.control.rollout_action(request.match_info["model"], action, request.peer,
+                                                          reason, full))
+
+
+@endpoint
 def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
 
@@ -385,6 +415,9 @@ def make_router() -> Router:
     r.add("PUT", "/v2/repository/models/{model}/traffic", put_traffic)
     r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", put_alias)
     r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", delete_alias)
+    r.add("GET", "/v2/repository/models/{model}/rollout", get_rollout)
+    r.add("POST", "/v2/repository/models/{model}/rollout", start_rollout)
+    r.add("POST", "/v2/repository/models/{model}/rollout/{action}", rollout_action)
     r.add("GET", "/v2/models/stats", model_stats)  # every model; exact paths win over {model}
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix, model_metadata)

@@ -17,11 +17,12 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pyserve.errors import ErrorKind, PyserveError, invalid, not_found
+from pyserve.errors import ErrorKind, PyserveError, invalid, not_found, unavailable
 from pyserve.release import EMPTY, TrafficPolicy, check_alias_name
 from pyserve.repository import check_model_name, version_number
 
 if TYPE_CHECKING:
+    from pyserve.release.rollout import RolloutController
     from pyserve.service.host import ModelHost
 
 log = logging.getLogger("pyserve.service")
@@ -30,10 +31,12 @@ MAX_REASON = 1000  # characters of a change's reason kept in the audit log
 
 
 class ModelControl:
-    """Load, unload and list the models of a :class:`~pyserve.service.host.ModelHost`."""
+    """Load, unload and list the models of a :class:`~pyserve.service.host.ModelHost`; run their
+    rollouts through ``rollouts`` (None: rollout calls answer UNAVAILABLE)."""
 
-    def __init__(self, host: ModelHost) -> None:
+    def __init__(self, host: ModelHost, rollouts: RolloutController | None = None) -> None:
         self.host = host
+        self.rollouts = rollouts
 
     def index(self, ready_only: bool = False) -> list[dict]:
         """Triton's repository index rows (``name``, ``version``, ``state``, ``reason``), with
@@ -177,13 +180,59 @@ class ModelControl:
 
     async def _change(self, name: str, edit: Any, action: str, who: str, reason: str) -> TrafficPolicy:
         check_model_name(name)
-        if type(reason) is not str or len(reason) > MAX_REASON:
-            raise invalid(f"reason: expected a string of at most {MAX_REASON} characters")
+        self._check_reason(reason)
         try:
             return await asyncio.shield(self.host.traffic.change(name, edit, action=action, who=who, reason=reason))
         except PyserveError as e:
             log.info("traffic change %s of model %r refused: %s", action, name, e.message)
             raise
+
+    # -- rollouts ----------------------------------------------------------------------------
+    def rollout(self, name: str) -> dict:
+        """The state of model ``name``'s rollout (spec, phase, step, weights, gates, history);
+        NOT_FOUND when it has none."""
+        check_model_name(name)
+        return self._rollouts().state(name)
+
+    async def start_rollout(self, name: str, doc: Any, who: str, reason: str = "") -> dict:
+        """Starts a rollout of ``name`` (``doc``: the spec, see :mod:`pyserve.release.rollout`); returns
+        its state. INVALID_ARGUMENT naming the field, and nothing changes, for a bad spec."""
+        check_model_name(name)
+        self._check_reason(reason)
+        try:
+            return await asyncio.shield(self._rollouts().start(name, doc, who, reason))
+        except PyserveError as e:
+            log.info("rollout of model %r refused: %s", name, e.message)
+            raise
+
+    async def rollout_action(self, name: str, action: str, who: str, reason: str = "", full: bool = False) -> dict:
+        """``pause``, ``resume``, ``promote`` (``full``: to 100% at once) or ``abort`` model ``name``'s
+        rollout; returns its state. INVALID_ARGUMENT for another action or a rollout not in a phase
+        the action applies to."""
+        check_model_name(name)
+        self._check_reason(reason)
+        rollouts = self._rollouts()
+        if action == "promote":
+            call = rollouts.promote(name, who, reason, full)
+        elif action in ("pause", "resume", "abort"):
+            call = getattr(rollouts, action)(name, who, reason)
+        else:
+            raise invalid(f"rollout action {action[:40]!r}: expected pause, resume, promote or abort")
+        try:
+            return await asyncio.shield(call)
+        except PyserveError as e:
+            log.info("rollout %s of model %r refused: %s", action, name, e.message)
+            raise
+
+    def _rollouts(self) -> RolloutController:
+        if self.rollouts is None:
+            raise unavailable("rollouts are not run by this server")
+        return self.rollouts
+
+    @staticmethod
+    def _check_reason(reason: Any) -> None:
+        if type(reason) is not str or len(reason) > MAX_REASON:
+            raise invalid(f"reason: expected a string of at most {MAX_REASON} characters")
 
     @staticmethod
     def _callers_mistake(name: str, error: PyserveError) -> bool:
