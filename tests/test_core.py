@@ -520,9 +520,11 @@ def test_runner_runs_cheap_lone_batches_on_the_loop_thread(backend_name: str, co
 
     asyncio.run(main())
     loop_thread = threading.get_ident()
-    # The first batches run on the instance thread until they are seen to be cheap.
+    # The first batches run on the instance thread until they are seen to be cheap. Any later one may
+    # go back to it (a stall of a loaded machine makes a batch look costly): a cheap model must have
+    # run some batch inline, a costly one none.
     assert threads[0] != loop_thread
-    assert (threads[-1] == loop_thread) is inline
+    assert (loop_thread in threads[1:]) is inline
 
 
 @pytest.mark.parametrize("backend_name", ["identity", "python"], ids=["inline", "instance-thread"])
