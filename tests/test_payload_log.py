@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import requests
-from conftest import Repo, infer, wait_until
+from conftest import Repo, gate_config, infer, wait_until
 
 from pyserve.config import ConfigError, PayloadLogConfig, load_model_config
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
@@ -299,6 +299,69 @@ def test_a_tensor_over_max_tensor_bytes_is_logged_by_datatype_and_shape(repo: Re
     other = json.loads(rows["large"]["other_tensors"])
     assert other == {"inputs": {"x": {"datatype": "FP32", "shape": [2, 4], "data": None}},
                      "outputs": {"y": {"datatype": "FP32", "shape": [2, 4], "data": None}}}
+
+
+def test_shadow_pairs_that_disagree_are_logged_whatever_the_sample_rate(repo: Repo, tmp_path: Path) -> None:
+    """A mirrored call whose candidate answers differently, or fails, is logged as two records with
+    the request's id (the stable answer, and the candidate's with protocol ``shadow``), even at
+    sample rate 0; a candidate that agrees leaves nothing in the log."""
+    from pyserve.release.shadow import ShadowMirror
+    from pyserve.service import ModelControl
+
+    config = "max_batch_size = 8\n[version_policy]\nall = true\n[payload_log]\nsample_rate = 0.0\n"
+    repo.onnx("every", {1: 1.0, 3: 3.0}, config=config)  # version 3 answers differently
+    repo.onnx("twins", {1: 1.0, 2: 1.0}, config=config)
+    (repo.model_dir("twins") / "2" / "model.onnx").write_bytes((repo.model_dir("twins") / "1" / "model.onnx")
+                                                                .read_bytes())  # the same model again
+    doubles = ("import numpy as np\nclass Model:\n    def infer(self, inputs):\n"
+               "        return {'y': inputs['x'] * 2, 'seq': np.zeros((len(inputs['x']), 1), np.int64)}\n")
+    repo.python("flaky", doubles, gate_config(1, "[version_policy]\nall = true\n[payload_log]\nsample_rate = 0.0\n"),
+                versions=(1, 2))
+    (repo.model_dir("flaky") / "2" / "model.py").write_text(
+        "class Model:\n    def infer(self, inputs):\n        raise RuntimeError('the candidate is broken')\n")
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    answers: dict[str, list] = {}
+
+    async def main() -> None:
+        async with ModelHost(repo.root) as host:
+            plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path / "log"),
+                              lambda name: host.registry.models[name].config)
+            mirror = ShadowMirror(host, disagreements=plog.shadow_pair)
+            service = InferenceService(host, hooks=[mirror, plog])
+            control = ModelControl(host)
+            for model, candidate in (("every", "3"), ("twins", "2"), ("flaky", "2")):
+                await control.set_traffic(model, {"weights": {"1": 100}, "shadow": {"target": candidate}}, "tester")
+            plog.start()
+            try:
+                for i in range(3):
+                    for model in ("every", "twins"):
+                        resp = await service.infer(model, None, InferRequest({"x": x}, id=f"{model}-{i}"))
+                        assert resp.model_version == "1"
+                        answers["1"] = resp.outputs["y"].tolist()
+                flaky = await service.infer("flaky", None, InferRequest({"x": np.ones((1, 1), np.float32)}, id="f"))
+                assert flaky.outputs["y"].tolist() == [[2.0]]  # the client never sees the candidate fail
+                # The candidate serving a call itself: not mirrored, not logged (sample rate 0).
+                answers["3"] = (await service.infer("every", "3", InferRequest({"x": x}))).outputs["y"].tolist()
+                for _ in range(3000):
+                    if not any(mirror.in_flight.values()):
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await asyncio.to_thread(plog.close)
+
+    asyncio.run(main())
+    rows = [r for p in completed_files(tmp_path / "log") for r in pq.read_table(p).to_pylist()]
+    pairs = sorted((r["request_id"], r["version"], r["protocol"], r["sampled"], r["status"]) for r in rows)
+    assert pairs == [(f"every-{i}", v, proto, False, "ok") for i in range(3)
+                     for v, proto in (("1", "inprocess"), ("3", "shadow"))] + [
+        ("f", "1", "inprocess", False, "ok"), ("f", "2", "shadow", False, "internal")]
+    failed = next(r for r in rows if r["protocol"] == "shadow" and r["model"] == "flaky")
+    assert "the candidate is broken" in failed["error"] and failed["outputs"] == {"y": None, "seq": None}
+    by_version = {(r["request_id"], r["version"]): r for r in rows}
+    assert answers["1"] != answers["3"]
+    assert by_version[("every-0", "1")]["outputs"]["y"] == answers["1"]
+    assert by_version[("every-0", "3")]["outputs"]["y"] == answers["3"]
+    assert by_version[("every-0", "3")]["inputs"]["x"] == x.tolist()
 
 
 def test_rotation_by_size_and_time_and_retention(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from pyserve.payload_log.files import ParquetFiles
     from pyserve.payload_log.sink import CloudEventsSink
     from pyserve.protocol import InferRequest, InferResponse
+    from pyserve.release.shadow import ShadowPair
     from pyserve.runtime import ModelRunner
     from pyserve.service.context import CallContext
 
@@ -160,8 +161,24 @@ class PayloadLog(InferHooks):
         self._put(ctx, config, runner.version if runner is not None else "", error.kind.name.lower(), error.message,
                   sampled, request.inputs if request is not None else None, None)
 
+    def shadow_pair(self, pair: ShadowPair) -> None:
+        """Logs a mirrored call whose candidate disagreed with the stable answer or failed, whatever
+        the sample rate, when the model's payload log is on: two records with the request's id, the
+        stable answer (its own protocol and duration) and the candidate's (protocol ``shadow``; its
+        error when it failed), both with ``sampled`` false. Event loop thread: queues only."""
+        stable = pair.stable.config
+        if not stable.payload_log.enabled:
+            return
+        inputs = pair.request.inputs
+        self._put(pair.stable_ctx, stable, pair.stable.version, OK, None, False, inputs, pair.stable_outputs,
+                  pair.stable_duration_ns)
+        error = pair.candidate_error
+        self._put(pair.candidate_ctx, pair.candidate.config, pair.candidate.version,
+                  OK if error is None else error.kind.name.lower(), None if error is None else error.message,
+                  False, inputs, pair.candidate_outputs)
+
     def _put(self, ctx: CallContext | None, config: ModelConfig, version: str, status: str, error: str | None,
-             sampled: bool, inputs: dict | None, outputs: dict | None) -> None:
+             sampled: bool, inputs: dict | None, outputs: dict | None, duration_ns: int | None = None) -> None:
         if len(self._queue) >= self._max:
             self._dropped(config.name, "dropped").inc()
             return
@@ -169,7 +186,8 @@ class PayloadLog(InferHooks):
         if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
             inputs, outputs = _within(inputs, limit), _within(outputs, limit)
         now_ns = time.time_ns()
-        duration_ns = time.monotonic_ns() - ctx.started_ns if ctx is not None else 0
+        if duration_ns is None:
+            duration_ns = time.monotonic_ns() - ctx.started_ns if ctx is not None else 0
         # A plain tuple, Capture's fields in order: the writer thread builds the Capture.
         self._queue.append((
             now_ns - duration_ns, duration_ns, config.name, version,

@@ -19,6 +19,10 @@ Shadow load is bounded: at most ``max_in_flight`` mirrored requests per model wa
 when it falls behind, further mirrors are dropped and counted (``outcome="dropped"``), never queued.
 A candidate that fails is counted (``outcome="error"``) and changes nothing for the client. Outputs
 requested with ``classification`` are not compared (the stable answer holds class strings).
+
+When the server has a payload log, each pair that disagrees (some output differs, or the candidate
+failed) is handed to it (``disagreements``): the stable answer and the candidate's are logged as two
+records with the request's id, the candidate's with protocol ``shadow`` (docs/payload-log.md).
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pyserve.errors import PyserveError
+from pyserve.errors import PyserveError, internal
+from pyserve.service.context import CallContext
 from pyserve.service.hooks import InferHooks
 
 if TYPE_CHECKING:
@@ -40,7 +46,6 @@ if TYPE_CHECKING:
 
     from pyserve.protocol import InferRequest, InferResponse
     from pyserve.runtime import ModelRunner
-    from pyserve.service.context import CallContext
     from pyserve.service.host import ModelHost
 
 log = logging.getLogger("pyserve.release")
@@ -87,13 +92,37 @@ class ShadowMetrics:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """A mirrored call whose candidate disagreed with the stable answer or failed.
+
+    ``stable_ctx`` / ``stable`` / ``stable_outputs`` / ``stable_duration_ns``: the client's call, the
+    version that answered it, its answer (arrays by output name) and its time from arrival to answer
+    (ns). ``candidate_ctx`` (protocol ``shadow``, the request's id, the candidate's future) /
+    ``candidate`` / ``candidate_outputs`` (None when it failed) / ``candidate_error``: the mirror."""
+
+    request: InferRequest
+    stable_ctx: CallContext
+    stable: ModelRunner
+    stable_outputs: dict
+    stable_duration_ns: int
+    candidate_ctx: CallContext
+    candidate: ModelRunner
+    candidate_outputs: dict | None
+    candidate_error: PyserveError | None
+
+
 class ShadowMirror(InferHooks):
     """Mirrors requests to the shadow version of each model's traffic policy (attach it with
-    ``service.add_hooks``). ``in_flight`` holds the mirrored requests waiting per model."""
+    ``service.add_hooks``). ``in_flight`` holds the mirrored requests waiting per model.
+    ``disagreements``, when given, is called on the event loop's thread with each :class:`ShadowPair`
+    (it must only queue it: the payload log's :meth:`~pyserve.payload_log.PayloadLog.shadow_pair`)."""
 
-    def __init__(self, host: ModelHost, metrics: ShadowMetrics | None = None) -> None:
+    def __init__(self, host: ModelHost, metrics: ShadowMetrics | None = None,
+                 disagreements: Callable[[ShadowPair], None] | None = None) -> None:
         self.host = host
         self.metrics = metrics or ShadowMetrics.register()
+        self.disagreements = disagreements
         self.in_flight: dict[str, int] = {}
         self._pending: set[asyncio.Future] = set()
 
@@ -117,34 +146,56 @@ class ShadowMirror(InferHooks):
             return
         self.in_flight[name] = self.in_flight.get(name, 0) + 1
         compared = {k: v for k, v in response.outputs.items() if not _classified(request, k)}
+        stable = _Stable(ctx, runner, request, dict(response.outputs), compared,
+                         time.monotonic_ns() - ctx.started_ns)
         # After this turn of the loop: the stable answer is encoded and written first.
-        asyncio.get_running_loop().call_soon(self._mirror, name, candidate, request.inputs, compared)
+        asyncio.get_running_loop().call_soon(self._mirror, name, candidate, stable)
 
-    def _mirror(self, name: str, candidate: ModelRunner, inputs: dict, stable: dict) -> None:
-        started = time.monotonic_ns()
+    def _mirror(self, name: str, candidate: ModelRunner, stable: _Stable) -> None:
+        mirror_ctx = CallContext("shadow", stable.ctx.request_id)
         try:
-            future = candidate.submit(inputs)
+            future = candidate.submit(stable.request.inputs)
         except PyserveError as e:
             self._done(name, candidate, "error", e.message)
+            self._disagreed(stable, mirror_ctx, candidate, None, e)
             return
+        mirror_ctx.future = future
         self._pending.add(future)
-        future.add_done_callback(lambda f: self._answered(name, candidate, stable, started, f))
+        future.add_done_callback(lambda f: self._answered(name, candidate, stable, mirror_ctx, f))
 
-    def _answered(self, name: str, candidate: ModelRunner, stable: dict, started: int, future: asyncio.Future) -> None:
+    def _answered(self, name: str, candidate: ModelRunner, stable: _Stable, mirror_ctx: CallContext,
+                  future: asyncio.Future) -> None:
         self._pending.discard(future)
-        if future.cancelled():
-            self._done(name, candidate, "error", "cancelled")
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            why = "cancelled" if error is None else str(error)
+            self._done(name, candidate, "error", why)
+            self._disagreed(stable, mirror_ctx, candidate, None,
+                            error if isinstance(error, PyserveError) else internal(why))
             return
-        error = future.exception()
-        if error is not None:
-            self._done(name, candidate, "error", str(error))
-            return
+        started = mirror_ctx.started_ns
         self.metrics.duration.labels(name, candidate.version).observe((time.monotonic_ns() - started) / 1e9)
+        outputs = future.result()
         try:
-            self._compare(name, candidate.version, stable, future.result())
+            agreed = self._compare(name, candidate.version, stable.compared, outputs)
         except Exception:  # a comparison bug must not leak a slot or reach the loop
             log.exception("model %s: comparing the shadow answer of version %s failed", name, candidate.version)
+            agreed = True
         self._done(name, candidate, "compared")
+        if not agreed:
+            self._disagreed(stable, mirror_ctx, candidate, outputs, None)
+
+    def _disagreed(self, stable: _Stable, mirror_ctx: CallContext, candidate: ModelRunner,
+                   outputs: dict | None, error: PyserveError | None) -> None:
+        if self.disagreements is None:
+            return
+        pair = ShadowPair(stable.request, stable.ctx, stable.runner, stable.outputs, stable.duration_ns,
+                          mirror_ctx, candidate, outputs, error)
+        try:
+            self.disagreements(pair)
+        except Exception:  # the log's trouble is not the mirror's
+            log.exception("model %s: handing a disagreeing shadow pair to the payload log failed",
+                          candidate.config.name)
 
     def _done(self, name: str, candidate: ModelRunner, outcome: str, why: str = "") -> None:
         self.in_flight[name] -= 1
@@ -152,13 +203,16 @@ class ShadowMirror(InferHooks):
         if why:
             log.debug("model %s: shadow version %s failed: %s", name, candidate.version, why)
 
-    def _compare(self, name: str, version: str, stable: dict, shadow: dict) -> None:
+    def _compare(self, name: str, version: str, stable: dict, shadow: dict) -> bool:
+        """Counts the comparison of each output; True when every output agrees."""
         m = self.metrics
+        agreed_all = True
         for output, want in stable.items():
             got = shadow.get(output)
             if got is None or got.shape != want.shape:
                 m.comparisons.labels(name, version, output, "disagree").inc()
                 m.elements.labels(name, version, output, "disagree").inc(want.size)
+                agreed_all = False
                 continue
             if want.dtype.kind in "fciub" and got.dtype.kind in "fciub":
                 a, b = want.astype(np.float64), got.astype(np.float64)
@@ -174,6 +228,21 @@ class ShadowMirror(InferHooks):
             m.elements.labels(name, version, output, "agree").inc(agree)
             m.elements.labels(name, version, output, "disagree").inc(want.size - agree)
             m.comparisons.labels(name, version, output, "agree" if agree == want.size else "disagree").inc()
+            agreed_all = agreed_all and agree == want.size
+        return agreed_all
+
+
+@dataclass(frozen=True, slots=True)
+class _Stable:
+    """The client's call as the mirror keeps it until the candidate answers: its answer (``outputs``)
+    and the outputs compared (those not requested with ``classification``)."""
+
+    ctx: CallContext
+    runner: ModelRunner
+    request: InferRequest
+    outputs: dict
+    compared: dict
+    duration_ns: int
 
 
 def _classified(request: InferRequest, output: str) -> bool:

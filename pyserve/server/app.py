@@ -81,15 +81,19 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
                      metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
-    shadow_metrics = ShadowMetrics.register(registry)
-    service.add_hooks(ShadowMirror(host, shadow_metrics))
-    rollouts = RolloutController(host, RolloutMetrics(registry), shadow_metrics)
-    app = App(settings, host, service, registry, rollouts)
+    payload_log = None
     if settings.payload_log.enabled:
         from pyserve.payload_log import PayloadLog
 
-        app.payload_log = PayloadLog(settings.payload_log, functools.partial(_model_config, host), registry)
-        service.add_hooks(app.payload_log)
+        payload_log = PayloadLog(settings.payload_log, functools.partial(_model_config, host), registry)
+    shadow_metrics = ShadowMetrics.register(registry)
+    # Shadow pairs that disagree go to the payload log (of the models that log).
+    service.add_hooks(ShadowMirror(host, shadow_metrics, payload_log.shadow_pair if payload_log else None))
+    rollouts = RolloutController(host, RolloutMetrics(registry), shadow_metrics)
+    app = App(settings, host, service, registry, rollouts)
+    if payload_log is not None:
+        app.payload_log = payload_log
+        service.add_hooks(payload_log)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
