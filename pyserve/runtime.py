@@ -117,26 +117,30 @@ class ModelRunner:
         except _core.CoreError as e:
             raise error_from_core(*e.args) from None
         self._stopped = False
+        self._background = False  # a request queued this turn must not run inline (submit(inline=False))
 
     def _flush(self) -> None:
         # A cheap batch with every instance idle runs right here, on the loop's thread; its answers
         # are then delivered at once, without a wake-up of the loop. For a costly model the core
         # puts the flush off while requests keep coming, so that batches fill.
-        result = self._scheduler.flush(self._inline_ok)
+        result = self._scheduler.flush(self._inline_ok and not self._background)
         if result == _FLUSH_POSTPONED:
             self._loop.call_soon(self._flush)
             return
         self._flush_scheduled = False
+        self._background = False
         if result == _FLUSH_RAN_INLINE:
             self._pump.drain()
 
     def submit(
-        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0
+        self, inputs: dict[str, np.ndarray], *, priority: int = 0, timeout_us: int = 0, inline: bool = True
     ) -> asyncio.Future[dict[str, np.ndarray]]:
         """Queues one request; the future resolves to its outputs or raises PyserveError.
 
         Invalid input and a full queue raise at once (INVALID_ARGUMENT, UNAVAILABLE). Cancelling the
-        future cancels the request if it is still queued.
+        future cancels the request if it is still queued. ``inline=False``: the batch holding this
+        request runs on an instance thread, never on the event loop's (background work such as a
+        shadow's mirrored requests must not hold up the loop's other calls).
         """
         future = CallFuture(loop=self._loop)
         try:
@@ -144,11 +148,13 @@ class ModelRunner:
         except _core.CoreError as e:
             raise self._refused(inputs, error_from_core(*e.args)) from None
         future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
+        if not inline:
+            self._background = True  # until this turn's flush has dispatched it
         if self._dispatch_when_idle and not self._flush_scheduled:
             # The first request of this loop turn: if the model is cheap and idle it runs now, and
             # its future is done before the caller awaits it (a lone client pays no loop turn).
             # Requests later in the turn gather for the flush scheduled below.
-            if self._scheduler.flush(self._inline_ok) == _FLUSH_RAN_INLINE:
+            if self._scheduler.flush(self._inline_ok and not self._background) == _FLUSH_RAN_INLINE:
                 self._pump.drain()
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)  # runs after this iteration's other handlers

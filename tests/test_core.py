@@ -527,6 +527,32 @@ def test_runner_runs_cheap_lone_batches_on_the_loop_thread(backend_name: str, co
     assert (loop_thread in threads[1:]) is inline
 
 
+def test_runner_never_runs_a_background_request_on_the_loop_thread() -> None:
+    """submit(inline=False) (a shadow's mirrored request): the batch runs on an instance thread even
+    where the model is cheap enough to run inline; requests of the same model that may run inline
+    still do once the background one is dispatched."""
+    threads: list[tuple[str, int]] = []
+
+    def backend(batch):
+        threads.append(("bg" if float(batch["x"][0, 0]) < 0 else "fg", threading.get_ident()))
+        return {"y": batch["x"]}
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(backend="onnxruntime"), "1", backend, pump)
+        for i in range(30):  # one at a time: every instance idle at each flush
+            await runner.infer(sample(i))
+            out = await runner.submit(sample(-1 - i), inline=False)
+            assert float(out["y"][0, 0]) == -1 - i
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())
+    loop_thread = threading.get_ident()
+    assert all(t != loop_thread for kind, t in threads if kind == "bg")
+    assert any(t == loop_thread for kind, t in threads if kind == "fg")  # the cheap model did run inline
+
+
 @pytest.mark.parametrize("backend_name", ["identity", "python"], ids=["inline", "instance-thread"])
 @pytest.mark.parametrize("instances", [1, 2])
 def test_runner_mixed_shapes_every_request_ends(backend_name: str, instances: int) -> None:

@@ -154,7 +154,7 @@ class ShadowMirror(InferHooks):
     def _mirror(self, name: str, candidate: ModelRunner, stable: _Stable) -> None:
         mirror_ctx = CallContext("shadow", stable.ctx.request_id)
         try:
-            future = candidate.submit(stable.request.inputs)
+            future = candidate.submit(stable.request.inputs, inline=False)  # never on the loop's thread
         except PyserveError as e:
             self._done(name, candidate, "error", e.message)
             self._disagreed(stable, mirror_ctx, candidate, None, e)
