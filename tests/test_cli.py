@@ -319,3 +319,28 @@ def test_traffic_weights_flag_refuses_what_json_cannot_carry(text: str, message:
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
         weights(text)
     assert weights("stable=90, canary=10,") == {"stable": 90.0, "canary": 10.0}
+
+
+def test_serving_needs_neither_pyarrow_nor_duckdb(onnx_file: Path) -> None:
+    """The README's first command installs the `demo` extra only: the command line, and a server
+    without a payload log, must work with pyarrow and duckdb missing; `pyserve logs` and
+    `--payload-log-dir` then say what to install."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["pyarrow"] = None  # as if not installed: importing it raises ImportError
+        sys.modules["duckdb"] = None
+        from pyserve import cli
+        cli.make_parser()
+        for argv in (["logs", "nowhere"], ["serve", "--model", "m={onnx_file}", "--payload-log-dir", "x"]):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:
+                code = e.code
+            print("exit", code)
+        from pyserve.server.app import serve  # the server itself imports no payload-log file module
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["exit", "2", "exit", "2", "ok"], (out.stdout, out.stderr)
+    assert "pip install 'pyserve[log]'" in out.stderr

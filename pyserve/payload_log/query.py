@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from pyserve.errors import invalid
-from pyserve.payload_log.files import completed_files
 from pyserve.repository.sources import check_model_name
 
 OUTCOMES = ("success", "failure", "timeout", "rejected", "cancelled")
@@ -74,6 +73,8 @@ def connect(log_dir: Path, model: str | None = None) -> Any:
     without files gives an empty ``logs`` with the fixed columns."""
     duckdb = require_duckdb()
     con = duckdb.connect()
+    from pyserve.payload_log.files import completed_files  # pyarrow: only `pyserve logs` needs it
+
     files = [str(p) for p in completed_files(Path(log_dir), model)] if Path(log_dir).is_dir() else []
     if files:
         con.read_parquet(files, union_by_name=True).create_view("logs")
