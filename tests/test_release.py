@@ -403,7 +403,7 @@ def test_widening_the_last_share_only_moves_keys_onto_it() -> None:
     ({"shadow": {"target": "2", "percent": 101}}, "policy.shadow.percent: expected a percentage from 0 to 100"),
     ({"shadow": {"target": "2", "max_in_flight": 0}}, "policy.shadow.max_in_flight: expected an integer >= 1, got 0"),
     ({"shadow": {"target": "2", "share": 5}}, "policy.shadow: unknown field(s) 'share'"),
-    ({"shadow": "2"}, "policy.shadow: expected an object with target, percent, max_in_flight, got a string"),
+    ({"shadow": "2"}, "policy.shadow: expected a JSON object with target, percent, max_in_flight, got a string"),
     ({"weights": {"1": 50, "01": 50}}, "policy.weights.01: version 1 is given twice"),
     ({"shadow": {"target": "2", "max_in_flight": 10**17}},
      "policy.shadow.max_in_flight: at most 10000, got 100000000000000000"),

@@ -166,12 +166,12 @@ class PayloadLog(InferHooks):
         the sample rate, when the model's payload log is on: two records with the request's id, the
         stable answer (its own protocol and duration) and the candidate's (protocol ``shadow``; its
         error when it failed), both with ``sampled`` false. Event loop thread: queues only."""
-        stable = pair.stable.config
-        if not stable.payload_log.enabled:
+        stable = pair.stable
+        if not stable.runner.config.payload_log.enabled:
             return
-        inputs = pair.request.inputs
-        self._put(pair.stable_ctx, stable, pair.stable.version, OK, None, False, inputs, pair.stable_outputs,
-                  pair.stable_duration_ns)
+        inputs = stable.request.inputs
+        self._put(stable.ctx, stable.runner.config, stable.runner.version, OK, None, False, inputs, stable.outputs,
+                  stable.duration_ns)
         error = pair.candidate_error
         self._put(pair.candidate_ctx, pair.candidate.config, pair.candidate.version,
                   OK if error is None else error.kind.name.lower(), None if error is None else error.message,

@@ -26,7 +26,7 @@ import hashlib
 import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -81,12 +81,7 @@ class Shadow:
     @classmethod
     def from_doc(cls, doc: Any, where: str) -> Shadow:
         """The shadow of a policy document; INVALID_ARGUMENT naming the field."""
-        if type(doc) is not dict:
-            raise invalid(f"{where}: expected an object with {', '.join(SHADOW_FIELDS)}, got {_kind(doc)}")
-        unknown = sorted(set(doc) - set(SHADOW_FIELDS))
-        if unknown:
-            raise invalid(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                          f"expected {', '.join(SHADOW_FIELDS)}")
+        check_object(doc, SHADOW_FIELDS, where)
         target = doc.get("target")
         if type(target) is int and not isinstance(target, bool):
             target = str(target)
@@ -141,11 +136,7 @@ class TrafficPolicy:
     def from_doc(cls, doc: Any, where: str = "policy") -> TrafficPolicy:
         """The policy of a JSON document; INVALID_ARGUMENT naming the field (``where.weights.2``) and
         what was expected. Checks the document alone: :meth:`check` checks it against the versions."""
-        if type(doc) is not dict:
-            raise invalid(f"{where}: expected a JSON object with {', '.join(FIELDS)}, got {_kind(doc)}")
-        unknown = sorted(set(doc) - set(FIELDS))
-        if unknown:
-            raise invalid(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}")
+        check_object(doc, FIELDS, where)
         aliases = doc.get("aliases", {})
         if type(aliases) is not dict:
             raise invalid(f"{where}.aliases: expected an object (alias -> version or alias), got {_kind(aliases)}")
@@ -298,6 +289,17 @@ def _canonical(target: str) -> str:
     """A version number written the one way it is shown ("01" -> "1"); an alias as it is."""
     number = version_number(target)
     return str(number) if number is not None else target
+
+
+def check_object(doc: Any, fields: Iterable[str], where: str, note: str = "") -> None:
+    """INVALID_ARGUMENT naming ``where`` unless ``doc`` is a JSON object whose keys are among
+    ``fields`` (``note`` is added to the list of expected fields, e.g. what null means)."""
+    expected = ", ".join(fields) + (f" ({note})" if note else "")
+    if type(doc) is not dict:
+        raise invalid(f"{where}: expected a JSON object with {expected}, got {_kind(doc)}")
+    unknown = sorted(set(doc) - set(fields))
+    if unknown:
+        raise invalid(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; expected {expected}")
 
 
 def _kind(value: Any) -> str:

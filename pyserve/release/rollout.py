@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from pyserve.errors import PyserveError, invalid, not_found
-from pyserve.release.policy import EMPTY, TrafficPolicy
+from pyserve.release.policy import EMPTY, TrafficPolicy, check_object
 from pyserve.release.store import write_json_atomically
 from pyserve.repository import version_number
 
@@ -102,11 +102,7 @@ class RolloutSpec:
     def from_doc(cls, doc: Any, policy: TrafficPolicy, where: str = "rollout") -> RolloutSpec:
         """The spec of a JSON document, checked alone; ``stable`` defaults to the policy's only
         weighted target, else its alias ``stable``. INVALID_ARGUMENT naming the field."""
-        if type(doc) is not dict:
-            raise invalid(f"{where}: expected a JSON object with {', '.join(FIELDS)}")
-        unknown = sorted(set(doc) - set(FIELDS))
-        if unknown:
-            raise invalid(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)}")
+        check_object(doc, FIELDS, where)
         targets = {}
         for key in ("candidate", "stable"):
             value = doc.get(key)
@@ -139,12 +135,7 @@ class RolloutSpec:
         duration = _number(doc, "min_duration_s", where, DEFAULT_MIN_DURATION_S, 0.0, math.inf)
         requests = int(_number(doc, "min_requests", where, DEFAULT_MIN_REQUESTS, 0, math.inf, integer=True))
         gates_doc = doc.get("gates", {})
-        if type(gates_doc) is not dict:
-            raise invalid(f"{where}.gates: expected an object with {', '.join(GATE_FIELDS)}")
-        unknown = sorted(set(gates_doc) - set(GATE_FIELDS))
-        if unknown:
-            raise invalid(f"{where}.gates: unknown field(s) {', '.join(map(repr, unknown))}; "
-                          f"expected {', '.join(GATE_FIELDS)} (null turns a gate off)")
+        check_object(gates_doc, GATE_FIELDS, f"{where}.gates", "null turns a gate off")
         gates: dict[str, float | None] = {}
         for key, (_gate, default, low, high) in GATE_FIELDS.items():
             if key in gates_doc and gates_doc[key] is None:

@@ -93,19 +93,26 @@ class ShadowMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class ShadowPair:
-    """A mirrored call whose candidate disagreed with the stable answer or failed.
+class StableCall:
+    """A client's call as the mirror keeps it until the candidate answers: its context, the version
+    that answered it, the request, the answer (arrays by output name), the outputs compared (those
+    not requested with ``classification``) and its time from arrival to answer (ns)."""
 
-    ``stable_ctx`` / ``stable`` / ``stable_outputs`` / ``stable_duration_ns``: the client's call, the
-    version that answered it, its answer (arrays by output name) and its time from arrival to answer
-    (ns). ``candidate_ctx`` (protocol ``shadow``, the request's id, the candidate's future) /
-    ``candidate`` / ``candidate_outputs`` (None when it failed) / ``candidate_error``: the mirror."""
-
+    ctx: CallContext
+    runner: ModelRunner
     request: InferRequest
-    stable_ctx: CallContext
-    stable: ModelRunner
-    stable_outputs: dict
-    stable_duration_ns: int
+    outputs: dict
+    compared: dict
+    duration_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """A mirrored call whose candidate disagreed with the stable answer or failed: the ``stable`` call,
+    and the mirror's context (protocol ``shadow``, the request's id, the candidate's future), the
+    candidate, its outputs (None when it failed) and its error."""
+
+    stable: StableCall
     candidate_ctx: CallContext
     candidate: ModelRunner
     candidate_outputs: dict | None
@@ -146,12 +153,12 @@ class ShadowMirror(InferHooks):
             return
         self.in_flight[name] = self.in_flight.get(name, 0) + 1
         compared = {k: v for k, v in response.outputs.items() if not _classified(request, k)}
-        stable = _Stable(ctx, runner, request, dict(response.outputs), compared,
+        stable = StableCall(ctx, runner, request, dict(response.outputs), compared,
                          time.monotonic_ns() - ctx.started_ns)
         # After this turn of the loop: the stable answer is encoded and written first.
         asyncio.get_running_loop().call_soon(self._mirror, name, candidate, stable)
 
-    def _mirror(self, name: str, candidate: ModelRunner, stable: _Stable) -> None:
+    def _mirror(self, name: str, candidate: ModelRunner, stable: StableCall) -> None:
         mirror_ctx = CallContext("shadow", stable.ctx.request_id)
         try:
             future = candidate.submit(stable.request.inputs, inline=False)  # never on the loop's thread
@@ -163,7 +170,7 @@ class ShadowMirror(InferHooks):
         self._pending.add(future)
         future.add_done_callback(lambda f: self._answered(name, candidate, stable, mirror_ctx, f))
 
-    def _answered(self, name: str, candidate: ModelRunner, stable: _Stable, mirror_ctx: CallContext,
+    def _answered(self, name: str, candidate: ModelRunner, stable: StableCall, mirror_ctx: CallContext,
                   future: asyncio.Future) -> None:
         self._pending.discard(future)
         error = None if future.cancelled() else future.exception()
@@ -185,12 +192,11 @@ class ShadowMirror(InferHooks):
         if not agreed:
             self._disagreed(stable, mirror_ctx, candidate, outputs, None)
 
-    def _disagreed(self, stable: _Stable, mirror_ctx: CallContext, candidate: ModelRunner,
+    def _disagreed(self, stable: StableCall, mirror_ctx: CallContext, candidate: ModelRunner,
                    outputs: dict | None, error: PyserveError | None) -> None:
         if self.disagreements is None:
             return
-        pair = ShadowPair(stable.request, stable.ctx, stable.runner, stable.outputs, stable.duration_ns,
-                          mirror_ctx, candidate, outputs, error)
+        pair = ShadowPair(stable, mirror_ctx, candidate, outputs, error)
         try:
             self.disagreements(pair)
         except Exception:  # the log's trouble is not the mirror's
@@ -230,19 +236,6 @@ class ShadowMirror(InferHooks):
             m.comparisons.labels(name, version, output, "agree" if agree == want.size else "disagree").inc()
             agreed_all = agreed_all and agree == want.size
         return agreed_all
-
-
-@dataclass(frozen=True, slots=True)
-class _Stable:
-    """The client's call as the mirror keeps it until the candidate answers: its answer (``outputs``)
-    and the outputs compared (those not requested with ``classification``)."""
-
-    ctx: CallContext
-    runner: ModelRunner
-    request: InferRequest
-    outputs: dict
-    compared: dict
-    duration_ns: int
 
 
 def _classified(request: InferRequest, output: str) -> bool:
