@@ -127,8 +127,18 @@ class Windows:
             self.results.append((self.rows, results))
 
 
+STEP = 2000  # requests between waits for the payload log and the monitor: their queues never overflow
+
+
 async def send(service: InferenceService, rows: np.ndarray, concurrency: int,
-               latencies: list[float] | None = None) -> None:
+               latencies: list[float] | None = None, settle_every: tuple | None = None) -> None:
+    """Infers ``rows`` one per request from ``concurrency`` callers; with ``settle_every`` (plog,
+    monitor), waits for both every :data:`STEP` requests."""
+    if settle_every is not None and len(rows) > STEP:
+        for i in range(0, len(rows), STEP):
+            await send(service, rows[i:i + STEP], concurrency, latencies)
+            await settle(*settle_every)
+        return
     position = 0
 
     async def worker() -> None:
@@ -189,7 +199,9 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
     # 1. false alarms over windows of unshifted rows.
     first = len(windows.results)
     started = time.perf_counter()
-    await send(service, traffic.rows(per_window * args.null_windows), args.concurrency)
+    for _ in range(0, args.null_windows, 10):  # not all rows at once: memory
+        await send(service, traffic.rows(per_window * min(10, args.null_windows - _)), args.concurrency,
+                   settle_every=(plog, monitor))
     await settle(plog, monitor)
     null = [r for _, r in windows.results[first:]]
     elapsed = time.perf_counter() - started
@@ -217,7 +229,8 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
         await settle(plog, monitor)
         first = len(windows.results)
         shift_request = traffic.sent
-        await send(service, traffic.rows(args.budget, feature, args.shift_sd), args.concurrency)
+        await send(service, traffic.rows(args.budget, feature, args.shift_sd), args.concurrency,
+                   settle_every=(plog, monitor))
         await settle(plog, monitor)
         found = None
         for end, results in windows.results[first:]:
@@ -232,7 +245,7 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
             delays.append(int(round(found / args.sample_rate)) - shift_request)
         # back to unshifted traffic: the shifted rows leave the windows
         await send(service, traffic.rows(per_window * 2 + (per_window - (args.budget + lead) % per_window)),
-                   args.concurrency)
+                   args.concurrency, settle_every=(plog, monitor))
         await settle(plog, monitor)
     if delays:
         d = np.array(delays)
@@ -262,6 +275,9 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
           f"alternating blocks of {args.latency_rows}")
     print(f"drift on : p50 {pct(on, 50):.0f} us, p99 {pct(on, 99):.0f} us")
     print(f"drift off: p50 {pct(off, 50):.0f} us, p99 {pct(off, 99):.0f} us")
+    lost = plog.records_total.labels("tabular", "dropped")._value.get()
+    print(f"# dropped: {lost:.0f} by the payload log, "
+          f"{monitor.dropped.labels('tabular')._value.get():.0f} by the drift monitor")
 
 
 def main() -> int:

@@ -186,8 +186,12 @@ def golden_data(version_dir: Path, config: ModelConfig) -> Data:
     return data
 
 
-def _wire(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """``array`` as the model takes ``spec``: its datatype (strings as bytes for BYTES)."""
+def _wire(array: np.ndarray, spec: TensorSpec, batching: bool) -> np.ndarray:
+    """``array`` as the model takes ``spec``: its datatype (strings as bytes for BYTES), and the
+    shape of its rows when they hold as many values (a column of scalars for a ``[1]`` input)."""
+    if batching and all(d > 0 for d in spec.shape) and array.ndim and array.size == len(array) * int(
+            np.prod(spec.shape)):
+        array = array.reshape(len(array), *spec.shape)
     if spec.datatype == "BYTES":
         return np.array([v.encode() if isinstance(v, str) else bytes(v) for v in array.reshape(-1)],
                         dtype=object).reshape(array.shape)
@@ -210,7 +214,7 @@ async def _run(model_dir: Path, name: str, version: int, inputs: dict[str, np.nd
             step = config.max_batch_size if config.max_batch_size > 0 else 1
             rows = len(next(iter(inputs.values())))
             specs = {s.name: s for s in config.inputs}
-            wired = {k: _wire(a, specs[k]) for k, a in inputs.items()}
+            wired = {k: _wire(a, specs[k], config.max_batch_size > 0) for k, a in inputs.items()}
             chunks: list[dict[str, np.ndarray]] = [{} for _ in range(0, rows, step)]
             gate = asyncio.Semaphore(MAX_RUN_REQUESTS)
 

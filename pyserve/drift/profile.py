@@ -195,9 +195,11 @@ def describe(name: str, values: np.ndarray, kind: str | None = None, output: boo
     if is_text:
         raise ValueError(f"feature {name!r}: strings cannot be numerical")
     v = values.astype(np.float64)
+    q = np.array([_round(x) for x in np.quantile(v, QUANTILE_PROBS)])
+    q[0], q[-1] = v.min(), v.max()  # exact: no value of the reference lies outside them
+    q = np.clip(np.maximum.accumulate(q), q[0], q[-1])  # ascending whatever the rounding did
     return NumericalFeature(name, int(v.size), _round(float(v.mean())), _round(float(v.std())),
-                            float(v.min()), float(v.max()),
-                            np.array([_round(q) for q in np.quantile(v, QUANTILE_PROBS)]))
+                            float(q[0]), float(q[-1]), q)
 
 
 def _json_key(key: Any) -> Any:
