@@ -136,7 +136,7 @@ class _Version:
                     budget -= min(budget, len(tp.features))
         self.feature_count = sum(len(w.features) for _, w in self.tensors)
         if total > self.feature_count:
-            log.warning("drift: model %s version %s: its profile describes %d features; only the first %d "
+            log.warning("model %s version %s: its profile describes %d features; only the first %d "
                         "are watched ([drift] max_features)", model, version, total, self.feature_count)
         self.rows = 0
         self.opened = 0.0
@@ -158,7 +158,7 @@ class _Version:
             except (ValueError, TypeError) as e:
                 if not watched.mismatch_logged:
                     watched.mismatch_logged = True
-                    log.warning("drift: model %s version %s: %s %r of shape %s does not fit its profile (%s); "
+                    log.warning("model %s version %s: %s %r of shape %s does not fit its profile (%s); "
                                 "such calls are left out", self.model, self.version, role,
                                 name, list(np.shape(array)), e)
         if rows and not self.rows:
@@ -172,8 +172,8 @@ class _Version:
     def evaluate(self, wall: float) -> list[tuple[FeatureDrift, bool]]:
         """Tests the window's features and empties it; each result with whether it drifted before."""
         drift = self.drift
-        scored: list[tuple[str, Any, str, float, int]] = []  # (tensor, feature, method, score, rows)
-        for _role, watched in self.tensors:
+        scored: list[tuple[int, int, str, Any, str, float, int]] = []  # (tensor, feature index, ..., rows)
+        for t, (_role, watched) in enumerate(self.tensors):
             name = watched.profile.tensor
             if watched.chunks_num:
                 matrix = np.concatenate(watched.chunks_num)
@@ -183,24 +183,26 @@ class _Version:
                     if values.size:
                         feature = watched.features[i]
                         method = stats.choose("numerical", values.size, drift.numerical_method)
-                        scored.append((name, feature, method, stats.score(feature, values, method), values.size))
+                        scored.append((t, i, name, feature, method, stats.score(feature, values, method),
+                                       values.size))
             if watched.chunks_cat:
                 for j, i in enumerate(watched.categorical):
                     values = np.concatenate([chunk[j] for chunk in watched.chunks_cat])
                     feature = watched.features[i]
                     method = stats.choose("categorical", values.size, categorical_method=drift.categorical_method)
-                    scored.append((name, feature, method, stats.score(feature, values, method), values.size))
+                    scored.append((t, i, name, feature, method, stats.score(feature, values, method), values.size))
             watched.clear()
+        scored.sort(key=lambda s: s[:2])  # the profile's order
         window_rows = self.rows
         self.rows = 0
-        p_values = np.array([s for _, _, m, s, _ in scored if m in stats.P_VALUE_METHODS])
+        p_values = np.array([s for *_, m, s, _ in scored if m in stats.P_VALUE_METHODS])
         # ks and chisquare features are tested together at one family-wise level (their thresholds agree
         # by default; with different ones each method's features are corrected at its own level).
         cutoffs = {m: stats.p_value_cutoffs(p_values, drift.threshold(m), drift.correction)
                    for m in stats.P_VALUE_METHODS}
         before = {(r.tensor, r.feature): r.drifted for r in self.results}
         out = []
-        for name, feature, method, score, rows in scored:
+        for _, _, name, feature, method, score, rows in scored:
             if method in stats.P_VALUE_METHODS:
                 threshold = cutoffs[method]
                 drifted = score < threshold if drift.correction != "benjamini-hochberg" else score <= threshold
@@ -305,7 +307,7 @@ class DriftMonitor:
                 self._drain()
                 self._close_old_windows()
             except Exception:  # the monitor must outlive any one bad batch
-                log.exception("drift: the monitor failed on a batch of calls")
+                log.exception("the drift monitor failed on a batch of calls")
             finally:
                 with self._idle:
                     self._busy = False
@@ -353,18 +355,18 @@ class DriftMonitor:
         try:
             path = self._profile_path(model, config, version)
             if not path.is_file():
-                log.warning("drift: model %s version %s has [drift] but no profile (%s): its drift is not "
+                log.warning("model %s version %s has [drift] but no profile (%s): its drift is not "
                             "watched; build one with: pyserve profile", model, version, path)
             else:
                 watched = _Version(model, version, config, read_profile(path))
                 if watched.feature_count == 0:
-                    log.warning("drift: model %s version %s: its profile %s describes none of the tensors "
+                    log.warning("model %s version %s: its profile %s describes none of the tensors "
                                 "[drift] watches", model, version, path)
                 else:
-                    log.info("drift: watching model %s version %s: %d features, windows of %d rows (%s)", model,
+                    log.info("watching the drift of model %s version %s: %d features, windows of %d rows (%s)", model,
                              version, watched.feature_count, config.drift.window_rows, path)
         except PyserveError as e:
-            log.warning("drift: model %s version %s is not watched: %s", model, version, e.message)
+            log.warning("the drift of model %s version %s is not watched: %s", model, version, e.message)
         with self._lock:
             self._versions[key] = (config, watched)
         return watched
@@ -375,17 +377,16 @@ class DriftMonitor:
             try:
                 listener([r for r, _ in results])
             except Exception:  # noqa: BLE001 - a listener's fault must not stop the monitor
-                log.exception("drift: a listener of the results failed")
-        for result, was in results:
-            if result.drifted and not was:
-                log.warning("drift: model %s version %s %s feature %s started drifting: %s %.4g %s %.4g "
-                            "(%d rows)", result.model, result.version, result.tensor, result.feature, result.method,
-                            result.score, "<" if result.method in stats.P_VALUE_METHODS else ">=",
-                            result.threshold, result.window_rows)
-            elif was and not result.drifted:
-                log.info("drift: model %s version %s %s feature %s stopped drifting: %s %.4g (threshold %.4g, "
-                         "%d rows)", result.model, result.version, result.tensor, result.feature, result.method,
-                         result.score, result.threshold, result.window_rows)
+                log.exception("a listener of the drift results failed")
+        started = [r for r, was in results if r.drifted and not was]
+        stopped = [r for r, was in results if was and not r.drifted]
+        # One line per window and direction: 64 features drifting at once must not be 64 lines.
+        if started:
+            log.warning("model %s version %s: %s started drifting (window of %d rows): %s", watched.model,
+                        watched.version, _count(started), watched.last_rows, _listed(started, "<", ">="))
+        if stopped:
+            log.info("model %s version %s: %s stopped drifting (window of %d rows): %s", watched.model,
+                     watched.version, _count(stopped), watched.last_rows, _listed(stopped, ">=", "<"))
 
     # -- readers (any thread) --------------------------------------------------------------------
     def versions(self, model: str | None = None) -> list[_Version]:
@@ -402,6 +403,22 @@ class DriftMonitor:
         for v in sorted(self.versions(model), key=lambda v: (v.model, v.version)):
             out.extend(v.results)
         return out
+
+
+MAX_LISTED = 20  # features named in one log line
+
+
+def _count(results: list[FeatureDrift]) -> str:
+    return f"{len(results)} feature{'s' if len(results) != 1 else ''}"
+
+
+def _listed(results: list[FeatureDrift], p_sign: str, distance_sign: str) -> str:
+    """``tensor feature (method score sign threshold)``, comma-separated, at most :data:`MAX_LISTED`."""
+    text = ", ".join(
+        f"{r.tensor} feature {r.feature} ({r.method} {r.score:.3g} "
+        f"{p_sign if r.method in stats.P_VALUE_METHODS else distance_sign} {r.threshold:.3g})"
+        for r in results[:MAX_LISTED])
+    return text + (f" and {len(results) - MAX_LISTED} more" if len(results) > MAX_LISTED else "")
 
 
 class DriftCollector(Collector):

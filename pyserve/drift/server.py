@@ -59,12 +59,12 @@ def say_which_models_drift(host: ModelHost, monitor: DriftMonitor | None, payloa
     if monitor is None:
         why = ("the server keeps no payload log (start it with --payload-log-dir or --payload-log-sink)"
                if payload_log is None else "scipy is not installed (pip install 'pyserve[drift]')")
-        log.warning("drift: %s ha%s [drift] in config.toml, but %s: drift is not watched",
+        log.warning("%s ha%s [drift] in config.toml, but %s: drift is not watched",
                     ", ".join(n for n, _ in wanted), "ve" if len(wanted) > 1 else "s", why)
         return
     for name, config in wanted:
         if not config.payload_log.enabled:
-            log.warning("drift: model %s has [drift] but its payload log is off: add a [payload_log] table to "
+            log.warning("model %s has [drift] but its payload log is off: add a [payload_log] table to "
                         "its config.toml (drift tests the calls the log samples)", name)
             continue
         for version in sorted(host.registry.models[name].versions):
@@ -73,9 +73,9 @@ def say_which_models_drift(host: ModelHost, monitor: DriftMonitor | None, payloa
             except Exception:  # noqa: BLE001 - a version folder gone since it loaded
                 continue
             if path.is_file():
-                log.info("drift: model %s version %s: profile %s, windows of %d rows, %s of the calls "
+                log.info("watching the drift of model %s version %s: profile %s, windows of %d rows, %s of the calls "
                          "(the payload log's sample_rate)", name, version, path, config.drift.window_rows,
                          f"{config.payload_log.sample_rate:.0%}")
             else:
-                log.warning("drift: model %s version %s has [drift] but no profile (%s): build one with "
+                log.warning("model %s version %s has [drift] but no profile (%s): build one with "
                             "pyserve profile", name, version, path)
