@@ -363,7 +363,7 @@ class DriftMonitor:
                     log.warning("model %s version %s: its profile %s describes none of the tensors "
                                 "[drift] watches", model, version, path)
                 else:
-                    log.info("watching the drift of model %s version %s: %d features, windows of %d rows (%s)", model,
+                    log.debug("watching the drift of model %s version %s: %d features, windows of %d rows (%s)", model,
                              version, watched.feature_count, config.drift.window_rows, path)
         except PyserveError as e:
             log.warning("the drift of model %s version %s is not watched: %s", model, version, e.message)
