@@ -195,8 +195,17 @@ async def settle(plog: PayloadLog, monitor: DriftMonitor) -> None:
 async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMonitor, windows: Windows,
                  traffic: Traffic, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(args.seed + 2)
-    per_window = int(round(args.window_rows / args.sample_rate))
-    # 1. false alarms over windows of unshifted rows.
+    per_window = round(args.window_rows / args.sample_rate)
+    if args.null_windows:
+        await false_alarms(service, plog, monitor, windows, traffic, args, per_window)
+    if args.trials:
+        await detection(service, plog, monitor, windows, traffic, args, per_window, rng)
+    await latency(service, plog, monitor, traffic, args)
+
+
+async def false_alarms(service: InferenceService, plog: PayloadLog, monitor: DriftMonitor, windows: Windows,
+                       traffic: Traffic, args: argparse.Namespace, per_window: int) -> None:
+    """1. False alarms over windows of unshifted rows."""
     first = len(windows.results)
     started = time.perf_counter()
     for _ in range(0, args.null_windows, 10):  # not all rows at once: memory
@@ -218,7 +227,11 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
           f"(uncorrected p < 0.05 would flag {uncorrected / max(tested, 1):.2%})")
     print(f"per-window false alarms (model-level drift detected): {alarms}/{len(null)} = "
           f"{alarms / max(len(null), 1):.2%} (95% CI {lo:.2%}..{hi:.2%})")
-    # 2. detection of a 0.5 sd shift of one feature.
+
+
+async def detection(service: InferenceService, plog: PayloadLog, monitor: DriftMonitor, windows: Windows,
+                    traffic: Traffic, args: argparse.Namespace, per_window: int, rng: np.random.Generator) -> None:
+    """2. Detection of a shift of one feature's mean."""
     delays: list[int] = []
     misses = 0
     wrong = 0
@@ -242,7 +255,7 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
         if found is None:
             misses += 1
         else:  # the window's end in requests (exact at sample rate 1; expected otherwise)
-            delays.append(int(round(found / args.sample_rate)) - shift_request)
+            delays.append(round(found / args.sample_rate) - shift_request)
         # back to unshifted traffic: the shifted rows leave the windows
         await send(service, traffic.rows(per_window * 2 + (per_window - (args.budget + lead) % per_window)),
                    args.concurrency, settle_every=(plog, monitor))
@@ -256,7 +269,11 @@ async def phases(service: InferenceService, plog: PayloadLog, monitor: DriftMoni
               f"windows flagging another feature first: {wrong}")
     else:
         print(f"detected within {args.budget} requests: 0/{args.trials}")
-    # 3. latency with the drift monitor fed and not.
+
+
+async def latency(service: InferenceService, plog: PayloadLog, monitor: DriftMonitor, traffic: Traffic,
+                  args: argparse.Namespace) -> None:
+    """3. Latency with the drift monitor fed and not, in alternating blocks of one run."""
     on: list[float] = []
     off: list[float] = []
     for block in range(args.latency_blocks * 2):

@@ -16,9 +16,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import requests
+from conftest import Repo, wait_until
 from prometheus_client import CollectorRegistry
 
-from conftest import Repo, wait_until
 from pyserve import cli
 from pyserve.config import ConfigError, load_model_config
 from pyserve.drift import build, stats
@@ -493,7 +493,7 @@ def test_a_live_server_exports_drift_gauges_and_v2_drift(repo: Repo, tmp_path: P
     def sample(name: str, feature: str) -> float:
         pattern = rf'^{name}\{{(?=[^}}]*model="m")(?=[^}}]*version="1")(?=[^}}]*tensor="x")' \
                   rf'(?=[^}}]*feature="{feature}")[^}}]*\}} (\S+)$'
-        found = re.findall(pattern, metrics, re.M)
+        found = re.findall(pattern, metrics, re.MULTILINE)
         assert len(found) == 1, (name, feature, labels)
         return float(found[0])
 

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from pyserve.drift.profile import profile_path_in
+from pyserve.errors import PyserveError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -70,7 +71,7 @@ def say_which_models_drift(host: ModelHost, monitor: DriftMonitor | None, payloa
         for version in sorted(host.registry.models[name].versions):
             try:
                 path = profile_path_in(host.repository.sources.version_dir(name, config, version))
-            except Exception:  # noqa: BLE001 - a version folder gone since it loaded
+            except PyserveError:  # the version folder is gone since it loaded: nothing to say of it
                 continue
             if path.is_file():
                 log.info("watching the drift of model %s version %s: profile %s, windows of %d rows, %s of the calls "
