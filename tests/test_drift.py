@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +438,34 @@ def test_redacted_tensors_and_failures_are_not_watched(repo: Repo, tmp_path: Pat
         assert ("x", "f0") in by_feature(monitor.snapshot())
 
     watched(repo.root, tmp_path, body)
+
+
+def test_the_payload_logs_consumers_get_each_batch_on_the_writer_thread(repo: Repo, tmp_path: Path) -> None:
+    model_repo(repo)
+    got: list[tuple[str, int]] = []
+
+    class Consumer:
+        def take(self, captures: list) -> None:
+            got.extend((threading.current_thread().name, len(c.inputs["x"])) for c in captures)
+
+    consumer = Consumer()
+
+    async def main() -> None:
+        async with ModelHost(repo.root) as host:
+            plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path / "log"), lambda n: host.registry.models[n].config)
+            service = InferenceService(host, hooks=[plog])
+            plog.add_consumer(consumer.take)
+            plog.start()
+            data = rows(np.random.default_rng(17), 3)
+            request = InferRequest({"x": data["x"], "color": _bytes(data["color"])})
+            await service.infer("m", None, request)
+            await asyncio.to_thread(plog.flush)
+            plog.remove_consumer(consumer.take)  # a bound method made anew, equal to the one added
+            await service.infer("m", None, request)
+            await asyncio.to_thread(plog.close)
+
+    asyncio.run(main())
+    assert got == [("pyserve-payload-log", 3)]
 
 
 def test_a_full_queue_drops_and_counts(repo: Repo) -> None:

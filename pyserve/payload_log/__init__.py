@@ -149,7 +149,7 @@ class PayloadLog(InferHooks):
 
     def remove_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
         """Stops handing records to ``consumer``."""
-        self._consumers = tuple(c for c in self._consumers if c is not consumer)
+        self._consumers = tuple(c for c in self._consumers if c != consumer)  # ==: bound methods are made anew
 
     # -- hooks (event loop thread: references only) ------------------------------------------------
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
