@@ -29,194 +29,26 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from pyserve.drift import stats
-from pyserve.drift.profile import (
-    CategoricalFeature,
-    NumericalFeature,
-    Profile,
-    TensorProfile,
-    categorical_values,
-    feature_matrix,
-    read_profile,
-)
+from pyserve.drift.metrics import DriftCollector
+from pyserve.drift.profile import read_profile
+from pyserve.drift.window import FeatureDrift, WatchedVersion
 from pyserve.errors import PyserveError
 
 if TYPE_CHECKING:
-    from pyserve.config import DriftConfig, ModelConfig
+    from pyserve.config import ModelConfig
     from pyserve.payload_log.record import Capture
+
+__all__ = ["DriftMonitor", "FeatureDrift"]
 
 log = logging.getLogger("pyserve.drift")
 
 QUEUE_SIZE = 10_000  # calls waiting for the monitor's thread
-
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    """The last tested window of one feature of one model version.
-
-    ``tensor``: the input or output; ``feature``: its name in the profile (a column name, ``value``, or
-    a summary statistic); ``kind``: ``numerical`` or ``categorical``; ``method``: ks, wasserstein,
-    chisquare, jensenshannon or psi; ``score``: a p-value (ks, chisquare) or a distance; ``threshold``:
-    what the score was compared with (for p-values the corrected cutoff); ``drifted``: the score passed it
-    (p-value below, distance at or above); ``window_rows``: the rows tested; ``updated``: when, in Unix
-    seconds."""
-
-    model: str
-    version: str
-    tensor: str
-    feature: str
-    kind: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-    window_rows: int
-    updated: float
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON object."""
-        return {"model": self.model, "version": self.version, "tensor": self.tensor, "feature": self.feature,
-                "kind": self.kind, "method": self.method, "score": self.score, "threshold": self.threshold,
-                "drifted": self.drifted, "window_rows": self.window_rows, "updated": self.updated}
-
-
-class _Watched:
-    """One watched tensor: its profile and the features of it that are tested."""
-
-    def __init__(self, profile: TensorProfile, keep: int) -> None:
-        self.profile = profile
-        self.features = profile.features[:keep]
-        self.numerical = [i for i, f in enumerate(self.features) if isinstance(f, NumericalFeature)]
-        self.categorical = [i for i, f in enumerate(self.features) if isinstance(f, CategoricalFeature)]
-        self.columns = len(profile.features) if profile.layout == "columns" else None
-        self.chunks_num: list[np.ndarray] = []
-        self.chunks_cat: list[list[np.ndarray]] = []
-        self.mismatch_logged = False
-
-    def add(self, array: np.ndarray) -> int:
-        """Adds the rows of ``array`` to the window; their number (ValueError: not this tensor's form)."""
-        matrix = feature_matrix(self.profile.layout, array, self.columns)
-        if self.numerical:
-            self.chunks_num.append(matrix[:, self.numerical].astype(np.float64))
-        if self.categorical:
-            self.chunks_cat.append([categorical_values(matrix[:, i]) for i in self.categorical])
-        return matrix.shape[0]
-
-    def clear(self) -> None:
-        self.chunks_num, self.chunks_cat = [], []
-
-
-class _Version:
-    """The window and the last results of one model version."""
-
-    def __init__(self, model: str, version: str, config: ModelConfig, profile: Profile) -> None:
-        self.model, self.version, self.config = model, version, config
-        drift: DriftConfig = config.drift
-        self.drift = drift
-        self.tensors: list[tuple[str, _Watched]] = []  # (role, watched), inputs first
-        budget = drift.max_features
-        total = 0
-        for role, chosen, specs in (("input", drift.inputs, config.inputs), ("output", drift.outputs, config.outputs)):
-            for spec in specs:
-                tp = profile.tensor(spec.name, role)
-                if tp is None or (chosen is not None and spec.name not in chosen):
-                    continue
-                total += len(tp.features)
-                if budget > 0:
-                    self.tensors.append((role, _Watched(tp, budget)))
-                    budget -= min(budget, len(tp.features))
-        self.feature_count = sum(len(w.features) for _, w in self.tensors)
-        if total > self.feature_count:
-            log.warning("model %s version %s: its profile describes %d features; only the first %d "
-                        "are watched ([drift] max_features)", model, version, total, self.feature_count)
-        self.rows = 0
-        self.opened = 0.0
-        self.results: tuple[FeatureDrift, ...] = ()
-        self.windows = 0
-        self.last_rows = 0
-        self.last_update = 0.0
-
-    def add(self, inputs: dict | None, outputs: dict | None, skip: frozenset[str], now: float) -> None:
-        rows = 0
-        for role, watched in self.tensors:
-            tensors = inputs if role == "input" else outputs
-            name = watched.profile.tensor
-            array = tensors.get(name) if tensors else None
-            if array is None or name in skip or (array.size > 1 and not any(array.strides)):
-                continue  # absent, redacted or hashed, or over max_tensor_bytes (a broadcast placeholder)
-            try:
-                rows = max(rows, watched.add(array))
-            except (ValueError, TypeError) as e:
-                if not watched.mismatch_logged:
-                    watched.mismatch_logged = True
-                    log.warning("model %s version %s: %s %r of shape %s does not fit its profile (%s); "
-                                "such calls are left out", self.model, self.version, role,
-                                name, list(np.shape(array)), e)
-        if rows and not self.rows:
-            self.opened = now
-        self.rows += rows
-
-    def due(self, now: float) -> bool:
-        return self.rows >= self.drift.window_rows or (
-            self.rows >= self.drift.min_rows and now - self.opened >= self.drift.window_s)
-
-    def evaluate(self, wall: float) -> list[tuple[FeatureDrift, bool]]:
-        """Tests the window's features and empties it; each result with whether it drifted before."""
-        drift = self.drift
-        scored: list[tuple[int, int, str, Any, str, float, int]] = []  # (tensor, feature index, ..., rows)
-        for t, (_role, watched) in enumerate(self.tensors):
-            name = watched.profile.tensor
-            if watched.chunks_num:
-                matrix = np.concatenate(watched.chunks_num)
-                for j, i in enumerate(watched.numerical):
-                    values = matrix[:, j]
-                    values = values[~np.isnan(values)]
-                    if values.size:
-                        feature = watched.features[i]
-                        method = stats.choose("numerical", values.size, drift.numerical_method)
-                        scored.append((t, i, name, feature, method, stats.score(feature, values, method),
-                                       values.size))
-            if watched.chunks_cat:
-                for j, i in enumerate(watched.categorical):
-                    values = np.concatenate([chunk[j] for chunk in watched.chunks_cat])
-                    feature = watched.features[i]
-                    method = stats.choose("categorical", values.size, categorical_method=drift.categorical_method)
-                    scored.append((t, i, name, feature, method, stats.score(feature, values, method), values.size))
-            watched.clear()
-        scored.sort(key=lambda s: s[:2])  # the profile's order
-        window_rows = self.rows
-        self.rows = 0
-        p_values = np.array([s for *_, m, s, _ in scored if m in stats.P_VALUE_METHODS])
-        # ks and chisquare features are tested together at one family-wise level (their thresholds agree
-        # by default; with different ones each method's features are corrected at its own level).
-        cutoffs = {m: stats.p_value_cutoffs(p_values, drift.threshold(m), drift.correction)
-                   for m in stats.P_VALUE_METHODS}
-        before = {(r.tensor, r.feature): r.drifted for r in self.results}
-        out = []
-        for _, _, name, feature, method, score, rows in scored:
-            if method in stats.P_VALUE_METHODS:
-                threshold = cutoffs[method]
-                drifted = score < threshold if drift.correction != "benjamini-hochberg" else score <= threshold
-            else:
-                threshold = drift.threshold(method)
-                drifted = score >= threshold
-            result = FeatureDrift(self.model, self.version, name, feature.name, feature.kind, method, score,
-                                  threshold, bool(drifted), rows, wall)
-            out.append((result, before.get((name, feature.name), False)))
-        self.results = tuple(r for r, _ in out)
-        self.windows += 1
-        self.last_rows = window_rows
-        self.last_update = wall
-        return out
 
 
 class DriftMonitor:
@@ -243,7 +75,7 @@ class DriftMonitor:
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
-        self._versions: dict[tuple[str, str], tuple[ModelConfig, _Version | None]] = {}
+        self._versions: dict[tuple[str, str], tuple[ModelConfig, WatchedVersion | None]] = {}
         self._lock = threading.Lock()  # guards _versions against readers on other threads
         self._thread = threading.Thread(target=self._run, name="pyserve-drift", daemon=True)
         self._listeners: tuple[Callable[[list[FeatureDrift]], None], ...] = ()
@@ -341,7 +173,7 @@ class DriftMonitor:
             if watched.due(now):
                 self._evaluate(watched)
 
-    def _version(self, model: str, version: str) -> _Version | None:
+    def _version(self, model: str, version: str) -> WatchedVersion | None:
         """The watched version (its profile read on first use, and again after a reload); None when
         it is not watched (no [drift], no profile)."""
         config = self._model_config(model)
@@ -358,7 +190,7 @@ class DriftMonitor:
                 log.warning("model %s version %s has [drift] but no profile (%s): its drift is not "
                             "watched; build one with: pyserve profile", model, version, path)
             else:
-                watched = _Version(model, version, config, read_profile(path))
+                watched = WatchedVersion(model, version, config, read_profile(path))
                 if watched.feature_count == 0:
                     log.warning("model %s version %s: its profile %s describes none of the tensors "
                                 "[drift] watches", model, version, path)
@@ -371,7 +203,7 @@ class DriftMonitor:
             self._versions[key] = (config, watched)
         return watched
 
-    def _evaluate(self, watched: _Version) -> None:
+    def _evaluate(self, watched: WatchedVersion) -> None:
         results = watched.evaluate(self._wall())
         for listener in self._listeners:
             try:
@@ -389,7 +221,7 @@ class DriftMonitor:
                      watched.version, _count(stopped), watched.last_rows, _listed(stopped, ">=", "<"))
 
     # -- readers (any thread) --------------------------------------------------------------------
-    def versions(self, model: str | None = None) -> list[_Version]:
+    def versions(self, model: str | None = None) -> list[WatchedVersion]:
         """The watched versions that are loaded now (of ``model`` only, when given)."""
         loaded = set(self._loaded())
         with self._lock:
@@ -419,40 +251,3 @@ def _listed(results: list[FeatureDrift], p_sign: str, distance_sign: str) -> str
         f"{p_sign if r.method in stats.P_VALUE_METHODS else distance_sign} {r.threshold:.3g})"
         for r in results[:MAX_LISTED])
     return text + (f" and {len(results) - MAX_LISTED} more" if len(results) > MAX_LISTED else "")
-
-
-class DriftCollector(Collector):
-    """The drift gauges, read from the monitor at scrape time (docs/metrics.md)."""
-
-    def __init__(self, monitor: DriftMonitor) -> None:
-        self._monitor = monitor
-
-    def collect(self):  # type: ignore[override]
-        labels = ["model", "version", "tensor", "feature"]
-        score = GaugeMetricFamily("pyserve_drift_score", "Drift score of a feature in its last tested window: a "
-                                  "p-value (ks, chisquare) or a distance (wasserstein, jensenshannon, psi).",
-                                  labels=labels)
-        detected = GaugeMetricFamily("pyserve_drift_detected", "1 when the feature drifted in its last tested "
-                                     "window, else 0.", labels=labels)
-        model_detected = GaugeMetricFamily("pyserve_drift_model_detected", "1 when some feature of the model "
-                                           "version drifted in its last tested window, else 0.",
-                                           labels=["model", "version"])
-        rows = GaugeMetricFamily("pyserve_drift_window_rows", "Rows of the last tested window.",
-                                 labels=["model", "version"])
-        updated = GaugeMetricFamily("pyserve_drift_last_update_timestamp_seconds", "When the last window was "
-                                    "tested (Unix seconds).", labels=["model", "version"])
-        windows = CounterMetricFamily("pyserve_drift_windows", "Windows tested since the version was first seen.",
-                                      labels=["model", "version"])
-        for v in self._monitor.versions():
-            if not v.windows:
-                continue
-            for r in v.results:
-                key = [r.model, r.version, r.tensor, r.feature]
-                score.add_metric(key, r.score)
-                detected.add_metric(key, 1.0 if r.drifted else 0.0)
-            mv = [v.model, v.version]
-            model_detected.add_metric(mv, 1.0 if any(r.drifted for r in v.results) else 0.0)
-            rows.add_metric(mv, v.last_rows)
-            updated.add_metric(mv, v.last_update)
-            windows.add_metric(mv, v.windows)
-        yield from (score, detected, model_detected, rows, updated, windows)
