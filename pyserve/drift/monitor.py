@@ -147,15 +147,28 @@ class DriftMonitor:
 
     def _drain(self) -> None:
         queue = self._queue
+        # The calls of each version in order, added to its window in runs that end where it is due.
+        pending: dict[WatchedVersion, tuple[list[tuple], list[int]]] = {}  # calls, [their rows]
         while queue:
             model, version, inputs, outputs, skip = queue.popleft()
             watched = self._version(model, version)
             if watched is None:
                 continue
-            now = self._clock()
-            watched.add(inputs, outputs, frozenset(skip), now)
-            if watched.due(now):
-                self._evaluate(watched)
+            rows = watched.rows_of(inputs, outputs)
+            run, total = pending.setdefault(watched, ([], [0]))
+            run.append((inputs, outputs, frozenset(skip), rows))
+            total[0] += rows
+            if watched.rows + total[0] >= watched.drift.window_rows:
+                self._add(watched, run)
+                del pending[watched]
+        for watched, (run, _) in pending.items():
+            self._add(watched, run)
+
+    def _add(self, watched: WatchedVersion, run: list[tuple]) -> None:
+        now = self._clock()
+        watched.add(run, now)
+        if watched.due(now):
+            self._evaluate(watched)
 
     def _until_next_window(self) -> float | None:
         """Seconds until window_s closes some window (None: none will; new calls wake the thread)."""

@@ -27,12 +27,13 @@ so the window's size decides.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 from scipy.spatial import distance
 
 from pyserve.drift.profile import QUANTILE_PROBS, CategoricalFeature, NumericalFeature
 
 LARGE_WINDOW_ROWS = 1000
+KS_EXACT_BELOW = 50  # effective sizes below which the KS p-value is exact (above: Stephens' approximation)
 P_VALUE_METHODS = frozenset({"ks", "chisquare"})
 PSI_BINS = 10  # equal-mass bins of the reference (deciles), the usual choice for PSI
 PSI_FLOOR = 1e-4  # Evidently's stand-in for an empty bin's share (get_binned_data's feel_zeroes)
@@ -52,42 +53,78 @@ def choose(kind: str, rows: int, numerical_method: str = "auto", categorical_met
 
 # -- numerical ------------------------------------------------------------------------------------
 
-def reference_cdf(feature: NumericalFeature, x: np.ndarray, left: bool = False) -> np.ndarray:
-    """The reference CDF at ``x`` (float64, any shape): linear between the quantiles, right-continuous;
-    ``left``: its left limits (they differ at atoms, values several quantiles share)."""
-    q = feature.quantiles
-    p = QUANTILE_PROBS
-    idx = np.searchsorted(q, x, side="left" if left else "right")
-    inner = (idx > 0) & (idx < q.size)
-    i = np.clip(idx, 1, q.size - 1)
-    lo_q, hi_q = q[i - 1], q[i]
+def _cdf(quantiles: np.ndarray, x: np.ndarray, left: bool) -> np.ndarray:
+    """Reference CDFs at ``x`` [n, k]: column j's through ``quantiles[:, j]`` ([len(QUANTILE_PROBS), k]),
+    linear between quantiles, right-continuous (``left``: left limits)."""
+    m = quantiles.shape[0]
+    side = "left" if left else "right"
+    idx = np.empty(x.shape, dtype=np.intp)
+    for j in range(x.shape[1]):  # one search per feature; the elements are vectorized
+        idx[:, j] = np.searchsorted(quantiles[:, j], x[:, j], side=side)
+    i = np.clip(idx, 1, m - 1)
+    lo_q = np.take_along_axis(quantiles, i - 1, axis=0)
+    hi_q = np.take_along_axis(quantiles, i, axis=0)
     span = np.where(hi_q > lo_q, hi_q - lo_q, 1.0)
     frac = np.clip((x - lo_q) / span, 0.0, 1.0)
-    inside = p[i - 1] + frac * (p[i] - p[i - 1])
-    return np.where(inner, inside, np.where(idx == 0, 0.0, 1.0))
+    inside = QUANTILE_PROBS[i - 1] + frac * (QUANTILE_PROBS[i] - QUANTILE_PROBS[i - 1])
+    return np.where((idx > 0) & (idx < m), inside, np.where(idx == 0, 0.0, 1.0))
+
+
+def reference_cdf(feature: NumericalFeature, x: np.ndarray, left: bool = False) -> np.ndarray:
+    """The reference CDF at ``x`` (float64, 1-D): linear between the quantiles, right-continuous;
+    ``left``: its left limits (they differ at atoms, values several quantiles share)."""
+    return _cdf(feature.quantiles[:, None], np.asarray(x, dtype=np.float64).reshape(-1, 1), left)[:, 0]
+
+
+def ks_statistics(features: list[NumericalFeature], window: np.ndarray) -> np.ndarray:
+    """sup |F_window - F_reference| (Kolmogorov-Smirnov's D) of each column of ``window`` [n, k] (float64,
+    no NaN) against ``features[j]``, taken at both sides of every window value so that atoms of either
+    distribution count as the jumps they are. Vectorized over the columns."""
+    n = window.shape[0]
+    s = np.sort(window, axis=0)
+    index = np.arange(n)[:, None]
+    new = np.ones(s.shape, dtype=bool)
+    new[1:] = s[1:] != s[:-1]  # the first of a run of equal values
+    last = np.ones(s.shape, dtype=bool)
+    last[:-1] = new[1:]
+    below = np.maximum.accumulate(np.where(new, index, 0), axis=0)  # values < s[i]
+    upto = np.minimum.accumulate(np.where(last, index, n)[::-1], axis=0)[::-1] + 1  # values <= s[i]
+    quantiles = np.stack([f.quantiles for f in features], axis=1)
+    gaps = np.maximum(np.abs(upto / n - _cdf(quantiles, s, left=False)),
+                      np.abs(below / n - _cdf(quantiles, s, left=True)))
+    return gaps.max(axis=0)
 
 
 def ks_statistic(feature: NumericalFeature, values: np.ndarray) -> float:
-    """sup |F_window - F_reference| (Kolmogorov-Smirnov's D), taken at both sides of every window value
-    so that atoms of either distribution count as the jumps they are."""
-    xs, counts = np.unique(values, return_counts=True)
-    n = values.size
-    right = np.cumsum(counts) / n
-    left = right - counts / n
-    return float(max(np.max(np.abs(right - reference_cdf(feature, xs))),
-                     np.max(np.abs(left - reference_cdf(feature, xs, left=True)))))
+    """D of one feature's window ``values`` (:func:`ks_statistics`)."""
+    return float(ks_statistics([feature], np.asarray(values, dtype=np.float64).reshape(-1, 1))[0])
+
+
+def ks_tests(features: list[NumericalFeature], window: np.ndarray) -> np.ndarray:
+    """The p-values of the Kolmogorov-Smirnov test of each column of ``window`` [n, k] against
+    ``features[j]``.
+
+    The reference is a sample of ``feature.count`` rows, so the p-value is the two-sample test's
+    (Evidently's ``ks``: scipy.stats.ks_2samp): D's distribution at the effective size
+    n_e = n·N/(n+N), as scipy's ``ks_2samp(method="asymp")`` takes it. For a large reference it is the
+    one-sample test against the reference CDF. Below :data:`KS_EXACT_BELOW` the exact distribution
+    (``scipy.stats.kstwo``, a Python loop per value: ~0.5 ms a feature); from there Stephens'
+    approximation P(D > d) = Q_KS((sqrt(n_e) + 0.12 + 0.11/sqrt(n_e))·d), Q_KS the Kolmogorov
+    distribution (``scipy.special.kolmogorov``, vectorized; M. A. Stephens, JRSS B 32, 1970; Numerical
+    Recipes 14.3), within 4% of the exact p-value between 1e-5 and 1e-2 for n_e >= 50."""
+    n = window.shape[0]
+    counts = np.array([f.count for f in features], dtype=np.float64)
+    effective = np.maximum(1, np.round(n * counts / (n + counts)))
+    d = ks_statistics(features, window)
+    if effective.min() < KS_EXACT_BELOW:
+        return np.asarray(stats.kstwo.sf(d, effective), dtype=np.float64)
+    root = np.sqrt(effective)
+    return np.asarray(special.kolmogorov((root + 0.12 + 0.11 / root) * d), dtype=np.float64)
 
 
 def ks_test(feature: NumericalFeature, values: np.ndarray) -> float:
-    """The p-value of the Kolmogorov-Smirnov test of the window ``values`` against the reference.
-
-    The reference is a sample of ``feature.count`` rows, so the p-value is the two-sample test's
-    (Evidently's ``ks``: scipy.stats.ks_2samp): D's asymptotic distribution with the effective size
-    n·N/(n+N), as scipy's ``ks_2samp(method="asymp")`` takes it (``scipy.stats.kstwo``). For a large
-    reference it is the one-sample test against the reference CDF."""
-    n, m = values.size, feature.count
-    effective = max(1, round(n * m / (n + m)))
-    return float(stats.kstwo.sf(ks_statistic(feature, values), effective))
+    """The p-value of one feature's window ``values`` (:func:`ks_tests`)."""
+    return float(ks_tests([feature], np.asarray(values, dtype=np.float64).reshape(-1, 1))[0])
 
 
 def reference_points(feature: NumericalFeature, points: int = WASSERSTEIN_POINTS) -> np.ndarray:
@@ -161,6 +198,14 @@ def psi_categorical(feature: CategoricalFeature, values: np.ndarray) -> float:
     """PSI over the categories (:func:`category_counts`)."""
     ref, cur = category_counts(feature, values)
     return _psi(ref / ref.sum(), cur / cur.sum())
+
+
+def numerical_scores(features: list[NumericalFeature], window: np.ndarray, method: str) -> np.ndarray:
+    """The scores of ``method`` for each column of ``window`` [n, k] (float64, no NaN) against
+    ``features[j]``; ks vectorized over the columns."""
+    if method == "ks":
+        return ks_tests(features, window)
+    return np.array([score(f, window[:, j], method) for j, f in enumerate(features)])
 
 
 def score(feature: NumericalFeature | CategoricalFeature, values: np.ndarray, method: str) -> float:

@@ -116,22 +116,43 @@ class WatchedVersion:
         self.last_rows = 0
         self.last_update = 0.0
 
-    def add(self, inputs: dict | None, outputs: dict | None, skip: frozenset[str], now: float) -> None:
-        rows = 0
+    def rows_of(self, inputs: dict | None, outputs: dict | None) -> int:
+        """The rows a call adds: the first dimension of its first watched tensor (0: none present)."""
         for role, watched in self.tensors:
             tensors = inputs if role == "input" else outputs
+            array = tensors.get(watched.profile.tensor) if tensors else None
+            if array is not None:
+                return len(array) if array.ndim else 1
+        return 0
+
+    def add(self, calls: list[tuple[dict | None, dict | None, frozenset[str], int]], now: float) -> None:
+        """Adds calls (inputs, outputs, names not to watch, rows) to the window: per tensor, their
+        arrays concatenated and turned into feature rows at once."""
+        for role, watched in self.tensors:
             name = watched.profile.tensor
-            array = tensors.get(name) if tensors else None
-            if array is None or name in skip or (array.size > 1 and not any(array.strides)):
-                continue  # absent, redacted or hashed, or over max_tensor_bytes (a broadcast placeholder)
+            arrays = []
+            for inputs, outputs, skip, _ in calls:
+                tensors = inputs if role == "input" else outputs
+                array = tensors.get(name) if tensors else None
+                if array is None or name in skip or (array.size > 1 and not any(array.strides)):
+                    continue  # absent, redacted or hashed, or over max_tensor_bytes (a broadcast placeholder)
+                arrays.append(array if array.ndim else array.reshape(1))
+            if not arrays:
+                continue
             try:
-                rows = max(rows, watched.add(array))
-            except (ValueError, TypeError) as e:
-                if not watched.mismatch_logged:
-                    watched.mismatch_logged = True
-                    log.warning("model %s version %s: %s %r of shape %s does not fit its profile (%s); "
-                                "such calls are left out", self.model, self.version, role,
-                                name, list(np.shape(array)), e)
+                joined = [np.concatenate(arrays)] if len(arrays) > 1 else arrays
+            except ValueError:  # rows of different shapes: each call on its own
+                joined = arrays
+            for array in joined:
+                try:
+                    watched.add(array)
+                except (ValueError, TypeError) as e:
+                    if not watched.mismatch_logged:
+                        watched.mismatch_logged = True
+                        log.warning("model %s version %s: %s %r of shape %s does not fit its profile (%s); "
+                                    "such calls are left out", self.model, self.version, role,
+                                    name, list(np.shape(array)), e)
+        rows = sum(c[3] for c in calls)
         if rows and not self.rows:
             self.opened = now
         self.rows += rows
@@ -148,10 +169,19 @@ class WatchedVersion:
             name = watched.profile.tensor
             if watched.chunks_num:
                 matrix = np.concatenate(watched.chunks_num)
-                for j, i in enumerate(watched.numerical):
+                missing = np.isnan(matrix).any(axis=0)
+                whole = [j for j in range(matrix.shape[1]) if not missing[j]]
+                if whole:  # the columns without a missing value: tested together
+                    features = [watched.features[watched.numerical[j]] for j in whole]
+                    method = stats.choose("numerical", matrix.shape[0], drift.numerical_method)
+                    scores = stats.numerical_scores(features, matrix[:, whole], method)
+                    scored.extend((t, watched.numerical[j], name, f, method, float(sc), matrix.shape[0])
+                                  for j, f, sc in zip(whole, features, scores))
+                for j in np.nonzero(missing)[0]:
                     values = matrix[:, j]
                     values = values[~np.isnan(values)]
                     if values.size:
+                        i = watched.numerical[j]
                         feature = watched.features[i]
                         method = stats.choose("numerical", values.size, drift.numerical_method)
                         scored.append((t, i, name, feature, method, stats.score(feature, values, method),
