@@ -576,3 +576,23 @@ def test_the_profile_json_is_small(repo: Repo) -> None:
     doc = json.loads((model_dir / "1" / PROFILE_FILE).read_text())
     assert len((model_dir / "1" / PROFILE_FILE).read_bytes()) < 40_000  # 11 features
     assert doc["format"] == "pyserve-drift-profile/1" and doc["rows"] == 5000
+
+
+def test_serving_needs_no_scipy_and_pyserve_profile_says_what_to_install(repo: Repo) -> None:
+    """scipy is the drift extra's: the server imports none of it, and `pyserve profile` says what to add."""
+    import subprocess
+    import sys
+    import textwrap
+
+    model_dir = repo.python("m", MODEL, config())
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["scipy"] = None  # as if not installed: importing it raises ImportError
+        from pyserve import cli
+        from pyserve.server.app import serve
+        print("exit", cli.main(["profile", {str(model_dir)!r}, "--golden"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["exit", "2"], (out.stdout, out.stderr)
+    assert "pip install 'pyserve[drift]'" in out.stderr
