@@ -167,6 +167,7 @@ class DriftMonitor:
     def _add(self, watched: WatchedVersion, run: list[tuple]) -> None:
         now = self._clock()
         watched.add(run, now)
+        time.sleep(0)  # lets the event loop's thread have the GIL now rather than at the switch interval
         if watched.due(now):
             self._evaluate(watched)
 

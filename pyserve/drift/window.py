@@ -9,6 +9,7 @@ features. The results are :class:`FeatureDrift` records.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from pyserve.config import DriftConfig, ModelConfig
 
 log = logging.getLogger("pyserve.drift")
+
+YIELD_EVERY_FEATURES = 16  # features tested between two yields of the GIL
 
 
 @dataclass(frozen=True)
@@ -171,12 +174,17 @@ class WatchedVersion:
                 matrix = np.concatenate(watched.chunks_num)
                 missing = np.isnan(matrix).any(axis=0)
                 whole = [j for j in range(matrix.shape[1]) if not missing[j]]
-                if whole:  # the columns without a missing value: tested together
-                    features = [watched.features[watched.numerical[j]] for j in whole]
-                    method = stats.choose("numerical", matrix.shape[0], drift.numerical_method)
-                    scores = stats.numerical_scores(features, matrix[:, whole], method)
+                method = stats.choose("numerical", matrix.shape[0], drift.numerical_method)
+                # The columns without a missing value, tested together a chunk at a time; between
+                # chunks the thread lets the event loop's thread have the GIL (sleep(0) releases it),
+                # which it would otherwise wait for up to the interpreter's 5 ms switch interval.
+                for c in range(0, len(whole), YIELD_EVERY_FEATURES):
+                    chunk = whole[c:c + YIELD_EVERY_FEATURES]
+                    features = [watched.features[watched.numerical[j]] for j in chunk]
+                    scores = stats.numerical_scores(features, matrix[:, chunk], method)
                     scored.extend((t, watched.numerical[j], name, f, method, float(sc), matrix.shape[0])
-                                  for j, f, sc in zip(whole, features, scores))
+                                  for j, f, sc in zip(chunk, features, scores))
+                    time.sleep(0)
                 for j in np.nonzero(missing)[0]:
                     values = matrix[:, j]
                     values = values[~np.isnan(values)]
