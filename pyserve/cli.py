@@ -369,15 +369,29 @@ def _add_logs(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=logs_cli.run)
 
 
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    from pyserve.drift import cli as profile_cli
+
+    p = sub.add_parser(
+        "profile",
+        help="build a model version's drift profile from training data or its golden samples",
+        description="Describe each feature of the model's inputs (and, with --outputs, of its outputs) in "
+                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection (see docs/drift.md).",
+    )
+    profile_cli.add_arguments(p)
+    p.set_defaults(func=profile_cli.run)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
-    ``model``, ``alias``, ``traffic``)."""
+    ``profile``, ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
     _add_logs(sub)
+    _add_profile(sub)
     control_cli.add_commands(sub)
     return parser
 

@@ -104,6 +104,7 @@ class PayloadLog(InferHooks):
         self._started = False
         self._flush_requests: collections.deque[threading.Event] = collections.deque()
         self._layouts: dict[tuple, object] = {}  # layout key -> Layout (few: one per model config)
+        self._consumers: tuple[Callable[[list[Capture]], None], ...] = ()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,6 +140,16 @@ class PayloadLog(InferHooks):
         done = threading.Event()
         self._flush_requests.append(done)
         done.wait(30)
+
+    def add_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
+        """Hands every batch of records the writer thread takes off the queue to ``consumer``, on the
+        writer thread, before they are written (the drift monitor's feed). It must only queue what it
+        needs (references) and return; an exception is logged and the records are still written."""
+        self._consumers = (*self._consumers, consumer)
+
+    def remove_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
+        """Stops handing records to ``consumer``."""
+        self._consumers = tuple(c for c in self._consumers if c != consumer)  # ==: bound methods are made anew
 
     # -- hooks (event loop thread: references only) ------------------------------------------------
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
@@ -236,6 +247,11 @@ class PayloadLog(InferHooks):
         if not n:
             return
         captures = [Capture(*queue.popleft()) for _ in range(n)]
+        for consumer in self._consumers:
+            try:
+                consumer(captures)
+            except Exception:  # noqa: BLE001 - a consumer's fault must not lose the records
+                log.exception("payload log: a consumer of the records failed")
         if self._sink is not None:
             self._send(captures)
         if self._files is not None:

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
+from pyserve.drift.server import make_monitor, say_which_models_drift
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.release.rollout import RolloutController, RolloutMetrics
@@ -26,6 +27,7 @@ from pyserve.service import InferenceService, ModelControl, ModelHost, SingleMod
 
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
+    from pyserve.drift.monitor import DriftMonitor
     from pyserve.payload_log import PayloadLog
 
 log = logging.getLogger("pyserve.server")
@@ -66,6 +68,8 @@ class App:
         self.control = ModelControl(host, rollouts)
         self.registry = registry
         self.payload_log: PayloadLog | None = None
+        # The drift monitor (docs/drift.md): None when the server keeps no payload log (or lacks scipy).
+        self.drift: DriftMonitor | None = None
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
@@ -94,6 +98,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     if payload_log is not None:
         app.payload_log = payload_log
         service.add_hooks(payload_log)
+    app.drift = make_monitor(host, payload_log, registry)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
@@ -112,12 +117,17 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         if app.payload_log is not None:
             app.payload_log.start()
             _say_which_models_log(host, settings.payload_log)
+        if app.drift is not None:
+            app.drift.start()
+        say_which_models_drift(host, app.drift, app.payload_log)
         await server.listen()
     except BaseException:
         server.close()
         await host.close()
         if app.payload_log is not None:
             await asyncio.to_thread(app.payload_log.close)
+        if app.drift is not None:
+            await asyncio.to_thread(app.drift.close)
         raise
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
@@ -142,6 +152,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     if app.payload_log is not None:
         # After the models: the last answers are in the queue; their files are published now.
         await asyncio.to_thread(app.payload_log.close)
+    if app.drift is not None:
+        await asyncio.to_thread(app.drift.close)
     log.info("server stopped")
 
 

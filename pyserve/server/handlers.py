@@ -114,6 +114,7 @@ def model_config(request: Request) -> Response:
         # What pyserve filled in from the model file rather than the config (Triton: auto-complete).
         "auto_completed": list(config.auto_completed),
         "payload_log": _fields(config.payload_log),
+        "drift": {**_fields(config.drift), "thresholds": dict(config.drift.thresholds)},
     }
     return _json(doc)
 
@@ -311,6 +312,22 @@ async def payload_logs(request: Request) -> Response:
     return Response(orjson.dumps({"records": rows}, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
+@endpoint
+def drift(request: Request) -> Response:
+    """``GET /v2/drift[?model=NAME]``: the last tested window of every watched feature (docs/drift.md)."""
+    monitor = request.app.drift
+    if monitor is None:
+        raise not_found("this server watches no drift (it needs a payload log: start it with --payload-log-dir)")
+    params = {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
+    unknown = sorted(set(params) - {"model"})
+    if unknown:
+        raise invalid(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; expected model")
+    model = params.get("model")
+    if model is not None and model not in request.app.host.registry.models:
+        raise not_found(f"unknown model '{model}'")
+    return _json({"features": [f.to_json() for f in monitor.snapshot(model)]})
+
+
 def _reason(doc: dict) -> str:
     """The ``reason`` of a change request (kept in the audit log; "" when absent)."""
     reason = doc.pop("reason", "")
@@ -405,6 +422,7 @@ def make_router() -> Router:
     r.add("GET", "/v2", server_metadata)
     r.add("GET", "/metrics", metrics_endpoint)
     r.add("GET", "/v2/logs", payload_logs)
+    r.add("GET", "/v2/drift", drift)
     r.add("GET", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/index", repository_index)
     r.add("POST", "/v2/repository/models/{model}/load", load_model)
