@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from pyserve.payload_log.failures import RecentFailures
 from pyserve.payload_log.record import OK, Capture
 from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.service.hooks import InferHooks
@@ -42,6 +43,7 @@ __all__ = ["PayloadLog", "PayloadLogSettings", "require_pyarrow"]
 log = logging.getLogger("pyserve.payload_log")
 
 RETENTION_EVERY_S = 60.0  # how often retention runs besides after each rotation
+RECENT_FAILURES = 100  # failed calls kept in memory for the dashboard (recent_failures)
 
 
 def require_pyarrow() -> None:
@@ -104,6 +106,7 @@ class PayloadLog(InferHooks):
         self._started = False
         self._flush_requests: collections.deque[threading.Event] = collections.deque()
         self._layouts: dict[tuple, object] = {}  # layout key -> Layout (few: one per model config)
+        self._failures = RecentFailures(RECENT_FAILURES)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,6 +142,11 @@ class PayloadLog(InferHooks):
         done = threading.Event()
         self._flush_requests.append(done)
         done.wait(30)
+
+    def recent_failures(self, limit: int = RECENT_FAILURES) -> list[dict]:
+        """The last failed calls the writer thread has taken (at most :data:`RECENT_FAILURES`),
+        newest first, as short dicts (:class:`~pyserve.payload_log.failures.RecentFailures`). Any thread."""
+        return self._failures.newest(limit)
 
     # -- hooks (event loop thread: references only) ------------------------------------------------
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
@@ -236,6 +244,10 @@ class PayloadLog(InferHooks):
         if not n:
             return
         captures = [Capture(*queue.popleft()) for _ in range(n)]
+        try:
+            self._failures.add(captures)
+        except Exception:  # noqa: BLE001 - the dashboard's preview must never cost a record
+            log.exception("payload log: cannot keep the recent failures")
         if self._sink is not None:
             self._send(captures)
         if self._files is not None:
