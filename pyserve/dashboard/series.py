@@ -241,7 +241,8 @@ def summary(items: Sequence[Interval], latest: VersionSnapshot | None) -> dict:
         "queue_ms": {**_quantiles(histograms["queue_us"], 1e-3), "mean": _mean(histograms["queue_us"], 1e-3)},
         "compute_ms": {"mean": _mean(histograms["compute_us"], 1e-3)},
         "batches": batches,
-        "batch_size_mean": samples / batches if batches else None,
+        # From the batch-size histogram, which counts failed batches too (samples_inferred does not).
+        "batch_size_mean": _mean(histograms["batch_size"], 1.0),
         "batch_sizes": batch_sizes(histograms["batch_size"]),
         "queue_depth": latest.queue_depth if latest is not None else None,
         "in_flight": latest.in_flight if latest is not None else None,
@@ -264,7 +265,7 @@ def series(items: Sequence[Interval]) -> dict:
         "queue_ms": {name: [] for _, name in QUANTILES},
         "queue_depth": [i.queue_depth for i in items],
         "in_flight": [i.in_flight for i in items],
-        "batch_size_mean": [i.samples / i.batches if i.batches else None for i in items],
+        "batch_size_mean": [_mean(i.histograms.get("batch_size"), 1.0) for i in items],
         "errors_ps": {k: [i.errors.get(k, 0) / i.duration_s for i in items] for k in kinds},
     }
     for i in items:

@@ -8,7 +8,7 @@
   if (!main) return;
   const dataUrl = main.dataset.dataUrl;
   const intervalMs = Math.max(1, Number(main.dataset.intervalS) || 5) * 1000;
-  const state = { draws: 0, refreshes: 0, lastError: null };
+  const state = { draws: 0, refreshes: 0, lastError: null, doc: null };
   window.pyserveDashboard = state; // what a test or a curious user can look at
 
   const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
@@ -95,6 +95,7 @@
         window.Plotly.react(div, traces, lay, PLOT_CONFIG);
       }
     }
+    state.doc = doc; // the document the charts show
     state.draws += 1;
   }
 
