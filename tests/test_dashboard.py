@@ -21,8 +21,8 @@ import requests
 from conftest import Repo, infer, wait_until
 
 from pyserve.dashboard import Dashboard, DashboardSettings, assets, page
-from pyserve.dashboard.series import (OUTCOMES, Histogram, Snapshot, VersionSnapshot, batch_sizes,
-                                      histogram_quantile, intervals, series, summary)
+from pyserve.dashboard.series import (Histogram, Snapshot, VersionSnapshot, batch_sizes, histogram_quantile,
+                                      intervals, minutes, series, summary)
 from pyserve.errors import PyserveError
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
 from pyserve.payload_log.failures import PREVIEW_VALUES, preview
@@ -87,25 +87,42 @@ def test_intervals_difference_counters_and_take_a_reset_as_a_new_start() -> None
              snap(5, m=version(160, 420, 70, lat[:100], {"internal": 2})),
              snap(10, m=version(30, 60, 10, lat[:10]))]  # reloaded: counters from 0 again
     items = intervals(snaps, ("m", "1"))
-    assert [i.requests[0] for i in items] == [60, 30]
-    assert [i.samples for i in items] == [120, 60]
-    assert [i.histograms["request_us"].count for i in items] == [60, 10]
-    assert items[0].errors == {"internal": 2} and items[1].errors == {}
-    assert items[0].histograms["request_us"].counts.sum() == 60
+    assert items.requests[:, 0].tolist() == [60, 30]
+    assert items.samples.tolist() == [120, 60]
+    assert items.histograms["request_us"].count.tolist() == [60, 10]
+    assert items.histograms["request_us"].sum[1] == pytest.approx(lat[:10].sum())
+    assert items.errors["internal"].tolist() == [2, 0]  # the reload reset the errors too
     s = summary(items, snaps[-1].versions[("m", "1")])
     assert s["requests"]["success"] == 90 and s["batches"] == 30 and s["samples_ps"] == pytest.approx(180 / 10)
     assert s["throughput_rps"] == pytest.approx(9.0) and s["throughput_now_rps"] == pytest.approx(6.0)
     assert s["errors"] == {"internal": 2}
     assert 20 / 1e3 <= s["latency_ms"]["p50"] <= 50 / 1e3
+    # Per interval, the vectorized percentiles are the scalar ones.
+    cols = series(items)
+    for j in range(2):
+        h = items.histograms["request_us"]
+        assert cols["latency_ms"]["p90"][j] == pytest.approx(histogram_quantile(0.9, h.bounds, h.counts[j]) / 1e3)
 
 
 def test_a_version_loaded_between_snapshots_counts_from_zero_and_a_gone_one_stops() -> None:
     snaps = [snap(0, a=version(5)), snap(1, a=version(9), b=version(7)), snap(2, b=version(8))]
-    assert [i.requests[0] for i in intervals(snaps, ("b", "1"))] == [7, 1]
-    assert [i.requests[0] for i in intervals(snaps, ("a", "1"))] == [4]
+    assert intervals(snaps, ("b", "1")).requests[:, 0].tolist() == [7, 1]
+    assert intervals(snaps, ("a", "1")).requests[:, 0].tolist() == [4]
     cols = series(intervals(snaps, ("b", "1")))
     assert cols["throughput_rps"] == [7.0, 1.0] and cols["time"] == [1_000_001.0, 1_000_002.0]
     assert cols["latency_ms"]["p99"] == [None, None]  # no request measured: nothing to draw
+
+
+def test_minutes_group_the_intervals_by_the_minute_they_end_in() -> None:
+    lat = np.full(1000, 30.0)
+    snaps = [snap(t, m=version(10 * t, 10 * t, t, lat[:10 * t], {"internal": t // 20})) for t in range(0, 130, 10)]
+    rows = minutes(intervals(snaps, ("m", "1")))
+    # Intervals end at 10, 20, ... 120 s after 1,000,000 s (minute 16,666 starts at 999,960 s).
+    assert [r["start"] for r in rows] == [1_000_080.0, 1_000_020.0, 999_960.0]
+    assert [r["requests"]["success"] for r in rows] == [500, 600, 100]
+    assert sum(sum(r["errors"].values()) for r in rows) == 6
+    assert all(r["throughput_rps"] == pytest.approx(10.0) for r in rows)
+    assert rows[0]["latency_ms"]["p50"] == pytest.approx((25 + 25 * 0.5) / 1e3)
 
 
 def test_batch_sizes_are_labelled_by_the_samples_each_bucket_holds() -> None:

@@ -16,8 +16,8 @@ from pyserve.dashboard.assets import CHARTS_HINT
 
 PAYLOAD_LOG_OFF = ("The payload log is off, so no failed request is shown here: start the server with "
                    "--payload-log-dir DIR (and give each model a [payload_log] table in its config.toml).")
-DRIFT_OFF = ("Drift detection is off on this server, so no drift is shown: it compares the logged traffic "
-             "of each model version with its reference profile (pyserve profile), and needs the payload log "
+DRIFT_OFF = ("Drift detection is off on this server, so no drift is shown. It compares each model version's "
+             "logged traffic with the version's reference profile (pyserve profile); the payload log must be on "
              "(--payload-log-dir).")
 DRIFT_EMPTY = "Drift detection is on, but no feature has a result yet (no reference profile, or no full window)."
 SCRIPTS_OFF = "Scripts are off: the charts are not drawn, and the tables carry every number. The page reloads every {s} s."
@@ -101,7 +101,7 @@ def overview(doc: dict) -> str:
         drifted = sum(f["drifted"] for f in features)
         link = f'<a href="#{section_id(m["model"], m["version"])}">{esc(m["model"])}</a>'
         rows.append([
-            link, _version_label(m["version"]), "loaded" if m["loaded"] else "not loaded",
+            link, _version_label(m["version"]), ("loaded" if m["loaded"] else "unloaded") if m["version"] else "—",
             num(sum(s["requests"].values())), num(s["throughput_rps"]), num(s["throughput_now_rps"]),
             num(s["latency_ms"]["p50"]), num(s["latency_ms"]["p90"]), num(s["latency_ms"]["p99"]),
             num(s["queue_depth"]), num(s["queue_ms"]["p99"]), num(s["batch_size_mean"]),

@@ -116,69 +116,129 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: np.ndarray) ->
     return lower + (float(bounds[i]) - lower) * (rank - below) / in_bucket
 
 
-def _delta(new: int, old: int) -> int:
-    """A counter's increase; a counter that went down was reset (a reload) and counts from 0."""
-    return new - old if new >= old else new
+@dataclass(frozen=True, slots=True)
+class HistogramColumns:
+    """One histogram's differences over ``n`` intervals: ``counts`` (n, buckets), ``sum`` and
+    ``count`` (n,), the bucket ``bounds``."""
 
-
-def _histogram_delta(new: Histogram, old: Histogram | None) -> Histogram:
-    if old is None or new.count < old.count or new.bounds != old.bounds:
-        return new
-    counts = new.counts - old.counts
-    if (counts < 0).any():  # reset between the two and grew again past the old count
-        return new
-    return Histogram(new.bounds, counts, new.sum - old.sum, new.count - old.count)
+    bounds: tuple[float, ...]
+    counts: np.ndarray
+    sum: np.ndarray
+    count: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
-class Interval:
-    """What one model version did between two snapshots (``end_s``: the later one's wall time)."""
+class Intervals:
+    """What one model version did between consecutive snapshots, as columns of ``n`` intervals
+    (oldest first): ``end_s`` (wall time of the later snapshot), ``duration_s``, ``requests``
+    (n, len(OUTCOMES)), ``samples``, ``batches``, the gauges ``queue_depth`` and ``in_flight`` at the
+    interval's end, ``histograms`` by key, ``errors`` by kind (n,)."""
 
-    end_s: float
-    duration_s: float
-    requests: tuple[int, ...]
-    samples: int
-    batches: int
-    queue_depth: int
-    in_flight: int
-    histograms: dict[str, Histogram]
-    errors: dict[str, int]
+    end_s: np.ndarray
+    duration_s: np.ndarray
+    requests: np.ndarray
+    samples: np.ndarray
+    batches: np.ndarray
+    queue_depth: np.ndarray
+    in_flight: np.ndarray
+    histograms: dict[str, HistogramColumns]
+    errors: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.end_s)
+
+    def select(self, rows: np.ndarray | slice) -> Intervals:
+        """The intervals at ``rows`` (an index array, a boolean mask or a slice)."""
+        return Intervals(self.end_s[rows], self.duration_s[rows], self.requests[rows], self.samples[rows],
+                         self.batches[rows], self.queue_depth[rows], self.in_flight[rows],
+                         {k: HistogramColumns(h.bounds, h.counts[rows], h.sum[rows], h.count[rows])
+                          for k, h in self.histograms.items()},
+                         {k: v[rows] for k, v in self.errors.items()})
 
 
-def intervals(snapshots: Sequence[Snapshot], key: tuple[str, str]) -> list[Interval]:
+def _differences(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Row ``t`` minus row ``t - 1`` for t >= 1 (rows of absent snapshots are zeros); a row that went
+    down anywhere (a reset: the version was reloaded) counts from 0, so it is its own value."""
+    prev = values[:-1] * present[:-1].reshape((-1,) + (1,) * (values.ndim - 1))
+    out = values[1:] - prev
+    reset = out < 0
+    if values.ndim > 1:
+        reset = reset.any(axis=tuple(range(1, values.ndim)), keepdims=True)
+    return np.where(reset, values[1:], out)
+
+
+def intervals(snapshots: Sequence[Snapshot], key: tuple[str, str]) -> Intervals:
     """The intervals of version ``key`` between consecutive ``snapshots`` (oldest first) that end in a
-    snapshot holding it; a version absent from the earlier snapshot was loaded in between, so its
-    counters are taken from 0."""
-    out: list[Interval] = []
-    for a, b in zip(snapshots, snapshots[1:]):
-        new = b.versions.get(key)
-        if new is None:
-            continue
-        old = a.versions.get(key)
-        dt = b.monotonic_s - a.monotonic_s
-        if dt <= 0:
-            continue
-        if old is None:
-            requests, samples, batches = new.requests, new.samples, new.batches
-            errors = dict(new.errors)
-        else:
-            requests = tuple(_delta(n, o) for n, o in zip(new.requests, old.requests))
-            samples, batches = _delta(new.samples, old.samples), _delta(new.batches, old.batches)
-            errors = {k: _delta(v, old.errors.get(k, 0)) for k, v in new.errors.items()}
-        histograms = {k: _histogram_delta(h, old.histograms.get(k) if old else None)
-                      for k, h in new.histograms.items()}
-        out.append(Interval(b.time_s, dt, requests, samples, batches, new.queue_depth, new.in_flight,
-                            histograms, {k: v for k, v in errors.items() if v}))
-    return out
+    snapshot holding it. Counters and histogram buckets are differenced; a counter that went down was
+    reset by a reload and counts from 0 again (as Prometheus's ``rate()`` takes it), and a version
+    absent from the earlier snapshot was loaded in between, so it counts from 0 too."""
+    versions = [s.versions.get(key) for s in snapshots]
+    present = np.array([v is not None for v in versions])
+    mono = np.array([s.monotonic_s for s in snapshots], np.float64)
+    keep = present[1:].copy()
+    keep &= (mono[1:] - mono[:-1]) > 0 if len(mono) > 1 else keep
+    zero = VersionSnapshot((0,) * len(OUTCOMES), 0, 0, 0, 0, {}, {})
+    rows = [v if v is not None else zero for v in versions]
+    counters = np.array([(*v.requests, v.samples, v.batches) for v in rows], np.int64).reshape(len(rows), -1)
+    diffs = _differences(counters, present)[keep] if len(rows) > 1 else counters[:0]
+    end_rows = np.flatnonzero(keep) + 1
+    histograms: dict[str, HistogramColumns] = {}
+    template = next((v for v in versions if v is not None), None)
+    for name, h in (template.histograms.items() if template is not None else ()):
+        empty = np.zeros_like(h.counts)
+        counts = np.array([v.histograms[name].counts if name in v.histograms and
+                           v.histograms[name].bounds == h.bounds else empty for v in rows], np.int64)
+        sums = np.array([v.histograms[name].sum if name in v.histograms else 0.0 for v in rows], np.float64)
+        # A histogram reset shows in its buckets; its sum and count follow the buckets' decision.
+        both = np.concatenate([counts, sums[:, None]], axis=1)
+        d = _differences(both, present)[keep]
+        d_counts = d[:, :-1].astype(np.int64)
+        histograms[name] = HistogramColumns(h.bounds, d_counts, d[:, -1], d_counts.sum(axis=1))
+    kinds = sorted({k for v in versions if v is not None for k in v.errors})
+    errors = {}
+    for kind in kinds:
+        col = np.array([v.errors.get(kind, 0) for v in rows], np.int64)
+        errors[kind] = _differences(col, present)[keep] if len(rows) > 1 else col[:0]
+    return Intervals(
+        end_s=np.array([snapshots[i].time_s for i in end_rows], np.float64),
+        duration_s=(mono[1:] - mono[:-1])[keep] if len(mono) > 1 else mono[:0],
+        requests=diffs[:, :len(OUTCOMES)], samples=diffs[:, len(OUTCOMES)], batches=diffs[:, len(OUTCOMES) + 1],
+        queue_depth=np.array([rows[i].queue_depth for i in end_rows], np.int64),
+        in_flight=np.array([rows[i].in_flight for i in end_rows], np.int64),
+        histograms=histograms, errors=errors)
 
 
-def _sum_histograms(items: Sequence[Histogram]) -> Histogram | None:
-    if not items:
+def quantile_columns(q: float, bounds: Sequence[float], counts: np.ndarray) -> np.ndarray:
+    """:func:`histogram_quantile` of each row of ``counts`` (n, buckets) at once; NaN for a row with
+    no observation."""
+    n = counts.shape[0]
+    if n == 0:
+        return np.zeros(0)
+    upper = np.asarray(bounds, np.float64)
+    cumulative = np.cumsum(counts, axis=1)
+    total = cumulative[:, -1]
+    rank = q * total
+    i = np.argmax(cumulative >= rank[:, None], axis=1)
+    in_inf = i >= len(upper)
+    i_b = np.minimum(i, len(upper) - 1)
+    lower = np.where(i_b == 0, 0.0, upper[np.maximum(i_b - 1, 0)])
+    below = np.where(i_b == 0, 0, cumulative[np.arange(n), np.maximum(i_b - 1, 0)])
+    in_bucket = counts[np.arange(n), i_b]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = np.where(in_bucket > 0, lower + (upper[i_b] - lower) * (rank - below) / in_bucket, upper[i_b])
+    value = np.where(in_inf, upper[-1], value)
+    return np.where(total > 0, value, np.nan)
+
+
+def _column(values: np.ndarray) -> list:
+    """A column as a JSON list: NaN (nothing measured) as None."""
+    return [None if v != v else v for v in values.tolist()]
+
+
+def _total_histogram(h: HistogramColumns | None) -> Histogram | None:
+    if h is None:
         return None
-    bounds = items[-1].bounds
-    same = [h for h in items if h.bounds == bounds]
-    return Histogram(bounds, np.sum([h.counts for h in same], axis=0), sum(h.sum for h in same),
-                     sum(h.count for h in same))
+    return Histogram(h.bounds, h.counts.sum(axis=0), float(h.sum.sum()), int(h.count.sum()))
 
 
 def _quantiles(h: Histogram | None, scale: float) -> dict[str, float | None]:
@@ -216,31 +276,27 @@ def batch_sizes(h: Histogram | None) -> list[dict]:
     return out
 
 
-def summary(items: Sequence[Interval], latest: VersionSnapshot | None) -> dict:
-    """The figures of a window of intervals (oldest first) of one version: requests by outcome,
-    throughput (successful requests/s) and samples/s over the window, request latency and queue
-    time percentiles (ms), mean compute time per batch (ms), batches and the mean batch size, the
-    batch-size distribution, errors by kind; and the gauges of the ``latest`` snapshot."""
-    window_s = sum(i.duration_s for i in items)
-    requests = [sum(col) for col in zip(*(i.requests for i in items))] or [0] * len(OUTCOMES)
-    histograms = {k: _sum_histograms([i.histograms[k] for i in items if k in i.histograms]) for k in HISTOGRAMS}
-    errors: dict[str, int] = {}
-    for i in items:
-        for k, v in i.errors.items():
-            errors[k] = errors.get(k, 0) + v
-    batches = sum(i.batches for i in items)
-    samples = sum(i.samples for i in items)
-    last = items[-1] if items else None
+def summary(items: Intervals, latest: VersionSnapshot | None) -> dict:
+    """The figures of a window of intervals of one version: requests by outcome, throughput
+    (successful requests/s) and samples/s over the window and in its last interval, request latency
+    and queue time percentiles (ms), mean compute time per batch (ms), batches and the mean batch size
+    (failed batches included), the batch-size distribution, errors by kind; and the gauges of the
+    ``latest`` snapshot (None: not loaded now)."""
+    window_s = float(items.duration_s.sum())
+    requests = items.requests.sum(axis=0).tolist() if len(items) else [0] * len(OUTCOMES)
+    histograms = {k: _total_histogram(items.histograms.get(k)) if len(items) else None for k in HISTOGRAMS}
+    errors = {k: int(v.sum()) for k, v in items.errors.items() if v.sum()}
+    last = len(items) - 1
     return {
         "window_s": round(window_s, 3),
-        "requests": {name: n for (_, name), n in zip(OUTCOMES, requests)},
+        "requests": {name: int(n) for (_, name), n in zip(OUTCOMES, requests)},
         "throughput_rps": requests[0] / window_s if window_s else None,
-        "throughput_now_rps": last.requests[0] / last.duration_s if last else None,
-        "samples_ps": samples / window_s if window_s else None,
+        "throughput_now_rps": float(items.requests[last, 0] / items.duration_s[last]) if last >= 0 else None,
+        "samples_ps": float(items.samples.sum()) / window_s if window_s else None,
         "latency_ms": _quantiles(histograms["request_us"], 1e-3),
         "queue_ms": {**_quantiles(histograms["queue_us"], 1e-3), "mean": _mean(histograms["queue_us"], 1e-3)},
         "compute_ms": {"mean": _mean(histograms["compute_us"], 1e-3)},
-        "batches": batches,
+        "batches": int(items.batches.sum()),
         # From the batch-size histogram, which counts failed batches too (samples_inferred does not).
         "batch_size_mean": _mean(histograms["batch_size"], 1.0),
         "batch_sizes": batch_sizes(histograms["batch_size"]),
@@ -250,39 +306,74 @@ def summary(items: Sequence[Interval], latest: VersionSnapshot | None) -> dict:
     }
 
 
-def series(items: Sequence[Interval]) -> dict:
+def series(items: Intervals) -> dict:
     """The figures of each interval as columns for charts: ``time`` (Unix s, the interval's end),
     ``throughput_rps``, ``samples_ps``, ``requests_ps`` by outcome, ``latency_ms`` and ``queue_ms``
     percentiles, ``queue_depth``, ``in_flight``, ``batch_size_mean`` and ``errors_ps`` by kind.
     A figure with nothing to measure in an interval (no request ended) is None."""
-    kinds = sorted({k for i in items for k in i.errors})
+    dt = items.duration_s
     out: dict = {
-        "time": [round(i.end_s, 3) for i in items],
-        "throughput_rps": [i.requests[0] / i.duration_s for i in items],
-        "samples_ps": [i.samples / i.duration_s for i in items],
-        "requests_ps": {name: [i.requests[j] / i.duration_s for i in items] for j, (_, name) in enumerate(OUTCOMES)},
-        "latency_ms": {name: [] for _, name in QUANTILES},
-        "queue_ms": {name: [] for _, name in QUANTILES},
-        "queue_depth": [i.queue_depth for i in items],
-        "in_flight": [i.in_flight for i in items],
-        "batch_size_mean": [_mean(i.histograms.get("batch_size"), 1.0) for i in items],
-        "errors_ps": {k: [i.errors.get(k, 0) / i.duration_s for i in items] for k in kinds},
+        "time": np.round(items.end_s, 3).tolist(),
+        "throughput_rps": (items.requests[:, 0] / dt).tolist(),
+        "samples_ps": (items.samples / dt).tolist(),
+        "requests_ps": {name: (items.requests[:, j] / dt).tolist() for j, (_, name) in enumerate(OUTCOMES)},
+        "latency_ms": {},
+        "queue_ms": {},
+        "queue_depth": items.queue_depth.tolist(),
+        "in_flight": items.in_flight.tolist(),
+        "batch_size_mean": [None] * len(items),
+        "errors_ps": {k: (v / dt).tolist() for k, v in sorted(items.errors.items()) if v.any()},
     }
-    for i in items:
-        for target, key in ((out["latency_ms"], "request_us"), (out["queue_ms"], "queue_us")):
-            for name, v in _quantiles(i.histograms.get(key), 1e-3).items():
-                target[name].append(v)
+    for target, key in (("latency_ms", "request_us"), ("queue_ms", "queue_us")):
+        h = items.histograms.get(key)
+        for q, name in QUANTILES:
+            out[target][name] = _column(quantile_columns(q, h.bounds, h.counts) * 1e-3) if h is not None \
+                else [None] * len(items)
+    h = items.histograms.get("batch_size")
+    if h is not None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["batch_size_mean"] = _column(np.where(h.count > 0, h.sum / np.maximum(h.count, 1), np.nan))
     return out
 
 
-def minutes(items: Sequence[Interval], width_s: float = 60.0) -> list[dict]:
-    """The intervals grouped by the minute (``width_s``) they end in, newest first, each group as
-    :func:`summary` figures plus ``start`` (Unix s): the history as a table for pages without scripts."""
-    groups: dict[int, list[Interval]] = {}
-    for i in items:
-        groups.setdefault(int(i.end_s // width_s), []).append(i)
+def minutes(items: Intervals, width_s: float = 60.0) -> list[dict]:
+    """The intervals grouped by the minute (``width_s``) they end in, newest first: ``start`` (Unix s),
+    ``requests`` by outcome, ``throughput_rps``, ``latency_ms`` and ``queue_ms`` percentiles (and the
+    mean queue time), ``batch_size_mean`` and ``errors`` by kind: the history as a table for pages
+    without scripts."""
+    if not len(items):
+        return []
+    slots = np.floor(items.end_s / width_s)
+    starts = np.flatnonzero(np.r_[True, slots[1:] != slots[:-1]])  # the intervals are in time order
+
+    def sums(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, starts, axis=0)
+
+    duration, requests = sums(items.duration_s), sums(items.requests)
+    grouped = {k: HistogramColumns(h.bounds, sums(h.counts), sums(h.sum), sums(h.count))
+               for k, h in items.histograms.items()}
+    errors = {k: sums(v) for k, v in items.errors.items()}
+    columns: dict[str, dict[str, list]] = {}
+    for target, key in (("latency_ms", "request_us"), ("queue_ms", "queue_us")):
+        h = grouped.get(key)
+        columns[target] = {name: _column(quantile_columns(q, h.bounds, h.counts) * 1e-3) if h is not None
+                           else [None] * len(starts) for q, name in QUANTILES}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        queue = grouped.get("queue_us")
+        queue_mean = _column(np.where(queue.count > 0, queue.sum / np.maximum(queue.count, 1) * 1e-3, np.nan)) \
+            if queue is not None else [None] * len(starts)
+        sizes = grouped.get("batch_size")
+        size_mean = _column(np.where(sizes.count > 0, sizes.sum / np.maximum(sizes.count, 1), np.nan)) \
+            if sizes is not None else [None] * len(starts)
     rows = []
-    for slot in sorted(groups, reverse=True):
-        group = groups[slot]
-        rows.append({"start": slot * width_s, **summary(group, None)})
+    for g in range(len(starts) - 1, -1, -1):
+        rows.append({
+            "start": float(slots[starts[g]] * width_s),
+            "requests": {name: int(n) for (_, name), n in zip(OUTCOMES, requests[g])},
+            "throughput_rps": float(requests[g, 0] / duration[g]) if duration[g] else None,
+            "latency_ms": {name: columns["latency_ms"][name][g] for _, name in QUANTILES},
+            "queue_ms": {**{name: columns["queue_ms"][name][g] for _, name in QUANTILES}, "mean": queue_mean[g]},
+            "batch_size_mean": size_mean[g],
+            "errors": {k: int(v[g]) for k, v in sorted(errors.items(), key=lambda kv: -kv[1][g]) if v[g]},
+        })
     return rows
