@@ -24,6 +24,7 @@ SCRIPTS_OFF = "Scripts are off: the charts are not drawn, and the tables carry e
 CHARTS_OFF = ("Charts are off: the plotly package is not installed. " + CHARTS_HINT
               + " and restart the server to get them; the tables carry every number.")
 NO_VERSION = "(no version)"
+MIN_RELOAD_S = 5  # a page without scripts reloads whole: not more often than this
 
 
 def esc(value: object) -> str:
@@ -191,6 +192,7 @@ def render(doc: dict, static_prefix: str, data_url: str, assets_version: str) ->
     """The whole page for ``doc`` (the ``/dashboard/data`` document)."""
     server = doc["server"]
     interval = server["interval_s"]
+    reload_s = max(int(round(interval)), MIN_RELOAD_S)
     charts = server["charts"]
     v = esc(assets_version)
     scripts = ""
@@ -236,12 +238,12 @@ def render(doc: dict, static_prefix: str, data_url: str, assets_version: str) ->
 <link rel="icon" href="data:,">
 <title>pyserve dashboard</title>
 <link rel="stylesheet" href="{esc(static_prefix)}dashboard.css?v={v}">
-<noscript><meta http-equiv="refresh" content="{max(int(interval), 1)}"></noscript>
+<noscript><meta http-equiv="refresh" content="{reload_s}"></noscript>
 {scripts}</head>
 <body>
 <header><h1>pyserve dashboard</h1>
 <p id="status" data-refresh>{esc(status)}</p>
-<noscript><p class="note off">{esc(SCRIPTS_OFF.format(s=max(int(interval), 1)))}</p></noscript>
+<noscript><p class="note off">{esc(SCRIPTS_OFF.format(s=reload_s))}</p></noscript>
 {notes}{drift_note}</header>
 <main id="dashboard" data-data-url="{esc(data_url)}" data-interval-s="{esc(interval)}">
 <section id="overview" data-refresh>{overview(doc)}</section>
