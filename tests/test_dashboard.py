@@ -22,7 +22,7 @@ from conftest import Repo, infer, wait_until
 
 from pyserve.dashboard import Dashboard, DashboardSettings, assets, page
 from pyserve.dashboard.series import (Histogram, Snapshot, VersionSnapshot, batch_sizes, histogram_quantile,
-                                      intervals, minutes, series, summary)
+                                      intervals, minutes, quantile_columns, series, summary)
 from pyserve.errors import PyserveError
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
 from pyserve.payload_log.failures import PREVIEW_VALUES, preview
@@ -67,6 +67,17 @@ def test_each_percentile_lies_in_the_bucket_of_the_true_one(seed: int) -> None:
             assert got == BOUNDS[-1]
 
 
+def test_the_vectorized_percentiles_are_the_scalar_ones() -> None:
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 4, (300, len(BOUNDS) + 1)) * (rng.random((300, len(BOUNDS) + 1)) < 0.4)
+    counts[:20] = 0  # rows with no observation
+    counts[20:40, :-1] = 0  # rows all in +Inf
+    for q in (0.5, 0.9, 0.99):
+        got = quantile_columns(q, BOUNDS, counts)
+        want = [histogram_quantile(q, BOUNDS, row) for row in counts]
+        assert [None if v != v else pytest.approx(v) for v in got] == want
+
+
 def version(requests: int, samples: int = 0, batches: int = 0, latencies: np.ndarray | None = None,
             errors: dict[str, int] | None = None, queue_depth: int = 0) -> VersionSnapshot:
     latencies = np.zeros(0) if latencies is None else latencies
@@ -102,6 +113,17 @@ def test_intervals_difference_counters_and_take_a_reset_as_a_new_start() -> None
     for j in range(2):
         h = items.histograms["request_us"]
         assert cols["latency_ms"]["p90"][j] == pytest.approx(histogram_quantile(0.9, h.bounds, h.counts[j]) / 1e3)
+
+
+def test_a_histogram_reset_is_seen_even_when_it_grew_past_the_old_count() -> None:
+    """Reloaded, then busier than before: the count went up but a bucket went down, so the whole
+    histogram (and its sum) counts from 0."""
+    fast, slow = np.full(30, 20.0), np.full(50, 400.0)
+    snaps = [snap(0, m=version(30, latencies=np.r_[fast, np.full(10, 400.0)])),
+             snap(5, m=version(60, latencies=slow))]
+    h = intervals(snaps, ("m", "1")).histograms["request_us"]
+    assert h.count.tolist() == [50] and h.sum.tolist() == [pytest.approx(50 * 400.0)]
+    assert h.counts[0].tolist() == bucketed(slow).tolist()
 
 
 def test_a_version_loaded_between_snapshots_counts_from_zero_and_a_gone_one_stops() -> None:
@@ -376,22 +398,42 @@ def test_bad_settings_are_refused(kwargs: dict, needle: str) -> None:
         DashboardSettings(**kwargs).check()
 
 
-def test_the_sampler_keeps_the_schedule_and_the_ring_its_size(repo: Repo) -> None:
+def test_the_sampler_keeps_a_fixed_schedule_and_skips_ticks_it_missed(repo: Repo) -> None:
+    """On a fake clock: snapshots at start + k * interval; a sample that stalls 2.5 intervals skips
+    the ticks it missed instead of drifting; the ring keeps its size."""
     repo.onnx("affine", config="max_batch_size = 8\n")
-    settings = DashboardSettings(interval_s=0.05, history_s=0.2)
+    settings = DashboardSettings(interval_s=5.0, history_s=20.0)
+    now = [100.0]
+    stalls = {3: 12.5}  # the 4th sample takes 12.5 s (a stalled loop)
 
-    async def body(service: InferenceService, dashboard: Dashboard, _plog: Any) -> list[Snapshot]:
-        task = asyncio.create_task(dashboard.run())
-        while dashboard.history.seq < 12:
-            await asyncio.sleep(0.05)
-        task.cancel()
-        return dashboard.history.snapshots()[1]
+    async def body(service: InferenceService, dashboard: Dashboard, _plog: Any) -> list[float]:
+        from pyserve.dashboard.history import Sampler
 
-    snaps = run_dashboard(repo, body, settings)
-    assert len(snaps) == settings.snapshots == 5
-    gaps = np.diff([s.monotonic_s for s in snaps])
-    # A schedule: each gap a whole number of intervals (a slow machine skips ticks, never drifts).
-    assert np.allclose(gaps / 0.05, np.round(gaps / 0.05), atol=0.6) and (gaps > 0.02).all()
+        taken: list[float] = []
+
+        async def sleep(delay: float) -> None:
+            assert delay >= 0
+            now[0] += delay
+
+        sampler = Sampler(service, dashboard.errors, dashboard.history, settings.interval_s,
+                          monotonic=lambda: now[0], sleep=sleep)
+        sample = sampler.sample
+
+        async def timed() -> None:
+            taken.append(now[0])
+            now[0] += stalls.get(len(taken) - 1, 0.25)  # a sample takes time too
+            await sample()
+            if len(taken) == 9:
+                raise asyncio.CancelledError
+
+        sampler.sample = timed  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await sampler.run()
+        assert len(dashboard.history.snapshots()[1]) == settings.snapshots == 5
+        return taken
+
+    taken = run_dashboard(repo, body, settings)
+    assert taken == [100.0, 105.0, 110.0, 115.0, 130.0, 135.0, 140.0, 145.0, 150.0]
 
 
 # -- a live server ------------------------------------------------------------------------------------
