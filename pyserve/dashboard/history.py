@@ -14,7 +14,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from pyserve.dashboard.series import Snapshot, VersionSnapshot, unrouted, version_snapshot
@@ -90,16 +90,18 @@ def make_snapshot(time_s: float, monotonic_s: float, stats: list[tuple[str, str,
 class Sampler:
     """Takes a snapshot of ``service``'s statistics every ``interval_s`` seconds into ``history``.
 
-    ``clock`` and ``monotonic`` (seconds) can be replaced in tests."""
+    ``clock`` and ``monotonic`` (seconds) and ``sleep`` can be replaced in tests."""
 
     def __init__(self, service: InferenceService, errors: ErrorCounts, history: StatsHistory, interval_s: float,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._service = service
         self._errors = errors
         self._history = history
         self._interval_s = interval_s
         self._clock = clock
         self._monotonic = monotonic
+        self._sleep = sleep
         self._bounds: dict[tuple, tuple[float, ...]] = {}
 
     async def sample(self) -> None:
@@ -127,4 +129,4 @@ class Sampler:
             if delay < 0:  # fell behind (a stalled loop): skip the missed ticks
                 ticks += int(-delay // self._interval_s) + 1
                 delay = start + ticks * self._interval_s - self._monotonic()
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
