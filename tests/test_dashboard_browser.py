@@ -149,6 +149,12 @@ class InProcessServer:
 
 
 @pytest.fixture
+def browser() -> tuple[str, str]:
+    """(browser, driver) paths, checked before any server starts."""
+    return _browser()
+
+
+@pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     repo = Repo(tmp_path / "models")
     repo.onnx("affine", config="max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 2000\n"
@@ -222,8 +228,9 @@ return Array.from(document.querySelectorAll('.charts .js-plotly-plot'), g => ({
 """
 
 
-def test_the_dashboard_in_headless_chromium(server: InProcessServer, tmp_path: Path) -> None:
-    browser, driver_path = _browser()
+def test_the_dashboard_in_headless_chromium(browser: tuple[str, str], server: InProcessServer,
+                                            tmp_path: Path) -> None:
+    browser_path, driver_path = browser
     sent = traffic(server.url)
 
     def settled() -> bool:
@@ -236,7 +243,7 @@ def test_the_dashboard_in_headless_chromium(server: InProcessServer, tmp_path: P
 
     wait_until(settled, 30, "the dashboard to count the traffic")
 
-    driver = chrome(browser, driver_path, scripts=True)
+    driver = chrome(browser_path, driver_path, scripts=True)
     try:
         driver.set_page_load_timeout(60)
         driver.get(server.url + "/dashboard")
@@ -280,8 +287,9 @@ def test_the_dashboard_in_headless_chromium(server: InProcessServer, tmp_path: P
     assert drift[1]["name"] == "threshold" and drift[1]["y"] == [0.05] * 4
 
 
-def test_the_tables_carry_the_numbers_with_scripts_off(server: InProcessServer, tmp_path: Path) -> None:
-    browser, driver_path = _browser()
+def test_the_tables_carry_the_numbers_with_scripts_off(browser: tuple[str, str], server: InProcessServer,
+                                                       tmp_path: Path) -> None:
+    browser_path, driver_path = browser
     sent = traffic(server.url)
 
     def settled() -> bool:
@@ -292,7 +300,7 @@ def test_the_tables_carry_the_numbers_with_scripts_off(server: InProcessServer, 
     wait_until(settled, 30, "the dashboard to count the traffic")
     from selenium.common.exceptions import StaleElementReferenceException
 
-    driver = chrome(browser, driver_path, scripts=False)
+    driver = chrome(browser_path, driver_path, scripts=False)
     try:
         # The page reloads itself every 5 s without scripts: read it again if it did while being read.
         for attempt in range(3):
