@@ -149,7 +149,20 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         ">= 0 (default 30)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
     _add_payload_log_flags(p)
+    _add_dashboard_flags(p)
     p.set_defaults(func=_serve)
+
+
+def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of GET /dashboard (docs/dashboard.md)."""
+    g = p.add_argument_group("dashboard (docs/dashboard.md)")
+    g.add_argument("--disable-dashboard", action="store_true",
+                   help="do not serve GET /dashboard (nor sample statistics for it)")
+    g.add_argument("--dashboard-interval-s", type=positive_number, default=5.0, metavar="S",
+                   help="take a snapshot of every model version's statistics this often, > 0 (default 5): "
+                        "the dashboard's resolution and refresh period")
+    g.add_argument("--dashboard-history-s", type=positive_number, default=3600.0, metavar="S",
+                   help="keep this many seconds of snapshots, >= --dashboard-interval-s (default 3600)")
 
 
 def _add_payload_log_flags(p: argparse.ArgumentParser) -> None:
@@ -270,6 +283,14 @@ def _serve(args: argparse.Namespace) -> int:
     if payload_log.enabled:
         overrides["payload_log"] = {}  # --model models are logged with the defaults of [payload_log]
     singles = tuple(SingleModel(name, path, overrides) for name, path in args.model)
+    from pyserve.dashboard.settings import DashboardSettings
+
+    dashboard = DashboardSettings(not args.disable_dashboard, args.dashboard_interval_s, args.dashboard_history_s)
+    try:
+        dashboard.check()
+    except ValueError as e:
+        _refuse(str(e))
+        return EXIT_REFUSED
     settings = ServerSettings(
         repository=repository,
         models=singles,
@@ -281,6 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
         shutdown_timeout_s=args.shutdown_timeout_s,
         default_max_batch_size=default_max_batch_size,
         payload_log=payload_log,
+        dashboard=dashboard,
     )
     try:
         run(settings)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from pyserve.payload_log.failures import RecentFailures
 from pyserve.payload_log.record import OK, Capture
 from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.service.hooks import InferHooks
@@ -42,6 +43,7 @@ __all__ = ["PayloadLog", "PayloadLogSettings", "require_pyarrow"]
 log = logging.getLogger("pyserve.payload_log")
 
 RETENTION_EVERY_S = 60.0  # how often retention runs besides after each rotation
+RECENT_FAILURES = 100  # failed calls kept in memory for the dashboard (recent_failures)
 
 
 def require_pyarrow() -> None:
@@ -105,6 +107,7 @@ class PayloadLog(InferHooks):
         self._flush_requests: collections.deque[threading.Event] = collections.deque()
         self._layouts: dict[tuple, object] = {}  # layout key -> Layout (few: one per model config)
         self._consumers: tuple[Callable[[list[Capture]], None], ...] = ()
+        self._failures = RecentFailures(RECENT_FAILURES)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,6 +153,11 @@ class PayloadLog(InferHooks):
     def remove_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
         """Stops handing records to ``consumer``."""
         self._consumers = tuple(c for c in self._consumers if c != consumer)  # ==: bound methods are made anew
+
+    def recent_failures(self, limit: int = RECENT_FAILURES) -> list[dict]:
+        """The last failed calls the writer thread has taken (at most :data:`RECENT_FAILURES`),
+        newest first, as short dicts (:class:`~pyserve.payload_log.failures.RecentFailures`). Any thread."""
+        return self._failures.newest(limit)
 
     # -- hooks (event loop thread: references only) ------------------------------------------------
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
@@ -252,6 +260,10 @@ class PayloadLog(InferHooks):
                 consumer(captures)
             except Exception:  # noqa: BLE001 - a consumer's fault must not lose the records
                 log.exception("payload log: a consumer of the records failed")
+        try:
+            self._failures.add(captures)
+        except Exception:  # noqa: BLE001 - the dashboard's preview must never cost a record
+            log.exception("payload log: cannot keep the recent failures")
         if self._sink is not None:
             self._send(captures)
         if self._files is not None:

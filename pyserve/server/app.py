@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from pyserve import metrics
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.drift.server import make_monitor, say_which_models_drift
+from pyserve.dashboard.settings import DashboardSettings
 from pyserve.errors import ErrorKind, PyserveError
 from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.release.rollout import RolloutController, RolloutMetrics
@@ -28,6 +29,7 @@ from pyserve.service import InferenceService, ModelControl, ModelHost, SingleMod
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
     from pyserve.drift.monitor import DriftMonitor
+    from pyserve.dashboard import Dashboard
     from pyserve.payload_log import PayloadLog
 
 log = logging.getLogger("pyserve.server")
@@ -48,6 +50,7 @@ class ServerSettings:
     # max_batch_size of the models whose config sets none and that can batch (0: none batches)
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     payload_log: PayloadLogSettings = PayloadLogSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
 
 class StartupError(PyserveError):
@@ -67,6 +70,7 @@ class App:
         self.service = service
         self.control = ModelControl(host, rollouts)
         self.registry = registry
+        self.dashboard: Dashboard | None = None  # GET /dashboard (pyserve.dashboard)
         self.payload_log: PayloadLog | None = None
         # The drift monitor (docs/drift.md): None when the server keeps no payload log (or lacks scipy).
         self.drift: DriftMonitor | None = None
@@ -99,6 +103,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         app.payload_log = payload_log
         service.add_hooks(payload_log)
     app.drift = make_monitor(host, payload_log, registry)
+    if settings.dashboard.enabled:
+        from pyserve.dashboard import Dashboard
+
+        # The drift monitor is looked up at each request: app.drift (None when drift detection is off).
+        app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift)
     router = handlers.make_router()
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
@@ -131,12 +140,15 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         raise
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
+    sampler = asyncio.create_task(app.dashboard.run(), name="dashboard") if app.dashboard is not None else None
     for sock in server.sockets:
         host_name, port = sock.getsockname()[:2]
         log.info("======== Running on http://%s:%s ========",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
     await stop.wait()
     ticker.cancel()
+    if sampler is not None:
+        sampler.cancel()
     log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
     if not await server.shutdown(settings.shutdown_timeout_s):
         log.warning("some connections had not finished within %.0f s and were closed",

@@ -20,6 +20,7 @@ from pyserve.errors import PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.service import CallContext, InferenceService
+from pyserve.server import dashboard
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Request, Response
 from pyserve.server.router import Router
@@ -442,4 +443,5 @@ def make_router() -> Router:
         r.add("GET", prefix + "/ready", model_ready)
         r.add("GET", prefix + "/config", model_config)
         r.add("GET", prefix + "/stats", model_stats)
+    dashboard.add_routes(r)
     return r
