@@ -549,6 +549,12 @@ def test_a_live_server_exports_drift_gauges_and_v2_drift(repo: Repo, tmp_path: P
     assert requests.get(f"{server.url}/v2/drift", params={"model": "m"}, timeout=10).json()["features"]
     assert requests.get(f"{server.url}/v2/drift", params={"model": "nope"}, timeout=10).status_code == 404
     assert requests.get(f"{server.url}/v2/drift", params={"modle": "m"}, timeout=10).status_code == 400
+    # The dashboard shows the monitor's results.
+    shown = requests.get(f"{server.url}/dashboard/data", timeout=10).json()["drift"]
+    assert shown["enabled"] and len(shown["features"]) == WIDTH + 3
+    shown_by = {(row["model"], row["tensor"], row["feature"]): row for row in shown["features"]}
+    assert shown_by[("m", "x", "f6")]["drifted"] and not shown_by[("m", "x", "f1")]["drifted"]
+    assert shown_by[("m", "x", "f6")]["score"] == pytest.approx(f6["score"], rel=1e-6, abs=1e-300)
     server.stop()
     assert re.search(r"WARNING pyserve.drift: model m version 1: \d+ features? started drifting \(window of 100 "
                      r"rows\): .*x feature f6 \(ks", server.log())
