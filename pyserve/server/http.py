@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import unquote
 
@@ -76,11 +77,12 @@ class HttpServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event = asyncio.Event()
 
-    async def bind(self, host: str, port: int) -> None:
+    async def bind(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
         """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
-        Raises OSError (address in use, not available, permission denied) at once."""
+        With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`). Raises OSError (address
+        in use, not available, permission denied) at once."""
         self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024,
-                                                       start_serving=False)
+                                                       ssl=ssl, start_serving=False)
 
     async def listen(self) -> None:
         """Starts accepting connections on the bound address."""
