@@ -38,6 +38,10 @@ MAX_PIPELINED = 64  # answers a connection may owe before the server stops readi
 IDLE_TIMEOUT_S = 75.0  # a connection that sends nothing for this long, owing nothing, is closed
 HEADER_TIMEOUT_S = 30.0  # a request's line and headers must arrive within this (slow clients)
 SWEEP_INTERVAL_S = 1.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never completes its TLS handshake
+# A TLS connection being closed waits this long for the client's close_notify: not asyncio's 30 s,
+# which a client that never answers would make every shutdown wait.
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 LINGER_S = 2.0  # after refusing a request mid-body, how long its remaining bytes are read and dropped
 # The parser runs over a read in pieces of this size, so that a client pipelining many cheap
 # requests stops being parsed (and answered) once the server stops reading from it.
@@ -81,8 +85,10 @@ class HttpServer:
         """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
         With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`). Raises OSError (address
         in use, not available, permission denied) at once."""
+        tls = {"ssl": ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S,
+               "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_S} if ssl is not None else {}
         self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024,
-                                                       ssl=ssl, start_serving=False)
+                                                       start_serving=False, **tls)
 
     async def listen(self) -> None:
         """Starts accepting connections on the bound address."""
