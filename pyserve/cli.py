@@ -163,6 +163,9 @@ def _add_security_flags(p: argparse.ArgumentParser) -> None:
                    help="bearer tokens, one per line as TOKEN or ID:TOKEN (also $PYSERVE_AUTH_TOKENS, "
                         "comma-separated); model control then needs one; the file is re-read when it "
                         "changes and on SIGHUP")
+    g.add_argument("--inference-token-file", type=Path, default=None, metavar="FILE",
+                   help="tokens good for inference, metadata and /metrics only, not model control (also "
+                        "$PYSERVE_INFERENCE_TOKENS); re-read like --auth-token-file")
     g.add_argument("--auth-inference", action="store_true",
                    help="also require a token for inference and metadata (default: open)")
     g.add_argument("--auth-metrics", action="store_true", help="also require a token for /metrics (default: open)")
@@ -183,11 +186,14 @@ def _add_security_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _security_settings(args: argparse.Namespace) -> tuple[AccessSettings, TlsSettings | None]:
-    """The access and TLS settings of the serve flags and $PYSERVE_AUTH_TOKENS; PyserveError
+    """The access and TLS settings of the serve flags, $PYSERVE_AUTH_TOKENS and
+    $PYSERVE_INFERENCE_TOKENS; PyserveError
     (INVALID_ARGUMENT) for flags that do not go together."""
-    from pyserve.security import TOKENS_ENV, AccessSettings, TlsSettings
+    from pyserve.security import INFERENCE_TOKENS_ENV, TOKENS_ENV, AccessSettings, TlsSettings
 
     access = AccessSettings(token_file=args.auth_token_file, env_tokens=os.environ.get(TOKENS_ENV),
+                            inference_token_file=args.inference_token_file,
+                            env_inference_tokens=os.environ.get(INFERENCE_TOKENS_ENV),
                             inference=args.auth_inference, metrics=args.auth_metrics,
                             allow_unauthenticated_control=args.allow_unauthenticated_control)
     if (args.tls_cert is None) != (args.tls_key is None):

@@ -22,6 +22,7 @@ class ErrorKind(enum.Enum):
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid credentials (a bearer token missing or wrong)
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # valid credentials that do not allow the call
 
 
 # Core status codes (csrc/core/types.h StatusCode) <-> kinds. Kinds the core has no code for travel

@@ -27,7 +27,7 @@ from pyserve.security import (
     read_audit,
 )
 from pyserve.security.access import bearer_token
-from pyserve.security.tokens import TokenSet, load_tokens, parse_tokens
+from pyserve.security.tokens import TokenSet, TokenSource, load_tokens, parse_tokens
 
 TOKEN_A = "Aq3vZ9-lM_0pTx7yW2kR5nB8"
 TOKEN_B = "c2VjcmV0LXRva2VuLWJi+/=="
@@ -51,8 +51,9 @@ def test_token_file_lines_ids_comments_and_defaults() -> None:
 
 
 def test_env_tokens_split_on_commas() -> None:
-    tokens = load_tokens(None, f"ci:{TOKEN_A}, {TOKEN_B}", "PYSERVE_AUTH_TOKENS")
-    assert tokens.ids == ["ci", "env-2"]
+    tokens = load_tokens(TokenSource(None, f"ci:{TOKEN_A}, {TOKEN_B}", "PYSERVE_AUTH_TOKENS", control=True),
+                         TokenSource(None, "app-token-9876543210ab", "PYSERVE_INFERENCE_TOKENS", control=False, prefix="inference"))
+    assert tokens.ids == ["ci", "env-2", "inference-env-1"]
 
 
 @pytest.mark.parametrize("line", ["short", "has space in it 1234567890", "ünïcode-token-123456789", "x" * 15,
@@ -68,28 +69,29 @@ def test_malformed_tokens_are_refused_naming_the_line_not_the_token(line: str) -
 def test_empty_or_missing_token_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").write_text("# nothing\n\n")
     with pytest.raises(PyserveError, match="no token in it"):
-        load_tokens(tmp_path / "empty", None, "E")
+        load_tokens(TokenSource(tmp_path / "empty", None, "E", control=True))
     with pytest.raises(PyserveError, match="cannot read it"):
-        load_tokens(tmp_path / "missing", None, "E")
+        load_tokens(TokenSource(tmp_path / "missing", None, "E", control=True))
 
 
 def test_two_tokens_with_one_id_are_refused() -> None:
     with pytest.raises(PyserveError, match="'ops' is given twice"):
-        load_tokens(None, f"ops:{TOKEN_A},ops:{TOKEN_B}", "E")
+        load_tokens(TokenSource(None, f"ops:{TOKEN_A}", "E", control=True),
+                    TokenSource(None, f"ops:{TOKEN_B}", "F", control=False))
 
 
 # -- comparison ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("presented", [TOKEN_A[:-1], TOKEN_A[:8], TOKEN_A + "x", TOKEN_A + TOKEN_A, "",
                                        TOKEN_A.upper(), " " + TOKEN_A, TOKEN_B[:-2]])
 def test_only_the_exact_token_matches(presented: str) -> None:
-    tokens = TokenSet.of([("a", TOKEN_A), ("b", TOKEN_B)])
-    assert tokens.match(TOKEN_A) == "a" and tokens.match(TOKEN_B) == "b"
+    tokens = TokenSet.of(([("a", TOKEN_A)], True), ([("b", TOKEN_B)], False))
+    assert tokens.match(TOKEN_A) == ("a", True) and tokens.match(TOKEN_B) == ("b", False)
     assert tokens.match(presented) is None
 
 
 @pytest.mark.parametrize("presented", [TOKEN_A, TOKEN_B, "no-such-token-at-all-xx"])
 def test_every_token_is_compared_with_compare_digest(monkeypatch: pytest.MonkeyPatch, presented: str) -> None:
-    tokens = TokenSet.of([("a", TOKEN_A), ("b", TOKEN_B), ("c", "third-token-0123456789")])
+    tokens = TokenSet.of(([("a", TOKEN_A), ("b", TOKEN_B)], True), ([("c", "third-token-0123456789")], False))
     calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -146,6 +148,23 @@ def test_inference_and_metrics_flags(tmp_path: Path) -> None:
 def test_inference_auth_without_tokens_is_refused() -> None:
     with pytest.raises(PyserveError, match="--auth-inference need tokens"):
         AccessControl(AccessSettings(inference=True))
+    with pytest.raises(PyserveError, match="inference tokens are checked only with --auth-inference"):
+        AccessControl(AccessSettings(env_inference_tokens=TOKEN_B))
+
+
+def test_inference_tokens_cannot_control_models(tmp_path: Path) -> None:
+    (tmp_path / "inference").write_text(f"app:{TOKEN_B}\n")
+    (tmp_path / "tokens").write_text(f"ops:{TOKEN_A}\n")
+    access = AccessControl(AccessSettings(token_file=tmp_path / "tokens",
+                                          inference_token_file=tmp_path / "inference", inference=True),
+                           CollectorRegistry())
+    assert access.authenticate(Scope.INFERENCE, f"Bearer {TOKEN_B}") == "app"
+    assert access.authenticate(Scope.INFERENCE, f"Bearer {TOKEN_A}") == "ops"
+    assert access.authenticate(Scope.CONTROL, f"Bearer {TOKEN_A}") == "ops"
+    with pytest.raises(Unauthenticated) as info:
+        access.authenticate(Scope.CONTROL, f"Bearer {TOKEN_B}")
+    assert info.value.kind is ErrorKind.PERMISSION_DENIED and info.value.token_id == "app"
+    assert failures(access, "control", "insufficient_scope") == 1
 
 
 # -- exposure ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ server with model control open on a public address refuses to start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 import requests
 from conftest import Repo, infer, wait_until
 
+from pyserve.client import AsyncInferenceClient, InferenceClient, InferenceServerError
+from pyserve.errors import ErrorKind
 from pyserve.security import read_audit
 
 pytest.importorskip("onnx")
@@ -125,21 +128,46 @@ def test_an_audited_failure_keeps_its_status_and_message(serve: Any, models: Rep
     assert row["error"] == r.json()["error"]
 
 
-def test_inference_needs_a_token_with_auth_inference(serve: Any, models: Repo, token_file: Path) -> None:
-    url = serve([models.root, "--auth-token-file", token_file, "--auth-inference"]).url
+def test_inference_needs_a_token_with_auth_inference(serve: Any, models: Repo, token_file: Path,
+                                                     tmp_path: Path) -> None:
+    app_tokens = tmp_path / "app-tokens"
+    app_tokens.write_text(f"app:{CI_TOKEN}\n")
+    url = serve([models.root, "--auth-token-file", token_file, "--inference-token-file", app_tokens,
+                 "--auth-inference"]).url
     for path in ("/v2/models/m", "/v2", "/v2/models/m/config", "/v2/models/stats"):
         r = requests.get(url + path, timeout=30)
         assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer"), path
-        assert requests.get(url + path, headers=bearer(TOKEN), timeout=30).status_code == 200, path
+        for token in (TOKEN, CI_TOKEN):
+            assert requests.get(url + path, headers=bearer(token), timeout=30).status_code == 200, path
     assert infer(url, "m", "json", ONE).status_code == 401
-    r = requests.post(url + "/v2/models/m/infer", json={"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                                                     "data": [1, 2, 3, 4]}]},
-                      headers=bearer(TOKEN), timeout=30)
-    assert r.status_code == 200, r.text
+    doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    for token in (TOKEN, CI_TOKEN):
+        r = requests.post(url + "/v2/models/m/infer", json=doc, headers=bearer(token), timeout=30)
+        assert r.status_code == 200, r.text
+    # pyserve's clients send the token they are given.
+    with InferenceClient(url, token=CI_TOKEN) as client:
+        assert client.infer("m", ONE)["y"].shape == (1, 4)
+    with InferenceClient(url) as client, pytest.raises(InferenceServerError) as info:
+        client.infer("m", ONE)
+    assert info.value.status == 401 and info.value.kind is ErrorKind.UNAUTHENTICATED
+
+    async def infer_async() -> Any:
+        async with AsyncInferenceClient(url, token=CI_TOKEN) as client:
+            return await client.infer("m", ONE)
+
+    assert asyncio.run(infer_async())["y"].shape == (1, 4)
+    # An inference token cannot change what is served: 403, audited with its id.
+    r = load(url, "m", bearer(CI_TOKEN))
+    assert r.status_code == 403 and r.headers["WWW-Authenticate"] == 'Bearer realm="pyserve", error="insufficient_scope"'
+    assert load(url, "m", bearer(TOKEN)).status_code == 200
+    rows = audit_rows(models, 2)
+    assert [(r["result"], r["status"], r["token_id"]) for r in rows] == [("PERMISSION_DENIED", 403, "app"),
+                                                                         ("ok", 200, "ops")]
     # Probes stay open (Kubernetes sends no token); /metrics too without --auth-metrics.
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/m/ready", "/metrics"):
         assert requests.get(url + path, timeout=30).status_code == 200, path
     assert metric(url, "pyserve_auth_failures_total", scope="inference", reason="missing") == 5
+    assert metric(url, "pyserve_auth_failures_total", scope="control", reason="insufficient_scope") == 1
 
 
 def test_metrics_need_a_token_with_auth_metrics(serve: Any, models: Repo, token_file: Path) -> None:

@@ -4,6 +4,7 @@ files (:mod:`~pyserve.security.tls`, :mod:`~pyserve.security.reload`), and the m
 (:mod:`~pyserve.security.audit`). The transports call them; docs/security.md describes the model."""
 
 from pyserve.security.access import (
+    INFERENCE_TOKENS_ENV,
     TOKENS_ENV,
     AccessControl,
     AccessSettings,
@@ -16,6 +17,6 @@ from pyserve.security.audit import AuditRecord, ManagementAudit, read_audit
 from pyserve.security.reload import FileWatcher
 from pyserve.security.tls import ReloadingTls, TlsSettings, server_context
 
-__all__ = ["TOKENS_ENV", "AccessControl", "AccessSettings", "AuditRecord", "FileWatcher", "ManagementAudit",
+__all__ = ["INFERENCE_TOKENS_ENV", "TOKENS_ENV", "AccessControl", "AccessSettings", "AuditRecord", "FileWatcher", "ManagementAudit",
            "ReloadingTls", "Scope", "TlsSettings", "Unauthenticated", "exposure_error", "is_loopback",
            "read_audit", "server_context"]

@@ -14,8 +14,13 @@ control       ``/v2/repository/...`` (index, load, unload, traffic,        whene
               aliases, rollouts) and ``/v2/logs`` (the payload log)         configured
 ============  ==========================================================  ==========================
 
-A refusal is an UNAUTHENTICATED :class:`~pyserve.errors.PyserveError` (HTTP 401, gRPC UNAUTHENTICATED),
-counted in ``pyserve_auth_failures_total{scope, reason}``; the token is never logged nor kept.
+Two kinds of token: control tokens (``--auth-token-file``, ``$PYSERVE_AUTH_TOKENS``) are good for
+every scope; inference tokens (``--inference-token-file``, ``$PYSERVE_INFERENCE_TOKENS``) for
+inference and metrics only, so the clients of a model cannot change what it serves.
+
+A call without a valid token is refused UNAUTHENTICATED (HTTP 401, gRPC UNAUTHENTICATED); an
+inference token on a control call PERMISSION_DENIED (HTTP 403, gRPC PERMISSION_DENIED). Both are
+counted in ``pyserve_auth_failures_total{scope, reason}``; a token is never logged nor kept.
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter
 
 from pyserve.errors import ErrorKind, PyserveError
-from pyserve.security.tokens import TokenSet, load_tokens
+from pyserve.security.tokens import TokenSet, TokenSource, load_tokens
 
 log = logging.getLogger("pyserve.security")
 
 TOKENS_ENV = "PYSERVE_AUTH_TOKENS"
+INFERENCE_TOKENS_ENV = "PYSERVE_INFERENCE_TOKENS"
 
 
 class Scope(enum.Enum):
@@ -51,37 +57,52 @@ class Scope(enum.Enum):
 class AccessSettings:
     """The access-control part of the server's settings.
 
-    ``token_file``: a file of tokens, re-read when it changes (``--auth-token-file``);
+    ``token_file``: a file of control tokens, re-read when it changes (``--auth-token-file``);
     ``env_tokens``: the value of ``$PYSERVE_AUTH_TOKENS`` (read by the command line; never shown in a
-    repr); ``inference``, ``metrics``: require a token for those scopes too;
-    ``allow_unauthenticated_control``: serve model control on a non-loopback address without tokens.
+    repr); ``inference_token_file``, ``env_inference_tokens``: the same for inference tokens
+    (``--inference-token-file``, ``$PYSERVE_INFERENCE_TOKENS``); ``inference``, ``metrics``: require
+    a token for those scopes too; ``allow_unauthenticated_control``: serve model control on a
+    non-loopback address without tokens.
     """
 
     token_file: Path | None = None
     env_tokens: str | None = field(default=None, repr=False)
+    inference_token_file: Path | None = None
+    env_inference_tokens: str | None = field(default=None, repr=False)
     inference: bool = False
     metrics: bool = False
     allow_unauthenticated_control: bool = False
 
+    def sources(self) -> tuple[TokenSource, TokenSource]:
+        """The control and the inference token sources."""
+        return (TokenSource(self.token_file, self.env_tokens, TOKENS_ENV, control=True),
+                TokenSource(self.inference_token_file, self.env_inference_tokens, INFERENCE_TOKENS_ENV,
+                            control=False, prefix="inference"))
+
     @property
-    def configured(self) -> bool:
-        """Whether any token source is given."""
-        return self.token_file is not None or self.env_tokens is not None
+    def files(self) -> list[Path]:
+        """The token files, re-read when they change."""
+        return [p for p in (self.token_file, self.inference_token_file) if p is not None]
 
 
 class Unauthenticated(PyserveError):
-    """A call refused for want of a valid token; ``reason`` is ``missing`` (no Authorization),
-    ``malformed`` (not ``Bearer <token>``) or ``invalid`` (no configured token matches)."""
+    """A call refused for its token; ``reason`` is ``missing`` (no Authorization), ``malformed`` (not
+    ``Bearer <token>``), ``invalid`` (no configured token matches): kind UNAUTHENTICATED; or
+    ``insufficient_scope`` (an inference token on a control call): kind PERMISSION_DENIED, with
+    ``token_id`` the id of the token."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(ErrorKind.UNAUTHENTICATED, message)
+    def __init__(self, reason: str, message: str, token_id: str | None = None) -> None:
+        kind = ErrorKind.PERMISSION_DENIED if reason == "insufficient_scope" else ErrorKind.UNAUTHENTICATED
+        super().__init__(kind, message)
         self.reason = reason
+        self.token_id = token_id
 
 
 _MESSAGES = {
     "missing": "this endpoint requires a bearer token: send 'Authorization: Bearer <token>'",
     "malformed": "the Authorization header must be 'Bearer <token>'",
     "invalid": "the bearer token is not valid",
+    "insufficient_scope": "this token is good for inference only, not for model control",
 }
 
 
@@ -107,16 +128,20 @@ class AccessControl:
 
     def __init__(self, settings: AccessSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
-        self.tokens: TokenSet = load_tokens(settings.token_file, settings.env_tokens, TOKENS_ENV)
+        self.tokens: TokenSet = load_tokens(*settings.sources())
         if (settings.inference or settings.metrics) and not self.tokens:
             flags = " and ".join(f for f, on in (("--auth-inference", settings.inference),
                                                 ("--auth-metrics", settings.metrics)) if on)
-            raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"{flags} need tokens: give --auth-token-file "
-                               f"or ${TOKENS_ENV}")
+            raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"{flags} need tokens: give --auth-token-file, "
+                               f"--inference-token-file, ${TOKENS_ENV} or ${INFERENCE_TOKENS_ENV}")
+        if (settings.inference_token_file is not None or settings.env_inference_tokens is not None) and not (
+                settings.inference or settings.metrics):
+            raise PyserveError(ErrorKind.INVALID_ARGUMENT, "inference tokens are checked only with "
+                               "--auth-inference or --auth-metrics: give one of them")
         self._reload_lock = threading.Lock()
         self.failures = Counter(
-            "pyserve_auth_failures", "Calls refused for want of a valid bearer token (HTTP 401), by scope and "
-            "reason (missing, malformed, invalid).", ["scope", "reason"],
+            "pyserve_auth_failures", "Calls refused for their bearer token, by scope and reason (missing, "
+            "malformed, invalid: HTTP 401; insufficient_scope, an inference token on model control: 403).", ["scope", "reason"],
             registry=registry) if registry is not None else None
         self.reloads = Counter(
             "pyserve_auth_token_reloads", "Re-reads of the token file, by result (ok; failed: the tokens "
@@ -136,31 +161,34 @@ class AccessControl:
         if not self.required(scope):
             return None
         token, reason = bearer_token(authorization)
-        token_id = self.tokens.match(token) if token is not None else None
-        if token_id is None:
+        found = self.tokens.match(token) if token is not None else None
+        if found is None:
             reason = reason or "invalid"
-            if self.failures is not None:
-                self.failures.labels(scope.value, reason).inc()
-            raise Unauthenticated(reason, _MESSAGES[reason])
-        return token_id
+        elif scope is Scope.CONTROL and not found[1]:
+            reason = "insufficient_scope"
+        else:
+            return found[0]
+        if self.failures is not None:
+            self.failures.labels(scope.value, reason).inc()
+        raise Unauthenticated(reason, _MESSAGES[reason], found[0] if found is not None else None)
 
     def reload(self) -> bool:
-        """Re-reads the token file (SIGHUP, or the file changed). A file that cannot be read or is
+        """Re-reads the token files (SIGHUP, or a file changed). A file that cannot be read or is
         malformed is logged at ERROR and the tokens in force are kept. True when the set was replaced.
-        Thread-safe; call it off the event loop's thread (it reads a file)."""
-        if self.settings.token_file is None:
+        Thread-safe; call it off the event loop's thread (it reads files)."""
+        if not self.settings.files:
             return False
         with self._reload_lock:
             try:
-                tokens = load_tokens(self.settings.token_file, self.settings.env_tokens, TOKENS_ENV)
+                tokens = load_tokens(*self.settings.sources())
             except PyserveError as e:
                 log.error("tokens not reloaded, the %d in force are kept: %s", len(self.tokens), e.message)
                 if self.reloads is not None:
                     self.reloads.labels("failed").inc()
                 return False
             self.tokens = tokens
-        log.info("tokens reloaded from %s: %d in force (ids %s)", self.settings.token_file, len(tokens),
-                 ", ".join(tokens.ids))
+        log.info("tokens reloaded from %s: %d in force (ids %s)", ", ".join(map(str, self.settings.files)),
+                 len(tokens), ", ".join(tokens.ids))
         if self.reloads is not None:
             self.reloads.labels("ok").inc()
         return True

@@ -35,10 +35,11 @@ def _digest(token: str) -> bytes:
 
 @dataclass(frozen=True)
 class TokenSet:
-    """The tokens a server accepts: ``(token id, SHA-256 digest of the token)`` pairs (the tokens
-    themselves are not kept). Immutable: a reload builds a new set and swaps it in."""
+    """The tokens a server accepts: ``(token id, SHA-256 digest of the token, whether it may control
+    models)`` triples (the tokens themselves are not kept). Immutable: a reload builds a new set and
+    swaps it in."""
 
-    entries: tuple[tuple[str, bytes], ...] = ()
+    entries: tuple[tuple[str, bytes, bool], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -49,32 +50,37 @@ class TokenSet:
     @property
     def ids(self) -> list[str]:
         """The token ids, in the order of their sources."""
-        return [token_id for token_id, _ in self.entries]
+        return [token_id for token_id, _, _ in self.entries]
 
-    def match(self, presented: str) -> str | None:
-        """The id of the configured token equal to ``presented``, or None.
+    @property
+    def control(self) -> bool:
+        """Whether some token may control models."""
+        return any(control for _, _, control in self.entries)
+
+    def match(self, presented: str) -> tuple[str, bool] | None:
+        """``(id, may control models)`` of the configured token equal to ``presented``, or None.
 
         Every configured token is compared (no early exit), each with :func:`hmac.compare_digest`
         over SHA-256 digests of equal length."""
         digest = _digest(presented)
-        found: str | None = None
-        for token_id, expected in self.entries:
+        found: tuple[str, bool] | None = None
+        for token_id, expected, control in self.entries:
             if hmac.compare_digest(digest, expected) and found is None:
-                found = token_id
+                found = (token_id, control)
         return found
 
     @staticmethod
-    def of(*groups: list[tuple[str, str]]) -> TokenSet:
-        """A set from ``(id, token)`` pairs (e.g. :func:`parse_tokens`' results); INVALID_ARGUMENT when
-        two tokens share an id."""
-        entries: list[tuple[str, bytes]] = []
+    def of(*groups: tuple[list[tuple[str, str]], bool]) -> TokenSet:
+        """A set from groups of ``(id, token)`` pairs (e.g. :func:`parse_tokens`' results), each with
+        whether its tokens may control models; INVALID_ARGUMENT when two tokens share an id."""
+        entries: list[tuple[str, bytes, bool]] = []
         seen: set[str] = set()
-        for group in groups:
-            for token_id, token in group:
+        for pairs, control in groups:
+            for token_id, token in pairs:
                 if token_id in seen:
                     raise invalid(f"token id {token_id!r} is given twice: each token needs its own id")
                 seen.add(token_id)
-                entries.append((token_id, _digest(token)))
+                entries.append((token_id, _digest(token), control))
         return TokenSet(tuple(entries))
 
 
@@ -111,34 +117,49 @@ def parse_tokens(text: str, source: str, default_prefix: str, commas: bool = Fal
     return pairs
 
 
-def read_token_file(path: Path) -> list[tuple[str, str]]:
-    """The tokens of a token file (ids default to ``file-N``); INVALID_ARGUMENT when it cannot be
-    read, holds no token, or holds a malformed one."""
+def read_token_file(path: Path, default_prefix: str = "file") -> list[tuple[str, str]]:
+    """The tokens of a token file (ids default to ``{default_prefix}-N``); INVALID_ARGUMENT when it
+    cannot be read, holds no token, or holds a malformed one."""
     try:
         text = Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise invalid(f"token file {path}: cannot read it: {why}") from None
-    pairs = parse_tokens(text, f"token file {path}", "file")
+    pairs = parse_tokens(text, f"token file {path}", default_prefix)
     if not pairs:
         raise invalid(f"token file {path}: no token in it (one token per line, TOKEN or ID:TOKEN)")
     return pairs
 
 
-def load_tokens(path: Path | None, env_text: str | None, env_name: str) -> TokenSet:
-    """The tokens of the file ``path`` and of the environment variable ``env_name`` (its value
-    ``env_text``; ids default to ``env-N``). Raises INVALID_ARGUMENT as
-    :func:`parse_tokens` and :func:`read_token_file` do."""
+@dataclass(frozen=True)
+class TokenSource:
+    """Where tokens come from: a file (re-read on reload), the value of an environment variable, or
+    both; ``control``: whether its tokens may control models (else inference and metrics only);
+    ``prefix``: the ids of its tokens without one are ``{prefix}-file-N`` / ``{prefix}-env-N``."""
+
+    path: Path | None
+    env_text: str | None
+    env_name: str
+    control: bool
+    prefix: str = ""
+
+
+def load_tokens(*sources: TokenSource) -> TokenSet:
+    """The tokens of ``sources`` (a token without an id is named ``[prefix-]file-N`` or
+    ``[prefix-]env-N``). Raises INVALID_ARGUMENT as :func:`parse_tokens` and :func:`read_token_file`
+    do, and when two tokens share an id."""
     groups = []
-    if path is not None:
-        groups.append(read_token_file(path))
-    if env_text is not None:
-        pairs = parse_tokens(env_text, f"${env_name}", "env", commas=True)
-        if not pairs:
-            raise invalid(f"${env_name} is set but holds no token (unset it, or give TOKEN or ID:TOKEN, "
-                          "comma-separated)")
-        groups.append(pairs)
+    for src in sources:
+        prefix = f"{src.prefix}-" if src.prefix else ""
+        if src.path is not None:
+            groups.append((read_token_file(src.path, f"{prefix}file"), src.control))
+        if src.env_text is not None:
+            pairs = parse_tokens(src.env_text, f"${src.env_name}", f"{prefix}env", commas=True)
+            if not pairs:
+                raise invalid(f"${src.env_name} is set but holds no token (unset it, or give TOKEN or ID:TOKEN, "
+                              "comma-separated)")
+            groups.append((pairs, src.control))
     return TokenSet.of(*groups)
 
 
-__all__ = ["MIN_TOKEN_CHARS", "TokenSet", "load_tokens", "parse_tokens", "read_token_file"]
+__all__ = ["MIN_TOKEN_CHARS", "TokenSet", "TokenSource", "load_tokens", "parse_tokens", "read_token_file"]

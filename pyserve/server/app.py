@@ -125,7 +125,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     router = handlers.make_router(access, audit)
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
-    watcher = FileWatcher([([settings.access.token_file] if settings.access.token_file else [], access.reload),
+    watcher = FileWatcher([(settings.access.files, access.reload),
                            (tls.settings.files if tls is not None else [], tls.reload if tls else _nothing)],
                           settings.reload_interval_s)
     # Bound before the models load, so an address in use fails at once rather than after minutes of
@@ -227,7 +227,7 @@ def _say_what_is_protected(settings: ServerSettings, access: AccessControl, tls:
                            audit: ManagementAudit) -> None:
     """One line at start: which endpoints need a token, TLS, where the audit goes."""
     if access.tokens:
-        needs = ["model control"] + [s for s, on in (("inference and metadata", settings.access.inference),
+        needs = ["model control" if access.tokens.control else "model control (closed: no control token)"] + [s for s, on in (("inference and metadata", settings.access.inference),
                                                      ("/metrics", settings.access.metrics)) if on]
         log.info("bearer tokens required for %s (%d token(s): ids %s)", ", ".join(needs), len(access.tokens),
                  ", ".join(access.tokens.ids))

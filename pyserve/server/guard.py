@@ -1,8 +1,9 @@
 """HTTP's side of access control: a route's handler wrapped with the token check of its scope, and
 the management routes with the audit log (the rules are in :mod:`pyserve.security`).
 
-A refused call is answered 401 with ``WWW-Authenticate: Bearer`` (RFC 6750 section 3: with
-``error="invalid_token"`` when a token was sent and is wrong) and the KServe error body
+A call refused for want of a valid token is answered 401 with ``WWW-Authenticate: Bearer`` (RFC 6750
+section 3: with ``error="invalid_token"`` when a token was sent and is wrong), one whose token is good
+for inference only 403 with ``error="insufficient_scope"``; both with the KServe error body
 ``{"error": "..."}``. A route whose scope needs no token on this server is not wrapped at all, so
 the infer path costs nothing when inference is open.
 """
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from pyserve.errors import ErrorKind
+from pyserve.protocol.http_status import http_status, kind_of_status
 from pyserve.security import AccessControl, AuditRecord, ManagementAudit, Scope, Unauthenticated
 from pyserve.server.messages import Handler, Request, Response, error_response
 
@@ -23,11 +24,13 @@ MAX_REASON_BODY = 64 << 10  # a body larger than this is not searched for the re
 
 
 def unauthorized(error: Unauthenticated) -> Response:
-    """The 401 answer to a call refused for want of a valid token."""
+    """The 401 (or 403) answer to a call refused for its token."""
     challenge = f'Bearer realm="{REALM}"'
-    if error.reason != "missing":
+    if error.reason == "insufficient_scope":
+        challenge += ', error="insufficient_scope"'
+    elif error.reason != "missing":
         challenge += ', error="invalid_token"'
-    resp = error_response(401, error.message)
+    resp = error_response(http_status(error.kind), error.message)
     resp.headers = {**(resp.headers or {}), "WWW-Authenticate": challenge}
     return resp
 
@@ -71,11 +74,7 @@ def _error_of(resp: Response) -> str:
 
 
 def _result_of(status: int) -> str:
-    if status < 400:
-        return "ok"
-    from pyserve.protocol.http_status import kind_of_status
-
-    return kind_of_status(status).value
+    return "ok" if status < 400 else kind_of_status(status).value
 
 
 def audited_control(access: AccessControl, audit: ManagementAudit, action: str | Callable[[Request], str],
@@ -96,14 +95,15 @@ def audited_control(access: AccessControl, audit: ManagementAudit, action: str |
         try:
             token_id = access.authenticate(Scope.CONTROL, request.headers.get("authorization"))
         except Unauthenticated as e:
-            record(request, None, action_name, 401, e.message, "")
-            return unauthorized(e)
+            resp = unauthorized(e)
+            record(request, e.token_id, action_name, resp.status, e.message, "")
+            return resp
         reason = _reason_of(request)
         try:
             resp = await handler(request)
         except BaseException:
             # The handler turns errors into responses; what escapes it (a cancelled task) is a 500.
-            record(request, token_id, action_name, 500, ErrorKind.INTERNAL.value, reason)
+            record(request, token_id, action_name, 500, "the call did not complete (see the server log)", reason)
             raise
         record(request, token_id, action_name, resp.status, _error_of(resp) if resp.status >= 400 else "", reason)
         return resp
@@ -123,9 +123,10 @@ def audited_read(access: AccessControl, audit: ManagementAudit, handler: Handler
             access.authenticate(Scope.CONTROL, request.headers.get("authorization"))
         except Unauthenticated as e:
             info = request.match_info
-            audit.record(AuditRecord(request.peer, None, "access", info.get("model"), info.get("version"),
-                                     info.get("alias"), ErrorKind.UNAUTHENTICATED.value, 401, e.message))
-            return unauthorized(e)
+            resp = unauthorized(e)
+            audit.record(AuditRecord(request.peer, e.token_id, "access", info.get("model"), info.get("version"),
+                                     info.get("alias"), e.kind.value, resp.status, e.message))
+            return resp
         return handler(request)
 
     return wrapped
