@@ -166,7 +166,7 @@ def test_inference_needs_a_token_with_auth_inference(serve: Any, models: Repo, t
     # Probes stay open (Kubernetes sends no token); /metrics too without --auth-metrics.
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/m/ready", "/metrics"):
         assert requests.get(url + path, timeout=30).status_code == 200, path
-    assert metric(url, "pyserve_auth_failures_total", scope="inference", reason="missing") == 5
+    assert metric(url, "pyserve_auth_failures_total", scope="inference", reason="missing") == 6  # 4 GETs, 2 infers
     assert metric(url, "pyserve_auth_failures_total", scope="control", reason="insufficient_scope") == 1
 
 
