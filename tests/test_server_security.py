@@ -6,6 +6,7 @@ server with model control open on a public address refuses to start."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -253,3 +254,17 @@ def test_security_flags_that_cannot_work_refuse_to_start(models: Repo, tmp_path:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+def test_bench_sends_the_token_of_its_environment(serve: Any, models: Repo, token_file: Path, tmp_path: Path) -> None:
+    url = serve([models.root, "--auth-token-file", token_file, "--auth-inference", "--auth-metrics"]).url
+    argv = [sys.executable, "-m", "pyserve", "bench", "-m", "m", "-u", url, "--concurrency", "1", "--warmup-s", "0",
+            "--window-s", "0.2", "--max-windows", "3", "--stability-pct", "1000", "--json", str(tmp_path / "r.json")]
+    env = {k: v for k, v in os.environ.items() if k != "PYSERVE_TOKEN"}
+    refused = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode != 0 and "401" in refused.stderr + refused.stdout
+    done = subprocess.run(argv, capture_output=True, text=True, env={**env, "PYSERVE_TOKEN": TOKEN}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
+    assert level["requests"] > 0 and level["errors"] == 0
+    assert level["server"]["avg_batch_size"] >= 1  # /metrics, scraped with the token too
