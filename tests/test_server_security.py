@@ -235,7 +235,7 @@ def test_control_commands_send_the_token(serve: Any, models: Repo, token_file: P
 def test_open_control_on_a_public_address_refuses_to_start(models: Repo, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYSERVE_AUTH_TOKENS"}
     done = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(models.root), "--host", "0.0.0.0",
-                           "--port", "0"], capture_output=True, text=True, env=env, timeout=120)
+                           "--port", "0"], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert "model control (load, unload, traffic, rollouts) would be open to anyone" in done.stderr
     assert "--allow-unauthenticated-control" in done.stderr
