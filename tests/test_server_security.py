@@ -218,7 +218,7 @@ def test_control_commands_send_the_token(serve: Any, models: Repo, token_file: P
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "PYSERVE_TOKEN"} | (env or {})
-        return subprocess.run([sys.executable, "-m", "pyserve", *args, "--url", url], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "pyserve", *args, "--url", url], check=False, capture_output=True,
                               text=True, env=full_env, timeout=120)
 
     refused = run("model", "load", "m")
@@ -235,7 +235,7 @@ def test_control_commands_send_the_token(serve: Any, models: Repo, token_file: P
 def test_open_control_on_a_public_address_refuses_to_start(models: Repo, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYSERVE_AUTH_TOKENS"}
     done = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(models.root), "--host", "0.0.0.0",
-                           "--port", "0"], capture_output=True, text=True, env=env, timeout=60)
+                           "--port", "0"], check=False, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 2
     assert "model control (load, unload, traffic, rollouts) would be open to anyone" in done.stderr
     assert "--allow-unauthenticated-control" in done.stderr
@@ -251,7 +251,7 @@ def test_security_flags_that_cannot_work_refuse_to_start(models: Repo, tmp_path:
                                                          message: str) -> None:
     args = [f.format(tmp=tmp_path) for f in flags]
     done = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(models.root), "--port", "0", *args],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
 
@@ -261,9 +261,9 @@ def test_bench_sends_the_token_of_its_environment(serve: Any, models: Repo, toke
     argv = [sys.executable, "-m", "pyserve", "bench", "-m", "m", "-u", url, "--concurrency", "1", "--warmup-s", "0",
             "--window-s", "0.2", "--max-windows", "3", "--stability-pct", "1000", "--json", str(tmp_path / "r.json")]
     env = {k: v for k, v in os.environ.items() if k != "PYSERVE_TOKEN"}
-    refused = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    refused = subprocess.run(argv, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert refused.returncode != 0 and "401" in refused.stderr + refused.stdout
-    done = subprocess.run(argv, capture_output=True, text=True, env={**env, "PYSERVE_TOKEN": TOKEN}, timeout=120)
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, env={**env, "PYSERVE_TOKEN": TOKEN}, timeout=120)
     assert done.returncode == 0, done.stderr
     level = json.loads((tmp_path / "r.json").read_text())["levels"][0]
     assert level["requests"] > 0 and level["errors"] == 0

@@ -26,9 +26,9 @@ from pyserve.client import InferenceClient, InferenceServerError, tls_context
 
 x509 = pytest.importorskip("cryptography.x509")
 pytest.importorskip("onnx")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 START_TIMEOUT_S = 60.0
 

@@ -23,7 +23,7 @@ Signature = tuple[tuple[int, int, int, int] | None, ...]
 
 
 def _signature(paths: Sequence[Path]) -> Signature:
-    sig = []
+    sig: list[tuple[int, int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
-from pyserve.errors import invalid
+from pyserve.errors import PyserveError, invalid
 
 log = logging.getLogger("pyserve.security")
 
@@ -104,9 +104,8 @@ class ReloadingTls:
         with self._lock:
             try:
                 ctx = server_context(self.settings)
-            except Exception as e:
-                log.error("TLS files not reloaded, the certificate in force is kept: %s",
-                          getattr(e, "message", e))
+            except PyserveError as e:
+                log.error("TLS files not reloaded, the certificate in force is kept: %s", e.message)
                 if self.reloads is not None:
                     self.reloads.labels("failed").inc()
                 return False

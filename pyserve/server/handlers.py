@@ -20,11 +20,11 @@ from pyserve.errors import PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.security import AccessControl, AccessSettings, ManagementAudit, Scope
-from pyserve.service import CallContext, InferenceService
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
 from pyserve.server.guard import audited_control, audited_read, guarded
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Handler, Request, Response
 from pyserve.server.router import Router
+from pyserve.service import CallContext, InferenceService
 
 log = logging.getLogger("pyserve.server")
 

@@ -85,10 +85,11 @@ class HttpServer:
         """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
         With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`). Raises OSError (address
         in use, not available, permission denied) at once."""
-        tls = {"ssl": ssl, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_S,
-               "ssl_shutdown_timeout": TLS_SHUTDOWN_TIMEOUT_S} if ssl is not None else {}
-        self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024,
-                                                       start_serving=False, **tls)
+        tls = ssl is not None  # the timeouts may only be given with ssl
+        self._listener = await self.loop.create_server(
+            lambda: Connection(self), host, port, backlog=1024, start_serving=False, ssl=ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S if tls else None)
 
     async def listen(self) -> None:
         """Starts accepting connections on the bound address."""
