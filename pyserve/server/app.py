@@ -98,11 +98,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     address (before any model is loaded).
     """
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
-    # Security first: a server refused for its settings refuses before it binds or loads anything.
+    # Security first: a server refused for its settings refuses before it loads anything.
     access = AccessControl(settings.access, registry)
-    refusal = exposure_error(settings.host, settings.model_control, access)
-    if refusal is not None:
-        raise StartupError(refusal)
     tls = ReloadingTls(settings.tls, registry) if settings.tls is not None else None
     audit = _open_audit(settings, registry)
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
@@ -132,6 +129,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     # loading; connections are refused until the models are loaded and the socket listens.
     try:
         await server.bind(settings.host, settings.port, ssl=tls.listener if tls is not None else None)
+        # After the bind: an address that is not this machine's, or does not resolve, says so first.
+        refusal = exposure_error(settings.host, settings.model_control, access)
+        if refusal is not None:
+            server.close()
+            raise StartupError(refusal)
     except BaseException:
         await asyncio.to_thread(audit.close)
         raise
