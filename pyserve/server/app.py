@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,9 +123,10 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     router = handlers.make_router(access, audit)
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
-    watcher = FileWatcher([(settings.access.files, access.reload),
-                           (tls.settings.files if tls is not None else [], tls.reload if tls else _nothing)],
-                          settings.reload_interval_s)
+    reloads: list[tuple[list[Path], Callable[[], object]]] = [(settings.access.files, access.reload)]
+    if tls is not None:
+        reloads.append((tls.settings.files, tls.reload))
+    watcher = FileWatcher(reloads, settings.reload_interval_s)
     # Bound before the models load, so an address in use fails at once rather than after minutes of
     # loading; connections are refused until the models are loaded and the socket listens.
     try:
@@ -158,7 +160,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(audit.close)
         raise
     watcher.start()
-    hup = _on_sighup(watcher)
+    _on_sighup(watcher)  # until the loop closes: a SIGHUP during shutdown must not end the process
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
     for sock in server.sockets:
@@ -167,8 +169,6 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
                  f"[{host_name}]" if ":" in host_name else host_name, port)
     _say_what_is_protected(settings, access, tls, audit)
     await stop.wait()
-    if hup:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     watcher.close()
     ticker.cancel()
     log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
@@ -188,10 +188,6 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(app.payload_log.close)
     await asyncio.to_thread(audit.close)
     log.info("server stopped")
-
-
-def _nothing() -> None:
-    pass
 
 
 def _open_audit(settings: ServerSettings, registry: CollectorRegistry) -> ManagementAudit:
