@@ -85,7 +85,8 @@ def test_control_needs_a_token_and_every_call_is_audited(serve: Any, models: Rep
     changes = [("POST", "/v2/repository/models/m/unload"), ("POST", "/v2/repository/models/m/versions/1/unload"),
                ("POST", "/v2/repository/models/m/versions/1/load"), ("PUT", "/v2/repository/models/m/traffic"),
                ("PUT", "/v2/repository/models/m/aliases/stable"), ("DELETE", "/v2/repository/models/m/aliases/stable"),
-               ("POST", "/v2/repository/models/m/rollout"), ("POST", "/v2/repository/models/m/rollout/abort")]
+               ("POST", "/v2/repository/models/m/rollout"), ("POST", "/v2/repository/models/m/rollout/abort"),
+               ("POST", "/v2/repository/models/m/rollout/x" + "y" * 50)]
     for method, path in changes:
         assert requests.request(method, url + path, json={"version": "1"}, timeout=30).status_code == 401, path
     # The management API's reads too; health, inference, metadata and metrics stay open.
@@ -106,11 +107,14 @@ def test_control_needs_a_token_and_every_call_is_audited(serve: Any, models: Rep
     assert summary[:6] == [("load", "UNAUTHENTICATED", 401, None)] * 4 + [("load", "ok", 200, "ops"),
                                                                         ("load", "ok", 200, "ci")]
     assert [s[0] for s in summary[6:6 + len(changes)]] == [
-        "unload", "unload", "load", "set_traffic", "set_alias", "remove_alias", "start_rollout", "rollout_abort"]
+        "unload", "unload", "load", "set_traffic", "set_alias", "remove_alias", "start_rollout", "rollout_abort",
+        "rollout_unknown"]
     assert summary[6 + len(changes):] == [("access", "UNAUTHENTICATED", 401, None)] * 3 + [
         ("set_alias", "ok", 200, "ops")]
     assert rows[4]["reason"] == "release 7" and rows[-1]["alias"] == "stable" and rows[-1]["reason"] == "pin"
     assert rows[7]["version"] == "1" and rows[0]["client"].startswith("127.0.0.1:")
+    # The audit metric's labels are a fixed set, whatever path a caller sends.
+    assert metric(url, "pyserve_audit_records_total", action="rollout_unknown", result="UNAUTHENTICATED") == 1
     # The token is never written: neither in the audit log nor in the server's log.
     for text in ((models.root / ".pyserve" / "audit.jsonl").read_text(), server.log()):
         for token in (TOKEN, CI_TOKEN, TOKEN[:-1]):

@@ -4,7 +4,8 @@ Each record: ``time`` (UTC, ISO 8601 with milliseconds), ``protocol`` (``http``)
 caller's address, ``host:port``), ``token_id`` (the id of the token the call carried, null without
 one; never the token), ``action`` (``load``, ``unload``, ``set_traffic``, ``set_alias``,
 ``remove_alias``, ``start_rollout``, ``rollout_pause``, ``rollout_resume``, ``rollout_promote``,
-``rollout_abort``, or ``access`` for a refused read of the management API), ``model``, ``version``
+``rollout_abort``, ``rollout_unknown`` for a rollout action that is none of these, or ``access`` for a
+refused read of the management API), ``model``, ``version``
 and ``alias`` (null when the call names none), ``result`` (``ok``, or the error kind:
 ``UNAUTHENTICATED``, ``INVALID_ARGUMENT``, ``NOT_FOUND``, ...), ``status`` (the HTTP status),
 ``error`` (the error message, "" when ok) and ``reason`` (what the caller gave; "" when none or when

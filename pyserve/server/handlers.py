@@ -397,6 +397,9 @@ def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
 
 
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort")
+
+
 def make_router(access: AccessControl | None = None, audit: ManagementAudit | None = None) -> Router:
     """The URL table: KServe v2 paths as Triton and KServe serve them, each behind the token check of
     its scope (:mod:`pyserve.security.access`); the model-control routes write the audit log.
@@ -414,7 +417,9 @@ def make_router(access: AccessControl | None = None, audit: ManagementAudit | No
         return audited_read(access, audit, handler) if audit is not None else scoped(Scope.CONTROL, handler)
 
     def rollout(request: Request) -> str:
-        return "rollout_" + request.match_info["action"][:40]
+        # A fixed set: the action labels a metric, and the path is the caller's to choose.
+        action = request.match_info["action"]
+        return f"rollout_{action}" if action in ROLLOUT_ACTIONS else "rollout_unknown"
 
     r = Router()
     r.add("POST", "/v2/models/{model}/infer", scoped(Scope.INFERENCE, infer))
