@@ -7,6 +7,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from pyserve.errors import PyserveError, invalid
 
 if TYPE_CHECKING:
     from pyserve.payload_log.settings import PayloadLogSettings
+    from pyserve.security import AccessSettings, TlsSettings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_PORT = 65535
@@ -163,6 +165,61 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
                         "the dashboard's resolution and refresh period")
     g.add_argument("--dashboard-history-s", type=positive_number, default=3600.0, metavar="S",
                    help="keep this many seconds of snapshots, >= --dashboard-interval-s (default 3600)")
+    _add_security_flags(p)
+    p.set_defaults(func=_serve)
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    """Tokens, TLS and the audit log (docs/security.md). Tokens are never taken on the command line,
+    where ``ps`` shows them: from a file, or $PYSERVE_AUTH_TOKENS."""
+    g = p.add_argument_group("security (docs/security.md)")
+    g.add_argument("--auth-token-file", type=Path, default=None, metavar="FILE",
+                   help="bearer tokens, one per line as TOKEN or ID:TOKEN (also $PYSERVE_AUTH_TOKENS, "
+                        "comma-separated); model control then needs one; the file is re-read when it "
+                        "changes and on SIGHUP")
+    g.add_argument("--inference-token-file", type=Path, default=None, metavar="FILE",
+                   help="tokens good for inference, metadata and /metrics only, not model control (also "
+                        "$PYSERVE_INFERENCE_TOKENS); re-read like --auth-token-file")
+    g.add_argument("--auth-inference", action="store_true",
+                   help="also require a token for inference and metadata (default: open)")
+    g.add_argument("--auth-metrics", action="store_true", help="also require a token for /metrics (default: open)")
+    g.add_argument("--allow-unauthenticated-control", action="store_true",
+                   help="start with model control on a non-loopback --host without tokens (a trusted network)")
+    g.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                   help="serve HTTPS with this certificate chain (PEM; with --tls-key); reloaded when it "
+                        "changes and on SIGHUP")
+    g.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="the private key of --tls-cert (PEM)")
+    g.add_argument("--tls-client-ca", type=Path, default=None, metavar="FILE",
+                   help="ask clients for certificates signed by these CAs (PEM): mutual TLS")
+    g.add_argument("--tls-client-auth", choices=("required", "optional"), default=None,
+                   help="with --tls-client-ca: refuse clients without a certificate (required, the "
+                        "default) or only those with an invalid one (optional)")
+    g.add_argument("--audit-log", type=Path, default=None, metavar="FILE",
+                   help="append one JSON line per model-control call to FILE (default: "
+                        "REPO/.pyserve/audit.jsonl when serving a repository; always logged on pyserve.audit)")
+
+
+def _security_settings(args: argparse.Namespace) -> tuple[AccessSettings, TlsSettings | None]:
+    """The access and TLS settings of the serve flags, $PYSERVE_AUTH_TOKENS and
+    $PYSERVE_INFERENCE_TOKENS; PyserveError
+    (INVALID_ARGUMENT) for flags that do not go together."""
+    from pyserve.security import INFERENCE_TOKENS_ENV, TOKENS_ENV, AccessSettings, TlsSettings
+
+    access = AccessSettings(token_file=args.auth_token_file, env_tokens=os.environ.get(TOKENS_ENV),
+                            inference_token_file=args.inference_token_file,
+                            env_inference_tokens=os.environ.get(INFERENCE_TOKENS_ENV),
+                            inference=args.auth_inference, metrics=args.auth_metrics,
+                            allow_unauthenticated_control=args.allow_unauthenticated_control)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise invalid("--tls-cert and --tls-key go together: give both")
+    if args.tls_cert is None:
+        if args.tls_client_ca is not None or args.tls_client_auth is not None:
+            raise invalid("--tls-client-ca and --tls-client-auth need TLS: give --tls-cert and --tls-key")
+        return access, None
+    if args.tls_client_auth is not None and args.tls_client_ca is None:
+        raise invalid("--tls-client-auth needs --tls-client-ca (the CA of the client certificates)")
+    client_auth = (args.tls_client_auth or "required") if args.tls_client_ca is not None else "none"
+    return access, TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca, client_auth)
 
 
 def _add_payload_log_flags(p: argparse.ArgumentParser) -> None:
@@ -280,6 +337,7 @@ def _serve(args: argparse.Namespace) -> int:
         "backend_options": {"intra_op_num_threads": value(args.intra_op_threads, 1)},
     }
     payload_log = _payload_log_settings(args)
+    access, tls = _security_settings(args)
     if payload_log.enabled:
         overrides["payload_log"] = {}  # --model models are logged with the defaults of [payload_log]
     singles = tuple(SingleModel(name, path, overrides) for name, path in args.model)
@@ -303,6 +361,9 @@ def _serve(args: argparse.Namespace) -> int:
         default_max_batch_size=default_max_batch_size,
         payload_log=payload_log,
         dashboard=dashboard,
+        access=access,
+        tls=tls,
+        audit_log=args.audit_log,
     )
     try:
         run(settings)

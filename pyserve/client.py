@@ -7,6 +7,10 @@ with one kept-alive connection); ``AsyncInferenceClient`` uses aiohttp. Both spe
 - ``binary``: KServe JSON header plus the binary tensor extension, for inputs and outputs;
 - ``json``: plain KServe JSON tensors (readable, slow for big tensors).
 
+Both send a bearer token when given one (``token=``: every call carries ``Authorization: Bearer
+<token>``), and speak HTTPS for an ``https://`` URL, verifying the server against the system's CAs or
+the ``ssl_context`` given (:func:`tls_context` makes one from a CA file and a client certificate).
+
 Server errors raise :class:`InferenceServerError` with the HTTP status, the matching ErrorKind and the
 server's message; a server that cannot be reached is kind UNAVAILABLE, one that does not answer in
 time is DEADLINE_EXCEEDED.
@@ -16,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ssl
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +32,7 @@ from pyserve.errors import ErrorKind, PyserveError
 from pyserve.protocol import InferResponse, RequestedOutput, kserve, msgpack_codec
 from pyserve.protocol.http_status import kind_of_status
 
-__all__ = ["AsyncInferenceClient", "InferenceClient", "InferenceServerError"]
+__all__ = ["AsyncInferenceClient", "InferenceClient", "InferenceServerError", "read_token", "tls_context"]
 
 PROTOCOLS = ("msgpack", "json", "binary")
 _HEADER_LENGTH = kserve.HEADER_LENGTH
@@ -51,10 +57,31 @@ class InferenceServerError(PyserveError):
         return f"InferenceServerError({self.kind.name}, status={self.status}, {self.message!r})"
 
 
+def read_token(path: Path) -> str:
+    """The bearer token in the file ``path`` (its first non-blank line, stripped). ValueError when
+    the file holds none; OSError when it cannot be read."""
+    for line in Path(path).read_text("utf-8").splitlines():
+        if line.strip():
+            return line.strip()
+    raise ValueError(f"{path}: no token in it")
+
+
+def tls_context(cafile: Path | None = None, certfile: Path | None = None,
+                keyfile: Path | None = None) -> ssl.SSLContext:
+    """A client-side TLS context: the server verified against ``cafile`` (PEM; default: the system's
+    CAs) with its host name checked; ``certfile``/``keyfile``, the client's certificate for servers
+    that ask for one (mutual TLS). OSError / ssl.SSLError for files that cannot be loaded."""
+    ctx = ssl.create_default_context(cafile=str(cafile) if cafile is not None else None)
+    if certfile is not None:
+        ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
 class _ClientBase:
     """What both clients share: URLs, request encoding and reply decoding; no I/O."""
 
-    def __init__(self, url: str, protocol: str, timeout_s: float) -> None:
+    def __init__(self, url: str, protocol: str, timeout_s: float, token: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         if "://" not in url:
@@ -70,6 +97,11 @@ class _ClientBase:
         self._port = parts.port
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
+        if token is not None and (not token or any(c.isspace() for c in token)):
+            raise ValueError("token must be a non-empty string without whitespace")
+        # Sent with every call; kept out of reprs and messages.
+        self._auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self.ssl_context = ssl_context
 
     def _model_path(self, model: str, version: str | int | None) -> str:
         path = f"{self._prefix}/v2/models/{urllib.parse.quote(model, safe='')}"
@@ -208,9 +240,10 @@ class InferenceClient(_ClientBase):
     """Synchronous client over one kept-alive HTTP connection (not thread-safe: one per thread)."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0
+        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0,
+        *, token: str | None = None, ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s)
+        super().__init__(url, protocol, timeout_s, token, ssl_context)
         self._conn: http.client.HTTPConnection | None = None
 
     def infer(
@@ -305,11 +338,14 @@ class InferenceClient(_ClientBase):
         for attempt in range(2):
             reused = self._conn is not None
             if self._conn is None:
-                cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-                self._conn = cls(self._host, self._port, timeout=self.timeout_s)
+                if self._scheme == "https":
+                    self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout_s,
+                                                             context=self.ssl_context)
+                else:
+                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
             conn = self._conn
             try:
-                conn.request(method, path, body=body, headers=headers or {})
+                conn.request(method, path, body=body, headers={**(headers or {}), **self._auth})
                 resp = conn.getresponse()
                 data = resp.read()
             except TimeoutError:
@@ -332,9 +368,10 @@ class AsyncInferenceClient(_ClientBase):
     """asyncio client on an aiohttp session (made on first use, inside the running loop)."""
 
     def __init__(
-        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0
+        self, url: str = "http://127.0.0.1:8000", protocol: str = "msgpack", timeout_s: float = 60.0,
+        *, token: str | None = None, ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(url, protocol, timeout_s)
+        super().__init__(url, protocol, timeout_s, token, ssl_context)
         self._session: Any = None
 
     async def infer(
@@ -429,11 +466,12 @@ class AsyncInferenceClient(_ClientBase):
         import aiohttp  # only the async client needs it: the sync one stays stdlib-only
 
         if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
             self._session = aiohttp.ClientSession(
-                base_url=self._origin, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+                base_url=self._origin, timeout=aiohttp.ClientTimeout(total=self.timeout_s), connector=connector
             )
         try:
-            async with self._session.request(method, path, data=body, headers=headers) as resp:
+            async with self._session.request(method, path, data=body, headers={**(headers or {}), **self._auth}) as resp:
                 data = await resp.read()
                 return resp.status, resp.headers, data
         except asyncio.TimeoutError:  # noqa: UP041 (not the builtin TimeoutError before 3.11)

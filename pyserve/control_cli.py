@@ -9,21 +9,29 @@ as JSON) and exits 0, or prints the server's error and exits 2::
     pyserve alias set digits stable 1 --reason "release 1"
     pyserve traffic set digits --weights stable=90,canary=10 --routing-header x-user-id --reason "canary 10%"
     pyserve rollout start digits --candidate 2 --steps 5,25,50,100 --min-duration 60 --min-requests 100
+
+A server that requires a token (docs/security.md) is sent the one in ``--token-file FILE`` or in
+``$PYSERVE_TOKEN`` (never a command-line argument, which ``ps`` shows); an ``https://`` server is
+verified against ``--cacert FILE`` (default: the system's CAs), and ``--cert``/``--key`` give the
+client certificate a server with mutual TLS asks for.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from pyserve.client import InferenceClient
+from pyserve.client import InferenceClient, read_token, tls_context
+from pyserve.errors import invalid
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_ENV = "PYSERVE_TOKEN"
 
 
 def weights(text: str) -> dict[str, float]:
@@ -68,6 +76,36 @@ def _common(p: argparse.ArgumentParser, reason: bool = False) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
     if reason:
         p.add_argument("--reason", default="", help="why: kept in the server's audit log")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help=f"send the bearer token in FILE (default: ${TOKEN_ENV} when set)")
+    p.add_argument("--cacert", type=Path, default=None, metavar="FILE",
+                   help="for https:// URLs: verify the server against these CAs (PEM; default: the system's)")
+    p.add_argument("--cert", type=Path, default=None, metavar="FILE",
+                   help="for https:// URLs: the client certificate (PEM) a server with mutual TLS asks for")
+    p.add_argument("--key", type=Path, default=None, metavar="FILE", help="the private key of --cert (PEM)")
+
+
+def client(args: argparse.Namespace) -> InferenceClient:
+    """The client of a control command's ``--url``, token and TLS flags; PyserveError
+    (INVALID_ARGUMENT) for a token file or TLS file that cannot be read."""
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.token_file is not None:
+        try:
+            token = read_token(args.token_file)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise invalid(f"--token-file {args.token_file}: {getattr(e, 'strerror', None) or e}") from None
+    ssl_context = None
+    if args.cacert is not None or args.cert is not None:
+        if args.key is not None and args.cert is None:
+            raise invalid("--key goes with --cert")
+        try:
+            ssl_context = tls_context(args.cacert, args.cert, args.key)
+        except (OSError, ValueError) as e:
+            raise invalid(f"--cacert/--cert/--key: cannot load them: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return InferenceClient(args.url, token=token, ssl_context=ssl_context)
+    except ValueError as e:
+        raise invalid(str(e)) from None
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -165,51 +203,51 @@ def _read_json(path: Path, command: str) -> Any:
 
 
 def _model(args: argparse.Namespace) -> int:
-    with InferenceClient(args.url) as client:
+    with client(args) as c:
         if args.action == "load":
-            client.load_model(args.model, args.version)
+            c.load_model(args.model, args.version)
         else:
-            client.unload_model(args.model, args.version)
+            c.unload_model(args.model, args.version)
     return 0
 
 
 def _alias(args: argparse.Namespace) -> int:
-    with InferenceClient(args.url) as client:
+    with client(args) as c:
         if args.action == "set":
-            _print(client.set_alias(args.model, args.alias, args.version, args.reason))
+            _print(c.set_alias(args.model, args.alias, args.version, args.reason))
         else:
-            _print(client.remove_alias(args.model, args.alias, args.reason))
+            _print(c.remove_alias(args.model, args.alias, args.reason))
     return 0
 
 
 def _traffic(args: argparse.Namespace) -> int:
-    with InferenceClient(args.url) as client:
+    with client(args) as c:
         if args.action == "show":
-            _print(client.traffic_policy(args.model))
+            _print(c.traffic_policy(args.model))
             return 0
         if args.file is not None:
             policy = _read_json(args.file, "traffic")
             if policy is None:
                 return 2
         else:
-            policy = client.traffic_policy(args.model)
+            policy = c.traffic_policy(args.model)
         if args.weights is not None:
             policy["weights"] = args.weights
         if args.routing_header is not None:
             policy.pop("routing_header", None)
             if args.routing_header:
                 policy["routing_header"] = args.routing_header
-        _print(client.set_traffic_policy(args.model, policy, args.reason))
+        _print(c.set_traffic_policy(args.model, policy, args.reason))
     return 0
 
 
 def _rollout(args: argparse.Namespace) -> int:
-    with InferenceClient(args.url) as client:
+    with client(args) as c:
         if args.action == "status":
-            _print(client.rollout(args.model))
+            _print(c.rollout(args.model))
             return 0
         if args.action != "start":
-            _print(client.rollout_action(args.model, args.action, args.reason, getattr(args, "full", False)))
+            _print(c.rollout_action(args.model, args.action, args.reason, getattr(args, "full", False)))
             return 0
         spec: dict[str, Any] = {}
         if args.file is not None:
@@ -223,5 +261,5 @@ def _rollout(args: argparse.Namespace) -> int:
         gates = {k: getattr(args, k) for k in ("max_error_rate", "max_p99_ratio", "min_agreement") if hasattr(args, k)}
         if gates:
             spec["gates"] = {**spec.get("gates", {}), **gates}
-        _print(client.start_rollout(args.model, spec, args.reason))
+        _print(c.start_rollout(args.model, spec, args.reason))
     return 0

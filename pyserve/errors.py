@@ -21,6 +21,8 @@ class ErrorKind(enum.Enum):
     INTERNAL = "INTERNAL"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid credentials (a bearer token missing or wrong)
+    PERMISSION_DENIED = "PERMISSION_DENIED"  # valid credentials that do not allow the call
 
 
 # Core status codes (csrc/core/types.h StatusCode) <-> kinds. Kinds the core has no code for travel
@@ -70,6 +72,11 @@ def not_found(message: str) -> PyserveError:
 def unavailable(message: str) -> PyserveError:
     """Shorthand for an UNAVAILABLE error."""
     return PyserveError(ErrorKind.UNAVAILABLE, message)
+
+
+def unauthenticated(message: str) -> PyserveError:
+    """Shorthand for an UNAUTHENTICATED error (the call needs credentials it did not carry)."""
+    return PyserveError(ErrorKind.UNAUTHENTICATED, message)
 
 
 def internal(message: str) -> PyserveError:

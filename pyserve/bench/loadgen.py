@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -183,6 +184,15 @@ class Generator:
             emit(("done",))
 
 
+TOKEN_ENV = "PYSERVE_TOKEN"  # pyserve.control_cli's, read here too: the generator's processes inherit it
+
+
+def auth_headers() -> dict[str, str]:
+    """``Authorization: Bearer $PYSERVE_TOKEN`` for a server that requires a token ({} when unset)."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def make_session(limit: int, timeout_s: float) -> aiohttp.ClientSession:
     """The client session of one process; ``limit`` 0 = no cap on connections (open loop)."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
@@ -190,6 +200,7 @@ def make_session(limit: int, timeout_s: float) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout_s),
         auto_decompress=False,
+        headers=auth_headers(),
     )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import aiohttp
 
 from pyserve.bench.fleet import Fleet, GeneratorError, make_fleet
-from pyserve.bench.loadgen import LevelPlan
+from pyserve.bench.loadgen import LevelPlan, auth_headers
 from pyserve.bench.options import BenchOptions
 from pyserve.bench.payload import Payload, PayloadError, build_payload
 from pyserve.bench.results import LevelResult, RunResult, summarize_level
@@ -168,7 +168,7 @@ async def run_level(
 async def run_sweep(opts: BenchOptions, progress: Progress) -> RunResult:
     """Check the target, build the request, and measure every level."""
     timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth_headers()) as session:
         meta = await fetch_metadata(session, opts.model_url)
         try:
             payload = build_payload(

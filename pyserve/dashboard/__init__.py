@@ -34,6 +34,8 @@ log = logging.getLogger("pyserve.dashboard")
 
 STATIC_PREFIX = "/dashboard/static/"
 DATA_URL = "/dashboard/data"
+# What a failed call's inputs show when the server has control tokens (docs/dashboard.md).
+INPUTS_HIDDEN = "(hidden: this server has control tokens; GET /v2/logs with one shows them)"
 
 
 class FailureSource(Protocol):
@@ -60,13 +62,16 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings, service: InferenceService,
                  payload_log: FailureSource | None = None,
                  drift: Callable[[], DriftMonitor | None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, hide_inputs: bool = False) -> None:
         settings.check()
         self.settings = settings
         self._service = service
         self._payload_log = payload_log
         self._drift = drift
         self._clock = clock
+        # True when the server has control tokens: the failed calls' inputs are payload, which only a
+        # control read (GET /v2/logs) shows; the page keeps the rest of each record.
+        self._hide_inputs = hide_inputs
         # The host's registry exists once the host has started: looked up at each error.
         self.errors = ErrorCounts(lambda name: name in service.host.registry.models)
         service.add_hooks(self.errors)
@@ -99,6 +104,8 @@ class Dashboard:
                 results = []
         failures = (self._payload_log.recent_failures(self.settings.failures)
                     if self._payload_log is not None else None)
+        if failures is not None and self._hide_inputs:
+            failures = [{**record, "inputs": INPUTS_HIDDEN} for record in failures]
         logged = {name: entry.config.payload_log.enabled
                   for name, entry in self._service.host.registry.models.items() if entry.config is not None}
         return await asyncio.to_thread(self.build, results, failures, logged)

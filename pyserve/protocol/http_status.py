@@ -6,6 +6,8 @@ from pyserve.errors import ErrorKind
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.INVALID_ARGUMENT: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.PERMISSION_DENIED: 403,
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
     ErrorKind.CANCELLED: 499,  # nginx's "client closed request": nobody reads it, but logs do

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,19 @@ from pyserve.errors import ErrorKind, PyserveError
 from pyserve.payload_log.settings import PayloadLogSettings
 from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
+from pyserve.security import (
+    AccessControl,
+    AccessSettings,
+    FileWatcher,
+    ManagementAudit,
+    ReloadingTls,
+    Scope,
+    TlsSettings,
+    exposure_error,
+    is_loopback,
+)
+from pyserve.security.audit import DEFAULT_FILE as DEFAULT_AUDIT_FILE
+from pyserve.security.reload import POLL_INTERVAL_S
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
@@ -51,6 +65,12 @@ class ServerSettings:
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     payload_log: PayloadLogSettings = PayloadLogSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    access: AccessSettings = AccessSettings()
+    tls: TlsSettings | None = None
+    # The management audit log; None: REPO/.pyserve/audit.jsonl when serving a repository (the
+    # logger only if that cannot be written), else the logger only.
+    audit_log: Path | None = None
+    reload_interval_s: float = POLL_INTERVAL_S  # how often token and TLS files are checked for changes
 
 
 class StartupError(PyserveError):
@@ -74,6 +94,8 @@ class App:
         self.payload_log: PayloadLog | None = None
         # The drift monitor (docs/drift.md): None when the server keeps no payload log (or lacks scipy).
         self.drift: DriftMonitor | None = None
+        self.access: AccessControl | None = None
+        self.audit: ManagementAudit | None = None
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
@@ -86,6 +108,10 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     address (before any model is loaded).
     """
     registry, infer_errors = metrics.make_registry(lambda: host.registry.runners())
+    # Security first: a server refused for its settings refuses before it loads anything.
+    access = AccessControl(settings.access, registry)
+    tls = ReloadingTls(settings.tls, registry) if settings.tls is not None else None
+    audit = _open_audit(settings, registry)
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
                      metrics.golden_checks_counter(registry), settings.default_max_batch_size)
     service = InferenceService(host, infer_errors)
@@ -99,6 +125,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     service.add_hooks(ShadowMirror(host, shadow_metrics, payload_log.shadow_pair if payload_log else None))
     rollouts = RolloutController(host, RolloutMetrics(registry), shadow_metrics)
     app = App(settings, host, service, registry, rollouts)
+    app.access, app.audit = access, audit
     if payload_log is not None:
         app.payload_log = payload_log
         service.add_hooks(payload_log)
@@ -107,13 +134,29 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         from pyserve.dashboard import Dashboard
 
         # The drift monitor is looked up at each request: app.drift (None when drift detection is off).
-        app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift)
-    router = handlers.make_router()
+        # The failed calls' inputs are payload: with control tokens, only GET /v2/logs (a control read)
+        # shows them, never a page that a browser opens without a token.
+        app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift,
+                                  hide_inputs=access.required(Scope.CONTROL))
+    router = handlers.make_router(access, audit)
     server = HttpServer(app, router, settings.max_body_bytes,
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    reloads: list[tuple[list[Path], Callable[[], object]]] = [(settings.access.files, access.reload)]
+    if tls is not None:
+        reloads.append((tls.settings.files, tls.reload))
+    watcher = FileWatcher(reloads, settings.reload_interval_s)
     # Bound before the models load, so an address in use fails at once rather than after minutes of
     # loading; connections are refused until the models are loaded and the socket listens.
-    await server.bind(settings.host, settings.port)
+    try:
+        await server.bind(settings.host, settings.port, ssl=tls.listener if tls is not None else None)
+        # After the bind: an address that is not this machine's, or does not resolve, says so first.
+        refusal = exposure_error(settings.host, settings.model_control, access)
+        if refusal is not None:
+            server.close()
+            raise StartupError(refusal)
+    except BaseException:
+        await asyncio.to_thread(audit.close)
+        raise
     try:
         await host.start()
         if settings.models and settings.repository is None and not host.registry.runners():
@@ -137,15 +180,20 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
             await asyncio.to_thread(app.payload_log.close)
         if app.drift is not None:
             await asyncio.to_thread(app.drift.close)
+        await asyncio.to_thread(audit.close)
         raise
+    watcher.start()
+    _on_sighup(watcher)  # until the loop closes: a SIGHUP during shutdown must not end the process
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
     sampler = asyncio.create_task(app.dashboard.run(), name="dashboard") if app.dashboard is not None else None
     for sock in server.sockets:
         host_name, port = sock.getsockname()[:2]
-        log.info("======== Running on http://%s:%s ========",
+        log.info("======== Running on %s://%s:%s ========", "https" if tls is not None else "http",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
+    _say_what_is_protected(settings, access, tls, audit)
     await stop.wait()
+    watcher.close()
     ticker.cancel()
     if sampler is not None:
         sampler.cancel()
@@ -166,7 +214,58 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(app.payload_log.close)
     if app.drift is not None:
         await asyncio.to_thread(app.drift.close)
+    await asyncio.to_thread(audit.close)
     log.info("server stopped")
+
+
+def _open_audit(settings: ServerSettings, registry: CollectorRegistry) -> ManagementAudit:
+    """The management audit log of ``settings``. An explicit ``audit_log`` that cannot be opened
+    refuses the start (INVALID_ARGUMENT); the default one in a read-only repository falls back to
+    the logger, with a warning."""
+    if settings.audit_log is not None or settings.repository is None:
+        return ManagementAudit(settings.audit_log, registry)
+    path = Path(settings.repository) / DEFAULT_AUDIT_FILE
+    try:
+        return ManagementAudit(path, registry)
+    except PyserveError as e:
+        log.warning("%s; management calls are audited on the pyserve.audit logger only (give a writable "
+                    "--audit-log FILE)", e.message)
+        return ManagementAudit(None, registry)
+
+
+def _on_sighup(watcher: FileWatcher) -> bool:
+    """SIGHUP re-reads the token and TLS files (off the event loop's thread); False when signals
+    cannot be handled here (serve() run outside the main thread)."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        log.info("SIGHUP: reloading the token and TLS files" if watcher.groups else "SIGHUP: nothing to reload")
+        loop.run_in_executor(None, watcher.reload_all)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _say_what_is_protected(settings: ServerSettings, access: AccessControl, tls: ReloadingTls | None,
+                           audit: ManagementAudit) -> None:
+    """One line at start: which endpoints need a token, TLS, where the audit goes."""
+    if access.tokens:
+        needs = ["model control" if access.tokens.control else "model control (closed: no control token)"] + [s for s, on in (("inference and metadata", settings.access.inference),
+                                                     ("/metrics", settings.access.metrics)) if on]
+        log.info("bearer tokens required for %s (%d token(s): ids %s)", ", ".join(needs), len(access.tokens),
+                 ", ".join(access.tokens.ids))
+    elif settings.model_control:
+        # On loopback: the processes of this machine; elsewhere the operator allowed it explicitly.
+        log.log(logging.INFO if is_loopback(settings.host) else logging.WARNING,
+                "no bearer tokens: model control is open to every client that reaches %s", settings.host)
+    if tls is not None:
+        log.info("TLS from %s%s", tls.settings.cert,
+                 f"; client certificates {tls.settings.client_auth} (CA {tls.settings.client_ca})"
+                 if tls.settings.client_auth != "none" else "")
+    log.info("management audit log: %s", audit.path if audit.path is not None else "the pyserve.audit logger only")
 
 
 def _model_config(host: ModelHost, name: str) -> ModelConfig | None:

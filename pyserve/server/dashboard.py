@@ -3,12 +3,14 @@ files. What the page shows is :mod:`pyserve.dashboard`'s business; here are path
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 
 from pyserve.dashboard import DATA_URL, STATIC_PREFIX, Dashboard
 from pyserve.errors import not_found
 from pyserve.server.errors import async_endpoint
-from pyserve.server.messages import Request, Response
+from pyserve.server.messages import Handler, Request, Response
 from pyserve.server.router import Router
 
 # The page runs only its own files: no inline script, nothing from another origin. plotly.js sets
@@ -69,8 +71,9 @@ async def static(request: Request) -> Response:
     return Response(asset.body, content_type=asset.content_type, headers=headers)
 
 
-def add_routes(router: Router) -> None:
-    """``GET /dashboard``, ``GET /dashboard/data``, ``GET /dashboard/static/{name}``."""
-    router.add("GET", "/dashboard", page)
-    router.add("GET", DATA_URL, data)
-    router.add("GET", STATIC_PREFIX + "{name}", static)
+def add_routes(router: Router, guard: Callable[[Handler], Handler] = lambda handler: handler) -> None:
+    """``GET /dashboard``, ``GET /dashboard/data``, ``GET /dashboard/static/{name}``, each wrapped by
+    ``guard`` (the token check of the scope the server gives the dashboard)."""
+    router.add("GET", "/dashboard", guard(page))
+    router.add("GET", DATA_URL, guard(data))
+    router.add("GET", STATIC_PREFIX + "{name}", guard(static))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import urllib.parse
 from typing import Any
@@ -19,11 +20,13 @@ from pyserve import metrics
 from pyserve.errors import PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
-from pyserve.service import CallContext, InferenceService
+from pyserve.security import AccessControl, AccessSettings, ManagementAudit, Scope
 from pyserve.server import dashboard
 from pyserve.server.errors import async_endpoint, endpoint, error_response, unexpected
-from pyserve.server.messages import INTERNAL_ERROR, Deferred, Request, Response
+from pyserve.server.guard import audited_control, audited_read, guarded
+from pyserve.server.messages import INTERNAL_ERROR, Deferred, Handler, Request, Response
 from pyserve.server.router import Router
+from pyserve.service import CallContext, InferenceService
 
 log = logging.getLogger("pyserve.server")
 
@@ -200,7 +203,7 @@ def _encode_infer(req: InferRequest, resp: Any, protocol: str) -> Response:
 def count_refused(app: Any, router: Router, method: str, path: str, status: int) -> None:
     """Records an infer request the transport refused before its handler ran (413, 431, ...)."""
     handler, captures, _ = router.resolve(method, path)
-    if handler is infer:
+    if getattr(handler, "__wrapped__", handler) is infer:
         message = f"refused by the HTTP transport with status {status}"
         app.service.failed(captures["model"], PyserveError(kind_of_status(status), message))
 
@@ -413,35 +416,58 @@ def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(request.app.registry), content_type=metrics.CONTENT_TYPE)
 
 
-def make_router() -> Router:
-    """The URL table: KServe v2 paths as Triton and KServe serve them."""
+ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+def make_router(access: AccessControl | None = None, audit: ManagementAudit | None = None) -> Router:
+    """The URL table: KServe v2 paths as Triton and KServe serve them, each behind the token check of
+    its scope (:mod:`pyserve.security.access`); the model-control routes write the audit log.
+    Without ``access``, nothing needs a token; without ``audit``, nothing is audited."""
+    access = access if access is not None else AccessControl(AccessSettings())
+
+    def scoped(scope: Scope, handler: Handler) -> Handler:
+        return guarded(access, scope, handler)
+
+    def control(action: Any, handler: Any) -> Handler:
+        return audited_control(access, audit, action, handler) if audit is not None else scoped(
+            Scope.CONTROL, handler)
+
+    def read(handler: Handler) -> Handler:
+        return audited_read(access, audit, handler) if audit is not None else scoped(Scope.CONTROL, handler)
+
+    def rollout(request: Request) -> str:
+        # A fixed set: the action labels a metric, and the path is the caller's to choose.
+        action = request.match_info["action"]
+        return f"rollout_{action}" if action in ROLLOUT_ACTIONS else "rollout_unknown"
+
     r = Router()
-    r.add("POST", "/v2/models/{model}/infer", infer)
-    r.add("POST", "/v2/models/{model}/versions/{version}/infer", infer)
+    r.add("POST", "/v2/models/{model}/infer", scoped(Scope.INFERENCE, infer))
+    r.add("POST", "/v2/models/{model}/versions/{version}/infer", scoped(Scope.INFERENCE, infer))
     r.add("GET", "/v2/health/live", live)
     r.add("GET", "/v2/health/ready", ready)
-    r.add("GET", "/v2", server_metadata)
-    r.add("GET", "/metrics", metrics_endpoint)
-    r.add("GET", "/v2/logs", payload_logs)
-    r.add("GET", "/v2/drift", drift)
-    r.add("GET", "/v2/repository/index", repository_index)
-    r.add("POST", "/v2/repository/index", repository_index)
-    r.add("POST", "/v2/repository/models/{model}/load", load_model)
-    r.add("POST", "/v2/repository/models/{model}/unload", unload_model)
-    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", load_model)
-    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", unload_model)
-    r.add("GET", "/v2/repository/models/{model}/traffic", get_traffic)
-    r.add("PUT", "/v2/repository/models/{model}/traffic", put_traffic)
-    r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", put_alias)
-    r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", delete_alias)
-    r.add("GET", "/v2/repository/models/{model}/rollout", get_rollout)
-    r.add("POST", "/v2/repository/models/{model}/rollout", start_rollout)
-    r.add("POST", "/v2/repository/models/{model}/rollout/{action}", rollout_action)
-    r.add("GET", "/v2/models/stats", model_stats)  # every model; exact paths win over {model}
+    r.add("GET", "/v2", scoped(Scope.INFERENCE, server_metadata))
+    r.add("GET", "/metrics", scoped(Scope.METRICS, metrics_endpoint))
+    r.add("GET", "/v2/logs", read(payload_logs))
+    r.add("GET", "/v2/drift", scoped(Scope.METRICS, drift))  # statistics, like /metrics
+    r.add("GET", "/v2/repository/index", read(repository_index))
+    r.add("POST", "/v2/repository/index", read(repository_index))
+    r.add("POST", "/v2/repository/models/{model}/load", control("load", load_model))
+    r.add("POST", "/v2/repository/models/{model}/unload", control("unload", unload_model))
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", control("load", load_model))
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", control("unload", unload_model))
+    r.add("GET", "/v2/repository/models/{model}/traffic", read(get_traffic))
+    r.add("PUT", "/v2/repository/models/{model}/traffic", control("set_traffic", put_traffic))
+    r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", control("set_alias", put_alias))
+    r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", control("remove_alias", delete_alias))
+    r.add("GET", "/v2/repository/models/{model}/rollout", read(get_rollout))
+    r.add("POST", "/v2/repository/models/{model}/rollout", control("start_rollout", start_rollout))
+    r.add("POST", "/v2/repository/models/{model}/rollout/{action}", control(rollout, rollout_action))
+    r.add("GET", "/v2/models/stats", scoped(Scope.INFERENCE, model_stats))  # every model; exact paths win
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        r.add("GET", prefix, model_metadata)
-        r.add("GET", prefix + "/ready", model_ready)
-        r.add("GET", prefix + "/config", model_config)
-        r.add("GET", prefix + "/stats", model_stats)
-    dashboard.add_routes(r)
+        r.add("GET", prefix, scoped(Scope.INFERENCE, model_metadata))
+        r.add("GET", prefix + "/ready", model_ready)  # a readiness probe, as Triton's health API
+        r.add("GET", prefix + "/config", scoped(Scope.INFERENCE, model_config))
+        r.add("GET", prefix + "/stats", scoped(Scope.INFERENCE, model_stats))
+    dashboard.add_routes(r, functools.partial(scoped, Scope.METRICS))  # the page's inputs: see App
     return r
+

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import unquote
 
@@ -37,6 +38,10 @@ MAX_PIPELINED = 64  # answers a connection may owe before the server stops readi
 IDLE_TIMEOUT_S = 75.0  # a connection that sends nothing for this long, owing nothing, is closed
 HEADER_TIMEOUT_S = 30.0  # a request's line and headers must arrive within this (slow clients)
 SWEEP_INTERVAL_S = 1.0
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never completes its TLS handshake
+# A TLS connection being closed waits this long for the client's close_notify: not asyncio's 30 s,
+# which a client that never answers would make every shutdown wait.
+TLS_SHUTDOWN_TIMEOUT_S = 2.0
 LINGER_S = 2.0  # after refusing a request mid-body, how long its remaining bytes are read and dropped
 # The parser runs over a read in pieces of this size, so that a client pipelining many cheap
 # requests stops being parsed (and answered) once the server stops reading from it.
@@ -76,11 +81,15 @@ class HttpServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event = asyncio.Event()
 
-    async def bind(self, host: str, port: int) -> None:
+    async def bind(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
         """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
-        Raises OSError (address in use, not available, permission denied) at once."""
-        self._listener = await self.loop.create_server(lambda: Connection(self), host, port, backlog=1024,
-                                                       start_serving=False)
+        With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`). Raises OSError (address
+        in use, not available, permission denied) at once."""
+        tls = ssl is not None  # the timeouts may only be given with ssl
+        self._listener = await self.loop.create_server(
+            lambda: Connection(self), host, port, backlog=1024, start_serving=False, ssl=ssl,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
+            ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S if tls else None)
 
     async def listen(self) -> None:
         """Starts accepting connections on the bound address."""
