@@ -180,6 +180,29 @@ def test_metrics_need_a_token_with_auth_metrics(serve: Any, models: Repo, token_
     assert requests.get(url + "/metrics", timeout=30).status_code == 401
     assert requests.get(url + "/metrics", headers=bearer(TOKEN), timeout=30).status_code == 200
     assert infer(url, "m", "json", ONE).status_code == 200
+    # The dashboard and drift are statistics, as /metrics: the same token check.
+    for path in ("/dashboard", "/dashboard/data", "/v2/drift"):
+        assert requests.get(url + path, timeout=30).status_code == 401, path
+        assert requests.get(url + path, headers=bearer(TOKEN), timeout=30).status_code != 401, path
+
+
+def test_the_dashboard_hides_failed_inputs_from_a_server_with_control_tokens(
+        serve: Any, models: Repo, token_file: Path, tmp_path: Path) -> None:
+    models.config("m", "[payload_log]\nsample_rate = 1.0\n")
+    url = serve([models.root, "--auth-token-file", token_file, "--payload-log-dir", tmp_path / "log"]).url
+    bad = requests.post(url + "/v2/models/m/infer", timeout=30, json={"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1.5, 2.5, 31337.25]}]})
+    assert bad.status_code == 400
+
+    def records() -> list[dict]:
+        return requests.get(url + "/dashboard/data", timeout=30).json()["failures"]["records"]
+
+    wait_until(lambda: len(records()) == 1, what="the failed call on the dashboard")
+    (record,) = records()
+    assert record["status"] == "invalid_argument" and "31337" not in json.dumps(record)
+    assert record["inputs"].startswith("(hidden")
+    logged = requests.get(url + "/v2/logs", params={"model": "m"}, headers=bearer(TOKEN), timeout=30)
+    assert logged.status_code == 200
 
 
 def test_tokens_rotate_when_the_file_changes(serve: Any, models: Repo, token_file: Path) -> None:
