@@ -10,9 +10,10 @@ the queue every ``flush_s`` seconds (sooner when records come fast enough to fil
 time), builds the Arrow columns of the whole batch, appends them to the model's open Parquet file and
 hands the records to the CloudEvents sink.
 
-What the queue holds is kept free of objects the garbage collector tracks (numbers, strings, the
-request's dicts of arrays, and the model's config by a small integer key rather than by reference),
-so that the collections the server's own allocations trigger never walk the queued records.
+A queued record refers to no object the garbage collector tracks (numbers, strings, the request's
+dicts of arrays, the core's timings rather than its future, and the model's config by a small
+integer key rather than by reference): the collections that the server's own allocations trigger
+visit each record's fields and stop there.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from pyserve.runtime import ModelRunner
     from pyserve.service.context import CallContext
 
-__all__ = ["PayloadLog", "PayloadLogSettings", "require_pyarrow"]
+__all__ = ["PayloadLog", "PayloadLogSettings", "next_wait", "require_pyarrow"]
 
 log = logging.getLogger("pyserve.payload_log")
 
@@ -65,6 +66,15 @@ def require_pyarrow() -> None:
     except ImportError as e:
         raise ImportError("the payload log writes Parquet files with pyarrow, which is not installed: "
                           "pip install 'pyserve[log]'") from e
+
+
+def next_wait(wait_s: float, drained: int, queue_size: int, flush_s: float) -> float:
+    """Seconds the writer waits before its next batch: ``flush_s``, or less when ``drained`` records
+    came in the last ``wait_s`` seconds, enough to fill more than half of ``queue_size`` in
+    ``flush_s`` (so a full queue drops nothing the writer could have taken); never under MIN_WAIT_S."""
+    if not drained:
+        return flush_s
+    return max(MIN_WAIT_S, min(flush_s, wait_s * queue_size / 2 / drained))
 
 
 def _wall_offset_ns() -> int:
@@ -96,6 +106,11 @@ class PayloadLog(InferHooks):
                  registry: CollectorRegistry | None = None) -> None:
         if settings.log_dir is not None:
             require_pyarrow()
+            # Imported now, not at the first write: the server freezes what start-up built out of the
+            # collector's generations (pyserve.server.app), and these modules (pyarrow.compute's
+            # hundreds of functions) would otherwise be walked by every full collection.
+            import pyserve.payload_log.files
+            import pyserve.payload_log.table  # noqa: F401
         self.settings = settings
         self._model_config = model_config
         self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
@@ -290,9 +305,7 @@ class PayloadLog(InferHooks):
             stopping = self._stop.wait(wait)
             started = time.monotonic()
             try:
-                drained = self._drain()
-                # Records arrive at about drained / wait a second: wake before they fill half the queue.
-                wait = max(MIN_WAIT_S, min(flush_s, wait * self._max / 2 / drained)) if drained else flush_s
+                wait = next_wait(wait, self._drain(), self._max, flush_s)
                 if self._files is not None:
                     now = time.time()
                     flushes = []
