@@ -114,8 +114,8 @@ def test_a_batch_with_calls_that_do_not_fit_keeps_every_call(monkeypatch: pytest
     recs = records([{"x": fits}, {"x": fits, "extra": np.array([7], np.int32)}], [{"y": fits}, {"y": fits}])
     rows = build_table(Layout(config), recs).to_pylist()
     assert [r["inputs"]["x"] for r in rows] == [[[1.0, 2.0]]] * 2
-    assert [r["other_tensors"] for r in rows] == [
-        None, json.dumps({"inputs": {"extra": {"datatype": "INT32", "shape": [1], "data": [7]}}}, separators=(",", ":"))]
+    extra = {"inputs": {"extra": {"datatype": "INT32", "shape": [1], "data": [7]}}}
+    assert [r["other_tensors"] for r in rows] == [None, json.dumps(extra, separators=(",", ":"))]
 
 
 def test_mixed_outcomes_and_versions_keep_their_values() -> None:

@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 
 from pyserve.config import PayloadLogConfig, TensorSpec
 from pyserve.datatypes import NUMPY_DTYPES
-from pyserve.payload_log.record import OK, SUCCESS, Capture, Tensor, json_tensor, outcome_of, select, tensor, tensor_size
+from pyserve.payload_log.record import (OK, SUCCESS, Capture, Tensor, json_tensor, outcome_of, select, tensor,
+                                        tensor_size)
 
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
@@ -279,7 +280,8 @@ def _tensor_columns(columns: list[Column], keep: tuple[str, ...] | None, rows: t
         for j, column in enumerate(columns):
             arr = row.get(column.name) if row else None
             if arr is not None and (not column.fits(arr) or (limit and tensor_size(arr) > limit)):
-                others.setdefault(i, {}).setdefault(key, {})[column.name] = json_tensor(tensor(column.name, arr, config))
+                json = json_tensor(tensor(column.name, arr, config))
+                others.setdefault(i, {}).setdefault(key, {})[column.name] = json
                 arr = None
             by_row[j].append(arr)
         if row and not row.keys() <= names:  # tensors the model does not declare (or redacted ones)
