@@ -15,7 +15,7 @@ from conftest import Repo, error_count as count, run_service as run, toml_tensor
 from prometheus_client import Counter
 
 from pyserve.backends import registry as backends
-from pyserve.errors import ErrorKind, PyserveError
+from pyserve.errors import ErrorKind, PyserveError, internal
 from pyserve.protocol import InferRequest, RequestedOutput
 from pyserve.service import CallContext, InferenceService, InferHooks
 
@@ -353,3 +353,21 @@ def test_a_batch_refused_for_every_request_answers_each_once(tmp_path: Path) -> 
         assert answered == 12
 
     run(repo.root, body)
+
+
+def test_hooks_inherited_from_a_subclass_run_and_no_ops_are_skipped() -> None:
+    """A hook point's method is called when any class above the hooks' own overrides it (here a
+    parent); InferHooks' no-ops are not called at all."""
+    seen: list[str] = []
+
+    class Parent(InferHooks):
+        def on_error(self, ctx: Any, model_name: str, runner: Any, request: Any, error: Any) -> None:
+            seen.append(f"{type(self).__name__}:{model_name}")
+
+    class Child(Parent):
+        pass
+
+    service = InferenceService(None, hooks=[Child()])  # type: ignore[arg-type]
+    service.failed("m", internal("boom"))
+    assert seen == ["Child:m"]
+    assert [h for _, h in service._before] == [] and [type(h) for _, h in service._on_error] == [Child]

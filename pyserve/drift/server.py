@@ -46,7 +46,8 @@ def make_monitor(host: ModelHost, payload_log: PayloadLog | None, registry: Coll
         return {(r.config.name, r.version) for r in host.registry.runners()}
 
     monitor = DriftMonitor(model_config, profile_path, loaded, registry)
-    payload_log.add_consumer(monitor.consume)
+    # Captures are made only for the calls of models with [drift]: the others cost the writer nothing more.
+    payload_log.add_consumer(monitor.consume, wants=lambda config: config.drift.enabled)
     return monitor
 
 

@@ -3,11 +3,17 @@ optionally posted as CloudEvents (docs/payload-log.md).
 
 :class:`PayloadLog` is a set of service hooks (:class:`~pyserve.service.hooks.InferHooks`), so it sees
 every call whatever protocol carried it. On the event loop's thread a hook only decides whether the
-call is logged (the model's ``[payload_log]``: on, sample rate, failures) and appends the fields of
-a :class:`~pyserve.payload_log.record.Capture` (references only) to a bounded queue; when the queue
-is full the record is dropped and counted, and the call goes on untouched. A writer thread takes the queue
-every ``flush_s`` seconds, selects and redacts the tensors, builds Arrow columns, appends them to the
-model's open Parquet file and hands the records to the CloudEvents sink.
+call is logged (the model's ``[payload_log]``: on, sample rate, failures) and appends a tuple of
+references (the fields of a :class:`~pyserve.payload_log.record.Capture`) to a bounded queue; when the
+queue is full the record is dropped and counted, and the call goes on untouched. A writer thread takes
+the queue every ``flush_s`` seconds (sooner when records come fast enough to fill half of it in that
+time), builds the Arrow columns of the whole batch, appends them to the model's open Parquet file and
+hands the records to the CloudEvents sink.
+
+A queued record refers to no object the garbage collector tracks (numbers, strings, the request's
+dicts of arrays, the core's timings rather than its future, and the model's config by a small
+integer key rather than by reference): the collections that the server's own allocations trigger
+visit each record's fields and stop there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,12 +45,19 @@ if TYPE_CHECKING:
     from pyserve.runtime import ModelRunner
     from pyserve.service.context import CallContext
 
-__all__ = ["PayloadLog", "PayloadLogSettings", "require_pyarrow"]
+__all__ = ["PayloadLog", "PayloadLogSettings", "next_wait", "require_pyarrow"]
 
 log = logging.getLogger("pyserve.payload_log")
 
 RETENTION_EVERY_S = 60.0  # how often retention runs besides after each rotation
 RECENT_FAILURES = 100  # failed calls kept in memory for the dashboard (recent_failures)
+MIN_WAIT_S = 0.02  # the shortest wait of the writer between two batches, however fast records come
+MAX_CONFIGS = 1024  # model configs known by key before the older ones are forgotten (reloads)
+
+# A queued record: a tuple of these fields, in this order (see _put). _STARTED_NS is the monotonic
+# clock's (one clock read per call on the loop's thread), made wall-clock time by the writer.
+(_STARTED_NS, _DURATION_NS, _VERSION, _REQUEST_ID, _PROTOCOL, _STATUS, _ERROR, _SAMPLED, _INPUTS, _OUTPUTS,
+ _QUEUE_US, _COMPUTE_US, _CONFIG) = range(13)
 
 
 def require_pyarrow() -> None:
@@ -54,6 +68,21 @@ def require_pyarrow() -> None:
     except ImportError as e:
         raise ImportError("the payload log writes Parquet files with pyarrow, which is not installed: "
                           "pip install 'pyserve[log]'") from e
+
+
+def next_wait(wait_s: float, drained: int, queue_size: int, flush_s: float) -> float:
+    """Seconds the writer waits before its next batch: ``flush_s``, or less when ``drained`` records
+    came in the last ``wait_s`` seconds, enough to fill more than half of ``queue_size`` in
+    ``flush_s`` (so a full queue drops nothing the writer could have taken); never under MIN_WAIT_S."""
+    if not drained:
+        return flush_s
+    return max(MIN_WAIT_S, min(flush_s, wait_s * queue_size / 2 / drained))
+
+
+def _wall_offset_ns() -> int:
+    """What turns ``time.monotonic_ns()`` into ``time.time_ns()`` now (a wall-clock step between a
+    call and its drain, half a second at most, shifts its logged time by that step)."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 def _within(tensors: dict | None, limit: int) -> dict | None:
@@ -79,9 +108,14 @@ class PayloadLog(InferHooks):
                  registry: CollectorRegistry | None = None) -> None:
         if settings.log_dir is not None:
             require_pyarrow()
+            # Imported now, not at the first write: the server freezes what start-up built out of the
+            # collector's generations (pyserve.server.app), and these modules (pyarrow.compute's
+            # hundreds of functions) would otherwise be walked by every full collection.
+            import pyserve.payload_log.files
+            import pyserve.payload_log.table  # noqa: F401
         self.settings = settings
         self._model_config = model_config
-        self._queue: collections.deque[tuple] = collections.deque()  # Capture fields, in order
+        self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
         self._max = settings.queue_size
         self._random = random.random
         registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
@@ -106,8 +140,17 @@ class PayloadLog(InferHooks):
         self._started = False
         self._flush_requests: collections.deque[threading.Event] = collections.deque()
         self._layouts: dict[tuple, object] = {}  # layout key -> Layout (few: one per model config)
-        self._consumers: tuple[Callable[[list[Capture]], None], ...] = ()
+        # (consumer, wants): the calls of the model configs it wants are handed to it as Captures.
+        self._consumers: tuple[tuple[Callable[[list[Capture]], None], Callable[[ModelConfig], bool]], ...] = ()
         self._failures = RecentFailures(RECENT_FAILURES)
+        # A model config by a key that records hold instead of a reference (see the module's note):
+        # id(config) -> key on the loop's thread; key -> config for the writer, holding the config
+        # (so its id is not reused while known). The previous generation is kept when a new one
+        # starts, for the records queued meanwhile.
+        self._config_keys: dict[int, int] = {}
+        self._configs: dict[int, ModelConfig] = {}
+        self._old_configs: dict[int, ModelConfig] = {}
+        self._next_key = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -144,15 +187,18 @@ class PayloadLog(InferHooks):
         self._flush_requests.append(done)
         done.wait(30)
 
-    def add_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
-        """Hands every batch of records the writer thread takes off the queue to ``consumer``, on the
-        writer thread, before they are written (the drift monitor's feed). It must only queue what it
-        needs (references) and return; an exception is logged and the records are still written."""
-        self._consumers = (*self._consumers, consumer)
+    def add_consumer(self, consumer: Callable[[list[Capture]], None],
+                     wants: Callable[[ModelConfig], bool] = lambda config: True) -> None:
+        """Hands the records of each batch the writer thread takes off the queue to ``consumer``, on the
+        writer thread, before they are written (the drift monitor's feed): those of the models whose
+        config ``wants`` (Captures are built only for them). It must only queue what it needs
+        (references) and return; an exception is logged and the records are still written."""
+        self._consumers = (*self._consumers, (consumer, wants))
 
     def remove_consumer(self, consumer: Callable[[list[Capture]], None]) -> None:
         """Stops handing records to ``consumer``."""
-        self._consumers = tuple(c for c in self._consumers if c != consumer)  # ==: bound methods are made anew
+        # ==: bound methods are made anew at each access
+        self._consumers = tuple(c for c in self._consumers if c[0] != consumer)
 
     def recent_failures(self, limit: int = RECENT_FAILURES) -> list[dict]:
         """The last failed calls the writer thread has taken (at most :data:`RECENT_FAILURES`),
@@ -163,10 +209,34 @@ class PayloadLog(InferHooks):
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
                        response: InferResponse) -> None:
         config = runner.config
-        rate = config.payload_log.sample_rate
-        if not config.payload_log.enabled or (rate < 1.0 and self._random() >= rate):
+        settings = config.payload_log
+        rate = settings.sample_rate
+        if not settings.enabled or (rate < 1.0 and self._random() >= rate):
             return
-        self._put(ctx, config, runner.version, OK, None, True, request.inputs, response.outputs)
+        # _put, written out for the common case (it runs for every call logged).
+        queue = self._queue
+        if len(queue) >= self._max:
+            self._dropped(config.name, "dropped").inc()
+            return
+        inputs, outputs = request.inputs, response.outputs
+        limit = settings.max_tensor_bytes
+        if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
+            for arr in inputs.values():
+                if arr.nbytes > limit:
+                    inputs = _within(inputs, limit)
+                    break
+            for arr in outputs.values():
+                if arr.nbytes > limit:
+                    outputs = _within(outputs, limit)
+                    break
+        key = self._config_keys.get(id(config))
+        if key is None:
+            key = self._config_key(config)
+        started_ns = ctx.started_ns
+        future = ctx.future
+        queue.append((started_ns, time.monotonic_ns() - started_ns, runner.version, ctx.request_id, ctx.protocol, OK,
+                      None, True, inputs, outputs, getattr(future, "queue_us", None),
+                      getattr(future, "compute_us", None), key))
 
     def on_error(self, ctx: CallContext | None, model_name: str, runner: ModelRunner | None,
                  request: InferRequest | None, error: PyserveError) -> None:
@@ -198,21 +268,50 @@ class PayloadLog(InferHooks):
 
     def _put(self, ctx: CallContext | None, config: ModelConfig, version: str, status: str, error: str | None,
              sampled: bool, inputs: dict | None, outputs: dict | None, duration_ns: int | None = None) -> None:
-        if len(self._queue) >= self._max:
+        queue = self._queue
+        if len(queue) >= self._max:
             self._dropped(config.name, "dropped").inc()
             return
         limit = config.payload_log.max_tensor_bytes
         if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
             inputs, outputs = _within(inputs, limit), _within(outputs, limit)
-        now_ns = time.time_ns()
+        key = self._config_keys.get(id(config))
+        if key is None:
+            key = self._config_key(config)
+        now_ns = time.monotonic_ns()
+        if ctx is None:
+            duration_ns = duration_ns or 0
+            queue.append((now_ns - duration_ns, duration_ns, version, None, "", status, error, sampled,
+                          inputs, outputs, None, None, key))
+            return
         if duration_ns is None:
-            duration_ns = time.monotonic_ns() - ctx.started_ns if ctx is not None else 0
-        # A plain tuple, Capture's fields in order: the writer thread builds the Capture.
-        self._queue.append((
-            now_ns - duration_ns, duration_ns, config.name, version,
-            ctx.request_id if ctx is not None else None, ctx.protocol if ctx is not None else "",
-            status, error, sampled, inputs, outputs, ctx.future if ctx is not None else None,
-            config.payload_log, config.max_batch_size > 0, config.inputs, config.outputs))
+            duration_ns = now_ns - ctx.started_ns
+        # The core's timings are read now (the call is answered): the queue holds no future.
+        future = ctx.future
+        queue.append((now_ns - duration_ns, duration_ns, version, ctx.request_id, ctx.protocol, status, error, sampled,
+                      inputs, outputs, getattr(future, "queue_us", None), getattr(future, "compute_us", None), key))
+
+    def _config_key(self, config: ModelConfig) -> int:
+        """The key of a config not seen yet (event loop thread)."""
+        if len(self._configs) >= MAX_CONFIGS:  # configs reloaded many times: a new generation
+            self._old_configs, self._configs, self._config_keys = self._configs, {}, {}
+        key = self._next_key
+        self._next_key += 1
+        self._configs[key] = config  # before the id's entry: the writer finds every key it is given
+        self._config_keys[id(config)] = key
+        return key
+
+    def _config(self, key: int) -> ModelConfig:
+        """The config of a key that a queued record holds (writer thread)."""
+        config = self._configs.get(key)
+        return config if config is not None else self._old_configs[key]
+
+    def _capture(self, record: tuple, wall_offset_ns: int) -> Capture:
+        """A queued record as a :class:`Capture` (``wall_offset_ns``: :func:`_wall_offset_ns`)."""
+        config = self._config(record[_CONFIG])
+        return Capture(record[_STARTED_NS] + wall_offset_ns, record[_DURATION_NS], config.name,
+                       *record[_VERSION:_CONFIG], config.payload_log, config.max_batch_size > 0, config.inputs,
+                       config.outputs)
 
     # -- the writer thread -----------------------------------------------------------------------
     def _written(self, model: str, rows: int) -> None:
@@ -223,10 +322,13 @@ class PayloadLog(InferHooks):
 
     def _run(self) -> None:
         next_retention = time.time() + RETENTION_EVERY_S
+        flush_s = self.settings.flush_s
+        wait = flush_s
         while True:
-            stopping = self._stop.wait(self.settings.flush_s)
+            stopping = self._stop.wait(wait)
+            started = time.monotonic()
             try:
-                self._drain()
+                wait = next_wait(wait, self._drain(), self._max, flush_s)
                 if self._files is not None:
                     now = time.time()
                     flushes = []
@@ -246,28 +348,42 @@ class PayloadLog(InferHooks):
                         self._flush_requests.popleft().set()
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("payload log: the writer failed on a batch of records")
+                wait = flush_s
             if stopping and not self._queue:
                 return
+            wait = max(MIN_WAIT_S, wait - (time.monotonic() - started))
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        """Writes (and sends) what is queued now; returns how many records that was."""
         queue = self._queue
         n = len(queue)
         if not n:
-            return
-        captures = [Capture(*queue.popleft()) for _ in range(n)]
-        for consumer in self._consumers:
-            try:
-                consumer(captures)
-            except Exception:  # noqa: BLE001 - a consumer's fault must not lose the records
-                log.exception("payload log: a consumer of the records failed")
+            return 0
+        popleft = queue.popleft
+        records = [popleft() for _ in range(n)]
+        offset = _wall_offset_ns()
+        self._hand_over(records, offset)
+        if self._sink is not None:
+            self._send([self._capture(r, offset) for r in records])
+        if self._files is not None:
+            self._append(records, offset)
+        return n
+
+    def _hand_over(self, records: list[tuple], offset: int) -> None:
+        """The batch's failed calls to the recent-failures ring, and to each consumer the calls it
+        wants, as Captures made only for them (writer thread)."""
         try:
-            self._failures.add(captures)
+            self._failures.add([self._capture(r, offset) for r in records if r[_STATUS] != OK])
         except Exception:  # noqa: BLE001 - the dashboard's preview must never cost a record
             log.exception("payload log: cannot keep the recent failures")
-        if self._sink is not None:
-            self._send(captures)
-        if self._files is not None:
-            self._append(captures)
+        for consumer, wants in self._consumers:
+            try:
+                wanted = {key: wants(self._config(key)) for key in {r[_CONFIG] for r in records}}
+                captures = [self._capture(r, offset) for r in records if wanted[r[_CONFIG]]]
+                if captures:
+                    consumer(captures)
+            except Exception:  # noqa: BLE001 - a consumer's fault must not lose the records
+                log.exception("payload log: a consumer of the records failed")
 
     def _send(self, captures: list[Capture]) -> None:
         from pyserve.payload_log.table import decode
@@ -280,26 +396,34 @@ class PayloadLog(InferHooks):
                 log.exception("payload log: cannot send a record of model %r", capture.model)
                 self.sink_events_total.labels(capture.model, "failed").inc(2)
 
-    def _append(self, captures: list[Capture]) -> None:
-        from pyserve.payload_log.table import Layout, build_table, layout_key
+    def _append(self, records: list[tuple], wall_offset_ns: int) -> None:
+        from pyserve.payload_log.table import Layout, Records, build_table, layout_key
 
-        # Grouped by the identity of the config objects (alive, so distinct, during this batch; the
-        # same for every call of one model version), then one layout looked up by value per group.
-        groups: dict[tuple, list[Capture]] = {}
-        for c in captures:
-            groups.setdefault((c.model, id(c.config), id(c.input_specs), id(c.output_specs), c.batching),
-                              []).append(c)
-        for group in groups.values():
-            key = layout_key(group[0])
-            layout = self._layouts.get(key)
+        # The records' fields transposed into columns at C speed; grouped by config key (the same for
+        # every call of one model config: one group, as a rule), one layout looked up per group.
+        fields = list(zip(*records))
+        keys = fields[_CONFIG]
+        if keys.count(keys[0]) == len(keys):
+            groups = {keys[0]: fields}
+        else:
+            rows: dict[int, list[tuple]] = {}
+            for r in records:
+                rows.setdefault(r[_CONFIG], []).append(r)
+            groups = {key: list(zip(*group)) for key, group in rows.items()}
+        for key, group in groups.items():
+            config = self._config(key)
+            lkey = layout_key(config)
+            layout = self._layouts.get(lkey)
             if layout is None:
                 if len(self._layouts) > 1000:  # configs reloaded many times: forget the old ones
                     self._layouts.clear()
-                layout = self._layouts[key] = Layout(group[0])
+                layout = self._layouts[lkey] = Layout(config)
             try:
-                table = build_table(layout, group)
+                started = group[_STARTED_NS]
+                times = np.fromiter(started, np.int64, len(started)) + wall_offset_ns
+                table = build_table(layout, Records(times, *group[_DURATION_NS:_CONFIG]))
             except Exception:  # noqa: BLE001 - one odd batch must not stop the writer
-                log.exception("payload log: cannot build the records of model %r", group[0].model)
-                self._lost(group[0].model, len(group))
+                log.exception("payload log: cannot build the records of model %r", config.name)
+                self._lost(config.name, len(group[0]))
                 continue
-            self._files.append(group[0].model, table)  # type: ignore[union-attr]
+            self._files.append(config.name, table)  # type: ignore[union-attr]

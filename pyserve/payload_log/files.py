@@ -27,6 +27,35 @@ TMP_SUFFIX = ".parquet.tmp"
 ROW_GROUP_ROWS = 8192
 ROW_GROUP_BYTES = 16 << 20
 _TMP_NAME = re.compile(r"^\.\d{8}T\d{6}\.\d{6}Z-(\d+)-\d+\.parquet\.tmp$")
+# Columns whose values are mostly unique: no dictionary encoding tried (it costs and saves nothing).
+_UNIQUE = ("time", "request_id", "duration_us", "queue_us", "compute_us", "other_tensors")
+_TENSORS = ("inputs", "outputs", "other_tensors")
+
+
+def writer_options(schema: pa.Schema) -> dict:
+    """The Parquet writer's options for a file of ``schema``: zstd; dictionary encoding only for the
+    strings that repeat (model, version, protocol, outcome, status, error, BYTES tensors: labels,
+    categories, digests); min/max statistics only for the fixed columns (what a query filters on).
+
+    Numbers get neither: the dictionary that Parquet tries first and then abandons for float
+    features, and the statistics of every tensor element, cost more than half of the writer's
+    encoding time and the dictionary made the files larger (docs/payload-log.md#cost)."""
+    dictionary: list[str] = []
+
+    def walk(path: str, t: pa.DataType) -> None:
+        if pa.types.is_struct(t):
+            for f in t:
+                walk(f"{path}.{f.name}", f.type)
+        elif pa.types.is_list(t):
+            walk(f"{path}.list.element", t.value_type)
+        elif pa.types.is_string(t):
+            dictionary.append(path)
+
+    for f in schema:
+        if f.name not in _UNIQUE:
+            walk(f.name, f.type)
+    statistics = [f.name for f in schema if f.name not in _TENSORS]
+    return {"compression": "zstd", "use_dictionary": dictionary, "write_statistics": statistics}
 
 
 @dataclass
@@ -171,7 +200,7 @@ class ParquetFiles:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             sink = pa.OSFile(str(tmp), "wb")
-            writer = pq.ParquetWriter(sink, schema, compression="zstd")
+            writer = pq.ParquetWriter(sink, schema, **writer_options(schema))
         except OSError as e:
             log.error("payload log: cannot create %s: %s", tmp, e)
             return None

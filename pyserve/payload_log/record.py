@@ -2,7 +2,7 @@
 
 A :class:`Capture` is built on the event loop's thread and holds only references (the request's and
 the answer's arrays, the config); everything that costs (selection, redaction, hashing, decoding
-BYTES, building Arrow columns) runs in the writer thread (:mod:`pyserve.payload_log.writer`).
+BYTES, building Arrow columns) runs in the writer thread (:mod:`pyserve.payload_log`).
 
 Decoded tensors are numpy arrays again after :func:`select`: numbers keep their numpy type, BYTES
 become object arrays of ``str`` (UTF-8; bytes that are not UTF-8 appear as ``\\xNN`` escapes), and a
@@ -20,8 +20,6 @@ import numpy as np
 from pyserve.datatypes import datatype_of
 
 if TYPE_CHECKING:
-    import asyncio
-
     from pyserve.config import PayloadLogConfig, TensorSpec
 
 # The outcome of a failed call, in the words of pyserve_requests_total{outcome} (docs/metrics.md),
@@ -45,9 +43,10 @@ class Capture:
     arrival to the answer (or the error), monotonic. ``status``: ``ok`` or the error kind in lower
     case. ``sampled``: chosen by the sample rate (False: logged only because it failed).
     ``inputs`` / ``outputs``: the request's and the answer's arrays as the service had them (None:
-    none, e.g. a body that did not decode). ``future``: the core's future of the call, whose
-    ``queue_us`` / ``compute_us`` the core filled (None when the call never reached a model's queue).
-    ``input_specs`` / ``output_specs``: the model's declared tensors, which fix the file's columns."""
+    none, e.g. a body that did not decode). ``queue_us`` / ``compute_us``: how long the call waited
+    in the core's queue and its batch ran, as the core measured them (None, or a negative number, when
+    it never reached a model's queue). ``input_specs`` / ``output_specs``: the model's declared
+    tensors, which fix the file's columns."""
 
     time_ns: int
     duration_ns: int
@@ -60,7 +59,8 @@ class Capture:
     sampled: bool
     inputs: dict[str, np.ndarray] | None
     outputs: dict[str, np.ndarray] | None
-    future: asyncio.Future | None
+    queue_us: int | None
+    compute_us: int | None
     config: PayloadLogConfig
     batching: bool
     input_specs: tuple[TensorSpec, ...]
@@ -72,9 +72,8 @@ class Capture:
 
     def timings_us(self) -> tuple[int | None, int | None]:
         """(queue, compute) of the call in µs as the core measured them; None when it never ran."""
-        future = self.future
-        queue = getattr(future, "queue_us", None)
-        return (queue, getattr(future, "compute_us", None)) if queue is not None and queue >= 0 else (None, None)
+        queue = self.queue_us
+        return (queue, self.compute_us) if queue is not None and queue >= 0 else (None, None)
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,11 +97,24 @@ class InferenceService:
     def __init__(self, host: ModelHost, errors: Counter | None = None, hooks: Iterable[InferHooks] = ()) -> None:
         self.host = host
         self._errors = errors
-        self._hooks = tuple(hooks)
+        self._hooks: tuple[InferHooks, ...] = ()
+        # Per hook point, (method, hooks) of the hooks that do something there: a method left as
+        # InferHooks' no-op is never called (each call runs on the loop's thread, for every request).
+        self._before: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
+        self._after: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
+        self._on_error: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
+        for h in hooks:
+            self.add_hooks(h)
 
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""
         self._hooks = (*self._hooks, hooks)
+
+        def point(name: str) -> tuple[tuple[Callable[..., None], InferHooks], ...]:
+            return tuple((getattr(h, name), h) for h in self._hooks
+                         if hasattr(h, name) and getattr(type(h), name, None) is not getattr(InferHooks, name))
+
+        self._before, self._after, self._on_error = point("before_request"), point("after_response"), point("on_error")
 
     # -- the call --------------------------------------------------------------------------------
     def runner(self, name: str, version: str | None = None) -> ModelRunner:
@@ -168,8 +181,8 @@ class InferenceService:
         if params:
             ctx.priority = _parameter(params, "priority", runner.config.dynamic_batching.priority_levels)
             ctx.timeout_us = _parameter(params, "timeout", MAX_TIMEOUT_US)
-        if self._hooks:
-            self._run_hooks("before_request", ctx, runner, request)
+        if self._before:
+            self._run_hooks(self._before, "before_request", ctx, runner, request)
         future = runner.submit(request.inputs, priority=ctx.priority, timeout_us=ctx.timeout_us)
         ctx.future = future
         return future
@@ -195,8 +208,8 @@ class InferenceService:
             outputs = selected
         runner.last_inference_ms = time.time_ns() // 1_000_000
         response = InferResponse(runner.config.name, runner.version, outputs, request.id, None)
-        if self._hooks:
-            self._run_hooks("after_response", ctx, runner, request, response)
+        if self._after:
+            self._run_hooks(self._after, "after_response", ctx, runner, request, response)
         return response
 
     def failed(self, model_name: str, error: PyserveError, ctx: CallContext | None = None,
@@ -205,8 +218,8 @@ class InferenceService:
         if self._errors is not None:
             known = model_name in self.host.registry.models
             self._errors.labels(model_name if known else "", error.kind.name.lower()).inc()
-        if self._hooks:
-            self._run_hooks("on_error", ctx, model_name, runner, request, error)
+        if self._on_error:
+            self._run_hooks(self._on_error, "on_error", ctx, model_name, runner, request, error)
 
     async def infer(self, name: str, version: str | None, request: InferRequest,
                     ctx: CallContext | None = None) -> InferResponse:
@@ -228,12 +241,13 @@ class InferenceService:
             self.failed(name, internal(f"{type(e).__name__}: {e}"), ctx, runner, request)
             raise
 
-    def _run_hooks(self, method: str, *args: Any) -> None:
-        for hooks in self._hooks:
+    @staticmethod
+    def _run_hooks(calls: tuple[tuple[Callable[..., None], InferHooks], ...], point: str, *args: Any) -> None:
+        for call, hooks in calls:
             try:
-                getattr(hooks, method)(*args)
+                call(*args)
             except Exception:
-                log.exception("%s hook %s failed", method, type(hooks).__name__)
+                log.exception("%s hook %s failed", point, type(hooks).__name__)
 
     # -- what a model is -------------------------------------------------------------------------
     def metadata(self, name: str, version: str | None = None) -> ModelMetadata:
