@@ -484,6 +484,28 @@ def test_the_payload_logs_consumers_get_each_batch_on_the_writer_thread(repo: Re
     assert got == [("pyserve-payload-log", 3)]
 
 
+def test_a_consumer_gets_only_the_calls_of_the_models_it_wants(repo: Repo, tmp_path: Path) -> None:
+    model_repo(repo)
+    wanted: list[int] = []
+    unwanted: list[int] = []
+
+    async def main() -> None:
+        async with ModelHost(repo.root) as host:
+            plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path / "log"), lambda n: host.registry.models[n].config)
+            service = InferenceService(host, hooks=[plog])
+            plog.add_consumer(lambda captures: wanted.extend(len(c.inputs["x"]) for c in captures),
+                              wants=lambda config: config.name == "m")
+            plog.add_consumer(lambda captures: unwanted.extend(len(c.inputs["x"]) for c in captures),
+                              wants=lambda config: config.name != "m")
+            plog.start()
+            data = rows(np.random.default_rng(18), 2)
+            await service.infer("m", None, InferRequest({"x": data["x"], "color": _bytes(data["color"])}))
+            await asyncio.to_thread(plog.close)
+
+    asyncio.run(main())
+    assert wanted == [2] and unwanted == []
+
+
 def test_a_full_queue_drops_and_counts(repo: Repo) -> None:
     model_repo(repo)
     cfg = load_model_config(repo.root / "m")
