@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,24 @@ import pytest
 import requests
 from conftest import Repo, infer, wait_until
 
+from pyserve.config import PayloadLogConfig
 from pyserve.dashboard import Dashboard, DashboardSettings, assets, page
-from pyserve.dashboard.series import (Histogram, Snapshot, VersionSnapshot, batch_sizes, histogram_quantile,
-                                      intervals, minutes, quantile_columns, series, summary)
+from pyserve.dashboard.series import (
+    Histogram,
+    Snapshot,
+    VersionSnapshot,
+    batch_sizes,
+    histogram_quantile,
+    intervals,
+    minutes,
+    quantile_columns,
+    series,
+    summary,
+)
+from pyserve.drift.window import FeatureDrift
 from pyserve.errors import PyserveError
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
 from pyserve.payload_log.failures import PREVIEW_VALUES, preview
-from pyserve.config import PayloadLogConfig
 from pyserve.protocol import InferRequest
 from pyserve.service import InferenceService, ModelHost
 
@@ -155,23 +165,6 @@ def test_batch_sizes_are_labelled_by_the_samples_each_bucket_holds() -> None:
 
 
 # -- the dashboard in process: sampler, errors hook, drift, the document and the page --------------
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    """The drift module's FeatureDrift, as the dashboard is told it looks."""
-
-    model: str
-    version: str
-    tensor: str
-    feature: str
-    kind: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-    window_rows: int
-    updated: float
-
 
 class FakeMonitor:
     def __init__(self, results: list[FeatureDrift]) -> None:

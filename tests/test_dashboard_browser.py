@@ -15,7 +15,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from conftest import Repo, free_port, infer, wait_until
 
 import pyserve.server.app as app_module
 from pyserve.dashboard.settings import DashboardSettings
+from pyserve.drift.window import FeatureDrift
 from pyserve.payload_log.settings import PayloadLogSettings
 
 pytestmark = pytest.mark.slow
@@ -52,23 +52,6 @@ def _browser() -> tuple[str, str]:
             pytest.fail(message + " (CI must run it: .ci/run installs them)")
         pytest.skip(message)
     return browser, driver  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    """The drift module's FeatureDrift, as the dashboard is told it looks."""
-
-    model: str
-    version: str
-    tensor: str
-    feature: str
-    kind: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-    window_rows: int
-    updated: float
 
 
 class FakeMonitor:

@@ -1,47 +1,30 @@
-"""What the dashboard reads of a drift monitor: a duck-typed :class:`DriftMonitor` (``app.drift``).
+"""What the dashboard reads of the drift monitor (``app.drift``, :mod:`pyserve.drift`).
 
-The dashboard needs only ``snapshot()``, a list of per-feature results with the fields of
-:class:`FeatureDriftLike` (the drift module's ``FeatureDrift``); any object of that shape works, so the
-dashboard does not import the drift module.
+The dashboard needs only ``snapshot()``, a list of :class:`~pyserve.drift.window.FeatureDrift`; a
+monitor that is any object with that method works (the tests give one of known results).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-FIELDS = ("model", "version", "tensor", "feature", "kind", "method", "score", "threshold", "drifted",
-          "window_rows", "updated")
+from pyserve.drift.window import FeatureDrift
 
-
-class FeatureDriftLike(Protocol):
-    """One feature's latest drift result: ``kind`` (numerical, categorical, ...), ``method`` (the test
-    or distance used, e.g. ``ks``, ``wasserstein``, ``psi``), ``score`` compared with ``threshold``,
-    ``drifted``, ``window_rows`` (rows of live traffic compared), ``updated`` (Unix s)."""
-
-    model: str
-    version: str
-    tensor: str
-    feature: str
-    kind: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-    window_rows: int
-    updated: float
+FIELDS = tuple(f.name for f in dataclasses.fields(FeatureDrift))
 
 
 @runtime_checkable
 class DriftMonitor(Protocol):
     """A drift monitor as the dashboard uses it."""
 
-    def snapshot(self) -> Sequence[FeatureDriftLike]:
+    def snapshot(self) -> Sequence[FeatureDrift]:
         """The latest result of every feature monitored."""
         ...
 
 
-def rows(results: Sequence[FeatureDriftLike]) -> list[dict]:
+def rows(results: Sequence[FeatureDrift]) -> list[dict]:
     """The results as JSON-ready dicts with the fields of :data:`FIELDS`, in the monitor's order.
     ``score`` and ``threshold`` are floats (None when not a
     finite number, as JSON has no NaN)."""

@@ -21,15 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# (core stats key, outcome): every request that reached a model's queue ends in exactly one
-# (the same words as pyserve_requests_total{outcome}; pyserve.metrics.OUTCOMES).
-OUTCOMES = (
-    ("requests_succeeded", "success"),
-    ("requests_failed", "failure"),
-    ("requests_timed_out", "timeout"),
-    ("requests_rejected", "rejected"),
-    ("requests_cancelled", "cancelled"),
-)
+from pyserve.metrics import OUTCOMES  # (core stats key, outcome): each request ends in exactly one
+
 HISTOGRAMS = ("request_us", "queue_us", "compute_us", "batch_size")
 QUANTILES = ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
 
