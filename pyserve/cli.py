@@ -148,8 +148,23 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
                         ">= 0 (default 30)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
+    _add_client_limit_flags(p)
     _add_payload_log_flags(p)
     p.set_defaults(func=_serve)
+
+
+def _add_client_limit_flags(p: argparse.ArgumentParser) -> None:
+    """What a slow or hostile client may cost the server (pyserve.server.limits)."""
+    g = p.add_argument_group("slow and hostile clients (README: hostile clients)")
+    g.add_argument("--header-timeout-s", type=positive_number, default=30.0, metavar="S",
+                   help="a request's line and headers must arrive within this, > 0 (default 30; 408 after)")
+    g.add_argument("--body-timeout-s", type=seconds, default=60.0, metavar="S",
+                   help="a request's body must arrive within this of its headers, >= 0 "
+                        "(default 60; 408 after; 0 = no deadline)")
+    g.add_argument("--max-connections", type=int_at_least(1), default=None, metavar="N",
+                   help="connections open at once; more are closed as soon as accepted, >= 1 (default: "
+                        "the open file limit, raised to its hard limit at start, less a quarter of it "
+                        "up to 1024)")
 
 
 def _add_payload_log_flags(p: argparse.ArgumentParser) -> None:
@@ -276,6 +291,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_body_bytes=args.max_body_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
         strict_readiness=not args.no_strict_readiness,
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,

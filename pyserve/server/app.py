@@ -22,6 +22,7 @@ from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
+from pyserve.server.limits import TransportLimits, default_max_connections, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 64 << 20
+    header_timeout_s: float = 30.0  # a request's line and headers must arrive within this (408)
+    body_timeout_s: float = 60.0  # its body within this of the headers' end (408; 0: no deadline)
+    max_connections: int | None = None  # None: from the open file limit (pyserve.server.limits)
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
@@ -95,8 +99,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         app.payload_log = payload_log
         service.add_hooks(payload_log)
     router = handlers.make_router()
-    server = HttpServer(app, router, settings.max_body_bytes,
+    server = HttpServer(app, router, transport_limits(settings),
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    registry.register(metrics.TransportCollector(server))
     # Bound before the models load, so an address in use fails at once rather than after minutes of
     # loading; connections are refused until the models are loaded and the socket listens.
     await server.bind(settings.host, settings.port)
@@ -143,6 +148,21 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         # After the models: the last answers are in the queue; their files are published now.
         await asyncio.to_thread(app.payload_log.close)
     log.info("server stopped")
+
+
+def transport_limits(settings: ServerSettings) -> TransportLimits:
+    """The HTTP transport's limits; without ``max_connections`` the open file limit is raised to its
+    hard limit and the cap sized from it (logged)."""
+    max_connections = settings.max_connections
+    if max_connections is None:
+        fd_limit = raise_fd_limit()
+        max_connections = default_max_connections(fd_limit)
+        log.info("open file limit %s: at most %d connections at once (--max-connections)",
+                 fd_limit if fd_limit is not None else "unknown", max_connections)
+    else:
+        raise_fd_limit()
+    return TransportLimits(max_body_bytes=settings.max_body_bytes, header_timeout_s=settings.header_timeout_s,
+                           body_timeout_s=settings.body_timeout_s, max_connections=max_connections)
 
 
 def _model_config(host: ModelHost, name: str) -> ModelConfig | None:
