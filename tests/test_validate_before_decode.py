@@ -287,3 +287,52 @@ def test_any_request_is_answered_and_every_error_counted(svc: Service, protocol:
     if resp.status != 200:
         assert json.loads(resp.body)["error"]
         assert svc.count(model) == before + 1
+
+
+# -- large JSON bodies (simdjson) decode as small ones do ----------------------------------------
+
+def _padded(doc_text: str) -> bytes:
+    """The same document, made large enough for the simdjson path with whitespace."""
+    from pyserve.protocol import kserve_large
+
+    return doc_text[:-1].encode() + b" " * kserve_large.LARGE_JSON_BYTES + b"}"
+
+
+SAME_BOTH_WAYS = [
+    ("FP32", [2, 2], "[[1, 2.5], [3, -4e10]]"),
+    ("FP16", [2], "[1, 70000]"),  # overflow: the same message
+    ("FP32", [2], "[1, NaN]"),  # NaN token: simdjson refuses, the standard decoder reads it
+    ("INT8", [3], "[1, -128, 127]"),
+    ("INT8", [2], "[1, 300]"),
+    ("INT64", [2], "[1, 9223372036854775808]"),
+    ("UINT64", [2], "[1, 18446744073709551615]"),
+    ("UINT8", [2], "[1, -1]"),
+    ("INT32", [2], "[1, 2.5]"),
+    ("INT32", [2], "[1, 2.0]"),
+    ("BOOL", [2], "[true, false]"),
+    ("BOOL", [2], "[true, 1]"),
+    ("BYTES", [2], '["a", "\\u00e9"]'),
+    ("FP64", [3], "[1, 2]"),
+    ("FP64", [2], '[1, "2"]'),
+    ("FP64", [0, 2**62], "[]"),
+    ("INT16", [1, 2], "[[1, 2]]"),
+]
+
+
+@pytest.mark.parametrize("datatype,shape,data", SAME_BOTH_WAYS, ids=[f"{d}-{x}" for d, _, x in SAME_BOTH_WAYS])
+def test_a_large_json_body_decodes_as_a_small_one(datatype: str, shape: list[int], data: str) -> None:
+    from pyserve.errors import PyserveError
+
+    text = ('{"id": "r", "parameters": {"priority": 1}, "outputs": [{"name": "y"}], "inputs": '
+            f'[{{"name": "x", "datatype": "{datatype}", "shape": {json.dumps(shape)}, "data": {data}}}]}}')
+    results = []
+    for body in (text.encode(), _padded(text)):
+        try:
+            req = kserve.decode_request(body)
+        except PyserveError as e:
+            results.append(("error", e.kind, e.message))
+        else:
+            x = req.inputs["x"]
+            results.append((x.dtype, x.shape, repr(x.tolist()), req.id, req.parameters,
+                            [o.name for o in req.outputs or []]))
+    assert results[0] == results[1]

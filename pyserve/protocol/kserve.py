@@ -16,10 +16,11 @@ an array with a non-finite value is written as pre-serialized text with those to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import numpy as np
@@ -27,6 +28,7 @@ import orjson
 
 from pyserve.datatypes import NUMPY_DTYPES, datatype_of
 from pyserve.errors import PyserveError, invalid
+from pyserve.protocol import kserve_large
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
@@ -79,14 +81,22 @@ def decode_request(body: bytes, header_length: int | str | None = None,
     is decoded, and raises PyserveError to refuse them (the model's checks: see
     :mod:`pyserve.service.input_check`).
     """
-    doc, binary = _split(body, header_length, "request")
+    doc = None
+    if header_length is None and len(body) >= kserve_large.LARGE_JSON_BYTES:
+        doc = kserve_large.parse(body)  # the inputs checked before their data is read
+    if doc is not None:
+        binary = None
+        from_json = functools.partial(kserve_large.array_from_json, fallback=_array_from_json)
+    else:
+        doc, binary = _split(body, header_length, "request")
+        from_json = _array_from_json
     inputs_doc, request_id, parameters = request_fields(doc, _json_type)
     if parameters:
         binary_default = parameters.get("binary_data_output")
         if binary_default is not None and type(binary_default) is not bool:
             # Checked like an output's binary_data: a string "false" must not mean true.
             raise invalid(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
-    inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input", check)
+    inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input", check, from_json)
     return InferRequest(
         inputs=inputs,
         id=request_id,
@@ -193,7 +203,8 @@ def _json_int(text: str) -> int | float:
 
 
 def _decode_tensors(
-    entries: list, binary: memoryview | None, what: str, check: InputCheck | None = None
+    entries: list, binary: memoryview | None, what: str, check: InputCheck | None = None,
+    from_json: Callable[..., np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Decode tensor entries; binary ones take their bytes from ``binary`` in order.
 
@@ -253,7 +264,7 @@ def _decode_tensors(
         if h.nbytes is not None:
             tensors[h.name] = array_from_raw(h.name, h.datatype, h.shape, h.count, source, what)
         else:
-            tensors[h.name] = _array_from_json(h.name, h.datatype, h.shape, h.count, source, what)
+            tensors[h.name] = (from_json or _array_from_json)(h.name, h.datatype, h.shape, h.count, source, what)
     return tensors, extra_parameters
 
 
