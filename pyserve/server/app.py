@@ -22,7 +22,7 @@ from pyserve.release.rollout import RolloutController, RolloutMetrics
 from pyserve.release.shadow import ShadowMetrics, ShadowMirror
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
-from pyserve.server.limits import TransportLimits, default_max_connections, raise_fd_limit
+from pyserve.server.limits import TransportLimits, default_max_connections, open_file_limit, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
 
 if TYPE_CHECKING:
@@ -130,6 +130,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         host_name, port = sock.getsockname()[:2]
         log.info("======== Running on http://%s:%s ========",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
+    fd_limit = open_file_limit()
+    log.info("open file limit %s: at most %d connections at once (--max-connections)",
+             fd_limit if fd_limit is not None else "unknown", server.limits.max_connections)
     await stop.wait()
     ticker.cancel()
     log.info("shutting down: finishing accepted requests (up to %.0f s)", settings.shutdown_timeout_s)
@@ -151,16 +154,12 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
 
 
 def transport_limits(settings: ServerSettings) -> TransportLimits:
-    """The HTTP transport's limits; without ``max_connections`` the open file limit is raised to its
-    hard limit and the cap sized from it (logged)."""
+    """The HTTP transport's limits. The open file limit is raised to its hard limit, and without
+    ``max_connections`` the cap is sized from it."""
+    fd_limit = raise_fd_limit()
     max_connections = settings.max_connections
     if max_connections is None:
-        fd_limit = raise_fd_limit()
         max_connections = default_max_connections(fd_limit)
-        log.info("open file limit %s: at most %d connections at once (--max-connections)",
-                 fd_limit if fd_limit is not None else "unknown", max_connections)
-    else:
-        raise_fd_limit()
     return TransportLimits(max_body_bytes=settings.max_body_bytes, header_timeout_s=settings.header_timeout_s,
                            body_timeout_s=settings.body_timeout_s, max_connections=max_connections)
 

@@ -54,6 +54,8 @@ def raise_fd_limit() -> int | None:
     if resource is None:
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
     if hard != resource.RLIM_INFINITY and soft >= hard:
         return soft
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
@@ -63,6 +65,14 @@ def raise_fd_limit() -> int | None:
         log.info("open file limit left at %d (raising it to %d failed: %s)", soft, target, e)
         return soft
     return target
+
+
+def open_file_limit() -> int | None:
+    """This process's soft limit of open files (None where there is none, or it is unlimited)."""
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def default_max_connections(fd_limit: int | None) -> int:
