@@ -142,6 +142,8 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("element data decoded before the inputs were checked")
 
+    # A small refused body is decoded afterwards for the error's hooks (the payload log): not here.
+    monkeypatch.setattr(handlers, "DECODE_REFUSED_MAX_BYTES", -1)
     monkeypatch.setattr(kserve, "_array_from_json", refuse)
     monkeypatch.setattr(kserve, "array_from_raw", refuse)
     monkeypatch.setattr(msgpack_codec, "array_from_raw", refuse)
@@ -152,7 +154,9 @@ REFUSALS = [  # (model, entries as (name, datatype, shape), the core's words)
     ("echo", [("x", "FP64", [1, 4])], "input 'x': expected datatype FP32, got FP64"),
     ("echo", [("x", "FP32", [9, 4])], "batch of 9 samples (its first dimension) exceeds max_batch_size 8"),
     ("echo", [("x", "FP32", [0, 4])], "the batch dimension must be at least 1, got 0"),
-    ("echo", [("y", "FP32", [1, 4])], "unexpected input 'y': the model's inputs are x"),
+    ("echo", [("y", "FP32", [1, 4])], "missing input 'x'"),
+    ("echo", [("x", "FP32", [1, 4]), ("y", "FP32", [1, 4])], "unexpected input 'y': the model's inputs are x"),
+    ("pair", [("b", "BYTES", [1, 1])], "missing input 'a'"),
     ("pair", [("a", "INT32", [2, 2]), ("b", "BYTES", [3, 1])], "input 'b': batch dimension 3 differs from input 'a' (2)"),
     ("text", [("s", "BYTES", [2])], "input 's': expected shape [-1, -1], got [2]"),
 ]

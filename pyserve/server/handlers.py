@@ -145,7 +145,11 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
         runner = service.runner(name, version)  # 404 / 503 before decoding
         if len(request.body) > DECODE_OFF_LOOP_BYTES:
             return _infer_decoded_off_loop(request, runner)
-        req, protocol = _decode_infer(request, service.input_check(runner))
+        try:
+            req, protocol = _decode_infer(request, service.input_check(runner))
+        except PyserveError:
+            req, ctx = _as_sent(request)  # for the error's hooks (the payload log): small bodies only
+            raise
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
         future, ctx, runner = _submit(request, runner, req, protocol)
     except Exception as e:
@@ -165,6 +169,22 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
 DECODE_OFF_LOOP_BYTES = 1 << 20
 DECODE_THREADS = 2  # large bodies decoded at once; more wait their turn (memory stays bounded)
 _decoders: ThreadPoolExecutor | None = None
+
+
+# A body the model's input check refused is decoded anyway up to this size, without the check, so
+# that the error's hooks (the payload log) see its id and inputs as sent; larger ones are not.
+DECODE_REFUSED_MAX_BYTES = 64 << 10
+
+
+def _as_sent(request: Request) -> tuple[InferRequest | None, CallContext | None]:
+    """The request as sent, and its context, when its body is small and decodes; else (None, None)."""
+    if len(request.body) > DECODE_REFUSED_MAX_BYTES:
+        return None, None
+    try:
+        req, protocol = _decode_infer(request)
+    except PyserveError:
+        return None, None
+    return req, CallContext(protocol, req.id)
 
 
 def _decoder_pool() -> ThreadPoolExecutor:

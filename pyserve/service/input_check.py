@@ -22,11 +22,10 @@ def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
 class InputCheck:
     """The checks of one model config's inputs; call it with a request's tensor headers.
 
-    Raises INVALID_ARGUMENT naming the input: an input the model does not have; a datatype, rank or
-    fixed dimension that differs from the config (-1 matches any size); for a model that batches,
-    a first dimension outside 1..max_batch_size or differing between inputs; raw data too short
-    for the shape (fewer than 4 bytes per BYTES element, or not itemsize bytes per element).
-    Missing inputs are left to the core, which names them.
+    Raises INVALID_ARGUMENT naming the input: an input missing (unless optional); an input the model
+    does not have; a datatype, rank or fixed dimension that differs from the config (-1 matches any size); for a model that batches,
+    a first dimension outside 1..max_batch_size or differing between inputs; raw data of another size
+    than the shape's (fewer than 4 bytes per BYTES element, or not itemsize bytes per element).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -37,13 +36,19 @@ class InputCheck:
         self._auto_batch = "max_batch_size" in config.auto_completed
 
     def __call__(self, headers: list[TensorHeader]) -> None:
+        # In the core's order: missing inputs, then unknown ones, then each input's own checks.
+        given = {h.name for h in headers}
+        for name, spec in self._specs.items():
+            if name not in given and not spec.optional:
+                raise invalid(f"missing input '{name}'")
+        for h in headers:
+            if h.name not in self._specs:
+                raise invalid(f"unexpected input '{h.name}': the model's inputs are {self._names}")
         batch_size = None
         first = ""
         for h in headers:
-            spec = self._specs.get(h.name)
+            spec = self._specs[h.name]
             who = f"input '{h.name}'"
-            if spec is None:
-                raise invalid(f"unexpected input '{h.name}': the model's inputs are {self._names}")
             if h.datatype != spec.datatype:
                 raise invalid(f"{who}: expected datatype {spec.datatype}, got {h.datatype}")
             expected = (-1, *spec.shape) if self._batching else tuple(spec.shape)
@@ -54,11 +59,14 @@ class InputCheck:
                     batch_size, first = h.shape[0], h.name
                 elif h.shape[0] != batch_size:
                     raise invalid(f"{who}: batch dimension {h.shape[0]} differs from input '{first}' ({batch_size})")
-            if h.nbytes is not None:
-                element = 4 if h.datatype == "BYTES" else NUMPY_DTYPES[h.datatype].itemsize
-                if h.count * element > h.nbytes:
-                    raise invalid(f"{who}: shape {_shape_text(h.shape)} holds more elements than the "
-                                  f"{h.nbytes} bytes given")
+            if h.nbytes is not None:  # the decoders' words (pyserve.protocol.array_from_raw)
+                if h.datatype == "BYTES":
+                    if h.count * 4 > h.nbytes:
+                        raise invalid(f"{who}: expected at least {h.count * 4} bytes of BYTES data for shape "
+                                      f"{list(h.shape)} ({h.count} elements), got {h.nbytes}")
+                elif h.count * NUMPY_DTYPES[h.datatype].itemsize != h.nbytes:
+                    raise invalid(f"{who}: expected {h.count * NUMPY_DTYPES[h.datatype].itemsize} bytes for "
+                                  f"{h.datatype} shape {list(h.shape)}, got {h.nbytes}")
         if batch_size is not None:
             if batch_size < 1:
                 raise invalid(f"the batch dimension must be at least 1, got {batch_size}")
