@@ -150,8 +150,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
                         ">= 0 (default 30)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
+    _add_client_limit_flags(p)
     _add_payload_log_flags(p)
     _add_dashboard_flags(p)
+    _add_security_flags(p)
     p.set_defaults(func=_serve)
 
 
@@ -165,8 +167,6 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
                         "the dashboard's resolution and refresh period")
     g.add_argument("--dashboard-history-s", type=positive_number, default=3600.0, metavar="S",
                    help="keep this many seconds of snapshots, >= --dashboard-interval-s (default 3600)")
-    _add_security_flags(p)
-    p.set_defaults(func=_serve)
 
 
 def _add_security_flags(p: argparse.ArgumentParser) -> None:
@@ -220,6 +220,20 @@ def _security_settings(args: argparse.Namespace) -> tuple[AccessSettings, TlsSet
         raise invalid("--tls-client-auth needs --tls-client-ca (the CA of the client certificates)")
     client_auth = (args.tls_client_auth or "required") if args.tls_client_ca is not None else "none"
     return access, TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca, client_auth)
+
+
+def _add_client_limit_flags(p: argparse.ArgumentParser) -> None:
+    """What a slow or hostile client may cost the server (pyserve.server.limits)."""
+    g = p.add_argument_group("slow and hostile clients (README: hostile clients)")
+    g.add_argument("--header-timeout-s", type=positive_number, default=30.0, metavar="S",
+                   help="a request's line and headers must arrive within this, > 0 (default 30; 408 after)")
+    g.add_argument("--body-timeout-s", type=seconds, default=60.0, metavar="S",
+                   help="a request's body must arrive within this of its headers, >= 0 "
+                        "(default 60; 408 after; 0 = no deadline)")
+    g.add_argument("--max-connections", type=int_at_least(1), default=None, metavar="N",
+                   help="connections open at once; more are closed as soon as accepted, >= 1 (default: "
+                        "the open file limit, raised to its hard limit at start, less a quarter of it "
+                        "up to 1024)")
 
 
 def _add_payload_log_flags(p: argparse.ArgumentParser) -> None:
@@ -355,6 +369,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_body_bytes=args.max_body_bytes,
+        header_timeout_s=args.header_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
         strict_readiness=not args.no_strict_readiness,
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,

@@ -7,6 +7,7 @@ bytes, in row-major order.
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -82,8 +83,9 @@ def serialize_bytes(values: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(buf: bytes | memoryview, shape: tuple[int, ...], name: str = "") -> np.ndarray:
-    """Parse the wire form of a BYTES tensor of ``shape``; INVALID_ARGUMENT when it does not match."""
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    """Parse the wire form of a BYTES tensor of ``shape``; INVALID_ARGUMENT when it does not match,
+    ValueError when numpy cannot make an array of ``shape`` at all (e.g. ``[0, 2**62]``)."""
+    count = math.prod(shape)  # Python ints: no int64 overflow for absurd shapes
     mv = memoryview(buf).cast("B")
     out = np.empty(count, dtype=object)
     pos, end = 0, len(mv)

@@ -7,6 +7,7 @@ microseconds; Prometheus convention is seconds, so durations are exported in sec
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -81,6 +82,30 @@ class CoreCollector(Collector):
             for family in histograms[name]:
                 merged.samples.extend(family.samples)
             yield merged
+
+
+class TransportCollector(Collector):
+    """The HTTP transport's connections and the requests it answered 408, read from ``server`` (a
+    :class:`pyserve.server.http.HttpServer`) at scrape time."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def collect(self):  # type: ignore[override]
+        server = self._server
+        yield GaugeMetricFamily("pyserve_http_connections", "HTTP connections open now.",
+                                value=len(server.connections))
+        yield GaugeMetricFamily("pyserve_http_max_connections", "The cap on open HTTP connections "
+                                "(--max-connections).", value=server.limits.max_connections)
+        yield CounterMetricFamily("pyserve_http_connections_refused", "HTTP connections closed as soon as they "
+                                  "were accepted, for being over --max-connections.",
+                                  value=server.connections_refused)
+        timeouts = CounterMetricFamily("pyserve_http_request_timeouts", "Requests answered 408 because their "
+                                       "headers (phase header) or body (phase body) did not arrive in time.",
+                                       labels=["phase"])
+        timeouts.add_metric(["header"], server.header_timeouts)
+        timeouts.add_metric(["body"], server.body_timeouts)
+        yield timeouts
 
 
 def make_registry(runners: Callable[[], Iterable[ModelRunner]]) -> tuple[CollectorRegistry, Counter]:

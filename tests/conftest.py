@@ -198,11 +198,12 @@ class Server:
 
 
 def start_server(args: Sequence[str], log_dir: Path, *, env: dict[str, str] | None = None,
-                 wait_ready: bool = True) -> Server:
+                 wait_ready: bool = True, preexec_fn: Any = None) -> Server:
     """Run ``python -m pyserve serve *args --port P`` and wait until it listens (and is ready).
 
     Models load before the listener opens, so once /v2/health/live answers, startup is over;
-    ``wait_ready`` then also requires /v2/health/ready to be 200.
+    ``wait_ready`` then also requires /v2/health/ready to be 200. ``preexec_fn`` runs in the
+    server's process before it starts (e.g. to lower its resource limits).
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -212,7 +213,8 @@ def start_server(args: Sequence[str], log_dir: Path, *, env: dict[str, str] | No
         cmd = [sys.executable, "-m", "pyserve", "serve", *args, "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "info"]
         with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env,
+                                    preexec_fn=preexec_fn)
         server = Server(proc, f"http://127.0.0.1:{port}", port, log_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         # Polling: a subprocess gives no event to await for "listening"; 20 ms steps cost nothing.

@@ -304,7 +304,12 @@ def test_bad_input_is_400_naming_the_problem(server: Server, case: str) -> None:
 
 
 def test_bytes_and_identity_shape_errors_name_the_tensor(server: Server) -> None:
-    bad = {"inputs": [{"name": "in_bytes", "datatype": "BYTES", "shape": [1, 1], "data": [3]}]}
+    # Every input given (the model's checks come before the data's), the BYTES one with a number.
+    body, _ = encode("json", datatype_samples("json"))
+    bad = json.loads(body)
+    for entry in bad["inputs"]:
+        if entry["name"] == "in_bytes":
+            entry["data"] = [3] * len(entry["data"])
     resp = requests.post(server.url + "/v2/models/alltypes/infer", json=bad, timeout=10)
     assert resp.status_code == 400 and "'in_bytes'" in resp.json()["error"]
     # Inputs of one request must agree on the batch size.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from pyserve.errors import PyserveError, invalid
 __all__ = [
     "InferRequest",
     "InferResponse",
+    "InputCheck",
     "RequestedOutput",
+    "TensorHeader",
     "array_from_raw",
     "check_entry",
     "check_shape",
@@ -65,6 +67,22 @@ class InferResponse:
     outputs: dict[str, np.ndarray]
     id: str | None = None
     parameters: dict[str, Any] | None = None
+
+
+class TensorHeader(NamedTuple):
+    """What a request says of one tensor before its data is decoded: ``count`` is the element count
+    of ``shape``; ``nbytes`` the size of its raw data (binary extension, msgpack), None for JSON
+    ``data`` (whose size follows from the shape)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    count: int
+    nbytes: int | None
+
+
+# Given every input's header before any element data is decoded; raises PyserveError to refuse.
+InputCheck = Callable[[list[TensorHeader]], None]
 
 
 def request_fields(doc: dict, type_name: Callable[[Any], str]) -> tuple[list, str | None, dict]:
@@ -114,14 +132,23 @@ def check_entry(
     return name, datatype, shape, count
 
 
+MAX_DIM = 2**63 - 1  # a tensor dimension is an int64, in numpy, in the core and in Triton
+
+
 def check_shape(shape: Any, name: str, what: str = "input") -> tuple[tuple[int, ...], int]:
     """Validate a wire shape (a list of non-negative ints); returns it as a tuple and its element count."""
     if type(shape) is not list:
         raise invalid(f"{what} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
     for d in shape:
         # bool is an int subclass: refuse it, a shape of [true] is a client bug.
+        if type(d) is float and d.is_integer() and d > MAX_DIM:
+            # A JSON integer beyond 64 bits, which the JSON parser read as a float.
+            raise invalid(f"{what} {name!r}: shape dimension {d:.0f} is beyond the largest tensor dimension, "
+                          f"{MAX_DIM}")
         if type(d) is not int or d < 0:
-            raise invalid(f"{what} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r}")
+            raise invalid(f"{what} {name!r}: 'shape' must be a list of non-negative integers, got {shape!r:.200}")
+        if d > MAX_DIM:
+            raise invalid(f"{what} {name!r}: shape dimension {d} is beyond the largest tensor dimension, {MAX_DIM}")
     # Python ints: no overflow however large the dims.
     return tuple(shape), math.prod(shape)
 
@@ -144,7 +171,10 @@ def array_from_raw(
                 f"{what} {name!r}: expected at least {count * 4} bytes of BYTES data for shape "
                 f"{list(shape)} ({count} elements), got {nbytes}"
             )
-        return deserialize_bytes(buf, shape, name)
+        try:
+            return deserialize_bytes(buf, shape, name)
+        except ValueError as e:  # a zero-size shape whose other dims numpy cannot hold: [0, 2**62]
+            raise invalid(f"{what} {name!r}: cannot make a tensor of shape {list(shape)}: {e}") from None
     expected = count * dtype.itemsize
     if expected != nbytes:
         raise invalid(

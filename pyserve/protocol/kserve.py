@@ -16,10 +16,11 @@ an array with a non-finite value is written as pre-serialized text with those to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import numpy as np
@@ -27,10 +28,13 @@ import orjson
 
 from pyserve.datatypes import NUMPY_DTYPES, datatype_of
 from pyserve.errors import PyserveError, invalid
+from pyserve.protocol import kserve_large
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
+    InputCheck,
     RequestedOutput,
+    TensorHeader,
     array_from_raw,
     check_entry,
     raw_bytes,
@@ -67,20 +71,32 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # ---------------------------------------------------------------------------------------- decoding
 
 
-def decode_request(body: bytes, header_length: int | str | None = None) -> InferRequest:
+def decode_request(body: bytes, header_length: int | str | None = None,
+                   check: InputCheck | None = None) -> InferRequest:
     """Decode an infer request body; ``header_length`` is the Inference-Header-Content-Length value.
 
     JSON ``data`` of FP16/FP32/FP64 tensors may hold the tokens NaN, Infinity and -Infinity; in other
     datatypes they are INVALID_ARGUMENT, and so is a finite number too large for the datatype.
+    ``check`` is given the inputs' headers (name, datatype, shape, byte size) before any element data
+    is decoded, and raises PyserveError to refuse them (the model's checks: see
+    :mod:`pyserve.service.input_check`).
     """
-    doc, binary = _split(body, header_length, "request")
+    doc = None
+    if header_length is None and len(body) >= kserve_large.LARGE_JSON_BYTES:
+        doc = kserve_large.parse(body)  # the inputs checked before their data is read
+    if doc is not None:
+        binary = None
+        from_json = functools.partial(kserve_large.array_from_json, fallback=_array_from_json)
+    else:
+        doc, binary = _split(body, header_length, "request")
+        from_json = _array_from_json
     inputs_doc, request_id, parameters = request_fields(doc, _json_type)
     if parameters:
         binary_default = parameters.get("binary_data_output")
         if binary_default is not None and type(binary_default) is not bool:
             # Checked like an output's binary_data: a string "false" must not mean true.
             raise invalid(f"parameters.binary_data_output must be true or false, got {binary_default!r}")
-    inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input")
+    inputs, input_parameters = _decode_tensors(inputs_doc, binary, "input", check, from_json)
     return InferRequest(
         inputs=inputs,
         id=request_id,
@@ -187,14 +203,21 @@ def _json_int(text: str) -> int | float:
 
 
 def _decode_tensors(
-    entries: list, binary: memoryview | None, what: str
+    entries: list, binary: memoryview | None, what: str, check: InputCheck | None = None,
+    from_json: Callable[..., np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """Decode tensor entries; binary ones take their bytes from ``binary`` in order."""
-    tensors: dict[str, np.ndarray] = {}
+    """Decode tensor entries; binary ones take their bytes from ``binary`` in order.
+
+    Every entry's name, datatype, shape and byte size are read and given to ``check`` first; element
+    data is decoded only once all of them passed."""
+    headers: list[TensorHeader] = []
+    sources: list[Any] = []  # per entry: its binary bytes, or its JSON data
     extra_parameters: dict[str, dict] = {}
+    seen: set[str] = set()
     offset = 0
     for i, entry in enumerate(entries):
-        name, datatype, shape, count = check_entry(entry, i, tensors, what, _json_type)
+        name, datatype, shape, count = check_entry(entry, i, seen, what, _json_type)
+        seen.add(name)
         size = None
         params = entry.get("parameters")
         if params is not None:
@@ -221,18 +244,27 @@ def _decode_tensors(
                     f"{what} {name!r}: binary_data_size {size} but only {len(binary) - offset} bytes "
                     f"of binary data are left"
                 )
-            tensors[name] = array_from_raw(name, datatype, shape, count, binary[offset:end], what)
+            sources.append(binary[offset:end])
             offset = end
         else:
             data = entry.get("data")
             if data is None:
                 raise invalid(f"{what} {name!r} has no 'data' and no binary_data_size parameter")
-            tensors[name] = _array_from_json(name, datatype, shape, count, data, what)
+            sources.append(data)
+        headers.append(TensorHeader(name, datatype, shape, count, size))
     if binary is not None and offset != len(binary):
         raise invalid(
             f"{len(binary) - offset} bytes of binary data left over: the {what}s' binary_data_size "
             f"add up to {offset}, the body has {len(binary)} after the JSON"
         )
+    if check is not None:
+        check(headers)
+    tensors: dict[str, np.ndarray] = {}
+    for h, source in zip(headers, sources):
+        if h.nbytes is not None:
+            tensors[h.name] = array_from_raw(h.name, h.datatype, h.shape, h.count, source, what)
+        else:
+            tensors[h.name] = (from_json or _array_from_json)(h.name, h.datatype, h.shape, h.count, source, what)
     return tensors, extra_parameters
 
 

@@ -23,7 +23,9 @@ from pyserve.errors import invalid
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
+    InputCheck,
     RequestedOutput,
+    TensorHeader,
     array_from_raw,
     check_entry,
     raw_bytes,
@@ -38,11 +40,13 @@ CONTENT_TYPE = "application/msgpack"
 _MAX_STR_LEN = 1 << 20
 
 
-def decode_request(body: bytes) -> InferRequest:
-    """Decode a msgpack infer request; tensors are zero-copy views of the unpacked ``bin`` data."""
+def decode_request(body: bytes, check: InputCheck | None = None) -> InferRequest:
+    """Decode a msgpack infer request; tensors are zero-copy views of the unpacked ``bin`` data.
+    ``check`` is given the inputs' headers before any tensor is decoded (as in
+    :func:`pyserve.protocol.kserve.decode_request`)."""
     doc = _unpack(body, "request")
     inputs_doc, request_id, parameters = request_fields(doc, _msgpack_type)
-    inputs, input_parameters = _decode_tensors(inputs_doc, "input")
+    inputs, input_parameters = _decode_tensors(inputs_doc, "input", check)
     return InferRequest(
         inputs=inputs,
         id=request_id,
@@ -131,24 +135,35 @@ def _msgpack_type(value: Any) -> str:
     return "a map" if type(value) is dict else type(value).__name__
 
 
-def _decode_tensors(entries: list, what: str) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    tensors: dict[str, np.ndarray] = {}
+def _decode_tensors(
+    entries: list, what: str, check: InputCheck | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """Decode tensor entries; every header goes to ``check`` before any data is decoded."""
+    headers: list[TensorHeader] = []
+    datas: list[bytes] = []
     extra_parameters: dict[str, dict] = {}
+    seen: set[str] = set()
     for i, entry in enumerate(entries):
-        name, datatype, shape, count = check_entry(entry, i, tensors, what, _msgpack_type)
+        name, datatype, shape, count = check_entry(entry, i, seen, what, _msgpack_type)
+        seen.add(name)
         data = entry.get("data")
         if type(data) is not bytes:
             raise invalid(
                 f"{what} {name!r}: 'data' must be the raw little-endian bytes of the tensor "
                 f"(msgpack bin), got {type(data).__name__}"
             )
-        tensors[name] = array_from_raw(name, datatype, shape, count, data, what)
         params = entry.get("parameters")
         if params is not None:
             if type(params) is not dict:
                 raise invalid(f"{what} {name!r}: 'parameters' must be a map, got {type(params).__name__}")
             if params:
                 extra_parameters[name] = params
+        headers.append(TensorHeader(name, datatype, shape, count, len(data)))
+        datas.append(data)
+    if check is not None:
+        check(headers)
+    tensors = {h.name: array_from_raw(h.name, h.datatype, h.shape, h.count, data, what)
+               for h, data in zip(headers, datas)}
     return tensors, extra_parameters
 
 

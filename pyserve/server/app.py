@@ -38,6 +38,7 @@ from pyserve.security.audit import DEFAULT_FILE as DEFAULT_AUDIT_FILE
 from pyserve.security.reload import POLL_INTERVAL_S
 from pyserve.server import handlers
 from pyserve.server.http import HttpServer
+from pyserve.server.limits import TransportLimits, default_max_connections, open_file_limit, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 64 << 20
+    header_timeout_s: float = 30.0  # a request's line and headers must arrive within this (408)
+    body_timeout_s: float = 60.0  # its body within this of the headers' end (408; 0: no deadline)
+    max_connections: int | None = None  # None: from the open file limit (pyserve.server.limits)
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
@@ -139,8 +143,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift,
                                   hide_inputs=access.required(Scope.CONTROL))
     router = handlers.make_router(access, audit)
-    server = HttpServer(app, router, settings.max_body_bytes,
+    server = HttpServer(app, router, transport_limits(settings),
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    registry.register(metrics.TransportCollector(server))
     reloads: list[tuple[list[Path], Callable[[], object]]] = [(settings.access.files, access.reload)]
     if tls is not None:
         reloads.append((tls.settings.files, tls.reload))
@@ -192,6 +197,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         log.info("======== Running on %s://%s:%s ========", "https" if tls is not None else "http",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
     _say_what_is_protected(settings, access, tls, audit)
+    fd_limit = open_file_limit()
+    log.info("open file limit %s: at most %d connections at once (--max-connections)",
+             fd_limit if fd_limit is not None else "unknown", server.limits.max_connections)
     await stop.wait()
     watcher.close()
     ticker.cancel()
@@ -266,6 +274,17 @@ def _say_what_is_protected(settings: ServerSettings, access: AccessControl, tls:
                  f"; client certificates {tls.settings.client_auth} (CA {tls.settings.client_ca})"
                  if tls.settings.client_auth != "none" else "")
     log.info("management audit log: %s", audit.path if audit.path is not None else "the pyserve.audit logger only")
+
+
+def transport_limits(settings: ServerSettings) -> TransportLimits:
+    """The HTTP transport's limits. The open file limit is raised to its hard limit, and without
+    ``max_connections`` the cap is sized from it."""
+    fd_limit = raise_fd_limit()
+    max_connections = settings.max_connections
+    if max_connections is None:
+        max_connections = default_max_connections(fd_limit)
+    return TransportLimits(max_body_bytes=settings.max_body_bytes, header_timeout_s=settings.header_timeout_s,
+                           body_timeout_s=settings.body_timeout_s, max_connections=max_connections)
 
 
 def _model_config(host: ModelHost, name: str) -> ModelConfig | None:

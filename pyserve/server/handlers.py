@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import logging
 import urllib.parse
+from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ import orjson
 import pyserve
 from pyserve import metrics
 from pyserve.errors import PyserveError, internal, invalid, not_found
-from pyserve.protocol import InferRequest, kserve, msgpack_codec, triton_config, triton_stats
+from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.security import AccessControl, AccessSettings, ManagementAudit, Scope
 from pyserve.server import dashboard
@@ -135,20 +137,26 @@ def model_stats(request: Request) -> Response:
 
 
 # -- inference --------------------------------------------------------------------------------
-def infer(request: Request) -> Response | Deferred:
-    """Decodes, submits to the service, and answers once the model has run (a Deferred until then)."""
+def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
+    """Decodes, submits to the service, and answers once the model has run (a Deferred until then).
+
+    A body over :data:`DECODE_OFF_LOOP_BYTES` is decoded on a decoder thread, so that decoding it
+    does not hold up the event loop's other clients."""
     service = _service(request)
     name = request.match_info["model"]
     version = request.match_info.get("version")
     runner = req = ctx = None
     try:
         runner = service.runner(name, version)  # 404 / 503 before decoding
-        req, protocol = _decode_infer(request)
+        if len(request.body) > DECODE_OFF_LOOP_BYTES:
+            return _infer_decoded_off_loop(request, runner)
+        try:
+            req, protocol = _decode_infer(request, service.input_check(runner))
+        except PyserveError:
+            req, ctx = _as_sent(request)  # for the error's hooks (the payload log): small bodies only
+            raise
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
-        header = service.routing_header(name)
-        ctx = CallContext(protocol, req.id, request.headers.get(header) if header else None)
-        runner = service.route(name, version, ctx, runner)  # the version that serves: the split
-        future = service.submit(runner, req, ctx)
+        future, ctx, runner = _submit(request, runner, req, protocol)
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)
 
@@ -159,6 +167,70 @@ def infer(request: Request) -> Response | Deferred:
             return _infer_failed(request, e, ctx, runner, req)
 
     return Deferred(future, finish)
+
+
+# Bodies over this size are decoded on a decoder thread: a JSON body of a few MiB takes
+# milliseconds to parse, and the loop's other clients would wait that long.
+DECODE_OFF_LOOP_BYTES = 1 << 20
+DECODE_THREADS = 2  # large bodies decoded at once; more wait their turn (memory stays bounded)
+_decoders: ThreadPoolExecutor | None = None
+
+
+# A body the model's input check refused is decoded anyway up to this size, without the check, so
+# that the error's hooks (the payload log) see its id and inputs as sent; larger ones are not.
+DECODE_REFUSED_MAX_BYTES = 64 << 10
+
+
+def _as_sent(request: Request) -> tuple[InferRequest | None, CallContext | None]:
+    """The request as sent, and its context, when its body is small and decodes; else (None, None)."""
+    if len(request.body) > DECODE_REFUSED_MAX_BYTES:
+        return None, None
+    try:
+        req, protocol = _decode_infer(request)
+    except PyserveError:
+        return None, None
+    return req, CallContext(protocol, req.id)
+
+
+def _decoder_pool() -> ThreadPoolExecutor:
+    global _decoders
+    if _decoders is None:
+        _decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="pyserve-decode")
+    return _decoders
+
+
+def _submit(request: Request, runner: Any, req: InferRequest, protocol: str) -> tuple[asyncio.Future,
+                                                                                      CallContext, Any]:
+    """Routes a decoded request (the weighted split) and queues it; returns its future, its context
+    and the runner that serves it."""
+    service = _service(request)
+    name = request.match_info["model"]
+    header = service.routing_header(name)
+    ctx = CallContext(protocol, req.id, request.headers.get(header) if header else None)
+    runner = service.route(name, request.match_info.get("version"), ctx, runner)  # the split
+    return service.submit(runner, req, ctx), ctx, runner
+
+
+async def _infer_decoded_off_loop(request: Request, runner: Any) -> Response:
+    """:func:`infer` for a large body: decoded on a decoder thread, the inputs checked against
+    ``runner``'s model (what :meth:`InferenceService.runner` resolved) before their data is."""
+    service = _service(request)
+    req = ctx = None
+    try:
+        check = service.input_check(runner)
+        req, protocol = await asyncio.get_running_loop().run_in_executor(_decoder_pool(), _decode_infer,
+                                                                         request, check)
+        request.body = b""
+        future, ctx, runner = _submit(request, runner, req, protocol)
+        try:
+            await future  # a client that hangs up cancels this task, and so the request
+        except PyserveError:
+            pass  # complete() raises it
+        return _encode_infer(req, service.complete(runner, req, ctx, future), protocol)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        return _infer_failed(request, e, ctx, runner, req)
 
 
 def _infer_failed(request: Request, e: Exception, ctx: CallContext | None, runner: Any,
@@ -175,16 +247,17 @@ def _infer_failed(request: Request, e: Exception, ctx: CallContext | None, runne
     return response
 
 
-def _decode_infer(request: Request) -> tuple[InferRequest, str]:
-    """The request and its wire form ("http+msgpack", "http+binary" or "http+json")."""
+def _decode_infer(request: Request, check: InputCheck | None = None) -> tuple[InferRequest, str]:
+    """The request and its wire form ("http+msgpack", "http+binary" or "http+json"); ``check`` is
+    given the inputs' headers before their data is decoded."""
     content_type = request.content_type
     if content_type == MSGPACK:
-        return msgpack_codec.decode_request(request.body), "http+msgpack"
+        return msgpack_codec.decode_request(request.body, check), "http+msgpack"
     header_length = request.headers.get("inference-header-content-length")
     if header_length is None and content_type == SAGEMAKER_BINARY:
         # Triton's form for clients that cannot set headers: the length rides in the content type.
         header_length = request.content_type_param("json-header-size")
-    req = kserve.decode_request(request.body, header_length)
+    req = kserve.decode_request(request.body, header_length, check)
     return req, "http+json" if header_length is None else "http+binary"
 
 

@@ -11,6 +11,10 @@ What HTTP/1.1 asks of a server is here: keep-alive, pipelining (answers in reque
 body and header size limits, idle connections closed, flow control both ways. A client that hangs
 up cancels what it had in flight. Shutdown stops accepting, lets every connection finish what it
 has begun, then closes them.
+
+What a slow or hostile client may cost is bounded (:mod:`pyserve.server.limits`): a request's headers,
+then its body, must arrive within their deadlines (408 and the connection closed otherwise), and a
+connection over the cap is closed as soon as it is accepted, before anything is read from it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Deferred, Request, Response, error_response, internal_error
 from pyserve.server.router import Router
 
@@ -35,9 +40,7 @@ log = logging.getLogger("pyserve.server")
 
 MAX_HEADER_BYTES = 64 << 10  # request line and headers; more is 431
 MAX_PIPELINED = 64  # answers a connection may owe before the server stops reading from it
-IDLE_TIMEOUT_S = 75.0  # a connection that sends nothing for this long, owing nothing, is closed
-HEADER_TIMEOUT_S = 30.0  # a request's line and headers must arrive within this (slow clients)
-SWEEP_INTERVAL_S = 1.0
+SWEEP_INTERVAL_S = 1.0  # how often deadlines are checked: they are met to within this
 TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never completes its TLS handshake
 # A TLS connection being closed waits this long for the client's close_notify: not asyncio's 30 s,
 # which a client that never answers would make every shutdown wait.
@@ -65,13 +68,19 @@ def _split_url(url: bytes) -> tuple[str, str]:
 class HttpServer:
     """Listens and serves ``router``'s handlers; one :class:`Connection` per client."""
 
-    def __init__(self, app: Any, router: Router, max_body_bytes: int,
+    def __init__(self, app: Any, router: Router, limits: TransportLimits,
                  on_refused: Callable[[str, str, int], None] | None = None) -> None:
         self.app = app
         self.router = router
         # Told (method, path, status) of each request refused before its handler ran (413, 431...).
         self.on_refused = on_refused
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
+        self.max_body_bytes = limits.max_body_bytes
+        # Counters for /metrics (pyserve.metrics.TransportCollector): connections closed at once
+        # for being over the cap; requests answered 408 for headers or a body that came too slowly.
+        self.connections_refused = 0
+        self.header_timeouts = 0
+        self.body_timeouts = 0
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self.closing = False
@@ -173,6 +182,7 @@ class Connection(asyncio.Protocol):
         self.in_head = True  # between requests or reading one's request line and headers
         self.head_bytes = 0  # bytes received while in_head: bounds what the parser buffers
         self.message_started = server.now
+        self.body_started = server.now  # when this request's headers ended: its body's deadline runs
         self.closing = False  # no more requests are read; close once every answer is written
         self.reading_paused = False
         self.writing_paused = False
@@ -191,6 +201,14 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            # Over the cap: closed before anything is read or parsed (the client sees the
+            # connection end at once, and may retry). Never added, so connection_lost's forget()
+            # finds nothing.
+            server.connections_refused += 1
+            transport.abort()
+            return
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
@@ -297,6 +315,7 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.head_bytes = 0
+        self.body_started = self.server.now
         if self._refused:
             return
         if self._head_size > MAX_HEADER_BYTES:
@@ -552,21 +571,39 @@ class Connection(asyncio.Protocol):
             self._close_after_writes()
 
     def sweep(self, now: float) -> None:
-        """Closes the connection if it is idle too long, or too slow sending a request's headers."""
+        """Closes the connection if it is idle too long; answers 408 and closes it if a request's
+        headers, or its body, take longer to arrive than their deadline."""
         if self.pending or self.transport is None:
             return
         buffered = self.transport.get_write_buffer_size()
         if buffered != self._swept_buffered:  # the client reads, however slowly: not idle
             self._swept_buffered = buffered
             self.last_active = now
-        if self.last_active < now - IDLE_TIMEOUT_S or (
-                # Not while the server itself has stopped reading (the client does not read).
-                self.in_message and self.in_head and not self.reading_paused
-                and self.message_started < now - HEADER_TIMEOUT_S):
+        limits = self.server.limits
+        # Not while the server itself has stopped reading (the client does not read its answers),
+        # nor once the connection is ending (a 408 or a refusal was written already).
+        if self.in_message and not self.reading_paused and not self.closing and not self._refused:
+            if self.in_head and self.message_started < now - limits.header_timeout_s:
+                self.server.header_timeouts += 1
+                self._timed_out(f"request line and headers not received within {limits.header_timeout_s:g} s")
+                return
+            if (not self.in_head and limits.body_timeout_s > 0
+                    and self.body_started < now - limits.body_timeout_s):
+                self.server.body_timeouts += 1
+                self._timed_out(f"request body not received within {limits.body_timeout_s:g} s")
+                return
+        if self.last_active < now - limits.idle_timeout_s:
             if buffered:
                 self.transport.abort()  # it does not read what it was sent: close() would wait forever
             else:
                 self._close_after_writes()
+
+    def _timed_out(self, message: str) -> None:
+        """Answers 408 to the request still arriving, and ends the connection (RFC 9110 15.5.9)."""
+        if self.transport is not None and self.transport.get_write_buffer_size():
+            self.transport.abort()  # it does not read what it was sent: a 408 would wait forever
+            return
+        self._refuse(408, message)
 
     def abort(self) -> None:
         """Drops the connection at once (what is owed is lost: only after the shutdown timeout)."""

@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from pyserve.repository import version_number
 from pyserve.runtime import ModelRunner
 from pyserve.service.context import CallContext
 from pyserve.service.hooks import InferHooks
+from pyserve.service.input_check import InputCheck
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -82,6 +84,10 @@ def _full_shapes(specs: Iterable[TensorSpec], batching: bool) -> tuple[TensorSpe
 def _parameter(params: dict, key: str, maximum: int) -> int:
     """The integer request parameter ``key`` (0 when absent), within 0..``maximum``."""
     value = params.get(key, 0)
+    if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+        # A JSON integer beyond 64 bits, which the JSON parser read as a float: say what it was.
+        raise invalid(f"parameters.{key}: expected an integer from 0 to {maximum}, got {value:.0f}, "
+                      "beyond the 64-bit integers")
     if type(value) is not int or not 0 <= value <= maximum:
         raise invalid(f"parameters.{key}: expected an integer from 0 to {maximum}, got {value!r}")
     return value
@@ -103,8 +109,18 @@ class InferenceService:
         self._before: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
         self._after: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
         self._on_error: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
+        self._input_checks: weakref.WeakKeyDictionary[ModelRunner, InputCheck] = weakref.WeakKeyDictionary()
         for h in hooks:
             self.add_hooks(h)
+
+    def input_check(self, runner: ModelRunner) -> InputCheck:
+        """The check of ``runner``'s inputs that a transport gives its decoder, so that a request the
+        model refuses is refused from its tensors' headers, before their data is decoded
+        (:mod:`pyserve.service.input_check`)."""
+        check = self._input_checks.get(runner)
+        if check is None:
+            check = self._input_checks[runner] = InputCheck(runner.config)
+        return check
 
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""

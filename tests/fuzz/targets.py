@@ -1,0 +1,157 @@
+"""Fuzz targets (atheris, libFuzzer's engine for Python): every request decoder, and the HTTP request
+path from raw bytes to the answers written. Each target takes one input's bytes; anything raised
+other than pyserve's own :class:`~pyserve.errors.PyserveError` is a finding, and so is an answer the
+HTTP path writes that is not a well-formed response, or a 500 (a server fault).
+
+    python tests/fuzz/run.py json -max_total_time=600      # longer runs: see run.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from pyserve.config import TensorSpec
+from pyserve.errors import PyserveError
+from pyserve.protocol import kserve, kserve_large, msgpack_codec
+from pyserve.server.http import Connection, HttpServer
+from pyserve.server.limits import TransportLimits
+from pyserve.server.messages import Request, Response, error_response
+from pyserve.server.router import Router
+from pyserve.service.input_check import InputCheck
+
+# A model as the decoders' checks see it: x FP32 [-1, 4] and s BYTES [-1, -1], batching up to 8.
+CHECK = InputCheck(SimpleNamespace(  # type: ignore[arg-type]
+    inputs=(TensorSpec("x", "FP32", (4,)), TensorSpec("s", "BYTES", (-1,))), max_batch_size=8,
+    auto_completed=()))
+
+
+def _decoded(decode: Callable[[], Any]) -> None:
+    try:
+        decode()
+    except PyserveError:
+        pass  # the decoders' one way to refuse a body
+
+
+def fuzz_json(data: bytes) -> None:
+    """KServe JSON bodies, with and without the model's checks."""
+    _decoded(lambda: kserve.decode_request(data))
+    _decoded(lambda: kserve.decode_request(data, None, CHECK))
+
+
+def fuzz_json_large(data: bytes) -> None:
+    """KServe JSON bodies through the simdjson path of large bodies (its threshold lowered to 0)."""
+    old = kserve_large.LARGE_JSON_BYTES
+    kserve_large.LARGE_JSON_BYTES = 0
+    try:
+        _decoded(lambda: kserve.decode_request(data, None, CHECK))
+    finally:
+        kserve_large.LARGE_JSON_BYTES = old
+
+
+def fuzz_binary(data: bytes) -> None:
+    """Binary extension bodies: the first two bytes give Inference-Header-Content-Length."""
+    if len(data) < 2:
+        return
+    header_length = int.from_bytes(data[:2], "little") % (len(data) - 1)
+    body = data[2:]
+    _decoded(lambda: kserve.decode_request(body, header_length, CHECK))
+    _decoded(lambda: kserve.decode_request(body, str(header_length)))
+
+
+def fuzz_msgpack(data: bytes) -> None:
+    """msgpack bodies, with and without the model's checks."""
+    _decoded(lambda: msgpack_codec.decode_request(data))
+    _decoded(lambda: msgpack_codec.decode_request(data, CHECK))
+
+
+# -- the HTTP request path ---------------------------------------------------------------------
+
+class _Transport:
+    """What a Connection needs of an asyncio transport; keeps what is written."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None: ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def _infer(request: Request) -> Response:
+    """Decodes the body as the infer handler does (its protocol chosen by the content type)."""
+    try:
+        if request.content_type == "application/msgpack":
+            msgpack_codec.decode_request(request.body, CHECK)
+        else:
+            kserve.decode_request(request.body, request.headers.get("inference-header-content-length"), CHECK)
+    except PyserveError as e:
+        return error_response(400, e.message)
+    return Response(b"{}")
+
+
+_loop = asyncio.new_event_loop()
+_router = Router()
+_router.add("POST", "/v2/models/{model}/infer", _infer)
+_router.add("GET", "/v2/health/live", lambda request: Response(b'{"live": true}'))
+
+
+async def _make_server() -> HttpServer:
+    return HttpServer(None, _router, TransportLimits(max_body_bytes=1 << 16, max_connections=4))
+
+
+_server = _loop.run_until_complete(_make_server())
+
+
+def fuzz_http(data: bytes) -> None:
+    """Raw bytes into one connection, in up to three reads (split where the first byte says); every
+    answer written must be a well-formed HTTP/1.1 response, none a 500."""
+    conn = Connection(_server)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    cut = data[0] if data else 0
+    for piece in (data[1:cut + 1], data[cut + 1:cut * 2 + 1], data[cut * 2 + 1:]):
+        if piece:
+            conn.data_received(piece)
+    conn.sweep(_server.now + 10**6)  # every deadline passed: 408s, idle closes
+    conn.connection_lost(None)
+    # The loop never runs: drop the timers the connection set (lingering closes), or they pile up.
+    _loop._scheduled.clear()  # type: ignore[attr-defined]
+    for answer in transport.written:
+        if answer.startswith(b"HTTP/1.1 100 Continue"):
+            continue
+        assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+        status = int(answer[9:12])
+        assert 200 <= status < 500 or status in (501, 505), answer[:300]
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "json": fuzz_json,
+    "json_large": fuzz_json_large,
+    "binary": fuzz_binary,
+    "msgpack": fuzz_msgpack,
+    "http": fuzz_http,
+}
