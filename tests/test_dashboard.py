@@ -33,7 +33,7 @@ from pyserve.dashboard.series import (
     series,
     summary,
 )
-from pyserve.drift.window import FeatureDrift
+from pyserve.drift.result import FeatureDrift
 from pyserve.errors import PyserveError
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
 from pyserve.payload_log.failures import PREVIEW_VALUES, preview

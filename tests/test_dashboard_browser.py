@@ -25,7 +25,7 @@ from conftest import Repo, free_port, infer, wait_until
 
 import pyserve.server.app as app_module
 from pyserve.dashboard.settings import DashboardSettings
-from pyserve.drift.window import FeatureDrift
+from pyserve.drift.result import FeatureDrift
 from pyserve.payload_log.settings import PayloadLogSettings
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from pyserve.drift.window import FeatureDrift
+from pyserve.drift.result import FeatureDrift
 
 FIELDS = tuple(f.name for f in dataclasses.fields(FeatureDrift))
 

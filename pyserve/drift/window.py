@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from pyserve.drift.profile import (
     categorical_values,
     feature_matrix,
 )
+from pyserve.drift.result import FeatureDrift
 
 if TYPE_CHECKING:
     from pyserve.config import DriftConfig, ModelConfig
@@ -31,36 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyserve.drift")
 
 YIELD_EVERY_FEATURES = 16  # features tested between two yields of the GIL
-
-
-@dataclass(frozen=True)
-class FeatureDrift:
-    """The last tested window of one feature of one model version.
-
-    ``tensor``: the input or output; ``feature``: its name in the profile (a column name, ``value``, or
-    a summary statistic); ``kind``: ``numerical`` or ``categorical``; ``method``: ks, wasserstein,
-    chisquare, jensenshannon or psi; ``score``: a p-value (ks, chisquare) or a distance; ``threshold``:
-    what the score was compared with (for p-values the corrected cutoff); ``drifted``: the score passed it
-    (p-value below, distance at or above); ``window_rows``: the rows tested; ``updated``: when, in Unix
-    seconds."""
-
-    model: str
-    version: str
-    tensor: str
-    feature: str
-    kind: str
-    method: str
-    score: float
-    threshold: float
-    drifted: bool
-    window_rows: int
-    updated: float
-
-    def to_json(self) -> dict[str, Any]:
-        """The fields as a JSON object."""
-        return {"model": self.model, "version": self.version, "tensor": self.tensor, "feature": self.feature,
-                "kind": self.kind, "method": self.method, "score": self.score, "threshold": self.threshold,
-                "drifted": self.drifted, "window_rows": self.window_rows, "updated": self.updated}
 
 
 class WatchedTensor:
