@@ -11,7 +11,7 @@ x FP32 [-1, 4], and an identity model ``text``, BYTES [-1, -1]):
 The server's RSS (VmRSS) is printed as it goes, and at the end the growth from the end of the
 warm-up (the first tenth of each phase) to the end; the goal is a few MiB at most.
 
-    python bench/bench_soak.py                                  # the full soak, tens of minutes
+    python bench/bench_soak.py                                  # the full soak, about 6 minutes
     python bench/bench_soak.py --requests 100000 --cycles 100   # a shortened one
 """
 
