@@ -190,9 +190,80 @@ def test_logs_endpoint_filters_and_refuses_bad_parameters(logged_server: Any) ->
     assert requests.get(url, params={"since": future}, timeout=10).json() == {"records": []}
     for params, needle in [({"outcome": "fine"}, "outcome"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"),
                            ({"since": "yesterday"}, "since"), ({"model": ".."}, "model name"),
-                           ({"modle": "affine"}, "unknown query parameter")]:
+                           ({"modle": "affine"}, "unknown query parameter"),
+                           ({"since": "99999999d"}, "since: '99999999d' reaches back before the year 1"),
+                           ({"until": "99999999d"}, "until: '99999999d' reaches back before the year 1"),
+                           ({"since": "0001-01-01T00:00:00+01:00"}, "since: '0001-01-01T00:00:00+01:00' is outside"),
+                           ({"model": "a\\b"}, "model name 'a\\b': a model name has no path separator")]:
         resp = requests.get(url, params=params, timeout=10)
         assert resp.status_code == 400 and needle in resp.json()["error"], (params, resp.text)
+    many = requests.get(url, params={f"p{i:04d}": "1" for i in range(3000)}, timeout=10)
+    assert many.status_code == 400, many.text
+    assert many.json()["error"] == ("unknown query parameter(s) 'p0000', 'p0001', 'p0002', 'p0003', 'p0004' "
+                                    "and 2995 more; expected model, version, since, until, outcome, limit")
+
+
+def test_an_unreadable_file_is_skipped_with_a_warning(logged_server: Any) -> None:
+    """A corrupt or foreign .parquet file in the log folder is named in a warning of the server's
+    log (once) and of ``pyserve logs``; the other files' records are still answered."""
+    rid = f"beside-junk-{uuid.uuid4()}"
+    infer(logged_server.url, "affine", "json", {"x": np.ones((1, 4), np.float32)}, id=rid)
+    logged(logged_server, rid, "affine")
+    junk = logged_server.log_dir / "junk" / "20200101T000000.000000Z-1-000001.parquet"
+    junk.parent.mkdir()
+    junk.write_text("junk\n")
+    foreign = logged_server.log_dir / "junk" / "20200101T000000.000000Z-1-000002.parquet"
+    pq.write_table(pa.table({"time": ["not a time"]}), foreign)
+    try:
+        for _ in range(2):
+            resp = requests.get(logged_server.url + "/v2/logs", params={"limit": 1000}, timeout=10)
+            assert resp.status_code == 200, resp.text
+            assert rid in [r["request_id"] for r in resp.json()["records"]]
+        wait_until(lambda: str(foreign) in logged_server.log(), 10, "the warning naming the foreign file")
+        assert logged_server.log().count(f"skipping {junk}: not a readable Parquet file") == 1  # not every query
+        out = pyserve_logs(logged_server.log_dir, "--format", "json", "--limit", "1000")
+        assert out.returncode == 0, out.stderr
+        assert rid in [json.loads(line)["request_id"] for line in out.stdout.splitlines()]
+        assert f"pyserve logs: warning: skipping {junk}: not a readable Parquet file" in out.stderr
+        assert f"skipping {foreign}: not a payload log file" in out.stderr
+        counted = pyserve_logs(logged_server.log_dir, "--sql", f"SELECT count(*) AS n FROM logs WHERE request_id = '{rid}'",
+                               "--format", "csv")
+        assert counted.returncode == 0 and counted.stdout.split() == ["n", "1"], counted.stderr
+    finally:
+        junk.unlink()
+        foreign.unlink()
+        junk.parent.rmdir()
+
+
+def test_unreadable_files_are_checked_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyserve.payload_log import query
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    good, bad = folder / "a.parquet", folder / "b.parquet"
+    pq.write_table(pa.table({"time": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", "UTC"))}),
+                   good)
+    bad.write_bytes(b"PAR1 not really")
+    checks: list[Path] = []
+    real = query._why_unreadable
+    monkeypatch.setattr(query, "_why_unreadable", lambda p: checks.append(p) or real(p))
+    warnings: list[str] = []
+    assert query.readable_files([good, bad], warnings.append) == [good]
+    assert query.readable_files([good, bad], warnings.append) == [good]
+    assert sorted(checks) == [good, bad] and len(warnings) == 1 and str(bad) in warnings[0]
+    pq.write_table(pa.table({"time": pa.array([datetime.datetime.now(datetime.UTC)], pa.timestamp("us", "UTC"))}),
+                   bad)  # repaired: checked again, now read
+    assert query.readable_files([good, bad], warnings.append) == [good, bad] and len(checks) == 3
+
+
+@pytest.mark.parametrize("text", ["99999999d", "9" * 400 + "s", "0001-01-01T00:00:00+01:00",
+                                  "9999-12-31T23:59:59-01:00"])
+def test_a_time_out_of_range_is_invalid(text: str) -> None:
+    from pyserve.errors import PyserveError
+    from pyserve.payload_log.query import parse_time
+
+    with pytest.raises(PyserveError, match="since: .*(before the year 1|outside the years 1 to 9999)"):
+        parse_time(text, "since")
 
 
 def test_logs_endpoint_when_the_log_is_off(serve: Any, repo: Repo) -> None:
@@ -239,9 +310,14 @@ def test_query_cli_returns_what_was_sent(logged_server: Any, tmp_path: Path) -> 
 
     for args, needle in [(["--since", "soon"], "--since"), (["--format", "parquet"], "--output"),
                          (["--sql", "SELEC 1"], "--sql"), (["--sql", "SELECT 1", "--model", "affine"], "--model"),
-                         (["--limit", "0"], "limit")]:
+                         (["--limit", "0"], "pyserve logs: --limit: expected an integer from 1 to 10000, got 0"),
+                         (["--since", "99999999d"], "--since: '99999999d' reaches back before the year 1"),
+                         (["--until", "99999999d"], "--until: '99999999d' reaches back before the year 1"),
+                         (["--format", "csv", "-o", tmp_path / "nowhere" / "x.csv"], "--output"),
+                         (["--format", "parquet", "-o", tmp_path / "nowhere" / "x.parquet"], "--output")]:
         bad = pyserve_logs(logged_server.log_dir, *args)
         assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+        assert "Traceback" not in bad.stderr and bad.stderr.startswith("pyserve logs: "), bad.stderr
     assert "no such payload log folder" in pyserve_logs(tmp_path / "nothing").stderr
 
 

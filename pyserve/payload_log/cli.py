@@ -41,8 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write to FILE instead of stdout (needed for parquet)")
 
 
+def _warn(message: str) -> None:
+    print(f"pyserve logs: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs ``pyserve logs``; its exit status (PyserveError for bad arguments)."""
+    """Runs ``pyserve logs``; its exit status (PyserveError for bad arguments). A file of the log that
+    cannot be read is skipped with a warning on stderr."""
     if not args.log_dir.is_dir():
         raise invalid(f"{args.log_dir}: no such payload log folder")
     if args.format == "parquet" and args.output is None:
@@ -53,19 +58,24 @@ def run(args: argparse.Namespace) -> int:
         if given:
             raise invalid(f"--sql: {', '.join(given)} only filter without --sql; put them in the query's WHERE")
         try:
-            table = q.sql(args.log_dir, args.sql)
+            table = q.sql(args.log_dir, args.sql, _warn)
         except ImportError as e:
             raise invalid(str(e)) from None
     else:
+        if not 1 <= args.limit <= q.MAX_LIMIT:
+            raise invalid(f"--limit: expected an integer from 1 to {q.MAX_LIMIT}, got {args.limit}")
         query = q.LogQuery(args.model, args.model_version,
                            q.parse_time(args.since, "--since") if args.since else None,
                            q.parse_time(args.until, "--until") if args.until else None,
                            args.outcome, args.limit)
         try:
-            table = q.select(args.log_dir, query)
+            table = q.select(args.log_dir, query, _warn)
         except ImportError as e:
             raise invalid(str(e)) from None
-    _write(table, args.format, args.output, every_column=args.sql is not None)
+    try:
+        _write(table, args.format, args.output, every_column=args.sql is not None)
+    except OSError as e:  # a folder that does not exist, no permission, a full disk
+        raise invalid(f"--output {args.output}: cannot write: {e.strerror or e}") from None
     return 0
 
 

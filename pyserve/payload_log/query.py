@@ -7,13 +7,19 @@ a temporary name), so records appear once their file is closed: within ``--paylo
 from __future__ import annotations
 
 import datetime
+import logging
+import os
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pyserve.errors import invalid
 from pyserve.repository.sources import check_model_name
+
+log = logging.getLogger("pyserve.payload_log")
 
 OUTCOMES = ("success", "failure", "timeout", "rejected", "cancelled")
 DEFAULT_LIMIT = 100
@@ -39,13 +45,21 @@ def parse_time(text: str, what: str, now: datetime.datetime | None = None) -> da
     now = now or datetime.datetime.now(datetime.UTC)
     match = _RELATIVE.match(text)
     if match:
-        return now - datetime.timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+        try:
+            return now - datetime.timedelta(seconds=float(match.group(1)) * _UNIT_S[match.group(2)])
+        except OverflowError:  # before year 1, or too many days for a timedelta
+            max_days = (now - datetime.datetime.min.replace(tzinfo=datetime.UTC)).days
+            raise invalid(f"{what}: {text!r} reaches back before the year 1; a span before now is at most "
+                          f"{max_days}d") from None
     try:
         when = datetime.datetime.fromisoformat(text)
     except ValueError:
         raise invalid(f"{what}: expected an ISO 8601 time (2026-11-30T14:00:00Z) or a span before now "
                       f"(30s, 15m, 2h, 7d), got {text!r}") from None
-    return when.replace(tzinfo=datetime.UTC) if when.tzinfo is None else when.astimezone(datetime.UTC)
+    try:
+        return when.replace(tzinfo=datetime.UTC) if when.tzinfo is None else when.astimezone(datetime.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before the year 1 in UTC
+        raise invalid(f"{what}: {text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 @dataclass(frozen=True)
@@ -68,14 +82,71 @@ class LogQuery:
             raise invalid(f"limit: expected an integer from 1 to {MAX_LIMIT}, got {self.limit!r}")
 
 
-def connect(log_dir: Path, model: str | None = None) -> Any:
-    """A DuckDB connection with the view ``logs`` over the complete files (of ``model``); a log
-    without files gives an empty ``logs`` with the fixed columns."""
+# Whether each file of a log is readable, by path: (size, mtime_ns) when checked, and why not (None:
+# readable). A file is checked again only once its size or time changed; entries of files gone from
+# a folder are dropped when that folder is listed again.
+_checked: dict[Path, tuple[tuple[int, int], str | None]] = {}
+_checked_lock = threading.Lock()
+
+
+def _why_unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a payload log file (None: it can): its Parquet footer and
+    schema only, a few KB read whatever the file's size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_metadata(path).schema.to_arrow_schema()
+    except (OSError, pa.ArrowException, ValueError) as e:
+        return f"not a readable Parquet file: {e}"
+    index = schema.get_field_index("time")
+    if index < 0 or not pa.types.is_timestamp(schema.field(index).type):
+        return "not a payload log file: it has no timestamp column 'time'"
+    return None
+
+
+def readable_files(files: list[Path], warn: Callable[[str], None] | None = None) -> list[Path]:
+    """``files`` without those that cannot be read (a corrupt or foreign file in the log folder),
+    each skipped one named through ``warn`` (default: a logged warning) the first time it is seen
+    as it is; a file that vanished meanwhile (retention) is left out silently."""
+    warn = warn or (lambda message: log.warning("payload log: %s", message))
+    good: list[Path] = []
+    seen: dict[Path, tuple[tuple[int, int], str | None]] = {}
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = (st.st_size, st.st_mtime_ns)
+        with _checked_lock:
+            cached = _checked.get(path)
+        if cached is not None and cached[0] == key:
+            reason = cached[1]
+        else:
+            reason = _why_unreadable(path)
+            if reason is not None:
+                warn(f"skipping {path}: {reason}")
+        seen[path] = (key, reason)
+        if reason is None:
+            good.append(path)
+    folders = {p.parent for p in files}
+    with _checked_lock:
+        for path in [p for p in _checked if p.parent in folders and p not in seen]:
+            del _checked[path]
+        _checked.update(seen)
+    return good
+
+
+def connect(log_dir: Path, model: str | None = None, warn: Callable[[str], None] | None = None) -> Any:
+    """A DuckDB connection with the view ``logs`` over the complete, readable files (of ``model``;
+    each unreadable one skipped and named through ``warn``, see :func:`readable_files`); a log
+    without such files gives an empty ``logs`` with the fixed columns."""
     duckdb = require_duckdb()
     con = duckdb.connect()
     from pyserve.payload_log.files import completed_files  # pyarrow: only `pyserve logs` needs it
 
-    files = [str(p) for p in completed_files(Path(log_dir), model)] if Path(log_dir).is_dir() else []
+    listed = completed_files(Path(log_dir), model) if Path(log_dir).is_dir() else []
+    files = [str(p) for p in readable_files(listed, warn)]
     if files:
         con.read_parquet(files, union_by_name=True).create_view("logs")
     else:
@@ -89,9 +160,10 @@ def connect(log_dir: Path, model: str | None = None) -> Any:
     return con
 
 
-def select(log_dir: Path, query: LogQuery) -> Any:
-    """The records matching ``query``, newest first, as a pyarrow Table."""
-    con = connect(log_dir, query.model)
+def select(log_dir: Path, query: LogQuery, warn: Callable[[str], None] | None = None) -> Any:
+    """The records matching ``query``, newest first, as a pyarrow Table (unreadable files skipped,
+    named through ``warn``)."""
+    con = connect(log_dir, query.model, warn)
     where, params = [], {}
     for key in ("model", "version", "outcome"):
         value = getattr(query, key)
@@ -120,10 +192,10 @@ def _arrow(relation: Any) -> Any:
     return method()
 
 
-def sql(log_dir: Path, statement: str) -> Any:
-    """The result of one SQL statement of the user's over the view ``logs`` (every complete file), as
-    a pyarrow Table."""
-    con = connect(log_dir)
+def sql(log_dir: Path, statement: str, warn: Callable[[str], None] | None = None) -> Any:
+    """The result of one SQL statement of the user's over the view ``logs`` (every complete, readable
+    file), as a pyarrow Table."""
+    con = connect(log_dir, warn=warn)
     try:
         return _arrow(con.sql(statement))
     except Exception as e:  # duckdb's errors: the user's SQL is wrong

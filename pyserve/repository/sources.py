@@ -27,6 +27,12 @@ from pyserve.errors import PyserveError, invalid, not_found
 MAX_MODEL_NAME_LENGTH = 255  # bytes of UTF-8: a file name on every common file system
 
 
+def _shown(name: str) -> str:
+    """``name`` quoted for a message: printable ASCII as is (a backslash too, not doubled as by
+    ``ascii``), any other character escaped (``\\x00``, ``\\u00e9``)."""
+    return "'" + "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in name) + "'"
+
+
 def check_model_name(name: str) -> str:
     """``name`` if it can name a model; PyserveError(INVALID_ARGUMENT) saying why not.
 
@@ -35,7 +41,7 @@ def check_model_name(name: str) -> str:
     ``_`` (startup skips such folders). Checked before any file is touched."""
     if not isinstance(name, str) or not name:
         raise invalid("model name: expected a non-empty name")
-    shown = ascii(name) if len(name) <= 80 else ascii(name[:80]) + "..."
+    shown = _shown(name[:80]) + ("..." if len(name) > 80 else "")
     if name in (".", ".."):
         raise invalid(f"model name {shown}: '.' and '..' are not model names")
     if "/" in name or "\\" in name:

@@ -375,8 +375,8 @@ async def payload_logs(request: Request) -> Response:
     params = {k: v[-1] for k, v in urllib.parse.parse_qs(request.query_string).items()}
     unknown = sorted(set(params) - {"model", "version", "since", "until", "outcome", "limit"})
     if unknown:
-        raise invalid(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
-                      "expected model, version, since, until, outcome, limit")
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise invalid(f"unknown query parameter(s) {shown}; expected model, version, since, until, outcome, limit")
     limit = params.get("limit", str(logs.DEFAULT_LIMIT))
     if not limit.isdigit():
         raise invalid(f"limit: expected an integer from 1 to {logs.MAX_LIMIT}, got {limit!r}")
