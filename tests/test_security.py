@@ -146,7 +146,7 @@ def test_inference_and_metrics_flags(tmp_path: Path) -> None:
 
 
 def test_inference_auth_without_tokens_is_refused() -> None:
-    with pytest.raises(PyserveError, match="--auth-inference need tokens"):
+    with pytest.raises(PyserveError, match="--auth-inference needs tokens"):
         AccessControl(AccessSettings(inference=True))
     with pytest.raises(PyserveError, match="inference tokens are checked only with --auth-inference"):
         AccessControl(AccessSettings(env_inference_tokens=TOKEN_B))
