@@ -163,10 +163,11 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disable-dashboard", action="store_true",
                    help="do not serve GET /dashboard (nor sample statistics for it)")
     g.add_argument("--dashboard-interval-s", type=positive_number, default=5.0, metavar="S",
-                   help="take a snapshot of every model version's statistics this often, > 0 (default 5): "
+                   help="take a snapshot of every model version's statistics this often, 0.1 to 3600 (default 5): "
                         "the dashboard's resolution and refresh period")
     g.add_argument("--dashboard-history-s", type=positive_number, default=3600.0, metavar="S",
-                   help="keep this many seconds of snapshots, >= --dashboard-interval-s (default 3600)")
+                   help="keep this many seconds of snapshots, >= --dashboard-interval-s, at most 604800 "
+                        "(7 days) and 9999 snapshots (default 3600)")
 
 
 def _add_security_flags(p: argparse.ArgumentParser) -> None:
@@ -178,11 +179,12 @@ def _add_security_flags(p: argparse.ArgumentParser) -> None:
                         "comma-separated); model control then needs one; the file is re-read when it "
                         "changes and on SIGHUP")
     g.add_argument("--inference-token-file", type=Path, default=None, metavar="FILE",
-                   help="tokens good for inference, metadata and /metrics only, not model control (also "
+                   help="tokens good for inference, metadata, /metrics, /v2/drift and the dashboard, not "
+                        "model control (also "
                         "$PYSERVE_INFERENCE_TOKENS); re-read like --auth-token-file")
     g.add_argument("--auth-inference", action="store_true",
                    help="also require a token for inference and metadata (default: open)")
-    g.add_argument("--auth-metrics", action="store_true", help="also require a token for /metrics (default: open)")
+    g.add_argument("--auth-metrics", action="store_true", help="also require a token for /metrics, /v2/drift and the dashboard (default: open)")
     g.add_argument("--allow-unauthenticated-control", action="store_true",
                    help="start with model control on a non-loopback --host without tokens (a trusted network)")
     g.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",

@@ -58,12 +58,23 @@ class InferenceServerError(PyserveError):
 
 
 def read_token(path: Path) -> str:
-    """The bearer token in the file ``path`` (its first non-blank line, stripped). ValueError when
-    the file holds none; OSError when it cannot be read."""
-    for line in Path(path).read_text("utf-8").splitlines():
-        if line.strip():
-            return line.strip()
-    raise ValueError(f"{path}: no token in it")
+    """The bearer token in the file ``path``, read in the server's token-file format: blank lines
+    and lines starting with ``#`` are skipped, a leading UTF-8 BOM is ignored, and a line is
+    ``TOKEN`` or ``ID:TOKEN`` (the id is dropped); the first token is taken. ValueError naming the
+    file (and the line, never the token) when it holds none or a malformed one; OSError or
+    UnicodeDecodeError when it cannot be read."""
+    text = Path(path).read_text("utf-8").removeprefix("\ufeff")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        _, sep, token = stripped.partition(":")
+        token = token.strip() if sep else stripped
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(f"token file {path}, line {lineno}: a token is one word (TOKEN or ID:TOKEN) "
+                             "without whitespace")
+        return token
+    raise ValueError(f"token file {path}: no token in it (one token per line, TOKEN or ID:TOKEN)")
 
 
 def tls_context(cafile: Path | None = None, certfile: Path | None = None,

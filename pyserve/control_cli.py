@@ -92,8 +92,12 @@ def client(args: argparse.Namespace) -> InferenceClient:
     if args.token_file is not None:
         try:
             token = read_token(args.token_file)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise invalid(f"--token-file {args.token_file}: {getattr(e, 'strerror', None) or e}") from None
+        except ValueError as e:  # names the file (and line) itself; UnicodeDecodeError is one too
+            if isinstance(e, UnicodeDecodeError):
+                raise invalid(f"--token-file {args.token_file}: not UTF-8 text") from None
+            raise invalid(f"--token-file: {e}") from None
+        except OSError as e:
+            raise invalid(f"--token-file {args.token_file}: {e.strerror or e}") from None
     ssl_context = None
     if args.cacert is not None or args.cert is not None:
         if args.key is not None and args.cert is None:

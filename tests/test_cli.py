@@ -301,7 +301,10 @@ def test_version_and_help() -> None:
     for flag in ("--host", "--port", "--model", "--max-batch-size", "--max-queue-delay-us", "--max-body-bytes",
                  "--shutdown-timeout-s", "--log-level", "--disable-model-control", "--no-strict-readiness"):
         assert flag in out
-    for text in ("0..65535", "0 = any free port", ">= 1 (default 1)", "each 1..--max-batch-size"):
+    for text in ("0..65535", "0 = any free port", ">= 1 (default 1)", "each 1..--max-batch-size",
+                 "also require a token for /metrics, /v2/drift and the dashboard",
+                 "inference, metadata, /metrics, /v2/drift and the dashboard, not model control",
+                 "0.1 to 3600 (default 5)", "at most 604800 (7 days)"):
         assert text in " ".join(out.split())  # the ranges, whatever the line breaks
 
 

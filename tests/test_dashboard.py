@@ -383,8 +383,13 @@ def test_the_ring_keeps_the_last_failures(repo: Repo, tmp_path: Path, monkeypatc
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
     ({"interval_s": 10.0, "history_s": 5.0}, "at least --dashboard-interval-s"),
-    ({"interval_s": 0.01, "history_s": 3600.0}, "at most 9999"),
-    ({"interval_s": 0.0}, "must be > 0"),
+    ({"interval_s": 0.1, "history_s": 3600.0}, "at most 9999"),
+    ({"interval_s": 0.0}, "must be between 0.1 and 3600"),
+    ({"interval_s": 1e-300, "history_s": 1e-300}, "must be between 0.1 and 3600"),
+    ({"interval_s": 1e308, "history_s": 1e308}, "must be between 0.1 and 3600"),
+    ({"interval_s": float("nan")}, "must be between 0.1 and 3600"),
+    ({"interval_s": 3600.0, "history_s": 1e308}, "at most 604800"),
+    ({"interval_s": 3600.0, "history_s": 8 * 86400.0}, "at most 604800"),
 ])
 def test_bad_settings_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
@@ -468,6 +473,10 @@ def test_data_and_page_over_http(live: Any) -> None:
     assert "<script>" not in html.text  # no inline script: the CSP would block it
     assert "bad-2" in html.text and "invalid_argument" in html.text
     assert f'/dashboard/static/plotly.min.js?v={doc["server"]["charts"]["version"]}' in html.text
+    for query in ("model=m", "since", "a=1&b=2"):
+        bad = requests.get(f"{live.url}/dashboard/data?{query}", timeout=10)
+        assert bad.status_code == 400, query
+        assert "unknown query parameter" in bad.json()["error"] and "expected none" in bad.json()["error"]
 
 
 def test_static_files_are_cached_compressed_and_local(live: Any) -> None:
@@ -485,6 +494,7 @@ def test_static_files_are_cached_compressed_and_local(live: Any) -> None:
     assert raw.headers["Content-Encoding"] == "gzip" and gzip.decompress(packed) == plain.content
     assert len(packed) < len(plain.content) / 2
     js = requests.get(live.url + "/dashboard/static/dashboard.js", timeout=10)
+    assert "Math.min(3600, Math.max(1," in js.text  # the refresh delay is clamped
     assert js.status_code == 200 and js.headers["Content-Type"].startswith("text/javascript")
     assert "Plotly.react" in js.text and "https://" not in js.text and "http://" not in js.text
     assert requests.get(live.url + "/dashboard/static/nothing.js", timeout=10).status_code == 404

@@ -146,7 +146,7 @@ def test_inference_and_metrics_flags(tmp_path: Path) -> None:
 
 
 def test_inference_auth_without_tokens_is_refused() -> None:
-    with pytest.raises(PyserveError, match="--auth-inference need tokens"):
+    with pytest.raises(PyserveError, match="--auth-inference needs tokens"):
         AccessControl(AccessSettings(inference=True))
     with pytest.raises(PyserveError, match="inference tokens are checked only with --auth-inference"):
         AccessControl(AccessSettings(env_inference_tokens=TOKEN_B))
@@ -269,3 +269,34 @@ def test_audit_lines_go_to_the_logger(tmp_path: Path, caplog: pytest.LogCaptureF
     audit.close()
     lines = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "pyserve.audit"]
     assert [(d["action"], d["alias"]) for d in lines] == [("set_alias", "stable")]
+
+
+def test_one_line_token_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("short\n")
+    with pytest.raises(PyserveError) as info:
+        load_tokens(TokenSource(path, None, "E", control=True))
+    assert f"token file {path}, line 1" in info.value.message and "short" not in info.value.message
+
+
+def test_a_utf8_bom_before_the_first_token_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(b"\xef\xbb\xbf" + f"ops:{TOKEN_A}\n".encode())
+    assert load_tokens(TokenSource(path, None, "E", control=True)).ids == ["ops"]
+
+
+def test_the_client_reads_the_servers_token_file_format(tmp_path: Path) -> None:
+    from pyserve.client import read_token
+
+    path = tmp_path / "tokens"
+    path.write_bytes(b"\xef\xbb\xbf# ops token\n\n" + f"  ops:{TOKEN_A}\n{TOKEN_B}\n".encode())
+    assert read_token(path) == TOKEN_A
+    path.write_text(f"{TOKEN_B}\n")
+    assert read_token(path) == TOKEN_B
+    path.write_text("# only a comment\n\nops: two words\n")
+    with pytest.raises(ValueError) as info:
+        read_token(path)
+    assert f"token file {path}, line 3" in str(info.value) and "words" not in str(info.value)
+    path.write_text("# only a comment\n")
+    with pytest.raises(ValueError, match=f"token file {path}: no token"):
+        read_token(path)

@@ -269,7 +269,7 @@ def test_open_control_on_a_public_address_refuses_to_start(models: Repo, tmp_pat
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--auth-inference"], "--auth-inference need tokens"),
+    (["--auth-inference"], "--auth-inference needs tokens"),
     (["--auth-token-file", "{tmp}/missing"], "cannot read it"),
     (["--tls-cert", "{tmp}/c.pem"], "--tls-cert and --tls-key go together"),
     (["--tls-cert", "{tmp}/c.pem", "--tls-key", "{tmp}/k.pem"], "cannot load them"),

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MAX_SNAPSHOTS = 10_000  # the most snapshots kept: memory grows with snapshots x model versions
+MIN_INTERVAL_S = 0.1  # a finer sampling costs more than it shows
+MAX_INTERVAL_S = 3600.0  # the page refreshes every interval: more would leave it stale for hours
+MAX_HISTORY_S = 7 * 86400.0  # a week
 
 
 @dataclass(frozen=True)
@@ -26,8 +29,12 @@ class DashboardSettings:
 
     def check(self) -> None:
         """Raises ValueError, naming the flags, when the settings cannot work."""
-        if not (self.interval_s > 0 and self.history_s > 0):
-            raise ValueError("--dashboard-interval-s and --dashboard-history-s must be > 0")
+        if not MIN_INTERVAL_S <= self.interval_s <= MAX_INTERVAL_S:
+            raise ValueError(f"--dashboard-interval-s ({self.interval_s:g}) must be between {MIN_INTERVAL_S:g} "
+                             f"and {MAX_INTERVAL_S:g} seconds")
+        if not 0 < self.history_s <= MAX_HISTORY_S:
+            raise ValueError(f"--dashboard-history-s ({self.history_s:g}) must be > 0 and at most "
+                             f"{MAX_HISTORY_S:g} seconds (7 days)")
         if self.history_s < self.interval_s:
             raise ValueError(f"--dashboard-history-s ({self.history_s:g}) must be at least "
                              f"--dashboard-interval-s ({self.interval_s:g})")

@@ -132,7 +132,8 @@ class AccessControl:
         if (settings.inference or settings.metrics) and not self.tokens:
             flags = " and ".join(f for f, on in (("--auth-inference", settings.inference),
                                                 ("--auth-metrics", settings.metrics)) if on)
-            raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"{flags} need tokens: give --auth-token-file, "
+            verb = "need" if settings.inference and settings.metrics else "needs"
+            raise PyserveError(ErrorKind.INVALID_ARGUMENT, f"{flags} {verb} tokens: give --auth-token-file, "
                                f"--inference-token-file, ${TOKENS_ENV} or ${INFERENCE_TOKENS_ENV}")
         if (settings.inference_token_file is not None or settings.env_inference_tokens is not None) and not (
                 settings.inference or settings.metrics):

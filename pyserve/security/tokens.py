@@ -92,7 +92,7 @@ def parse_tokens(text: str, source: str, default_prefix: str, commas: bool = Fal
     Raises INVALID_ARGUMENT naming ``source`` and the line (never the token) for a token that is too
     short or has characters a bearer token cannot have, or an id that is not ``[A-Za-z0-9_.-]``."""
     pairs: list[tuple[str, str]] = []
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()
     for lineno, line in enumerate(lines, 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -101,7 +101,7 @@ def parse_tokens(text: str, source: str, default_prefix: str, commas: bool = Fal
             item = item.strip()
             if not item:
                 continue
-            where = f"{source}, line {lineno}" if len(lines) > 1 else source
+            where = f"{source}, line {lineno}"
             token_id, sep, token = item.partition(":")
             if not sep:
                 token_id, token = f"{default_prefix}-{len(pairs) + 1}", item

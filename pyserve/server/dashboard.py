@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import urllib.parse
+
 import orjson
 
 from pyserve.dashboard import DATA_URL, STATIC_PREFIX, Dashboard
-from pyserve.errors import not_found
+from pyserve.errors import invalid, not_found
 from pyserve.server.errors import async_endpoint
 from pyserve.server.messages import Handler, Request, Response
 from pyserve.server.router import Router
@@ -42,6 +44,9 @@ async def page(request: Request) -> Response:
 
 @async_endpoint
 async def data(request: Request) -> Response:
+    unknown = sorted(urllib.parse.parse_qs(request.query_string, keep_blank_values=True))
+    if unknown:  # as /v2/drift and /v2/logs: a misspelt filter is an error, not silently ignored
+        raise invalid(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; expected none")
     doc = await _dashboard(request).document()
     return Response(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), headers={"Cache-Control": "no-store"})
 

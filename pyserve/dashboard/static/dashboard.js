@@ -7,7 +7,8 @@
   const main = document.getElementById("dashboard");
   if (!main) return;
   const dataUrl = main.dataset.dataUrl;
-  const intervalMs = Math.max(1, Number(main.dataset.intervalS) || 5) * 1000;
+  // Clamped to [1 s, 1 h]: setTimeout runs a delay over 2^31-1 ms (or Infinity) at once.
+  const intervalMs = Math.min(3600, Math.max(1, Number(main.dataset.intervalS) || 5)) * 1000;
   const state = { draws: 0, refreshes: 0, lastError: null, doc: null };
   window.pyserveDashboard = state; // what a test or a curious user can look at
 
