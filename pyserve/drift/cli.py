@@ -91,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
         build.run_model(model_dir, model_dir.resolve().name, version, data, config)
     profile = build.build_profile(config, version, data, source, kinds)
     out = args.output if args.output is not None else version_dir / PROFILE_FILE
-    write_profile(profile, out)
+    if not out.parent.is_dir():
+        raise invalid(f"--output {out}: no folder {out.parent}")
+    try:
+        write_profile(profile, out)
+    except OSError as e:
+        raise invalid(f"--output {out}: cannot write: {e.strerror or e}") from None
     features = sum(len(t.features) for t in profile.tensors)
     described = ", ".join(f"{t.role} {t.tensor} ({len(t.features)} {t.layout})" for t in profile.tensors)
     print(f"{out}: {profile.rows} rows, {features} features: {described}; {out.stat().st_size} bytes",
