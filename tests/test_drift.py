@@ -303,6 +303,14 @@ def test_pyserve_profile_runs_the_model_for_its_outputs(repo: Repo, capsys: pyte
     train = str(repo.root.parent / "train.parquet")
     assert cli.main(["profile", str(model_dir), "--data", train, "--output", str(missing)]) == 2
     assert f"--output {missing}: no folder" in capsys.readouterr().err
+    for bad, message in ((["--numerical", "x:nosuchfeat"], "--numerical x:nosuchfeat: tensor 'x' has no feature"),
+                         (["--numerical", "x:f1", "--categorical", "x:f1"], "also given as --numerical"),
+                         (["--columns", "x=f0,f0"], "column f0 given more than once")):
+        assert cli.main(["profile", str(model_dir), "--data", train, *bad]) == 2
+        assert message in capsys.readouterr().err
+    np.save(repo.root.parent / "x.npy", np.zeros((10, WIDTH), dtype=np.float32))
+    assert cli.main(["profile", str(model_dir), "--data", str(repo.root.parent / "x.npy"), "--columns", "x=a,b"]) == 2
+    assert "--columns: only for a Parquet or CSV file" in capsys.readouterr().err
 
 
 # -- [drift] ---------------------------------------------------------------------------------------
