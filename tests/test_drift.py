@@ -311,6 +311,10 @@ def test_pyserve_profile_runs_the_model_for_its_outputs(repo: Repo, capsys: pyte
     np.save(repo.root.parent / "x.npy", np.zeros((10, WIDTH), dtype=np.float32))
     assert cli.main(["profile", str(model_dir), "--data", str(repo.root.parent / "x.npy"), "--columns", "x=a,b"]) == 2
     assert "--columns: only for a Parquet or CSV file" in capsys.readouterr().err
+    short = repo.root.parent / "short.npz"  # x one column short
+    np.savez(short, x=np.zeros((10, WIDTH - 1), dtype=np.float32), color=np.array([["red"]] * 10))
+    assert cli.main(["profile", str(model_dir), "--data", str(short)]) == 2
+    assert f"input 'x' takes rows of {WIDTH} values, got {WIDTH - 1}" in capsys.readouterr().err
 
 
 # -- [drift] ---------------------------------------------------------------------------------------
