@@ -508,6 +508,8 @@ def _parse_drift(source: str, value: Any) -> DriftConfig:
             kwargs[name] = tuple(thresholds.items())
         else:
             kwargs[name] = _names(source, v, at)
+    if "window_rows" in kwargs and "min_rows" not in kwargs:  # the default follows a smaller window
+        kwargs["min_rows"] = min(DriftConfig.min_rows, kwargs["window_rows"])
     config = DriftConfig(**kwargs)
     if config.min_rows > config.window_rows:
         raise _fail(source, f"{key}.min_rows", f"expected at most window_rows ({config.window_rows}), "

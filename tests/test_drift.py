@@ -245,6 +245,15 @@ def test_table_errors_name_the_input_and_the_columns(repo: Repo, tmp_path: Path)
         build.read_data(tmp_path / "t.txt", cfg)
 
 
+def test_infinities_in_the_data_are_left_out_like_nan() -> None:
+    values = np.concatenate([np.arange(100, dtype=np.float64), [np.inf, -np.inf, np.nan]])
+    feature = describe("f", values)
+    assert isinstance(feature, NumericalFeature) and feature.count == 100
+    assert (feature.min, feature.max) == (0.0, 99.0) and np.isfinite(feature.mean) and np.isfinite(feature.std)
+    with pytest.raises(ValueError, match="no values"):
+        describe("g", np.array([np.inf, np.nan]))
+
+
 def test_kinds_follow_evidently_and_can_be_forced() -> None:
     rng = np.random.default_rng(7)
     assert describe("i", rng.integers(0, 5, 100)).kind == "categorical"  # <= 5 distinct numbers
@@ -272,6 +281,10 @@ def test_the_profile_file_reads_back_what_was_written(repo: Repo, tmp_path: Path
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(PyserveError, match="bad.json: not a drift profile: format"):
         read_profile(tmp_path / "bad.json")
+    for text in ("[]", '"x"', "3", "null"):  # valid JSON, not an object: the same plain error
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(PyserveError, match="bad.json: not a drift profile: expected a JSON object"):
+            read_profile(tmp_path / "bad.json")
 
 
 def test_pyserve_profile_runs_the_model_for_its_outputs(repo: Repo, capsys: pytest.CaptureFixture) -> None:
@@ -286,6 +299,22 @@ def test_pyserve_profile_runs_the_model_for_its_outputs(repo: Repo, capsys: pyte
     assert isinstance(label, CategoricalFeature) and set(label.values) == {0, 1}
     assert cli.main(["profile", str(model_dir), "--golden"]) == 2  # the version has no golden.npz
     assert "golden.npz: no golden samples" in capsys.readouterr().err
+    missing = model_dir / "no-such-folder" / "p.json"  # a one-line error, not a traceback
+    train = str(repo.root.parent / "train.parquet")
+    assert cli.main(["profile", str(model_dir), "--data", train, "--output", str(missing)]) == 2
+    assert f"--output {missing}: no folder" in capsys.readouterr().err
+    for bad, message in ((["--numerical", "x:nosuchfeat"], "--numerical x:nosuchfeat: tensor 'x' has no feature"),
+                         (["--numerical", "x:f1", "--categorical", "x:f1"], "also given as --numerical"),
+                         (["--columns", "x=f0,f0"], "column f0 given more than once")):
+        assert cli.main(["profile", str(model_dir), "--data", train, *bad]) == 2
+        assert message in capsys.readouterr().err
+    np.save(repo.root.parent / "x.npy", np.zeros((10, WIDTH), dtype=np.float32))
+    assert cli.main(["profile", str(model_dir), "--data", str(repo.root.parent / "x.npy"), "--columns", "x=a,b"]) == 2
+    assert "--columns: only for a Parquet or CSV file" in capsys.readouterr().err
+    short = repo.root.parent / "short.npz"  # x one column short
+    np.savez(short, x=np.zeros((10, WIDTH - 1), dtype=np.float32), color=np.array([["red"]] * 10))
+    assert cli.main(["profile", str(model_dir), "--data", str(short)]) == 2
+    assert f"input 'x' takes rows of {WIDTH} values, got {WIDTH - 1}" in capsys.readouterr().err
 
 
 # -- [drift] ---------------------------------------------------------------------------------------
@@ -318,6 +347,9 @@ def test_drift_config_values(repo: Repo) -> None:
     assert cfg.drift.threshold("ks") == 0.01 and cfg.drift.threshold("psi") == 0.2
     assert cfg.drift.threshold("wasserstein") == 0.1  # the defaults stay for the others
     assert not load_model_config(repo.python("q", MODEL, config("enabled = false\n"))).drift.enabled
+    small = load_model_config(repo.python("s", MODEL, config("window_rows = 20\n"))).drift
+    assert small.window_rows == 20 and small.min_rows == 20  # the default min_rows follows a small window
+    assert load_model_config(repo.python("b", MODEL, config("window_rows = 1000\n"))).drift.min_rows == 100
 
 
 # -- the monitor, fed by the payload log ------------------------------------------------------------
@@ -392,6 +424,33 @@ def test_the_monitor_flags_a_planted_shift_logs_it_and_its_end(repo: Repo, tmp_p
                         r"\(ks \S+ < 0\.000909\)", started[0].getMessage()), started[0].getMessage()
     stopped = [r for r in caplog.records if "stopped drifting" in r.getMessage()]
     assert [r.levelno for r in stopped] == [logging.INFO] and "x feature f3 (ks" in stopped[0].getMessage()
+
+
+def test_a_feature_that_goes_missing_is_reported_not_dropped(repo: Repo, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    model_repo(repo, "window_rows = 200\noutputs = []\n")
+    rng = np.random.default_rng(13)
+
+    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+        data = rows(rng, 200)
+        data["x"][:, 3] = np.nan  # every value of f3 missing in the window
+        await send(data)
+        snap = by_feature(monitor.snapshot())
+        assert len(snap) == WIDTH + 1  # x's columns and color: f3 is not dropped
+        f3 = snap[("x", "f3")]
+        assert f3.method == "missing" and f3.score == 1.0 and f3.drifted and f3.threshold == 0.0
+        # the cutoff of the others still counts f3 in the family of tests
+        assert snap[("x", "f0")].threshold == pytest.approx(0.01 / (WIDTH + 1))
+        assert registry.get_sample_value("pyserve_drift_detected", {"model": "m", "version": "1", "tensor": "x",
+                                                                    "feature": "f3"}) == 1.0
+        await send(rows(rng, 200))
+        assert by_feature(monitor.snapshot())[("x", "f3")].method == "ks"
+
+    with caplog.at_level(logging.INFO, logger="pyserve.drift"):
+        watched(repo.root, tmp_path, body)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("started drifting" in m and "x feature f3 (missing" in m for m in messages), messages
+    assert any("stopped drifting" in m and "x feature f3" in m for m in messages), messages
 
 
 def test_the_monitor_stays_quiet_on_unshifted_traffic(repo: Repo, tmp_path: Path) -> None:

@@ -186,6 +186,19 @@ def golden_data(version_dir: Path, config: ModelConfig) -> Data:
     return data
 
 
+def _check_fits(source: str, role: str, spec: TensorSpec, array: np.ndarray, batching: bool) -> None:
+    """INVALID_ARGUMENT when ``array`` cannot be what the model's ``spec`` takes: strings for a number
+    tensor, numbers for a BYTES one, or rows of another width than the tensor's fixed last dimension."""
+    text = np.asarray(array).dtype.kind in "OSU"
+    if spec.datatype == "BYTES" and not text:
+        raise invalid(f"{source}: {role} {spec.name!r} is BYTES (strings), got numbers ({array.dtype})")
+    if spec.datatype != "BYTES" and text:
+        raise invalid(f"{source}: {role} {spec.name!r} is {spec.datatype}, got strings")
+    row = tuple(spec.shape) if batching else tuple(spec.shape[1:])
+    if row and row[-1] > 0 and array.ndim == 1 + len(row) and array.ndim >= 2 and array.shape[-1] != row[-1]:
+        raise invalid(f"{source}: {role} {spec.name!r} takes rows of {row[-1]} values, got {array.shape[-1]}")
+
+
 def _wire(array: np.ndarray, spec: TensorSpec, batching: bool) -> np.ndarray:
     """``array`` as the model takes ``spec``: its datatype (strings as bytes for BYTES), and the
     shape of its rows when they hold as many values (a column of scalars for a ``[1]`` input)."""
@@ -267,6 +280,7 @@ def build_profile(config: ModelConfig, version: int, data: Data, source: str,
                 continue
             forced = {k.partition(":")[2]: v for k, v in kinds.items() if k.partition(":")[0] == spec.name and ":" in k}
             array = arrays[spec.name]
+            _check_fits(source, role, spec, array, config.max_batch_size > 0)
             if spec.name in kinds:  # the whole tensor
                 forced = {**{f: kinds[spec.name] for f in _names_of(array, data.names.get(spec.name))}, **forced}
             try:

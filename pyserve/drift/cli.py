@@ -44,6 +44,9 @@ def _columns(specs: list[str]) -> dict[str, list[str]]:
         names = [c for c in cols.split(",") if c]
         if not sep or not name or not names:
             raise invalid(f"--columns {spec!r}: expected INPUT=C1,C2,...")
+        if len(set(names)) != len(names):
+            twice = sorted({c for c in names if names.count(c) > 1})
+            raise invalid(f"--columns {spec!r}: column {', '.join(twice)} given more than once")
         out[name] = names
     return out
 
@@ -79,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
             if name.partition(":")[0] not in tensors:
                 raise invalid(f"--{kind} {name}: the model has no tensor {name.partition(':')[0]!r} "
                               f"(tensors: {', '.join(sorted(tensors))})")
+            if name in kinds and kinds[name] != kind:
+                raise invalid(f"--{kind} {name}: also given as --{kinds[name]}; a feature is one or the other")
             kinds[name] = kind
+    if args.columns and (args.golden or args.data.suffix.lower() in (".npy", ".npz")):
+        raise invalid("--columns: only for a Parquet or CSV file (the columns of an NPY/NPZ array or of "
+                      "golden samples are not named)")
     if args.golden:
         data = build.golden_data(version_dir, config)
         source = f"{version_dir.name}/golden.npz"
@@ -90,8 +98,21 @@ def run(args: argparse.Namespace) -> int:
     if args.outputs:
         build.run_model(model_dir, model_dir.resolve().name, version, data, config)
     profile = build.build_profile(config, version, data, source, kinds)
+    for name, kind in kinds.items():
+        tensor, sep, feature = name.partition(":")
+        if sep:
+            described = [t for t in profile.tensors if t.tensor == tensor]
+            names = [f.name for t in described for f in t.features]
+            if feature not in names:
+                raise invalid(f"--{kind} {name}: tensor {tensor!r} has no feature {feature!r} "
+                              f"(features: {', '.join(names[:20]) or 'none'}{', ...' if len(names) > 20 else ''})")
     out = args.output if args.output is not None else version_dir / PROFILE_FILE
-    write_profile(profile, out)
+    if not out.parent.is_dir():
+        raise invalid(f"--output {out}: no folder {out.parent}")
+    try:
+        write_profile(profile, out)
+    except OSError as e:
+        raise invalid(f"--output {out}: cannot write: {e.strerror or e}") from None
     features = sum(len(t.features) for t in profile.tensors)
     described = ", ".join(f"{t.role} {t.tensor} ({len(t.features)} {t.layout})" for t in profile.tensors)
     print(f"{out}: {profile.rows} rows, {features} features: {described}; {out.stat().st_size} bytes",

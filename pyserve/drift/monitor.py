@@ -262,6 +262,12 @@ def _listed(results: list[FeatureDrift], p_sign: str, distance_sign: str) -> str
     """``tensor feature (method score sign threshold)``, comma-separated, at most :data:`MAX_LISTED`."""
     text = ", ".join(
         f"{r.tensor} feature {r.feature} ({r.method} {r.score:.3g} "
-        f"{p_sign if r.method in stats.P_VALUE_METHODS else distance_sign} {r.threshold:.3g})"
+        f"{_sign(r, p_sign, distance_sign)} {r.threshold:.3g})"
         for r in results[:MAX_LISTED])
     return text + (f" and {len(results) - MAX_LISTED} more" if len(results) > MAX_LISTED else "")
+
+
+def _sign(r: FeatureDrift, p_sign: str, distance_sign: str) -> str:
+    if r.method == "missing":  # drifts when its share is above the reference's
+        return ">" if distance_sign == ">=" else "<="
+    return p_sign if r.method in stats.P_VALUE_METHODS else distance_sign

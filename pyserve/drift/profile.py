@@ -177,7 +177,7 @@ def describe(name: str, values: np.ndarray, kind: str | None = None, output: boo
     values = np.asarray(values).reshape(-1)
     is_text = values.dtype.kind in "OSU"
     if values.dtype.kind == "f":
-        values = values[~np.isnan(values)]
+        values = values[np.isfinite(values)]  # NaN (missing) and +-inf left out
     if values.size == 0:
         raise ValueError(f"feature {name!r}: no values (all missing)")
     if kind is None:
@@ -280,6 +280,8 @@ def read_profile(path: Path) -> Profile:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise invalid(f"{path}: not a drift profile: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid(f"{path}: not a drift profile: expected a JSON object, got {type(doc).__name__}")
     try:
         if doc.get("format") != FORMAT:
             raise ValueError(f"format: expected {FORMAT!r}, got {doc.get('format')!r}")

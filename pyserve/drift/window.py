@@ -59,6 +59,9 @@ class WatchedTensor:
         self.chunks_num, self.chunks_cat = [], []
 
 
+MISSING = "missing"  # the method of a feature whose every value in the window is missing (NaN)
+
+
 class WatchedVersion:
     """The window and the last results of one model version."""
 
@@ -66,6 +69,7 @@ class WatchedVersion:
         self.model, self.version, self.config = model, version, config
         drift: DriftConfig = config.drift
         self.drift = drift
+        self.profile_rows = max(profile.rows, 1)
         self.tensors: list[tuple[str, WatchedTensor]] = []  # (role, watched), inputs first
         budget = drift.max_features
         total = 0
@@ -158,12 +162,14 @@ class WatchedVersion:
                 for j in np.nonzero(missing)[0]:
                     values = matrix[:, j]
                     values = values[~np.isnan(values)]
+                    i = watched.numerical[j]
+                    feature = watched.features[i]
                     if values.size:
-                        i = watched.numerical[j]
-                        feature = watched.features[i]
                         method = stats.choose("numerical", values.size, drift.numerical_method)
                         scored.append((t, i, name, feature, method, stats.score(feature, values, method),
                                        values.size))
+                    else:  # every value missing: reported as the "missing" check, not dropped
+                        scored.append((t, i, name, feature, MISSING, 1.0, matrix.shape[0]))
             if watched.chunks_cat:
                 for j, i in enumerate(watched.categorical):
                     values = np.concatenate([chunk[j] for chunk in watched.chunks_cat])
@@ -175,6 +181,11 @@ class WatchedVersion:
         window_rows = self.rows
         self.rows = 0
         p_values = np.array([s for *_, m, s, _ in scored if m in stats.P_VALUE_METHODS])
+        # A feature reported as missing still counts in the family of tests (as a p-value of 1), so
+        # the corrected cutoff of the others does not move when a feature goes missing.
+        padded = [1.0 for *_, m, _, rows in scored
+                  if m == MISSING and stats.choose("numerical", rows, drift.numerical_method) in stats.P_VALUE_METHODS]
+        p_values = np.concatenate([p_values, padded]) if padded else p_values
         # ks and chisquare features are tested together at one family-wise level (their thresholds agree
         # by default; with different ones each method's features are corrected at its own level).
         cutoffs = {m: stats.p_value_cutoffs(p_values, drift.threshold(m), drift.correction)
@@ -182,7 +193,10 @@ class WatchedVersion:
         before = {(r.tensor, r.feature): r.drifted for r in self.results}
         out = []
         for _, _, name, feature, method, score, rows in scored:
-            if method in stats.P_VALUE_METHODS:
+            if method == MISSING:  # drifted: a larger share missing than in the reference
+                threshold = 1.0 - min(feature.count / self.profile_rows, 1.0)
+                drifted = score > threshold
+            elif method in stats.P_VALUE_METHODS:
                 threshold = cutoffs[method]
                 drifted = score < threshold if drift.correction != "benjamini-hochberg" else score <= threshold
             else:
