@@ -24,7 +24,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
