@@ -31,6 +31,9 @@ from pathlib import Path
 
 import msgpack
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_server import wait_ready  # noqa: E402
+
 ROWS = 3_500_000  # rows of 4 numbers: a ~60 MiB JSON body
 
 
@@ -82,17 +85,7 @@ def run_case(case: str, rows: int, port: int) -> dict:
         server = subprocess.Popen([sys.executable, "-m", "pyserve", "serve", str(Path(tmp) / "models"),
                                    "--port", str(port), "--log-level", "warning"])
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    c.request("GET", "/v2/health/ready")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.1)
+            wait_ready(f"http://127.0.0.1:{port}")
             idle_kib = vm_hwm_kib(server.pid)
             probe = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             worst = [0.0]

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import msgpack
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_server import wait_ready  # noqa: E402
+
 
 def write_repo(root: Path) -> None:
     import onnx
@@ -173,17 +176,7 @@ def main() -> None:
         server = subprocess.Popen([sys.executable, "-m", "pyserve", "serve", str(Path(tmp) / "models"),
                                    "--port", str(args.port), "--log-level", "warning"])
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", args.port, timeout=5)
-                    c.request("GET", "/v2/health/ready")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.1)
+            wait_ready(f"http://127.0.0.1:{args.port}")
             requests = request_phase(args.port, server.pid, args.requests, args.clients)
             reloads = reload_phase(args.port, server.pid, args.cycles)
             print(f"requests: {requests[-1][0]}, server RSS {growth(requests)}")

@@ -18,6 +18,8 @@ from pyserve import __version__, control_cli
 from pyserve.errors import PyserveError, invalid
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from pyserve.payload_log.settings import PayloadLogSettings
     from pyserve.security import AccessSettings, TlsSettings
 
@@ -446,42 +448,41 @@ def listen_error(e: OSError, host: str, port: int) -> str | None:
     return None
 
 
+def _add_module_command(sub: argparse._SubParsersAction, name: str, module: ModuleType, help: str,
+                        description: str) -> None:
+    """A subcommand whose flags and body live in ``module`` (its ``add_arguments`` and ``run``)."""
+    p = sub.add_parser(name, help=help, description=description)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     from pyserve.bench import cli as bench_cli
 
-    p = sub.add_parser(
-        "bench",
+    _add_module_command(
+        sub, "bench", bench_cli,
         help="measure a KServe v2 server and size replicas for a load and a latency goal",
-        description="Load generator in the manner of Triton's perf_analyzer (see docs/bench.md).",
-    )
-    bench_cli.add_arguments(p)
-    p.set_defaults(func=bench_cli.run)
+        description="Load generator in the manner of Triton's perf_analyzer (see docs/bench.md).")
 
 
 def _add_logs(sub: argparse._SubParsersAction) -> None:
     from pyserve.payload_log import cli as logs_cli
 
-    p = sub.add_parser(
-        "logs",
+    _add_module_command(
+        sub, "logs", logs_cli,
         help="query a payload log folder (filters or SQL through DuckDB)",
         description="Print, or write as CSV, JSON or Parquet, the records of a payload log folder "
-                    "(pyserve serve --payload-log-dir), newest first (see docs/payload-log.md).",
-    )
-    logs_cli.add_arguments(p)
-    p.set_defaults(func=logs_cli.run)
+                    "(pyserve serve --payload-log-dir), newest first (see docs/payload-log.md).")
 
 
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     from pyserve.drift import cli as profile_cli
 
-    p = sub.add_parser(
-        "profile",
+    _add_module_command(
+        sub, "profile", profile_cli,
         help="build a model version's drift profile from training data or its golden samples",
         description="Describe each feature of the model's inputs (and, with --outputs, of its outputs) in "
-                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection (see docs/drift.md).",
-    )
-    profile_cli.add_arguments(p)
-    p.set_defaults(func=profile_cli.run)
+                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection (see docs/drift.md).")
 
 
 def make_parser() -> argparse.ArgumentParser:
