@@ -482,7 +482,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
         sub, "profile", profile_cli,
         help="build a model version's drift profile from training data or its golden samples",
         description="Describe each feature of the model's inputs (and, with --outputs, of its outputs) in "
-                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection (see docs/drift.md).")
+                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection "
+                    "(see docs/drift.md).")
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -35,8 +35,10 @@ def unauthorized(error: Unauthenticated) -> Response:
     return resp
 
 
-def guarded(access: AccessControl, scope: Scope, handler: Handler) -> Handler:
-    """``handler``, behind the token check of ``scope`` when this server needs one for it."""
+def guarded(access: AccessControl, scope: Scope, handler: Handler,
+            refused: Callable[[Request, Unauthenticated, Response], None] | None = None) -> Handler:
+    """``handler``, behind the token check of ``scope`` when this server needs one for it;
+    ``refused(request, error, response)`` is told of each call refused for its token."""
     if not access.required(scope):
         return handler
 
@@ -45,7 +47,10 @@ def guarded(access: AccessControl, scope: Scope, handler: Handler) -> Handler:
         try:
             access.authenticate(scope, request.headers.get("authorization"))
         except Unauthenticated as e:
-            return unauthorized(e)
+            resp = unauthorized(e)
+            if refused is not None:
+                refused(request, e, resp)
+            return resp
         return handler(request)
 
     return wrapped
@@ -73,8 +78,13 @@ def _error_of(resp: Response) -> str:
     return message if type(message) is str else ""
 
 
-def _result_of(status: int) -> str:
-    return "ok" if status < 400 else kind_of_status(status).value
+def _audit(audit: ManagementAudit, request: Request, token_id: str | None, action: str, status: int,
+           error: str, reason: str = "") -> None:
+    """One audit record of a management call answered with ``status``."""
+    info = request.match_info
+    result = "ok" if status < 400 else kind_of_status(status).value
+    audit.record(AuditRecord(request.peer, token_id, action, info.get("model"), info.get("version"),
+                             info.get("alias"), result, status, error, reason))
 
 
 def audited_control(access: AccessControl, audit: ManagementAudit, action: str | Callable[[Request], str],
@@ -83,12 +93,6 @@ def audited_control(access: AccessControl, audit: ManagementAudit, action: str |
     call: refused (401), failed (its status) or done. ``action`` is the audit action, or a function
     of the request giving it (rollout actions come from the path)."""
 
-    def record(request: Request, token_id: str | None, action_name: str, status: int, error: str,
-               reason: str) -> None:
-        info = request.match_info
-        audit.record(AuditRecord(request.peer, token_id, action_name, info.get("model"), info.get("version"),
-                                 info.get("alias"), _result_of(status), status, error, reason))
-
     @functools.wraps(handler)
     async def wrapped(request: Request) -> Response:
         action_name = action(request) if callable(action) else action
@@ -96,16 +100,18 @@ def audited_control(access: AccessControl, audit: ManagementAudit, action: str |
             token_id = access.authenticate(Scope.CONTROL, request.headers.get("authorization"))
         except Unauthenticated as e:
             resp = unauthorized(e)
-            record(request, e.token_id, action_name, resp.status, e.message, "")
+            _audit(audit, request, e.token_id, action_name, resp.status, e.message)
             return resp
         reason = _reason_of(request)
         try:
             resp = await handler(request)
         except BaseException:
             # The handler turns errors into responses; what escapes it (a cancelled task) is a 500.
-            record(request, token_id, action_name, 500, "the call did not complete (see the server log)", reason)
+            _audit(audit, request, token_id, action_name, 500,
+                   "the call did not complete (see the server log)", reason)
             raise
-        record(request, token_id, action_name, resp.status, _error_of(resp) if resp.status >= 400 else "", reason)
+        error = _error_of(resp) if resp.status >= 400 else ""
+        _audit(audit, request, token_id, action_name, resp.status, error, reason)
         return resp
 
     return wrapped
@@ -114,19 +120,8 @@ def audited_control(access: AccessControl, audit: ManagementAudit, action: str |
 def audited_read(access: AccessControl, audit: ManagementAudit, handler: Handler) -> Handler:
     """A read of the management API (index, traffic, rollout state, payload log) behind the control
     scope's token check; only a refused call is audited (action ``access``)."""
-    if not access.required(Scope.CONTROL):
-        return handler
 
-    @functools.wraps(handler)
-    def wrapped(request: Request):  # type: ignore[no-untyped-def]
-        try:
-            access.authenticate(Scope.CONTROL, request.headers.get("authorization"))
-        except Unauthenticated as e:
-            info = request.match_info
-            resp = unauthorized(e)
-            audit.record(AuditRecord(request.peer, e.token_id, "access", info.get("model"), info.get("version"),
-                                     info.get("alias"), e.kind.value, resp.status, e.message))
-            return resp
-        return handler(request)
+    def refused(request: Request, error: Unauthenticated, resp: Response) -> None:
+        _audit(audit, request, error.token_id, "access", resp.status, error.message)
 
-    return wrapped
+    return guarded(access, Scope.CONTROL, handler, refused)
