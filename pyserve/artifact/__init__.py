@@ -49,7 +49,7 @@ def check_lock(extracted: Extracted, lock_policy: str = "refuse") -> list:
     rows = locks.compare(locks.loads(extracted.lock_path.read_bytes(), LOCK))
     for r in rows:
         if not r.ok:
-            log.warning("model %s artifact: %s locked %s, installed %s (%s%s)", extracted.manifest.name, r.name,
+            log.warning("model %s artifact: %s locked %s, installed %s (%s%s)", extracted.model_dir.name, r.name,
                         r.locked, r.installed or "none", r.status, ", direct dependency" if r.direct else "")
     bad = locks.refused(rows, lock_policy)
     if bad:
