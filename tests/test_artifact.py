@@ -452,3 +452,32 @@ def test_a_host_serving_an_artifact_shows_its_provenance(artifact: Path, tmp_pat
             f'training_commit="abc123",version="1"}} 1.0')
     assert line in exposition.decode()
     assert y.shape == (1, 4)
+
+
+def test_a_repository_folder_serving_artifacts_is_checked(artifact: Path, tmp_path: Path) -> None:
+    from pyserve.repository.sources import ModelSources
+
+    root = tmp_path / "repo"
+    (root / "m" / "3").mkdir(parents=True)
+    (root / "m" / "3" / "model.pyserve").write_bytes(artifact.read_bytes())
+    sources = ModelSources(root)
+    try:
+        config, dirs = sources.read("m")
+        assert config.name == "m" and list(dirs) == [3] and (dirs[3] / "model.onnx").is_file()
+        (root / "m" / "2").mkdir()
+        (root / "m" / "2" / "model.onnx").write_bytes(members(artifact)["model/1/model.onnx"])
+        with pytest.raises(PyserveError, match="version folders 2 hold no .pyserve artifact while 3 do"):
+            sources.read("m")
+        (root / "m" / "2" / "model.onnx").unlink()
+        (root / "m" / "2").rmdir()
+        (root / "m" / "config.toml").write_text('backend = "onnxruntime"\n')
+        with pytest.raises(PyserveError, match="take their config from the artifact: remove"):
+            sources.read("m")
+        (root / "m" / "config.toml").unlink()
+        (root / "m" / "3" / "other.pyserve").write_bytes(artifact.read_bytes())
+        with pytest.raises(PyserveError, match="2 artifacts"):
+            sources.read("m")
+    finally:
+        unpacked = list(sources.artifacts._by_key.values())
+        sources.close()
+    assert unpacked and not any(e.root.exists() for e in unpacked)

@@ -60,14 +60,16 @@ def check_lock(extracted: Extracted, lock_policy: str = "refuse") -> list:
 
 
 @contextlib.contextmanager
-def open_extracted(path: Path, *, public_key: Path | None = None, lock_policy: str = "refuse",
+def open_extracted(path: Path, *, public_key: Path | None = None, lock_policy: str | None = "refuse",
                    name: str | None = None, dest_parent: Path | None = None) -> Iterator[Extracted]:
     """As :func:`open_artifact`, yielding the whole :class:`~pyserve.artifact.read.Extracted` (manifest,
-    sha256, signature) and naming the model folder ``name`` (default: the manifest's name)."""
+    sha256, signature) and naming the model folder ``name`` (default: the manifest's name);
+    ``lock_policy`` None leaves the lock to the caller (``pyserve verify`` prints it as a table)."""
     extracted = extract(Path(path), dest_parent, public_key, name)
     try:
         try:
-            check_lock(extracted, lock_policy)
+            if lock_policy is not None:
+                check_lock(extracted, lock_policy)
         except Exception as e:
             message = getattr(e, "message", str(e))
             raise invalid(f"artifact {path}: {message}") from None

@@ -37,13 +37,14 @@ def _say(line: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the checks, printing each; 0 when all pass, 1 when one fails."""
-    from pyserve.artifact import check_lock, open_extracted
+    from pyserve.artifact import open_extracted
     from pyserve.artifact import lock as locks
+    from pyserve.artifact.manifest import LOCK
 
     path: Path = args.artifact
     try:
         # The lock is checked here rather than by open_extracted, to print its table either way.
-        with open_extracted(path, public_key=args.public_key, lock_policy="warn") as extracted:
+        with open_extracted(path, public_key=args.public_key, lock_policy=None) as extracted:
             m = extracted.manifest
             _say(f"artifact {path}: model {m.name} version {m.version} ({m.backend}), "
                  f"sha256 {extracted.sha256}")
@@ -57,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
             p = m.provenance
             _say(f"provenance: packaged {p.created} by pyserve {p.pyserve_version}, training commit "
                  f"{p.training_commit or '(not given)'}, lock sha256 {m.lock_sha256}")
-            rows = check_lock(extracted, "warn")
+            if not extracted.lock_path.is_file():
+                _say(f"FAIL: the artifact has no {LOCK}")
+                return EXIT_FAILED
+            rows = locks.compare(locks.loads(extracted.lock_path.read_bytes(), LOCK))
             _say("lock (pylock.toml) against this environment:")
             _say("  " + locks.table(rows).replace("\n", "\n  "))
             bad = locks.refused(rows, args.lock_policy)

@@ -71,12 +71,21 @@ class FolderSource:
         self.artifacts = artifacts or ArtifactCache()
 
     def _artifacts(self, model_dir: Path) -> dict[int, Path]:
-        """Version -> artifact file, for a model folder without config.toml whose version folders hold
-        ``.pyserve`` artifacts (pyserve.artifact.serving); {} for any other folder."""
-        if (model_dir / "config.toml").is_file():
-            return {}
+        """Version -> artifact file, for a model folder whose version folders hold ``.pyserve``
+        artifacts (pyserve.artifact.serving); {} for any other folder. INVALID_ARGUMENT for a folder
+        that mixes them with config.toml or with version folders of plain model files."""
         found = {v: version_artifact(model_dir / str(v)) for v in version_dirs(model_dir)}
-        return {v: p for v, p in found.items() if p is not None}
+        artifacts = {v: p for v, p in found.items() if p is not None}
+        if not artifacts:
+            return {}
+        if (model_dir / "config.toml").is_file():
+            raise invalid(f"{model_dir}: version folders holding artifacts ({artifacts[min(artifacts)]}) take "
+                          f"their config from the artifact: remove {model_dir / 'config.toml'}")
+        plain = sorted(v for v, p in found.items() if p is None)
+        if plain:
+            raise invalid(f"{model_dir}: version folders {', '.join(map(str, plain))} hold no .pyserve artifact "
+                          f"while {', '.join(map(str, sorted(artifacts)))} do: serve one kind per model")
+        return artifacts
 
     def _read_artifacts(self, name: str, artifacts: dict[int, Path],
                         override: Mapping[str, Any] | None) -> tuple[ModelConfig, dict[int, Path]]:
