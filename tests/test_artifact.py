@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata as md
-import json
 import os
 import random
 import zipfile
