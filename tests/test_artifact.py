@@ -480,3 +480,25 @@ def test_a_repository_folder_serving_artifacts_is_checked(artifact: Path, tmp_pa
         unpacked = list(sources.artifacts._by_key.values())
         sources.close()
     assert unpacked and not any(e.root.exists() for e in unpacked)
+
+
+def test_a_python_model_artifact_verifies_and_runs_its_golden_samples(repo: Repo, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    model = repo.python("doubler", """
+        class Model:
+            def infer(self, inputs):
+                return {"y": inputs["x"] * 2}
+        """, 'backend = "python"\nmax_batch_size = 4\n[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [2]\n'
+        '[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [2]\n')
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.savez(model / "1" / "golden.npz", **{"inputs/x": x, "outputs/y": x * 2})
+    out = tmp_path / "doubler.pyserve"
+    package(model, out)
+    assert main(["verify", str(out)]) == 0
+    assert "golden samples: 3 of 3 passed" in capsys.readouterr().out
+    # The code in the artifact changed: refused before it is imported (importing it would exit).
+    code = members(out)["model/1/model.py"]
+    changed = b"import sys\nsys.exit(9)\n" + code
+    bad = rewrite(out, tmp_path / "bad.pyserve", {"model/1/model.py": changed})
+    assert main(["verify", str(bad)]) == 1
+    assert "member model/1/model.py" in capsys.readouterr().out
