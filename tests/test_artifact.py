@@ -137,10 +137,17 @@ def _positions(size: int, rng: random.Random, at_most: int = 48) -> list[int]:
     return sorted({0, size - 1, *rng.sample(range(size), at_most - 2)})
 
 
-def test_every_byte_changed_in_place_is_refused_naming_the_member(artifact: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_every_byte_changed_in_place_is_refused_naming_the_member(model_dir: Path, tmp_path: Path,
+                                                                  signed: bool) -> None:
+    # In place: the archive's CRC-32 no longer matches (a disk or a transfer changed it). The signature
+    # member too is read, and refused, with no key to check it against.
     rng = random.Random(11)
+    artifact = tmp_path / "a.pyserve"
+    package(model_dir, artifact, PackageOptions(sign_key=key_pair(tmp_path, "k")[0] if signed else None))
     raw = artifact.read_bytes()
     changed = tmp_path / "changed.pyserve"
+    assert (SIGNATURE in members(artifact)) == signed
     for name in members(artifact):
         start, size = _data_span(artifact, name)
         for at in _positions(size, rng):
@@ -237,6 +244,9 @@ def test_signature_checked_with_the_right_key_refused_with_another(model_dir: Pa
         pass
     garbled = rewrite(signed, tmp_path / "garbled.pyserve", {SIGNATURE: b"!!not base64!!\n"})
     assert f"{SIGNATURE}: not a base64 signature" in refused(garbled, public_key=public)
+    assert f"{SIGNATURE}: not a base64 signature" in refused(garbled)  # read even with no key
+    short = rewrite(signed, tmp_path / "short.pyserve", {SIGNATURE: b"AAAA\n"})
+    assert f"{SIGNATURE}: 3 bytes, an Ed25519 signature has 64" in refused(short)
 
 
 def test_a_key_file_that_is_not_ed25519_is_refused(model_dir: Path, tmp_path: Path) -> None:

@@ -159,13 +159,15 @@ def _extract(f: BinaryIO, path: Path, dest_parent: Path | None, public_key: Path
             raise invalid(f"no {MANIFEST} member: not a pyserve artifact")
         manifest_bytes = _read_small(z, members[MANIFEST], MAX_MANIFEST_BYTES)
         signed, signed_by = SIGNATURE in members, ""
-        if public_key is not None:
-            from pyserve.artifact import sign
+        from pyserve.artifact import sign
 
+        # Read (CRC-checked) and decoded even with no key to check it against: no member goes unread.
+        signature = sign.decode(_read_small(z, members[SIGNATURE], 4096)) if signed else b""
+        if public_key is not None:
             key = sign.load_public_key(public_key)
             if not signed:
                 raise invalid(f"not signed ({SIGNATURE} missing), and a public key requires a signature")
-            sign.check(manifest_bytes, _read_small(z, members[SIGNATURE], 4096), key)
+            sign.check(manifest_bytes, signature, key)
             signed_by = sign.key_id(key)
         manifest = Manifest.parse(manifest_bytes)
         listed = {e.path for e in manifest.files}

@@ -75,17 +75,28 @@ def sign(manifest: bytes, key: Ed25519PrivateKey) -> bytes:
     return base64.b64encode(key.sign(manifest)) + b"\n"
 
 
-def check(manifest: bytes, signature: bytes, key: Ed25519PublicKey) -> None:
-    """Returns when ``signature`` (the signature member's bytes) is ``key``'s signature of
-    ``manifest``; INVALID_ARGUMENT naming the manifest otherwise."""
-    from cryptography.exceptions import InvalidSignature
+SIGNATURE_BYTES = 64  # an Ed25519 signature (RFC 8032)
 
+
+def decode(signature: bytes) -> bytes:
+    """The raw signature of the signature member's bytes; INVALID_ARGUMENT naming the member when it
+    is not the base64 of 64 bytes (checked whether or not a key is configured)."""
     try:
         raw = base64.b64decode(signature.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise invalid(f"{SIGNATURE}: not a base64 signature") from None
+    if len(raw) != SIGNATURE_BYTES:
+        raise invalid(f"{SIGNATURE}: {len(raw)} bytes, an Ed25519 signature has {SIGNATURE_BYTES}")
+    return raw
+
+
+def check(manifest: bytes, signature: bytes, key: Ed25519PublicKey) -> None:
+    """Returns when ``signature`` (64 raw bytes, as :func:`decode` gives them) is ``key``'s signature
+    of ``manifest``; INVALID_ARGUMENT naming the manifest otherwise."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
-        key.verify(raw, manifest)
+        key.verify(signature, manifest)
     except InvalidSignature:
         raise invalid(f"{MANIFEST}: the signature ({SIGNATURE}) does not match this manifest and key: "
                       "the manifest was changed or signed with another key") from None
