@@ -113,6 +113,12 @@ def test_python_model_locks_what_its_code_imports(repo: Repo, tmp_path: Path) ->
         package(model, tmp_path / "q.pyserve")
 
 
+def test_an_artifact_inside_the_version_folder_is_refused(model_dir: Path) -> None:
+    package(model_dir, model_dir / "1" / "first.pyserve")
+    with pytest.raises(PyserveError, match="first.pyserve: an artifact inside the version folder"):
+        package(model_dir, model_dir.parent / "second.pyserve")
+
+
 def test_a_symbolic_link_is_refused(model_dir: Path, tmp_path: Path) -> None:
     (model_dir / "1" / "link.onnx").symlink_to(model_dir / "1" / "model.onnx")
     with pytest.raises(PyserveError, match="link.onnx: a file of the version is a symbolic link"):

@@ -87,6 +87,9 @@ def model_files(model_dir: Path, version: int) -> dict[str, Path]:
             if n.startswith(".") or n.endswith(".pyc"):
                 continue
             _regular(p, "a file of the version")
+            if p.suffix == ".pyserve":
+                raise invalid(f"{p}: an artifact inside the version folder: package the model's own files "
+                              "(write -o outside the model folder)")
             rel = p.relative_to(model_dir).as_posix()
             files[MODEL_PREFIX + rel] = p
     return files
