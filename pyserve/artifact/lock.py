@@ -182,6 +182,7 @@ class LockRow:
 
     @property
     def ok(self) -> bool:
+        """Same version, same installed files."""
         return self.status == STATUS_OK
 
     @property

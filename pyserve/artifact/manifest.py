@@ -56,6 +56,7 @@ class Provenance:
     imported_from: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """The provenance as the manifest's JSON holds it."""
         return {"pyserve_version": self.pyserve_version, "created": self.created,
                 "training_commit": self.training_commit,
                 "training_data": [{"name": n, "sha256": h} for n, h in self.training_data],

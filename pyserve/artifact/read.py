@@ -58,6 +58,7 @@ class Extracted:
 
     @property
     def lock_path(self) -> Path:
+        """The unpacked ``pylock.toml``."""
         return self.root / LOCK
 
 
