@@ -105,7 +105,7 @@ def batch_sizes(text: str) -> tuple[int, ...]:
 def _model_arg(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH.onnx, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH.onnx or NAME=PATH.pyserve, got {text!r}")
     return name, Path(path)
 
 
@@ -121,7 +121,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="TCP port, 0..65535 (default 8000; 0 = any free port, logged at start-up)")
     p.add_argument(
         "--model", action="append", default=[], type=_model_arg, metavar="NAME=PATH",
-        help="also serve one ONNX file as model NAME (repeatable); batching from the flags below",
+        help="also serve one ONNX file as model NAME (repeatable), batching from the flags below; or "
+             "one .pyserve artifact (pyserve package), which carries its own config.toml",
     )
     p.add_argument("--max-batch-size", type=int_at_least(0), default=None, metavar="N",
                    help="for --model: max samples per batch, >= 0 (0 = no batching; default: "
@@ -156,7 +157,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     _add_payload_log_flags(p)
     _add_dashboard_flags(p)
     _add_security_flags(p)
+    _add_artifact_flags(p)
     p.set_defaults(func=_serve)
+
+
+def _add_artifact_flags(p: argparse.ArgumentParser) -> None:
+    """How .pyserve artifacts are checked before they serve (docs/artifact.md)."""
+    g = p.add_argument_group("artifacts (docs/artifact.md)")
+    g.add_argument("--artifact-public-key", type=Path, default=None, metavar="FILE",
+                   help="refuse every .pyserve artifact not signed by this Ed25519 public key (PEM)")
+    g.add_argument("--artifact-lock-policy", choices=("warn", "refuse"), default="refuse",
+                   help="when an artifact's direct dependencies (pylock.toml) differ from the installed "
+                        "versions: refuse the model (default) or log a warning and serve it")
 
 
 def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
@@ -314,6 +326,7 @@ def _payload_log_settings(args: argparse.Namespace) -> PayloadLogSettings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pyserve.artifact.serving import ArtifactSettings
     from pyserve.repository import SingleModel
     from pyserve.server.app import ServerSettings, run
 
@@ -334,6 +347,13 @@ def _serve(args: argparse.Namespace) -> int:
         if not path.is_file():
             _refuse(f"--model {name}={path}: no such file")
             return EXIT_REFUSED
+    artifacts = [f"{name}={path}" for name, path in args.model if path.suffix == ".pyserve"]
+    if given and artifacts:
+        _refuse(f"{', '.join(given)}: not for --model {artifacts[0]}: an artifact carries its own config.toml")
+        return EXIT_REFUSED
+    if args.artifact_public_key is not None and not args.artifact_public_key.is_file():
+        _refuse(f"--artifact-public-key {args.artifact_public_key}: no such file")
+        return EXIT_REFUSED
     default_max_batch_size = value(args.default_max_batch_size, DEFAULT_MAX_BATCH_SIZE)
     # Without --max-batch-size, a model that can batch gets the default (checked once it is read).
     max_batch_size = value(args.max_batch_size, default_max_batch_size)
@@ -385,6 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
         access=access,
         tls=tls,
         audit_log=args.audit_log,
+        artifacts=ArtifactSettings(args.artifact_public_key, args.artifact_lock_policy),
     )
     try:
         run(settings)
@@ -486,6 +507,28 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                     "(see docs/drift.md).")
 
 
+def _add_package(sub: argparse._SubParsersAction) -> None:
+    from pyserve.artifact import cli_package
+
+    _add_module_command(
+        sub, "package", cli_package,
+        help="package a model version (or an MLflow ONNX model) into one verifiable .pyserve file",
+        description="Write MODEL_DIR's version (config.toml, model files, golden samples, drift profile), a "
+                    "dependency lock (pylock.toml) and a manifest of sha256 hashes and provenance into one "
+                    "file, optionally signed with Ed25519 (see docs/artifact.md).")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    from pyserve.artifact import cli_verify
+
+    _add_module_command(
+        sub, "verify", cli_verify,
+        help="check a .pyserve artifact: hashes, signature, lock against this environment, golden samples",
+        description="Check every file's sha256, the signature, the dependency lock against the installed "
+                    "packages, and run the golden samples through the model; exit status 0 when all pass, "
+                    "1 when one fails (see docs/artifact.md).")
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
     ``profile``, ``model``, ``alias``, ``traffic``)."""
@@ -496,6 +539,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_logs(sub)
     _add_profile(sub)
+    _add_package(sub)
+    _add_verify(sub)
     control_cli.add_commands(sub)
     return parser
 

@@ -250,7 +250,7 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("below", ["service", "release", "repository", "backends", "protocol", "runtime.py", "config.py",
                                    "errors.py", "metrics.py", "datatypes.py", "payload_log",
-                                   "dashboard", "drift", "security"])
+                                   "dashboard", "drift", "security", "artifact"])
 def test_nothing_below_the_transports_imports_them(below: str) -> None:
     paths = [PACKAGE / below] if below.endswith(".py") else sorted((PACKAGE / below).rglob("*.py"))
     for path in paths:

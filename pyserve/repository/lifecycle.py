@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pyserve.artifact.serving import ArtifactSettings
 from pyserve.backends import create_backend
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE, ModelConfig
 from pyserve.errors import ErrorKind, PyserveError, not_found
@@ -43,10 +44,11 @@ class ModelRepository:
         single_models: Iterable[SingleModel] = (),
         validate: Validator | None = None,
         default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        artifacts: ArtifactSettings | None = None,
     ) -> None:
         self.pump = pump
         self.validate = validate
-        self.sources = ModelSources(root, single_models, default_max_batch_size)
+        self.sources = ModelSources(root, single_models, default_max_batch_size, artifacts)
         self.registry = ModelRegistry()
         self._locks: dict[str, asyncio.Lock] = {}
         self.startup_done = False
@@ -243,12 +245,13 @@ class ModelRepository:
             log.info("model %s unloaded", name)
 
     async def close(self) -> None:
-        """Drains and stops every version (server shutdown)."""
+        """Drains and stops every version (server shutdown), then deletes the artifacts unpacked."""
         runners = self.registry.runners()
         for e in self.registry.models.values():
             e.versions = {}
             e.state, e.reason = ModelState.UNAVAILABLE, "the server is shutting down"
         await asyncio.gather(*(r.stop(drain=True) for r in runners))
+        self.sources.close()
 
     # -- what the server shows -----------------------------------------------------------------
     def index(self) -> list[dict]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyserve.artifact.read import SUFFIX
+from pyserve.artifact.serving import ArtifactCache, ArtifactSettings, artifact_config, version_artifact
 from pyserve.backends import registry as backends
 from pyserve.config import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -62,9 +64,36 @@ class FolderSource:
     ``default_max_batch_size``: the max_batch_size of a model whose config sets none and that can batch
     (see :func:`pyserve.config.load_model_config`)."""
 
-    def __init__(self, root: Path, default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+    def __init__(self, root: Path, default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 artifacts: ArtifactCache | None = None) -> None:
         self.root = Path(root)
         self.default_max_batch_size = default_max_batch_size
+        self.artifacts = artifacts or ArtifactCache()
+
+    def _artifacts(self, model_dir: Path) -> dict[int, Path]:
+        """Version -> artifact file, for a model folder whose version folders hold ``.pyserve``
+        artifacts (pyserve.artifact.serving); {} for any other folder. INVALID_ARGUMENT for a folder
+        that mixes them with config.toml or with version folders of plain model files."""
+        found = {v: version_artifact(model_dir / str(v)) for v in version_dirs(model_dir)}
+        artifacts = {v: p for v, p in found.items() if p is not None}
+        if not artifacts:
+            return {}
+        if (model_dir / "config.toml").is_file():
+            raise invalid(f"{model_dir}: version folders holding artifacts ({artifacts[min(artifacts)]}) take "
+                          f"their config from the artifact: remove {model_dir / 'config.toml'}")
+        plain = sorted(v for v, p in found.items() if p is None)
+        if plain:
+            raise invalid(f"{model_dir}: version folders {', '.join(map(str, plain))} hold no .pyserve artifact "
+                          f"while {', '.join(map(str, sorted(artifacts)))} do: serve one kind per model")
+        return artifacts
+
+    def _read_artifacts(self, name: str, artifacts: dict[int, Path],
+                        override: Mapping[str, Any] | None) -> tuple[ModelConfig, dict[int, Path]]:
+        """The config (the newest artifact's) and the unpacked version folders the policy serves."""
+        newest = self.artifacts.open(artifacts[max(artifacts)], name)
+        config = artifact_config(newest, override, self.default_max_batch_size)
+        selected = config.version_policy.select(sorted(artifacts))
+        return config, {v: self.artifacts.open(artifacts[v], name).version_dir for v in selected}
 
     def names(self) -> set[str]:
         """The model folders of the repository (hidden and ``_`` folders skipped)."""
@@ -84,6 +113,9 @@ class FolderSource:
         model_dir = self.root / name
         if not model_dir.is_dir():
             raise not_found(f"unknown model '{name}'")
+        artifacts = self._artifacts(model_dir)
+        if artifacts:
+            return self._read_artifacts(name, artifacts, override)
         source = f"{model_dir}: the load request's config" if override is not None else ""
         config = load_model_config(model_dir, override, source, self.default_max_batch_size)
         selected = config.version_policy.select(version_dirs(model_dir))
@@ -102,6 +134,9 @@ class FolderSource:
         """The folder of one version of model ``name``, whatever its version policy; NOT_FOUND when
         the repository has no such folder (a backend with no model file serves version 1 without)."""
         path = self.root / name / str(version)
+        artifact = self._artifacts(self.root / name).get(version)
+        if artifact is not None:
+            return self.artifacts.open(artifact, name).version_dir
         if path.is_dir() or (version == 1 and not backends.get(config.backend).needs_model_file):
             return path
         available = ", ".join(map(str, version_dirs(self.root / name))) or "none"
@@ -110,7 +145,8 @@ class FolderSource:
 
 @dataclass(frozen=True)
 class SingleModel:
-    """A model given as one ONNX file (``--model NAME=PATH``) with the batching knobs of the CLI."""
+    """A model given as one file (``--model NAME=PATH``): an ONNX file, with the batching knobs of the
+    CLI, or a ``.pyserve`` artifact, which carries its own config.toml (the knobs are not applied)."""
 
     name: str
     path: Path
@@ -126,12 +162,15 @@ class SingleModel:
 
 
 class FileSource:
-    """Models given one file each (``--model NAME=PATH``), each served as version 1."""
+    """Models given one file each (``--model NAME=PATH``): an ONNX file served as version 1, an
+    artifact as the version it was packaged as."""
 
     def __init__(self, models: Iterable[SingleModel],
-                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 artifacts: ArtifactCache | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.default_max_batch_size = default_max_batch_size
+        self.artifacts = artifacts or ArtifactCache()
 
     def names(self) -> set[str]:
         """The names given on the command line."""
@@ -149,6 +188,10 @@ class FileSource:
         if override is not None:
             raise invalid(f"model '{name}' is served from one file (--model): a load request cannot "
                           "replace its config; restart with other flags")
+        if model.path.suffix == SUFFIX:
+            extracted = self.artifacts.open(model.path, name)
+            config = artifact_config(extracted, None, self.default_max_batch_size)
+            return config, {extracted.manifest.version: extracted.version_dir}
         return model.config(self.default_max_batch_size), {1: model.path.parent}
 
     def model_dir(self, name: str) -> Path | None:
@@ -156,22 +199,39 @@ class FileSource:
         return None
 
     def version_dir(self, name: str, config: ModelConfig, version: int) -> Path:
-        """The file's folder for version 1; NOT_FOUND for any other version."""
+        """The file's folder for version 1 (an artifact's unpacked version folder for the version it was
+        packaged as); NOT_FOUND for any other version."""
+        model = self.models[name]
+        if model.path.suffix == SUFFIX:
+            extracted = self.artifacts.open(model.path, name)
+            if version != extracted.manifest.version:
+                raise not_found(f"model '{name}' is served from one artifact (--model): it has version "
+                                f"{extracted.manifest.version} only")
+            return extracted.version_dir
         if version != 1:
             raise not_found(f"model '{name}' is served from one file (--model): it has version 1 only")
-        return self.models[name].path.parent
+        return model.path.parent
 
 
 class ModelSources:
     """Every source of a server, the command line's single files first (they win a name clash).
 
-    ``default_max_batch_size``: the server's default of max_batch_size (``--default-max-batch-size``)."""
+    ``default_max_batch_size``: the server's default of max_batch_size (``--default-max-batch-size``);
+    ``artifacts``: how ``.pyserve`` artifacts are checked (:class:`pyserve.artifact.serving.ArtifactSettings`).
+    :meth:`close` deletes the artifacts unpacked for serving."""
 
     def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
-                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
-        self.sources: list[FileSource | FolderSource] = [FileSource(single_models, default_max_batch_size)]
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 artifacts: ArtifactSettings | None = None) -> None:
+        self.artifacts = ArtifactCache(artifacts)
+        self.sources: list[FileSource | FolderSource] = [
+            FileSource(single_models, default_max_batch_size, self.artifacts)]
         if root is not None:
-            self.sources.append(FolderSource(Path(root), default_max_batch_size))
+            self.sources.append(FolderSource(Path(root), default_max_batch_size, self.artifacts))
+
+    def close(self) -> None:
+        """Deletes the artifacts unpacked for serving (server shutdown)."""
+        self.artifacts.close()
 
     def names(self) -> list[str]:
         """Every model name of every source, sorted."""

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from pyserve import metrics
+from pyserve.artifact.metrics import ArtifactInfoCollector
+from pyserve.artifact.serving import ArtifactSettings
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.drift.server import make_monitor, say_which_models_drift
 from pyserve.dashboard.settings import DashboardSettings
@@ -75,6 +77,7 @@ class ServerSettings:
     # logger only if that cannot be written), else the logger only.
     audit_log: Path | None = None
     reload_interval_s: float = POLL_INTERVAL_S  # how often token and TLS files are checked for changes
+    artifacts: ArtifactSettings = ArtifactSettings()  # public key and lock policy of .pyserve artifacts
 
 
 class StartupError(PyserveError):
@@ -117,7 +120,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     tls = ReloadingTls(settings.tls, registry) if settings.tls is not None else None
     audit = _open_audit(settings, registry)
     host = ModelHost(settings.repository, settings.models, metrics.policy_changes_counter(registry),
-                     metrics.golden_checks_counter(registry), settings.default_max_batch_size)
+                     metrics.golden_checks_counter(registry), settings.default_max_batch_size,
+                     settings.artifacts)
+    registry.register(ArtifactInfoCollector(lambda: host.registry.runners(), host.provenance))
     service = InferenceService(host, infer_errors)
     payload_log = None
     if settings.payload_log.enabled:

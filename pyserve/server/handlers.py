@@ -81,6 +81,8 @@ def model_metadata(request: Request) -> Response:
     doc = kserve.model_metadata(meta.name, list(meta.versions), meta.platform, meta.inputs, meta.outputs)
     if meta.aliases:
         doc["aliases"] = meta.aliases  # pyserve's: KServe's metadata has no aliases
+    if meta.parameters:
+        doc["parameters"] = meta.parameters  # KServe v2's model metadata extension field
     return _json(doc)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pyserve.artifact.serving import ArtifactSettings, provenance_of
 from pyserve.config import DEFAULT_MAX_BATCH_SIZE
 from pyserve.release import TrafficPolicies, check_golden
 from pyserve.repository import ModelRegistry, ModelRepository, SingleModel
@@ -35,11 +36,15 @@ class ModelHost:
     traffic-policy changes (label ``model``), ``golden_checks`` golden-sample checks (``model``,
     ``version``, ``result``). ``default_max_batch_size``: the max_batch_size of a model whose config
     sets none and that can batch (0: no such model batches; see
-    :func:`pyserve.config.load_model_config`)."""
+    :func:`pyserve.config.load_model_config`). ``artifacts``: how ``.pyserve`` artifacts are checked
+    (public key, lock policy); :meth:`provenance` is what a version unpacked from one carries."""
 
     def __init__(self, root: Path | None = None, single_models: Iterable[SingleModel] = (),
                  policy_changes: Counter | None = None, golden_checks: Counter | None = None,
-                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> None:
+                 default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+                 artifacts: ArtifactSettings | None = None) -> None:
+        self._artifacts = artifacts
+        self._provenance: dict[tuple[str, str], dict[str, str] | None] = {}
         self._root = root
         self._single = tuple(single_models)
         self._policy_changes = policy_changes
@@ -73,7 +78,7 @@ class ModelHost:
         every model."""
         self.pump = CompletionPump(asyncio.get_running_loop())
         repository = ModelRepository(self.pump, self._root, self._single, self._check_golden,
-                                     self._default_max_batch_size)
+                                     self._default_max_batch_size, self._artifacts)
         self._traffic = TrafficPolicies(self._root, repository.sources, repository.registry, self._policy_changes,
                                         self._gate)
         self._traffic.load_all()
@@ -82,7 +87,14 @@ class ModelHost:
         self._traffic.check_loaded()
 
     async def _check_golden(self, runner: ModelRunner, version_dir: Path) -> None:
+        # Every version started passes here with its folder: where its provenance is known.
+        self._provenance[(runner.config.name, runner.version)] = provenance_of(version_dir)
         await check_golden(runner, version_dir, self._golden_checks)
+
+    def provenance(self, name: str, version: str) -> dict[str, str] | None:
+        """The provenance of a loaded version served from a ``.pyserve`` artifact (artifact_sha256,
+        lock_sha256, training_commit, artifact_created, artifact_version); None for any other."""
+        return self._provenance.get((name, version))
 
     async def _gate(self, name: str, version: int) -> None:
         """Runs the golden samples of a loaded version about to take traffic (an alias or a weight)."""

@@ -62,6 +62,8 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)  # alias -> version it names
+    # KServe's ``parameters``: the provenance of a version served from an artifact (pyserve.artifact).
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ class InferenceService:
             aliases = {a: v for a, v in aliases.items() if v == runner.version}
         return ModelMetadata(name, versions, backends.get(config.backend).platform,
                              _full_shapes(config.inputs, batching), _full_shapes(config.outputs, batching),
-                             aliases)
+                             aliases, self.host.provenance(name, runner.version) or {})
 
     def config(self, name: str, version: str | None = None) -> ModelConfig:
         """The config serving ``name`` at ``version``."""
