@@ -242,7 +242,7 @@ def test_audit_records_are_appended_as_json_lines(tmp_path: Path) -> None:
     assert [(r["action"], r["result"], r["status"], r["token_id"]) for r in rows] == [
         ("load", "ok", 200, "ops"), ("unload", "UNAUTHENTICATED", 401, None), ("load", "ok", 200, "ops")]
     assert set(rows[0]) == {"time", "protocol", "client", "token_id", "action", "model", "version", "alias",
-                            "result", "status", "error", "reason"}
+                            "result", "status", "error", "reason", "client_cert_subject", "client_cert_sha256"}
     assert rows[0]["time"].endswith("Z") and len(rows[2]["reason"]) == 1000
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
