@@ -173,7 +173,7 @@ async def run(repo: Path, log_dir: Path, traffic: Traffic, args: argparse.Namesp
                                else None,
                                lambda name, cfg, version: profile_path_in(
                                    host.repository.sources.version_dir(name, cfg, int(version))),
-                               lambda: {(r.config.name, r.version) for r in host.registry.runners()})
+                               lambda: {(r.config.name, r.version): r for r in host.registry.runners()})
         windows = Windows()
         monitor.add_listener(windows)
         plog.add_consumer(monitor.consume)

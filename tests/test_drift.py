@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +357,7 @@ def test_drift_config_values(repo: Repo) -> None:
 # -- the monitor, fed by the payload log ------------------------------------------------------------
 
 def watched(models: Path, tmp_path: Path, body: Any, sample_rows: int = 10) -> Any:
-    """Runs ``await body(send, monitor)`` with the server's wiring in-process: ModelHost, the payload log
+    """Runs ``await body(send, monitor, registry, host)`` with the server's wiring in-process: ModelHost, the payload log
     (Parquet files) and the drift monitor it feeds. ``send(data)`` infers the rows ``sample_rows`` at a
     time, one request after the other, then waits until the monitor has taken them."""
     async def main() -> Any:
@@ -378,7 +380,7 @@ def watched(models: Path, tmp_path: Path, body: Any, sample_rows: int = 10) -> A
                 await asyncio.to_thread(monitor.flush)
 
             try:
-                return await body(send, monitor, registry)
+                return await body(send, monitor, registry, host)
             finally:
                 await asyncio.to_thread(plog.close)
                 await asyncio.to_thread(monitor.close)
@@ -401,7 +403,7 @@ def test_the_monitor_flags_a_planted_shift_logs_it_and_its_end(repo: Repo, tmp_p
     model_repo(repo)
     rng = np.random.default_rng(11)
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         await send(rows(rng, 200, shift={3: 0.5}))  # one window: x[:, 3] moved by half its sd
         snap = by_feature(monitor.snapshot())
         assert len(snap) == WIDTH + 3  # x's columns, color, score, label
@@ -431,7 +433,7 @@ def test_a_feature_that_goes_missing_is_reported_not_dropped(repo: Repo, tmp_pat
     model_repo(repo, "window_rows = 200\noutputs = []\n")
     rng = np.random.default_rng(13)
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         data = rows(rng, 200)
         data["x"][:, 3] = np.nan  # every value of f3 missing in the window
         await send(data)
@@ -458,7 +460,7 @@ def test_the_monitor_stays_quiet_on_unshifted_traffic(repo: Repo, tmp_path: Path
     rng = np.random.default_rng(12)
     windows: list[list[FeatureDrift]] = []
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         monitor.add_listener(windows.append)
         await send(rows(rng, 200 * 8))
 
@@ -473,7 +475,7 @@ def test_a_shift_of_categories_and_predictions(repo: Repo, tmp_path: Path) -> No
     model_repo(repo)
     rng = np.random.default_rng(13)
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         await send(rows(rng, 200, shift={0: 2.0}, colors=[0.2, 0.3, 0.5]))
         snap = by_feature(monitor.snapshot())
         assert snap[("color", "value")].drifted
@@ -487,7 +489,7 @@ def test_windows_closed_by_time_and_the_watched_tensors(repo: Repo, tmp_path: Pa
                             'max_features = 5\n')
     rng = np.random.default_rng(14)
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         await send(rows(rng, 20))
         await asyncio.sleep(0.4)
         assert monitor.snapshot() == []  # 20 rows: under min_rows, the window stays open
@@ -507,7 +509,7 @@ def test_redacted_tensors_and_failures_are_not_watched(repo: Repo, tmp_path: Pat
     model_repo(repo, log='[payload_log]\nsample_rate = 1.0\nredact = ["color"]\n')
     rng = np.random.default_rng(15)
 
-    async def body(send: Any, monitor: DriftMonitor, registry: Any) -> None:
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
         await send(rows(rng, 200))
         assert ("color", "value") not in by_feature(monitor.snapshot())
         assert ("x", "f0") in by_feature(monitor.snapshot())
@@ -569,7 +571,7 @@ def test_a_full_queue_drops_and_counts(repo: Repo) -> None:
     model_repo(repo)
     cfg = load_model_config(repo.root / "m")
     registry = CollectorRegistry()
-    monitor = DriftMonitor(lambda name: cfg, lambda *a: repo.root / "m" / "1" / PROFILE_FILE, lambda: [("m", "1")],
+    monitor = DriftMonitor(lambda name: cfg, lambda *a: repo.root / "m" / "1" / PROFILE_FILE, lambda: {("m", "1"): None},
                            registry, queue_size=3)
 
     class Capture:  # what consume reads of a record
@@ -683,3 +685,33 @@ def test_serving_needs_no_scipy_and_pyserve_profile_says_what_to_install(repo: R
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["exit", "2"], (out.stdout, out.stderr)
     assert "pip install 'pyserve[drift]'" in out.stderr
+
+
+def test_a_version_loaded_again_or_given_a_new_profile_starts_new_windows(repo: Repo, tmp_path: Path) -> None:
+    """Drift results and the open window belong to one load of a version with one profile: after an
+    unload and a load, or a rebuilt profile, the old window's rows and results are gone."""
+    model_repo(repo)
+    rng = np.random.default_rng(21)
+
+    async def body(send: Any, monitor: DriftMonitor, registry: Any, host: Any) -> None:
+        await send(rows(rng, 200, shift={3: 0.5}))  # one window tested: x[:, 3] drifts
+        assert by_feature(monitor.snapshot())[("x", "f3")].drifted
+        await send(rows(rng, 150))  # a window under way
+        assert [v.rows for v in monitor.versions("m")] == [150]
+        await host.repository.unload("m")
+        assert monitor.snapshot() == []  # an unloaded version shows nothing
+        await host.repository.load("m")
+        await send(rows(rng, 100, shift={5: 0.5}))
+        assert monitor.snapshot() == []  # not the old results ...
+        assert [v.rows for v in monitor.versions("m")] == [100]  # ... nor the old window's rows
+        await send(rows(rng, 100, shift={5: 0.5}))  # the new load's first window: f5 drifts, not f3
+        snap = by_feature(monitor.snapshot())
+        assert snap[("x", "f5")].drifted and not snap[("x", "f3")].drifted
+        await send(rows(rng, 50))
+        profile = repo.root / "m" / "1" / PROFILE_FILE
+        profile.write_text(profile.read_text())  # rebuilt (same content, a new file time)
+        os.utime(profile, ns=(time.time_ns(), time.time_ns() + 10**9))
+        await send(rows(rng, 20))
+        assert [v.rows for v in monitor.versions("m")] == [20] and monitor.snapshot() == []
+
+    watched(repo.root, tmp_path, body)

@@ -632,3 +632,63 @@ def test_serve_refuses_bad_payload_log_flags(tmp_path: Path, flags: list[str], n
     result = subprocess.run([sys.executable, "-m", "pyserve", "serve", str(tmp_path), *flags],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2 and needle in result.stderr, result.stderr
+
+
+def _log_file(path: Path, request_ids: list[str]) -> None:
+    """A payload log file of the fixed columns, written as the writer writes (zstd pages)."""
+    from pyserve.payload_log.files import writer_options
+    from pyserve.payload_log.table import BASE_FIELDS, OTHER_TENSORS
+
+    schema = pa.schema([*BASE_FIELDS, OTHER_TENSORS])
+    n = len(request_ids)
+    columns = {f.name: pa.nulls(n, f.type) for f in schema}
+    columns.update(time=pa.array([datetime.datetime.now(datetime.UTC)] * n, pa.timestamp("us", "UTC")),
+                   model=pa.array(["m"] * n), outcome=pa.array(["success"] * n), status=pa.array(["ok"] * n),
+                   sampled=pa.array([True] * n), request_id=pa.array(request_ids))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema), path,
+                   **writer_options(schema))
+
+
+def test_a_file_with_damaged_data_is_skipped(tmp_path: Path) -> None:
+    """A file whose footer reads well but whose pages are damaged is skipped, named once, by the
+    filters and by --sql (which gave a 500 on /v2/logs before); a wrong --sql stays a 400."""
+    from pyserve.errors import PyserveError
+    from pyserve.payload_log import query
+
+    good = tmp_path / "m" / "20260101T000000.000000Z-1-000001.parquet"
+    bad = tmp_path / "m" / "20260101T000000.000000Z-1-000002.parquet"
+    _log_file(good, ["good-0", "good-1"])
+    _log_file(bad, [f"bad-{i}" for i in range(1000)])
+    data = bytearray(bad.read_bytes())
+    data[4:len(data) // 3] = bytes(range(256)) * (len(data) // 3 // 256) + bytes(len(data) // 3 % 256 - 4)
+    bad.write_bytes(bytes(data))
+    assert pq.read_metadata(bad).num_rows == 1000  # the footer still reads
+    warnings: list[str] = []
+    table = query.select(tmp_path, query.LogQuery(limit=100), warnings.append)
+    assert sorted(table.column("request_id").to_pylist()) == ["good-0", "good-1"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"skipping {bad}: its data cannot be read"), warnings
+    counted = query.sql(tmp_path, "SELECT count(*) AS n FROM logs", warnings.append)
+    assert counted.column("n").to_pylist() == [2] and len(warnings) == 1  # known now: skipped without a read
+    with pytest.raises(PyserveError, match="--sql: .*no_such_column"):
+        query.sql(tmp_path, "SELECT no_such_column FROM logs", warnings.append)
+
+
+def test_logs_endpoint_skips_a_file_with_damaged_data(logged_server: Any) -> None:
+    rid = f"beside-damaged-{uuid.uuid4()}"
+    infer(logged_server.url, "affine", "json", {"x": np.ones((1, 4), np.float32)}, id=rid)
+    logged(logged_server, rid, "affine")
+    bad = logged_server.log_dir / "damaged" / "20200101T000000.000000Z-1-000001.parquet"
+    _log_file(bad, [f"bad-{i}" for i in range(1000)])
+    data = bytearray(bad.read_bytes())
+    data[4:len(data) // 3] = bytes(len(data) // 3 - 4)
+    bad.write_bytes(bytes(data))
+    try:
+        resp = requests.get(logged_server.url + "/v2/logs", params={"limit": 1000}, timeout=10)
+        assert resp.status_code == 200, resp.text
+        assert rid in [r["request_id"] for r in resp.json()["records"]]
+        wait_until(lambda: f"skipping {bad}: its data cannot be read" in logged_server.log(), 10,
+                   "the warning naming the damaged file")
+    finally:
+        bad.unlink()
+        bad.parent.rmdir()

@@ -242,7 +242,7 @@ def test_audit_records_are_appended_as_json_lines(tmp_path: Path) -> None:
     assert [(r["action"], r["result"], r["status"], r["token_id"]) for r in rows] == [
         ("load", "ok", 200, "ops"), ("unload", "UNAUTHENTICATED", 401, None), ("load", "ok", 200, "ops")]
     assert set(rows[0]) == {"time", "protocol", "client", "token_id", "action", "model", "version", "alias",
-                            "result", "status", "error", "reason"}
+                            "result", "status", "error", "reason", "client_cert_subject", "client_cert_sha256"}
     assert rows[0]["time"].endswith("Z") and len(rows[2]["reason"]) == 1000
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
@@ -300,3 +300,30 @@ def test_the_client_reads_the_servers_token_file_format(tmp_path: Path) -> None:
     path.write_text("# only a comment\n")
     with pytest.raises(ValueError, match=f"token file {path}: no token"):
         read_token(path)
+
+
+def test_a_client_certificate_subject_is_written_as_rfc_4514() -> None:
+    """Most significant RDN last, short names, special characters escaped (RFC 4514 section 2.4)."""
+    import hashlib
+
+    from pyserve.security import client_certificate
+
+    class SslObject:
+        def getpeercert(self, binary_form: bool = False) -> Any:
+            if binary_form:
+                return b"DER bytes"
+            return {"subject": ((("countryName", "DE"),), (("organizationName", "Example, Inc."),),
+                                (("commonName", "#ops"), ("userId", "a+b")), (("1.2.3.4", " x=y ;"),))}
+
+    class Transport:
+        def __init__(self, ssl_object: Any) -> None:
+            self.ssl_object = ssl_object
+
+        def get_extra_info(self, name: str) -> Any:
+            return self.ssl_object if name == "ssl_object" else None
+
+    cert = client_certificate(Transport(SslObject()))
+    assert cert is not None
+    assert cert.subject == '1.2.3.4=\\ x=y \\;,CN=\\#ops+UID=a\\+b,O=Example\\, Inc.,C=DE'
+    assert cert.sha256 == hashlib.sha256(b"DER bytes").hexdigest()
+    assert client_certificate(Transport(None)) is None  # plain TCP

@@ -187,6 +187,34 @@ def test_optional_client_certificates(tls_servers: Any, models: Repo, tmp_path: 
                      timeout=10)
 
 
+def test_the_audit_log_names_the_client_certificate(tls_servers: Any, models: Repo, tmp_path: Path) -> None:
+    """Under mTLS each management call's audit record carries the subject (RFC 4514, escaped) and the
+    SHA-256 fingerprint of the certificate its connection presented; null for a call without one."""
+    import hashlib
+
+    from pyserve.security import read_audit
+
+    ca = CA(tmp_path / "pki")
+    issued = ca.issue("pyserve-one", server=True, stem="server")
+    ops = ca.issue("ops, laptop", server=False, stem="ops")
+    server = tls_servers([models.root, "--tls-cert", issued.cert, "--tls-key", issued.key,
+                          "--tls-client-ca", ca.path, "--tls-client-auth", "optional"], tmp_path / "logs", ca)
+    r = requests.post(server.url + "/v2/repository/models/m/load", verify=str(ca.path),
+                      cert=(str(ops.cert), str(ops.key)), timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(server.url + "/v2/repository/models/nope/unload", verify=str(ca.path), timeout=30)
+    assert r.status_code == 404, r.text
+    path = models.root / ".pyserve" / "audit.jsonl"
+    wait_until(lambda: len(read_audit(path)) >= 2, what="2 audit records")
+    with_cert, without = read_audit(path)
+    der = x509.load_pem_x509_certificate(ops.cert.read_bytes()).public_bytes(serialization.Encoding.DER)
+    assert (with_cert["action"], with_cert["result"]) == ("load", "ok")
+    assert with_cert["client_cert_subject"] == "CN=ops\\, laptop"
+    assert with_cert["client_cert_sha256"] == hashlib.sha256(der).hexdigest()
+    assert (without["action"], without["result"]) == ("unload", "NOT_FOUND")
+    assert without["client_cert_subject"] is None and without["client_cert_sha256"] is None
+
+
 @pytest.mark.parametrize("how", ["file change", "SIGHUP"])
 def test_a_new_certificate_is_served_without_a_restart(tls_servers: Any, models: Repo, tmp_path: Path,
                                                        how: str) -> None:

@@ -28,7 +28,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,13 +56,16 @@ class DriftMonitor:
 
     ``model_config(name)``: the config of a loaded model (None: unknown); ``profile_path(name, config,
     version)``: where that version's profile is (PyserveError: no such version folder);
-    ``loaded()``: the (model, version) pairs loaded now (others are left out of snapshots and metrics).
+    ``loaded()``: the (model, version) pairs loaded now, each with what stands for that load (its
+    runner: the same object for as long as the version stays loaded); other versions are left out of
+    snapshots and metrics, and their calls still queued are not tested. A version's window and results
+    start anew when it is loaded again (a new object), and when its profile file changes.
     ``registry``: where the metrics are registered (None: none). ``clock``: monotonic seconds,
     ``wall``: Unix seconds (injectable for tests)."""
 
     def __init__(self, model_config: Callable[[str], ModelConfig | None],
                  profile_path: Callable[[str, ModelConfig, str], Path],
-                 loaded: Callable[[], Iterable[tuple[str, str]]],
+                 loaded: Callable[[], Mapping[tuple[str, str], object]],
                  registry: CollectorRegistry | None = None, queue_size: int = QUEUE_SIZE,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._model_config = model_config
@@ -75,7 +78,8 @@ class DriftMonitor:
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._busy = False
-        self._versions: dict[tuple[str, str], tuple[ModelConfig, WatchedVersion | None]] = {}
+        # (model, version) -> (config, its load, its profile's (size, mtime), the watched version or None)
+        self._versions: dict[tuple[str, str], tuple[ModelConfig, object, tuple | None, WatchedVersion | None]] = {}
         self._lock = threading.Lock()  # guards _versions against readers on other threads
         self._thread = threading.Thread(target=self._run, name="pyserve-drift", daemon=True)
         self._listeners: tuple[Callable[[list[FeatureDrift]], None], ...] = ()
@@ -145,13 +149,31 @@ class DriftMonitor:
                     self._busy = False
                     self._idle.notify_all()
 
+    def _loaded_now(self) -> Mapping[tuple[str, str], object]:
+        """``loaded()``, read from this thread while the event loop's thread may change the registry."""
+        for _ in range(10):
+            try:
+                return self._loaded()
+            except RuntimeError:  # a dict changed size while it was read: read it again
+                time.sleep(0)
+        return self._loaded()
+
     def _drain(self) -> None:
         queue = self._queue
+        if not queue:
+            return
+        loaded = self._loaded_now()
+        self._forget_unloaded(loaded)
+        known: dict[tuple[str, str], WatchedVersion | None] = {}  # this drain's lookups
         # The calls of each version in order, added to its window in runs that end where it is due.
         pending: dict[WatchedVersion, tuple[list[tuple], list[int]]] = {}  # calls, [their rows]
         while queue:
             model, version, inputs, outputs, skip = queue.popleft()
-            watched = self._version(model, version)
+            key = (model, version)
+            if key in known:
+                watched = known[key]
+            else:
+                watched = known[key] = self._version(model, version, loaded)
             if watched is None:
                 continue
             rows = watched.rows_of(inputs, outputs)
@@ -174,7 +196,7 @@ class DriftMonitor:
     def _until_next_window(self) -> float | None:
         """Seconds until window_s closes some window (None: none will; new calls wake the thread)."""
         with self._lock:
-            versions = [v for _, v in self._versions.values() if v is not None and v.rows >= v.drift.min_rows]
+            versions = [v for *_, v in self._versions.values() if v is not None and v.rows >= v.drift.min_rows]
         if not versions:
             return None
         return max(0.0, min(v.opened + v.drift.window_s for v in versions) - self._clock())
@@ -182,25 +204,48 @@ class DriftMonitor:
     def _close_old_windows(self) -> None:
         now = self._clock()
         with self._lock:
-            versions = [v for _, v in self._versions.values() if v is not None]
+            versions = [v for *_, v in self._versions.values() if v is not None]
         for watched in versions:
             if watched.due(now):
                 self._evaluate(watched)
 
-    def _version(self, model: str, version: str) -> WatchedVersion | None:
-        """The watched version (its profile read on first use, and again after a reload); None when
-        it is not watched (no [drift], no profile)."""
+    def _forget_unloaded(self, loaded: Mapping[tuple[str, str], object]) -> None:
+        """Drops the windows of versions that are no longer loaded (or loaded anew since)."""
+        with self._lock:
+            gone = [key for key, cached in self._versions.items() if loaded.get(key, self) is not cached[1]]
+            for key in gone:
+                del self._versions[key]
+
+    def _version(self, model: str, version: str, loaded: Mapping[tuple[str, str], object]) -> WatchedVersion | None:
+        """The watched version (its profile read on first use, and again when the version is loaded
+        anew, its config changes or its profile file changes); None when it is not watched (not
+        loaded now, no [drift], no profile)."""
+        key = (model, version)
+        if key not in loaded:
+            return None  # unloaded since the call: its window is gone
+        load = loaded[key]
         config = self._model_config(model)
         if config is None or not config.drift.enabled:
             return None
-        key = (model, version)
-        cached = self._versions.get(key)
-        if cached is not None and cached[0] is config:
-            return cached[1]
-        watched = None
         try:
             path = self._profile_path(model, config, version)
-            if not path.is_file():
+            st = path.stat()
+            stamp: tuple | None = (st.st_size, st.st_mtime_ns)
+        except PyserveError:
+            path, stamp = None, None
+        except OSError:
+            stamp = None
+        cached = self._versions.get(key)
+        if cached is not None and cached[0] is config and cached[1] is load and cached[2] == stamp:
+            return cached[3]
+        if cached is not None and cached[3] is not None:
+            log.info("model %s version %s: its drift windows start anew (the version was loaded again or its "
+                     "profile changed)", model, version)
+        watched = None
+        try:
+            if path is None:
+                path = self._profile_path(model, config, version)  # raises the PyserveError again
+            if stamp is None:
                 log.warning("model %s version %s has [drift] but no profile (%s): its drift is not "
                             "watched; build one with: pyserve profile", model, version, path)
             else:
@@ -214,7 +259,7 @@ class DriftMonitor:
         except PyserveError as e:
             log.warning("the drift of model %s version %s is not watched: %s", model, version, e.message)
         with self._lock:
-            self._versions[key] = (config, watched)
+            self._versions[key] = (config, load, stamp, watched)
         return watched
 
     def _evaluate(self, watched: WatchedVersion) -> None:
@@ -239,7 +284,7 @@ class DriftMonitor:
         """The watched versions that are loaded now (of ``model`` only, when given)."""
         loaded = set(self._loaded())
         with self._lock:
-            versions = [v for _, v in self._versions.values() if v is not None]
+            versions = [v for *_, v in self._versions.values() if v is not None]
         return [v for v in versions if (v.model, v.version) in loaded and (model is None or v.model == model)]
 
     def snapshot(self, model: str | None = None) -> list[FeatureDrift]:

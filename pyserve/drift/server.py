@@ -42,8 +42,8 @@ def make_monitor(host: ModelHost, payload_log: PayloadLog | None, registry: Coll
     def profile_path(name: str, config: ModelConfig, version: str) -> Path:
         return profile_path_in(host.repository.sources.version_dir(name, config, int(version)))
 
-    def loaded() -> set[tuple[str, str]]:
-        return {(r.config.name, r.version) for r in host.registry.runners()}
+    def loaded() -> dict[tuple[str, str], object]:
+        return {(r.config.name, r.version): r for r in host.registry.runners()}
 
     monitor = DriftMonitor(model_config, profile_path, loaded, registry)
     # Captures are made only for the calls of models with [drift]: the others cost the writer nothing more.

@@ -137,18 +137,18 @@ def readable_files(files: list[Path], warn: Callable[[str], None] | None = None)
     return good
 
 
-def connect(log_dir: Path, model: str | None = None, warn: Callable[[str], None] | None = None) -> Any:
+def _connect(log_dir: Path, model: str | None, warn: Callable[[str], None] | None) -> tuple[Any, list[Path]]:
     """A DuckDB connection with the view ``logs`` over the complete, readable files (of ``model``;
-    each unreadable one skipped and named through ``warn``, see :func:`readable_files`); a log
-    without such files gives an empty ``logs`` with the fixed columns."""
+    each unreadable one skipped and named through ``warn``, see :func:`readable_files`), and those
+    files; a log without such files gives an empty ``logs`` with the fixed columns."""
     duckdb = require_duckdb()
     con = duckdb.connect()
     from pyserve.payload_log.files import completed_files  # pyarrow: only `pyserve logs` needs it
 
     listed = completed_files(Path(log_dir), model) if Path(log_dir).is_dir() else []
-    files = [str(p) for p in readable_files(listed, warn)]
+    files = readable_files(listed, warn)
     if files:
-        con.read_parquet(files, union_by_name=True).create_view("logs")
+        con.read_parquet([str(p) for p in files], union_by_name=True).create_view("logs")
     else:
         from pyserve.payload_log.table import BASE_FIELDS
 
@@ -157,13 +157,66 @@ def connect(log_dir: Path, model: str | None = None, warn: Callable[[str], None]
         empty = pa.schema([*BASE_FIELDS, pa.field("other_tensors", pa.string())]).empty_table()
         con.register("logs_empty", empty)
         con.execute("CREATE VIEW logs AS SELECT * FROM logs_empty")
-    return con
+    return con, files
+
+
+def _why_damaged(path: Path) -> str | None:
+    """Why the data of ``path`` cannot be read (None: it can, or it vanished): every page decoded,
+    so a file whose footer reads well but whose pages are damaged (a disk fault, a copy cut short and
+    patched) is told apart from a wrong query. The whole file is read: only on a failed query."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).read()
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException, ValueError) as e:
+        return f"its data cannot be read: {e}"
+    return None
+
+
+def _forget_damaged(files: list[Path], warn: Callable[[str], None] | None) -> bool:
+    """Marks each of ``files`` whose data is damaged as unreadable (so :func:`readable_files` skips it
+    from now on, until the file changes), naming it through ``warn``; True when one was."""
+    warn = warn or (lambda message: log.warning("payload log: %s", message))
+    found = False
+    for path in files:
+        reason = _why_damaged(path)
+        if reason is None:
+            continue
+        found = True
+        warn(f"skipping {path}: {reason}")
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        with _checked_lock:
+            _checked[path] = ((st.st_size, st.st_mtime_ns), reason)
+    return found
+
+
+def _query(log_dir: Path, model: str | None, warn: Callable[[str], None] | None,
+           run: Callable[[Any], Any], on_error: Callable[[Exception], Exception] | None = None) -> Any:
+    """``run(connection)`` over the readable files; when DuckDB fails and some file's data turns out
+    damaged, that file is skipped (named through ``warn``) and the query run again without it.
+    Any other failure is raised as ``on_error(error)`` (or as it is)."""
+    duckdb = require_duckdb()
+    while True:
+        con, files = _connect(log_dir, model, warn)
+        try:
+            return run(con)
+        except duckdb.Error as e:
+            # Each round skips at least one file, so this ends.
+            if not _forget_damaged(files, warn):
+                if on_error is None:
+                    raise
+                raise on_error(e) from None
 
 
 def select(log_dir: Path, query: LogQuery, warn: Callable[[str], None] | None = None) -> Any:
     """The records matching ``query``, newest first, as a pyarrow Table (unreadable files skipped,
     named through ``warn``)."""
-    con = connect(log_dir, query.model, warn)
     where, params = [], {}
     for key in ("model", "version", "outcome"):
         value = getattr(query, key)
@@ -178,7 +231,7 @@ def select(log_dir: Path, query: LogQuery, warn: Callable[[str], None] | None = 
         params["until"] = query.until
     sql = "SELECT * FROM logs" + (" WHERE " + " AND ".join(where) if where else "")
     sql += f" ORDER BY time DESC LIMIT {query.limit}"
-    return _arrow(con.sql(sql, params=params))
+    return _query(log_dir, query.model, warn, lambda con: _arrow(con.sql(sql, params=params)))
 
 
 def _arrow(relation: Any) -> Any:
@@ -194,12 +247,10 @@ def _arrow(relation: Any) -> Any:
 
 def sql(log_dir: Path, statement: str, warn: Callable[[str], None] | None = None) -> Any:
     """The result of one SQL statement of the user's over the view ``logs`` (every complete, readable
-    file), as a pyarrow Table."""
-    con = connect(log_dir, warn=warn)
-    try:
-        return _arrow(con.sql(statement))
-    except Exception as e:  # duckdb's errors: the user's SQL is wrong
-        raise invalid(f"--sql: {e}") from None
+    file), as a pyarrow Table. INVALID_ARGUMENT with DuckDB's message when the statement fails on
+    sound files."""
+    return _query(log_dir, None, warn, lambda con: _arrow(con.sql(statement)),
+                  lambda e: invalid(f"--sql: {e}"))
 
 
 def plain_value(value: Any) -> Any:

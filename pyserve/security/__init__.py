@@ -15,8 +15,9 @@ from pyserve.security.access import (
 )
 from pyserve.security.audit import AuditRecord, ManagementAudit, read_audit
 from pyserve.security.reload import FileWatcher
-from pyserve.security.tls import ReloadingTls, TlsSettings, server_context
+from pyserve.security.tls import ClientCertificate, ReloadingTls, TlsSettings, client_certificate, server_context
 
-__all__ = ["INFERENCE_TOKENS_ENV", "TOKENS_ENV", "AccessControl", "AccessSettings", "AuditRecord", "FileWatcher", "ManagementAudit",
+__all__ = ["INFERENCE_TOKENS_ENV", "TOKENS_ENV", "AccessControl", "AccessSettings", "AuditRecord", "ClientCertificate",
+           "FileWatcher", "ManagementAudit",
            "ReloadingTls", "Scope", "TlsSettings", "Unauthenticated", "exposure_error", "is_loopback",
-           "read_audit", "server_context"]
+           "client_certificate", "read_audit", "server_context"]

@@ -8,8 +8,10 @@ one; never the token), ``action`` (``load``, ``unload``, ``set_traffic``, ``set_
 refused read of the management API), ``model``, ``version``
 and ``alias`` (null when the call names none), ``result`` (``ok``, or the error kind:
 ``UNAUTHENTICATED``, ``INVALID_ARGUMENT``, ``NOT_FOUND``, ...), ``status`` (the HTTP status),
-``error`` (the error message, "" when ok) and ``reason`` (what the caller gave; "" when none or when
-the call was refused for want of a token).
+``error`` (the error message, "" when ok), ``reason`` (what the caller gave; "" when none or when
+the call was refused for want of a token), and ``client_cert_subject`` and ``client_cert_sha256``: the
+subject (RFC 4514) and SHA-256 fingerprint of the client certificate the connection presented under
+mTLS (null without one; :class:`~pyserve.security.tls.ClientCertificate`).
 
 Records are written by a thread of their own, never on the event loop's thread: appended to the file
 (one ``write`` per batch of records on a file opened for appending, then ``fsync``) and logged on the
@@ -59,13 +61,16 @@ class AuditRecord:
     error: str = ""
     reason: str = ""
     protocol: str = "http"
+    client_cert_subject: str | None = None
+    client_cert_sha256: str | None = None
 
     def to_doc(self, now: datetime.datetime) -> dict[str, Any]:
         """The record as its JSON object, stamped ``now`` (UTC)."""
         return {"time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "protocol": self.protocol,
                 "client": self.client, "token_id": self.token_id, "action": self.action, "model": self.model,
                 "version": self.version, "alias": self.alias, "result": self.result, "status": self.status,
-                "error": self.error[:MAX_TEXT], "reason": self.reason[:MAX_TEXT]}
+                "error": self.error[:MAX_TEXT], "reason": self.reason[:MAX_TEXT],
+                "client_cert_subject": self.client_cert_subject, "client_cert_sha256": self.client_cert_sha256}
 
 
 class ManagementAudit:

@@ -14,11 +14,13 @@ one and refuses only an invalid one.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -27,6 +29,53 @@ from pyserve.errors import PyserveError, invalid
 log = logging.getLogger("pyserve.security")
 
 CLIENT_AUTH = ("none", "optional", "required")
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """Who a client certificate names, for the audit log: ``subject`` as an RFC 4514 string
+    (``CN=ops-laptop,O=Example``, most significant RDN last, as ``openssl x509 -nameopt RFC2253``
+    prints it) and ``sha256``, the certificate's SHA-256 fingerprint (hex, the DER bytes hashed), which
+    tells apart two certificates with the same subject."""
+
+    subject: str
+    sha256: str
+
+
+# Attribute names of Python's ``getpeercert()`` -> RFC 4514 / RFC 4519 short names.
+_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+                "stateOrProvinceName": "ST", "localityName": "L", "streetAddress": "STREET",
+                "domainComponent": "DC", "userId": "UID"}
+
+
+def _rfc4514_value(value: str) -> str:
+    """An attribute value escaped as RFC 4514 section 2.4 asks."""
+    out = "".join("\\" + c if c in ',+"\\<>;' else c for c in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    if out.endswith(" ") and len(out) > 1:
+        out = out[:-1] + "\\ "
+    return out
+
+
+def client_certificate(transport: Any) -> ClientCertificate | None:
+    """The verified client certificate of a TLS connection (``transport``: an asyncio transport),
+    None without TLS or without a certificate (``--tls-client-auth`` none, or optional and none sent).
+    Read once per connection, after the handshake."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+        parsed = ssl_object.getpeercert()
+    except (ValueError, ssl.SSLError):  # handshake not done (cannot happen after connection_made)
+        return None
+    if not der:
+        return None
+    rdns = []
+    for rdn in reversed((parsed or {}).get("subject", ())):
+        rdns.append("+".join(f"{_SHORT_NAMES.get(k, k)}={_rfc4514_value(v)}" for k, v in rdn))
+    return ClientCertificate(",".join(rdns), hashlib.sha256(der).hexdigest())
 
 
 @dataclass(frozen=True)

@@ -83,8 +83,11 @@ def _audit(audit: ManagementAudit, request: Request, token_id: str | None, actio
     """One audit record of a management call answered with ``status``."""
     info = request.match_info
     result = "ok" if status < 400 else kind_of_status(status).value
+    cert = request.client_cert
     audit.record(AuditRecord(request.peer, token_id, action, info.get("model"), info.get("version"),
-                             info.get("alias"), result, status, error, reason))
+                             info.get("alias"), result, status, error, reason,
+                             client_cert_subject=cert.subject if cert is not None else None,
+                             client_cert_sha256=cert.sha256 if cert is not None else None))
 
 
 def audited_control(access: AccessControl, audit: ManagementAudit, action: str | Callable[[Request], str],

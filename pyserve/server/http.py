@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Deferred, Request, Response, error_response, internal_error
 from pyserve.server.router import Router
@@ -193,6 +194,7 @@ class Connection(asyncio.Protocol):
         self._body: bytes | bytearray = b""
         self._refused = False  # this message was answered early (413, 431, ...): skip the rest
         self.peer = ""
+        self.client_cert: ClientCertificate | None = None
         self._upgrade = False
         self._linger = False  # close by half-closing first: the client may still be sending
         self._backlog: memoryview | None = None  # read but not yet parsed (reading is paused)
@@ -213,6 +215,7 @@ class Connection(asyncio.Protocol):
         self.server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        self.client_cert = client_certificate(transport)  # once per connection: None without TLS
         if self.server.closing:
             self.abort()
 
@@ -382,7 +385,7 @@ class Connection(asyncio.Protocol):
             self._refuse(400, f"invalid URL {url[:200]!r}")
             return
         request = Request(self.server.app, parser.get_method().decode("ascii", "replace"), path, query,
-                          self._headers, body, self.peer)
+                          self._headers, body, self.peer, self.client_cert)
         self._dispatch(request, _Slot(not keep_alive, http10, len(body)))
 
     # -- answering -------------------------------------------------------------------------------

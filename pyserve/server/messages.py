@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from pyserve.security.tls import ClientCertificate
 
 RETRY_AFTER_S = "1"  # what a 503 suggests: the queue drains in well under a second
 
@@ -14,10 +17,10 @@ RETRY_AFTER_S = "1"  # what a 503 suggests: the queue drains in well under a sec
 class Request:
     """One parsed request: the whole body is in memory (the size limit bounds it)."""
 
-    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info", "peer")
+    __slots__ = ("app", "method", "path", "query_string", "headers", "body", "match_info", "peer", "client_cert")
 
     def __init__(self, app: Any, method: str, path: str, query_string: str, headers: dict[str, str],
-                 body: bytes, peer: str = "") -> None:
+                 body: bytes, peer: str = "", client_cert: ClientCertificate | None = None) -> None:
         self.app = app
         self.method = method
         self.path = path
@@ -26,6 +29,7 @@ class Request:
         self.body = body
         self.match_info: dict[str, str] = {}
         self.peer = peer  # the client's address, "host:port" ("" when unknown): who, in audit logs
+        self.client_cert = client_cert  # the connection's verified client certificate (mTLS), or None
 
     @property
     def content_type(self) -> str:
