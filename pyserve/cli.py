@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import math
 import os
@@ -18,8 +19,6 @@ from pyserve import __version__, control_cli
 from pyserve.errors import PyserveError, invalid
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from pyserve.payload_log.settings import PayloadLogSettings
     from pyserve.security import AccessSettings, TlsSettings
 
@@ -469,64 +468,40 @@ def listen_error(e: OSError, host: str, port: int) -> str | None:
     return None
 
 
-def _add_module_command(sub: argparse._SubParsersAction, name: str, module: ModuleType, help: str,
-                        description: str) -> None:
-    """A subcommand whose flags and body live in ``module`` (its ``add_arguments`` and ``run``)."""
-    p = sub.add_parser(name, help=help, description=description)
-    module.add_arguments(p)
-    p.set_defaults(func=module.run)
+# Subcommands whose flags and body live in a module of their own (its ``add_arguments`` and ``run``):
+# (name, module, help, description).
+_MODULE_COMMANDS = (
+    ("bench", "pyserve.bench.cli",
+     "measure a KServe v2 server and size replicas for a load and a latency goal",
+     "Load generator in the manner of Triton's perf_analyzer (see docs/bench.md)."),
+    ("logs", "pyserve.payload_log.cli",
+     "query a payload log folder (filters or SQL through DuckDB)",
+     "Print, or write as CSV, JSON or Parquet, the records of a payload log folder "
+     "(pyserve serve --payload-log-dir), newest first (see docs/payload-log.md)."),
+    ("profile", "pyserve.drift.cli",
+     "build a model version's drift profile from training data or its golden samples",
+     "Describe each feature of the model's inputs (and, with --outputs, of its outputs) in "
+     "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection (see docs/drift.md)."),
+    ("package", "pyserve.artifact.cli_package",
+     "package a model version (or an MLflow ONNX model) into one verifiable .pyserve file",
+     "Write MODEL_DIR's version (config.toml, model files, golden samples, drift profile), a "
+     "dependency lock (pylock.toml) and a manifest of sha256 hashes and provenance into one "
+     "file, optionally signed with Ed25519 (see docs/artifact.md)."),
+    ("verify", "pyserve.artifact.cli_verify",
+     "check a .pyserve artifact: hashes, signature, lock against this environment, golden samples",
+     "Check every file's sha256, the signature, the dependency lock against the installed "
+     "packages, and run the golden samples through the model; exit status 0 when all pass, "
+     "1 when one fails (see docs/artifact.md)."),
+)
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from pyserve.bench import cli as bench_cli
-
-    _add_module_command(
-        sub, "bench", bench_cli,
-        help="measure a KServe v2 server and size replicas for a load and a latency goal",
-        description="Load generator in the manner of Triton's perf_analyzer (see docs/bench.md).")
-
-
-def _add_logs(sub: argparse._SubParsersAction) -> None:
-    from pyserve.payload_log import cli as logs_cli
-
-    _add_module_command(
-        sub, "logs", logs_cli,
-        help="query a payload log folder (filters or SQL through DuckDB)",
-        description="Print, or write as CSV, JSON or Parquet, the records of a payload log folder "
-                    "(pyserve serve --payload-log-dir), newest first (see docs/payload-log.md).")
-
-
-def _add_profile(sub: argparse._SubParsersAction) -> None:
-    from pyserve.drift import cli as profile_cli
-
-    _add_module_command(
-        sub, "profile", profile_cli,
-        help="build a model version's drift profile from training data or its golden samples",
-        description="Describe each feature of the model's inputs (and, with --outputs, of its outputs) in "
-                    "MODEL_DIR/VERSION/drift_profile.json, the reference of drift detection "
-                    "(see docs/drift.md).")
-
-
-def _add_package(sub: argparse._SubParsersAction) -> None:
-    from pyserve.artifact import cli_package
-
-    _add_module_command(
-        sub, "package", cli_package,
-        help="package a model version (or an MLflow ONNX model) into one verifiable .pyserve file",
-        description="Write MODEL_DIR's version (config.toml, model files, golden samples, drift profile), a "
-                    "dependency lock (pylock.toml) and a manifest of sha256 hashes and provenance into one "
-                    "file, optionally signed with Ed25519 (see docs/artifact.md).")
-
-
-def _add_verify(sub: argparse._SubParsersAction) -> None:
-    from pyserve.artifact import cli_verify
-
-    _add_module_command(
-        sub, "verify", cli_verify,
-        help="check a .pyserve artifact: hashes, signature, lock against this environment, golden samples",
-        description="Check every file's sha256, the signature, the dependency lock against the installed "
-                    "packages, and run the golden samples through the model; exit status 0 when all pass, "
-                    "1 when one fails (see docs/artifact.md).")
+def _add_module_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands of :data:`_MODULE_COMMANDS`."""
+    for name, module_name, help, description in _MODULE_COMMANDS:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help, description=description)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -536,11 +511,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
-    _add_bench(sub)
-    _add_logs(sub)
-    _add_profile(sub)
-    _add_package(sub)
-    _add_verify(sub)
+    _add_module_commands(sub)
     control_cli.add_commands(sub)
     return parser
 
