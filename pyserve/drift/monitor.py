@@ -227,14 +227,16 @@ class DriftMonitor:
         config = self._model_config(model)
         if config is None or not config.drift.enabled:
             return None
+        error: PyserveError | None = None
+        stamp: tuple | None = None
         try:
             path = self._profile_path(model, config, version)
             st = path.stat()
-            stamp: tuple | None = (st.st_size, st.st_mtime_ns)
-        except PyserveError:
-            path, stamp = None, None
+            stamp = (st.st_size, st.st_mtime_ns)
+        except PyserveError as e:  # no such version folder: said below, once per load
+            error = e
         except OSError:
-            stamp = None
+            pass  # no profile file
         cached = self._versions.get(key)
         if cached is not None and cached[0] is config and cached[1] is load and cached[2] == stamp:
             return cached[3]
@@ -243,8 +245,8 @@ class DriftMonitor:
                      "profile changed)", model, version)
         watched = None
         try:
-            if path is None:
-                path = self._profile_path(model, config, version)  # raises the PyserveError again
+            if error is not None:
+                raise error
             if stamp is None:
                 log.warning("model %s version %s has [drift] but no profile (%s): its drift is not "
                             "watched; build one with: pyserve profile", model, version, path)
