@@ -218,3 +218,19 @@ def test_two_inputs_decode_as_the_reference_does(first: tuple[str, list[int]], s
             f'"data": {first[0]}}}, {{"data": {second[0]}, "name": "b", "shape": {json.dumps(second[1])}, '
             f'"datatype": "{types[1]}"}}], "outputs": [{{"name": "y"}}]}}').encode()
     assert_same(body)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_bodies_as_the_server_reads_them_take_the_cpp_path(kind: type) -> None:
+    """A large body reaches the decoder as a bytearray (read in pieces): it is scanned as bytes are."""
+    real, scanned = kserve_json.parse, []
+
+    def spy(body: Any) -> Any:
+        scanned.append(real(body))
+        return scanned[-1]
+
+    body = kind(body_of("FP32", [2, 2], "[[1, 2], [3, 4.5]]"))
+    with mock.patch.object(kserve_json, "parse", spy):
+        req = kserve.decode_request(body)
+    assert scanned and scanned[0] is not None
+    assert req.inputs["x"].tolist() == [[1, 2], [3, 4.5]]

@@ -63,6 +63,7 @@ inline bool StartsWith(const char* p, const char* end, const char* token, size_t
 
 // The non-finite tokens NaN, Infinity, -Infinity (as Python's json reads them); their length or 0.
 size_t NonFiniteLength(const char* p, const char* end) {
+  if (*p != 'N' && *p != 'I' && *p != '-') return 0;  // most often a digit: no memcmp
   if (StartsWith(p, end, "NaN", 3)) return 3;
   if (StartsWith(p, end, "Infinity", 8)) return 8;
   if (StartsWith(p, end, "-Infinity", 9)) return 9;
@@ -340,21 +341,21 @@ bool ParseLeaf(const char*& p, const char* end, Leaf* leaf) {
     }
     return true;
   }
-  bool is_float;
-  long magnitude;
-  const size_t n = NumberLength(p, end, &is_float, &magnitude);
+  // An integer first: from_chars stops at a fraction or exponent, which makes it a float (the
+  // scanner checked the grammar, so no other character follows the digits).
   std::from_chars_result r;
-  if (is_float) {
-    leaf->kind = Leaf::kFloat;
-    r = std::from_chars(p, p + n, leaf->d);
-  } else if (c == '-') {
+  if (c == '-') {
     leaf->kind = Leaf::kSigned;
-    r = std::from_chars(p, p + n, leaf->i);
+    r = std::from_chars(p, end, leaf->i);
   } else {
     leaf->kind = Leaf::kUnsigned;
-    r = std::from_chars(p, p + n, leaf->u);
+    r = std::from_chars(p, end, leaf->u);
   }
-  p += n;
+  if (r.ptr < end && (*r.ptr == '.' || *r.ptr == 'e' || *r.ptr == 'E')) {
+    leaf->kind = Leaf::kFloat;
+    r = std::from_chars(p, end, leaf->d);
+  }
+  p = r.ptr;
   // An integer beyond 64 bits is a float to orjson, an underflow may be -0.0: the reference decides.
   return r.ec == std::errc();
 }

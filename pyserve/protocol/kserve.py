@@ -86,7 +86,7 @@ def decode_request(body: bytes, header_length: int | str | None = None,
     ``_array_from_json``, the reference.
     """
     doc = None
-    if header_length is None and type(body) is bytes:
+    if header_length is None and type(body) in (bytes, bytearray):  # large bodies arrive as bytearray
         doc = kserve_json.parse(body)  # data arrays lifted out, decoded in C++ once checked
     if doc is not None:
         binary = None

@@ -33,7 +33,7 @@ class DataSpan(NamedTuple):
     end: int
 
 
-def parse(body: bytes) -> dict | None:
+def parse(body: bytes | bytearray) -> dict | None:
     """The request document, each liftable ``data`` array of its inputs left as a :class:`DataSpan`
     into ``body`` (read by :func:`array_from_json`); None when the body is to be decoded by the
     reference decoder as a whole (nothing lifted, or a body the scanner or orjson does not take)."""
@@ -54,7 +54,7 @@ def parse(body: bytes) -> dict | None:
 
 
 def array_from_json(name: str, datatype: str, shape: tuple[int, ...], count: int, data: Any, what: str,
-                    *, body: bytes, fallback: Any) -> np.ndarray:
+                    *, body: bytes | bytearray, fallback: Any) -> np.ndarray:
     """The array of one input's ``data``: decoded in C++ when it is a :class:`DataSpan` the C++
     decoder takes, else by ``fallback`` (the reference's ``_array_from_json``, same arguments) on
     the data as Python values. Raises what ``fallback`` raises (INVALID_ARGUMENT naming the input)."""
@@ -70,7 +70,7 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], count: int
     return flat.reshape(shape)
 
 
-def _python(body: bytes, span: DataSpan) -> list:
+def _python(body: bytes | bytearray, span: DataSpan) -> list:
     """The data array as the reference parsed it: orjson, or Python's json where it holds NaN or
     Infinity (the scanner lifted only numbers, booleans and those tokens, a double holding each)."""
     text = memoryview(body)[span.begin:span.end]
