@@ -63,7 +63,7 @@ inline bool StartsWith(const char* p, const char* end, const char* token, size_t
 
 // The non-finite tokens NaN, Infinity, -Infinity (as Python's json reads them); their length or 0.
 size_t NonFiniteLength(const char* p, const char* end) {
-  if (*p != 'N' && *p != 'I' && *p != '-') return 0;  // most often a digit: no memcmp
+  if (p >= end || (*p != 'N' && *p != 'I' && *p != '-')) return 0;  // most often a digit: no memcmp
   if (StartsWith(p, end, "NaN", 3)) return 3;
   if (StartsWith(p, end, "Infinity", 8)) return 8;
   if (StartsWith(p, end, "-Infinity", 9)) return 9;
@@ -324,21 +324,23 @@ struct Leaf {
 // Parses the leaf at p (already checked by the scanner); false where the reference must decide.
 bool ParseLeaf(const char*& p, const char* end, Leaf* leaf) {
   const char c = *p;
+  // The words are checked again (cheap, and rare): DecodeData never reads past `end`, whatever text.
   if (c == 't' || c == 'f') {
     leaf->kind = Leaf::kBool;
     leaf->boolean = c == 't';
-    p += c == 't' ? 4 : 5;
+    const size_t n = c == 't' ? 4 : 5;
+    if (!StartsWith(p, end, c == 't' ? "true" : "false", n)) return false;
+    p += n;
     return true;
   }
   if (c == 'N' || c == 'I' || (c == '-' && p + 1 < end && p[1] == 'I')) {
+    const size_t n = NonFiniteLength(p, end);
+    if (n == 0) return false;
     leaf->kind = Leaf::kFloat;
-    if (c == 'N') {
-      leaf->d = std::numeric_limits<double>::quiet_NaN();
-      p += 3;
-    } else {
-      leaf->d = c == '-' ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
-      p += c == '-' ? 9 : 8;
-    }
+    leaf->d = c == 'N'   ? std::numeric_limits<double>::quiet_NaN()
+              : c == '-' ? -std::numeric_limits<double>::infinity()
+                         : std::numeric_limits<double>::infinity();
+    p += n;
     return true;
   }
   // An integer first: from_chars stops at a fraction or exponent, which makes it a float (the
