@@ -53,7 +53,8 @@ def body_of(case: str, rows: int) -> tuple[str, bytes, dict[str, str]]:
     if case in ("json-nested-refused", "json-nested-valid", "json-nested-valid-binary-reply"):
         data = "[" + ",".join(["[1.5,2.5,3.5,4.5]"] * rows) + "]"
         # A binary reply: the probe then measures the decoding, not the writing of 60 MiB of JSON.
-        outputs = ',"outputs":[{"name":"y","parameters":{"binary_data":true}}]' if case.endswith("binary-reply") else ""
+        binary_reply = ',"outputs":[{"name":"y","parameters":{"binary_data":true}}]'
+        outputs = binary_reply if case.endswith("binary-reply") else ""
         doc = '{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,4],"data":%s}]%s}' % (rows, data, outputs)
         return "echo", doc.encode(), {"Content-Type": "application/json"}
     if case == "json-flat-refused":

@@ -13,7 +13,7 @@ lateness (how long the loop's other clients would have waited).
 
     python bench/bench_json_decode.py                    # ~1 min
     python bench/bench_json_decode.py --rows 100000 --repeat 3 --number 500
-    python bench/bench_json_decode.py --threshold        # body sizes: decode time on the loop vs the hop to a thread
+    python bench/bench_json_decode.py --threshold        # body sizes on the loop vs the hop to a thread
 """
 
 from __future__ import annotations
@@ -122,9 +122,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--number", type=int, default=2000, help="decodes per round (default 2000)")
     parser.add_argument("--repeat", type=int, default=7, help="rounds; the median is printed (default 7)")
-    parser.add_argument("--rows", type=int, default=ROWS, help=f"rows of 4 numbers of the large body (default {ROWS})")
+    parser.add_argument("--rows", type=int, default=ROWS,
+                        help=f"rows of 4 numbers of the large body (default {ROWS})")
     parser.add_argument("--threshold", action="store_true",
-                        help="also time bodies of 16 KiB to 4 MiB decoded on the loop's thread, beside the hop to a thread")
+                        help="also time bodies of 16 KiB to 4 MiB decoded on the loop's thread, "
+                             "beside the hop to a thread")
     args = parser.parse_args()
     for count in (512, 64):
         body = request_body(count)
@@ -142,13 +144,15 @@ def main() -> None:
         for kib in (16, 64, 256, 1024, 4096):
             body = large_body(kib * 1024 // len(ROW))
             new = per_request_us(decoder(True), body, max(3, 20000 // kib), args.repeat)
-            print(json.dumps({"case": "new, on the loop", "body_kib": len(body) // 1024, "us": round(new, 1)}),
+            print(json.dumps({"case": "new, on the loop", "body_kib": len(body) // 1024,
+                              "us": round(new, 1)}),
                   flush=True)
     body = large_body(args.rows)
     print(f"large body: {len(body) / 2**20:.1f} MiB", file=sys.stderr)
     for name, new in (("old", False), ("new", True)):
         result = asyncio.run(stall(decoder(new), body))
-        print(json.dumps({"case": f"{name}: {len(body) / 2**20:.0f} MiB body on a thread", **result}), flush=True)
+        case = f"{name}: {len(body) / 2**20:.0f} MiB body on a thread"
+        print(json.dumps({"case": case, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ EDGES = [
 
 
 @pytest.mark.parametrize("datatype,shape,data,expected", EDGES, ids=[f"{d}-{x[:30]}" for d, _, x, _ in EDGES])
-def test_edge_cases_decode_as_the_reference_does(datatype: str, shape: list[int], data: str, expected: str) -> None:
+def test_edge_cases_decode_as_the_reference_does(datatype: str, shape: list[int], data: str,
+                                                  expected: str) -> None:
     got = assert_same(body_of(datatype, shape, data))
     if expected == "ok":
         assert got[0] != "refused", got
@@ -204,14 +205,16 @@ def _nested(draw: st.DrawFn) -> tuple[str, list[int]]:
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(datatype=st.sampled_from(DATATYPES), nested=_nested(), shape_off=st.sampled_from([0, 0, 0, 0, 1]))
 @example(datatype="FP32", nested=("[1, 2.5]", [2]), shape_off=0)
-def test_random_data_decodes_as_the_reference_does(datatype: str, nested: tuple[str, list[int]], shape_off: int) -> None:
+def test_random_data_decodes_as_the_reference_does(datatype: str, nested: tuple[str, list[int]],
+                                                   shape_off: int) -> None:
     text, dims = nested
     shape = [*dims[:-1], dims[-1] + shape_off]
     assert_same(body_of(datatype, shape, text, extra=', "parameters": {"priority": 1}'))
 
 
 @settings(max_examples=150, deadline=None)
-@given(first=_nested(), second=_nested(), types=st.tuples(st.sampled_from(DATATYPES), st.sampled_from(DATATYPES)))
+@given(first=_nested(), second=_nested(),
+       types=st.tuples(st.sampled_from(DATATYPES), st.sampled_from(DATATYPES)))
 def test_two_inputs_decode_as_the_reference_does(first: tuple[str, list[int]], second: tuple[str, list[int]],
                                                   types: tuple[str, str]) -> None:
     body = (f'{{"inputs": [{{"name": "a", "datatype": "{types[0]}", "shape": {json.dumps(first[1])}, '

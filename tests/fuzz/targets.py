@@ -53,7 +53,8 @@ def _outcome(data: bytes, cpp: bool) -> Any:
         return e.message
     finally:
         kserve_json.parse = parse  # type: ignore[assignment]
-    return [(n, a.dtype.str, a.shape, a.tolist() if a.dtype == object else a.tobytes()) for n, a in req.inputs.items()]
+    return [(n, a.dtype.str, a.shape, a.tolist() if a.dtype == object else a.tobytes())
+            for n, a in req.inputs.items()]
 
 
 def fuzz_json_diff(data: bytes) -> None:
