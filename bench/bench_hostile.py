@@ -12,7 +12,9 @@ RSS over its idle peak, and the probe's worst latency (how long the event loop w
 Cases: ``json-nested-refused`` (nested rows of 4, a batch far over max_batch_size),
 ``json-flat-refused`` (one row of the wrong width), ``msgpack-bytes-refused`` (millions of empty
 BYTES elements sent to the FP32 model), ``json-nested-valid`` and ``binary-valid`` (bodies the model
-accepts, sent to ``text`` / ``echo`` of a large max_batch_size: the decoding itself).
+accepts, sent to ``text`` / ``echo`` of a large max_batch_size: the decoding itself),
+``json-nested-valid-binary-reply`` (the same JSON body, its output asked for as a binary tensor:
+the probe's latency is then the decoding's, not the 60 MiB JSON reply's).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def write_repo(root: Path, max_batch_size: int) -> None:
 
 def body_of(case: str, rows: int) -> tuple[str, bytes, dict[str, str]]:
     """The model, the body and the headers of a case."""
-    if case == "json-nested-refused" or case == "json-nested-valid":
+    if case in ("json-nested-refused", "json-nested-valid", "json-nested-valid-binary-reply"):
         data = "[" + ",".join(["[1.5,2.5,3.5,4.5]"] * rows) + "]"
-        doc = '{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,4],"data":%s}]}' % (rows, data)
+        # A binary reply: the probe then measures the decoding, not the writing of 60 MiB of JSON.
+        binary_reply = ',"outputs":[{"name":"y","parameters":{"binary_data":true}}]'
+        outputs = binary_reply if case.endswith("binary-reply") else ""
+        doc = '{"inputs":[{"name":"x","datatype":"FP32","shape":[%d,4],"data":%s}]%s}' % (rows, data, outputs)
         return "echo", doc.encode(), {"Content-Type": "application/json"}
     if case == "json-flat-refused":
         data = "[" + ",".join(["1.5"] * (rows * 4)) + "]"
@@ -79,7 +84,7 @@ def vm_hwm_kib(pid: int) -> int:
 
 def run_case(case: str, rows: int, port: int) -> dict:
     model, body, headers = body_of(case, rows)
-    valid = case.endswith("-valid")
+    valid = "-valid" in case
     with tempfile.TemporaryDirectory() as tmp:
         write_repo(Path(tmp) / "models", rows if valid else 8)
         server = subprocess.Popen([sys.executable, "-m", "pyserve", "serve", str(Path(tmp) / "models"),
@@ -122,7 +127,7 @@ def run_case(case: str, rows: int, port: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="json-nested-refused,json-flat-refused,msgpack-bytes-refused,"
-                                            "json-nested-valid,binary-valid")
+                                            "json-nested-valid,json-nested-valid-binary-reply,binary-valid")
     parser.add_argument("--rows", type=int, default=ROWS, help=f"rows of 4 elements per body (default {ROWS})")
     parser.add_argument("--port", type=int, default=18931)
     args = parser.parse_args()

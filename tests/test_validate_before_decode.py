@@ -292,19 +292,19 @@ def test_any_request_is_answered_and_every_error_counted(svc: Service, protocol:
         assert svc.count(model) == before + 1
 
 
-# -- large JSON bodies (simdjson) decode as small ones do ----------------------------------------
+# -- large JSON bodies (decoded off the loop) decode as small ones do ----------------------------
 
 def _padded(doc_text: str) -> bytes:
-    """The same document, made large enough for the simdjson path with whitespace."""
-    from pyserve.protocol import kserve_large
+    """The same document, made larger than a body decoded on the loop's thread with whitespace."""
+    from pyserve.server.handlers import DECODE_OFF_LOOP_BYTES
 
-    return doc_text[:-1].encode() + b" " * kserve_large.LARGE_JSON_BYTES + b"}"
+    return doc_text[:-1].encode() + b" " * DECODE_OFF_LOOP_BYTES + b"}"
 
 
 SAME_BOTH_WAYS = [
     ("FP32", [2, 2], "[[1, 2.5], [3, -4e10]]"),
     ("FP16", [2], "[1, 70000]"),  # overflow: the same message
-    ("FP32", [2], "[1, NaN]"),  # NaN token: simdjson refuses, the standard decoder reads it
+    ("FP32", [2], "[1, NaN]"),
     ("INT8", [3], "[1, -128, 127]"),
     ("INT8", [2], "[1, 300]"),
     ("INT64", [2], "[1, 9223372036854775808]"),

@@ -3,9 +3,11 @@
 
 namespace pyserve {
 void RegisterCore(pybind11::module_& m);
+void RegisterJson(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "pyserve's C++ core: dynamic batcher, buffer pool, statistics.";
+  m.doc() = "pyserve's C++ core: dynamic batcher, buffer pool, statistics, JSON tensor decoding.";
   pyserve::RegisterCore(m);
+  pyserve::RegisterJson(m);
 }

@@ -28,7 +28,7 @@ import orjson
 
 from pyserve.datatypes import NUMPY_DTYPES, datatype_of
 from pyserve.errors import PyserveError, invalid
-from pyserve.protocol import kserve_large
+from pyserve.protocol import kserve_json
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
@@ -80,13 +80,17 @@ def decode_request(body: bytes, header_length: int | str | None = None,
     ``check`` is given the inputs' headers (name, datatype, shape, byte size) before any element data
     is decoded, and raises PyserveError to refuse them (the model's checks: see
     :mod:`pyserve.service.input_check`).
+
+    Numeric and BOOL ``data`` of a body without binary tensors is decoded in C++ with the GIL
+    released (:mod:`pyserve.protocol.kserve_json`), to the same arrays and refusals as
+    ``_array_from_json``, the reference.
     """
     doc = None
-    if header_length is None and len(body) >= kserve_large.LARGE_JSON_BYTES:
-        doc = kserve_large.parse(body)  # the inputs checked before their data is read
+    if header_length is None and type(body) in (bytes, bytearray):  # large bodies arrive as bytearray
+        doc = kserve_json.parse(body)  # data arrays lifted out, decoded in C++ once checked
     if doc is not None:
         binary = None
-        from_json = functools.partial(kserve_large.array_from_json, fallback=_array_from_json)
+        from_json = functools.partial(kserve_json.array_from_json, body=body, fallback=_array_from_json)
     else:
         doc, binary = _split(body, header_length, "request")
         from_json = _array_from_json

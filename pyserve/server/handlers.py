@@ -171,9 +171,10 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
     return Deferred(future, finish)
 
 
-# Bodies over this size are decoded on a decoder thread: a JSON body of a few MiB takes
-# milliseconds to parse, and the loop's other clients would wait that long.
-DECODE_OFF_LOOP_BYTES = 1 << 20
+# Bodies over this size are decoded on a decoder thread, whose JSON tensor decoding releases the GIL
+# (pyserve.protocol.kserve_json): on the loop's thread, a 256 KiB JSON body costs its other clients
+# about 1-6 ms, and the hop to a thread about 0.1-0.3 ms (bench/bench_json_decode.py --threshold).
+DECODE_OFF_LOOP_BYTES = 256 << 10
 DECODE_THREADS = 2  # large bodies decoded at once; more wait their turn (memory stays bounded)
 _decoders: ThreadPoolExecutor | None = None
 

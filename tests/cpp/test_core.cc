@@ -1,6 +1,7 @@
 // C++ tests of the core without Python: the batching policy on explicit times, the scheduler with the
 // identity backend under concurrency and with a blocking backend for ordering, deadlines, rejection,
-// cancellation and shutdown, the buffer pool, the completion queue and the histograms.
+// cancellation and shutdown, the buffer pool, the completion queue, the histograms and the JSON tensor
+// decoder (its values; every prefix of a body scanned, for the sanitizers).
 //
 // A tiny self-contained harness: TEST() registers a function, CHECK*() records a failure and goes on,
 // REQUIRE() stops the test. The last line printed is "N passed, M failed"; the exit status is non-zero
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -23,11 +25,13 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/batch_policy.h"
+#include "core/json_tensor.h"
 #include "core/buffer_pool.h"
 #include "core/clock.h"
 #include "core/completion_queue.h"
@@ -950,6 +954,89 @@ TEST(histogram_is_exact_under_concurrent_observers) {
   CHECK_EQ(s.count, uint64_t{4000});
   CHECK_EQ(s.counts[0] + s.counts[1] + s.counts[2], uint64_t{4000});
   CHECK_EQ(s.sum, 4.0 * (333 * 1 + 333 * 2));
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// JSON tensor decoding (its agreement with the Python reference decoder: tests/test_json_tensor.py)
+
+const std::string kJsonBody =
+    R"({"id": "a\"]", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1.5, -0], [2e0, NaN]]},)"
+    R"( {"data": [true, false], "name": "b", "datatype": "BOOL", "shape": [2]}, {"name": "s", "data": ["t"]}],)"
+    R"( "outputs": [{"name": "y"}]})";
+
+TEST(json_scan_lifts_numeric_data_and_leaves_a_skeleton) {
+  std::string skeleton;
+  std::vector<JsonDataSpan> spans;
+  REQUIRE(ScanRequest(kJsonBody, &skeleton, &spans));
+  REQUIRE(spans.size() == 2);
+  CHECK_EQ(spans[0].entry, int64_t{0});
+  CHECK_EQ(spans[1].entry, int64_t{1});
+  CHECK_EQ(kJsonBody.substr(spans[1].begin, spans[1].end - spans[1].begin), std::string("[true, false]"));
+  CHECK(skeleton.find(R"("data": 0})") != std::string::npos);
+  CHECK(skeleton.find(R"("data": ["t"])") != std::string::npos);  // strings stay for the reference
+  CHECK(!ScanRequest(R"({"inputs": [{"data": [1], "data": [2]}]})", &skeleton, &spans));
+  CHECK(!ScanRequest(R"({"inputs": [{"d\u0061ta": [1]}]})", &skeleton, &spans));
+  CHECK(!ScanRequest(R"({"inputs": []} x)", &skeleton, &spans));
+}
+
+TEST(json_decode_makes_numpys_values_or_defers) {
+  std::string skeleton;
+  std::vector<JsonDataSpan> spans;
+  REQUIRE(ScanRequest(kJsonBody, &skeleton, &spans));
+  const std::string_view x(kJsonBody.data() + spans[0].begin, spans[0].end - spans[0].begin);
+  float f[4];
+  REQUIRE(DecodeData(x, DataType::kFp32, 4, f) == DecodeStatus::kOk);
+  CHECK_EQ(f[0], 1.5f);
+  CHECK(f[1] == 0.0f && !std::signbit(f[1]));  // -0 is an integer: numpy makes +0.0 of it
+  CHECK_EQ(f[2], 2.0f);
+  CHECK(std::isnan(f[3]));
+  CHECK(DecodeData(x, DataType::kFp32, 3, f) == DecodeStatus::kDefer);   // count
+  CHECK(DecodeData(x, DataType::kInt32, 4, f) == DecodeStatus::kDefer);  // fraction, NaN
+  int8_t i8[3];
+  CHECK(DecodeData("[1, -128, 127]", DataType::kInt8, 3, i8) == DecodeStatus::kOk && i8[1] == -128);
+  CHECK(DecodeData("[1, -129, 127]", DataType::kInt8, 3, i8) == DecodeStatus::kDefer);
+  CHECK(DecodeData("[1.0, 2e1, -0.0]", DataType::kInt8, 3, i8) == DecodeStatus::kOk && i8[1] == 20);
+  CHECK(DecodeData("[[1, 2], [3]]", DataType::kInt8, 3, i8) == DecodeStatus::kDefer);
+  CHECK(DecodeData("[true, 1]", DataType::kBool, 2, i8) == DecodeStatus::kDefer);
+  uint16_t h[1];
+  CHECK(DecodeData("[65520]", DataType::kFp16, 1, h) == DecodeStatus::kDefer);  // overflow
+}
+
+TEST(json_half_rounding_is_to_nearest_even) {
+  CHECK_EQ(DoubleToHalfBits(1.0), uint16_t{0x3c00});
+  CHECK_EQ(DoubleToHalfBits(65504.0), uint16_t{0x7bff});
+  CHECK_EQ(DoubleToHalfBits(65519.99), uint16_t{0x7bff});
+  CHECK_EQ(DoubleToHalfBits(65520.0), uint16_t{0x7c00});
+  CHECK_EQ(DoubleToHalfBits(0x1p-24), uint16_t{0x0001});
+  CHECK_EQ(DoubleToHalfBits(0x1p-25), uint16_t{0x0000});  // a tie: to the even zero
+  CHECK_EQ(DoubleToHalfBits(3 * 0x1p-25), uint16_t{0x0002});
+  CHECK_EQ(DoubleToHalfBits(1.0 + 0x1p-11), uint16_t{0x3c00});  // a tie: to the even 1.0
+  CHECK_EQ(DoubleToHalfBits(-0.0), uint16_t{0x8000});
+  CHECK_EQ(DoubleToHalfBits(std::numeric_limits<double>::quiet_NaN()), uint16_t{0x7e00});
+}
+
+TEST(json_scan_and_decode_of_every_prefix_stay_inside_it) {
+  // Under AddressSanitizer each prefix lies in a buffer of its own size: a read past it is caught.
+  for (size_t n = 0; n <= kJsonBody.size(); ++n) {
+    const std::vector<char> prefix(kJsonBody.begin(), kJsonBody.begin() + static_cast<std::ptrdiff_t>(n));
+    std::string skeleton;
+    std::vector<JsonDataSpan> spans;
+    if (!ScanRequest(std::string_view(prefix.data(), n), &skeleton, &spans)) continue;
+    CHECK_EQ(n, kJsonBody.size());  // only the whole body is a JSON object
+    for (const JsonDataSpan& span : spans) {
+      double out[4];
+      DecodeData(std::string_view(prefix.data() + span.begin, span.end - span.begin), DataType::kFp64, 4, out);
+    }
+  }
+  // DecodeData is given scanned spans only, but stays inside any text.
+  const std::string words = "[true, false, NaN, Infinity, -Infinity, 1.5e3, -7]";
+  for (size_t n = 0; n <= words.size(); ++n) {
+    const std::vector<char> prefix(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(n));
+    double out[7];
+    DecodeData(std::string_view(prefix.data(), n), DataType::kFp64, 7, out);
+    DecodeData(std::string_view(prefix.data(), n), DataType::kBool, 7, out);
+  }
 }
 
 }  // namespace

@@ -67,7 +67,15 @@ def seeds() -> dict[str, list[bytes]]:
         b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"inputs\"",
     ]
     # The first byte of an http input says where its reads are split (targets.fuzz_http).
-    return {"json": json_bodies, "json_large": json_bodies, "binary": binary, "msgpack": packed,
+    # The C++ JSON tensor decoder's edge cases: its result must be the reference's (targets.fuzz_json_diff).
+    diff = json_bodies + [
+        b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [3], "data": [1.0, -0, 2e0]}]}',
+        b'{"inputs": [{"data": [[1, 2], [3]], "name": "x", "datatype": "FP16", "shape": [3]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [9007199254740993, 1e-400]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": [9223372036854775808, true]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2], "data": [65519.99, 5.9e-08]}]}',
+    ]
+    return {"json": json_bodies, "json_diff": diff, "binary": binary, "msgpack": packed,
             "http": [bytes([len(h) // 3]) + h for h in http]}
 
 

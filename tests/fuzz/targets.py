@@ -15,7 +15,7 @@ from typing import Any
 
 from pyserve.config import TensorSpec
 from pyserve.errors import PyserveError
-from pyserve.protocol import kserve, kserve_large, msgpack_codec
+from pyserve.protocol import kserve, kserve_json, msgpack_codec
 from pyserve.server.http import Connection, HttpServer
 from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Request, Response, error_response
@@ -41,14 +41,27 @@ def fuzz_json(data: bytes) -> None:
     _decoded(lambda: kserve.decode_request(data, None, CHECK))
 
 
-def fuzz_json_large(data: bytes) -> None:
-    """KServe JSON bodies through the simdjson path of large bodies (its threshold lowered to 0)."""
-    old = kserve_large.LARGE_JSON_BYTES
-    kserve_large.LARGE_JSON_BYTES = 0
+def _outcome(data: bytes, cpp: bool) -> Any:
+    """Each input's dtype, shape and bytes, or the refusal's message; ``cpp`` False: the reference
+    decoder alone (kserve_json switched off)."""
+    parse = kserve_json.parse
+    if not cpp:
+        kserve_json.parse = lambda body: None  # type: ignore[assignment]
     try:
-        _decoded(lambda: kserve.decode_request(data, None, CHECK))
+        req = kserve.decode_request(data)
+    except PyserveError as e:
+        return e.message
     finally:
-        kserve_large.LARGE_JSON_BYTES = old
+        kserve_json.parse = parse  # type: ignore[assignment]
+    return [(n, a.dtype.str, a.shape, a.tolist() if a.dtype == object else a.tobytes())
+            for n, a in req.inputs.items()]
+
+
+def fuzz_json_diff(data: bytes) -> None:
+    """KServe JSON bodies decoded with the C++ tensor decoder and by the reference decoder alone: the
+    same arrays (bit for bit) or the same refusal."""
+    cpp, reference = _outcome(data, True), _outcome(data, False)
+    assert cpp == reference, (data[:300], cpp, reference)
 
 
 def fuzz_binary(data: bytes) -> None:
@@ -150,7 +163,7 @@ def fuzz_http(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "json": fuzz_json,
-    "json_large": fuzz_json_large,
+    "json_diff": fuzz_json_diff,
     "binary": fuzz_binary,
     "msgpack": fuzz_msgpack,
     "http": fuzz_http,

@@ -1,0 +1,550 @@
+// See json_tensor.h. The JSON grammar is RFC 8259's; the values are those numpy makes of what
+// orjson parses (pyserve/protocol/kserve.py, _array_from_json), checked by tests/test_json_tensor.py
+// against that decoder (differential tests over random data).
+#include "core/json_tensor.h"
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <system_error>
+
+namespace pyserve {
+
+namespace {
+
+constexpr int kMaxScanDepth = 512;  // orjson refuses 1024; deeper bodies go to the reference
+constexpr int kMaxDataDepth = 32;   // numpy's limit is 64 dimensions; deeper data goes to the reference
+
+inline bool IsWs(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+inline bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+
+// Length of the JSON number at p (RFC 8259 grammar), 0 when there is none. `is_float`: it has a
+// fraction or an exponent. `magnitude`: an estimate of its decimal exponent (digits before the
+// point + exponent), used to find numbers a double may not hold.
+size_t NumberLength(const char* p, const char* end, bool* is_float, long* magnitude) {
+  const char* q = p;
+  if (q < end && *q == '-') ++q;
+  if (q >= end || !IsDigit(*q)) return 0;
+  const char* int_begin = q;
+  if (*q == '0') {
+    ++q;
+  } else {
+    while (q < end && IsDigit(*q)) ++q;
+  }
+  long digits = static_cast<long>(q - int_begin);
+  *is_float = false;
+  if (q < end && *q == '.') {
+    ++q;
+    if (q >= end || !IsDigit(*q)) return 0;
+    while (q < end && IsDigit(*q)) ++q;
+    *is_float = true;
+  }
+  long exponent = 0;
+  if (q < end && (*q == 'e' || *q == 'E')) {
+    ++q;
+    bool negative = false;
+    if (q < end && (*q == '+' || *q == '-')) negative = *q++ == '-';
+    if (q >= end || !IsDigit(*q)) return 0;
+    while (q < end && IsDigit(*q)) {
+      if (exponent < 100000) exponent = exponent * 10 + (*q - '0');
+      ++q;
+    }
+    if (negative) exponent = -exponent;
+    *is_float = true;
+  }
+  *magnitude = digits + exponent;
+  return static_cast<size_t>(q - p);
+}
+
+inline bool StartsWith(const char* p, const char* end, const char* token, size_t n) {
+  return static_cast<size_t>(end - p) >= n && std::memcmp(p, token, n) == 0;
+}
+
+// The non-finite tokens NaN, Infinity, -Infinity (as Python's json reads them); their length or 0.
+size_t NonFiniteLength(const char* p, const char* end) {
+  if (p >= end || (*p != 'N' && *p != 'I' && *p != '-')) return 0;  // most often a digit: no memcmp
+  if (StartsWith(p, end, "NaN", 3)) return 3;
+  if (StartsWith(p, end, "Infinity", 8)) return 8;
+  if (StartsWith(p, end, "-Infinity", 9)) return 9;
+  return 0;
+}
+
+// A value must end at whitespace, a comma or a closing bracket (else `truex`, `1a` ...).
+inline bool AtValueEnd(const char* p, const char* end) {
+  return p >= end || IsWs(*p) || *p == ',' || *p == ']' || *p == '}';
+}
+
+class Scanner {
+ public:
+  Scanner(std::string_view body, std::string* skeleton, std::vector<JsonDataSpan>* spans)
+      : base_(body.data()), p_(body.data()), end_(body.data() + body.size()), last_(base_),
+        skeleton_(skeleton), spans_(spans) {}
+
+  bool Run() {
+    SkipWs();
+    if (!Expect('{')) return false;
+    bool seen_inputs = false;
+    SkipWs();
+    if (Peek() == '}') return Finish();
+    for (;;) {
+      std::string_view key;
+      if (!Key(&key)) return false;
+      if (key == "inputs") {
+        if (seen_inputs) return false;  // orjson keeps the last: leave such bodies to it
+        seen_inputs = true;
+        if (Peek() == '[') {
+          if (!Inputs()) return false;
+        } else if (!SkipValue(1)) {
+          return false;
+        }
+      } else if (!SkipValue(1)) {
+        return false;
+      }
+      SkipWs();
+      if (Peek() == ',') {
+        ++p_;
+        SkipWs();
+        continue;
+      }
+      if (!Expect('}')) return false;
+      return Finish();
+    }
+  }
+
+ private:
+  char Peek() const { return p_ < end_ ? *p_ : '\0'; }
+  void SkipWs() {
+    while (p_ < end_ && IsWs(*p_)) ++p_;
+  }
+  bool Expect(char c) {
+    if (p_ >= end_ || *p_ != c) return false;
+    ++p_;
+    return true;
+  }
+  bool Finish() {
+    SkipWs();
+    if (p_ != end_) return false;
+    skeleton_->append(last_, static_cast<size_t>(end_ - last_));
+    return true;
+  }
+
+  // A string at p_; `raw` is its text between the quotes; false for an unterminated one.
+  bool String(std::string_view* raw, bool* escaped) {
+    if (!Expect('"')) return false;
+    const char* begin = p_;
+    *escaped = false;
+    while (p_ < end_) {
+      const char c = *p_;
+      if (c == '"') {
+        *raw = std::string_view(begin, static_cast<size_t>(p_ - begin));
+        ++p_;
+        return true;
+      }
+      if (c == '\\') {
+        *escaped = true;
+        if (++p_ >= end_) return false;
+      }
+      ++p_;
+    }
+    return false;
+  }
+
+  // An object key and its colon; false for an escaped key (it may spell `inputs` or `data`).
+  bool Key(std::string_view* key) {
+    bool escaped = false;
+    if (!String(key, &escaped) || escaped) return false;
+    SkipWs();
+    if (!Expect(':')) return false;
+    SkipWs();
+    return true;
+  }
+
+  // Any value, loosely: the skeleton's parser checks what is not lifted.
+  bool SkipValue(int depth) {
+    if (depth > kMaxScanDepth) return false;
+    const char c = Peek();
+    if (c == '"') {
+      std::string_view raw;
+      bool escaped;
+      return String(&raw, &escaped);
+    }
+    if (c == '[' || c == '{') {
+      const char close = c == '[' ? ']' : '}';
+      ++p_;
+      SkipWs();
+      if (Peek() == close) {
+        ++p_;
+        return true;
+      }
+      for (;;) {
+        if (c == '{') {
+          std::string_view raw;
+          bool escaped;
+          if (!String(&raw, &escaped)) return false;
+          SkipWs();
+          if (!Expect(':')) return false;
+          SkipWs();
+        }
+        if (!SkipValue(depth + 1)) return false;
+        SkipWs();
+        if (Peek() == ',') {
+          ++p_;
+          SkipWs();
+          continue;
+        }
+        return Expect(close);
+      }
+    }
+    const char* begin = p_;
+    while (!AtValueEnd(p_, end_)) ++p_;
+    return p_ != begin;
+  }
+
+  bool Inputs() {
+    ++p_;  // '['
+    SkipWs();
+    if (Peek() == ']') {
+      ++p_;
+      return true;
+    }
+    for (int64_t entry = 0;; ++entry) {
+      if (Peek() == '{') {
+        if (!Entry(entry)) return false;
+      } else if (!SkipValue(2)) {
+        return false;
+      }
+      SkipWs();
+      if (Peek() == ',') {
+        ++p_;
+        SkipWs();
+        continue;
+      }
+      return Expect(']');
+    }
+  }
+
+  bool Entry(int64_t entry) {
+    ++p_;  // '{'
+    SkipWs();
+    if (Peek() == '}') {
+      ++p_;
+      return true;
+    }
+    bool seen_data = false;
+    for (;;) {
+      std::string_view key;
+      if (!Key(&key)) return false;
+      if (key == "data") {
+        if (seen_data) return false;
+        seen_data = true;
+        const char* begin = p_;
+        if (Peek() == '[' && Data(1)) {
+          skeleton_->append(last_, static_cast<size_t>(begin - last_));
+          skeleton_->push_back('0');
+          last_ = p_;
+          spans_->push_back({entry, static_cast<size_t>(begin - base_), static_cast<size_t>(p_ - base_)});
+        } else {
+          p_ = begin;  // not lifted: left to the skeleton's parser
+          if (!SkipValue(3)) return false;
+        }
+      } else if (!SkipValue(3)) {
+        return false;
+      }
+      SkipWs();
+      if (Peek() == ',') {
+        ++p_;
+        SkipWs();
+        continue;
+      }
+      return Expect('}');
+    }
+  }
+
+  // A liftable data array at p_ (see ScanRequest), strictly; false leaves p_ anywhere.
+  bool Data(int depth) {
+    if (depth > kMaxDataDepth) return false;
+    ++p_;  // '['
+    SkipWs();
+    if (Peek() == ']') {
+      ++p_;
+      return true;
+    }
+    for (;;) {
+      const char c = Peek();
+      if (c == '[') {
+        if (!Data(depth + 1)) return false;
+      } else if (c == 't' || c == 'f') {
+        const size_t n = c == 't' ? 4 : 5;
+        if (!StartsWith(p_, end_, c == 't' ? "true" : "false", n)) return false;
+        p_ += n;
+      } else if (const size_t token = NonFiniteLength(p_, end_)) {
+        p_ += token;
+      } else {
+        bool is_float;
+        long magnitude;
+        const size_t n = NumberLength(p_, end_, &is_float, &magnitude);
+        if (n == 0) return false;
+        if (magnitude > 300 || magnitude < -300) {
+          // Maybe beyond a double: orjson refuses an overflow (and std::from_chars says nothing of
+          // an underflow's sign): the reference decides.
+          double value;
+          if (std::from_chars(p_, p_ + n, value).ec != std::errc()) return false;
+        }
+        p_ += n;
+      }
+      if (!AtValueEnd(p_, end_)) return false;
+      SkipWs();
+      if (Peek() == ',') {
+        ++p_;
+        SkipWs();
+        continue;
+      }
+      return Expect(']');
+    }
+  }
+
+  const char* base_;
+  const char* p_;
+  const char* end_;
+  const char* last_;  // the end of what the skeleton holds so far
+  std::string* skeleton_;
+  std::vector<JsonDataSpan>* spans_;
+};
+
+// One element of data as parsed.
+struct Leaf {
+  enum Kind : uint8_t { kBool, kSigned, kUnsigned, kFloat } kind;
+  bool boolean;
+  int64_t i;
+  uint64_t u;
+  double d;  // kFloat: a number with a fraction or exponent, or a non-finite token
+};
+
+// Parses the leaf at p (already checked by the scanner); false where the reference must decide.
+bool ParseLeaf(const char*& p, const char* end, Leaf* leaf) {
+  const char c = *p;
+  // The words are checked again (cheap, and rare): DecodeData never reads past `end`, whatever text.
+  if (c == 't' || c == 'f') {
+    leaf->kind = Leaf::kBool;
+    leaf->boolean = c == 't';
+    const size_t n = c == 't' ? 4 : 5;
+    if (!StartsWith(p, end, c == 't' ? "true" : "false", n)) return false;
+    p += n;
+    return true;
+  }
+  if (c == 'N' || c == 'I' || (c == '-' && p + 1 < end && p[1] == 'I')) {
+    const size_t n = NonFiniteLength(p, end);
+    if (n == 0) return false;
+    leaf->kind = Leaf::kFloat;
+    leaf->d = c == 'N'   ? std::numeric_limits<double>::quiet_NaN()
+              : c == '-' ? -std::numeric_limits<double>::infinity()
+                         : std::numeric_limits<double>::infinity();
+    p += n;
+    return true;
+  }
+  // An integer first: from_chars stops at a fraction or exponent, which makes it a float (the
+  // scanner checked the grammar, so no other character follows the digits).
+  std::from_chars_result r;
+  if (c == '-') {
+    leaf->kind = Leaf::kSigned;
+    r = std::from_chars(p, end, leaf->i);
+  } else {
+    leaf->kind = Leaf::kUnsigned;
+    r = std::from_chars(p, end, leaf->u);
+  }
+  if (r.ptr < end && (*r.ptr == '.' || *r.ptr == 'e' || *r.ptr == 'E')) {
+    leaf->kind = Leaf::kFloat;
+    r = std::from_chars(p, end, leaf->d);
+  }
+  p = r.ptr;
+  // An integer beyond 64 bits is a float to orjson, an underflow may be -0.0: the reference decides.
+  return r.ec == std::errc();
+}
+
+template <typename T>
+bool StoreInteger(const Leaf& leaf, T* out) {
+  using L = std::numeric_limits<T>;
+  switch (leaf.kind) {
+    case Leaf::kSigned:
+      if (leaf.i < static_cast<int64_t>(L::min())) return false;
+      if (leaf.i > 0 && static_cast<uint64_t>(leaf.i) > static_cast<uint64_t>(L::max())) return false;
+      *out = static_cast<T>(leaf.i);
+      return true;
+    case Leaf::kUnsigned:
+      if (leaf.u > static_cast<uint64_t>(L::max())) return false;
+      *out = static_cast<T>(leaf.u);
+      return true;
+    case Leaf::kFloat: {
+      // numpy: the list is inferred as float64, then parsed again as integers and compared.
+      const double d = leaf.d;
+      if (!std::isfinite(d) || std::trunc(d) != d) return false;
+      // 2**63 and 2**64 are exact doubles; min() is a power of two or zero.
+      const double high = static_cast<double>(L::max()) + 1.0;  // rounds up to a power of two
+      if (d < static_cast<double>(L::min()) || d >= high) return false;
+      *out = static_cast<T>(d);
+      return true;
+    }
+    case Leaf::kBool:
+      break;
+  }
+  return false;  // booleans mixed with numbers: numpy's rules are subtle, the reference decides
+}
+
+class Decoder {
+ public:
+  Decoder(DataType dtype, int64_t count, void* out) : dtype_(dtype), count_(count), out_(out) {}
+
+  DecodeStatus Run(std::string_view text) {
+    const char* p = text.data();
+    const char* end = p + text.size();
+    int depth = 0;
+    int ndim = -1;
+    int64_t dims[kMaxDataDepth + 2];
+    int64_t lengths[kMaxDataDepth + 2];
+    for (auto& d : dims) d = -1;
+    while (p < end) {
+      const char c = *p;
+      if (IsWs(c) || c == ',') {
+        ++p;
+      } else if (c == '[') {
+        if (depth > 0) ++lengths[depth];
+        ++depth;
+        if (depth > kMaxDataDepth || (ndim >= 0 && depth > ndim)) return DecodeStatus::kDefer;  // ragged
+        lengths[depth] = 0;
+        ++p;
+      } else if (c == ']') {
+        const int64_t n = lengths[depth];
+        if (n == 0) return DecodeStatus::kDefer;  // empty lists: numpy's shapes of them are the reference's
+        if (dims[depth] < 0) {
+          dims[depth] = n;
+        } else if (dims[depth] != n) {
+          return DecodeStatus::kDefer;  // ragged
+        }
+        --depth;
+        ++p;
+      } else {
+        if (ndim < 0) {
+          ndim = depth;
+        } else if (depth != ndim) {
+          return DecodeStatus::kDefer;  // ragged
+        }
+        ++lengths[depth];
+        if (index_ >= count_) return DecodeStatus::kDefer;  // too many: the reference says how many
+        Leaf leaf;
+        if (!ParseLeaf(p, end, &leaf) || !Store(leaf)) return DecodeStatus::kDefer;
+        ++index_;
+      }
+    }
+    if (index_ != count_ || depth != 0) return DecodeStatus::kDefer;
+    return Finish();
+  }
+
+ private:
+  bool Store(const Leaf& leaf) {
+    if (dtype_ == DataType::kBool) {
+      if (leaf.kind != Leaf::kBool) return false;
+      static_cast<uint8_t*>(out_)[index_] = leaf.boolean ? 1 : 0;
+      return true;
+    }
+    if (leaf.kind == Leaf::kBool) return false;
+    switch (dtype_) {
+      case DataType::kUint8: return StoreInteger(leaf, static_cast<uint8_t*>(out_) + index_);
+      case DataType::kUint16: return StoreInteger(leaf, static_cast<uint16_t*>(out_) + index_);
+      case DataType::kUint32: return StoreInteger(leaf, static_cast<uint32_t*>(out_) + index_);
+      case DataType::kUint64: return StoreInteger(leaf, static_cast<uint64_t*>(out_) + index_);
+      case DataType::kInt8: return StoreInteger(leaf, static_cast<int8_t*>(out_) + index_);
+      case DataType::kInt16: return StoreInteger(leaf, static_cast<int16_t*>(out_) + index_);
+      case DataType::kInt32: return StoreInteger(leaf, static_cast<int32_t*>(out_) + index_);
+      case DataType::kInt64: return StoreInteger(leaf, static_cast<int64_t*>(out_) + index_);
+      case DataType::kFp16:
+      case DataType::kFp32:
+      case DataType::kFp64: return StoreFloat(leaf);
+      default: return false;
+    }
+  }
+
+  bool StoreFloat(const Leaf& leaf) {
+    double d;
+    switch (leaf.kind) {
+      case Leaf::kSigned:
+        d = static_cast<double>(leaf.i);
+        big_integer_ |= leaf.i > kExactInDouble || leaf.i < -kExactInDouble;
+        break;
+      case Leaf::kUnsigned:
+        d = static_cast<double>(leaf.u);
+        big_integer_ |= leaf.u > static_cast<uint64_t>(kExactInDouble);
+        break;
+      default:
+        d = leaf.d;
+        has_float_ = true;
+    }
+    if (dtype_ == DataType::kFp64) {
+      static_cast<double*>(out_)[index_] = d;
+      return true;
+    }
+    if (dtype_ == DataType::kFp32) {
+      // With a fraction anywhere numpy makes float64 first, then float32 (two roundings); without,
+      // int64 to float32 (one): the same for integers a double holds exactly (see Finish).
+      const float f = static_cast<float>(d);
+      if (std::isinf(f) && std::isfinite(d)) return false;  // too large: the reference says which
+      static_cast<float*>(out_)[index_] = f;
+      return true;
+    }
+    const uint16_t h = DoubleToHalfBits(d);
+    if ((h & 0x7fff) == 0x7c00 && std::isfinite(d)) return false;
+    static_cast<uint16_t*>(out_)[index_] = h;
+    return true;
+  }
+
+  DecodeStatus Finish() const {
+    // Integers only, one beyond 2**53: numpy rounds int64 to float32 once, we rounded twice.
+    if (dtype_ == DataType::kFp32 && big_integer_ && !has_float_) return DecodeStatus::kDefer;
+    return DecodeStatus::kOk;
+  }
+
+  static constexpr int64_t kExactInDouble = int64_t{1} << 53;
+  const DataType dtype_;
+  const int64_t count_;
+  void* const out_;
+  int64_t index_ = 0;
+  bool has_float_ = false;
+  bool big_integer_ = false;
+};
+
+}  // namespace
+
+bool ScanRequest(std::string_view body, std::string* skeleton, std::vector<JsonDataSpan>* spans) {
+  skeleton->clear();
+  spans->clear();
+  return Scanner(body, skeleton, spans).Run();
+}
+
+DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out) {
+  if (dtype == DataType::kBytes || count <= 0) return DecodeStatus::kDefer;
+  return Decoder(dtype, count, out).Run(text);
+}
+
+uint16_t DoubleToHalfBits(double value) {
+  const uint16_t sign = std::signbit(value) ? 0x8000 : 0;
+  const double a = std::fabs(value);
+  if (std::isnan(value)) return static_cast<uint16_t>(sign | 0x7e00);  // numpy keeps the quiet bit
+  if (a >= 65520.0) return static_cast<uint16_t>(sign | 0x7c00);      // beyond max + half an ulp: inf
+  if (a < 0x1p-14) {
+    // Subnormal: units of 2**-24, rounded to nearest even (nearbyint in the default rounding mode);
+    // 1024 units is the smallest normal, whose bits are the same.
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(a * 0x1p24)));
+  }
+  int e;
+  const double m = std::frexp(a, &e);  // a = m * 2**e, m in [0.5, 1)
+  int exponent = e - 1;                // a = (2m) * 2**exponent, 2m in [1, 2)
+  double q = std::nearbyint(m * 2048.0);  // 1024..2048: the 10-bit fraction with its leading 1
+  if (q == 2048.0) {
+    q = 1024.0;
+    ++exponent;
+  }
+  if (exponent > 15) return static_cast<uint16_t>(sign | 0x7c00);
+  return static_cast<uint16_t>(sign | ((exponent + 15) << 10) | (static_cast<uint16_t>(q) - 1024));
+}
+
+}  // namespace pyserve

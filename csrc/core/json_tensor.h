@@ -1,0 +1,58 @@
+// KServe v2 JSON tensor data decoded straight from a request body into typed, C-contiguous buffers.
+//
+// Two steps, neither of which touches a Python object (the bindings release the GIL around both):
+//  1. ScanRequest walks the body once and lifts out the `data` arrays of the top-level `inputs`
+//     entries, leaving a small "skeleton" (the body with each lifted array replaced by `0`) that the
+//     caller parses with its usual JSON parser (names, datatypes, shapes, parameters).
+//  2. DecodeData parses one lifted array into the buffer of the tensor's datatype.
+// Both are conservative: whenever the result could differ from pyserve's reference decoder
+// (pyserve/protocol/kserve.py: orjson, then numpy's inference and checks), they say so (kDefer /
+// not lifted), and the caller uses the reference for that body or that tensor. They never refuse a
+// body themselves: every refusal, and its message, is the reference decoder's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/types.h"
+
+namespace pyserve {
+
+// The byte span [begin, end) of the `data` array of the input at `entry` (its index in `inputs`).
+struct JsonDataSpan {
+  int64_t entry = 0;
+  size_t begin = 0;
+  size_t end = 0;
+};
+
+// Scans a request body (a JSON object). On true, `spans` holds the lifted `data` arrays, in body
+// order, and `skeleton` the body with each replaced by `0`. False when the body is not one this
+// scanner can take apart with certainty (not an object, escaped or repeated keys `inputs`/`data`,
+// nesting over 512 levels, unterminated strings...): the caller decodes the body as before.
+// A `data` array is lifted only when it holds nothing but arrays, JSON numbers (strict grammar, no
+// finite number too large for a double), true, false and the tokens NaN, Infinity and -Infinity,
+// nested at most 32 levels; any other `data` stays in the skeleton.
+bool ScanRequest(std::string_view body, std::string* skeleton, std::vector<JsonDataSpan>* spans);
+
+enum class DecodeStatus : uint8_t {
+  kOk,     // `out` holds the `count` elements, row-major
+  kDefer,  // the reference decoder must decide: a refusal, or a case whose numpy result is subtle
+};
+
+// Decodes one lifted `data` array (text as ScanRequest lifted it) of `count` elements of `dtype`
+// into `out` (count * ElementSize(dtype) bytes, little-endian host order). Values as numpy makes
+// them from the parsed JSON: integers exact, or rounded once to the float datatype; numbers with a
+// fraction or exponent parsed as double (correctly rounded, std::from_chars) then rounded to
+// FP32/FP16; integral ones accepted in integer tensors. kDefer for: BYTES; booleans outside BOOL
+// tensors and numbers in BOOL ones; an integer or float out of the datatype's range (or one that
+// overflows FP16/FP32); a fraction, NaN or Infinity in an integer tensor; ragged or empty lists; an
+// element count other than `count`; integers beyond 2**53 in a float tensor without fractions.
+DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out);
+
+// IEEE 754 binary16 bits of `value`, rounded to nearest, ties to even (as numpy's float16 cast).
+uint16_t DoubleToHalfBits(double value);
+
+}  // namespace pyserve

@@ -1,0 +1,239 @@
+"""The C++ JSON tensor decoder (csrc/core/json_tensor.cc, pyserve/protocol/kserve_json.py) against
+the reference decoder it replaces (orjson, then numpy: ``kserve._array_from_json`` on the whole
+body): the same arrays, bit for bit, or the same refusal with the same message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pyserve import _core
+from pyserve.datatypes import DATATYPES
+from pyserve.errors import PyserveError
+from pyserve.protocol import kserve, kserve_json
+
+
+def outcome(body: bytes, reference: bool) -> tuple:
+    """What decoding ``body`` gives: each input's dtype, shape and bytes (BYTES: its values), or the
+    refusal's kind and message. ``reference``: with the C++ decoder switched off."""
+    try:
+        if reference:
+            with mock.patch.object(kserve_json, "parse", return_value=None):
+                req = kserve.decode_request(body)
+        else:
+            req = kserve.decode_request(body)
+    except PyserveError as e:
+        return ("refused", e.kind, e.message)
+    return tuple(
+        (name, str(a.dtype), a.shape, a.tolist() if a.dtype == object else a.tobytes(), a.flags.c_contiguous)
+        for name, a in req.inputs.items()
+    ) + (req.id, req.parameters)
+
+
+def body_of(datatype: str, shape: Any, data_text: str, extra: str = "") -> bytes:
+    return (f'{{"id": "r"{extra}, "inputs": [{{"name": "x", "datatype": "{datatype}", '
+            f'"shape": {json.dumps(shape)}, "data": {data_text}}}]}}').encode()
+
+
+def assert_same(body: bytes) -> tuple:
+    got, want = outcome(body, reference=False), outcome(body, reference=True)
+    assert got == want, body[:400]
+    return got
+
+
+# -- the edge cases of the issue, each with what the reference makes of it ---------------------------
+
+EDGES = [
+    # (datatype, shape, data, what the reference does: "ok" or a piece of its message)
+    ("FP32", [2], "[-0, -0.0]", "ok"),
+    ("FP64", [1], "[1e400]", "not valid JSON"),
+    ("FP64", [1], "[1e-400]", "ok"),
+    ("FP64", [2], "[-1e-400, 4.9e-324]", "ok"),
+    ("INT32", [2], "[1.0, 2]", "ok"),
+    ("INT32", [2], "[1.5, 2]", "fractions"),
+    ("INT64", [1], "[9223372036854775808]", "must lie in"),
+    ("INT64", [2], "[9223372036854775807, -9223372036854775808]", "ok"),
+    ("UINT64", [2], "[18446744073709551615, 0]", "ok"),
+    ("UINT64", [1], "[18446744073709551616]", "integers in [0, 18446744073709551615]"),
+    ("INT8", [3], "[127, -128, 128]", "must lie in"),
+    ("FP32", [1], "[01]", "not valid JSON"),
+    ("FP32", [1], "[1.]", "not valid JSON"),
+    ("FP32", [1], "[.5]", "not valid JSON"),
+    ("FP32", [1], "[+1]", "not valid JSON"),
+    ("FP32", [1], "[0x10]", "not valid JSON"),
+    ("FP32", [1], "[1_000]", "not valid JSON"),
+    ("FP32", [2], "[1, 2,]", "not valid JSON"),
+    ("FP32", [2], "[1 2]", "not valid JSON"),
+    ("FP32", [2], " [ 1 ,\n\t2\r ] ", "ok"),
+    ("FP32", [1], "[1e99999999999999999999]", "not valid JSON"),
+    ("FP32", [1], "[1e-99999999999999999999]", "ok"),
+    ("FP32", [1], "[3.4028235e38]", "ok"),
+    ("FP32", [1], "[3.5e38]", "cannot hold"),
+    ("FP16", [2], "[65504, 65519.99]", "ok"),
+    ("FP16", [1], "[65520]", "cannot hold"),
+    ("FP16", [3], "[5.960464477539063e-08, 2.98e-08, 1e-8]", "ok"),
+    ("FP32", [3], "[NaN, Infinity, -Infinity]", "ok"),
+    ("INT32", [1], "[NaN]", "NaN or Infinity"),
+    ("FP32", [1], "[nan]", "not valid JSON"),
+    ("FP32", [1], "[-NaN]", "not valid JSON"),
+    ("BOOL", [2], "[true, false]", "ok"),
+    ("BOOL", [2], "[true, 1]", "true/false"),
+    ("FP32", [2], "[true, 1.5]", "ok"),
+    ("INT32", [2], "[true, 2]", "ok"),
+    ("INT32", [2], "[true, false]", "must be integers"),
+    ("FP32", [2, 2], "[[1, 2], [3, 4]]", "ok"),
+    ("FP32", [3], "[[1, 2], [3]]", "nested lists of equal lengths"),
+    ("FP32", [2], "[1, [2]]", "nested lists of equal lengths"),
+    ("FP32", [2, 0], "[[], []]", "ok"),
+    ("FP32", [1], "[" * 40 + "1" + "]" * 40, "ok"),
+    ("FP32", [1], "[" * 70 + "1" + "]" * 70, "nested lists of equal lengths"),
+    ("FP32", [1], "[" * 1100 + "1" + "]" * 1100, "not valid JSON"),
+    ("FP32", [3], "[1, 2]", "expected 3 elements"),
+    ("FP32", [1], '["1"]', "got strings"),
+    ("FP32", [1], "[null]", "mixed or non-numeric"),
+    ("FP32", [1], "[9007199254740993]", "ok"),
+    ("FP32", [2], "[9007199254740993, 0.5]", "ok"),
+    ("FP32", [1], "[16777217]", "ok"),
+    ("INT64", [2], "[9007199254740993, 1.0]", "ok"),
+    ("BYTES", [2], '["a", "b"]', "ok"),
+    ("BYTES", [1], "[1]", "must be strings"),
+]
+
+
+@pytest.mark.parametrize("datatype,shape,data,expected", EDGES, ids=[f"{d}-{x[:30]}" for d, _, x, _ in EDGES])
+def test_edge_cases_decode_as_the_reference_does(datatype: str, shape: list[int], data: str,
+                                                  expected: str) -> None:
+    got = assert_same(body_of(datatype, shape, data))
+    if expected == "ok":
+        assert got[0] != "refused", got
+    else:
+        assert got[0] == "refused" and expected in got[2], got
+
+
+def test_escaped_and_repeated_keys_decode_as_the_reference_does() -> None:
+    for text in [
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "d\\u0061ta": [1]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "data": [2]}]}',
+        b'{"inputs": [], "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [3]}]}',
+        b'{"\\u0069nputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [3]}]}',
+        b'{"inputs": [{"data": [1, 2], "shape": [2], "datatype": "INT8", "name": "x"}]} ',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]} x',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "p": NaN}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}, 5]}',
+        b'{"inputs": [{"name": "x\\"", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]',
+        b'\xef\xbb\xbf{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+        b'{"inputs": [{"name": "\xff", "datatype": "FP32", "shape": [1], "data": [1]}]}',
+    ]:
+        assert_same(text)
+
+
+def test_the_cpp_decoder_takes_the_usual_bodies() -> None:
+    """Not everything deferred to the reference: numbers of each datatype are decoded in C++."""
+    for datatype, data in [("FP32", "[[0.5, -1e-3], [2, 3]]"), ("FP16", "[[1, 2], [3, 4.5]]"),
+                           ("FP64", "[[1, 2], [3, 4]]"), ("INT64", "[[1, -2], [3, 4]]"),
+                           ("UINT8", "[[1, 2], [3, 255]]"), ("BOOL", "[[true, false], [true, true]]")]:
+        body = body_of(datatype, [2, 2], data)
+        skeleton, spans = _core.scan_kserve_request(body)
+        assert b'"data": 0' in skeleton and len(spans) == 1
+        _, begin, end = spans[0]
+        flat = _core.decode_json_tensor(body, begin, end, datatype, 4)
+        assert flat is not None and flat.size == 4, datatype
+        assert_same(body)
+
+
+def test_half_rounding_matches_numpy_on_every_boundary() -> None:
+    """FP16 values at and between each half's neighbours (ties to even) round as numpy's cast."""
+    halves = np.arange(0, 0x7c00, 7, dtype=np.uint16).view(np.float16).astype(np.float64)
+    mids = np.concatenate([halves, (halves[:-1] + halves[1:]) / 2, np.nextafter(halves, 0)])
+    text = "[" + ", ".join(repr(float(v)) for v in mids) + "]"
+    body = body_of("FP16", [mids.size], text)
+    got = assert_same(body)
+    assert got[0] != "refused"
+
+
+# -- differential: random data, every datatype ------------------------------------------------------
+
+_INT_EDGES = [0, 1, -1, 127, 128, -128, -129, 255, 256, 32767, 32768, -32769, 65535, 65536, 2**31 - 1, 2**31,
+              -(2**31) - 1, 2**32, 2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1,
+              2**64 - 1, 2**64, 10**30]
+_FLOAT_TEXTS = ["-0.0", "0.5", "1.0", "1e0", "1E+2", "2.5e-3", "-3.75", "65504.0", "65520", "3.4028235e38",
+                "3.5e38", "1e308", "1e-310", "1e-400", "1.7976931348623157e308", "NaN", "Infinity",
+                "-Infinity", "9007199254740993.0", "128.0", "-129.0", "4294967296.0"]
+
+
+def _leaf() -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.integers(-(2**70), 2**70).map(str),
+        st.sampled_from(_INT_EDGES).map(str),
+        st.floats(allow_nan=False, allow_infinity=False).map(repr),
+        st.floats(width=32, allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.9g}"),
+        st.sampled_from(_FLOAT_TEXTS),
+        st.sampled_from(["true", "false"]),
+        st.sampled_from(['"1"', "null", "{}", "01", "1.", "[]", "-", "1e", "Nan"]).filter(lambda _: True),
+    )
+
+
+@st.composite
+def _nested(draw: st.DrawFn) -> tuple[str, list[int]]:
+    """A data array's text and its shape; mostly rectangular, at times ragged, at times odd leaves."""
+    dims = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    odd = draw(st.integers(0, 9)) == 0
+    plain = draw(st.sampled_from([st.sampled_from(_INT_EDGES[:12]).map(str), st.floats(-1e6, 1e6).map(repr),
+                                  st.sampled_from(["true", "false"])]))
+    leaf = _leaf() if odd or draw(st.booleans()) else plain
+
+    def build(level: int) -> str:
+        if level == len(dims):
+            return draw(leaf)
+        n = dims[level]
+        if draw(st.integers(0, 30)) == 0:
+            n = max(0, n + draw(st.sampled_from([-1, 1])))  # ragged
+        ws = draw(st.sampled_from(["", " ", "\n  "]))
+        return "[" + ws + ("," + ws).join(build(level + 1) for _ in range(n)) + ws + "]"
+
+    return build(0), dims
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datatype=st.sampled_from(DATATYPES), nested=_nested(), shape_off=st.sampled_from([0, 0, 0, 0, 1]))
+@example(datatype="FP32", nested=("[1, 2.5]", [2]), shape_off=0)
+def test_random_data_decodes_as_the_reference_does(datatype: str, nested: tuple[str, list[int]],
+                                                   shape_off: int) -> None:
+    text, dims = nested
+    shape = [*dims[:-1], dims[-1] + shape_off]
+    assert_same(body_of(datatype, shape, text, extra=', "parameters": {"priority": 1}'))
+
+
+@settings(max_examples=150, deadline=None)
+@given(first=_nested(), second=_nested(),
+       types=st.tuples(st.sampled_from(DATATYPES), st.sampled_from(DATATYPES)))
+def test_two_inputs_decode_as_the_reference_does(first: tuple[str, list[int]], second: tuple[str, list[int]],
+                                                  types: tuple[str, str]) -> None:
+    body = (f'{{"inputs": [{{"name": "a", "datatype": "{types[0]}", "shape": {json.dumps(first[1])}, '
+            f'"data": {first[0]}}}, {{"data": {second[0]}, "name": "b", "shape": {json.dumps(second[1])}, '
+            f'"datatype": "{types[1]}"}}], "outputs": [{{"name": "y"}}]}}').encode()
+    assert_same(body)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_bodies_as_the_server_reads_them_take_the_cpp_path(kind: type) -> None:
+    """A large body reaches the decoder as a bytearray (read in pieces): it is scanned as bytes are."""
+    real, scanned = kserve_json.parse, []
+
+    def spy(body: Any) -> Any:
+        scanned.append(real(body))
+        return scanned[-1]
+
+    body = kind(body_of("FP32", [2, 2], "[[1, 2], [3, 4.5]]"))
+    with mock.patch.object(kserve_json, "parse", spy):
+        req = kserve.decode_request(body)
+    assert scanned and scanned[0] is not None
+    assert req.inputs["x"].tolist() == [[1, 2], [3, 4.5]]
