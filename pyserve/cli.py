@@ -486,9 +486,20 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
                     "(see docs/drift.md).")
 
 
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    from pyserve.batch import cli as batch_cli
+
+    _add_module_command(
+        sub, "batch", batch_cli,
+        help="score a Parquet, CSV, JSON Lines, NPY or NPZ file offline with a model or artifact",
+        description="Run every row of a file through a model (a model folder, a repository's model, an "
+                    ".onnx file or an artifact) in-process, by the same core and config as pyserve serve; "
+                    "outputs and failed rows go to two files (see docs/batch.md).")
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
-    ``profile``, ``model``, ``alias``, ``traffic``)."""
+    ``profile``, ``batch``, ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -496,6 +507,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_logs(sub)
     _add_profile(sub)
+    _add_batch(sub)
     control_cli.add_commands(sub)
     return parser
 
