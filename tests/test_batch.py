@@ -257,3 +257,28 @@ def test_memory_stays_bounded_on_a_large_input(repo: Repo, tmp_path: Path) -> No
     assert pq.ParquetFile(tmp_path / "out.parquet").metadata.num_rows == rows
     print(f"peak RSS {peak:.0f} MB, small job {base:.0f} MB")
     assert peak - base < 96, f"peak RSS {peak:.0f} MB, {peak - base:.0f} MB above the small job's {base:.0f} MB"
+
+
+@pytest.mark.parametrize("chunk_rows", [4, 1000])
+def test_bad_values_inside_list_columns(repo: Repo, tmp_path: Path, chunk_rows: int,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A null, a NaN or a wrong length inside a row's list fails that row only, whichever chunk
+    (and offset within a chunk) it falls in."""
+    model = repo.onnx("affine", config="max_batch_size = 8\n")
+    x = features(12).tolist()
+    x[2][1] = None
+    x[5][3] = float("nan")
+    x[7] = x[7][:3]
+    x[9] = None
+    x[10][0] = "1.5"  # a JSON-ish text value: pyarrow reads the list as text, converted per value
+    x[11][2] = "abc"
+    source = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": list(range(12)), "x": [None if r is None else [None if v is None else str(v) for v in r]
+                                                         for r in x]}), source)
+    errors = tmp_path / "out.errors.jsonl"
+    assert batch(model, "-i", source, "-o", tmp_path / "out.jsonl", "--chunk-rows", chunk_rows) == 0
+    assert "12 input rows = 7 output rows + 5 error rows" in capsys.readouterr().out
+    bad = read_rows(errors)
+    assert [r["id"] for r in bad] == [2, 5, 7, 9, 11]
+    assert ["null value" in bad[0]["error"], "NaN" in bad[1]["error"], "holds 3 values, expected 4" in bad[2]["error"],
+            "is null" in bad[3]["error"], "abc" in bad[4]["error"]] == [True] * 5

@@ -138,18 +138,21 @@ class InputMapping:
         """The inputs of the rows of ``batch`` (rows ``failed`` already are left out), checked as
         described in the module's docstring."""
         failed = dict(failed)
+        cast: dict[str, pa.Array] = {}  # column -> its leaf values as the input's type
         for spec in self.inputs:
             for column in spec.columns:
                 if column not in batch.schema.names:  # a JSON block without this field
                     for i in range(batch.num_rows):
                         failed.setdefault(i, f"input '{spec.input}': no column {column!r}")
                     continue
-                _check_rows(spec, column, batch.column(column), nan, len(spec.columns) > 1, failed)
+                cast[column] = _check_rows(spec, column, batch.column(column), nan, len(spec.columns) > 1, failed)
         keep = np.ones(batch.num_rows, dtype=bool)
         keep[list(failed)] = False
         rows = np.flatnonzero(keep).astype(np.int64)
-        good = batch.filter(pa.array(keep)) if failed else batch
-        inputs = {spec.input: _tensor(spec, good, len(rows)) for spec in self.inputs}
+        if failed:  # convert the rows left (the common case, none failed, reuses the casts)
+            good = batch.filter(pa.array(keep))
+            cast = {c: _cast(spec, _flat(good.column(c))) for spec in self.inputs for c in spec.columns}
+        inputs = {spec.input: _tensor(spec, [cast[c] for c in spec.columns], len(rows)) for spec in self.inputs}
         return Tensors(rows, inputs, failed)
 
 
@@ -207,23 +210,36 @@ def _check_type(name: str, column: str, t: pa.DataType, datatype: str, scalar: b
         raise invalid(f"input '{name}': column {column!r} of type {t} cannot become {datatype}: {e}") from None
 
 
-def _flat(a: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """The leaf values of a (nested) list array, and the row of each (int64)."""
-    parents = np.arange(len(a), dtype=np.int64)
+def _flat(a: pa.Array) -> pa.Array:
+    """The leaf values of a (nested) list array (the array itself when it holds no lists)."""
     while _is_list(a.type):
-        if pa.types.is_fixed_size_list(a.type):
-            size = a.type.list_size
-            a = a.flatten()
-            parents = np.repeat(parents, size)
-        else:
-            inner = pc.list_parent_indices(a).to_numpy()
-            a = a.flatten()
-            parents = parents[inner]
-    return a, parents
+        a = a.flatten()
+    return a
+
+
+def _rows_of(col: pa.Array, at: np.ndarray) -> np.ndarray:
+    """The rows of ``col`` holding its leaf values at positions ``at`` (of :func:`_flat`'s result)."""
+    if not _is_list(col.type):
+        return at
+    inner, t = 1, col.type.value_type
+    while _is_list(t):
+        inner *= t.list_size
+        t = t.value_type
+    if pa.types.is_fixed_size_list(col.type):
+        return at // (col.type.list_size * inner)
+    offsets = col.offsets.to_numpy()
+    return np.searchsorted(offsets, offsets[0] + at // inner, side="right") - 1
+
+
+def _cast(spec: InputColumns, values: pa.Array) -> pa.Array:
+    return pc.cast(values, ARROW_TYPES[spec.datatype], safe=_safe(values.type, spec.datatype))
 
 
 def _check_rows(spec: InputColumns, column: str, col: pa.Array, nan: str, scalar: bool,
-                failed: dict[int, str]) -> None:
+                failed: dict[int, str]) -> pa.Array:
+    """Adds the rows of ``col`` that cannot be input ``spec`` to ``failed``; returns the column's leaf
+    values cast to the input's type (usable as they are only when no row of the chunk failed). Bad values are looked for
+    row by row only when a whole-chunk kernel (null count, cast, any NaN) says there is one."""
     where = f"input '{spec.input}': column {column!r}"
     for i in np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False)):
         failed.setdefault(int(i), f"{where} is null")
@@ -240,9 +256,11 @@ def _check_rows(spec: InputColumns, column: str, col: pa.Array, nan: str, scalar
     elif not scalar and expected != 1:
         raise invalid(f"{where} holds one value per row, but the input has shape {list(spec.shape)}: "
                       "map a list column or several columns")
-    values, parents = _flat(col)
-    for i in np.unique(parents[values.is_null().to_numpy(zero_copy_only=False)]):
-        failed.setdefault(int(i), f"{where} holds a null value")
+    values = _flat(col)
+    if values.null_count:
+        at = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
+        for i in np.unique(_rows_of(col, at)):
+            failed.setdefault(int(i), f"{where} holds a null value")
     target = ARROW_TYPES[spec.datatype]
     safe = _safe(values.type, spec.datatype)
     try:
@@ -250,12 +268,17 @@ def _check_rows(spec: InputColumns, column: str, col: pa.Array, nan: str, scalar
     except pa.ArrowInvalid:
         bad: dict[int, str] = {}
         _bisect_cast(values, target, safe, 0, len(values), bad)
-        for i, message in bad.items():
-            failed.setdefault(int(parents[i]), f"{where}: cannot convert to {spec.datatype}: {message}")
-        return
-    if nan == "error" and pa.types.is_floating(target):
-        for i in np.unique(parents[pc.is_nan(cast).to_numpy(zero_copy_only=False)]):
+        at = np.array(sorted(bad), dtype=np.int64)
+        for i, message in zip(_rows_of(col, at), (bad[k] for k in sorted(bad))):
+            failed.setdefault(int(i), f"{where}: cannot convert to {spec.datatype}: {message}")
+        mask = np.zeros(len(values), dtype=bool)
+        mask[at] = True  # the other values still go through the NaN check below
+        cast = pc.cast(pc.if_else(pa.array(mask), pa.scalar(None, values.type), values), target, safe=safe)
+    if nan == "error" and pa.types.is_floating(target) and pc.any(pc.is_nan(cast)).as_py():
+        at = np.flatnonzero(pc.fill_null(pc.is_nan(cast), False).to_numpy(zero_copy_only=False))
+        for i in np.unique(_rows_of(col, at)):
             failed.setdefault(int(i), f"{where} holds NaN (--nan allow lets NaN through)")
+    return cast
 
 
 def _row_counts(col: pa.Array) -> np.ndarray:
@@ -288,19 +311,17 @@ def _bisect_cast(values: pa.Array, target: pa.DataType, safe: bool, lo: int, hi:
     _bisect_cast(values, target, safe, mid, hi, bad)
 
 
-def _tensor(spec: InputColumns, batch: pa.RecordBatch, n: int) -> np.ndarray:
-    """The input ``spec`` of every row of ``batch`` (each row checked), as an array [n, *shape]."""
-    target = ARROW_TYPES[spec.datatype]
+def _tensor(spec: InputColumns, values: list[pa.Array], n: int) -> np.ndarray:
+    """Input ``spec`` as an array [n, *shape] from the leaf values (of the input's type) of each of
+    its columns, for rows that all passed the checks."""
     parts = []
-    for column in spec.columns:
-        values, _ = _flat(batch.column(column))
-        values = pc.cast(values, target, safe=_safe(values.type, spec.datatype))
+    for v in values:
         if spec.datatype == "BYTES":
-            objects = np.empty(len(values), dtype=object)
-            objects[:] = values.to_pylist()
+            objects = np.empty(len(v), dtype=object)
+            objects[:] = v.to_pylist()
             parts.append(objects)
         else:
-            parts.append(values.to_numpy(zero_copy_only=False))
+            parts.append(v.to_numpy(zero_copy_only=False))
     if len(parts) > 1:
         return np.ascontiguousarray(np.stack(parts, axis=-1))
     if n == 0:

@@ -10,9 +10,10 @@ Three things overlap, so that the model's instances never wait for files:
   (:meth:`~pyserve.service.InferenceService.submit`, the same path as every transport's);
 - a writer thread writes the previous chunk's output and error rows.
 
-Memory holds at most three chunks (the one being read, the one being scored, the one being written)
-and ``in_flight`` batches in the core, whatever the input's size: about ``4 x chunk_rows x`` (a row's
-input bytes + output bytes), plus, for Parquet, one row group of the input being read
+Memory holds at most four chunks (the one being read, two being scored: the next chunk's requests
+queue behind the current one's last, so that no instance waits at a chunk's end; the one being
+written) and ``in_flight`` batches in the core, whatever the input's size: about ``4 x chunk_rows x``
+(a row's input bytes + output bytes), plus, for Parquet, one row group of the input being read
 (docs/batch.md: the bound, measured).
 
 A request the model refuses (INVALID_ARGUMENT) or fails on (INTERNAL) is run again in halves until
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +132,9 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
             errors.write(columns.errors(chunk.start + bad, chunk.batch.take(pa.array(bad)),
                                         [failed[int(i)] for i in bad]))
 
-        reading = loop.run_in_executor(read_pool, prepare)
-        writing: asyncio.Future | None = None
-        while (item := await reading) is not None:
-            reading = loop.run_in_executor(read_pool, prepare)
-            chunk, tensors = item
-            ok, outputs, model_failed = await scorer.score(tensors)
+        async def finish(chunk: Chunk, tensors: Tensors, scoring: asyncio.Task) -> None:
+            nonlocal writing
+            ok, outputs, model_failed = await scoring
             failed = dict(tensors.failed)
             failed.update((int(tensors.rows[i]), m) for i, m in model_failed.items())
             ok_rows = tensors.rows[ok]
@@ -149,8 +148,25 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
             summary.output_rows += len(ok_rows)
             summary.error_rows += len(failed)
             progress.update(chunk.position, summary.input_rows)
-        if writing is not None:
-            await writing
+
+        reading = loop.run_in_executor(read_pool, prepare)
+        writing: asyncio.Future | None = None
+        # Two chunks are scored at once: the next chunk's requests queue behind the last ones of the
+        # current chunk, so the instances never wait for a chunk's end.
+        scoring: deque[tuple[Chunk, Tensors, asyncio.Task]] = deque()
+        try:
+            while (item := await reading) is not None:
+                reading = loop.run_in_executor(read_pool, prepare)
+                scoring.append((*item, asyncio.ensure_future(scorer.score(item[1]))))
+                if len(scoring) == 2:
+                    await finish(*scoring.popleft())
+            while scoring:
+                await finish(*scoring.popleft())
+            if writing is not None:
+                await writing
+        finally:
+            for *_, task in scoring:
+                task.cancel()
         progress.update(reader.total, summary.input_rows, final=True)
         assert out.rows == summary.output_rows and errors.rows == summary.error_rows  # noqa: S101
     summary.seconds = time.monotonic() - start_s
