@@ -5,8 +5,8 @@ float32 x [batch, 512] -> Gemm 2048 -> ReLU -> Gemm 2048 -> ReLU -> Gemm 2048 ->
 seeded weights) is built here with the same layer sizes and seed (the few lines it takes, below), or
 read from ``--peers-dir``'s ``make_models.py`` when given.
 
-1. Parquet files of ``--round-rows`` and ``--rows`` rows (``id``, ``x``: 512 float32 as a fixed-size list), written a row
-   group at a time (``--row-group-rows``), so this script stays small too.
+1. Parquet files of ``--round-rows`` and ``--rows`` rows (``id``, ``x``: 512 float32 as a
+   fixed-size list), written a row group at a time (``--row-group-rows``), so this script stays small too.
 2. Throughput, ``--rounds`` rounds back to back (the machine's load drifts; each round's ratio compares
    runs under about the same load, and the median is quoted), each:
    ONNX Runtime in this process, one session with pyserve's session options at ``--threads`` intra-op
@@ -108,7 +108,8 @@ def write_rows(path: Path, rows: int, group: int) -> None:
 
 
 def ort_rows_per_s(onnx_bytes: bytes, threads: int, batch_size: int, batches: int) -> tuple[float, float]:
-    """(rows per wall second, rows per CPU second of this process) of one ORT session with pyserve's session options (pyserve.backends.onnx) at
+    """(rows per wall second, rows per CPU second of this process) of one ORT session with
+    pyserve's session options (pyserve.backends.onnx) at
     ``threads`` intra-op threads, on ``batches`` batches of ``batch_size`` rows."""
     import onnxruntime as ort
 
@@ -149,7 +150,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=100_000,
                    help="rows of the memory run's input (2,056 B each; default 100000, about 200 MiB)")
-    p.add_argument("--round-rows", type=int, default=20_000, help="rows of each throughput round's input (default 20000)")
+    p.add_argument("--round-rows", type=int, default=20_000,
+                   help="rows of each throughput round's input (default 20000)")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds, each ORT then pyserve batch (default 3)")
     p.add_argument("--row-group-rows", type=int, default=8192, help="rows per Parquet row group (default 8192)")
     p.add_argument("--chunk-rows", type=int, default=8192, help="pyserve batch --chunk-rows (default 8192)")

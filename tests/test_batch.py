@@ -273,8 +273,8 @@ def test_bad_values_inside_list_columns(repo: Repo, tmp_path: Path, chunk_rows: 
     x[10][0] = "1.5"  # a JSON-ish text value: pyarrow reads the list as text, converted per value
     x[11][2] = "abc"
     source = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"id": list(range(12)), "x": [None if r is None else [None if v is None else str(v) for v in r]
-                                                         for r in x]}), source)
+    text = [None if r is None else [None if v is None else str(v) for v in r] for r in x]
+    pq.write_table(pa.table({"id": list(range(12)), "x": text}), source)
     errors = tmp_path / "out.errors.jsonl"
     assert batch(model, "-i", source, "-o", tmp_path / "out.jsonl", "--chunk-rows", chunk_rows) == 0
     assert "12 input rows = 7 output rows + 5 error rows" in capsys.readouterr().out

@@ -105,7 +105,7 @@ class InputMapping:
                     continue
                 where = f"--columns {spec.name}={maps[spec.name]} matches no column" if spec.name in maps else (
                     f"model input {spec.name!r} has no column of that name")
-                raise invalid(f"{where}; the input's columns are {', '.join(names) or 'none'}: map one "
+                raise invalid(f"{where}; the input's columns are {_listed(names)}: map one "
                               f"with --columns {spec.name}=COLUMN (or COL1,COL2,... or a pattern)")
             shape = row_shape(config, spec.shape, spec.name)
             if shape.count(-1) > 1:
@@ -126,7 +126,7 @@ class InputMapping:
         else:
             missing = [k for k in keys if k not in names]
             if missing:
-                raise invalid(f"--key {missing[0]}: no such column (columns: {', '.join(names)})")
+                raise invalid(f"--key {missing[0]}: no such column (columns: {_listed(names)})")
             self.keys = list(keys)
 
     @property
@@ -156,17 +156,25 @@ class InputMapping:
         return Tensors(rows, inputs, failed)
 
 
+def _listed(names: list[str], most: int = 12) -> str:
+    """``names`` for a message: the first ``most``, then how many more."""
+    if not names:
+        return "none"
+    more = f", ... ({len(names) - most} more)" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def _columns(pattern: str, names: list[str]) -> tuple[str, ...]:
     parts = pattern.split(",")
     if len(parts) > 1:
         missing = [p for p in parts if p not in names]
         if missing:
-            raise invalid(f"--columns ...={pattern}: no column {missing[0]!r} (columns: {', '.join(names)})")
+            raise invalid(f"--columns ...={pattern}: no column {missing[0]!r} (columns: {_listed(names)})")
         return tuple(parts)
     if any(ch in pattern for ch in "*?["):
         return tuple(n for n in names if fnmatch.fnmatchcase(n, pattern))
     if pattern not in names:
-        raise invalid(f"--columns ...={pattern}: no column {pattern!r} (columns: {', '.join(names)})")
+        raise invalid(f"--columns ...={pattern}: no column {pattern!r} (columns: {_listed(names)})")
     return (pattern,)
 
 

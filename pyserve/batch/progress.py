@@ -43,7 +43,10 @@ class Progress:
         rate = rows / elapsed
         left = elapsed * (1 - fraction) / fraction if fraction > 0 else float("inf")
         left_text = f"{left:.0f}s left" if left != float("inf") else "? left"
-        done = f"{position:,}/{self.total:,} rows" if self.unit == "rows" else f"{rows:,} rows, {fraction:.0%} of the bytes"
+        if self.unit == "rows":
+            done = f"{position:,}/{self.total:,} rows"
+        else:
+            done = f"{rows:,} rows, {fraction:.0%} of the bytes"
         bar = "#" * round(fraction * BAR_WIDTH)
         return f"{done} [{bar:.<{BAR_WIDTH}}] {fraction:4.0%} {rate:,.0f} rows/s, {left_text}"
 

@@ -205,7 +205,7 @@ class InputReader:
                     data = f.read(n * row_items * dtype.itemsize)
                     if len(data) != n * row_items * dtype.itemsize:
                         raise ValueError("an array ends before its header's shape says")
-                    arrays.append(_as_arrow(np.frombuffer(data, dtype).reshape((n, *shape[1:]))))
+                    arrays.append(as_arrow(np.frombuffer(data, dtype).reshape((n, *shape[1:]))))
                 yield Chunk(start, pa.RecordBatch.from_arrays(arrays, schema=self.schema), start + n, {})
         finally:
             for f in files:
@@ -236,7 +236,7 @@ def _list_type(value: pa.DataType, dims: tuple[int, ...]) -> pa.DataType:
     return value
 
 
-def _as_arrow(a: np.ndarray) -> pa.Array:
+def as_arrow(a: np.ndarray) -> pa.Array:
     """A numpy array [rows, ...] as an Arrow array of rows (fixed-size lists for the dimensions after
     the first), without a copy of numeric data."""
     if a.dtype.kind in "SU":

@@ -37,7 +37,8 @@ import pyarrow as pa
 from pyserve.batch.mapping import InputMapping, Tensors
 from pyserve.batch.progress import Progress
 from pyserve.batch.reader import Chunk, InputReader
-from pyserve.batch.writer import OutputColumns, TableWriter, output_format
+from pyserve.batch.writer import OutputColumns, TableWriter, out_shape, output_format
+from pyserve.datatypes import numpy_dtype
 from pyserve.errors import ErrorKind, PyserveError, internal, invalid
 from pyserve.protocol import InferRequest
 from pyserve.runtime import ModelRunner
@@ -227,8 +228,6 @@ class _Scorer:
 
 
 def _empty(runner: ModelRunner, name: str) -> np.ndarray:
-    from pyserve.batch.writer import out_shape
-    from pyserve.datatypes import numpy_dtype
-
+    """Output ``name`` of no rows (a chunk whose rows all failed)."""
     spec = runner.output_specs[name]
     return np.empty((0, *(max(d, 0) for d in out_shape(runner.config, spec.shape))), numpy_dtype(spec.datatype))

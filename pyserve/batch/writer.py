@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pyserve.batch.mapping import ARROW_TYPES
-from pyserve.batch.reader import _as_arrow
+from pyserve.batch.reader import as_arrow
 from pyserve.config import ModelConfig
 from pyserve.errors import invalid
 
@@ -120,7 +120,7 @@ def _column(a: np.ndarray, datatype: str) -> pa.Array:
         for d in reversed(a.shape[1:]):
             flat = pa.FixedSizeListArray.from_arrays(flat, d)
         return flat
-    return _as_arrow(a)
+    return as_arrow(a)
 
 
 class TableWriter:
