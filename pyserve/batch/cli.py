@@ -26,6 +26,8 @@ def _positive(text: str) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``pyserve batch``."""
+    from pyserve.cli import positive_number
+
     p.add_argument("model", type=Path, metavar="MODEL_OR_ARTIFACT",
                    help="a model folder (config.toml, version folders), a repository folder (with "
                         "--model-name), an .onnx file, or an artifact file (pyserve package)")
@@ -67,8 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
                    help="a bar redrawn in place (bar), a line every --progress-interval-s (lines), or "
                         "nothing; auto: bar on a terminal, lines otherwise")
-    p.add_argument("--progress-interval-s", type=float, default=10.0, metavar="S",
-                   help="seconds between progress lines (default 10)")
+    p.add_argument("--progress-interval-s", type=positive_number, default=10.0, metavar="S",
+                   help="seconds between progress lines, > 0 (default 10)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
                    help="the log level (default warning: the loading of the model is not told)")
 

@@ -112,6 +112,8 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
     if progress is None:
         progress = Progress(reader.total, "rows" if reader.total_is_rows else "bytes", enabled=False)
     in_flight = options.in_flight or 2 * max(config.instance_count, 1)
+    if config.dynamic_batching.max_queue_size > 0:  # more would be refused (UNAVAILABLE) as a full queue
+        in_flight = min(in_flight, config.dynamic_batching.max_queue_size)
     scorer = _Scorer(service, runner, config.max_batch_size or UNBATCHED_REQUEST_ROWS, in_flight)
     text = mapping.columns if reader.format == "csv" else frozenset()
     chunks = reader.chunks(text)
