@@ -3,11 +3,14 @@ and the counts adding up, memory bounded on an input far larger than a chunk, cl
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +285,50 @@ def test_bad_values_inside_list_columns(repo: Repo, tmp_path: Path, chunk_rows: 
     assert [r["id"] for r in bad] == [2, 5, 7, 9, 11]
     assert ["null value" in bad[0]["error"], "NaN" in bad[1]["error"], "holds 3 values, expected 4" in bad[2]["error"],
             "is null" in bad[3]["error"], "abc" in bad[4]["error"]] == [True] * 5
+
+
+def _normal(line: str) -> str:
+    """A line of output without what varies between runs: times and rates."""
+    line = re.sub(r"\([\d.]+ s, [\d,]+ rows/s\)", "(T)", line)
+    return re.sub(r"[\d,]+ rows/s", "R rows/s", line)
+
+
+def test_readme_batch_example_is_a_real_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's `pyserve batch` block, run again: the demo's digits model, the CSV made by the
+    script of docs/batch.md, each command's output as the README shows it (times and rates aside;
+    floats to 1e-5)."""
+    _need("sklearn")
+    _need("skl2onnx")
+    from pyserve.demo.train_digits import train_digits
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("\n## Batch scoring\n")[1].split("\n## ")[0]
+    block = section.split("```\n")[1]
+    script = (root / "docs" / "batch.md").read_text().split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    train_digits(tmp_path / "models", seed=0)
+    exec(compile(script, "docs/batch.md", "exec"), {})  # noqa: S102 - the docs' own script
+    commands: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        elif line.strip():
+            commands[-1][1].append(line)
+    assert [c.split()[:2] for c, _ in commands][0] == ["pyserve", "batch"]
+    for command, expected in commands:
+        argv = shlex.split(command)
+        if argv[:2] == ["pyserve", "batch"]:
+            assert cli.main(argv[1:]) == 0
+            got = capsys.readouterr()
+            assert [_normal(x) for x in (got.err + got.out).splitlines()] == [_normal(x) for x in expected]
+        elif argv[0] == "cat":
+            assert Path(argv[1]).read_text().splitlines() == expected, command
+        else:
+            assert argv[:2] == ["python", "-c"], command
+            out = subprocess.run([sys.executable, "-c", argv[2]], capture_output=True, text=True, check=True).stdout
+            got_rows, want_rows = ast.literal_eval(out.strip()), ast.literal_eval(" ".join(expected))
+            assert [{k: v for k, v in r.items() if k != "probabilities"} for r in got_rows] == \
+                [{k: v for k, v in r.items() if k != "probabilities"} for r in want_rows]
+            np.testing.assert_allclose([r["probabilities"] for r in got_rows],
+                                       [r["probabilities"] for r in want_rows], rtol=1e-5, atol=1e-7)
