@@ -492,6 +492,11 @@ _MODULE_COMMANDS = (
      "Check every file's sha256, the signature, the dependency lock against the installed "
      "packages, and run the golden samples through the model; exit status 0 when all pass, "
      "1 when one fails (see docs/artifact.md)."),
+    ("batch", "pyserve.batch.cli",
+     "score a Parquet, CSV, JSON Lines, NPY or NPZ file offline with a model or artifact",
+     "Run every row of a file through a model (a model folder, a repository's model, an .onnx file "
+     "or an artifact) in-process, by the same core and config as pyserve serve; outputs and failed "
+     "rows go to two files (see docs/batch.md)."),
 )
 
 
@@ -506,7 +511,7 @@ def _add_module_commands(sub: argparse._SubParsersAction) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
-    ``profile``, ``model``, ``alias``, ``traffic``)."""
+    ``profile``, ``batch``, ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
