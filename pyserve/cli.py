@@ -465,6 +465,16 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         description="Load generator in the manner of Triton's perf_analyzer (see docs/bench.md).")
 
 
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    from pyserve.plan import cli as plan_cli
+
+    _add_module_command(
+        sub, "plan", plan_cli,
+        help="simulate a load trace against HPA-scaled replicas and size warm pods for the peaks",
+        description="Replicas over time, SLO misses and requests at risk under the Kubernetes HPA, from a "
+                    "pyserve bench report (see docs/plan.md).")
+
+
 def _add_logs(sub: argparse._SubParsersAction) -> None:
     from pyserve.payload_log import cli as logs_cli
 
@@ -487,13 +497,14 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
-    ``profile``, ``model``, ``alias``, ``traffic``)."""
+    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``plan``,
+    ``logs``, ``profile``, ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_bench(sub)
+    _add_plan(sub)
     _add_logs(sub)
     _add_profile(sub)
     control_cli.add_commands(sub)
