@@ -4,7 +4,8 @@
   missing the SLO;
 - **scale-up rate**: the smallest ``Pods`` value of the scale-up policy (pods added per policy
   period, the ``Percent`` policies kept, ``selectPolicy: Max``) with no miss;
-- **startup**: the largest whole number of seconds of pod startup (up to the given one) with no miss.
+- **startup**: the largest whole number of seconds of pod startup (up to the longer of the given
+  startup and the trace) with no miss: how fast pods must come up.
 
 Each search is a bisection, which assumes that more warm pods, a faster scale-up and a shorter
 startup never add a miss (true of the model: each only brings ready pods earlier); the answer is
@@ -77,8 +78,8 @@ def scale_up_pods(rates: np.ndarray, model: ReplicaModel, spec: HpaSpec) -> tupl
 
 
 def max_startup_s(rates: np.ndarray, model: ReplicaModel, spec: HpaSpec) -> int | None:
-    """The largest whole startup in [0, model.startup_s] seconds that keeps the SLO."""
-    top = int(model.startup_s)
+    """The largest whole startup in [0, max(model.startup_s, len(rates))] seconds that keeps the SLO."""
+    top = max(int(model.startup_s), len(rates))
     # Search the smallest "delay removed" d so that startup top - d keeps the SLO.
     d = _smallest(0, top, lambda k: _keeps(rates, dataclasses.replace(model, startup_s=float(top - k)), spec))
     return None if d is None else top - d

@@ -170,13 +170,13 @@ def report(sim: Simulation, model: ReplicaModel, spec: HpaSpec, name: str, every
                   f"peak replicas {s['peak_replicas']}.\n")
     if advice is None:
         return
-    out.write("To keep the SLO through this trace (each change alone):\n")
-    out.write(f"- minReplicas: {advice.min_replicas} warm replicas\n" if advice.min_replicas is not None
+    out.write("What keeps the SLO through this trace (each alone, the rest as given):\n")
+    out.write(f"- minReplicas >= {advice.min_replicas} (pods kept warm)\n" if advice.min_replicas is not None
               else f"- no minReplicas up to maxReplicas {spec.max_replicas} is enough\n")
-    out.write(f"- scaleUp policy type Pods, value {advice.scale_up_pods}, periodSeconds {advice.scale_up_period_s}\n"
-              if advice.scale_up_pods is not None
+    out.write(f"- a scaleUp policy of type Pods with value >= {advice.scale_up_pods} per "
+              f"{advice.scale_up_period_s} s\n" if advice.scale_up_pods is not None
               else "- no scale-up rate is enough: pods are not ready soon enough at any rate\n")
-    out.write(f"- a startup of at most {advice.max_startup_s} s (now {model.startup_s:g} s)\n"
+    out.write(f"- pods ready at most {advice.max_startup_s} s after creation (now {model.startup_s:g} s)\n"
               if advice.max_startup_s is not None
               else "- no startup time is enough, even 0 s (the HPA's sync period and rate limits alone miss)\n")
 
