@@ -173,6 +173,9 @@ def report(sim: Simulation, model: ReplicaModel, spec: HpaSpec, name: str, every
     out.write("What keeps the SLO through this trace (each alone, the rest as given):\n")
     out.write(f"- minReplicas >= {advice.min_replicas} (pods kept warm)\n" if advice.min_replicas is not None
               else f"- no minReplicas up to maxReplicas {spec.max_replicas} is enough\n")
+    if sim.miss_seconds == 0 and advice.min_replicas is not None and advice.min_replicas > spec.min_replicas:
+        out.write(f"  (minReplicas {spec.min_replicas} keeps it in this run, but a value between it and "
+                  f"{advice.min_replicas} does not: the result hangs on where the syncs fall)\n")
     out.write(f"- a scaleUp policy of type Pods with value >= {advice.scale_up_pods} per "
               f"{advice.scale_up_period_s} s\n" if advice.scale_up_pods is not None
               else "- no scale-up rate is enough: pods are not ready soon enough at any rate\n")

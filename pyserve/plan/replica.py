@@ -16,12 +16,13 @@ mean: an upper bound, so a simulated HPA scales a little early).
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import itertools
 import json
 import math
 from typing import Any
+
+import numpy as np
 
 from pyserve.bench import capacity as capacity_mod
 
@@ -59,33 +60,28 @@ class ReplicaModel:
         if not 0 <= self.startup_s < math.inf:
             raise ModelError(f"startup must be a finite number of seconds >= 0, got {self.startup_s}")
 
-    def _at(self, x: float, field: str) -> tuple[float, int]:
-        xs = [p.throughput_rps for p in self.curve]
-        i = bisect.bisect_left(xs, x)
-        if i < len(xs) and xs[i] == x:
-            return getattr(self.curve[i], field), i
-        if i == 0 or i == len(xs):
-            return math.nan, i
-        a, b = self.curve[i - 1], self.curve[i]
-        f = (x - a.throughput_rps) / (b.throughput_rps - a.throughput_rps)
-        return getattr(a, field) + f * (getattr(b, field) - getattr(a, field)), i
+    def _column(self, field: str) -> tuple[np.ndarray, np.ndarray]:
+        xs = np.array([p.throughput_rps for p in self.curve])
+        return xs, np.array([getattr(p, field) for p in self.curve])
 
-    def p99_ms(self, load_rps: float) -> float:
-        """p99 (ms) of a pod at ``load_rps`` per pod; ``inf`` past the last measured point."""
-        v, i = self._at(load_rps, "p99_ms")
-        if i == 0:
-            return self.curve[0].p99_ms
-        return math.inf if i == len(self.curve) else v
+    def p99_ms(self, load_rps: np.ndarray | float) -> np.ndarray | float:
+        """p99 (ms) of a pod at ``load_rps`` per pod (scalar or float64 array); ``inf`` past the last
+        measured point, the first point's p99 below it."""
+        xs, ys = self._column("p99_ms")
+        x = np.asarray(load_rps, np.float64)
+        out = np.where(x > xs[-1], np.inf, np.interp(x, xs, ys))
+        return float(out) if out.ndim == 0 else out
 
     def in_flight(self, load_rps: float) -> float:
         """Requests in flight in a pod at ``load_rps`` per pod (what ``pyserve_inflight_requests`` shows)."""
         if load_rps <= 0:
             return 0.0
-        v, i = self._at(load_rps, "in_flight")
-        if i in (0, len(self.curve)):
-            end = self.curve[0] if i == 0 else self.curve[-1]
+        first, last = self.curve[0], self.curve[-1]
+        if load_rps <= first.throughput_rps or load_rps >= last.throughput_rps:
+            end = first if load_rps <= first.throughput_rps else last
             return load_rps * end.in_flight / end.throughput_rps  # the end point's latency
-        return v
+        xs, ys = self._column("in_flight")
+        return float(np.interp(load_rps, xs, ys))
 
 
 def parse_curve(text: str) -> tuple[CurvePoint, ...]:

@@ -111,23 +111,18 @@ def simulate(rates: np.ndarray, model: ReplicaModel, spec: HpaSpec) -> Simulatio
     ready_at: list[float] = [-math.inf] * initial  # sorted: pods are created in time order
     replicas = np.empty(n, np.int64)
     ready = np.empty(n, np.int64)
-    p99 = np.empty(n, np.float64)
-    miss = np.zeros(n, bool)
     for t in range(n):
-        rate = float(rates[t])
         if t % spec.sync_period_s == 0:
             r = bisect.bisect_right(ready_at, t)
-            new = hpa.evaluate(float(t), len(ready_at), _metric_sum(model, rate, r), r)
+            new = hpa.evaluate(float(t), len(ready_at), _metric_sum(model, float(rates[t]), r), r)
             if new > len(ready_at):
                 ready_at.extend([t + model.startup_s] * (new - len(ready_at)))
             else:
                 del ready_at[new:]  # the newest first: still-starting pods go before ready ones
-        r = bisect.bisect_right(ready_at, t)
-        replicas[t], ready[t] = len(ready_at), r
-        if r == 0:
-            p99[t] = math.inf if rate > 0 else math.nan
-            miss[t] = rate > 0
-        else:
-            p99[t] = model.p99_ms(rate / r) if rate > 0 else math.nan
-            miss[t] = rate > r * model.capacity_rps
-    return Simulation(np.arange(n), np.asarray(rates, np.float64), replicas, ready, p99, miss, initial)
+        replicas[t], ready[t] = len(ready_at), bisect.bisect_right(ready_at, t)
+    rates = np.asarray(rates, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_pod = np.where(ready > 0, rates / np.maximum(ready, 1), np.inf)
+    p99 = np.where(rates > 0, model.p99_ms(per_pod), np.nan)  # no ready pod: inf (past the curve)
+    miss = rates > ready * model.capacity_rps  # with no ready pod, any load misses
+    return Simulation(np.arange(n), rates, replicas, ready, p99, miss, initial)
