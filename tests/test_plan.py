@@ -297,6 +297,7 @@ def test_from_bench_json_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize("doc, words", [("[]", "not a `pyserve bench --json` report"), ("{", "not JSON"),
+                                        ('{"tool": "pyserve bench", "levels": []}', "'sweep' must be"),
                                         (json.dumps({"tool": "pyserve bench", "sweep": "concurrency",
                                                      "levels": [{"concurrency": 1}]}), "levels\\[0\\]")])
 def test_from_bench_json_rejects(tmp_path, doc, words):
@@ -350,6 +351,16 @@ def test_cli_step_by_hand(tmp_path):
     doc = json.loads(out_json.read_text())
     assert doc["summary"]["requests_at_risk"] == 55_000 and doc["advice"]["min_replicas"] == 10
     assert doc["series"]["ready"][115] == 12 and doc["series"]["p99_ms"][60] is None
+
+
+def test_pyserve_plan_subcommand(tmp_path, capsys):
+    """``pyserve plan`` is registered in the pyserve command and runs the module's flags and body."""
+    from pyserve import cli as pyserve_cli
+
+    code = pyserve_cli.main(["plan", "--capacity-rps", "100", "--p99-curve", "50:50,100:50", "--slo-p99-ms", "100",
+                             "--startup-s", "40", "--trace", "step:100:1000:60:300", "--no-advice"])
+    out = capsys.readouterr().out
+    assert code == 0 and "SLO missed 55 of 300 s" in out and "What keeps" not in out
 
 
 @pytest.mark.parametrize("argv, words", [

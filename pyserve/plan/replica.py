@@ -132,6 +132,8 @@ def from_bench_json(path: str, slo_p99_ms: float, headroom_pct: float) -> BenchC
     if not isinstance(doc, dict) or doc.get("tool") != "pyserve bench" or not isinstance(doc.get("levels"), list):
         raise ModelError(f"--bench-json {path}: not a `pyserve bench --json` report (no 'tool' and 'levels')")
     mode = doc.get("sweep")
+    if mode not in ("concurrency", "request_rate"):
+        raise ModelError(f"--bench-json {path}: 'sweep' must be 'concurrency' or 'request_rate', got {mode!r}")
     points: list[capacity_mod.LevelPoint] = []
     loads: list[autoscale.LevelLoad] = []
     curve: list[CurvePoint] = []
