@@ -474,6 +474,10 @@ _MODULE_COMMANDS = (
     ("bench", "pyserve.bench.cli",
      "measure a KServe v2 server and size replicas for a load and a latency goal",
      "Load generator in the manner of Triton's perf_analyzer (see docs/bench.md)."),
+    ("plan", "pyserve.plan.cli",
+     "simulate a load trace against HPA-scaled replicas and size warm pods for the peaks",
+     "Replicas over time, SLO misses and requests at risk under the Kubernetes HPA, from a "
+     "pyserve bench report (see docs/plan.md)."),
     ("logs", "pyserve.payload_log.cli",
      "query a payload log folder (filters or SQL through DuckDB)",
      "Print, or write as CSV, JSON or Parquet, the records of a payload log folder "
@@ -510,8 +514,8 @@ def _add_module_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``logs``,
-    ``profile``, ``batch``, ``model``, ``alias``, ``traffic``)."""
+    """The parser of the ``pyserve`` command and its subcommands (``serve``, ``bench``, ``plan``,
+    ``logs``, ``profile``, ``package``, ``verify``, ``batch``, ``model``, ``alias``, ``traffic``)."""
     parser = argparse.ArgumentParser(prog="pyserve", description="pyserve inference server")
     parser.add_argument("--version", action="version", version=f"pyserve {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -12,6 +12,7 @@ import asyncio
 import sys
 from typing import TextIO
 
+from pyserve.bench import autoscale
 from pyserve.bench import capacity as capacity_mod
 from pyserve.bench.loadgen import new_event_loop
 from pyserve.bench.options import DISTRIBUTIONS, PROTOCOLS, BenchOptions, OptionError, options_from_args
@@ -111,16 +112,20 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
 
     report.print_table(result, opts.mode, out)
     answer = None
+    scaling = None
     if opts.p99_slo_ms is not None:
         points = [
             capacity_mod.LevelPoint(r.level, r.throughput_rps, r.latency_ms["p99_ms"], r.errors) for r in result.levels
         ]
         answer = capacity_mod.answer(points, opts.p99_slo_ms, opts.target_rate, opts.headroom_pct, opts.mode)
         out.write("\n" + answer.text + "\n")
+        scaling = _autoscale_target(result, answer)
+        if scaling is not None:
+            out.write(_autoscale_text(scaling, answer, opts.model))
     out.flush()
     outputs = [
         ("--csv", opts.csv, lambda path: report.write_csv(path, result, opts.mode)),
-        ("--json", opts.json, lambda path: report.write_json(path, result, opts, answer)),
+        ("--json", opts.json, lambda path: report.write_json(path, result, opts, answer, scaling)),
         ("--raw-csv", opts.raw_csv, lambda path: report.write_raw_csv(path, result, opts.mode)),
         ("--plot", opts.plot, lambda path: _write_plot(path, result, opts)),
     ]
@@ -148,6 +153,28 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         )
         return EXIT_REQUEST_ERRORS
     return EXIT_OK
+
+
+def _autoscale_target(result: RunResult, answer: capacity_mod.CapacityAnswer) -> autoscale.AutoscaleTarget | None:
+    levels = [
+        autoscale.LevelLoad(
+            r.level, r.throughput_rps, r.latency_ms["mean_ms"], r.server.request_ms if r.server else float("nan")
+        )
+        for r in result.levels
+    ]
+    return autoscale.target(levels, answer)
+
+
+def _autoscale_text(scaling: autoscale.AutoscaleTarget, answer: capacity_mod.CapacityAnswer, model: str) -> str:
+    # maxReplicas: the replicas of the target rate when one was given; else a placeholder to edit.
+    max_replicas = answer.replicas if answer.replicas is not None else 10
+    return (
+        f"{scaling.text}\n"
+        f"\n# HPA (autoscaling/v2; the Prometheus adapter serves {scaling.metric} as a Pods metric):\n"
+        f"{autoscale.hpa_yaml(model, scaling.target_value, 1, max_replicas)}"
+        f"\n# KEDA ScaledObject (prometheus trigger; threshold is per replica):\n"
+        f"{autoscale.keda_yaml(model, scaling.target_value, 1, max_replicas)}"
+    )
 
 
 def _write_plot(path: str, result: RunResult, opts: BenchOptions) -> None:

@@ -12,6 +12,7 @@ import json
 import math
 from typing import Any, TextIO
 
+from pyserve.bench.autoscale import AutoscaleTarget
 from pyserve.bench.capacity import CapacityAnswer
 from pyserve.bench.options import BenchOptions
 from pyserve.bench.results import LevelResult, RunResult
@@ -109,7 +110,9 @@ def write_raw_csv(path: str, run: RunResult, mode: str) -> None:
                     w.writerow([level, window, f"{start:.6f}", f"{lat * 1e3:.4f}", status_label(status), int(late)])
 
 
-def to_json(run: RunResult, opts: BenchOptions, cap: CapacityAnswer | None) -> dict[str, Any]:
+def to_json(
+    run: RunResult, opts: BenchOptions, cap: CapacityAnswer | None, scaling: AutoscaleTarget | None = None
+) -> dict[str, Any]:
     """The whole run as a JSON-ready dict."""
     config = dataclasses.asdict(opts)
     config["shapes"] = {k: list(v) for k, v in opts.shapes.items()}
@@ -123,14 +126,17 @@ def to_json(run: RunResult, opts: BenchOptions, cap: CapacityAnswer | None) -> d
         "percentile_estimator": "nearest-rank on the raw latencies of the last 3 windows",
         "levels": [r.to_dict() for r in run.levels],
         "capacity": None if cap is None else dataclasses.asdict(cap),
+        "autoscaling": None if scaling is None else dataclasses.asdict(scaling),
         "notes": run.notes,
     }
 
 
-def write_json(path: str, run: RunResult, opts: BenchOptions, cap: CapacityAnswer | None) -> None:
+def write_json(
+    path: str, run: RunResult, opts: BenchOptions, cap: CapacityAnswer | None, scaling: AutoscaleTarget | None = None
+) -> None:
     """The JSON report (NaN written as null)."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(to_json(run, opts, cap), f, indent=2)
+        json.dump(to_json(run, opts, cap, scaling), f, indent=2)
         f.write("\n")
 
 
