@@ -236,13 +236,15 @@ def test_the_image_commands_build_install_and_serve(tmp_path: Path) -> None:
     assert [p.name for p in wheels.glob("pyserve-*.whl")], list(wheels.iterdir())
 
     install = install_command(found["runtime"]).replace("/wheels", str(wheels)).replace("/opt/pyserve", str(venv))
-    shell(install, tmp_path, {**env, "EXTRAS": ""}, 900)
+    # With an extra, as `--build-arg EXTRAS=dashboard` gives: plotly (pure Python) installs fast.
+    shell(install, tmp_path, {**env, "EXTRAS": "dashboard"}, 900)
     pyserve = venv / "bin" / "pyserve"
     help_text = subprocess.run([str(pyserve), "--help"], capture_output=True, text=True, timeout=60, check=True).stdout
     assert "serve" in help_text
     # The installed package is the wheel's, not this checkout's.
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import pyserve._core, pyserve; print(pyserve.__file__)"],
-                           capture_output=True, text=True, timeout=60, check=True, cwd=tmp_path).stdout
+    probe = "import plotly, pyserve._core, pyserve; print(pyserve.__file__)"
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60,
+                           check=True, cwd=tmp_path).stdout
     assert where.startswith(str(venv)), where
 
     repo = Repo(tmp_path / "models")
