@@ -124,6 +124,8 @@ def test_metrics_count_every_workers_requests(two_workers: Server) -> None:
     text = _fresh("GET", f"{url}/metrics").text
     assert _value(text, "pyserve_requests_total", model="m", outcome="success") == sent
     assert _value(text, "pyserve_request_duration_seconds_count", model="m") == sent
+    # The dashboard shows one worker's figures, and says so.
+    assert re.search(r"worker [01] of 2: the figures of the one process", _fresh("GET", f"{url}/dashboard").text)
 
 
 @pytest.mark.slow
@@ -136,8 +138,19 @@ def test_model_control_applies_to_every_worker_and_is_audited_once(two_workers: 
     assert _fresh("POST", f"{url}/v2/repository/models/n/load").status_code == 200
     statuses = {_fresh("POST", f"{url}/v2/models/n/infer", json=INFER).status_code for _ in range(30)}
     assert statuses == {200}
+    # A traffic policy change: every worker routes by it; the policy file, its audit record and its
+    # counter are written once.
+    put = _fresh("PUT", f"{url}/v2/repository/models/m/aliases/stable", json={"version": "1", "reason": "t"})
+    assert put.status_code == 200, put.text
+    aliases = {json.dumps(_fresh("GET", f"{url}/v2/repository/models/m/traffic").json().get("aliases"))
+               for _ in range(30)}
+    assert aliases == {json.dumps({"stable": "1"})}
+    traffic_audit = (repo.root / ".pyserve" / "traffic-audit.jsonl").read_text().splitlines()
+    assert len(traffic_audit) == 1
+    text = _fresh("GET", f"{url}/metrics").text
+    assert _value(text, "pyserve_traffic_policy_changes_total", model="m") == 1
     records = [json.loads(line) for line in (repo.root / ".pyserve" / "audit.jsonl").read_text().splitlines()]
-    assert [r["action"] for r in records] == ["unload", "load"]
+    assert [r["action"] for r in records] == ["unload", "load", "set_alias"]
 
 
 @pytest.mark.slow

@@ -159,7 +159,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
         # The failed calls' inputs are payload: with control tokens, only GET /v2/logs (a control read)
         # shows them, never a page that a browser opens without a token.
         app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift,
-                                  hide_inputs=access.required(Scope.CONTROL))
+                                  hide_inputs=access.required(Scope.CONTROL),
+                                  worker=(settings.worker.index, settings.worker.count)
+                                  if settings.worker is not None and settings.worker.count > 1 else None)
     worker = settings.worker
     siblings = Siblings(worker) if worker is not None and worker.count > 1 else None
     router = handlers.make_router(access, audit, siblings, registry)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from pyserve import metrics
+from pyserve.release.store import REPLICA
 from pyserve.server.errors import async_endpoint
 from pyserve.server.messages import Deferred, Handler, Request, Response, error_response
 from pyserve.workers import metrics as merged_metrics
@@ -124,12 +125,19 @@ def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request
     return handler
 
 
-def as_forwarded(handler: Handler) -> Handler:
-    """A channel route: the request's client is the one the forwarding worker named."""
+def as_forwarded(handler: Callable[[Request], Awaitable[Response]]
+                 ) -> Callable[[Request], Awaitable[Response]]:
+    """A control route of the channel: the request's client is the one the forwarding worker named,
+    and a traffic-policy change is applied in memory only (:data:`pyserve.release.store.REPLICA`):
+    the forwarding worker wrote the policy file and the audit record once."""
 
     @functools.wraps(handler)
-    def wrapped(request: Request):  # type: ignore[no-untyped-def]
+    async def wrapped(request: Request) -> Response:
         request.peer = request.headers.get(CLIENT_HEADER, request.peer)
-        return handler(request)
+        token = REPLICA.set(True)  # this request's task only
+        try:
+            return await handler(request)
+        finally:
+            REPLICA.reset(token)
 
     return wrapped
