@@ -122,10 +122,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
 
     Shutdown (the Kubernetes pod termination sequence): readiness answers 503 at once while
     requests are still served for ``drain_grace_s`` (cut short when ``hurry`` is set), so that load
-    balancers take the server out of rotation before it stops accepting; then stop accepting; let every connection finish the requests it has begun; drain what
-    is still queued in the core; release the models. A backend that does not return within
-    ``shutdown_timeout_s`` ends the process with status 1. ``on_listening`` is called once the
-    server accepts connections. Raises :class:`StartupError` when a
+    balancers take the server out of rotation before it stops accepting; then stop accepting; let
+    every connection finish the requests it has begun; drain what is still queued in the core;
+    release the models. A backend that does not return within ``shutdown_timeout_s`` ends the
+    process with status 1. ``on_listening`` is called once the server accepts connections (a
+    ``--workers`` supervisor counts a worker as started from then on). Raises :class:`StartupError` when a
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
@@ -378,7 +379,8 @@ async def _main(settings: ServerSettings, on_listening: Callable[[], None] | Non
 
 
 async def _stop_when_orphaned(stop: asyncio.Event, hurry: asyncio.Event) -> None:
-    """A worker whose supervisor is gone (killed with SIGKILL) stops too, rather than serve unsupervised."""
+    """A worker whose supervisor is gone (killed with SIGKILL) stops too, rather than serve
+    unsupervised."""
     parent = os.getppid()
     while not stop.is_set():
         await asyncio.sleep(1.0)
