@@ -37,6 +37,9 @@ log = logging.getLogger("pyserve.workers")
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_S = 60.0
 EXIT_REFUSED = 2  # pyserve.cli.EXIT_REFUSED: a worker refused to start
+# The workers' exit is also polled this often (waitpid): a worker's sentinel pipe does not close
+# while a process it forked without exec still holds the pipe's write end.
+POLL_S = 1.0
 
 
 @dataclass
@@ -116,7 +119,7 @@ class Supervisor:
                     break
                 now = time.monotonic()
                 waits = [w.restart_at - now for w in self.workers if w.restart_at is not None]
-                timeout = max(0.0, min(waits)) if waits else None
+                timeout = max(0.0, min([*waits, POLL_S]))
                 sentinels = [w.process.sentinel for w in self.workers if self._alive(w)]
                 multiprocessing.connection.wait([wake_r, *sentinels], timeout)
                 try:
@@ -183,8 +186,10 @@ class Supervisor:
             w.ever_listened |= listened
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
             if self.stopping:
-                # Killed by the signal passed on: a worker still starting has no handler for it yet.
-                if code not in (0, -signal.SIGTERM, -signal.SIGINT):
+                # Only a worker that failed its own shutdown (status 1: a backend that did not return)
+                # makes the server's status non-zero; one killed by a signal (the one passed on, before
+                # its handler was installed; or a crash just before the stop) had nothing to finish.
+                if code > 0:
                     self.status = self.status or (1 if code < 0 else code)
                     log.warning("worker %d (pid %d) %s while stopping", w.index, w.process.pid, how)
                 w.process = None
