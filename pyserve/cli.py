@@ -27,6 +27,10 @@ MAX_PORT = 65535
 # Exit status of a start-up refusal (a bad command line, a port in use, a missing extra).
 EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+# Kubernetes' endpoint controllers and kube-proxy take a few seconds to stop routing to a pod that
+# is terminating; serving that long after SIGTERM loses no request (docs/scaling.md).
+DEFAULT_DRAIN_GRACE_S = 5.0
+MAX_WORKERS = 64
 # pyserve.config.DEFAULT_MAX_BATCH_SIZE (a test checks they agree), repeated so that the command line
 # starts without importing numpy and the core.
 DEFAULT_MAX_BATCH_SIZE = 32
@@ -59,6 +63,22 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return v
 
     return parse
+
+
+def worker_count(text: str) -> int:
+    """An argparse ``type=`` for ``--workers``: 1..MAX_WORKERS, or ``auto`` (the CPU cores this
+    process may run on)."""
+    if text.strip().lower() == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else os.cpu_count() or 1))
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number of processes in 1..{MAX_WORKERS} or 'auto', "
+                                         f"got {text!r}")
+    return v
 
 
 def port_number(text: str) -> int:
@@ -151,6 +171,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shutdown-timeout-s", type=seconds, default=30.0, metavar="S",
                    help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
                         ">= 0 (default 30)")
+    p.add_argument("--drain-grace-s", type=seconds, default=DEFAULT_DRAIN_GRACE_S, metavar="S",
+                   help="on SIGTERM, answer /v2/health/ready 503 at once but keep accepting and serving "
+                        "for S seconds (load balancers and Kubernetes endpoints take the server out of "
+                        "rotation meanwhile), then stop accepting; >= 0 (default "
+                        f"{DEFAULT_DRAIN_GRACE_S:g}; 0 = stop accepting at once; SIGINT or a second "
+                        "SIGTERM skips it)")
+    p.add_argument("--workers", type=worker_count, default=1, metavar="N",
+                   help="server processes sharing the port (SO_REUSEPORT), each with its own "
+                        f"scheduler and backends, 1..{MAX_WORKERS} or 'auto' (one per CPU core); "
+                        "default 1 (docs/scaling.md)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="default info")
     _add_client_limit_flags(p)
     _add_payload_log_flags(p)
@@ -398,6 +428,7 @@ def _serve(args: argparse.Namespace) -> int:
         strict_readiness=not args.no_strict_readiness,
         model_control=not args.disable_model_control,
         shutdown_timeout_s=args.shutdown_timeout_s,
+        drain_grace_s=args.drain_grace_s,
         default_max_batch_size=default_max_batch_size,
         payload_log=payload_log,
         dashboard=dashboard,
@@ -407,6 +438,10 @@ def _serve(args: argparse.Namespace) -> int:
         artifacts=ArtifactSettings(args.artifact_public_key, args.artifact_lock_policy),
     )
     try:
+        if args.workers > 1:
+            from pyserve.workers import supervisor
+
+            return supervisor.run(settings, args.workers, args.log_level)
         run(settings)
     except OSError as e:
         # The server binds its address before it loads any model (pyserve.server.app.serve); a bind

@@ -210,8 +210,10 @@ def start_server(args: Sequence[str], log_dir: Path, *, env: dict[str, str] | No
     for attempt in range(3):  # another process may take the free port before the server binds it
         port = free_port()
         log_path = log_dir / f"server-{port}.log"
-        cmd = [sys.executable, "-m", "pyserve", "serve", *args, "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "info"]
+        # No drain grace unless a test asks for it: tests stop servers with SIGTERM and wait.
+        grace = [] if "--drain-grace-s" in args else ["--drain-grace-s", "0"]
+        cmd = [sys.executable, "-m", "pyserve", "serve", *args, *grace, "--host", "127.0.0.1", "--port",
+               str(port), "--log-level", "info"]
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env,
                                     preexec_fn=preexec_fn)

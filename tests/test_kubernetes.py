@@ -185,20 +185,17 @@ def test_the_deployment_probes_the_kserve_health_paths(rendered: dict[str, list[
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
 
 
-def test_the_grace_period_covers_the_prestop_sleep_and_the_servers_shutdown(
+def test_the_grace_period_covers_the_drain_grace_and_the_servers_shutdown(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """SIGKILL comes terminationGracePeriodSeconds after the pod starts terminating; before it, the
-    preStop sleep, then pyserve's two shutdown phases (connections, then the queue), each up to
-    --shutdown-timeout-s (README: graceful shutdown), and the drain grace where the server has one."""
+    """SIGKILL comes terminationGracePeriodSeconds after the pod starts terminating; before it,
+    pyserve's drain grace (still serving while the endpoints forget the pod), then its two shutdown
+    phases (connections, then the queue), each up to --shutdown-timeout-s (README: graceful shutdown)."""
     spec = only(rendered["base"], "Deployment")["spec"]["template"]["spec"]
     c = container({"spec": {"template": {"spec": spec}}})
     args = serve_args(c["args"])
-    command = c["lifecycle"]["preStop"]["exec"]["command"]
-    assert command[0] == "sleep" and len(command) == 2, command
-    pre_stop_s = float(command[1])
-    assert pre_stop_s >= 5, "kube-proxy and the endpoints need a few seconds to stop routing to the pod"
-    drain_s = getattr(args, "drain_grace_s", 0.0) or 0.0
-    needed = pre_stop_s + drain_s + 2 * args.shutdown_timeout_s
+    assert "lifecycle" not in c, "the drain grace replaces a preStop sleep (the image has no sleep to rely on)"
+    assert args.drain_grace_s >= 5, "kube-proxy and the endpoints need a few seconds to stop routing to the pod"
+    needed = args.drain_grace_s + 2 * args.shutdown_timeout_s
     assert spec["terminationGracePeriodSeconds"] >= needed + 5, (spec["terminationGracePeriodSeconds"], needed)
     assert spec["terminationGracePeriodSeconds"] <= needed + 30, "SIGKILL long after the server has given up"
 

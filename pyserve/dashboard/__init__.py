@@ -62,8 +62,11 @@ class Dashboard:
     def __init__(self, settings: DashboardSettings, service: InferenceService,
                  payload_log: FailureSource | None = None,
                  drift: Callable[[], DriftMonitor | None] = lambda: None,
-                 clock: Callable[[], float] = time.time, hide_inputs: bool = False) -> None:
+                 clock: Callable[[], float] = time.time, hide_inputs: bool = False,
+                 worker: tuple[int, int] | None = None) -> None:
         settings.check()
+        # (index, count) in a --workers server: the figures are this worker's only, and the page says so.
+        self._worker = worker
         self.settings = settings
         self._service = service
         self._payload_log = payload_log
@@ -135,6 +138,8 @@ class Dashboard:
                 "snapshots": len(snapshots),
                 "charts": self.charts,
                 "charts_hint": None if self.charts is not None else CHARTS_HINT,
+                "worker": ({"index": self._worker[0], "count": self._worker[1]}
+                           if self._worker is not None else None),
             },
             "models": models,
             "drift": drift,

@@ -202,6 +202,10 @@ def render(doc: dict, static_prefix: str, data_url: str, assets_version: str) ->
     status = (f"as of {utc(server['time'], True)} UTC · {server['snapshots']} snapshots, one every "
               f"{num(interval)} s, kept for {duration(server['history_s'])} · "
               f"{len(doc['models'])} model versions")
+    worker = server.get("worker")
+    if worker is not None:
+        status += (f" · worker {worker['index']} of {worker['count']}: the figures of the one process that "
+                   "answered this page (/metrics sums every worker)")
     if server["snapshots"] < 2:
         status += f" · collecting: the first figures come {num(interval)} s after start"
     notes = "" if charts is not None else f'<p class="note off" id="charts-off">{esc(CHARTS_OFF)}</p>'

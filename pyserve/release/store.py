@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import tempfile
@@ -34,6 +35,10 @@ log = logging.getLogger("pyserve.release")
 POLICY_FILE = "traffic.json"
 # Under the repository's hidden folder: startup skips folders starting with ".", so it is no model.
 AUDIT_FILE = Path(".pyserve") / "traffic-audit.jsonl"
+# True while a change forwarded by another worker of a --workers server is applied (pyserve.workers):
+# the worker that took the call has written the policy file and the audit record, and counted the
+# change; this one only takes the new policy into memory.
+REPLICA = contextvars.ContextVar("pyserve_traffic_replica", default=False)
 
 # Runs a version's golden samples before it takes traffic; raises PyserveError when they fail.
 Gate = Callable[[str, int], Awaitable[None]]
@@ -152,10 +157,12 @@ class TrafficPolicies:
                     await self.gate(name, version)
                 new.check(name, set(entry.versions))  # a whole-model load may have run meanwhile
             old_doc, new_doc = old.to_doc(), new.to_doc()
+            replica = REPLICA.get()
             loop = asyncio.get_running_loop()
             try:
-                await loop.run_in_executor(None, self._persist, model_dir / POLICY_FILE, new_doc, name, action,
-                                           who, reason, old_doc)
+                if not replica:
+                    await loop.run_in_executor(None, self._persist, model_dir / POLICY_FILE, new_doc, name,
+                                               action, who, reason, old_doc)
             except OSError as e:
                 log.error("model %s: traffic policy not changed: %s", name, e)
                 raise internal(f"model '{name}': the traffic policy could not be written ({e}); "
@@ -165,7 +172,7 @@ class TrafficPolicies:
             else:
                 self._policies[name] = new
             self._broken.pop(name, None)
-            if self.changes is not None:
+            if self.changes is not None and not replica:
                 self.changes.labels(name).inc()
             log.info("model %s: traffic policy %s by %s (reason: %r): %s", name, action, who, reason,
                      orjson.dumps(new_doc).decode())

@@ -42,6 +42,8 @@ from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.server.limits import TransportLimits, default_max_connections, open_file_limit, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
+from pyserve.workers import WorkerSettings
+from pyserve.workers.channel import Siblings
 
 if TYPE_CHECKING:
     from pyserve.config import ModelConfig
@@ -67,6 +69,9 @@ class ServerSettings:
     strict_readiness: bool = True
     model_control: bool = True
     shutdown_timeout_s: float = 30.0
+    # On SIGTERM, how long readiness is false while the server still serves (Kubernetes' endpoint
+    # propagation) before it stops accepting; 0: stop accepting at once.
+    drain_grace_s: float = 0.0
     # max_batch_size of the models whose config sets none and that can batch (0: none batches)
     default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     payload_log: PayloadLogSettings = PayloadLogSettings()
@@ -78,6 +83,9 @@ class ServerSettings:
     audit_log: Path | None = None
     reload_interval_s: float = POLL_INTERVAL_S  # how often token and TLS files are checked for changes
     artifacts: ArtifactSettings = ArtifactSettings()  # public key and lock policy of .pyserve artifacts
+    # Set in each process of a --workers server (pyserve.workers): the port is shared (SO_REUSEPORT)
+    # and readiness, /metrics and model control answer for every worker.
+    worker: WorkerSettings | None = None
 
 
 class StartupError(PyserveError):
@@ -103,14 +111,25 @@ class App:
         self.drift: DriftMonitor | None = None
         self.access: AccessControl | None = None
         self.audit: ManagementAudit | None = None
+        # Set on SIGTERM: readiness answers 503 from then on, while requests are still served.
+        self.draining = False
+
+    def ready(self) -> bool:
+        """Readiness of this process: False once draining, else the models' (``strict_readiness``)."""
+        return not self.draining and self.host.ready(strict=self.settings.strict_readiness)
 
 
-async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
+async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Event | None = None,
+                on_listening: Callable[[], None] | None = None) -> None:
     """Loads the models, serves until ``stop`` is set, then shuts down without dropping a request.
 
-    Shutdown: stop accepting; let every connection finish the requests it has begun; drain what
-    is still queued in the core; release the models. A backend that does not return within
-    ``shutdown_timeout_s`` ends the process with status 1. Raises :class:`StartupError` when a
+    Shutdown (the Kubernetes pod termination sequence): readiness answers 503 at once while
+    requests are still served for ``drain_grace_s`` (cut short when ``hurry`` is set), so that load
+    balancers take the server out of rotation before it stops accepting; then stop accepting; let
+    every connection finish the requests it has begun; drain what is still queued in the core;
+    release the models. A backend that does not return within ``shutdown_timeout_s`` ends the
+    process with status 1. ``on_listening`` is called once the server accepts connections (a
+    ``--workers`` supervisor counts a worker as started from then on). Raises :class:`StartupError` when a
     server given only ``--model`` files could load none of them, and OSError when it cannot bind its
     address (before any model is loaded).
     """
@@ -146,10 +165,17 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         # The failed calls' inputs are payload: with control tokens, only GET /v2/logs (a control read)
         # shows them, never a page that a browser opens without a token.
         app.dashboard = Dashboard(settings.dashboard, service, payload_log, lambda: app.drift,
-                                  hide_inputs=access.required(Scope.CONTROL))
-    router = handlers.make_router(access, audit)
+                                  hide_inputs=access.required(Scope.CONTROL),
+                                  worker=(settings.worker.index, settings.worker.count)
+                                  if settings.worker is not None and settings.worker.count > 1 else None)
+    worker = settings.worker
+    siblings = Siblings(worker) if worker is not None and worker.count > 1 else None
+    router = handlers.make_router(access, audit, siblings, registry)
     server = HttpServer(app, router, transport_limits(settings),
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    # A worker's private channel: its siblings ask it for its readiness and metrics, and forward
+    # model control to it (pyserve.workers.channel).
+    channel = HttpServer(app, handlers.make_channel_router(), server.limits) if worker is not None else None
     registry.register(metrics.TransportCollector(server))
     reloads: list[tuple[list[Path], Callable[[], object]]] = [(settings.access.files, access.reload)]
     if tls is not None:
@@ -158,7 +184,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     # Bound before the models load, so an address in use fails at once rather than after minutes of
     # loading; connections are refused until the models are loaded and the socket listens.
     try:
-        await server.bind(settings.host, settings.port, ssl=tls.listener if tls is not None else None)
+        await server.bind(settings.host, settings.port, ssl=tls.listener if tls is not None else None,
+                          reuse_port=worker is not None)
         # After the bind: an address that is not this machine's, or does not resolve, says so first.
         refusal = exposure_error(settings.host, settings.model_control, access)
         if refusal is not None:
@@ -182,9 +209,14 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         if app.drift is not None:
             app.drift.start()
         say_which_models_drift(host, app.drift, app.payload_log)
+        if channel is not None and worker is not None:
+            await channel.bind_unix(str(worker.socket_path(worker.index)))
+            await channel.listen()
         await server.listen()
     except BaseException:
         server.close()
+        if channel is not None:
+            channel.close()
         await host.close()
         if app.payload_log is not None:
             await asyncio.to_thread(app.payload_log.close)
@@ -202,10 +234,17 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         log.info("======== Running on %s://%s:%s ========", "https" if tls is not None else "http",
                  f"[{host_name}]" if ":" in host_name else host_name, port)
     _say_what_is_protected(settings, access, tls, audit)
+    if on_listening is not None:
+        on_listening()
     fd_limit = open_file_limit()
     log.info("open file limit %s: at most %d connections at once (--max-connections)",
              fd_limit if fd_limit is not None else "unknown", server.limits.max_connections)
     await stop.wait()
+    app.draining = True
+    if settings.drain_grace_s > 0 and not (hurry is not None and hurry.is_set()):
+        log.info("draining: readiness is false; still serving for %.1f s (--drain-grace-s) before "
+                 "no longer accepting connections", settings.drain_grace_s)
+        await _wait(hurry, settings.drain_grace_s)
     watcher.close()
     ticker.cancel()
     if sampler is not None:
@@ -214,6 +253,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
     if not await server.shutdown(settings.shutdown_timeout_s):
         log.warning("some connections had not finished within %.0f s and were closed",
                     settings.shutdown_timeout_s)
+    if channel is not None:
+        await channel.shutdown(settings.shutdown_timeout_s)
     try:
         await asyncio.wait_for(host.close(), settings.shutdown_timeout_s)
     except TimeoutError:
@@ -229,6 +270,17 @@ async def serve(settings: ServerSettings, stop: asyncio.Event) -> None:
         await asyncio.to_thread(app.drift.close)
     await asyncio.to_thread(audit.close)
     log.info("server stopped")
+
+
+async def _wait(event: asyncio.Event | None, timeout_s: float) -> None:
+    """Waits ``timeout_s``, or until ``event`` is set."""
+    if event is None:
+        await asyncio.sleep(timeout_s)
+        return
+    try:
+        await asyncio.wait_for(event.wait(), timeout_s)
+    except TimeoutError:
+        pass
 
 
 def _open_audit(settings: ServerSettings, registry: CollectorRegistry) -> ManagementAudit:
@@ -309,19 +361,47 @@ def _say_which_models_log(host: ModelHost, settings: PayloadLogSettings) -> None
                     "so nothing is logged yet", where)
 
 
-async def _main(settings: ServerSettings) -> None:
-    stop = asyncio.Event()
+async def _main(settings: ServerSettings, on_listening: Callable[[], None] | None) -> None:
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(settings, stop)
+
+    def terminate() -> None:
+        # The first SIGTERM drains with the grace period; a second one cuts the grace short.
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
+    def interrupt() -> None:  # Ctrl-C: someone at a terminal, not a load balancer, is waiting
+        hurry.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    orphan = asyncio.create_task(_stop_when_orphaned(stop, hurry)) if settings.worker is not None else None
+    await serve(settings, stop, hurry, on_listening)
+    if orphan is not None:
+        orphan.cancel()
 
 
-def run(settings: ServerSettings) -> None:
-    """Serves until SIGINT/SIGTERM: then stops accepting, finishes accepted requests, exits."""
+async def _stop_when_orphaned(stop: asyncio.Event, hurry: asyncio.Event) -> None:
+    """A worker whose supervisor is gone (killed with SIGKILL) stops too, rather than serve
+    unsupervised."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            log.warning("the supervisor (pid %d) is gone; stopping", parent)
+            hurry.set()
+            stop.set()
+
+
+def run(settings: ServerSettings, on_listening: Callable[[], None] | None = None) -> None:
+    """Serves until SIGTERM (drained for ``drain_grace_s``) or SIGINT (no grace): then stops
+    accepting, finishes accepted requests, exits. ``on_listening`` is called once it accepts
+    connections."""
     try:
         import uvloop
     except ImportError:  # optional: the stdlib loop works, a little slower
-        asyncio.run(_main(settings))
+        asyncio.run(_main(settings, on_listening))
     else:
-        uvloop.run(_main(settings))
+        uvloop.run(_main(settings, on_listening))

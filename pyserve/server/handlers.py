@@ -19,7 +19,7 @@ import orjson
 
 import pyserve
 from pyserve import metrics
-from pyserve.errors import PyserveError, internal, invalid, not_found
+from pyserve.errors import PyserveError, internal, invalid, not_found, unavailable
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec, triton_config, triton_stats
 from pyserve.protocol.http_status import kind_of_status
 from pyserve.security import AccessControl, AccessSettings, ManagementAudit, Scope
@@ -29,6 +29,8 @@ from pyserve.server.guard import audited_control, audited_read, guarded
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Handler, Request, Response
 from pyserve.server.router import Router
 from pyserve.service import CallContext, InferenceService
+from pyserve.workers import routes as workers
+from pyserve.workers.channel import Siblings
 
 log = logging.getLogger("pyserve.server")
 
@@ -55,7 +57,7 @@ def live(request: Request) -> Response:
 
 @endpoint
 def ready(request: Request) -> Response:
-    ok = request.app.host.ready(strict=request.app.settings.strict_readiness)
+    ok = request.app.ready()
     return _json({"ready": ok}, 200 if ok else 503)
 
 
@@ -89,6 +91,8 @@ def model_metadata(request: Request) -> Response:
 @endpoint
 def model_ready(request: Request) -> Response:
     name = request.match_info["model"]
+    if request.app.draining:
+        raise unavailable("the server is shutting down (draining)")
     _service(request).ready(name, request.match_info.get("version"))  # 404 unknown; 503 not ready
     return _json({"name": name, "ready": True})
 
@@ -495,21 +499,29 @@ def metrics_endpoint(request: Request) -> Response:
 ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort")
 
 
-def make_router(access: AccessControl | None = None, audit: ManagementAudit | None = None) -> Router:
+def make_router(access: AccessControl | None = None, audit: ManagementAudit | None = None,
+                siblings: Siblings | None = None, registry: Any = None) -> Router:
     """The URL table: KServe v2 paths as Triton and KServe serve them, each behind the token check of
     its scope (:mod:`pyserve.security.access`); the model-control routes write the audit log.
-    Without ``access``, nothing needs a token; without ``audit``, nothing is audited."""
+    Without ``access``, nothing needs a token; without ``audit``, nothing is audited. With
+    ``siblings`` (a ``--workers`` server; ``registry`` is then this worker's metrics), readiness,
+    ``/metrics`` and model control answer for every worker (:mod:`pyserve.workers.routes`)."""
     access = access if access is not None else AccessControl(AccessSettings())
 
     def scoped(scope: Scope, handler: Handler) -> Handler:
         return guarded(access, scope, handler)
 
     def control(action: Any, handler: Any) -> Handler:
+        if siblings is not None:
+            handler = workers.fan_out(siblings, handler)  # audited once, by the worker that took the call
         return audited_control(access, audit, action, handler) if audit is not None else scoped(
             Scope.CONTROL, handler)
 
     def read(handler: Handler) -> Handler:
         return audited_read(access, audit, handler) if audit is not None else scoped(Scope.CONTROL, handler)
+
+    def whole(handler: Handler) -> Handler:
+        return workers.all_ready(siblings, handler) if siblings is not None else handler
 
     def rollout(request: Request) -> str:
         # A fixed set: the action labels a metric, and the path is the caller's to choose.
@@ -520,30 +532,49 @@ def make_router(access: AccessControl | None = None, audit: ManagementAudit | No
     r.add("POST", "/v2/models/{model}/infer", scoped(Scope.INFERENCE, infer))
     r.add("POST", "/v2/models/{model}/versions/{version}/infer", scoped(Scope.INFERENCE, infer))
     r.add("GET", "/v2/health/live", live)
-    r.add("GET", "/v2/health/ready", ready)
+    r.add("GET", "/v2/health/ready", whole(ready))
     r.add("GET", "/v2", scoped(Scope.INFERENCE, server_metadata))
-    r.add("GET", "/metrics", scoped(Scope.METRICS, metrics_endpoint))
+    r.add("GET", "/metrics", scoped(Scope.METRICS, metrics_endpoint if siblings is None
+                                    else workers.whole_server_metrics(siblings, registry)))
     r.add("GET", "/v2/logs", read(payload_logs))
     r.add("GET", "/v2/drift", scoped(Scope.METRICS, drift))  # statistics, like /metrics
     r.add("GET", "/v2/repository/index", read(repository_index))
     r.add("POST", "/v2/repository/index", read(repository_index))
-    r.add("POST", "/v2/repository/models/{model}/load", control("load", load_model))
-    r.add("POST", "/v2/repository/models/{model}/unload", control("unload", unload_model))
-    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", control("load", load_model))
-    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", control("unload", unload_model))
+    _add_control_routes(r, control, rollout)
     r.add("GET", "/v2/repository/models/{model}/traffic", read(get_traffic))
-    r.add("PUT", "/v2/repository/models/{model}/traffic", control("set_traffic", put_traffic))
-    r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", control("set_alias", put_alias))
-    r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", control("remove_alias", delete_alias))
     r.add("GET", "/v2/repository/models/{model}/rollout", read(get_rollout))
-    r.add("POST", "/v2/repository/models/{model}/rollout", control("start_rollout", start_rollout))
-    r.add("POST", "/v2/repository/models/{model}/rollout/{action}", control(rollout, rollout_action))
     r.add("GET", "/v2/models/stats", scoped(Scope.INFERENCE, model_stats))  # every model; exact paths win
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix, scoped(Scope.INFERENCE, model_metadata))
-        r.add("GET", prefix + "/ready", model_ready)  # a readiness probe, as Triton's health API
+        r.add("GET", prefix + "/ready", whole(model_ready))  # a readiness probe, as Triton's health API
         r.add("GET", prefix + "/config", scoped(Scope.INFERENCE, model_config))
         r.add("GET", prefix + "/stats", scoped(Scope.INFERENCE, model_stats))
     dashboard.add_routes(r, functools.partial(scoped, Scope.METRICS))  # the page's inputs: see App
     return r
 
+
+def _add_control_routes(r: Router, control: Any, rollout: Any) -> None:
+    """The model-control routes, each handler wrapped by ``control(action, handler)``."""
+    r.add("POST", "/v2/repository/models/{model}/load", control("load", load_model))
+    r.add("POST", "/v2/repository/models/{model}/unload", control("unload", unload_model))
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/load", control("load", load_model))
+    r.add("POST", "/v2/repository/models/{model}/versions/{version}/unload", control("unload", unload_model))
+    r.add("PUT", "/v2/repository/models/{model}/traffic", control("set_traffic", put_traffic))
+    r.add("PUT", "/v2/repository/models/{model}/aliases/{alias}", control("set_alias", put_alias))
+    r.add("DELETE", "/v2/repository/models/{model}/aliases/{alias}", control("remove_alias", delete_alias))
+    r.add("POST", "/v2/repository/models/{model}/rollout", control("start_rollout", start_rollout))
+    r.add("POST", "/v2/repository/models/{model}/rollout/{action}", control(rollout, rollout_action))
+
+
+def make_channel_router() -> Router:
+    """The URL table of a worker's private channel (:mod:`pyserve.workers.channel`): this worker's
+    own readiness and metrics, and the model-control calls its siblings forward, applied here
+    only (no token: only the server's user can reach the channel; not audited: the worker that
+    took the call audits it)."""
+    r = Router()
+    r.add("GET", "/v2/health/ready", ready)
+    r.add("GET", "/metrics", metrics_endpoint)
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add("GET", prefix + "/ready", model_ready)
+    _add_control_routes(r, lambda _action, handler: workers.as_forwarded(handler), lambda request: "")
+    return r

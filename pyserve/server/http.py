@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -91,15 +92,28 @@ class HttpServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event = asyncio.Event()
 
-    async def bind(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
+    async def bind(self, host: str, port: int, ssl: SSLContext | None = None, reuse_port: bool = False) -> None:
         """Binds ``host:port`` without accepting yet: connections are refused until :meth:`listen`.
-        With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`). Raises OSError (address
-        in use, not available, permission denied) at once."""
+        With ``ssl``, connections speak TLS (:mod:`pyserve.security.tls`); with ``reuse_port``, the
+        socket sets SO_REUSEPORT, so that the kernel spreads connections over every process
+        listening on the port (``--workers``). Raises OSError (address in use, not available,
+        permission denied) at once."""
         tls = ssl is not None  # the timeouts may only be given with ssl
         self._listener = await self.loop.create_server(
             lambda: Connection(self), host, port, backlog=1024, start_serving=False, ssl=ssl,
+            reuse_port=reuse_port or None,
             ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls else None,
             ssl_shutdown_timeout=TLS_SHUTDOWN_TIMEOUT_S if tls else None)
+
+    async def bind_unix(self, path: str) -> None:
+        """Binds the Unix socket ``path`` (replacing a stale one) without accepting yet; OSError when
+        it cannot."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._listener = await self.loop.create_unix_server(
+            lambda: Connection(self), path, backlog=1024, start_serving=False)
 
     async def listen(self) -> None:
         """Starts accepting connections on the bound address."""
