@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Repo, Server, http_status, wait_until
+from conftest import Repo, Server, http_status, process_gone, wait_until
 from pyserve import cli
 from pyserve.workers.metrics import merge
 
@@ -159,6 +159,7 @@ def test_a_killed_worker_is_restarted_and_readiness_is_false_meanwhile(two_worke
     pids = _worker_pids(two_workers)
     assert sorted(pids) == [0, 1]
     os.kill(pids[1], signal.SIGKILL)
+    wait_until(lambda: process_gone(pids[1]), 30, "worker 1 gone")  # its socket closed: no reset
     # Worker 0 still serves, but the server is not ready until worker 1 is back.
     wait_until(lambda: http_status(url + "/v2/health/ready") == 503, 30, "readiness 503")
     assert "worker 1 is not answering" in _fresh("GET", url + "/v2/health/ready").text

@@ -573,7 +573,7 @@ def make_channel_router() -> Router:
     took the call audits it)."""
     r = Router()
     r.add("GET", "/v2/health/ready", ready)
-    r.add("GET", "/metrics", metrics_endpoint)
+    r.add("GET", "/metrics", workers.own_metrics)  # saved as the worker's last known counts
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix + "/ready", model_ready)
     _add_control_routes(r, lambda _action, handler: workers.as_forwarded(handler), lambda request: "")

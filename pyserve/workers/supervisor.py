@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyserve.workers import counters
 from pyserve.workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class Supervisor:
             if w.process is None or w.process.exitcode is None or w.restart_at is not None:
                 continue
             code = w.process.exitcode
+            self._retire_counters(w)
             listened = w.listening.is_set()
             w.ever_listened |= listened
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -209,6 +211,15 @@ class Supervisor:
             log.warning("worker %d (pid %d) %s after %.0f s; restarting it in %.0f s", w.index, w.process.pid,
                         how, served, backoff)
             w.restart_at = time.monotonic() + backoff
+
+    def _retire_counters(self, w: _Worker) -> None:
+        """Keeps the exited worker's last saved counts in the retired totals, before it starts again
+        (pyserve.workers.counters)."""
+        try:
+            counters.retire(self.runtime_dir, w.index)
+        except (OSError, ValueError) as e:
+            log.error("worker %d: its last counts could not be kept (%s); the floor of /metrics holds "
+                      "its counters until the live counts pass them", w.index, e)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
