@@ -200,3 +200,27 @@ def test_a_restarted_worker_serves_the_control_state_and_counters_never_go_back(
     _never_decrease(_counters(after), _counters(final))
     assert _value(final, "pyserve_requests_total", model="o", outcome="success") == 30
     assert _value(final, "pyserve_requests_total", model="m", outcome="success") == 70
+
+
+def test_a_worker_replaying_the_journal_is_not_ready_nor_are_its_models() -> None:
+    from types import SimpleNamespace
+
+    from pyserve.server import handlers
+    from pyserve.server.app import App, ServerSettings
+    from pyserve.server.messages import Request
+
+    app = object.__new__(App)  # no models needed: the host says every model is ready
+    app.settings, app.draining, app.converging = ServerSettings(), False, True
+    app.host = SimpleNamespace(ready=lambda strict: True)
+    app.service = SimpleNamespace(ready=lambda name, version: None)
+
+    def status(handler: Any, path: str) -> int:
+        request = Request(app, "GET", path, "", {}, b"")
+        request.match_info = {"model": "m"}
+        return handler(request).status
+
+    assert status(handlers.ready, "/v2/health/ready") == 503
+    assert status(handlers.model_ready, "/v2/models/m/ready") == 503
+    app.converging = False
+    assert status(handlers.ready, "/v2/health/ready") == 200
+    assert status(handlers.model_ready, "/v2/models/m/ready") == 200

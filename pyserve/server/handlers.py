@@ -93,6 +93,8 @@ def model_ready(request: Request) -> Response:
     name = request.match_info["model"]
     if request.app.draining:
         raise unavailable("the server is shutting down (draining)")
+    if request.app.converging:  # a --workers worker replaying the control journal (pyserve.workers.journal)
+        raise unavailable("this worker is applying the model control done since the server started")
     _service(request).ready(name, request.match_info.get("version"))  # 404 unknown; 503 not ready
     return _json({"name": name, "ready": True})
 
