@@ -224,3 +224,14 @@ def test_a_worker_replaying_the_journal_is_not_ready_nor_are_its_models() -> Non
     app.converging = False
     assert status(handlers.ready, "/v2/health/ready") == 200
     assert status(handlers.model_ready, "/v2/models/m/ready") == 200
+
+
+def test_a_damaged_journal_is_refused_naming_the_file(tmp_path: Path) -> None:
+    import asyncio
+
+    from pyserve.workers import WorkerSettings
+    from pyserve.workers.journal import JOURNAL_FILE, ReplayError, converge
+
+    (tmp_path / JOURNAL_FILE).write_text("{not json")
+    with pytest.raises(ReplayError, match=JOURNAL_FILE):
+        asyncio.run(converge(WorkerSettings(1, 2, tmp_path)))

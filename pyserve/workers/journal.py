@@ -166,13 +166,17 @@ async def converge(worker: WorkerSettings) -> int:
     a call recorded during the replay is recorded before it is forwarded, so the last pass sees
     it, and the calls replayed last are the newest. Returns the number of calls replayed. A call
     answered 4xx no longer applies to this worker's state (the worker that took it was answered
-    the same): logged, and skipped. Raises :class:`ReplayError` for a 5xx answer or no answer."""
+    the same): logged, and skipped. Raises :class:`ReplayError` for a 5xx answer or no answer, or a
+    journal that cannot be read."""
     journal = ControlJournal(worker.runtime_dir)
     socket = str(worker.socket_path(worker.index))
     done: dict[int, bool] = {}
     replayed = 0
     while True:
-        calls = await asyncio.to_thread(journal.calls)
+        try:
+            calls = await asyncio.to_thread(journal.calls)
+        except (OSError, ValueError) as e:
+            raise ReplayError(f"cannot read the control journal: {e}") from None
         new = [c for c in calls if c.seq not in done]
         if not new:
             return replayed

@@ -230,8 +230,8 @@ class Supervisor:
         try:
             counters.retire(self.runtime_dir, w.index)
         except (OSError, ValueError) as e:
-            log.error("worker %d: its last counts could not be kept (%s); the floor of /metrics holds "
-                      "its counters until the live counts pass them", w.index, e)
+            log.error("worker %d: its last counts could not be kept in the retired totals (%s): the "
+                      "counters of /metrics drop by them once it restarts", w.index, e)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
