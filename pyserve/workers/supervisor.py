@@ -61,9 +61,18 @@ class _Worker:
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEPORT, not listening: the port stays this
     server's while its workers bind it too. Raises OSError (socket.gaierror for a name that does not
-    resolve; EADDRINUSE, EADDRNOTAVAIL, EACCES) as a listener's bind would."""
+    resolve; EADDRINUSE, EADDRNOTAVAIL, EACCES) as a listener's bind would, EADDRINUSE included when
+    the port is held by another server of the same user that set SO_REUSEPORT too (a second
+    ``pyserve serve --workers`` on the port of a running or draining one)."""
     family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    # SO_REUSEPORT lets any socket of the same user share the port, so bind once without it first:
+    # that bind fails while anything holds the port. The window between the two binds is the only
+    # time another server could slip in.
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = probe.getsockname()  # --port 0: the port the kernel chose
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
