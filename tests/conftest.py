@@ -162,6 +162,17 @@ def http_status(url: str, timeout_s: float = 5.0) -> int | None:
         return None
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie has closed its sockets). A process killed with
+    SIGKILL keeps its listening sockets until the kernel has torn down its memory: a connection the
+    kernel hands it meanwhile is reset."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 @dataclass
 class Server:
     """A ``pyserve serve`` subprocess."""

@@ -14,7 +14,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Repo, Server, http_status, wait_until
+from conftest import Repo, Server, http_status, process_gone, wait_until
 from pyserve import cli
 from pyserve.workers.metrics import merge
 
@@ -159,6 +159,7 @@ def test_a_killed_worker_is_restarted_and_readiness_is_false_meanwhile(two_worke
     pids = _worker_pids(two_workers)
     assert sorted(pids) == [0, 1]
     os.kill(pids[1], signal.SIGKILL)
+    wait_until(lambda: process_gone(pids[1]), 30, "worker 1 gone")  # its socket closed: no reset
     # Worker 0 still serves, but the server is not ready until worker 1 is back.
     wait_until(lambda: http_status(url + "/v2/health/ready") == 503, 30, "readiness 503")
     assert "worker 1 is not answering" in _fresh("GET", url + "/v2/health/ready").text
@@ -168,3 +169,26 @@ def test_a_killed_worker_is_restarted_and_readiness_is_false_meanwhile(two_worke
     assert "worker 1 (pid %d) was killed by SIGKILL" % pids[1] in two_workers.log()
     statuses = {_fresh("POST", f"{url}/v2/models/m/infer", json=INFER).status_code for _ in range(20)}
     assert statuses == {200}
+
+
+def test_the_port_of_a_running_reuseport_server_is_refused() -> None:
+    """SO_REUSEPORT would let a second server of the same user share a port another one listens on
+    (a second ``--workers`` server started while the first runs or drains): reserving the port must
+    fail as a plain bind would, and --port 0 must still give one port of its own."""
+    import errno
+    import socket
+
+    from pyserve.workers.supervisor import reserve_port
+
+    with socket.socket() as running:
+        running.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        running.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        running.bind(("127.0.0.1", 0))
+        running.listen()
+        port = running.getsockname()[1]
+        with pytest.raises(OSError) as refused:
+            reserve_port("127.0.0.1", port)
+        assert refused.value.errno == errno.EADDRINUSE
+    with reserve_port("127.0.0.1", 0) as mine:
+        assert mine.getsockname()[1] != 0
+        assert mine.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1

@@ -32,10 +32,13 @@ INFO_LABELS = ("artifact_sha256", "lock_sha256", "training_commit")
 class ArtifactSettings:
     """How a server treats artifacts: ``public_key`` (a PEM Ed25519 public key: every artifact must be
     signed by it) and ``lock_policy`` (``refuse``: a direct dependency whose version differs from the
-    lock refuses the model; ``warn``: logged)."""
+    lock refuses the model; ``warn``: logged). ``unpack_dir``: the folder under which each artifact
+    gets its private folder (None: the system's temporary folder); a ``--workers`` server gives each
+    worker its own, which the supervisor deletes when the worker exits, also after a ``kill -9``."""
 
     public_key: Path | None = None
     lock_policy: str = "refuse"
+    unpack_dir: Path | None = None
 
 
 def version_artifact(version_dir: Path) -> Path | None:
@@ -90,7 +93,8 @@ class ArtifactCache:
             # An artifact replaced by other bytes is unpacked anew; the old folder stays until the server
             # stops, for the versions still draining from it.
             extracted = self._stack.enter_context(open_extracted(
-                path, public_key=self.settings.public_key, lock_policy=self.settings.lock_policy, name=name))
+                path, public_key=self.settings.public_key, lock_policy=self.settings.lock_policy, name=name,
+                dest_parent=self.settings.unpack_dir))
             self._by_key[key] = extracted
         with _SERVED_LOCK:
             _SERVED[extracted.version_dir] = extracted

@@ -42,7 +42,7 @@ from pyserve.server import handlers
 from pyserve.server.http import HttpServer
 from pyserve.server.limits import TransportLimits, default_max_connections, open_file_limit, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
-from pyserve.workers import WorkerSettings
+from pyserve.workers import WorkerSettings, counters, journal
 from pyserve.workers.channel import Siblings
 
 if TYPE_CHECKING:
@@ -113,10 +113,15 @@ class App:
         self.audit: ManagementAudit | None = None
         # Set on SIGTERM: readiness answers 503 from then on, while requests are still served.
         self.draining = False
+        # True while a worker of a --workers server replays the control journal at start
+        # (pyserve.workers.journal): it does not serve yet what its siblings serve.
+        self.converging = False
 
     def ready(self) -> bool:
-        """Readiness of this process: False once draining, else the models' (``strict_readiness``)."""
-        return not self.draining and self.host.ready(strict=self.settings.strict_readiness)
+        """Readiness of this process: False once draining or while converging, else the models'
+        (``strict_readiness``)."""
+        return (not self.draining and not self.converging
+                and self.host.ready(strict=self.settings.strict_readiness))
 
 
 async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Event | None = None,
@@ -210,8 +215,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
             app.drift.start()
         say_which_models_drift(host, app.drift, app.payload_log)
         if channel is not None and worker is not None:
+            app.converging = siblings is not None
             await channel.bind_unix(str(worker.socket_path(worker.index)))
             await channel.listen()
+            if siblings is not None:
+                await _converge(app, worker)
         await server.listen()
     except BaseException:
         server.close()
@@ -229,6 +237,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
     # The rollout controller ticks off the request path; it stops before the models are released.
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
     sampler = asyncio.create_task(app.dashboard.run(), name="dashboard") if app.dashboard is not None else None
+    # A worker's counts are saved off the request path, kept when it dies (pyserve.workers.counters).
+    saver = (asyncio.create_task(counters.keep_saving(worker.runtime_dir, worker.index,
+                                                      functools.partial(metrics.render, registry)),
+                                 name="save-counts")
+             if siblings is not None and worker is not None else None)
     for sock in server.sockets:
         host_name, port = sock.getsockname()[:2]
         log.info("======== Running on %s://%s:%s ========", "https" if tls is not None else "http",
@@ -255,6 +268,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
                     settings.shutdown_timeout_s)
     if channel is not None:
         await channel.shutdown(settings.shutdown_timeout_s)
+    if saver is not None and worker is not None:
+        saver.cancel()
+        await _save_counts(worker, registry)  # the final counts, every request answered
     try:
         await asyncio.wait_for(host.close(), settings.shutdown_timeout_s)
     except TimeoutError:
@@ -270,6 +286,26 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
         await asyncio.to_thread(app.drift.close)
     await asyncio.to_thread(audit.close)
     log.info("server stopped")
+
+
+async def _converge(app: App, worker: WorkerSettings) -> None:
+    """Replays the control journal (readiness false meanwhile); StartupError when a call fails here
+    for a reason of this worker (the supervisor restarts it later)."""
+    try:
+        replayed = await journal.converge(worker)
+    except journal.ReplayError as e:
+        raise StartupError(f"worker {worker.index} cannot serve what the other workers serve: {e}") from None
+    if replayed:
+        log.info("control journal: %d call(s) replayed; this worker serves what the others serve", replayed)
+    app.converging = False
+
+
+async def _save_counts(worker: WorkerSettings, registry: CollectorRegistry) -> None:
+    path = counters.exposition_path(worker.runtime_dir, worker.index)
+    try:
+        await asyncio.to_thread(counters.write_atomically, path, metrics.render(registry))
+    except OSError as e:
+        log.warning("cannot save this worker's final counts to %s: %s", path, e)
 
 
 async def _wait(event: asyncio.Event | None, timeout_s: float) -> None:

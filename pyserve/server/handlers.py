@@ -93,6 +93,8 @@ def model_ready(request: Request) -> Response:
     name = request.match_info["model"]
     if request.app.draining:
         raise unavailable("the server is shutting down (draining)")
+    if request.app.converging:  # a --workers worker replaying the control journal (pyserve.workers.journal)
+        raise unavailable("this worker is applying the model control done since the server started")
     _service(request).ready(name, request.match_info.get("version"))  # 404 unknown; 503 not ready
     return _json({"name": name, "ready": True})
 
@@ -573,7 +575,7 @@ def make_channel_router() -> Router:
     took the call audits it)."""
     r = Router()
     r.add("GET", "/v2/health/ready", ready)
-    r.add("GET", "/metrics", metrics_endpoint)
+    r.add("GET", "/metrics", workers.own_metrics)  # saved as the worker's last known counts
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         r.add("GET", prefix + "/ready", model_ready)
     _add_control_routes(r, lambda _action, handler: workers.as_forwarded(handler), lambda request: "")

@@ -51,10 +51,10 @@ class _Merged(Collector):
         return iter(self._families)
 
 
-def merge(expositions: Iterable[str]) -> bytes:
-    """The Prometheus text exposition (format 0.0.4) of several processes' expositions merged as the
-    module says. Series keep their first worker's order; a series only some workers have is kept.
-    Raises ValueError for a text that is not the exposition format."""
+def merge_families(expositions: Iterable[str]) -> list[Metric]:
+    """The metric families of several processes' expositions (Prometheus text format 0.0.4) merged
+    as the module says. Series keep their first worker's order; a series only some workers have is
+    kept. Raises ValueError for a text that is not the exposition format."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in expositions:
@@ -76,6 +76,18 @@ def merge(expositions: Iterable[str]) -> bytes:
     for name, merged in families.items():
         merged.samples = [Sample(sample, dict(labels), value)
                           for (sample, labels), value in values[name].items()]
+    return list(families.values())
+
+
+def exposition(families: list[Metric]) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of ``families``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(list(families.values())))
+    registry.register(_Merged(families))
     return generate_latest(registry)
+
+
+def merge(expositions: Iterable[str]) -> bytes:
+    """The Prometheus text exposition (format 0.0.4) of several processes' expositions merged as the
+    module says (:func:`merge_families`). Raises ValueError for a text that is not the exposition
+    format."""
+    return exposition(merge_families(expositions))

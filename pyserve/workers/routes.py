@@ -18,8 +18,9 @@ from pyserve import metrics
 from pyserve.release.store import REPLICA
 from pyserve.server.errors import async_endpoint
 from pyserve.server.messages import Deferred, Handler, Request, Response, error_response
-from pyserve.workers import metrics as merged_metrics
+from pyserve.workers import counters
 from pyserve.workers.channel import CLIENT_HEADER, CONTROL_TIMEOUT_S, Answer, Siblings
+from pyserve.workers.journal import ControlJournal
 
 log = logging.getLogger("pyserve.workers")
 
@@ -79,9 +80,11 @@ def all_ready(siblings: Siblings, handler: Handler) -> Callable[[Request], Await
 def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]]
             ) -> Callable[[Request], Awaitable[Response]]:
     """A model-control route applied by every worker: this worker first (an error here is the
-    answer, and no sibling is asked), then every sibling at once. The answer is this worker's once
-    all succeeded; else 500 naming each worker that failed and why (the change then holds on the
-    other workers: repeat the call, or undo it)."""
+    answer, and no sibling is asked), then recorded in the control journal (a worker that starts
+    later replays it: :mod:`pyserve.workers.journal`), then every sibling at once. The answer is
+    this worker's once all succeeded; else 500 naming each worker that failed and why (the change
+    then holds on the other workers: repeat the call, or undo it)."""
+    control_journal = ControlJournal(siblings.worker.runtime_dir)
 
     @functools.wraps(handler)
     @async_endpoint
@@ -89,6 +92,13 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
         resp = await handler(request)
         if resp.status >= 400:
             return resp
+        try:
+            await asyncio.to_thread(control_journal.record, request.method, _target(request), request.body,
+                                    request.headers.get("content-type") or "", request.peer)
+        except (OSError, ValueError) as e:
+            # Applied here and forwarded all the same: only a worker restarted later misses it.
+            log.error("%s %s: not recorded in the control journal (%s): a worker restarted later will "
+                      "not apply it", request.method, request.path, e)
         headers = {k: v for k in _FORWARDED_HEADERS if (v := request.headers.get(k)) is not None}
         headers[CLIENT_HEADER] = request.peer
         answers = await siblings.ask(request.method, _target(request), request.body, headers,
@@ -107,22 +117,49 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
 
 
 def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request], Awaitable[Response]]:
-    """``GET /metrics`` of the whole server: this worker's series and its siblings' merged
-    (:func:`pyserve.workers.metrics.merge`). A sibling that does not answer is left out, and said
-    in the log: its counters come back when it does (a restarted worker's start from 0)."""
+    """``GET /metrics`` of the whole server: this worker's series, its siblings' answers, the saved
+    counters of a sibling that does not answer (said in the log) and the retired totals of the
+    workers that exited, merged (:mod:`pyserve.workers.counters`): no counter goes backwards when a
+    worker dies or restarts. This worker's exposition is saved before it is published."""
+    runtime_dir = siblings.worker.runtime_dir
+    own = counters.exposition_path(runtime_dir, siblings.worker.index)
 
     @async_endpoint
     async def handler(request: Request) -> Response:
-        texts = [metrics.render(registry).decode()]
-        for answer in await siblings.ask("GET", "/metrics"):
-            if answer.ok:
-                texts.append(answer.body.decode())
-            else:
-                log.warning("/metrics: %s; its series are left out of this scrape", _worker_error(answer))
-        body = await asyncio.to_thread(merged_metrics.merge, texts)
-        return Response(body, content_type=metrics.CONTENT_TYPE)
+        tries = 0
+        while True:
+            tries += 1
+            generation = (await asyncio.to_thread(counters.read_retired, runtime_dir)).generation
+            text = metrics.render(registry)
+            await asyncio.to_thread(counters.write_atomically, own, text)
+            texts, absent = [text.decode()], []
+            for answer in await siblings.ask("GET", "/metrics"):
+                if answer.ok:
+                    texts.append(answer.body.decode())
+                else:
+                    absent.append(answer.worker)
+                    log.warning("/metrics: %s; its last saved counters stand in", _worker_error(answer))
+            try:
+                # The last try publishes whatever the generation (a worker retired during each).
+                body = await asyncio.to_thread(counters.whole_server, runtime_dir, texts, absent,
+                                               generation if tries < counters.SCRAPE_TRIES else None)
+            except counters.RetiredMeanwhile:
+                continue
+            return Response(body, content_type=metrics.CONTENT_TYPE)
 
     return handler
+
+
+@async_endpoint
+async def own_metrics(request: Request) -> Response:
+    """``GET /metrics`` of the private channel: this worker's series only, saved on the way as its
+    last known counts (:mod:`pyserve.workers.counters`)."""
+    text = metrics.render(request.app.registry)
+    worker = request.app.settings.worker
+    if worker is not None:
+        await asyncio.to_thread(counters.write_atomically,
+                                counters.exposition_path(worker.runtime_dir, worker.index), text)
+    return Response(text, content_type=metrics.CONTENT_TYPE)
 
 
 def as_forwarded(handler: Callable[[Request], Awaitable[Response]]

@@ -18,6 +18,11 @@ class WorkerSettings:
     count: int
     runtime_dir: Path
 
+    def unpack_dir(self, index: int) -> Path:
+        """Where worker ``index`` unpacks ``.pyserve`` artifacts (its own: no two workers share a
+        folder, and the supervisor deletes it when the worker exits)."""
+        return self.runtime_dir / f"unpacked-{index}"
+
     def socket_path(self, index: int) -> Path:
         """The channel socket of worker ``index``."""
         return self.runtime_dir / f"worker-{index}.sock"

@@ -11,6 +11,7 @@ spreads them over the workers' listening sockets only (Linux ``socket(7)``, SO_R
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pyserve.workers import counters
 from pyserve.workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -36,6 +38,8 @@ log = logging.getLogger("pyserve.workers")
 # worker that served STABLE_S seconds before it died is restarted after the first again.
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 STABLE_S = 60.0
+# sun_path of Linux's sockaddr_un is 108 bytes, the terminating NUL included (unix(7)).
+MAX_SOCKET_PATH = 107
 EXIT_REFUSED = 2  # pyserve.cli.EXIT_REFUSED: a worker refused to start
 # The workers' exit is also polled this often (waitpid): a worker's sentinel pipe does not close
 # while a process it forked without exec still holds the pipe's write end.
@@ -57,9 +61,18 @@ class _Worker:
 def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEPORT, not listening: the port stays this
     server's while its workers bind it too. Raises OSError (socket.gaierror for a name that does not
-    resolve; EADDRINUSE, EADDRNOTAVAIL, EACCES) as a listener's bind would."""
+    resolve; EADDRINUSE, EADDRNOTAVAIL, EACCES) as a listener's bind would, EADDRINUSE included when
+    the port is held by another server of the same user that set SO_REUSEPORT too (a second
+    ``pyserve serve --workers`` on the port of a running or draining one)."""
     family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    # SO_REUSEPORT lets any socket of the same user share the port, so bind once without it first:
+    # that bind fails while anything holds the port. The window between the two binds is the only
+    # time another server could slip in.
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)
+        address = probe.getsockname()  # --port 0: the port the kernel chose
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -74,11 +87,17 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def run(settings: ServerSettings, count: int, log_level: str) -> int:
     """Serves ``settings`` with ``count`` worker processes until SIGTERM or SIGINT; the exit status
     (0 when every worker stopped cleanly; a worker's status when one could not start, which stops
-    the others). Raises OSError when the port cannot be reserved."""
+    the others). Raises OSError when the port cannot be reserved, or ENAMETOOLONG when the temporary
+    folder's path is too long for the channel's Unix sockets."""
     reserved = reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
     runtime_dir = Path(tempfile.mkdtemp(prefix="pyserve-workers-"))  # mode 0700: the channel's guard
     try:
+        longest = WorkerSettings(count - 1, count, runtime_dir).socket_path(count - 1)
+        if len(os.fsencode(longest)) > MAX_SOCKET_PATH:
+            raise OSError(errno.ENAMETOOLONG, f"the workers' channel sockets ({longest}) would have paths "
+                          f"longer than the {MAX_SOCKET_PATH} bytes a Unix socket allows: set TMPDIR to a "
+                          "shorter folder")
         supervisor = Supervisor(dataclasses.replace(settings, port=port), count, runtime_dir, log_level)
         return supervisor.run()
     finally:
@@ -182,6 +201,10 @@ class Supervisor:
             if w.process is None or w.process.exitcode is None or w.restart_at is not None:
                 continue
             code = w.process.exitcode
+            self._retire_counters(w)
+            # What a worker killed with SIGKILL had unpacked is never deleted by itself.
+            shutil.rmtree(WorkerSettings(w.index, self.count, self.runtime_dir).unpack_dir(w.index),
+                          ignore_errors=True)
             listened = w.listening.is_set()
             w.ever_listened |= listened
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
@@ -210,6 +233,15 @@ class Supervisor:
                         how, served, backoff)
             w.restart_at = time.monotonic() + backoff
 
+    def _retire_counters(self, w: _Worker) -> None:
+        """Keeps the exited worker's last saved counts in the retired totals, before it starts again
+        (pyserve.workers.counters)."""
+        try:
+            counters.retire(self.runtime_dir, w.index)
+        except (OSError, ValueError) as e:
+            log.error("worker %d: its last counts could not be kept in the retired totals (%s): the "
+                      "counters of /metrics drop by them once it restarts", w.index, e)
+
     def _restart_due(self) -> None:
         now = time.monotonic()
         for w in self.workers:
@@ -226,8 +258,11 @@ def worker_main(settings: ServerSettings, worker: WorkerSettings, log_level: str
 
     logging.basicConfig(level=log_level.upper(),
                         format=f"%(asctime)s %(levelname)s %(name)s [worker {worker.index}]: %(message)s")
+    unpack_dir = worker.unpack_dir(worker.index)
+    unpack_dir.mkdir(mode=0o700, exist_ok=True)
+    artifacts = dataclasses.replace(settings.artifacts, unpack_dir=unpack_dir)
     try:
-        run(dataclasses.replace(settings, worker=worker), on_listening=listening.set)
+        run(dataclasses.replace(settings, worker=worker, artifacts=artifacts), on_listening=listening.set)
     except PyserveError as e:
         print(f"pyserve serve: worker {worker.index}: {e.message}", file=sys.stderr)
         sys.exit(EXIT_REFUSED)
