@@ -59,7 +59,9 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 def _split_url(url: bytes) -> tuple[str, str]:
     """The percent-decoded path and the query of a request target (HttpParserInvalidURLError)."""
-    if url.startswith(b"/") and b"?" not in url and b"#" not in url:
+    # find(), not `b"?" in url`: on bytes, `in` first tries the operand as an integer and raises and
+    # clears a TypeError (about 1,800 instructions each in CPython 3.11, callgrind).
+    if url.startswith(b"/") and url.find(b"?") < 0 and url.find(b"#") < 0:
         path, query = url.decode("utf-8", "replace"), ""  # the common case, without parse_url
     else:
         parsed = httptools.parse_url(url)
