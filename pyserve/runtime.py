@@ -28,9 +28,23 @@ _FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
 class CallFuture(asyncio.Future):
     """The future of one request in the core; once done, ``queue_us`` is how long it waited in the
     queue and ``compute_us`` how long the backend call of its batch took, as the core measured them
-    (-1: it never queued / never ran). Read by the payload log."""
+    (-1: it never queued / never ran). Read by the payload log.
 
-    __slots__ = ("queue_us", "compute_us")
+    Cancelling it cancels the request in the core (``_scheduler.cancel(_request_id)``), at once: an
+    override of :meth:`cancel` rather than a done callback, which would cost every request a
+    closure and a turn of the loop's ready queue when its answer comes."""
+
+    __slots__ = ("queue_us", "compute_us", "_scheduler", "_request_id")
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancels the future (False when it is done already) and the request in the core's queue;
+        a request whose batch is running is answered, and its answer dropped."""
+        if not super().cancel(msg):
+            return False
+        scheduler = getattr(self, "_scheduler", None)  # None: cancelled before it was queued
+        if scheduler is not None:
+            scheduler.cancel(self._request_id)
+        return True
 
 
 class CompletionPump:
@@ -147,7 +161,7 @@ class ModelRunner:
             request_id = self._scheduler.submit(inputs, future, priority, timeout_us)
         except _core.CoreError as e:
             raise self._refused(inputs, error_from_core(*e.args)) from None
-        future.add_done_callback(lambda f: f.cancelled() and self._scheduler.cancel(request_id))
+        future._scheduler, future._request_id = self._scheduler, request_id  # for CallFuture.cancel
         if not inline:
             self._background = True  # until this turn's flush has dispatched it
         if self._dispatch_when_idle and not self._flush_scheduled:

@@ -428,6 +428,35 @@ def test_runner_cancelled_future_cancels_queued_request() -> None:
     asyncio.run(main())
 
 
+def test_runner_task_cancelled_while_awaiting_cancels_queued_request() -> None:
+    """A task awaiting the future (a handler whose client went away) cancels the request in the core
+    when the task is cancelled, at once, and the queued request never runs; cancelling a future that
+    is done already cancels nothing."""
+    gate = Gate()
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(max_batch_size=1), "1", gate, pump)
+        first = runner.submit(sample(0))
+        await asyncio.get_running_loop().run_in_executor(None, gate.started.wait, 5)
+        waiter = asyncio.ensure_future(runner.infer(sample(1)))
+        await asyncio.sleep(0)  # the task now awaits the core's future
+        waiter.cancel()
+        assert runner.stats()["requests_cancelled"] == 1  # at once, not on a later turn of the loop
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.release.set()
+        assert float((await first)["y"][0, 0]) == 0.0
+        assert first.cancel() is False  # done: nothing to cancel
+        await runner.stop()
+        stats = runner.stats()
+        assert stats["requests_cancelled"] == 1
+        assert gate.batches == [[0.0]]
+        pump.close()
+
+    asyncio.run(main())
+
+
 def test_runner_timeout_maps_to_deadline_exceeded() -> None:
     gate = Gate()
 

@@ -681,3 +681,20 @@ def test_refused_connection_is_closed_after_lingering(server: Server) -> None:
                 closed = True
         assert closed, "the server still held the refused connection open after 6 s"
     assert not crash_reports(server.log()), crash_reports(server.log())
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    (b"/v2/models/m/infer", ("/v2/models/m/infer", "")),
+    (b"/v2/models/m/infer?x=1&y=2", ("/v2/models/m/infer", "x=1&y=2")),
+    (b"/v2/models/m/infer#part", ("/v2/models/m/infer", "")),
+    (b"/v2/models/m?x=1#part", ("/v2/models/m", "x=1")),
+    (b"/v2/models/my%20model/ready", ("/v2/models/my model/ready", "")),
+    (b"/v2/models/a%3Fb/ready", ("/v2/models/a?b/ready", "")),  # an encoded ? is the path's
+    (b"http://host:8000/v2/health/live?probe=1", ("/v2/health/live", "probe=1")),  # absolute form
+], ids=["plain", "query", "fragment", "query-and-fragment", "percent", "encoded-question-mark", "absolute"])
+def test_request_target_split_into_path_and_query(target: bytes, expected: tuple[str, str]) -> None:
+    """The request target's path (percent-decoded) and query, through the fast path for a plain
+    path and through httptools' URL parser for the rest."""
+    from pyserve.server.http import _split_url
+
+    assert _split_url(target) == expected

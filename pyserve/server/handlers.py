@@ -164,7 +164,7 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
             req, ctx = _as_sent(request)  # for the error's hooks (the payload log): small bodies only
             raise
         request.body = b""  # what is needed is decoded: the rest may go while the model runs
-        future, ctx, runner = _submit(request, runner, req, protocol)
+        future, ctx, runner = _submit(request, service, name, version, runner, req, protocol)
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)
 
@@ -208,15 +208,13 @@ def _decoder_pool() -> ThreadPoolExecutor:
     return _decoders
 
 
-def _submit(request: Request, runner: Any, req: InferRequest, protocol: str) -> tuple[asyncio.Future,
-                                                                                      CallContext, Any]:
-    """Routes a decoded request (the weighted split) and queues it; returns its future, its context
-    and the runner that serves it."""
-    service = _service(request)
-    name = request.match_info["model"]
+def _submit(request: Request, service: InferenceService, name: str, version: str | None, runner: Any,
+            req: InferRequest, protocol: str) -> tuple[asyncio.Future, CallContext, Any]:
+    """Routes a decoded request for model ``name`` at ``version`` (the weighted split) and queues it;
+    returns its future, its context and the runner that serves it."""
     header = service.routing_header(name)
     ctx = CallContext(protocol, req.id, request.headers.get(header) if header else None)
-    runner = service.route(name, request.match_info.get("version"), ctx, runner)  # the split
+    runner = service.route(name, version, ctx, runner)  # the split
     return service.submit(runner, req, ctx), ctx, runner
 
 
@@ -230,7 +228,8 @@ async def _infer_decoded_off_loop(request: Request, runner: Any) -> Response:
         req, protocol = await asyncio.get_running_loop().run_in_executor(_decoder_pool(), _decode_infer,
                                                                          request, check)
         request.body = b""
-        future, ctx, runner = _submit(request, runner, req, protocol)
+        future, ctx, runner = _submit(request, service, request.match_info["model"],
+                                      request.match_info.get("version"), runner, req, protocol)
         try:
             await future  # a client that hangs up cancels this task, and so the request
         except PyserveError:

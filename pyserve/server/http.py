@@ -20,6 +20,7 @@ connection over the cap is closed as soon as it is accepted, before anything is 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -58,7 +59,9 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 def _split_url(url: bytes) -> tuple[str, str]:
     """The percent-decoded path and the query of a request target (HttpParserInvalidURLError)."""
-    if url.startswith(b"/") and b"?" not in url and b"#" not in url:
+    # find(), not `b"?" in url`: on bytes, `in` first tries the operand as an integer and raises and
+    # clears a TypeError (about 1,800 instructions each in CPython 3.11, callgrind).
+    if url.startswith(b"/") and url.find(b"?") < 0 and url.find(b"#") < 0:
         path, query = url.decode("utf-8", "replace"), ""  # the common case, without parse_url
     else:
         parsed = httptools.parse_url(url)
@@ -210,6 +213,7 @@ class Connection(asyncio.Protocol):
         self.peer = ""
         self.client_cert: ClientCertificate | None = None
         self._upgrade = False
+        self._http10 = False  # the request being read is HTTP/1.0 (set once its headers are read)
         self._linger = False  # close by half-closing first: the client may still be sending
         self._backlog: memoryview | None = None  # read but not yet parsed (reading is paused)
         self._feeding = False
@@ -343,6 +347,7 @@ class Connection(asyncio.Protocol):
         if version not in ("1.1", "1.0"):
             self._refuse(505, f"HTTP/{version} is not supported: this server speaks HTTP/1.1")
             return
+        self._http10 = version == "1.0"  # read once: on_message_complete needs it too
         if version == "1.1" and self._host_count != 1:  # RFC 9112 3.2
             self._refuse(400, f"an HTTP/1.1 request must have exactly one Host header, got {self._host_count}")
             return
@@ -388,7 +393,7 @@ class Connection(asyncio.Protocol):
         if self._refused or self.closing:
             return
         parser = self.parser
-        http10 = parser.get_http_version() == "1.0"
+        http10 = self._http10
         keep_alive = parser.should_keep_alive() and not self.server.closing and not self._upgrade
         body = self._body
         self._body = b""
@@ -435,7 +440,8 @@ class Connection(asyncio.Protocol):
         slot.future = future
         self.pending.append(slot)
         self.pending_bytes += slot.nbytes
-        future.add_done_callback(lambda f: self._fill(slot, finish, f, head))
+        # A partial (called in C), not a lambda: one Python frame less per answer.
+        future.add_done_callback(functools.partial(self._fill, slot, finish, head))
         if slot.close:
             self._stop_reading()
         elif len(self.pending) >= MAX_PIPELINED or self.pending_bytes > self.server.max_body_bytes:
@@ -448,8 +454,8 @@ class Connection(asyncio.Protocol):
         log.error("unexpected error in a handler", exc_info=exc)
         return internal_error()
 
-    def _fill(self, slot: _Slot, finish: Callable[[asyncio.Future], Response], future: asyncio.Future,
-              head: bool) -> None:
+    def _fill(self, slot: _Slot, finish: Callable[[asyncio.Future], Response], head: bool,
+              future: asyncio.Future) -> None:
         if future.cancelled() or self.transport is None:
             return  # the connection is gone
         try:

@@ -112,6 +112,9 @@ class InferenceService:
         self._after: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
         self._on_error: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
         self._input_checks: weakref.WeakKeyDictionary[ModelRunner, InputCheck] = weakref.WeakKeyDictionary()
+        # The runner of the last input_check() and its check, the runner by weak reference (an
+        # unloaded version must not be kept alive by it).
+        self._last_check: tuple[Callable[[], ModelRunner | None], InputCheck | None] = (lambda: None, None)
         for h in hooks:
             self.add_hooks(h)
 
@@ -119,9 +122,13 @@ class InferenceService:
         """The check of ``runner``'s inputs that a transport gives its decoder, so that a request the
         model refuses is refused from its tensors' headers, before their data is decoded
         (:mod:`pyserve.service.input_check`)."""
+        last_runner, check = self._last_check
+        if last_runner() is runner:  # the same version as the last call, as a rule: no weakref made
+            return check  # type: ignore[return-value]
         check = self._input_checks.get(runner)
         if check is None:
             check = self._input_checks[runner] = InputCheck(runner.config)
+        self._last_check = (weakref.ref(runner), check)
         return check
 
     def add_hooks(self, hooks: InferHooks) -> None:
@@ -226,8 +233,12 @@ class InferenceService:
             outputs = selected
         runner.last_inference_ms = time.time_ns() // 1_000_000
         response = InferResponse(runner.config.name, runner.version, outputs, request.id, None)
-        if self._after:
-            self._run_hooks(self._after, "after_response", ctx, runner, request, response)
+        if self._after:  # _run_hooks written out: one frame and one tuple less for every answer
+            for call, hooks in self._after:
+                try:
+                    call(ctx, runner, request, response)
+                except Exception:
+                    log.exception("after_response hook %s failed", type(hooks).__name__)
         return response
 
     def failed(self, model_name: str, error: PyserveError, ctx: CallContext | None = None,

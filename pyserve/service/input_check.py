@@ -31,6 +31,10 @@ class InputCheck:
 
     def __init__(self, config: ModelConfig) -> None:
         self._specs: dict[str, TensorSpec] = {s.name: s for s in config.inputs}
+        # Each input's expected shape as the wire gives it (the batch dimension first, -1), built
+        # once rather than for every request.
+        self._expected: dict[str, tuple[int, ...]] = {
+            s.name: (-1, *s.shape) if config.max_batch_size > 0 else tuple(s.shape) for s in config.inputs}
         self._names = ", ".join(s.name for s in config.inputs)
         self._batching = config.max_batch_size > 0
         self._max_batch_size = config.max_batch_size
@@ -49,25 +53,27 @@ class InputCheck:
             spec = self._specs.get(h.name)
             if spec is None:
                 continue
-            who = f"input '{h.name}'"
+            # The messages are formatted only when raised: this runs for every request.
             if h.datatype != spec.datatype:
-                raise invalid(f"{who}: expected datatype {spec.datatype}, got {h.datatype}")
-            expected = (-1, *spec.shape) if self._batching else tuple(spec.shape)
+                raise invalid(f"input '{h.name}': expected datatype {spec.datatype}, got {h.datatype}")
+            expected = self._expected[h.name]
             if len(h.shape) != len(expected) or any(e >= 0 and d != e for d, e in zip(h.shape, expected)):
-                raise invalid(f"{who}: expected shape {_shape_text(expected)}, got {_shape_text(h.shape)}")
+                raise invalid(f"input '{h.name}': expected shape {_shape_text(expected)}, "
+                              f"got {_shape_text(h.shape)}")
             if self._batching:
                 if batch_size is None:
                     batch_size, first = h.shape[0], h.name
                 elif h.shape[0] != batch_size:
-                    raise invalid(f"{who}: batch dimension {h.shape[0]} differs from input '{first}' ({batch_size})")
+                    raise invalid(f"input '{h.name}': batch dimension {h.shape[0]} differs from input "
+                                  f"'{first}' ({batch_size})")
             if h.nbytes is not None:  # the decoders' words (pyserve.protocol.array_from_raw)
                 if h.datatype == "BYTES":
                     if h.count * 4 > h.nbytes:
-                        raise invalid(f"{who}: expected at least {h.count * 4} bytes of BYTES data for shape "
-                                      f"{list(h.shape)} ({h.count} elements), got {h.nbytes}")
+                        raise invalid(f"input '{h.name}': expected at least {h.count * 4} bytes of BYTES "
+                                      f"data for shape {list(h.shape)} ({h.count} elements), got {h.nbytes}")
                 elif h.count * NUMPY_DTYPES[h.datatype].itemsize != h.nbytes:
-                    raise invalid(f"{who}: expected {h.count * NUMPY_DTYPES[h.datatype].itemsize} bytes for "
-                                  f"{h.datatype} shape {list(h.shape)}, got {h.nbytes}")
+                    raise invalid(f"input '{h.name}': expected {h.count * NUMPY_DTYPES[h.datatype].itemsize} "
+                                  f"bytes for {h.datatype} shape {list(h.shape)}, got {h.nbytes}")
         if batch_size is not None:
             if batch_size < 1:
                 raise invalid(f"the batch dimension must be at least 1, got {batch_size}")

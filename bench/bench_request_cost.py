@@ -1,0 +1,277 @@
+"""What one request costs the server, in instructions (callgrind) and in microseconds, per encoding.
+
+A shared machine's wall clock is noisy; instruction counts are not. The server runs under valgrind's
+callgrind with collection off (``--instr-atstart=no``, one output file per thread); a client in this
+process sends, for each encoding (KServe JSON, the binary tensor extension, msgpack), a warm-up and
+then N requests one after another on one keep-alive connection to the tiny MLP (32-64-10 of
+bench_server.py, at most 32 samples per batch, 2 ms delay, one ONNX Runtime thread), with collection
+switched on (``callgrind_control -i on``) for exactly those N; the counts are dumped and divided by
+N. With ``--payload-log`` the model's payload log is on at sample rate 1.0 (issue 9's cost).
+
+Printed per encoding: the instructions per request of the event loop's thread (the server's main
+thread) and of every other thread together (ONNX Runtime, the core's instance threads, the payload
+log's writer), and the loop thread's instructions split into stages by the C functions where they are
+spent, inclusive of what they call (see STAGES; "python" is what is left: the interpreter running
+pyserve's own code). A second run without valgrind gives microseconds: the client's round trip and
+the server's CPU time per request (user + system from /proc, all threads), both noisy on a shared
+machine (quote same-run ratios).
+
+    python bench/bench_request_cost.py                      # ~3 min: callgrind, then wall clock
+    python bench/bench_request_cost.py --payload-log        # the same with the log at rate 1.0
+    python bench/bench_request_cost.py -n 500 --no-wall     # quicker, instructions only
+    python bench/bench_request_cost.py --keep DIR           # keep callgrind's files in DIR
+
+Needs valgrind (``apt-get install valgrind``) and the ``test`` extra (onnx); ``--payload-log`` needs
+the ``log`` extra (pyarrow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_server import LAYERS, wait_ready, write_mlp  # noqa: E402
+
+ENCODINGS = ("json", "binary", "msgpack")
+# A fixed hash seed: string hashes decide dict probe sequences, which move the counts between runs
+# by a few thousand instructions per request otherwise.
+SERVER_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+# Stages of the loop thread: a name and the C functions (a regular expression over callgrind's function
+# names) whose inclusive costs, summed, are the stage. Stages nest as indented: the handler runs
+# inside llhttp's on_message_complete callback, and the answer is written from a loop callback
+# (Handle._run: the future's done callbacks, the core's flush); what they leave is the interpreter
+# running pyserve's Python code and the loop's own work (reading, writing, polling).
+STAGES = (
+    ("HTTP parse + handler (llhttp_execute)", r"^llhttp_execute$"),
+    ("  headers (httptools callbacks)", r"6parser_cb_on_(url|header_field|header_value|headers_complete|message_begin)$"),
+    ("  handler (on_message_complete)", r"6parser_cb_on_message_complete$"),
+    ("loop callbacks (Handle._run)", r"loop_6Handle__run$"),
+    ("JSON tensor decode (C++)", r"pyserve::(ScanRequest|DecodeData)\("),
+    ("orjson (dumps + loads)", r"^(dumps|loads)$"),
+    ("msgpack", r"^__pyx_pw_7msgpack_9_cmsgpack_(3unpackb|6Packer_7pack)$"),
+    ("asyncio futures (C)", r"^(_asyncio_Future_set_result|future_schedule_callbacks|FutureObj_dealloc|"
+                            r"_asyncio_Future_add_done_callback)$"),
+    ("garbage collector", r"^gc_collect_main$"),
+)
+
+
+
+def bodies(dim: int) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """One request of one sample per encoding: (body, extra headers)."""
+    import msgpack
+
+    x = np.random.default_rng(0).standard_normal((1, dim)).astype(np.float32)
+    doc = {"inputs": [{"name": "x", "shape": [1, dim], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, dim], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    packed = msgpack.packb({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, dim], "data": x.tobytes()}]})
+    return {
+        "json": (json.dumps(doc).encode(), {"Content-Type": "application/json"}),
+        "binary": (header + x.tobytes(), {"Content-Type": "application/octet-stream",
+                                          "Inference-Header-Content-Length": str(len(header))}),
+        "msgpack": (packed, {"Content-Type": "application/msgpack"}),
+    }
+
+
+class Client:
+    """Sends one request at a time on one keep-alive connection and reads its whole answer."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def request(self, raw: bytes) -> int:
+        """Sends ``raw`` (a whole HTTP request) and returns the answer's status; raises on a short read."""
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self._read()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)\ncontent-length: *(\d+)", head).group(1))
+        while len(self.buf) < length:
+            self._read()
+        self.buf = self.buf[length:]
+        return int(head[9:12])
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buf += chunk
+
+
+def raw_request(model: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST /v2/models/{model}/infer HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def send(client: Client, raw: bytes, n: int) -> None:
+    for _ in range(n):
+        status = client.request(raw)
+        if status != 200:
+            raise SystemExit(f"the server answered {status}")
+
+
+def write_repository(root: Path, payload_log: bool) -> Path:
+    repo = root / "models"
+    (repo / "tiny" / "1").mkdir(parents=True)
+    write_mlp(repo / "tiny" / "1" / "model.onnx", LAYERS["tiny"])
+    table = "[payload_log]\nsample_rate = 1.0\n" if payload_log else ""
+    (repo / "tiny" / "config.toml").write_text(
+        "max_batch_size = 32\ninstance_count = 1\n[dynamic_batching]\nmax_queue_delay_us = 2000\n"
+        "[onnxruntime]\nintra_op_num_threads = 1\n" + table)
+    return repo
+
+
+def server_argv(repo: Path, port: int, log_dir: Path | None) -> list[str]:
+    argv = [sys.executable, "-m", "pyserve", "serve", str(repo), "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning"]
+    return argv + (["--payload-log-dir", str(log_dir)] if log_dir is not None else [])
+
+
+def callgrind_control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+
+def thread_totals(files: list[Path]) -> dict[int, int]:
+    """Instructions per thread number (1: the main thread, the event loop's) of one dump's files."""
+    totals = {}
+    for f in files:
+        text = f.read_text(errors="replace")
+        thread = int(re.search(r"^thread: (\d+)", text, re.M).group(1))
+        m = re.search(r"^totals: (\d+)", text, re.M)
+        totals[thread] = int(m.group(1)) if m else 0
+    return totals
+
+
+def inclusive(file: Path) -> list[tuple[int, str]]:
+    """(inclusive instructions, function) of one thread's dump, from callgrind_annotate."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(file)],
+                         check=True, capture_output=True, text=True).stdout
+    costs: dict[str, int] = {}  # a function inlined in several files is listed once per file: keep one
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+) \([^)]*\)\s+(?:\*\s+)?(\S.*)$", line)
+        if m and ":" in m.group(2):
+            fn = m.group(2).split(":", 1)[1].split(" [")[0].strip()
+            costs[fn] = max(costs.get(fn, 0), int(m.group(1).replace(",", "")))
+    return [(c, fn) for fn, c in costs.items()]
+
+
+def split_stages(rows: list[tuple[int, str]]) -> list[int]:
+    """The loop thread's instructions per stage (STAGES): the summed inclusive costs of the functions
+    each stage names, recursive calls (callgrind's ``'N`` names) left out as they are counted already."""
+    out = []
+    for _, pattern in STAGES:
+        rx = re.compile(pattern)
+        out.append(sum(c for c, fn in rows if "'" not in fn and rx.search(fn)))
+    return out
+
+
+def run_callgrind(args: argparse.Namespace, repo: Path, log_dir: Path | None, work: Path) -> dict:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    out = work / "callgrind"
+    out.mkdir()
+    argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+            f"--callgrind-out-file={out}/callgrind.out.%p", *server_argv(repo, args.port, log_dir)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(work / "valgrind.log", "w"), env=SERVER_ENV)
+    results = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{args.port}", timeout_s=600)
+        client = Client(args.port)
+        for part, enc in enumerate(ENCODINGS, start=1):
+            body, headers = bodies(LAYERS["tiny"][0])[enc]
+            raw = raw_request("tiny", body, headers)
+            send(client, raw, args.warmup)
+            callgrind_control(server.pid, "--zero")
+            callgrind_control(server.pid, "-i", "on")
+            send(client, raw, args.n)
+            callgrind_control(server.pid, "-i", "off")
+            callgrind_control(server.pid, f"--dump={enc}")
+            files = sorted(out.glob(f"callgrind.out.{server.pid}.{part}-*"))
+            totals = thread_totals(files)
+            main = next(f for f in files if f.name.endswith("-01"))
+            results[enc] = {"totals": totals, "stages": split_stages(inclusive(main))}
+    finally:
+        server.terminate()
+        server.wait(120)
+    if args.keep:
+        shutil.copytree(out, Path(args.keep), dirs_exist_ok=True)
+    return results
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wall(args: argparse.Namespace, repo: Path, log_dir: Path | None) -> dict:
+    server = subprocess.Popen(server_argv(repo, args.port + 1, log_dir), stdout=subprocess.DEVNULL, env=SERVER_ENV)
+    results = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{args.port + 1}")
+        client = Client(args.port + 1)
+        n = args.n * 5
+        for enc in ENCODINGS:
+            body, headers = bodies(LAYERS["tiny"][0])[enc]
+            raw = raw_request("tiny", body, headers)
+            send(client, raw, args.warmup * 5)
+            cpu0, t0 = cpu_s(server.pid), time.perf_counter()
+            send(client, raw, n)
+            t1, cpu1 = time.perf_counter(), cpu_s(server.pid)
+            results[enc] = ((t1 - t0) / n * 1e6, (cpu1 - cpu0) / n * 1e6)
+    finally:
+        server.terminate()
+        server.wait(60)
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=2000, help="requests measured per encoding (default 2000)")
+    p.add_argument("--warmup", type=int, default=200, help="requests sent before measuring (default 200)")
+    p.add_argument("--payload-log", action="store_true", help="the model's payload log on at sample rate 1.0")
+    p.add_argument("--port", type=int, default=8151)
+    p.add_argument("--no-wall", action="store_true", help="skip the run without valgrind (microseconds)")
+    p.add_argument("--keep", metavar="DIR", help="copy callgrind's output files to DIR")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pyserve-cost-") as tmp:
+        work = Path(tmp)
+        repo = write_repository(work, args.payload_log)
+        log_dir = work / "payload-log" if args.payload_log else None
+        cg = run_callgrind(args, repo, log_dir, work)
+        wall = {} if args.no_wall else run_wall(args, repo, log_dir)
+    n = args.n
+    print(f"# pyserve request cost, tiny model (32-64-10), 1 client, one request at a time, N={n} per encoding, "
+          f"payload log {'on, rate 1.0' if args.payload_log else 'off'}")
+    print("# instructions/request (callgrind); loop = the event loop's thread, other = every other thread")
+    print(f"{'stage':40s}" + "".join(f"{e:>12s}" for e in ENCODINGS))
+    rows = [("loop thread, total", [cg[e]["totals"].get(1, 0) for e in ENCODINGS]),
+            ("other threads, total", [sum(v for t, v in cg[e]["totals"].items() if t != 1) for e in ENCODINGS])]
+    for i, (name, _) in enumerate(STAGES):
+        rows.append((f"  {name}", [cg[e]["stages"][i] for e in ENCODINGS]))
+    for name, values in rows:
+        print(f"{name:40s}" + "".join(f"{v / n:12,.0f}" for v in values))
+    if wall:
+        print("# microseconds/request, no valgrind (noisy on a shared machine: compare within one run)")
+        print(f"{'client round trip (us)':40s}" + "".join(f"{wall[e][0]:12.1f}" for e in ENCODINGS))
+        print(f"{'server CPU, all threads (us)':40s}" + "".join(f"{wall[e][1]:12.1f}" for e in ENCODINGS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
