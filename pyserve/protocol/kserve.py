@@ -28,7 +28,7 @@ import orjson
 
 from pyserve.datatypes import NUMPY_DTYPES, datatype_of
 from pyserve.errors import PyserveError, invalid
-from pyserve.protocol import kserve_json
+from pyserve.protocol import kserve_json, kserve_reply
 from pyserve.protocol import (
     InferRequest,
     InferResponse,
@@ -434,6 +434,8 @@ def encode_response(
     ``binary_data: true``, or said nothing and ``binary_default`` (the request's
     ``parameters.binary_data_output``) is true. The length is None when no output is binary.
     NaN and infinities in JSON outputs are written as NaN, Infinity and -Infinity, as Triton does.
+    The body is written by :mod:`pyserve.protocol.kserve_reply` (C++, GIL released), so that a
+    caller on a thread leaves the event loop free, or by :func:`_reference_body`: the same bytes.
     """
     if requested is None:
         items = [(name, arr, binary_default) for name, arr in resp.outputs.items()]
@@ -449,6 +451,17 @@ def encode_response(
         doc["id"] = resp.id
     if resp.parameters is not None:
         doc["parameters"] = resp.parameters
+    written = kserve_reply.encode_response(doc, items)  # C++, GIL released: the same bytes
+    if written is not None:
+        return written
+    return _reference_body(doc, items)
+
+
+def _reference_body(doc: dict[str, Any], items: list[tuple[str, Any, bool]]) -> tuple[bytes, int | None]:
+    """The reference encoder (orjson over the arrays): the body of ``doc`` with the outputs ``items``
+    ((name, array, binary) each) and its JSON length. :mod:`pyserve.protocol.kserve_reply` writes the
+    same bytes; this one takes what it does not (BYTES arrays of str dtype, ...)."""
+    doc = dict(doc)
     doc["outputs"], parts = _encode_tensors(items, "output")
     return _body(doc, parts)
 
