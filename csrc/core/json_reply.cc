@@ -20,34 +20,52 @@ inline char* Put(char* out, std::string_view s) {
   return out + s.size();
 }
 
-// `digits` (no sign, no point) times 10**(k - len + 1), where k is the decimal exponent of the
-// first digit, in orjson's layout (see json_reply.h): fixed notation for k in [min_k, max_k].
-char* Layout(const char* digits, int len, int k, int min_k, int max_k, char* out) {
+// The shortest round-trip text of a positive finite value in scientific form ("d[.ddd]e(+|-)XX",
+// std::to_chars) laid out as orjson lays it out (see json_reply.h): fixed notation for a decimal
+// exponent k of the first digit in [min_k, max_k]. Plain loops: the pieces are at most 17 bytes,
+// where calls to memcpy cost more than the copy.
+inline char* Layout(const char* sci, const char* sci_end, int min_k, int max_k, char* out) {
+  const char* e = sci_end - 3;  // the exponent has two or three digits: find the 'e'
+  while (*e != 'e') --e;
+  int k = 0;
+  for (const char* q = e + 2; q < sci_end; ++q) k = k * 10 + (*q - '0');
+  const bool negative = e[1] == '-';
+  if (negative) k = -k;
+  // The digits: sci[0], then sci[2..e) when there is a point.
+  const char* rest = sci + 2;
+  const int more = e > sci + 1 ? static_cast<int>(e - rest) : 0;
   if (k >= 0 && k <= max_k) {
-    if (len <= k + 1) {  // an integer: its digits, zeros, ".0"
-      out = Put(out, {digits, static_cast<size_t>(len)});
-      std::memset(out, '0', static_cast<size_t>(k + 1 - len));
-      out += k + 1 - len;
-      return Put(out, ".0");
-    }
-    out = Put(out, {digits, static_cast<size_t>(k + 1)});
+    *out++ = sci[0];
+    int i = 0;
+    for (; i < k; ++i) *out++ = i < more ? rest[i] : '0';
     *out++ = '.';
-    return Put(out, {digits + k + 1, static_cast<size_t>(len - k - 1)});
+    if (i >= more) {
+      *out++ = '0';
+      return out;
+    }
+    for (; i < more; ++i) *out++ = rest[i];
+    return out;
   }
   if (k < 0 && k >= min_k) {  // 0.000ddd
-    out = Put(out, "0.");
-    std::memset(out, '0', static_cast<size_t>(-k - 1));
-    out += -k - 1;
-    return Put(out, {digits, static_cast<size_t>(len)});
-  }
-  *out++ = digits[0];
-  if (len > 1) {
+    *out++ = '0';
     *out++ = '.';
-    out = Put(out, {digits + 1, static_cast<size_t>(len - 1)});
+    for (int i = -1; i > k; --i) *out++ = '0';
+    *out++ = sci[0];
+    for (int i = 0; i < more; ++i) *out++ = rest[i];
+    return out;
+  }
+  *out++ = sci[0];
+  if (more) {
+    *out++ = '.';
+    for (int i = 0; i < more; ++i) *out++ = rest[i];
   }
   *out++ = 'e';
-  if (k >= 0) *out++ = '+';
-  return std::to_chars(out, out + 8, k).ptr;
+  *out++ = negative ? '-' : '+';
+  const int a = negative ? -k : k;  // no leading zero, unlike to_chars's "e-07"
+  if (a >= 100) *out++ = static_cast<char>('0' + a / 100);
+  if (a >= 10) *out++ = static_cast<char>('0' + a / 10 % 10);
+  *out++ = static_cast<char>('0' + a % 10);
+  return out;
 }
 
 template <typename T>
@@ -58,20 +76,14 @@ char* WriteFloat(T value, char* out) {
     *out++ = '-';
     value = -value;
   }
-  if (value == 0) return Put(out, "0.0");
-  // Shortest round-trip digits in scientific form: d[.ddd]e(+|-)XX.
+  if (value == 0) {
+    out[0] = '0', out[1] = '.', out[2] = '0';
+    return out + 3;
+  }
   char buf[32];
   const char* end = std::to_chars(buf, buf + sizeof buf, value, std::chars_format::scientific).ptr;
-  char digits[24];
-  int len = 0;
-  const char* p = buf;
-  for (; p < end && *p != 'e'; ++p) {
-    if (*p != '.') digits[len++] = *p;
-  }
-  int k = 0;
-  std::from_chars(p + 1 + (p[1] == '+'), end, k);
   // orjson's (Rust ryu's) ranges: [-5, 15] for a double, [-6, 12] for a float.
-  return sizeof(T) == 8 ? Layout(digits, len, k, -5, 15, out) : Layout(digits, len, k, -6, 12, out);
+  return sizeof(T) == 8 ? Layout(buf, end, -5, 15, out) : Layout(buf, end, -6, 12, out);
 }
 
 template <typename T>
