@@ -183,3 +183,21 @@ def test_threads_write_the_same_bytes() -> None:
     for t in threads:
         t.join()
     assert len(results) == 20 and all(r == want for r in results)
+
+
+@pytest.mark.parametrize("sizes", [(1,), (200, 70_000), (3, 20_000, 5)], ids=str)
+def test_large_msgpack_replies_are_packb_byte_for_byte(sizes: tuple[int, ...]) -> None:
+    import msgpack
+
+    from pyserve.protocol import msgpack_codec
+
+    rng = np.random.default_rng(len(sizes))
+    outputs: dict[str, Any] = {f"t{i}": rng.standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)}
+    outputs["s"] = np.array([b"a", b"\xff", "\u00e9".encode()], dtype=object)
+    outputs["big"] = np.arange(20_000, dtype=">i8").reshape(100, 200)  # over the threshold alone
+    items = list(outputs.items())
+    doc = {"model_name": "m", "model_version": "1", "id": "x", "parameters": {"a": 1}}
+    want = msgpack.packb({**doc, "outputs": msgpack_codec._encode_tensors(items)})
+    assert msgpack_codec._join_response(doc, items) == want
+    resp = InferResponse(model_name="m", model_version="1", outputs=outputs, id="x", parameters={"a": 1})
+    assert msgpack_codec.encode_response(resp) == want

@@ -159,6 +159,9 @@ void RegisterJsonReply(py::module_& m) {
         "written as a KServe JSON tensor entry. Returns the bytes; the index of an item whose BYTES "
         "elements are not UTF-8; or None when an item holds what this writer does not take (BYTES "
         "elements other than bytes and str, a str with a lone surrogate).");
+  m.def("join_buffers", [](const py::list& parts) { return EncodeJsonReply(py::bytes(), py::list(), py::bytes(), parts); },
+        py::arg("parts"),
+        "b''.join(parts) with the GIL released while the bytes are copied (parts: flat contiguous buffers).");
 }
 
 }  // namespace pyserve
