@@ -14,7 +14,8 @@ Cases: ``json-nested-refused`` (nested rows of 4, a batch far over max_batch_siz
 BYTES elements sent to the FP32 model), ``json-nested-valid`` and ``binary-valid`` (bodies the model
 accepts, sent to ``text`` / ``echo`` of a large max_batch_size: the decoding itself),
 ``json-nested-valid-binary-reply`` (the same JSON body, its output asked for as a binary tensor:
-the probe's latency is then the decoding's, not the 60 MiB JSON reply's).
+the probe's latency is then the decoding's, not the 60 MiB JSON reply's), ``msgpack-valid`` (the
+same tensor as msgpack raw bytes, and a msgpack reply of 56 MiB).
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ def body_of(case: str, rows: int) -> tuple[str, bytes, dict[str, str]]:
     if case == "msgpack-bytes-refused":
         count = rows * 4
         doc = {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1, count], "data": b"\0\0\0\0" * count}]}
+        return "echo", msgpack.packb(doc), {"Content-Type": "application/msgpack"}
+    if case == "msgpack-valid":  # a 56 MiB msgpack reply: the same raw bytes back
+        doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 4],
+                           "data": struct.pack("<f", 1.5) * (rows * 4)}]}
         return "echo", msgpack.packb(doc), {"Content-Type": "application/msgpack"}
     if case == "binary-valid":
         raw = struct.pack("<f", 1.5) * (rows * 4)

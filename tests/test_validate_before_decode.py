@@ -71,9 +71,11 @@ class Service:
         result = handlers.infer(request)
         if type(result) is Response:
             return result
-        if type(result) is Deferred:
+        while type(result) is Deferred:  # a finish may hand over to another (a reply encoded off the loop)
             await asyncio.wait([result.future])
-            return result.finish(result.future)
+            result = result.finish(result.future)
+        if type(result) is Response:
+            return result
         return await result  # type: ignore[misc]
 
 
@@ -213,6 +215,39 @@ def test_a_large_body_is_decoded_off_the_event_loop(svc: Service, monkeypatch: p
         assert out["name"] == "ox" and out["shape"] == list(arr.shape) and out["data"] == arr.ravel().tolist()
     assert threads[0] == threading.main_thread().name
     assert threads[1].startswith("pyserve-decode")
+
+
+@pytest.mark.parametrize("large_body", [False, True], ids=["small-body", "large-body"])
+def test_large_replies_are_encoded_on_a_decoder_thread(svc: Service, monkeypatch: pytest.MonkeyPatch,
+                                                       large_body: bool) -> None:
+    threads: list[tuple[str, bool]] = []
+    encode = handlers._encode_infer
+
+    def spy(*args: Any) -> Any:
+        threads.append((threading.current_thread().name, bool(args[3:] and args[3])))
+        return encode(*args)
+
+    monkeypatch.setattr(handlers, "_encode_infer", spy)
+    monkeypatch.setattr(handlers, "ENCODE_OFF_LOOP_BYTES", 64)  # 16 FP32 values
+    bodies = []
+    for rows in (1, 8):  # 16 bytes of output, then 128
+        arr = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4) / 3
+        body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(arr.shape),
+                                       "data": arr.ravel().tolist()}]}).encode()
+        if large_body:
+            body = body[:-1] + b" " * handlers.DECODE_OFF_LOOP_BYTES + b"}"
+        for headers, outputs in ((JSON, None), (JSON, [{"name": "ox", "parameters": {"binary_data": True}}])):
+            if outputs:
+                body = body[:-1] + b', "outputs": ' + json.dumps(outputs).encode() + b"}"
+            resp = svc.post("echo", body, headers)
+            assert resp.status == 200, resp.body
+            length = (resp.headers or {}).get("Inference-Header-Content-Length")
+            got = kserve.decode_response(resp.body, length).outputs["ox"]
+            np.testing.assert_array_equal(got, arr)
+            bodies.append(resp.body)
+    main = threading.main_thread().name
+    assert [(t == main, gil_free) for t, gil_free in threads] == [(True, False)] * 2 + [(False, True)] * 2
+    assert threads[-1][0].startswith("pyserve-decode")
 
 
 def test_a_large_body_the_model_refuses_is_a_counted_400(svc: Service) -> None:

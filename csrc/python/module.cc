@@ -4,10 +4,12 @@
 namespace pyserve {
 void RegisterCore(pybind11::module_& m);
 void RegisterJson(pybind11::module_& m);
+void RegisterJsonReply(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "pyserve's C++ core: dynamic batcher, buffer pool, statistics, JSON tensor decoding.";
+  m.doc() = "pyserve's C++ core: dynamic batcher, buffer pool, statistics, JSON tensor decoding and reply writing.";
   pyserve::RegisterCore(m);
   pyserve::RegisterJson(m);
+  pyserve::RegisterJsonReply(m);
 }

@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from pyserve import _core
 from pyserve.errors import invalid
 from pyserve.protocol import (
     InferRequest,
@@ -88,8 +89,44 @@ def encode_response(resp: InferResponse, requested: list[RequestedOutput] | None
         doc["id"] = resp.id
     if resp.parameters is not None:
         doc["parameters"] = resp.parameters
+    if sum(_nbytes(v) for _, v in items) > JOIN_MIN_BYTES:
+        return _join_response(doc, items)
     doc["outputs"] = _encode_tensors(items)
     return msgpack.packb(doc)
+
+
+# Replies whose tensors hold more than this are packed as pieces and joined with the GIL released
+# (pyserve._core.join_buffers): packb copies a 56 MiB tensor in ~0.3 s holding the GIL.
+JOIN_MIN_BYTES = 64 << 10
+
+
+def _nbytes(values: Any) -> int:
+    return values.nbytes if type(values) is np.ndarray else 0
+
+
+def _join_response(doc: dict[str, Any], items: Iterable[tuple[str, Any]]) -> bytes:
+    """``msgpack.packb({**doc, "outputs": _encode_tensors(items)})``, byte for byte, without a copy
+    of the tensors' bytes under the GIL: the maps are packed around each tensor's raw bytes (a bin
+    header before them, as msgpack's spec has it), and the pieces joined in C++."""
+    items = list(items)
+    packer = msgpack.Packer()
+    head = [packer.pack_map_header(len(doc) + 1)]
+    for key, value in doc.items():
+        head += [packer.pack(key), packer.pack(value)]
+    head += [packer.pack("outputs"), packer.pack_array_header(len(items))]
+    pieces: list[Any] = []
+    for name, values in items:
+        datatype, arr, raw = raw_bytes(name, values)
+        n = len(raw)
+        # bin 8 / bin 16 / bin 32: the smallest that holds n, as packb writes it.
+        bin_header = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
+                      b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
+        head += [packer.pack_map_header(4), packer.pack("name"), packer.pack(name), packer.pack("datatype"),
+                 packer.pack(datatype), packer.pack("shape"), packer.pack(list(arr.shape)), packer.pack("data"),
+                 bin_header]
+        pieces += [b"".join(head), raw]
+        head = []
+    return _core.join_buffers(pieces)
 
 
 def encode_request(

@@ -168,9 +168,18 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)
 
-    def finish(done: asyncio.Future) -> Response:
+    def finish(done: asyncio.Future) -> Response | Deferred:
         try:
-            return _encode_infer(req, service.complete(runner, req, ctx, done), protocol)
+            resp = service.complete(runner, req, ctx, done)
+            if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
+                return Deferred(_encode_off_loop(req, resp, protocol), encoded)
+            return _encode_infer(req, resp, protocol)
+        except Exception as e:
+            return _infer_failed(request, e, ctx, runner, req)
+
+    def encoded(done: asyncio.Future) -> Response:
+        try:
+            return done.result()
         except Exception as e:
             return _infer_failed(request, e, ctx, runner, req)
 
@@ -199,6 +208,24 @@ def _as_sent(request: Request) -> tuple[InferRequest | None, CallContext | None]
     except PyserveError:
         return None, None
     return req, CallContext(protocol, req.id)
+
+
+# Replies whose outputs hold more than this many bytes are encoded on a decoder thread: the JSON
+# writer (pyserve.protocol.kserve_reply) releases the GIL, so the loop's other clients are not held up
+# (bench/bench_json_encode.py --threshold measures the cost on the loop against the hop's).
+ENCODE_OFF_LOOP_BYTES = 256 << 10
+
+
+def _reply_nbytes(resp: Any) -> int:
+    """The bytes of a reply's output arrays (what its encoding costs grows with)."""
+    return sum(getattr(a, "nbytes", 0) for a in resp.outputs.values())
+
+
+def _encode_off_loop(req: InferRequest, resp: Any, protocol: str) -> asyncio.Future:
+    """:func:`_encode_infer` on a decoder thread, JSON written with the GIL released; the future's
+    result is the Response."""
+    return asyncio.get_running_loop().run_in_executor(_decoder_pool(), _encode_infer, req, resp, protocol,
+                                                      True)
 
 
 def _decoder_pool() -> ThreadPoolExecutor:
@@ -234,7 +261,10 @@ async def _infer_decoded_off_loop(request: Request, runner: Any) -> Response:
             await future  # a client that hangs up cancels this task, and so the request
         except PyserveError:
             pass  # complete() raises it
-        return _encode_infer(req, service.complete(runner, req, ctx, future), protocol)
+        resp = service.complete(runner, req, ctx, future)
+        if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
+            return await _encode_off_loop(req, resp, protocol)
+        return _encode_infer(req, resp, protocol)
     except asyncio.CancelledError:
         raise
     except Exception as e:
@@ -269,12 +299,12 @@ def _decode_infer(request: Request, check: InputCheck | None = None) -> tuple[In
     return req, "http+json" if header_length is None else "http+binary"
 
 
-def _encode_infer(req: InferRequest, resp: Any, protocol: str) -> Response:
+def _encode_infer(req: InferRequest, resp: Any, protocol: str, gil_free: bool = False) -> Response:
     if protocol == "http+msgpack":
         return Response(msgpack_codec.encode_response(resp, req.outputs), content_type=MSGPACK)
     params = req.parameters
     binary_default = bool(params.get("binary_data_output", False)) if params else False
-    out, header_length = kserve.encode_response(resp, req.outputs, binary_default)
+    out, header_length = kserve.encode_response(resp, req.outputs, binary_default, gil_free)
     if header_length is None:
         return Response(out)
     return Response(out, content_type="application/octet-stream",

@@ -432,8 +432,11 @@ class Connection(asyncio.Protocol):
         if type(result) is Deferred:
             future, finish = result.future, result.finish
             if future.done():  # ran inline: answer without a loop turn
-                self._answer(finish(future), slot, head)
-                return
+                result = finish(future)
+                if type(result) is Response:
+                    self._answer(result, slot, head)
+                    return
+                future, finish = result.future, result.finish  # a Deferred again: encoded off the loop
         else:  # a coroutine: rare endpoints (model control) that await
             future = asyncio.ensure_future(result)  # type: ignore[arg-type]
             finish = self._task_response
@@ -463,6 +466,10 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error while answering")
             resp = internal_error()
+        if type(resp) is Deferred:  # the answer is made off the loop (a large reply's encoding)
+            slot.future = resp.future
+            resp.future.add_done_callback(lambda f: self._fill(slot, resp.finish, f, head))
+            return
         slot.resp, slot.head = resp, head
         self._write_ready()
 

@@ -64,13 +64,14 @@ class Response:
 class Deferred:
     """A response that waits on ``future``: ``finish(future)`` makes it once the future is done.
 
-    ``finish`` must not raise (handlers turn their errors into responses). Cancelling ``future``
+    ``finish`` must not raise (handlers turn their errors into responses); it may return another
+    Deferred, answered the same way (a large reply encoded on a thread). Cancelling ``future``
     is how a request is abandoned when its client goes away.
     """
 
     __slots__ = ("future", "finish")
 
-    def __init__(self, future: asyncio.Future, finish: Callable[[asyncio.Future], Response]) -> None:
+    def __init__(self, future: asyncio.Future, finish: Callable[[asyncio.Future], Response | Deferred]) -> None:
         self.future = future
         self.finish = finish
 

@@ -75,7 +75,16 @@ def seeds() -> dict[str, list[bytes]]:
         b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [2], "data": [9223372036854775808, true]}]}',
         b'{"inputs": [{"name": "x", "datatype": "FP16", "shape": [2], "data": [65519.99, 5.9e-08]}]}',
     ]
-    return {"json": json_bodies, "json_diff": diff, "binary": binary, "msgpack": packed,
+    # Output tensors for targets.fuzz_reply_diff: (datatype code, name length, name, count, data)...
+    reply = [
+        bytes([10, 1]) + b"y" + bytes([4]) + struct.pack("<4f", 1.5, float("nan"), float("-inf"), 1e-7),
+        bytes([11, 2]) + b"\"\n" + bytes([3]) + struct.pack("<3d", 1e16, -0.0, 5e-324),
+        bytes([9, 0, 4]) + struct.pack("<4e", 65504, 6e-8, float("inf"), 0.1),
+        bytes([12, 1]) + b"s" + bytes([9]) + "\u00e9\x00\xff".encode() + b"\xff\xc0\x80",
+        bytes([0, 1]) + b"b" + bytes([3, 1, 0, 2]) + bytes([128 + 10, 1]) + b"z" + bytes([2]) + bytes(8),
+        bytes([4, 1]) + b"u" + bytes([1]) + b"\xff" * 8 + bytes([8, 1]) + b"i" + bytes([1]) + b"\x00" * 7 + b"\x80",
+    ]
+    return {"json": json_bodies, "json_diff": diff, "reply_diff": reply, "binary": binary, "msgpack": packed,
             "http": [bytes([len(h) // 3]) + h for h in http]}
 
 

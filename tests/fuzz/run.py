@@ -2,7 +2,7 @@
 
     python tests/fuzz/run.py TARGET [libFuzzer flags...]
 
-TARGET is one of json, json_diff, binary, msgpack, http (tests/fuzz/targets.py). The seeds in
+TARGET is one of json, json_diff, reply_diff, binary, msgpack, http (tests/fuzz/targets.py). The seeds in
 tests/fuzz/corpus/TARGET are read first; new inputs that reach new code go to a scratch folder given
 with ``-corpus DIR`` (default: a new temporary folder), crashes to ``-artifact_prefix`` (libFuzzer's default: the
 working directory). Examples:
@@ -47,7 +47,7 @@ def instrument_pyserve() -> int:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[1] not in ("json", "json_diff", "binary", "msgpack", "http"):
+    if len(argv) < 2 or argv[1] not in ("json", "json_diff", "reply_diff", "binary", "msgpack", "http"):
         raise SystemExit(__doc__)
     name, flags = argv[1], argv[2:]
     # libFuzzer writes the new inputs it finds into the first corpus folder: never the seeds'.

@@ -15,7 +15,10 @@ from typing import Any
 
 from pyserve.config import TensorSpec
 from pyserve.errors import PyserveError
-from pyserve.protocol import kserve, kserve_json, msgpack_codec
+import numpy as np
+
+from pyserve.datatypes import DATATYPES, NUMPY_DTYPES
+from pyserve.protocol import kserve, kserve_json, kserve_reply, msgpack_codec
 from pyserve.server.http import Connection, HttpServer
 from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Request, Response, error_response
@@ -62,6 +65,52 @@ def fuzz_json_diff(data: bytes) -> None:
     same arrays (bit for bit) or the same refusal."""
     cpp, reference = _outcome(data, True), _outcome(data, False)
     assert cpp == reference, (data[:300], cpp, reference)
+
+
+def _reply(data: bytes) -> list[tuple[str, Any, bool]]:
+    """Output tensors made of fuzz bytes: per tensor a byte picks the datatype (and binary or JSON),
+    a byte the name's length, then the name's bytes, a byte the data's length in elements, then the
+    data's bytes reinterpreted as that datatype (every float bit pattern) or, for BYTES, split at
+    each 0xff (so that elements may be any bytes, UTF-8 or not)."""
+    items: list[tuple[str, Any, bool]] = []
+    pos = 0
+    while pos + 3 <= len(data) and len(items) < 4:
+        datatype = DATATYPES[data[pos] % len(DATATYPES)]
+        binary = data[pos] >= 128
+        n = data[pos + 1] % 16
+        name = data[pos + 2:pos + 2 + n].decode("utf-8", "replace")
+        pos += 2 + n
+        count = data[pos] % 64 if pos < len(data) else 0
+        pos += 1
+        if datatype == "BYTES":
+            raw = data[pos:pos + count]
+            arr = np.array(raw.split(b"\xff") + [b""], dtype=object)[:-1]
+            pos += count
+        else:
+            dtype = NUMPY_DTYPES[datatype]
+            raw = data[pos:pos + count * dtype.itemsize]
+            raw = raw[:len(raw) // dtype.itemsize * dtype.itemsize]
+            pos += len(raw)
+            arr = np.frombuffer(raw, dtype=dtype)
+            if datatype == "BOOL":
+                arr = arr.view(np.uint8) % 2 == 1  # numpy bools are 0 or 1
+        items.append((name, arr.reshape(2, -1) if arr.size % 2 == 0 and arr.size else arr, binary))
+    return items
+
+
+def fuzz_reply_diff(data: bytes) -> None:
+    """KServe replies written by the C++ reply writer and by the reference encoder: the same bytes,
+    or the same refusal."""
+    items = _reply(data)
+    doc = {"model_name": "m", "model_version": "1"}
+    outcomes = []
+    for encode in (kserve_reply.encode_response, kserve._reference_body):
+        try:
+            outcomes.append(encode(doc, items))
+        except PyserveError as e:
+            outcomes.append(e.message)
+    if outcomes[0] is not None:  # None: the writer declined, the reference writes it
+        assert outcomes[0] == outcomes[1], (data[:300], outcomes)
 
 
 def fuzz_binary(data: bytes) -> None:
@@ -164,6 +213,7 @@ def fuzz_http(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "json": fuzz_json,
     "json_diff": fuzz_json_diff,
+    "reply_diff": fuzz_reply_diff,
     "binary": fuzz_binary,
     "msgpack": fuzz_msgpack,
     "http": fuzz_http,
