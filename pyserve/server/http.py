@@ -468,7 +468,7 @@ class Connection(asyncio.Protocol):
             resp = internal_error()
         if type(resp) is Deferred:  # the answer is made off the loop (a large reply's encoding)
             slot.future = resp.future
-            resp.future.add_done_callback(lambda f: self._fill(slot, resp.finish, f, head))
+            resp.future.add_done_callback(functools.partial(self._fill, slot, resp.finish, head))
             return
         slot.resp, slot.head = resp, head
         self._write_ready()
