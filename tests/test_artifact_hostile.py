@@ -1,0 +1,74 @@
+"""Hostile ``.pyserve`` archives whose manifest is consistent with their members (so only the reader's
+own guards can catch them): each is refused with a message naming what is wrong, by ``pyserve
+verify`` with exit status 1 and no traceback, and leaves nothing on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from artifact_helpers import require_artifact_extra
+
+require_artifact_extra()
+
+from pyserve.artifact import open_extracted  # noqa: E402
+from pyserve.artifact.manifest import FORMAT, LOCK, MANIFEST  # noqa: E402
+from pyserve.cli import main  # noqa: E402
+from pyserve.errors import PyserveError  # noqa: E402
+
+LOCK_BYTES = b'lock-version = "1.0"\ncreated-by = "test"\n'
+
+
+def hostile(path: Path, files: dict[str, bytes], name: str = "m", manifest: bytes | None = None) -> Path:
+    """An unsigned archive holding ``files`` and a manifest listing each with its right sha256 and size
+    (or the raw ``manifest`` bytes)."""
+    doc = {"format": FORMAT, "model": {"name": name, "version": 1, "backend": "onnxruntime"},
+           "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files.items()],
+           "provenance": {"pyserve_version": "0.1.0", "created": "2025-11-30T00:00:00Z"}}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(MANIFEST, manifest if manifest is not None else json.dumps(doc).encode())
+        for p, b in files.items():
+            z.writestr(p, b)
+    return path
+
+
+CASES = {
+    # A member that is a file and the folder of another: the second cannot be written.
+    "file-and-folder": ({"model/1/a": b"x", "model/1/a/b": b"y", LOCK: LOCK_BYTES}, "m", None,
+                        "model/1/a/b"),
+    # A path part longer than a file name may be (255 bytes on Linux and macOS).
+    "long-part": ({"model/" + "a" * 300 + "/x": b"x", LOCK: LOCK_BYTES}, "m", None, "a" * 300),
+    "long-model-name": ({"model/config.toml": b"", LOCK: LOCK_BYTES}, "n" * 300, None, "model.name"),
+    "nul-in-model-name": ({"model/config.toml": b"", LOCK: LOCK_BYTES}, "a\x00b", None, "model.name"),
+    # JSON nested deeper than Python's recursion limit.
+    "deep-manifest": ({}, "m", b'{"format": "pyserve-artifact/1", "model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                      "nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_archive_is_refused_naming_the_fault(tmp_path: Path, case: str) -> None:
+    files, name, manifest, expected = CASES[case]
+    path = hostile(tmp_path / "bad.pyserve", files, name, manifest)
+    dest = tmp_path / "unpack"
+    dest.mkdir()
+    with pytest.raises(PyserveError) as e:
+        with open_extracted(path, dest_parent=dest, lock_policy=None):
+            pass
+    assert expected in e.value.message and str(path) in e.value.message
+    assert list(dest.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_verify_of_a_hostile_archive_fails_without_a_traceback(tmp_path: Path, case: str,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    files, name, manifest, expected = CASES[case]
+    path = hostile(tmp_path / "bad.pyserve", files, name, manifest)
+    assert main(["verify", str(path), "--no-golden"]) == 1
+    out = capsys.readouterr()
+    assert f"FAIL: artifact {path}: " in out.out and expected in out.out
+    assert "Traceback" not in out.err
