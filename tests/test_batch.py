@@ -332,3 +332,34 @@ def test_readme_batch_example_is_a_real_run(tmp_path: Path, monkeypatch: pytest.
                 [{k: v for k, v in r.items() if k != "probabilities"} for r in want_rows]
             np.testing.assert_allclose([r["probabilities"] for r in got_rows],
                                        [r["probabilities"] for r in want_rows], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_job_stopped_half_way_leaves_no_output(repo: Repo, tmp_path: Path, fmt: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV row with too few fields after the first chunks were scored and written: exit 2 naming the
+    file and row, no traceback, and neither the output nor the errors file left (an older output of
+    the same name kept as it was), nor a temporary file."""
+    import pyarrow.csv as pcsv
+
+    model = repo.onnx("affine", {1: 2.0}, config="max_batch_size = 8\n")
+    x = features(150_000)  # 7 MB: two CSV blocks of pyarrow's (4 MiB), so the bad row is read late
+    lines = [f"{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(x)]
+    lines[-10] = f"{len(x) - 10},1.0"
+    source = tmp_path / "rows.csv"
+    source.write_text("id," + ",".join(f"f{j}" for j in range(WIDTH)) + "\n" + "\n".join(lines) + "\n")
+    with pcsv.open_csv(source) as r:  # pyarrow reads the first block, and refuses the file later
+        assert r.read_next_batch().num_rows < len(x)
+        with pytest.raises(pa.ArrowInvalid):
+            r.read_all()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"scores.{fmt}"
+    out.write_text("an older output\n")
+    assert batch(model, "-i", source, "-o", out, "--columns", "x=f*", "--chunk-rows", 20_000) == 2
+    err = capsys.readouterr().err
+    assert f"--input {source}: cannot read it as csv" in err and "Expected 5 columns, got 2" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
+    assert out.read_text() == "an older output\n"
+

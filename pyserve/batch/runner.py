@@ -167,6 +167,11 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
                 await finish(*scoring.popleft())
             if writing is not None:
                 await writing
+        except BaseException:
+            # The writer thread must be done with the files before they are closed and deleted.
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
+            raise
         finally:
             for *_, task in scoring:
                 task.cancel()
