@@ -363,3 +363,28 @@ def test_a_job_stopped_half_way_leaves_no_output(repo: Repo, tmp_path: Path, fmt
     assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
     assert out.read_text() == "an older output\n"
 
+
+def test_jsonl_lines_of_the_wrong_kind_fail_alone(repo: Repo, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A block of JSON Lines with lines that are not JSON, not objects, or whose ``x`` is text, an object
+    or a list of the wrong kind: each such line is one failed row naming the field, and the good lines
+    of the same block are scored (one bad value used to turn the field into text and refuse the job)."""
+    model = repo.onnx("affine", {1: 2.0}, config="max_batch_size = 8\n")
+    x = features(6)
+    good = [json.dumps({"id": i, "x": row.tolist()}) for i, row in enumerate(x)]
+    bad = {"not json": "not json at all", "a list line": "[1, 2, 3]",
+           "x text": json.dumps({"id": 101, "x": "hello"}), "x object": json.dumps({"id": 102, "x": {"a": 1}}),
+           "x texts": json.dumps({"id": 103, "x": ["a", "b", "c", "d"]})}
+    source = tmp_path / "rows.jsonl"
+    source.write_text("\n".join(good[:3] + list(bad.values()) + good[3:]) + "\n")
+    out, errors = tmp_path / "out.jsonl", tmp_path / "bad.jsonl"
+    assert batch(model, "-i", source, "-o", out, "--errors", errors, "--key", "id") == 0
+    assert "11 input rows = 6 output rows + 5 error rows" in capsys.readouterr().out
+    np.testing.assert_allclose([r["y"] for r in read_rows(out)], online(repo.root, "affine", x)["y"], rtol=1e-6)
+    failed = {r["row_index"]: r for r in read_rows(errors)}
+    assert sorted(failed) == [3, 4, 5, 6, 7]
+    assert "not a JSON line" in failed[3]["error"]
+    assert "expected a JSON object, got list" in failed[4]["error"]
+    assert failed[5]["id"] == 101 and "field 'x': expected a list" in failed[5]["error"] and "a scalar" in failed[5]["error"]
+    assert failed[6]["id"] == 102 and "got an object" in failed[6]["error"]
+    assert failed[7]["id"] == 103 and "field 'x'" in failed[7]["error"]
