@@ -124,6 +124,12 @@ def test_hpa_spec_rejects(bad):
 # --- the simulation, by hand ---------------------------------------------------------------
 
 
+def test_an_overflowing_ratio_recommends_a_bounded_integer():
+    """A load so large over a target so small that ratio x pods overflows to inf (was an OverflowError)."""
+    assert metric_replicas(2, 1e308, 2, 0, 1e-300, 0.1) == 10**12
+    assert metric_replicas(5, 1e308, 2, 3, 1e-300, 0.1) == 10**12
+
+
 def test_step_load_by_hand():
     """100 -> 1000 req/s at 60 s, startup 40 s, 300 s in all.
 
@@ -222,6 +228,8 @@ def test_advice_max_startup_by_hand(tmp_path):
     # The search goes past a startup that already keeps the SLO; a flat load keeps it at any startup.
     assert advise.max_startup_s(rates, pod(10), spec()) == 30
     assert advise.max_startup_s(parse_trace("const:100:120"), pod(10), spec()) == 120
+    # A startup far past the trace's length searches no further than the trace (it searched up to 1e12 s).
+    assert advise.max_startup_s(parse_trace("const:100:120"), pod(1e12), spec()) == 120
     assert simulate(rates, pod(31), spec()).miss_seconds == 1
     assert all(simulate(rates, pod(k), spec()).miss_seconds == 0 for k in range(31))  # every shorter one too
 
@@ -243,6 +251,8 @@ def test_traces(tmp_path):
     ("ramp:1:2", "FROM:TO:DURATION_S"), ("ramp:a:2:3", "FROM must be a number"),
     ("const:-1:3", ">= 0"), ("const:1:2.5", "whole number"), ("step:1:2:9:5", "AT_S"),
     ("sine:1:2", "expected ramp"),
+    ("const:100:1e12", "at most 86400 s"), ("ramp:1:2:86401", "at most 86400 s"), ("const:1e308:60", "RATE must be at most 1e\\+09"),
+    ("step:1:1e10:5:10", "TO must be at most"),
 ])
 def test_trace_rejects(spec_, words):
     with pytest.raises(TraceError, match=words):
@@ -253,6 +263,8 @@ def test_trace_rejects(spec_, words):
     ("t,r\n0,1\n", "line 1: expected the header"), ("time_s,rate\n0,1\n0,2\n", "line 3: time_s 0 is not after"),
     ("time_s,rate\n0,x\n", "line 2: time_s and rate must be numbers"), ("time_s,rate\n0,-1\n", "line 2: rate"),
     ("time_s,rate\n0,1,2\n", "line 2: expected 2 columns"), ("time_s,rate\n", "no rows"),
+    ("time_s,rate\n0,1\n1e12,2\n", "line 3: time_s 1e\\+12 is 1e\\+12 s after the first row's"),
+    ("time_s,rate\n0,1e300\n", "line 2: rate must be at most"),
 ])
 def test_trace_csv_rejects(tmp_path, text, words):
     f = tmp_path / "t.csv"
