@@ -308,10 +308,31 @@ def test_from_bench_json_by_hand(tmp_path):
     assert from_bench_json(str(f), 10, 20).capacity_rps is None
 
 
+def _level_doc(**fields) -> str:
+    """A bench report of one level (concurrency 1, 40 req/s, p99 20 ms), ``fields`` replaced."""
+    level = {"concurrency": 1, "throughput_rps": 40, "latency_ms": {"p99": 20, "mean": 18}, "errors": 0,
+             "server": None, **fields}
+    return json.dumps({"tool": "pyserve bench", "sweep": "concurrency", "levels": [level]})
+
+
 @pytest.mark.parametrize("doc, words", [("[]", "not a `pyserve bench --json` report"), ("{", "not JSON"),
                                         ('{"tool": "pyserve bench", "levels": []}', "'sweep' must be"),
                                         (json.dumps({"tool": "pyserve bench", "sweep": "concurrency",
-                                                     "levels": [{"concurrency": 1}]}), "levels\\[0\\]")])
+                                                     "levels": [{"concurrency": 1}]}), "levels\\[0\\]"),
+                                        # Fields of the wrong kind or out of range, named (some were tracebacks).
+                                        (_level_doc(server=[1]), "levels\\[0\\]: 'server' must be an object or null"),
+                                        (_level_doc(latency_ms=[1]), "levels\\[0\\]: 'latency_ms' must be an object"),
+                                        (_level_doc(throughput_rps=-40), "levels\\[0\\]: 'throughput_rps' must be a finite number >= 0"),
+                                        (_level_doc(throughput_rps=float("inf")), "levels\\[0\\]: 'throughput_rps' must be a finite"),
+                                        (_level_doc(latency_ms={"p99": -20, "mean": 1}), "levels\\[0\\]: 'latency_ms.p99' must be"),
+                                        (_level_doc(errors=1.5), "levels\\[0\\]: 'errors' must be an integer >= 0, got 1.5"),
+                                        (_level_doc(concurrency=0), "levels\\[0\\]: 'concurrency' must be a finite number > 0"),
+                                        (json.dumps({"tool": "pyserve bench", "sweep": "concurrency", "config": [1],
+                                                     "levels": json.loads(_level_doc())["levels"]}),
+                                         "'config' must be an object"),
+                                        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+                                        (json.dumps({"tool": "pyserve bench", "sweep": "concurrency",
+                                                     "levels": ["x"]}), "levels\\[0\\]: expected an object")])
 def test_from_bench_json_rejects(tmp_path, doc, words):
     f = tmp_path / "b.json"
     f.write_text(doc)
