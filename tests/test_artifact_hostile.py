@@ -72,3 +72,22 @@ def test_verify_of_a_hostile_archive_fails_without_a_traceback(tmp_path: Path, c
     out = capsys.readouterr()
     assert f"FAIL: artifact {path}: " in out.out and expected in out.out
     assert "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("case", ["config-not-toml", "no-version-folder"])
+def test_verify_without_golden_still_reads_the_config(tmp_path: Path, case: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """``--no-golden`` loads no model, but an artifact whose config.toml no server can read, or that lacks
+    its version's folder, does not PASS (both did); the message names the member, not the private folder."""
+    from pyserve.artifact import lock as locks
+
+    files = {"model/config.toml": b"\xff\xfe not toml" if case == "config-not-toml" else
+             b'backend = "onnxruntime"\n[[inputs]]\nname = "x"\ndatatype = "FP32"\nshape = [4]\n'
+             b'[[outputs]]\nname = "y"\ndatatype = "FP32"\nshape = [4]\n',
+             LOCK: locks.dumps(locks.build_lock(["numpy"]))}
+    path = hostile(tmp_path / "bad.pyserve", files)
+    assert main(["verify", str(path), "--no-golden"]) == 1
+    out = capsys.readouterr().out
+    expected = "FAIL: model/config.toml: invalid TOML" if case == "config-not-toml" else \
+        "FAIL: model/1/: the folder of the packaged version is not in the artifact"
+    assert expected in out and "PASS" not in out and "pyserve-artifact-" not in out
