@@ -153,8 +153,15 @@ def check_folder_name(name: str, where: str) -> str:
         raise invalid(f"{where} {name!r} cannot name a folder: expected no '/', '\\', control character "
                       "or leading '.'")
     if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-        raise invalid(f"{where} {name[:40]!r}...: longer than the {MAX_NAME_BYTES} bytes a folder's name may have")
+        raise invalid(f"{where} {_shown(name, 40)}: longer than the {MAX_NAME_BYTES} bytes a folder's name may have")
     return name
+
+
+def _shown(text: Any, most: int = 80) -> str:
+    """``repr(text)``, cut to its first ``most`` characters when longer (a hostile name can be long)."""
+    if isinstance(text, str) and len(text) > most:
+        return f"{text[:most]!r}... ({len(text)} characters)"
+    return repr(text)
 
 
 def check_member_path(path: Any) -> str:
@@ -163,16 +170,16 @@ def check_member_path(path: Any) -> str:
     (the guard against zip-slip: nothing is ever written outside the extraction folder), and no part
     longer than a file name may be (255 bytes)."""
     if not isinstance(path, str) or not path or len(path) > MAX_PATH_LENGTH:
-        raise invalid(f"member name {path!r}: expected a relative path of 1 to {MAX_PATH_LENGTH} characters")
+        raise invalid(f"member name {_shown(path)}: expected a relative path of 1 to {MAX_PATH_LENGTH} characters")
     parts = path.split("/")
     if (path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts)
             or any(ord(c) < 32 or ord(c) == 127 for c in path) or ":" in parts[0]):
-        raise invalid(f"member name {path!r}: not a plain relative path (no '..', '\\', leading '/' or "
+        raise invalid(f"member name {_shown(path)}: not a plain relative path (no '..', '\\', leading '/' or "
                       "control characters)")
     long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
     if long is not None:
-        raise invalid(f"member name {path!r}: the part {long!r} is longer than the {MAX_NAME_BYTES} bytes a "
+        raise invalid(f"member name {_shown(path)}: the part {_shown(long, 40)} is longer than the {MAX_NAME_BYTES} bytes a "
                       "file name may have")
     if path != LOCK and not (path.startswith(MODEL_PREFIX) and len(parts) >= 2):
-        raise invalid(f"member name {path!r}: expected {LOCK} or a file under {MODEL_PREFIX}")
+        raise invalid(f"member name {_shown(path)}: expected {LOCK} or a file under {MODEL_PREFIX}")
     return path
