@@ -403,6 +403,7 @@ def test_pyserve_plan_subcommand(tmp_path, capsys):
     (["--capacity-rps", "100", "--trace", "const:1:5", "--trace-csv", "t.csv"], "not both"),
     (["--capacity-rps", "100", "--min-replicas", "0"], "minReplicas must be >= 1"),
     (["--capacity-rps", "100", "--scale-up-percent", "0", "--scale-up-pods", "0"], "never scale up"),
+    (["--capacity-rps", "100", "--scale-down-percent", "0"], "never scale down"),
     (["--bench-json", "absent.json"], "--bench-json absent.json: cannot read"),
 ])
 def test_cli_rejects(argv, words):
@@ -470,3 +471,33 @@ def test_cli_on_a_real_bench_report(serve_module, tmp_path):
     assert doc["advice"]["min_replicas"] == math.ceil(200 / cap - 1e-9)
     if has_mpl:
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# The flags docs/plan.md gives to plan the HPA of deploy/kubernetes/overlays/hpa.
+OVERLAY_HPA_FLAGS = ["--min-replicas", "2", "--max-replicas", "10", "--target-value", "8",
+                     "--scale-up-stabilization-s", "0", "--scale-up-percent", "0", "--scale-up-pods", "4",
+                     "--scale-up-period-s", "30", "--scale-down-stabilization-s", "300",
+                     "--scale-down-percent", "0", "--scale-down-pods", "1", "--scale-down-period-s", "60"]
+
+
+def test_the_hpa_overlay_can_be_planned():
+    """The HPA of overlays/hpa, as its YAML says, is the HpaSpec of the flags docs/plan.md gives for it
+    (its scale-down policy is of type Pods, which plan could not express before --scale-down-pods)."""
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    doc = yaml.safe_load((root / "deploy/kubernetes/overlays/hpa/hpa.yaml").read_text())["spec"]
+
+    def rules(d: dict) -> ScalingRules:
+        return ScalingRules(d.get("stabilizationWindowSeconds", 0),
+                            tuple(ScalingPolicy(p["type"], p["value"], p["periodSeconds"]) for p in d["policies"]),
+                            d.get("selectPolicy", "Max"))
+
+    expected = HpaSpec(doc["minReplicas"], doc["maxReplicas"],
+                       float(doc["metrics"][0]["pods"]["target"]["averageValue"]),
+                       rules(doc["behavior"]["scaleUp"]), rules(doc["behavior"]["scaleDown"]))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args([*OVERLAY_HPA_FLAGS, "--capacity-rps", "100", "--slo-p99-ms", "100",
+                              "--startup-s", "10"])
+    assert cli.build_hpa(args, args.target_value) == expected
+    assert " ".join(OVERLAY_HPA_FLAGS) in (root / "docs/plan.md").read_text().replace("\\\n", "").replace("  ", " ")
