@@ -190,6 +190,8 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
         ((repo.root / "affine", "-i", source, "-o", tmp_path / "o.npz", "--columns", "x=rows"), "cannot write '.npz'"),
         ((repo.root / "affine", "-i", source, "-o", out, "--columns", "z=rows"), "has no input 'z'"),
         ((tmp_path / "model.bin", "-i", source, "-o", out), "no such model folder"),
+        ((repo.root / "affine", "-i", source, "-o", tmp_path / "absent" / "o.parquet", "--columns", "x=rows"),
+         f"--output {tmp_path / 'absent' / 'o.parquet'}: cannot write it: the folder {tmp_path / 'absent'} does not exist"),
     ]
     for argv, message in cases:
         assert batch(*argv) == 2, message

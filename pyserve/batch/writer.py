@@ -147,6 +147,9 @@ class TableWriter:
             if lists:
                 raise invalid(f"{flag} {path}: column {lists[0]!r} holds lists, which CSV cannot; write "
                               ".parquet or .jsonl, or pass --split-outputs")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise invalid(f"{flag} {path}: cannot write it: the folder {parent} does not exist")
         try:
             # Created by the format's writer, so that it has the mode any new file has (umask).
             self.partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.partial")
