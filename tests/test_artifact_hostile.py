@@ -93,3 +93,42 @@ def test_verify_without_golden_still_reads_the_config(tmp_path: Path, case: str,
     expected = "FAIL: model/config.toml: invalid TOML" if case == "config-not-toml" else \
         "FAIL: model/1/: the folder of the packaged version is not in the artifact"
     assert expected in out and "PASS" not in out and "pyserve-artifact-" not in out
+
+
+@pytest.mark.parametrize("case", ["nan-metadata", "deep-metadata", "missing-folder", "nan-mlmodel"])
+def test_package_refuses_bad_inputs_without_a_traceback(repo, tmp_path: Path, case: str,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """Exit 2 naming the flag or file, nothing written: NaN in the metadata (the manifest would not be
+    JSON), metadata nested past the recursion limit, an output folder that does not exist (three
+    tracebacks or a NaN in the manifest before)."""
+    from artifact_helpers import golden_onnx_model
+
+    model_dir = golden_onnx_model(repo)
+    out = tmp_path / "out.pyserve"
+    meta = tmp_path / "meta.json"
+    argv = ["package", str(model_dir), "-o", str(out)]
+    if case == "nan-metadata":
+        meta.write_text('{"accuracy": NaN}')
+        argv += ["--metadata-file", str(meta)]
+        expected = f"--metadata-file {meta}: not a readable JSON file: NaN is not a JSON value"
+    elif case == "deep-metadata":
+        meta.write_text("[" * 100_000 + "]" * 100_000)
+        argv += ["--metadata-file", str(meta)]
+        expected = f"--metadata-file {meta}: JSON nested too deeply"
+    elif case == "missing-folder":
+        out = tmp_path / "absent" / "out.pyserve"
+        argv[3] = str(out)
+        expected = f"-o {out}: the folder {out.parent} does not exist"
+    else:
+        mlflow_dir = tmp_path / "mlflow"
+        mlflow_dir.mkdir()
+        (mlflow_dir / "model.onnx").write_bytes((model_dir / "1" / "model.onnx").read_bytes())
+        (mlflow_dir / "MLmodel").write_text("flavors:\n  onnx:\n    data: model.onnx\nmetadata:\n  score: .nan\n")
+        argv[1] = str(mlflow_dir)
+        expected = "provenance: a number of the metadata"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not out.exists()
+    if out.parent.is_dir():  # nor the temporary file the artifact is written to before its rename
+        assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []

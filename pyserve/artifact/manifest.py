@@ -87,14 +87,20 @@ class Manifest:
         return entry.sha256 if entry is not None else ""
 
     def to_bytes(self) -> bytes:
-        """The canonical bytes of the manifest (sorted keys, 2-space indent, UTF-8, final newline)."""
+        """The canonical bytes of the manifest (sorted keys, 2-space indent, UTF-8, final newline);
+        INVALID_ARGUMENT when the provenance holds a NaN or an infinity (not JSON)."""
         doc = {
             "format": FORMAT,
             "model": {"name": self.name, "version": self.version, "backend": self.backend},
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
             "provenance": self.provenance.to_json(),
         }
-        return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or Infinity, which JSON has no word for (from an MLmodel's metadata)
+            raise invalid(f"{MANIFEST}: provenance: a number of the metadata (--metadata-file, an MLmodel's metadata) "
+                          "is NaN or infinite, which JSON cannot hold") from None
+        return (text + "\n").encode("utf-8")
 
     @classmethod
     def parse(cls, data: bytes) -> Manifest:
