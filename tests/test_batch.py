@@ -182,6 +182,7 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
     x = features(10)
     source = tmp_path / "rows.npy"
     np.save(source, x)
+    np.savez(tmp_path / "keyed.npz", x=x, id=np.arange(20).reshape(10, 2))
     out = tmp_path / "out.parquet"
     cases = [
         ((repo.root / "affine", "-i", source, "-o", out), "model input 'x' has no column of that name"),
@@ -190,6 +191,10 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
         ((repo.root / "affine", "-i", source, "-o", tmp_path / "o.npz", "--columns", "x=rows"), "cannot write '.npz'"),
         ((repo.root / "affine", "-i", source, "-o", out, "--columns", "z=rows"), "has no input 'z'"),
         ((tmp_path / "model.bin", "-i", source, "-o", out), "no such model folder"),
+        # --split-outputs splits outputs only: the refusal of a list key column must not suggest it.
+        ((repo.root / "affine", "-i", tmp_path / "keyed.npz", "-o", tmp_path / "o.csv", "--split-outputs"),
+         f"--output {tmp_path / 'o.csv'}: key column 'id' holds lists, which CSV cannot; write .parquet or .jsonl, "
+         "or choose other key columns with --key"),
         ((repo.root / "affine", "-i", source, "-o", tmp_path / "absent" / "o.parquet", "--columns", "x=rows"),
          f"--output {tmp_path / 'absent' / 'o.parquet'}: cannot write it: the folder {tmp_path / 'absent'} does not exist"),
     ]

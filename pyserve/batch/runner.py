@@ -108,6 +108,11 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
     mapping = InputMapping(config, reader.schema, options.maps, options.keys)
     keys = pa.schema([reader.schema.field(k) for k in mapping.keys])
     split = options.split_outputs or output_format(options.output, "--output") == "csv"
+    for flag, path in (("--output", options.output), ("--errors", options.errors)):
+        lists = [f.name for f in keys if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
+        if lists and output_format(path, flag) == "csv":  # --split-outputs splits outputs, not key columns
+            raise invalid(f"{flag} {path}: key column {lists[0]!r} holds lists, which CSV cannot; write .parquet "
+                          "or .jsonl, or choose other key columns with --key")
     columns = OutputColumns(config, keys, split)
     if progress is None:
         progress = Progress(reader.total, "rows" if reader.total_is_rows else "bytes", enabled=False)
