@@ -341,6 +341,7 @@ def test_readme_batch_example_is_a_real_run(tmp_path: Path, monkeypatch: pytest.
                                        [r["probabilities"] for r in want_rows], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_a_job_stopped_half_way_leaves_no_output(repo: Repo, tmp_path: Path, fmt: str,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
