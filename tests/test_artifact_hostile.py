@@ -132,3 +132,30 @@ def test_package_refuses_bad_inputs_without_a_traceback(repo, tmp_path: Path, ca
     assert not out.exists()
     if out.parent.is_dir():  # nor the temporary file the artifact is written to before its rename
         assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+@pytest.mark.parametrize("missing", ["tomli_w", "cryptography"])
+def test_a_missing_extra_is_named_not_a_traceback(repo, tmp_path: Path, missing: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """Without pyserve[artifact]: ``package`` (tomli-w writes the lock) and ``verify --public-key``
+    (cryptography) say which extra to install (both were ModuleNotFoundError tracebacks)."""
+    import sys
+
+    from artifact_helpers import golden_onnx_model, key_pair
+
+    model_dir = golden_onnx_model(repo)
+    _, public = key_pair(tmp_path, "release")
+    artifact = tmp_path / "a.pyserve"
+    assert main(["package", str(model_dir), "-o", str(artifact)]) == 0
+    for name in [m for m in sys.modules if m == missing or m.startswith(missing + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails as if it were not installed
+    capsys.readouterr()
+    if missing == "tomli_w":
+        assert main(["package", str(model_dir), "-o", str(tmp_path / "b.pyserve")]) == 2
+        assert "the artifact's lock needs tomli-w: pip install 'pyserve[artifact]'" in capsys.readouterr().err
+    else:
+        assert main(["verify", str(artifact), "--public-key", str(public), "--no-golden"]) == 1
+        out = capsys.readouterr().out
+        assert "signing and checking signatures need the cryptography package" in out and "PASS" not in out
