@@ -183,6 +183,9 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
     source = tmp_path / "rows.npy"
     np.save(source, x)
     np.savez(tmp_path / "keyed.npz", x=x, id=np.arange(20).reshape(10, 2))
+    pq.write_table(pa.table({"meta": pa.array([{"a": i} for i in range(10)]),
+                             "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), WIDTH)}),
+                   tmp_path / "struct.parquet")
     out = tmp_path / "out.parquet"
     cases = [
         ((repo.root / "affine", "-i", source, "-o", out), "model input 'x' has no column of that name"),
@@ -193,8 +196,10 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
         ((tmp_path / "model.bin", "-i", source, "-o", out), "no such model folder"),
         # --split-outputs splits outputs only: the refusal of a list key column must not suggest it.
         ((repo.root / "affine", "-i", tmp_path / "keyed.npz", "-o", tmp_path / "o.csv", "--split-outputs"),
-         f"--output {tmp_path / 'o.csv'}: key column 'id' holds lists, which CSV cannot; write .parquet or .jsonl, "
-         "or choose other key columns with --key"),
+         f"--output {tmp_path / 'o.csv'}: key column 'id' holds lists (fixed_size_list<item: int64>[2]), which CSV "
+         "cannot; write .parquet or .jsonl, or choose other key columns with --key"),
+        ((repo.root / "affine", "-i", tmp_path / "struct.parquet", "-o", tmp_path / "o.csv"),
+         f"--output {tmp_path / 'o.csv'}: key column 'meta' holds structs (struct<a: int64>), which CSV cannot"),
         ((repo.root / "affine", "-i", source, "-o", tmp_path / "absent" / "o.parquet", "--columns", "x=rows"),
          f"--output {tmp_path / 'absent' / 'o.parquet'}: cannot write it: the folder {tmp_path / 'absent'} does not exist"),
     ]

@@ -163,9 +163,9 @@ class TableWriter:
                 self._w = pcsv.CSVWriter(self.partial, schema)
             else:
                 self._w = open(self.partial, "w", encoding="utf-8")
-        except OSError as e:
+        except (OSError, pa.ArrowException) as e:  # ArrowInvalid: a type the format cannot hold
             self._discard()
-            raise invalid(f"{flag} {path}: cannot write it: {e.strerror or e}") from None
+            raise invalid(f"{flag} {path}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends ``batch`` (of :attr:`schema`)."""
