@@ -182,6 +182,10 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
     x = features(10)
     source = tmp_path / "rows.npy"
     np.save(source, x)
+    np.savez(tmp_path / "keyed.npz", x=x, id=np.arange(20).reshape(10, 2))
+    pq.write_table(pa.table({"meta": pa.array([{"a": i} for i in range(10)]),
+                             "x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), WIDTH)}),
+                   tmp_path / "struct.parquet")
     out = tmp_path / "out.parquet"
     cases = [
         ((repo.root / "affine", "-i", source, "-o", out), "model input 'x' has no column of that name"),
@@ -190,6 +194,14 @@ def test_refusals_name_what_is_wrong(repo: Repo, tmp_path: Path, capsys: pytest.
         ((repo.root / "affine", "-i", source, "-o", tmp_path / "o.npz", "--columns", "x=rows"), "cannot write '.npz'"),
         ((repo.root / "affine", "-i", source, "-o", out, "--columns", "z=rows"), "has no input 'z'"),
         ((tmp_path / "model.bin", "-i", source, "-o", out), "no such model folder"),
+        # --split-outputs splits outputs only: the refusal of a list key column must not suggest it.
+        ((repo.root / "affine", "-i", tmp_path / "keyed.npz", "-o", tmp_path / "o.csv", "--split-outputs"),
+         f"--output {tmp_path / 'o.csv'}: key column 'id' holds lists (fixed_size_list<item: int64>[2]), which CSV "
+         "cannot; write .parquet or .jsonl, or choose other key columns with --key"),
+        ((repo.root / "affine", "-i", tmp_path / "struct.parquet", "-o", tmp_path / "o.csv"),
+         f"--output {tmp_path / 'o.csv'}: key column 'meta' holds structs (struct<a: int64>), which CSV cannot"),
+        ((repo.root / "affine", "-i", source, "-o", tmp_path / "absent" / "o.parquet", "--columns", "x=rows"),
+         f"--output {tmp_path / 'absent' / 'o.parquet'}: cannot write it: the folder {tmp_path / 'absent'} does not exist"),
     ]
     for argv, message in cases:
         assert batch(*argv) == 2, message
@@ -332,3 +344,60 @@ def test_readme_batch_example_is_a_real_run(tmp_path: Path, monkeypatch: pytest.
                 [{k: v for k, v in r.items() if k != "probabilities"} for r in want_rows]
             np.testing.assert_allclose([r["probabilities"] for r in got_rows],
                                        [r["probabilities"] for r in want_rows], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_job_stopped_half_way_leaves_no_output(repo: Repo, tmp_path: Path, fmt: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV row with too few fields after the first chunks were scored and written: exit 2 naming the
+    file and row, no traceback, and neither the output nor the errors file left (an older output of
+    the same name kept as it was), nor a temporary file."""
+    import pyarrow.csv as pcsv
+
+    model = repo.onnx("affine", {1: 2.0}, config="max_batch_size = 8\n")
+    x = features(150_000)  # 7 MB: two CSV blocks of pyarrow's (4 MiB), so the bad row is read late
+    lines = [f"{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(x)]
+    lines[-10] = f"{len(x) - 10},1.0"
+    source = tmp_path / "rows.csv"
+    source.write_text("id," + ",".join(f"f{j}" for j in range(WIDTH)) + "\n" + "\n".join(lines) + "\n")
+    with pcsv.open_csv(source) as r:  # pyarrow reads the first block, and refuses the file later
+        assert r.read_next_batch().num_rows < len(x)
+        with pytest.raises(pa.ArrowInvalid):
+            r.read_all()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"scores.{fmt}"
+    out.write_text("an older output\n")
+    assert batch(model, "-i", source, "-o", out, "--columns", "x=f*", "--chunk-rows", 20_000) == 2
+    err = capsys.readouterr().err
+    assert f"--input {source}: cannot read it as csv" in err and "Expected 5 columns, got 2" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out_dir.iterdir()) == [out.name]
+    assert out.read_text() == "an older output\n"
+
+
+def test_jsonl_lines_of_the_wrong_kind_fail_alone(repo: Repo, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """A block of JSON Lines with lines that are not JSON, not objects, or whose ``x`` is text, an object
+    or a list of the wrong kind: each such line is one failed row naming the field, and the good lines
+    of the same block are scored (one bad value used to turn the field into text and refuse the job)."""
+    model = repo.onnx("affine", {1: 2.0}, config="max_batch_size = 8\n")
+    x = features(6)
+    good = [json.dumps({"id": i, "x": row.tolist()}) for i, row in enumerate(x)]
+    bad = {"not json": "not json at all", "a list line": "[1, 2, 3]",
+           "x text": json.dumps({"id": 101, "x": "hello"}), "x object": json.dumps({"id": 102, "x": {"a": 1}}),
+           "x texts": json.dumps({"id": 103, "x": ["a", "b", "c", "d"]})}
+    source = tmp_path / "rows.jsonl"
+    source.write_text("\n".join(good[:3] + list(bad.values()) + good[3:]) + "\n")
+    out, errors = tmp_path / "out.jsonl", tmp_path / "bad.jsonl"
+    assert batch(model, "-i", source, "-o", out, "--errors", errors, "--key", "id") == 0
+    assert "11 input rows = 6 output rows + 5 error rows" in capsys.readouterr().out
+    np.testing.assert_allclose([r["y"] for r in read_rows(out)], online(repo.root, "affine", x)["y"], rtol=1e-6)
+    failed = {r["row_index"]: r for r in read_rows(errors)}
+    assert sorted(failed) == [3, 4, 5, 6, 7]
+    assert "not a JSON line" in failed[3]["error"]
+    assert "expected a JSON object, got list" in failed[4]["error"]
+    assert failed[5]["id"] == 101 and "field 'x': expected a list" in failed[5]["error"] and "a scalar" in failed[5]["error"]
+    assert failed[6]["id"] == 102 and "got an object" in failed[6]["error"]
+    assert failed[7]["id"] == 103 and "field 'x'" in failed[7]["error"]

@@ -124,6 +124,12 @@ def test_hpa_spec_rejects(bad):
 # --- the simulation, by hand ---------------------------------------------------------------
 
 
+def test_an_overflowing_ratio_recommends_a_bounded_integer():
+    """A load so large over a target so small that ratio x pods overflows to inf (was an OverflowError)."""
+    assert metric_replicas(2, 1e308, 2, 0, 1e-300, 0.1) == 10**12
+    assert metric_replicas(5, 1e308, 2, 3, 1e-300, 0.1) == 10**12
+
+
 def test_step_load_by_hand():
     """100 -> 1000 req/s at 60 s, startup 40 s, 300 s in all.
 
@@ -222,6 +228,8 @@ def test_advice_max_startup_by_hand(tmp_path):
     # The search goes past a startup that already keeps the SLO; a flat load keeps it at any startup.
     assert advise.max_startup_s(rates, pod(10), spec()) == 30
     assert advise.max_startup_s(parse_trace("const:100:120"), pod(10), spec()) == 120
+    # A startup far past the trace's length searches no further than the trace (it searched up to 1e12 s).
+    assert advise.max_startup_s(parse_trace("const:100:120"), pod(1e12), spec()) == 120
     assert simulate(rates, pod(31), spec()).miss_seconds == 1
     assert all(simulate(rates, pod(k), spec()).miss_seconds == 0 for k in range(31))  # every shorter one too
 
@@ -243,6 +251,8 @@ def test_traces(tmp_path):
     ("ramp:1:2", "FROM:TO:DURATION_S"), ("ramp:a:2:3", "FROM must be a number"),
     ("const:-1:3", ">= 0"), ("const:1:2.5", "whole number"), ("step:1:2:9:5", "AT_S"),
     ("sine:1:2", "expected ramp"),
+    ("const:100:1e12", "at most 86400 s"), ("ramp:1:2:86401", "at most 86400 s"), ("const:1e308:60", "RATE must be at most 1e\\+09"),
+    ("step:1:1e10:5:10", "TO must be at most"),
 ])
 def test_trace_rejects(spec_, words):
     with pytest.raises(TraceError, match=words):
@@ -253,6 +263,8 @@ def test_trace_rejects(spec_, words):
     ("t,r\n0,1\n", "line 1: expected the header"), ("time_s,rate\n0,1\n0,2\n", "line 3: time_s 0 is not after"),
     ("time_s,rate\n0,x\n", "line 2: time_s and rate must be numbers"), ("time_s,rate\n0,-1\n", "line 2: rate"),
     ("time_s,rate\n0,1,2\n", "line 2: expected 2 columns"), ("time_s,rate\n", "no rows"),
+    ("time_s,rate\n0,1\n1e12,2\n", "line 3: time_s 1e\\+12 is 1e\\+12 s after the first row's"),
+    ("time_s,rate\n0,1e300\n", "line 2: rate must be at most"),
 ])
 def test_trace_csv_rejects(tmp_path, text, words):
     f = tmp_path / "t.csv"
@@ -296,10 +308,31 @@ def test_from_bench_json_by_hand(tmp_path):
     assert from_bench_json(str(f), 10, 20).capacity_rps is None
 
 
+def _level_doc(**fields) -> str:
+    """A bench report of one level (concurrency 1, 40 req/s, p99 20 ms), ``fields`` replaced."""
+    level = {"concurrency": 1, "throughput_rps": 40, "latency_ms": {"p99": 20, "mean": 18}, "errors": 0,
+             "server": None, **fields}
+    return json.dumps({"tool": "pyserve bench", "sweep": "concurrency", "levels": [level]})
+
+
 @pytest.mark.parametrize("doc, words", [("[]", "not a `pyserve bench --json` report"), ("{", "not JSON"),
                                         ('{"tool": "pyserve bench", "levels": []}', "'sweep' must be"),
                                         (json.dumps({"tool": "pyserve bench", "sweep": "concurrency",
-                                                     "levels": [{"concurrency": 1}]}), "levels\\[0\\]")])
+                                                     "levels": [{"concurrency": 1}]}), "levels\\[0\\]"),
+                                        # Fields of the wrong kind or out of range, named (some were tracebacks).
+                                        (_level_doc(server=[1]), "levels\\[0\\]: 'server' must be an object or null"),
+                                        (_level_doc(latency_ms=[1]), "levels\\[0\\]: 'latency_ms' must be an object"),
+                                        (_level_doc(throughput_rps=-40), "levels\\[0\\]: 'throughput_rps' must be a finite number >= 0"),
+                                        (_level_doc(throughput_rps=float("inf")), "levels\\[0\\]: 'throughput_rps' must be a finite"),
+                                        (_level_doc(latency_ms={"p99": -20, "mean": 1}), "levels\\[0\\]: 'latency_ms.p99' must be"),
+                                        (_level_doc(errors=1.5), "levels\\[0\\]: 'errors' must be an integer >= 0, got 1.5"),
+                                        (_level_doc(concurrency=0), "levels\\[0\\]: 'concurrency' must be a finite number > 0"),
+                                        (json.dumps({"tool": "pyserve bench", "sweep": "concurrency", "config": [1],
+                                                     "levels": json.loads(_level_doc())["levels"]}),
+                                         "'config' must be an object"),
+                                        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+                                        (json.dumps({"tool": "pyserve bench", "sweep": "concurrency",
+                                                     "levels": ["x"]}), "levels\\[0\\]: expected an object")])
 def test_from_bench_json_rejects(tmp_path, doc, words):
     f = tmp_path / "b.json"
     f.write_text(doc)
@@ -370,6 +403,7 @@ def test_pyserve_plan_subcommand(tmp_path, capsys):
     (["--capacity-rps", "100", "--trace", "const:1:5", "--trace-csv", "t.csv"], "not both"),
     (["--capacity-rps", "100", "--min-replicas", "0"], "minReplicas must be >= 1"),
     (["--capacity-rps", "100", "--scale-up-percent", "0", "--scale-up-pods", "0"], "never scale up"),
+    (["--capacity-rps", "100", "--scale-down-percent", "0"], "never scale down"),
     (["--bench-json", "absent.json"], "--bench-json absent.json: cannot read"),
 ])
 def test_cli_rejects(argv, words):
@@ -437,3 +471,33 @@ def test_cli_on_a_real_bench_report(serve_module, tmp_path):
     assert doc["advice"]["min_replicas"] == math.ceil(200 / cap - 1e-9)
     if has_mpl:
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# The flags docs/plan.md gives to plan the HPA of deploy/kubernetes/overlays/hpa.
+OVERLAY_HPA_FLAGS = ["--min-replicas", "2", "--max-replicas", "10", "--target-value", "8",
+                     "--scale-up-stabilization-s", "0", "--scale-up-percent", "0", "--scale-up-pods", "4",
+                     "--scale-up-period-s", "30", "--scale-down-stabilization-s", "300",
+                     "--scale-down-percent", "0", "--scale-down-pods", "1", "--scale-down-period-s", "60"]
+
+
+def test_the_hpa_overlay_can_be_planned():
+    """The HPA of overlays/hpa, as its YAML says, is the HpaSpec of the flags docs/plan.md gives for it
+    (its scale-down policy is of type Pods, which plan could not express before --scale-down-pods)."""
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).resolve().parent.parent
+    doc = yaml.safe_load((root / "deploy/kubernetes/overlays/hpa/hpa.yaml").read_text())["spec"]
+
+    def rules(d: dict) -> ScalingRules:
+        return ScalingRules(d.get("stabilizationWindowSeconds", 0),
+                            tuple(ScalingPolicy(p["type"], p["value"], p["periodSeconds"]) for p in d["policies"]),
+                            d.get("selectPolicy", "Max"))
+
+    expected = HpaSpec(doc["minReplicas"], doc["maxReplicas"],
+                       float(doc["metrics"][0]["pods"]["target"]["averageValue"]),
+                       rules(doc["behavior"]["scaleUp"]), rules(doc["behavior"]["scaleDown"]))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args([*OVERLAY_HPA_FLAGS, "--capacity-rps", "100", "--slo-p99-ms", "100",
+                              "--startup-s", "10"])
+    assert cli.build_hpa(args, args.target_value) == expected
+    assert " ".join(OVERLAY_HPA_FLAGS) in (root / "docs/plan.md").read_text().replace("\\\n", "").replace("  ", " ")

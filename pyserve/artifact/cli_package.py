@@ -44,10 +44,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
     metadata: dict[str, Any] = {}
     if args.metadata_file is not None:
+        def no_constant(name: str) -> Any:  # NaN and Infinity are not JSON: the manifest could not hold them
+            raise ValueError(f"{name} is not a JSON value")
+
         try:
-            doc = json.loads(args.metadata_file.read_text(encoding="utf-8"))
+            doc = json.loads(args.metadata_file.read_text(encoding="utf-8"), parse_constant=no_constant)
         except (OSError, ValueError) as e:
             raise invalid(f"--metadata-file {args.metadata_file}: not a readable JSON file: {e}") from None
+        except RecursionError:
+            raise invalid(f"--metadata-file {args.metadata_file}: JSON nested too deeply") from None
         if not isinstance(doc, dict):
             raise invalid(f"--metadata-file {args.metadata_file}: expected a JSON object, got {type(doc).__name__}")
         metadata.update(doc)
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
             raise invalid(f"--training-data {f}: no such file")
     if args.output.suffix != ".pyserve":
         raise invalid(f"-o {args.output}: expected a file name ending in .pyserve")
+    if not args.output.parent.is_dir():
+        raise invalid(f"-o {args.output}: the folder {args.output.parent} does not exist")
     metadata = _metadata(args)
     name = args.name or model_dir.resolve().name
     options = dict(version=args.version, training_commit=args.training_commit,

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     """Runs the checks, printing each; 0 when all pass, 1 when one fails."""
     from pyserve.artifact import open_extracted
     from pyserve.artifact import lock as locks
-    from pyserve.artifact.manifest import LOCK
+    from pyserve.artifact.manifest import LOCK, MODEL_PREFIX
+    from pyserve.config import ConfigError, load_model_config
 
     path: Path = args.artifact
     try:
@@ -68,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
             if bad:
                 names = ", ".join(r.name for r in bad)
                 _say(f"FAIL: direct dependencies differ from the lock: {names} (--lock-policy warn to accept)")
+                return EXIT_FAILED
+            # Read (never run) even with --no-golden: an artifact no server could load does not pass.
+            try:
+                load_model_config(extracted.model_dir)
+            except ConfigError as e:  # named as the member, not as the private folder it was unpacked to
+                _say(f"FAIL: {e.message.replace(str(extracted.model_dir), MODEL_PREFIX.rstrip('/'))}")
+                return EXIT_FAILED
+            if not extracted.version_dir.is_dir():
+                _say(f"FAIL: {MODEL_PREFIX}{m.version}/: the folder of the packaged version is not in the artifact")
                 return EXIT_FAILED
             if not args.no_golden:
                 ok, line = asyncio.run(_golden(extracted.root, m.name, extracted.version_dir))

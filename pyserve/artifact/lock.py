@@ -40,7 +40,18 @@ STATUS_VERSION = "version differs"
 STATUS_MISSING = "not installed"
 
 
+def _need(module: str, package: str) -> None:
+    """INVALID_ARGUMENT naming the extra when ``module`` (of the distribution ``package``) is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise invalid(f"the artifact's lock needs {package}: pip install 'pyserve[artifact]'") from None
+
+
 def _canonical(name: str) -> str:
+    _need("packaging", "packaging")
     from packaging.utils import canonicalize_name
 
     return str(canonicalize_name(name))
@@ -88,6 +99,7 @@ def _record_sha256(dist: md.Distribution) -> str:
 
 def _requirements(dist: md.Distribution) -> list[str]:
     """The installed distributions ``dist`` requires (extras and markers not met left out)."""
+    _need("packaging", "packaging")
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
@@ -148,6 +160,7 @@ def build_lock(direct: Iterable[str]) -> dict[str, Any]:
 
 def dumps(lock: dict[str, Any]) -> bytes:
     """The TOML bytes of a lock (tomli-w: the same document always gives the same bytes)."""
+    _need("tomli_w", "tomli-w")
     import tomli_w
 
     return tomli_w.dumps(lock).encode("utf-8")

@@ -29,6 +29,8 @@ LOCK = "pylock.toml"
 MODEL_PREFIX = "model/"
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_PATH_LENGTH = 1024
+# A file or folder name's limit on Linux and macOS (NAME_MAX), in bytes of UTF-8.
+MAX_NAME_BYTES = 255
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -85,14 +87,20 @@ class Manifest:
         return entry.sha256 if entry is not None else ""
 
     def to_bytes(self) -> bytes:
-        """The canonical bytes of the manifest (sorted keys, 2-space indent, UTF-8, final newline)."""
+        """The canonical bytes of the manifest (sorted keys, 2-space indent, UTF-8, final newline);
+        INVALID_ARGUMENT when the provenance holds a NaN or an infinity (not JSON)."""
         doc = {
             "format": FORMAT,
             "model": {"name": self.name, "version": self.version, "backend": self.backend},
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in self.files],
             "provenance": self.provenance.to_json(),
         }
-        return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+        except ValueError:  # NaN or Infinity, which JSON has no word for (from an MLmodel's metadata)
+            raise invalid(f"{MANIFEST}: provenance: a number of the metadata (--metadata-file, an MLmodel's metadata) "
+                          "is NaN or infinite, which JSON cannot hold") from None
+        return (text + "\n").encode("utf-8")
 
     @classmethod
     def parse(cls, data: bytes) -> Manifest:
@@ -101,6 +109,8 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise invalid(f"{MANIFEST}: not UTF-8 JSON: {e}") from None
+        except RecursionError:  # json's decoder recurses once per level of nesting
+            raise invalid(f"{MANIFEST}: JSON nested too deeply (a manifest nests 4 levels)") from None
         try:
             return cls._from_doc(doc)
         except PyserveError:
@@ -117,6 +127,7 @@ class Manifest:
         name, version, backend = model["name"], model["version"], model["backend"]
         if not isinstance(name, str) or not name or not isinstance(backend, str):
             raise invalid(f"{MANIFEST}: model.name and model.backend: expected non-empty strings")
+        check_folder_name(name, f"{MANIFEST}: model.name")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise invalid(f"{MANIFEST}: model.version: expected an integer >= 1, got {version!r}")
         files: list[FileEntry] = []
@@ -139,17 +150,42 @@ class Manifest:
         return cls(name, version, backend, tuple(sorted(files, key=lambda f: f.path)), provenance)
 
 
+def check_folder_name(name: str, where: str) -> str:
+    """``name`` if it can name the folder a model is unpacked into: no ``/`` or ``\\``, no control
+    character, not starting with ``.``, at most 255 bytes of UTF-8; INVALID_ARGUMENT naming ``where``
+    otherwise."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):
+        raise invalid(f"{where} {name!r} cannot name a folder: expected no '/', '\\', control character "
+                      "or leading '.'")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise invalid(f"{where} {_shown(name, 40)}: longer than the {MAX_NAME_BYTES} bytes a folder's name may have")
+    return name
+
+
+def _shown(text: Any, most: int = 80) -> str:
+    """``repr(text)``, cut to its first ``most`` characters when longer (a hostile name can be long)."""
+    if isinstance(text, str) and len(text) > most:
+        return f"{text[:most]!r}... ({len(text)} characters)"
+    return repr(text)
+
+
 def check_member_path(path: Any) -> str:
     """``path`` if it can name a member: a relative POSIX path under ``model/`` (or the lock), with no
     empty, ``.`` or ``..`` part, no backslash and no control character; INVALID_ARGUMENT otherwise
-    (the guard against zip-slip: nothing is ever written outside the extraction folder)."""
+    (the guard against zip-slip: nothing is ever written outside the extraction folder), and no part
+    longer than a file name may be (255 bytes)."""
     if not isinstance(path, str) or not path or len(path) > MAX_PATH_LENGTH:
-        raise invalid(f"member name {path!r}: expected a relative path of 1 to {MAX_PATH_LENGTH} characters")
+        raise invalid(f"member name {_shown(path)}: expected a relative path of 1 to {MAX_PATH_LENGTH} characters")
     parts = path.split("/")
     if (path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts)
             or any(ord(c) < 32 or ord(c) == 127 for c in path) or ":" in parts[0]):
-        raise invalid(f"member name {path!r}: not a plain relative path (no '..', '\\', leading '/' or "
+        raise invalid(f"member name {_shown(path)}: not a plain relative path (no '..', '\\', leading '/' or "
                       "control characters)")
+    long = next((p for p in parts if len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES), None)
+    if long is not None:
+        raise invalid(f"member name {_shown(path)}: the part {_shown(long, 40)} is longer than the {MAX_NAME_BYTES} bytes a "
+                      "file name may have")
     if path != LOCK and not (path.startswith(MODEL_PREFIX) and len(parts) >= 2):
-        raise invalid(f"member name {path!r}: expected {LOCK} or a file under {MODEL_PREFIX}")
+        raise invalid(f"member name {_shown(path)}: expected {LOCK} or a file under {MODEL_PREFIX}")
     return path

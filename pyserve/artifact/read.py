@@ -27,6 +27,7 @@ from pyserve.artifact.manifest import (
     MODEL_PREFIX,
     SIGNATURE,
     Manifest,
+    check_folder_name,
     check_member_path,
 )
 from pyserve.errors import PyserveError, invalid
@@ -178,9 +179,7 @@ def _extract(f: BinaryIO, path: Path, dest_parent: Path | None, public_key: Path
         missing = sorted(listed - set(members))
         if missing:
             raise invalid(f"member {missing[0]}: listed in {MANIFEST} but not in the archive")
-        folder = name or manifest.name
-        if not folder or "/" in folder or folder.startswith("."):
-            raise invalid(f"{MANIFEST}: model.name {folder!r} cannot name a folder")
+        folder = check_folder_name(name, "model name") if name else manifest.name  # the manifest's is checked
         root = Path(tempfile.mkdtemp(prefix="pyserve-artifact-", dir=dest_parent))
         try:
             (root / MANIFEST).write_bytes(manifest_bytes)
@@ -199,16 +198,16 @@ def _unpack(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, sha256: str
     if info.file_size != size:
         raise invalid(f"member {info.filename}: {info.file_size} bytes, the manifest says {size}: "
                       "the member (or the manifest) was changed")
-    target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with z.open(info) as src, open(target, "xb") as dst:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 dst.write(chunk)
     except zipfile.BadZipFile as e:
         raise invalid(f"member {info.filename}: damaged in the archive ({e})") from None
-    except OSError as e:  # a member named both as a file and as a folder, a full disk, ...
+    except OSError as e:  # a member named both as a file and as the folder of another, a full disk, ...
         raise invalid(f"member {info.filename}: cannot be written: {e.strerror or e}") from None
     if h.hexdigest() != sha256:
         raise invalid(f"member {info.filename}: sha256 {h.hexdigest()} is not the manifest's {sha256}: "

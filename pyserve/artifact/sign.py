@@ -31,6 +31,7 @@ def _serialization():  # type: ignore[no-untyped-def]
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key of the PEM file ``path`` (unencrypted PKCS#8); INVALID_ARGUMENT naming
     the file when it is not one."""
+    _serialization()  # a clear refusal without the cryptography package
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = _load(path, private=True)
@@ -42,6 +43,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """The Ed25519 public key of the PEM file ``path`` (a private key's file is accepted too: its
     public half is used); INVALID_ARGUMENT naming the file when it is neither."""
+    _serialization()  # a clear refusal without the cryptography package
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
     try:

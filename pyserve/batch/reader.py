@@ -21,6 +21,7 @@ more than one dimension is an Arrow fixed-size list (nested for three dimensions
 
 from __future__ import annotations
 
+import collections
 import io
 import itertools
 import json
@@ -256,7 +257,8 @@ def _split(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
 def _json_by_line(lines: list[bytes]) -> tuple[pa.RecordBatch, dict[int, str]]:
     """A block pyarrow refused, line by line: a line that is not a JSON object is a failed row
     (its message in the result's dict), and a field whose values are of several scalar types is
-    read as text, to be converted (and refused row by row) with the other inputs."""
+    read as text, to be converted (and refused row by row) with the other inputs (see
+    :func:`_json_column` for lists and objects)."""
     rows: list[dict[str, Any]] = []
     failed: dict[int, str] = {}
     for i, line in enumerate(lines):
@@ -270,14 +272,51 @@ def _json_by_line(lines: list[bytes]) -> tuple[pa.RecordBatch, dict[int, str]]:
             row = None
         rows.append(row or {})
     names = list(dict.fromkeys(k for r in rows for k in r))
-    columns = {}
-    for name in names:
-        values = [r.get(name) for r in rows]
-        try:
-            columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[name] = pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v)
-                                      for v in values], pa.string())
+    columns = {name: _json_column(name, [r.get(name) for r in rows], failed) for name in names}
     if not columns:
         columns["\x00"] = pa.nulls(len(lines))  # every line failed: the rows still count
     return pa.RecordBatch.from_pydict(columns), failed
+
+
+def _json_kind(value: Any) -> str:
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else "a scalar"
+
+
+def _json_column(name: str, values: list[Any], failed: dict[int, str]) -> pa.Array:
+    """The Arrow column of field ``name``'s ``values`` (one per line; None where absent). Scalars of
+    several types become text (converted, and refused value by value, with the model's inputs). When
+    lists or objects are mixed with other kinds, or with each other's shapes, the kind and then the
+    Arrow type most lines have wins, and a line whose value does not fit it is a failed row (its
+    message added to ``failed``, by line) instead of failing the block: one bad line, one failed row."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    present = [(i, v) for i, v in enumerate(values) if v is not None]
+    kinds = collections.Counter(_json_kind(v) for _, v in present)
+    if set(kinds) == {"a scalar"}:
+        return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+                        pa.string())
+    values = list(values)
+    kind = kinds.most_common(1)[0][0]
+    types: dict[int, pa.DataType] = {}
+    for i, v in present:
+        if _json_kind(v) != kind:
+            failed.setdefault(i, f"field {name!r}: expected {kind} as most lines of its block have, got "
+                                 f"{_json_kind(v)}")
+            values[i] = None
+            continue
+        try:
+            types[i] = pa.array([v]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            failed.setdefault(i, f"field {name!r}: {e}")
+            values[i] = None
+    common = collections.Counter(types.values()).most_common(1)[0][0] if types else pa.null()
+    for i in types:
+        try:
+            pa.array([values[i]], common)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            failed.setdefault(i, f"field {name!r}: the value does not fit the type most lines of its block "
+                                 f"have ({common})")
+            values[i] = None
+    return pa.array(values, common)

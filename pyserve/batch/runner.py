@@ -90,6 +90,10 @@ class BatchSummary:
                 f"({self.seconds:.1f} s, {rate:,.0f} rows/s)")
 
 
+def _kind(t: pa.DataType) -> str:
+    return "structs" if pa.types.is_struct(t) else "maps" if pa.types.is_map(t) else "lists"
+
+
 def default_errors_path(output: Path) -> Path:
     """The errors file beside ``output``: ``scores.parquet`` -> ``scores.errors.parquet``."""
     return output.with_name(f"{output.stem}.errors{output.suffix}")
@@ -108,6 +112,12 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
     mapping = InputMapping(config, reader.schema, options.maps, options.keys)
     keys = pa.schema([reader.schema.field(k) for k in mapping.keys])
     split = options.split_outputs or output_format(options.output, "--output") == "csv"
+    for flag, path in (("--output", options.output), ("--errors", options.errors)):
+        nested = [f for f in keys if pa.types.is_nested(f.type)]  # lists, structs, maps
+        if nested and output_format(path, flag) == "csv":  # --split-outputs splits outputs, not key columns
+            raise invalid(f"{flag} {path}: key column {nested[0].name!r} holds {_kind(nested[0].type)} "
+                          f"({nested[0].type}), which CSV cannot; write .parquet or .jsonl, or choose other key "
+                          "columns with --key")
     columns = OutputColumns(config, keys, split)
     if progress is None:
         progress = Progress(reader.total, "rows" if reader.total_is_rows else "bytes", enabled=False)
@@ -167,6 +177,11 @@ async def run_batch(service: InferenceService, runner: ModelRunner, options: Bat
                 await finish(*scoring.popleft())
             if writing is not None:
                 await writing
+        except BaseException:
+            # The writer thread must be done with the files before they are closed and deleted.
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
+            raise
         finally:
             for *_, task in scoring:
                 task.cancel()

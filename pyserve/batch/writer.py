@@ -9,6 +9,10 @@ An error row is ``row_index``, the key columns and ``error`` (the message).
 The format follows the file's extension: ``.parquet`` (pyarrow.parquet.ParquetWriter, one row group
 per chunk), ``.csv`` (pyarrow.csv.CSVWriter; lists cannot be CSV cells, so CSV outputs are split) or
 ``.jsonl`` (one JSON object per line; bytes as UTF-8 text).
+
+A file is written under a temporary name beside it and renamed into place only when the job ends well
+(:meth:`TableWriter.commit`): a job that stops half-way leaves no output that looks whole (a Parquet
+footer would make it read as complete), and an older file of the same name is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -125,31 +131,41 @@ def _column(a: np.ndarray, datatype: str) -> pa.Array:
 
 class TableWriter:
     """Writes record batches of ``schema`` to ``path`` in the format of its extension (``flag`` names
-    the file in errors). Close it (or use it as a context manager) to finish the file."""
+    the file in errors). The rows go to a temporary file beside ``path``: :meth:`commit` finishes it and
+    renames it to ``path``; :meth:`close` without a commit (a failed job) deletes it. As a context
+    manager, it commits when the block ends without an exception."""
 
     def __init__(self, path: Path, schema: pa.Schema, flag: str) -> None:
         self.path = Path(path)
+        self.flag = flag
         self.format = output_format(self.path, flag)
         self.rows = 0
         self.schema = schema
+        self._w: Any = None
         if self.format == "csv":
             lists = [f.name for f in schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
             if lists:
                 raise invalid(f"{flag} {path}: column {lists[0]!r} holds lists, which CSV cannot; write "
                               ".parquet or .jsonl, or pass --split-outputs")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise invalid(f"{flag} {path}: cannot write it: the folder {parent} does not exist")
         try:
+            # Created by the format's writer, so that it has the mode any new file has (umask).
+            self.partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.partial")
             if self.format == "parquet":
                 import pyarrow.parquet as pq
 
-                self._w: Any = pq.ParquetWriter(self.path, schema)
+                self._w = pq.ParquetWriter(self.partial, schema)
             elif self.format == "csv":
                 import pyarrow.csv as pcsv
 
-                self._w = pcsv.CSVWriter(self.path, schema)
+                self._w = pcsv.CSVWriter(self.partial, schema)
             else:
-                self._w = open(self.path, "w", encoding="utf-8")
-        except OSError as e:
-            raise invalid(f"{flag} {path}: cannot write it: {e.strerror or e}") from None
+                self._w = open(self.partial, "w", encoding="utf-8")
+        except (OSError, pa.ArrowException) as e:  # ArrowInvalid: a type the format cannot hold
+            self._discard()
+            raise invalid(f"{flag} {path}: cannot write it: {getattr(e, 'strerror', None) or e}") from None
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends ``batch`` (of :attr:`schema`)."""
@@ -162,15 +178,40 @@ class TableWriter:
             self._w.write_batch(batch)
         self.rows += batch.num_rows
 
+    def commit(self) -> None:
+        """Finishes the file (a Parquet footer) and renames it to :attr:`path`; INVALID_ARGUMENT naming
+        the flag and file when it cannot be."""
+        try:
+            self._w.close()
+            self._w = None
+            os.replace(self.partial, self.path)
+        except OSError as e:
+            self._discard()
+            raise invalid(f"{self.flag} {self.path}: cannot write it: {e.strerror or e}") from None
+
     def close(self) -> None:
-        """Finishes the file (a Parquet footer)."""
-        self._w.close()
+        """Deletes the unfinished file unless :meth:`commit` ran."""
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._w is not None:
+            try:
+                self._w.close()
+            except Exception:  # noqa: BLE001, S110  (the file is deleted anyway)
+                pass
+            self._w = None
+        partial = getattr(self, "partial", None)
+        if partial is not None and partial.exists():
+            partial.unlink()
 
     def __enter__(self) -> TableWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None and self._w is not None:
+            self.commit()
+        else:
+            self.close()
 
 
 def _json_default(value: object) -> object:

@@ -5,7 +5,7 @@
 - **scale-up rate**: the smallest ``Pods`` value of the scale-up policy (pods added per policy period,
   the ``Percent`` policies kept, ``selectPolicy: Max``) from which every larger value keeps the SLO;
 - **startup**: the largest whole number of seconds of pod startup such that it and every shorter
-  startup keep the SLO (searched up to the longer of the given startup and the trace).
+  startup keep the SLO (searched up to the trace's length: a longer startup is never ready within it).
 
 "Every larger value" matters: the SLO is not monotone in these levers. Where the HPA's 15 s sync
 falls against the load, and the tolerance band, can make 13 warm pods keep the SLO, 14 miss it and 15
@@ -90,9 +90,9 @@ def scale_up_pods(rates: np.ndarray, model: ReplicaModel, spec: HpaSpec) -> tupl
 
 
 def max_startup_s(rates: np.ndarray, model: ReplicaModel, spec: HpaSpec) -> int | None:
-    """The largest whole startup S (up to max(model.startup_s, len(rates)) seconds) such that every
-    startup in [0, S] keeps the SLO."""
-    top = max(int(model.startup_s), len(rates))
+    """The largest whole startup S (up to the trace's length in seconds: a pod that starts longer is never
+    ready within it) such that every startup in [0, S] keeps the SLO."""
+    top = len(rates)
     s = -1
     while s < top and _keeps(rates, dataclasses.replace(model, startup_s=float(s + 1)), spec):
         s += 1

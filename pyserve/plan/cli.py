@@ -51,8 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--scale-up-period-s", type=int, default=15, help="periodSeconds of the scaleUp policies (15)")
     h.add_argument("--scale-down-stabilization-s", type=int, default=300,
                    help="scaleDown stabilizationWindowSeconds (300)")
-    h.add_argument("--scale-down-percent", type=int, default=100, help="scaleDown Percent policy value (100)")
-    h.add_argument("--scale-down-period-s", type=int, default=15, help="periodSeconds of the scaleDown policy (15)")
+    h.add_argument("--scale-down-percent", type=int, default=100,
+                   help="scaleDown Percent policy value (100; 0 = none)")
+    h.add_argument("--scale-down-pods", type=int, default=0, help="scaleDown Pods policy value (0 = none)")
+    h.add_argument("--scale-down-period-s", type=int, default=15,
+                   help="periodSeconds of the scaleDown policies (15)")
 
     t = parser.add_argument_group("load trace")
     t.add_argument("--trace", default=None,
@@ -115,7 +118,12 @@ def build_hpa(args: argparse.Namespace, target: float) -> HpaSpec:
                            if args.scale_up_pods else None) if p is not None)
     if not up:
         raise UsageError("--scale-up-percent and --scale-up-pods are both 0: the HPA could never scale up")
-    down = (ScalingPolicy("Percent", args.scale_down_percent, args.scale_down_period_s),)
+    down = tuple(p for p in (ScalingPolicy("Percent", args.scale_down_percent, args.scale_down_period_s)
+                             if args.scale_down_percent else None,
+                             ScalingPolicy("Pods", args.scale_down_pods, args.scale_down_period_s)
+                             if args.scale_down_pods else None) if p is not None)
+    if not down:
+        raise UsageError("--scale-down-percent and --scale-down-pods are both 0: the HPA could never scale down")
     return HpaSpec(
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_value=target,
         scale_up=ScalingRules(args.scale_up_stabilization_s, up), scale_down=ScalingRules(

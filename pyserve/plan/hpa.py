@@ -112,13 +112,25 @@ def metric_replicas(current: int, ready_metric_sum: float, ready: int, missing: 
     if missing == 0:
         if abs(1.0 - ratio) <= tolerance:
             return current
-        return math.ceil(round(ratio * ready, 9))  # round away float noise before ceil
+        return _ceil(ratio * ready)
     # Missing pods: 0 when scaling up, the target when scaling down.
     assumed = 0.0 if ratio > 1.0 else target * missing
     new_ratio = (ready_metric_sum + assumed) / (ready + missing) / target
     if abs(1.0 - new_ratio) <= tolerance or (ratio < 1.0 < new_ratio) or (ratio > 1.0 > new_ratio):
         return current
-    return math.ceil(round(new_ratio * (ready + missing), 9))
+    return _ceil(new_ratio * (ready + missing))
+
+
+# Recommendations are clamped to maxReplicas later; this keeps an overflowing ratio (a huge load over a
+# tiny target: inf) an integer.
+_MAX_RECOMMENDATION = 1e12
+
+
+def _ceil(replicas: float) -> int:
+    """``ceil(replicas)``, float noise rounded away first, at most 10**12 (inf and NaN included)."""
+    if not replicas <= _MAX_RECOMMENDATION:
+        return int(_MAX_RECOMMENDATION)
+    return math.ceil(round(replicas, 9))
 
 
 @dataclasses.dataclass

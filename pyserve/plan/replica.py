@@ -115,6 +115,27 @@ def _num(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
+def _field(key: str, value: Any, positive: bool = False, nullable: bool = False) -> float:
+    """``value`` (a level's field ``key``) as a finite number >= 0 (> 0 when ``positive``; None as NaN
+    when ``nullable``); ValueError naming the field otherwise."""
+    if value is None and nullable:
+        return math.nan
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or value < 0 or (positive and value == 0)):
+        raise ValueError(f"'{key}' must be a finite number {'> 0' if positive else '>= 0'}"
+                         f"{' or null' if nullable else ''}, got {value!r}")
+    return float(value)
+
+
+def _table(parent: Any, key: str, nullable: bool = False) -> dict[str, Any]:
+    value = parent.get(key)
+    if value is None and nullable:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"'{key}' must be an object{' or null' if nullable else ''}, got {value!r}")
+    return value
+
+
 def from_bench_json(path: str, slo_p99_ms: float, headroom_pct: float) -> BenchCurve:
     """The curve and the capacity within ``slo_p99_ms`` of the levels in a ``pyserve bench --json`` file.
 
@@ -129,6 +150,10 @@ def from_bench_json(path: str, slo_p99_ms: float, headroom_pct: float) -> BenchC
         raise ModelError(f"--bench-json {path}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise ModelError(f"--bench-json {path}: not JSON: {e}") from None
+    except RecursionError:
+        raise ModelError(f"--bench-json {path}: JSON nested too deeply for a bench report") from None
+    except UnicodeDecodeError:
+        raise ModelError(f"--bench-json {path}: not UTF-8 text") from None
     if not isinstance(doc, dict) or doc.get("tool") != "pyserve bench" or not isinstance(doc.get("levels"), list):
         raise ModelError(f"--bench-json {path}: not a `pyserve bench --json` report (no 'tool' and 'levels')")
     mode = doc.get("sweep")
@@ -139,15 +164,22 @@ def from_bench_json(path: str, slo_p99_ms: float, headroom_pct: float) -> BenchC
     curve: list[CurvePoint] = []
     for i, lv in enumerate(doc["levels"]):
         try:
-            level = float(lv[mode])
-            thr = float(lv["throughput_rps"])
-            lat = lv["latency_ms"]
-            p99, mean = _num(lat["p99"]), _num(lat["mean"])
-            errors = int(lv["errors"])
-            server = lv.get("server") or {}
-            server_ms = _num(server.get("request_ms"))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"--bench-json {path}: levels[{i}]: missing or bad field {e}") from None
+            if not isinstance(lv, dict):
+                raise ValueError(f"expected an object, got {lv!r}")
+            level = _field(mode, lv[mode], positive=True)
+            thr = _field("throughput_rps", lv["throughput_rps"])
+            lat = _table(lv, "latency_ms")
+            p99 = _field("latency_ms.p99", lat["p99"], nullable=True)
+            mean = _field("latency_ms.mean", lat["mean"], nullable=True)
+            errors = lv["errors"]
+            if isinstance(errors, bool) or not isinstance(errors, int) or errors < 0:
+                raise ValueError(f"'errors' must be an integer >= 0, got {errors!r}")
+            server = _table(lv, "server", nullable=True)
+            server_ms = _field("server.request_ms", server.get("request_ms"), nullable=True)
+        except KeyError as e:
+            raise ModelError(f"--bench-json {path}: levels[{i}]: missing field {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"--bench-json {path}: levels[{i}]: {e}") from None
         points.append(capacity_mod.LevelPoint(level, thr, p99, errors))
         loads.append(autoscale.LevelLoad(level, thr, mean, server_ms))
         latency_ms = server_ms if not math.isnan(server_ms) else mean
@@ -163,6 +195,9 @@ def from_bench_json(path: str, slo_p99_ms: float, headroom_pct: float) -> BenchC
             unique.append(p)
     cap = capacity_mod.answer(points, slo_p99_ms, None, headroom_pct, str(mode))
     scaling = autoscale.target(loads, cap) if cap.capacity_rps is not None else None
-    model = str((doc.get("config") or {}).get("model", ""))
+    config = doc.get("config") or {}
+    if not isinstance(config, dict):
+        raise ModelError(f"--bench-json {path}: 'config' must be an object, got {config!r}")
+    model = str(config.get("model", ""))
     return BenchCurve(model, cap.capacity_rps, tuple(unique), None if scaling is None else scaling.target_value)
 

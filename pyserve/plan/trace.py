@@ -9,6 +9,9 @@ Forms:
 - a CSV file with the header ``time_s,rate`` and rows of increasing ``time_s`` (seconds) and ``rate``
   (req/s >= 0), interpolated linearly between rows and sampled every second from the first row's
   time to the last's (a step is two rows one second apart).
+
+A trace lasts at most :data:`MAX_TRACE_S` seconds (one day: the simulation holds a value per second)
+and a rate is at most :data:`MAX_RATE` req/s; longer or larger ones are refused, naming the flag or line.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import csv
 import math
 
 import numpy as np
+
+MAX_TRACE_S = 86_400
+MAX_RATE = 1e9
 
 
 class TraceError(ValueError):
@@ -34,6 +40,8 @@ def _numbers(spec: str, parts: list[str], names: tuple[str, ...]) -> list[float]
             raise TraceError(f"--trace {spec!r}: {name} must be a number, got {text!r}") from None
         if not math.isfinite(v) or v < 0:
             raise TraceError(f"--trace {spec!r}: {name} must be a finite number >= 0, got {text!r}")
+        if name in ("FROM", "TO", "RATE") and v > MAX_RATE:
+            raise TraceError(f"--trace {spec!r}: {name} must be at most {MAX_RATE:.0e} req/s, got {text!r}")
         out.append(v)
     return out
 
@@ -41,6 +49,8 @@ def _numbers(spec: str, parts: list[str], names: tuple[str, ...]) -> list[float]
 def _duration(spec: str, d: float) -> int:
     if d != int(d) or d < 1:
         raise TraceError(f"--trace {spec!r}: DURATION_S must be a whole number of seconds >= 1, got {d:g}")
+    if d > MAX_TRACE_S:
+        raise TraceError(f"--trace {spec!r}: DURATION_S must be at most {MAX_TRACE_S} s (one day), got {d:g}")
     return int(d)
 
 
@@ -90,8 +100,14 @@ def read_trace_csv(path: str) -> np.ndarray:
             raise TraceError(f"--trace-csv {path}: line {line}: time_s and rate must be numbers, got {row}") from None
         if not (math.isfinite(t) and math.isfinite(r)) or r < 0:
             raise TraceError(f"--trace-csv {path}: line {line}: rate must be a finite number >= 0, got {row[1]!r}")
+        if r > MAX_RATE:
+            raise TraceError(f"--trace-csv {path}: line {line}: rate must be at most {MAX_RATE:.0e} req/s, "
+                             f"got {row[1]!r}")
         if times and t <= times[-1]:
             raise TraceError(f"--trace-csv {path}: line {line}: time_s {t:g} is not after the previous {times[-1]:g}")
+        if times and t - times[0] >= MAX_TRACE_S:
+            raise TraceError(f"--trace-csv {path}: line {line}: time_s {t:g} is {t - times[0]:g} s after the first "
+                             f"row's; a trace lasts at most {MAX_TRACE_S} s (one day)")
         times.append(t)
         rates.append(r)
     if not times:
