@@ -561,7 +561,9 @@ def _json_tensor(name: str, values: Any, what: str) -> dict:
             # than np.isfinite can say the same (two numpy calls). Larger, the extra copy of the
             # text into the header costs more than the isfinite pass.
             text = orjson.dumps(data, option=_NUMPY_OPT)
-            data = orjson.Fragment(_non_finite_json(text, data) if b"n" in text else text)
+            # find(), not `b"n" in text`: `in` on bytes first tries the operand as an integer and
+            # raises and clears a TypeError (294 against 104 ns here).
+            data = orjson.Fragment(_non_finite_json(text, data) if text.find(b"n") >= 0 else text)
         elif not np.logical_and.reduce(np.isfinite(data)):
             data = orjson.Fragment(_non_finite_json(orjson.dumps(data, option=_NUMPY_OPT), data))
     return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
