@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/json_tensor.h"
+#include "python/py_backend.h"  // NumpyDtype
 
 namespace py = pybind11;
 
@@ -19,24 +20,6 @@ namespace {
 std::string_view View(const py::buffer_info& info) {
   if (info.ndim != 1 || info.itemsize != 1) throw py::value_error("body: expected a contiguous bytes-like object");
   return {static_cast<const char*>(info.ptr), static_cast<size_t>(info.size)};
-}
-
-// numpy's dtype of a KServe datatype, little-endian as on the wire (this core runs little-endian).
-py::dtype NumpyDtype(DataType dtype) {
-  switch (dtype) {
-    case DataType::kBool: return py::dtype("?");
-    case DataType::kUint8: return py::dtype("<u1");
-    case DataType::kUint16: return py::dtype("<u2");
-    case DataType::kUint32: return py::dtype("<u4");
-    case DataType::kUint64: return py::dtype("<u8");
-    case DataType::kInt8: return py::dtype("<i1");
-    case DataType::kInt16: return py::dtype("<i2");
-    case DataType::kInt32: return py::dtype("<i4");
-    case DataType::kInt64: return py::dtype("<i8");
-    case DataType::kFp16: return py::dtype("<f2");
-    case DataType::kFp32: return py::dtype("<f4");
-    default: return py::dtype("<f8");
-  }
 }
 
 py::object ScanKServeRequest(const py::buffer& body) {
