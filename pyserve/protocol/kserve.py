@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import numpy as np
 import orjson
 
-from pyserve.datatypes import NUMPY_DTYPES, datatype_of
+from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.errors import PyserveError, invalid
 from pyserve.protocol import kserve_json, kserve_reply
 from pyserve.protocol import (
@@ -540,12 +540,7 @@ def _body(doc: dict, parts: list[Any]) -> tuple[bytes, int | None]:
 
 def _json_tensor(name: str, values: Any, what: str) -> dict:
     """A JSON tensor entry: data flattened row-major, as Triton sends it."""
-    arr = values if type(values) is np.ndarray else np.asarray(values)
-    try:
-        datatype = datatype_of(arr.dtype)
-    except PyserveError as e:
-        raise invalid(f"{what} {name!r}: {e.message}") from None
-    flat = arr.ravel()  # C-contiguous, a copy only when the array is not
+    arr, datatype, flat = kserve_reply.output_array(name, values, what)
     if datatype == "BYTES":
         data: Any = _json_strings(name, flat, what)
     elif datatype == "FP16":

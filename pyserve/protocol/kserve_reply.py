@@ -30,6 +30,18 @@ from pyserve.protocol import raw_bytes
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 
 
+def output_array(name: str, values: Any, what: str) -> tuple[np.ndarray, str, np.ndarray]:
+    """``(array, datatype, flat)`` of one output's ``values`` (an array or what ``np.asarray`` takes):
+    its KServe datatype and its elements flattened row-major (C-contiguous; a copy only when the array
+    is not). Raises INVALID_ARGUMENT naming the tensor for a dtype KServe has not."""
+    arr = values if type(values) is np.ndarray else np.asarray(values)
+    try:
+        datatype = datatype_of(arr.dtype)
+    except PyserveError as e:
+        raise invalid(f"{what} {name!r}: {e.message}") from None
+    return arr, datatype, arr.ravel()
+
+
 def encode_response(doc: dict[str, Any], items: list[tuple[str, Any, bool]],
                     what: str = "output") -> tuple[bytes, int | None] | None:
     """The body of a reply and its JSON length (None when no tensor is binary), as the reference's
@@ -49,12 +61,7 @@ def encode_response(doc: dict[str, Any], items: list[tuple[str, Any, bool]],
                                          "parameters": {"binary_data_size": len(raw)}}))
             parts.append(raw)
             continue
-        arr = values if type(values) is np.ndarray else np.asarray(values)
-        try:
-            datatype = datatype_of(arr.dtype)
-        except PyserveError as e:
-            raise invalid(f"{what} {name!r}: {e.message}") from None
-        flat = arr.ravel()  # C-contiguous, a copy only when the array is not
+        arr, datatype, flat = output_array(name, values, what)
         if datatype == "BYTES":
             if flat.dtype.kind != "O":
                 return None
