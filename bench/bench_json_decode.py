@@ -25,11 +25,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pyserve.protocol import kserve, kserve_json
+from loop_lateness import lateness
 
 ROWS = 3_500_000  # rows of 4 numbers: a ~60 MiB body, as bench_hostile.py sends
 
@@ -90,34 +90,6 @@ def old_and_new_us(body: bytes, number: int, repeat: int) -> tuple[float, float,
             statistics.median(o / n for o, n in pairs))
 
 
-async def stall(decode: Callable[[bytes], object], body: bytes) -> dict:
-    """Decode ``body`` on a thread while a 1 ms ticker runs on the loop; the ticker's lateness."""
-    loop = asyncio.get_running_loop()
-    late: list[float] = []
-    done = False
-
-    async def ticker() -> None:
-        while not done:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            late.append(time.perf_counter() - t - 0.001)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    late.clear()
-    with ThreadPoolExecutor(1) as pool:
-        t = time.perf_counter()
-        await loop.run_in_executor(pool, decode, body)
-        wall = time.perf_counter() - t
-    done = True
-    await task
-    late.sort()
-    return {"decode_s": round(wall, 3), "ticks": len(late),
-            "late_p50_ms": round(late[len(late) // 2] * 1e3, 2),
-            "late_p99_ms": round(late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3, 2),
-            "late_worst_ms": round(late[-1] * 1e3, 2)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--number", type=int, default=2000, help="decodes per round (default 2000)")
@@ -150,7 +122,7 @@ def main() -> None:
     body = large_body(args.rows)
     print(f"large body: {len(body) / 2**20:.1f} MiB", file=sys.stderr)
     for name, new in (("old", False), ("new", True)):
-        result = asyncio.run(stall(decoder(new), body))
+        result = asyncio.run(lateness(decoder(new), body, "decode"))
         case = f"{name}: {len(body) / 2**20:.0f} MiB body on a thread"
         print(json.dumps({"case": case, **result}), flush=True)
 

@@ -24,11 +24,11 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from pyserve.protocol import InferResponse, kserve
+from loop_lateness import lateness
 
 ROWS = 3_500_000  # rows of 4 FP32 values: ~60 MiB of JSON, as bench_hostile.py's large reply
 
@@ -60,34 +60,6 @@ def old_and_new_us(resp: InferResponse, number: int, repeat: int) -> tuple[float
     pairs = [(_round(old, resp, number), _round(new, resp, number)) for _ in range(repeat)]
     return (statistics.median(o for o, _ in pairs), statistics.median(n for _, n in pairs),
             statistics.median(o / n for o, n in pairs))
-
-
-async def stall(encode: Callable[[InferResponse], object], resp: InferResponse) -> dict:
-    """Encode ``resp`` on a thread while a 1 ms ticker runs on the loop; the ticker's lateness."""
-    loop = asyncio.get_running_loop()
-    late: list[float] = []
-    done = False
-
-    async def ticker() -> None:
-        while not done:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            late.append(time.perf_counter() - t - 0.001)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.05)
-    late.clear()
-    with ThreadPoolExecutor(1) as pool:
-        t = time.perf_counter()
-        await loop.run_in_executor(pool, encode, resp)
-        wall = time.perf_counter() - t
-    done = True
-    await task
-    late.sort()
-    return {"encode_s": round(wall, 3), "ticks": len(late),
-            "late_p50_ms": round(late[len(late) // 2] * 1e3, 2),
-            "late_p99_ms": round(late[min(len(late) - 1, int(len(late) * 0.99))] * 1e3, 2),
-            "late_worst_ms": round(late[-1] * 1e3, 2)}
 
 
 def main() -> None:
@@ -125,7 +97,7 @@ def main() -> None:
             print(json.dumps({"case": "new, on the loop", "outputs_kib": kib, "us": round(new, 1)}), flush=True)
     resp = reply(rng.standard_normal((args.rows, 4)).astype(np.float32))
     for name, new in (("old", False), ("new", True)):
-        result = asyncio.run(stall(encoder(new), resp))
+        result = asyncio.run(lateness(encoder(new), resp, "encode"))
         print(json.dumps({"case": f"{name}: {args.rows} x 4 FP32 reply on a thread", **result}), flush=True)
 
 
