@@ -110,20 +110,23 @@ def build_model(args: argparse.Namespace) -> tuple[ReplicaModel, float, str]:
     return model, target, name
 
 
+def _scaling_policies(args: argparse.Namespace, direction: str) -> tuple[ScalingPolicy, ...]:
+    """The scale-``direction`` policies ("up" or "down") of the flags: Percent, then Pods, each where
+    its value is not 0. Raises UsageError when both are 0."""
+    period = getattr(args, f"scale_{direction}_period_s")
+    policies = tuple(ScalingPolicy(kind, value, period)
+                     for kind, value in (("Percent", getattr(args, f"scale_{direction}_percent")),
+                                         ("Pods", getattr(args, f"scale_{direction}_pods")))
+                     if value)
+    if not policies:
+        raise UsageError(f"--scale-{direction}-percent and --scale-{direction}-pods are both 0: the HPA "
+                         f"could never scale {direction}")
+    return policies
+
+
 def build_hpa(args: argparse.Namespace, target: float) -> HpaSpec:
     """The HPA spec of the flags (Kubernetes' defaults where not given)."""
-    up = tuple(p for p in (ScalingPolicy("Percent", args.scale_up_percent, args.scale_up_period_s)
-                           if args.scale_up_percent else None,
-                           ScalingPolicy("Pods", args.scale_up_pods, args.scale_up_period_s)
-                           if args.scale_up_pods else None) if p is not None)
-    if not up:
-        raise UsageError("--scale-up-percent and --scale-up-pods are both 0: the HPA could never scale up")
-    down = tuple(p for p in (ScalingPolicy("Percent", args.scale_down_percent, args.scale_down_period_s)
-                             if args.scale_down_percent else None,
-                             ScalingPolicy("Pods", args.scale_down_pods, args.scale_down_period_s)
-                             if args.scale_down_pods else None) if p is not None)
-    if not down:
-        raise UsageError("--scale-down-percent and --scale-down-pods are both 0: the HPA could never scale down")
+    up, down = _scaling_policies(args, "up"), _scaling_policies(args, "down")
     return HpaSpec(
         min_replicas=args.min_replicas, max_replicas=args.max_replicas, target_value=target,
         scale_up=ScalingRules(args.scale_up_stabilization_s, up), scale_down=ScalingRules(
