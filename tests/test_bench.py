@@ -529,11 +529,16 @@ def test_open_loop_constant_does_not_queue(target, tmp_path):
         return json.loads((tmp_path / "r.json").read_text())["levels"][0]
 
     def tail_is_short(level: dict) -> None:
-        # p90, not p99: in ~100 requests a window's p99 is its slowest request. Still, a stall of the
-        # shared machine can hold 10% of a short run: noise, so one more run decides.
-        assert level["latency_ms"]["p90"] <= 1.5 * level["server"]["compute_ms"] + 2.0, level["latency_ms"]
+        # p90, not p99: in ~100 requests a window's p99 is its slowest request. The bound is loose on
+        # purpose: the client shares 2 cores with the server and the rest of the suite (a CI run saw p90
+        # = 1.6 S), while a bench that sent late or in bursts (arrivals measured from when they were
+        # due) puts every request behind several others, p90 >= 3 S. The queue figures below decide
+        # about queueing; this only catches the client's lateness. A stall of the shared machine can
+        # still hold 10% of a short run: noise, so more runs decide.
+        compute_ms = level["server"]["compute_ms"]
+        assert level["latency_ms"]["p90"] <= 2.0 * compute_ms + 10.0, level["latency_ms"]
 
-    level = retry_on_noise(run, tail_is_short)
+    level = retry_on_noise(run, tail_is_short, attempts=3)
     assert level["throughput_rps"] == pytest.approx(0.5 / s, rel=0.1)
     # D/D/1 below saturation: nobody waits. The server's queue time says so without the noise of a
     # loaded machine (a Poisson run at the same load queues S/2 on average, M/D/1).
