@@ -6,7 +6,9 @@ process sends, for each encoding (KServe JSON, the binary tensor extension, msgp
 then N requests one after another on one keep-alive connection to the tiny MLP (32-64-10 of
 bench_server.py, at most 32 samples per batch, 2 ms delay, one ONNX Runtime thread), with collection
 switched on (``callgrind_control -i on``) for exactly those N; the counts are dumped and divided by
-N. With ``--payload-log`` the model's payload log is on at sample rate 1.0 (issue 9's cost).
+N. With ``--payload-log`` the model's payload log is on at sample rate 1.0 (issue 9's cost); the
+measure starts once the log's first file is open (pyarrow's first use and the Parquet writer's
+creation are not a request's cost).
 
 Printed per encoding: the instructions per request of the event loop's thread (the server's main
 thread) and of every other thread together (ONNX Runtime, the core's instance threads, the payload
@@ -181,6 +183,16 @@ def split_stages(rows: list[tuple[int, str]]) -> list[int]:
     return out
 
 
+def wait_for_log_file(log_dir: Path, timeout_s: float = 300.0) -> None:
+    """Waits until the payload log's writer has opened its first file (the warm-up's records built):
+    that one-time cost (the Parquet writer's creation, pyarrow's first use) is not a request's."""
+    deadline = time.monotonic() + timeout_s
+    while not any(log_dir.rglob("*.parquet.tmp")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the payload log opened no file in {log_dir} within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def run_callgrind(args: argparse.Namespace, repo: Path, log_dir: Path | None, work: Path) -> dict:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -197,6 +209,8 @@ def run_callgrind(args: argparse.Namespace, repo: Path, log_dir: Path | None, wo
             body, headers = bodies(LAYERS["tiny"][0])[enc]
             raw = raw_request("tiny", body, headers)
             send(client, raw, args.warmup)
+            if log_dir is not None and part == 1:
+                wait_for_log_file(log_dir)
             callgrind_control(server.pid, "--zero")
             callgrind_control(server.pid, "-i", "on")
             send(client, raw, args.n)

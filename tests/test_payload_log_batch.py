@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import time
 import types
 from pathlib import Path
 
@@ -209,3 +210,66 @@ def test_the_writer_wakes_sooner_when_records_come_fast() -> None:
     # however fast, never a busy loop; back to the half second when nothing came
     assert next_wait(0.5, 10_000_000, 10_000, 0.5) == payload_log.MIN_WAIT_S
     assert next_wait(0.02, 0, 10_000, 0.5) == 0.5
+
+
+def drain_calls(plog: PayloadLog, config: ModelConfig, n: int) -> None:
+    runner = types.SimpleNamespace(config=config, version="1")
+    for i in range(n):
+        x = {"x": np.full((1, 4), i, np.float32)}
+        plog.after_response(CallContext("http+json", f"r{i}"), runner, InferRequest(x),
+                            InferResponse("m", "1", {"y": np.ones((1, 4), np.float32)}))
+    plog._drain()
+
+
+def test_small_drains_are_built_together_and_all_written(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path), lambda name: config)
+    plog._files = files = ParquetFiles(tmp_path, 1 << 30, 3600, 1 << 30, 1e9, on_closed=plog._written)  # no thread
+    built: list[int] = []
+    real = table.build_table
+    monkeypatch.setattr(table, "build_table", lambda layout, recs: built.append(len(recs.version)) or real(layout, recs))
+    for _ in range(3):  # three drains of a few records: one build (its fixed cost paid once)
+        drain_calls(plog, config, 5)
+    assert built == [] and plog._gathered_rows == 15
+    monkeypatch.setattr(payload_log, "BUILD_ROWS", 20)
+    drain_calls(plog, config, 5)  # the fourth reaches BUILD_ROWS
+    assert built == [20] and plog._gathered_rows == 0
+    drain_calls(plog, config, 3)
+    plog._build()  # what a flush, a stop or a due rotation does first
+    files.close_all()
+    assert built == [20, 3]
+    rows = [r for p in completed_files(tmp_path) for r in pq.read_table(p).to_pylist()]
+    assert [r["inputs"]["x"][0][0] for r in rows] == [float(i) for _ in range(4) for i in range(5)] + [0.0, 1.0, 2.0]
+    assert plog.records_total.labels("m", "written")._value.get() == 23
+
+
+def test_a_due_rotation_publishes_the_records_gathered_before_it(tmp_path: Path) -> None:
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path, rotate_s=3600), lambda name: config)
+    plog._files = files = ParquetFiles(tmp_path, 1 << 30, 3600, 1 << 30, 1e9)  # the thread is not started
+    plog._build_s = 3600.0  # no build for the gathered records' age here, however slow the machine
+    drain_calls(plog, config, 1)
+    plog._build()  # a file open, holding call 0
+    drain_calls(plog, config, 2)  # gathered
+    now = time.time()
+    plog._rotate(now)  # nothing due: still gathered
+    assert plog._gathered_rows == 2 and len(completed_files(tmp_path)) == 0
+    plog._rotate(now + 3600)  # the file is due: it takes the gathered calls, then is published
+    assert plog._gathered_rows == 0 and not files._open
+    drain_calls(plog, config, 1)
+    plog._build()
+    files.close_all()
+    assert [[r[0][0] for r in pq.read_table(p).column("inputs").combine_chunks().field("x").to_pylist()]
+            for p in completed_files(tmp_path)] == [[0.0, 0.0, 1.0], [0.0]]
+
+
+def test_gathered_records_are_built_once_build_s_has_passed(tmp_path: Path) -> None:
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path, rotate_s=3600), lambda name: config)
+    plog._files = files = ParquetFiles(tmp_path, 1 << 30, 3600, 1 << 30, 1e9)  # the thread is not started
+    assert plog._build_s == payload_log.BUILD_S  # never longer than a file stays open
+    assert PayloadLog(PayloadLogSettings(log_dir=tmp_path, rotate_s=0.5), lambda name: config)._build_s == 0.5
+    plog._build_s = 0.0  # the gathered records are as old as BUILD_S at once
+    drain_calls(plog, config, 2)
+    plog._rotate(time.time())
+    assert plog._gathered_rows == 0 and files._open["m"].pending_rows == 2

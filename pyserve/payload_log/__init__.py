@@ -51,6 +51,10 @@ log = logging.getLogger("pyserve.payload_log")
 RETENTION_EVERY_S = 60.0  # how often retention runs besides after each rotation
 RECENT_FAILURES = 100  # failed calls kept in memory for the dashboard (recent_failures)
 MIN_WAIT_S = 0.02  # the shortest wait of the writer between two batches, however fast records come
+# The writer builds drained records into Arrow tables once it has gathered BUILD_ROWS of them, or
+# BUILD_S seconds after the first (sooner at a flush, a stop, or a file's rotation).
+BUILD_ROWS = 4096
+BUILD_S = 2.0
 MAX_CONFIGS = 1024  # model configs known by key before the older ones are forgotten (reloads)
 
 # A queued record: a tuple of these fields, in this order (see _put). _STARTED_NS is the monotonic
@@ -80,7 +84,8 @@ def next_wait(wait_s: float, drained: int, queue_size: int, flush_s: float) -> f
 
 def _wall_offset_ns() -> int:
     """What turns ``time.monotonic_ns()`` into ``time.time_ns()`` now (a wall-clock step between a
-    call and its drain, half a second at most, shifts its logged time by that step)."""
+    call and its drain, or its build into a file's rows, BUILD_S seconds later at most, shifts its
+    logged time by that step)."""
     return time.time_ns() - time.monotonic_ns()
 
 
@@ -150,6 +155,12 @@ class PayloadLog(InferHooks):
         self._configs: dict[int, ModelConfig] = {}
         self._old_configs: dict[int, ModelConfig] = {}
         self._next_key = 0
+        # Drained records not yet built into tables, a list per drain: at most
+        # BUILD_ROWS records or build_s seconds (never longer than a file stays open) before a build.
+        self._gathered: list[list[tuple]] = []
+        self._gathered_rows = 0
+        self._gathered_until = 0.0
+        self._build_s = min(BUILD_S, settings.rotate_s)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -334,9 +345,10 @@ class PayloadLog(InferHooks):
                     while self._flush_requests:
                         flushes.append(self._flush_requests.popleft())
                     if flushes or stopping:
+                        self._build()
                         self._files.close_all()
                     else:
-                        self._files.rotate_due(now)
+                        self._rotate(now)
                     if flushes or stopping or now >= next_retention:
                         self._files.enforce_retention(now)
                         next_retention = now + RETENTION_EVERY_S
@@ -365,8 +377,32 @@ class PayloadLog(InferHooks):
         if self._sink is not None:
             self._send([self._capture(r, offset) for r in records])
         if self._files is not None:
-            self._append(records, offset)
+            # Gathered, built into Arrow columns once there are enough: a build has a fixed cost
+            # (~0.5 ms: some tens of Arrow arrays) that a batch of a few records would pay per record.
+            if not self._gathered:
+                self._gathered_until = time.monotonic() + self._build_s
+            self._gathered.append(records)
+            self._gathered_rows += n
+            if self._gathered_rows >= BUILD_ROWS:
+                self._build()
         return n
+
+    def _rotate(self, now: float) -> None:
+        """Builds the gathered records when due (BUILD_S) or when a file is due, so that it gets every
+        record drained before its rotation; then closes the files due at ``now`` (writer thread)."""
+        assert self._files is not None
+        if self._gathered and (time.monotonic() >= self._gathered_until or self._files.due(now)):
+            self._build()
+        self._files.rotate_due(now)
+
+    def _build(self) -> None:
+        """Builds the gathered records into tables and appends them to their files (writer thread)."""
+        gathered = self._gathered
+        if not gathered:
+            return
+        self._gathered, self._gathered_rows = [], 0
+        self._append(gathered[0] if len(gathered) == 1 else [r for records in gathered for r in records],
+                     _wall_offset_ns())
 
     def _hand_over(self, records: list[tuple], offset: int) -> None:
         """The batch's failed calls to the recent-failures ring, and to each consumer the calls it

@@ -132,6 +132,10 @@ class ParquetFiles:
         if f.sink.tell() + f.pending_bytes >= self.rotate_bytes:
             self.close(model)
 
+    def due(self, now: float) -> bool:
+        """Whether :meth:`rotate_due` would close a file at ``now``."""
+        return any(now - f.opened >= self.rotate_s for f in self._open.values())
+
     def rotate_due(self, now: float | None = None) -> None:
         """Closes the files older than ``rotate_s``."""
         now = time.time() if now is None else now
