@@ -254,6 +254,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
              fd_limit if fd_limit is not None else "unknown", server.limits.max_connections)
     await stop.wait()
     app.draining = True
+    server.draining = True  # kept-alive clients are told to reconnect (to a server still ready)
     if settings.drain_grace_s > 0 and not (hurry is not None and hurry.is_set()):
         log.info("draining: readiness is false; still serving for %.1f s (--drain-grace-s) before "
                  "no longer accepting connections", settings.drain_grace_s)
