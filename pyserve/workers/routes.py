@@ -116,13 +116,13 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
     return wrapped
 
 
-def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request], Awaitable[Response]]:
+def whole_server_metrics(siblings: Siblings) -> Callable[[Request], Awaitable[Response]]:
     """``GET /metrics`` of the whole server: this worker's series, its siblings' answers, the saved
     counters of a sibling that does not answer (said in the log) and the retired totals of the
     workers that exited, merged (:mod:`pyserve.workers.counters`): no counter goes backwards when a
-    worker dies or restarts. This worker's exposition is saved before it is published."""
+    worker dies or restarts. This worker's exposition is saved before it is published
+    (``request.app.counts``)."""
     runtime_dir = siblings.worker.runtime_dir
-    own = counters.exposition_path(runtime_dir, siblings.worker.index)
 
     @async_endpoint
     async def handler(request: Request) -> Response:
@@ -130,8 +130,7 @@ def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request
         while True:
             tries += 1
             generation = (await asyncio.to_thread(counters.read_retired, runtime_dir)).generation
-            text = metrics.render(registry)
-            await asyncio.to_thread(counters.write_atomically, own, text)
+            text = await request.app.counts.save()
             texts, absent = [text.decode()], []
             for answer in await siblings.ask("GET", "/metrics"):
                 if answer.ok:
@@ -154,11 +153,8 @@ def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request
 async def own_metrics(request: Request) -> Response:
     """``GET /metrics`` of the private channel: this worker's series only, saved on the way as its
     last known counts (:mod:`pyserve.workers.counters`)."""
-    text = metrics.render(request.app.registry)
-    worker = request.app.settings.worker
-    if worker is not None:
-        await asyncio.to_thread(counters.write_atomically,
-                                counters.exposition_path(worker.runtime_dir, worker.index), text)
+    counts = request.app.counts
+    text = metrics.render(request.app.registry) if counts is None else await counts.save()
     return Response(text, content_type=metrics.CONTENT_TYPE)
 
 
