@@ -168,6 +168,10 @@ class Supervisor:
                     log.info("%s: stopping the %d workers", signal.Signals(sig).name, self.count)
                 self.stopping = True
                 for w in self.workers:
+                    if w.restart_at is not None:
+                        # Dead, reaped and counted already; its restart will not come. Left as it
+                        # was, the next reap would take its old exit status for a failed stop.
+                        w.process = None
                     w.restart_at = None
             self._forward(sig)
 
