@@ -37,8 +37,10 @@ from pyserve.protocol import (
     TensorHeader,
     array_from_raw,
     check_entry,
+    ragged_data,
     raw_bytes,
     request_fields,
+    wrong_count,
 )
 
 __all__ = [
@@ -294,12 +296,9 @@ def _array_from_json(
         # numpy flattens nested lists in C; ragged nesting is a ValueError.
         arr = np.array(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise invalid(
-            f"{what} {name!r}: 'data' must be a flat list or nested lists of equal lengths "
-            f"of {'strings' if datatype == 'BYTES' else 'numbers'}"
-        ) from None
+        raise ragged_data(name, datatype, what) from None
     if arr.size != count:
-        raise invalid(f"{what} {name!r}: expected {count} elements for shape {list(shape)}, got {arr.size}")
+        raise wrong_count(name, shape, count, arr.size, what)
     try:
         if datatype == "BYTES":
             try:
