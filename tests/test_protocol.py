@@ -896,3 +896,11 @@ def test_header_length_in_plain_decimal_is_read() -> None:
     body = header + np.float32(2.5).tobytes()
     for value in (str(len(header)), f" {len(header)}\t", len(header)):
         assert kserve.decode_request(body, value).inputs["x"].tolist() == [2.5]
+
+
+@pytest.mark.parametrize("lie", [-1, 1])
+def test_a_header_length_that_lies_says_so(lie: int) -> None:
+    header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": 4}}]}'
+    message = fail(kserve.decode_request, header + b"\0" * 4, len(header) + lie)
+    assert "not valid JSON" in message
+    assert f"read as the first {len(header) + lie} bytes of the body, as Inference-Header-Content-Length says" in message

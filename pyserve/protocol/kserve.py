@@ -150,6 +150,9 @@ def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dic
             hint = ""
             if header_length is None and b"binary_data_size" in body[:4096]:
                 hint = f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
+            elif header_length is not None:
+                # A length that lies cuts the JSON short or runs into the binary part.
+                hint = f" (read as the first {header_length} bytes of the body, as {HEADER_LENGTH} says)"
             raise invalid(f"{what} is not valid JSON: {e}{hint}") from None
     if type(doc) is not dict:
         raise invalid(f"{what} must be a JSON object, got {_json_type(doc)}")
