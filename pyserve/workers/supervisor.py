@@ -176,8 +176,12 @@ class Supervisor:
             self._forward(sig)
 
     def _forward(self, sig: int) -> None:
-        """Sends ``sig`` to every live worker (a second SIGTERM cuts their drain grace short)."""
+        """Sends ``sig`` to every live worker (a second SIGTERM cuts their drain grace short);
+        SIGHUP only to those that listen: one still starting has no handler for it yet (it would
+        die of it), and reads the token and TLS files as it starts anyway."""
         for w in self.workers:
+            if sig == signal.SIGHUP and not (w.listening is not None and w.listening.is_set()):
+                continue
             if self._alive(w):
                 try:
                     os.kill(w.process.pid, sig)
