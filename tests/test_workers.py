@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -222,3 +223,23 @@ def test_the_port_of_a_running_reuseport_server_is_refused() -> None:
     with reserve_port("127.0.0.1", 0) as mine:
         assert mine.getsockname()[1] != 0
         assert mine.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+
+
+@pytest.mark.slow
+def test_control_calls_taken_at_once_by_two_workers_leave_them_agreeing(serve: Any, repo: Repo) -> None:
+    # Each call is applied by the worker that took it, then forwarded: two calls taken at once by
+    # two workers used to reach each worker in the opposite order, leaving one worker routing
+    # `stable` to version 1 and the other to version 2 for good.
+    repo.onnx("m", {1: 1.0, 2: 2.0}, config="[version_policy]\nall = true\n")
+    server = serve([repo.root, "--workers", "2"], wait_ready=False)
+    wait_until(lambda: http_status(server.url + "/v2/health/ready") == 200, 120, "both workers ready")
+
+    def put(version: str) -> int:
+        return _fresh("PUT", f"{server.url}/v2/repository/models/m/aliases/stable",
+                      json={"version": version}).status_code
+
+    for _ in range(4):
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(put, ["1", "2"] * 4)) == {200}
+        policies = {_fresh("GET", f"{server.url}/v2/repository/models/m/traffic").text for _ in range(30)}
+        assert len(policies) == 1, policies

@@ -19,6 +19,7 @@ from pyserve.release.store import REPLICA
 from pyserve.server.errors import async_endpoint
 from pyserve.server.messages import Deferred, Handler, Request, Response, error_response
 from pyserve.workers import counters
+from pyserve.workers.control_lock import control_lock
 from pyserve.workers.channel import CLIENT_HEADER, CONTROL_TIMEOUT_S, Answer, Siblings
 from pyserve.workers.journal import ControlJournal
 
@@ -81,7 +82,8 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
             ) -> Callable[[Request], Awaitable[Response]]:
     """A model-control route applied by every worker: this worker first (an error here is the
     answer, and no sibling is asked), then recorded in the control journal (a worker that starts
-    later replays it: :mod:`pyserve.workers.journal`), then every sibling at once. The answer is
+    later replays it: :mod:`pyserve.workers.journal`), then every sibling at once, all under the
+    server-wide control lock (:mod:`pyserve.workers.control_lock`). The answer is
     this worker's once all succeeded; else 500 naming each worker that failed and why (the change
     then holds on the other workers: repeat the call, or undo it)."""
     control_journal = ControlJournal(siblings.worker.runtime_dir)
@@ -89,6 +91,11 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
     @functools.wraps(handler)
     @async_endpoint
     async def wrapped(request: Request) -> Response:
+        # One call at a time, server-wide: applied by every worker in the same order.
+        async with control_lock(siblings.worker.runtime_dir):
+            return await _apply_everywhere(request)
+
+    async def _apply_everywhere(request: Request) -> Response:
         resp = await handler(request)
         if resp.status >= 400:
             return resp
