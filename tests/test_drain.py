@@ -50,7 +50,8 @@ def test_answers_during_the_grace_close_kept_alive_connections(serve: Any, repo:
     server = serve([repo.root, "--drain-grace-s", "600"])
     host, port = server.url.removeprefix("http://").split(":")
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}'
-    request = (b"POST /v2/models/m/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+    request = head + body
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         reader = sock.makefile("rb")
 
@@ -67,7 +68,8 @@ def test_answers_during_the_grace_close_kept_alive_connections(serve: Any, repo:
         status, head = answer()
         assert status.startswith(b"HTTP/1.1 200") and b"connection: close" not in head
         server.signal(signal.SIGTERM)
-        wait_until(lambda: http_status(server.url + "/v2/health/ready") == 503, 30, "readiness 503 after SIGTERM")
+        wait_until(lambda: http_status(server.url + "/v2/health/ready") == 503, 30,
+                   "readiness 503 after SIGTERM")
         sock.sendall(request)  # the same connection, during the grace
         status, head = answer()
         assert status.startswith(b"HTTP/1.1 200") and b"connection: close" in head

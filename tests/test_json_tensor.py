@@ -250,11 +250,13 @@ def test_bodies_as_the_server_reads_them_take_the_cpp_path(kind: type) -> None:
     ("UINT8", "[[300], [1, 2]]"),  # ragged comes before out of range
     ("BOOL", "[[true], [1, false]]"),
 ])
-def test_ragged_lists_and_wrong_counts_are_refused_without_the_reference_parse(datatype: str, data: str) -> None:
+def test_ragged_lists_and_wrong_counts_are_refused_without_the_reference_parse(datatype: str,
+                                                                                data: str) -> None:
     # The reference's parse of every number holds the GIL: a 60 MiB data array under a small
     # tensor's shape stalled the event loop for seconds. The C++ walk finds these refusals itself.
     body = body_of(datatype, [3], data)
     got = assert_same(body)
     assert got[0] == "refused"
-    with mock.patch.object(kserve_json, "_python", side_effect=AssertionError("the reference parsed the data")):
+    parsed = AssertionError("the reference parsed the data")
+    with mock.patch.object(kserve_json, "_python", side_effect=parsed):
         assert outcome(body, reference=False) == got

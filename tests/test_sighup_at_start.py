@@ -50,8 +50,10 @@ shape = [1]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sighup_while_the_models_load_does_not_end_the_server(repo: Repo, tmp_path: Path, workers: int) -> None:
+def test_sighup_while_the_models_load_does_not_end_the_server(repo: Repo, tmp_path: Path,
+                                                               workers: int) -> None:
     repo.python("slow", SLOW_LOAD, CONFIG)
     handshake = tmp_path / "handshake"
     handshake.mkdir()
@@ -59,8 +61,8 @@ def test_sighup_while_the_models_load_does_not_end_the_server(repo: Repo, tmp_pa
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pyserve", "serve", str(repo.root), "--workers", str(workers), "--port", str(port),
-             "--drain-grace-s", "0"],
+            [sys.executable, "-m", "pyserve", "serve", str(repo.root), "--workers", str(workers),
+             "--port", str(port), "--drain-grace-s", "0"],
             stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYSERVE_TEST_HANDSHAKE": str(handshake), "PYTHONUNBUFFERED": "1"})
     try:
