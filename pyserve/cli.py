@@ -9,6 +9,7 @@ import importlib
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -355,6 +356,17 @@ def _payload_log_settings(args: argparse.Namespace) -> PayloadLogSettings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # SIGHUP means "reload the token and TLS files" once the server listens; until then (models
+    # loading, maybe for minutes) its default action would end the process. Ignored meanwhile: the
+    # files are read as the server starts, and watched for changes from then on.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        return _serve_ignoring_early_sighup(args)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _serve_ignoring_early_sighup(args: argparse.Namespace) -> int:
     from pyserve.artifact.serving import ArtifactSettings
     from pyserve.repository import SingleModel
     from pyserve.server.app import ServerSettings, run

@@ -6,6 +6,7 @@ loses no request."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,42 @@ def test_sigterm_turns_readiness_false_but_keeps_serving_for_the_grace(serve: An
     with requests.Session() as s:
         assert _infer(s, server.url) == 200
     assert "draining: readiness is false" in server.log()
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+
+
+def test_answers_during_the_grace_close_kept_alive_connections(serve: Any, repo: Repo) -> None:
+    # A kept-alive connection (a pooling client, a proxy) stays on this server whatever readiness
+    # says: each answer of the grace says Connection: close, so the client opens its next
+    # connection where the load balancer sends it, instead of losing a request when the grace ends.
+    repo.onnx("m")
+    server = serve([repo.root, "--drain-grace-s", "600"])
+    host, port = server.url.removeprefix("http://").split(":")
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 1, 1, 1]}]}'
+    head = b"POST /v2/models/m/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+    request = head + body
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        reader = sock.makefile("rb")
+
+        def answer() -> tuple[bytes, bytes]:
+            status = reader.readline()
+            head = b""
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                head += line.lower()
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            reader.read(length)
+            return status, head
+
+        sock.sendall(request)
+        status, head = answer()
+        assert status.startswith(b"HTTP/1.1 200") and b"connection: close" not in head
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: http_status(server.url + "/v2/health/ready") == 503, 30,
+                   "readiness 503 after SIGTERM")
+        sock.sendall(request)  # the same connection, during the grace
+        status, head = answer()
+        assert status.startswith(b"HTTP/1.1 200") and b"connection: close" in head
+        assert reader.read() == b""  # and the server closed it
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
 

@@ -237,3 +237,26 @@ def test_bodies_as_the_server_reads_them_take_the_cpp_path(kind: type) -> None:
         req = kserve.decode_request(body)
     assert scanned and scanned[0] is not None
     assert req.inputs["x"].tolist() == [[1, 2], [3, 4.5]]
+
+
+@pytest.mark.parametrize(("datatype", "data"), [
+    ("FP32", "[1, 2]"),  # too few
+    ("FP32", "[1, 2, 3, 4]"),  # too many
+    ("INT8", "[true, 1, 2, 3]"),  # a wrong count comes before a boolean, as in numpy
+    ("INT8", "[NaN, 300, 1, 2, 3]"),  # ... and before a NaN and a value out of range
+    ("FP32", "[[1], [2, 3]]"),  # ragged
+    ("FP32", "[[1, 2], 3]"),
+    ("FP32", "[1, [2, 3]]"),
+    ("UINT8", "[[300], [1, 2]]"),  # ragged comes before out of range
+    ("BOOL", "[[true], [1, false]]"),
+])
+def test_ragged_lists_and_wrong_counts_are_refused_without_the_reference_parse(datatype: str,
+                                                                                data: str) -> None:
+    # The reference's parse of every number holds the GIL: a 60 MiB data array under a small
+    # tensor's shape stalled the event loop for seconds. The C++ walk finds these refusals itself.
+    body = body_of(datatype, [3], data)
+    got = assert_same(body)
+    assert got[0] == "refused"
+    parsed = AssertionError("the reference parsed the data")
+    with mock.patch.object(kserve_json, "_python", side_effect=parsed):
+        assert outcome(body, reference=False) == got

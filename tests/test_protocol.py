@@ -879,3 +879,32 @@ def test_fuzz_msgpack_mutated_valid_bodies(data: st.DataObject) -> None:
     cut = data.draw(st.integers(0, len(body)))
     decodes_or_refuses(msgpack_codec.decode_request, bytes(body[:cut]))
     decodes_or_refuses(msgpack_codec.decode_request, bytes(body))
+
+
+@pytest.mark.parametrize("value", ["1_0", "+37", "-1", "0x25", " ", "", "37, 37", "3.7e1", "\u0663\u0667",
+                                   -1])
+def test_header_length_that_is_not_a_plain_decimal_is_refused(value: str | int) -> None:
+    # Python's int() reads "1_0" as 10, "+37" as 37 and Arabic-Indic digits as digits: a lying or
+    # garbled Inference-Header-Content-Length must be a 400 that names it, never a guess.
+    header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}'
+    message = fail(kserve.decode_request, header + b"\0" * 4, value)
+    assert "Inference-Header-Content-Length must be a non-negative integer" in message
+    assert repr(value) in message
+
+
+def test_header_length_in_plain_decimal_is_read() -> None:
+    header = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], '
+              b'"parameters": {"binary_data_size": 4}}]}')
+    body = header + np.float32(2.5).tobytes()
+    for value in (str(len(header)), f" {len(header)}\t", len(header)):
+        assert kserve.decode_request(body, value).inputs["x"].tolist() == [2.5]
+
+
+@pytest.mark.parametrize("lie", [-1, 1])
+def test_a_header_length_that_lies_says_so(lie: int) -> None:
+    header = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], '
+              b'"parameters": {"binary_data_size": 4}}]}')
+    message = fail(kserve.decode_request, header + b"\0" * 4, len(header) + lie)
+    assert "not valid JSON" in message
+    said = f"read as the first {len(header) + lie} bytes of the body, as Inference-Header-Content-Length says"
+    assert said in message

@@ -4,6 +4,7 @@ what its siblings serve (the control journal, pyserve.workers.journal)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -87,6 +88,25 @@ def test_a_silent_worker_counts_by_its_saved_counters(tmp_path: Path) -> None:
     text = counters.whole_server(tmp_path, [_exposition(12, 1, 12)], [1],
                                  counters.read_retired(tmp_path).generation).decode()
     assert _value(text, "pyserve_requests_total") == 19
+
+
+def test_a_save_rendered_earlier_never_replaces_a_later_one(tmp_path: Path) -> None:
+    # Two saves in flight at once (a scrape, the periodic save) may finish their writes in either
+    # order; the file must keep the later render, which a scrape may have published already.
+    renders = iter([_exposition(5, 0).encode(), _exposition(9, 0).encode()])
+    saver = counters.CountSaver(counters.exposition_path(tmp_path, 0), lambda: next(renders))
+    older, newer = saver.render(), saver.render()
+    assert saver.write(*newer)
+    assert not saver.write(*older)
+    assert _value(saver.path.read_text(), "pyserve_requests_total") == 9
+    counters.retire(tmp_path, 0)  # and a kill -9 now keeps the 9 the scrape may have shown
+    assert _value(counters.whole_server(tmp_path, [], []).decode(), "pyserve_requests_total") == 9
+
+
+def test_save_returns_what_it_saved(tmp_path: Path) -> None:
+    saver = counters.CountSaver(counters.exposition_path(tmp_path, 1), lambda: _exposition(3, 1).encode())
+    text = asyncio.run(saver.save())
+    assert saver.path.read_bytes() == text and _value(text.decode(), "pyserve_requests_total") == 3
 
 
 # -- unit: the control journal ------------------------------------------------------------------

@@ -8,7 +8,11 @@ import json
 import os
 import re
 import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import requests
@@ -16,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Repo, Server, http_status, process_gone, wait_until
 from pyserve import cli
+from pyserve.server.app import ServerSettings
 from pyserve.workers.metrics import merge
+from pyserve.workers.supervisor import Supervisor
 
 INFER = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
 
@@ -48,6 +54,31 @@ def _per_worker_successes(url: str, model: str) -> set[int]:
         rows = _fresh("GET", f"{url}/v2/models/{model}/stats?format=pyserve").json()["model_stats"]
         seen.add(sum(r["requests_succeeded"] for r in rows))
     return seen
+
+
+# -- unit: the supervisor's bookkeeping -------------------------------------------------------------
+class _FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid, self.exitcode, self.sentinel = pid, None, None
+
+
+def test_a_worker_dead_and_awaiting_its_restart_does_not_fail_a_clean_stop(tmp_path: Path) -> None:
+    # Worker 0 crashed (status 1) and waits for its restart when SIGTERM comes: it is not restarted,
+    # and it was counted already; the stop of the others is clean, so the server exits 0.
+    sup = Supervisor(ServerSettings(), 2, tmp_path, "info")
+    for w in sup.workers:
+        w.process, w.listening, w.ever_listened = _FakeProcess(100 + w.index), threading.Event(), True
+        w.listening.set()
+    sup.workers[0].process.exitcode = 1
+    sup._reap()
+    assert sup.workers[0].restart_at is not None and sup.status == 0
+    with mock.patch.object(os, "kill"):  # what SIGTERM would be passed on to
+        sup._on_signal(signal.SIGTERM, None)
+        sup._handle_signals()
+    sup.workers[1].process.exitcode = 0  # worker 1 drained and stopped
+    sup._reap()
+    assert sup.status == 0 and sup.stopping
+    assert not any(sup._alive(w) for w in sup.workers)
 
 
 # -- unit: the merge of expositions -------------------------------------------------------------
@@ -192,3 +223,23 @@ def test_the_port_of_a_running_reuseport_server_is_refused() -> None:
     with reserve_port("127.0.0.1", 0) as mine:
         assert mine.getsockname()[1] != 0
         assert mine.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+
+
+@pytest.mark.slow
+def test_control_calls_taken_at_once_by_two_workers_leave_them_agreeing(serve: Any, repo: Repo) -> None:
+    # Each call is applied by the worker that took it, then forwarded: two calls taken at once by
+    # two workers used to reach each worker in the opposite order, leaving one worker routing
+    # `stable` to version 1 and the other to version 2 for good.
+    repo.onnx("m", {1: 1.0, 2: 2.0}, config="[version_policy]\nall = true\n")
+    server = serve([repo.root, "--workers", "2"], wait_ready=False)
+    wait_until(lambda: http_status(server.url + "/v2/health/ready") == 200, 120, "both workers ready")
+
+    def put(version: str) -> int:
+        return _fresh("PUT", f"{server.url}/v2/repository/models/m/aliases/stable",
+                      json={"version": version}).status_code
+
+    for _ in range(4):
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(put, ["1", "2"] * 4)) == {200}
+        policies = {_fresh("GET", f"{server.url}/v2/repository/models/m/traffic").text for _ in range(30)}
+        assert len(policies) == 1, policies

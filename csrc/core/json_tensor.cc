@@ -395,7 +395,9 @@ class Decoder {
  public:
   Decoder(DataType dtype, int64_t count, void* out) : dtype_(dtype), count_(count), out_(out) {}
 
-  DecodeStatus Run(std::string_view text) {
+  // Walks the whole array: its structure decides first (as numpy.array's shape does for the
+  // reference), so a value the reference must judge only stops the storing, not the walk.
+  DecodeStatus Run(std::string_view text, int64_t* elements) {
     const char* p = text.data();
     const char* end = p + text.size();
     int depth = 0;
@@ -403,6 +405,7 @@ class Decoder {
     int64_t dims[kMaxDataDepth + 2];
     int64_t lengths[kMaxDataDepth + 2];
     for (auto& d : dims) d = -1;
+    bool defer = false;  // a value the reference must judge: stored no further
     while (p < end) {
       const char c = *p;
       if (IsWs(c) || c == ',') {
@@ -410,33 +413,44 @@ class Decoder {
       } else if (c == '[') {
         if (depth > 0) ++lengths[depth];
         ++depth;
-        if (depth > kMaxDataDepth || (ndim >= 0 && depth > ndim)) return DecodeStatus::kDefer;  // ragged
+        if (depth > kMaxDataDepth) return DecodeStatus::kDefer;
+        if (ndim >= 0 && depth > ndim) return DecodeStatus::kRagged;  // a list where a number was
         lengths[depth] = 0;
         ++p;
       } else if (c == ']') {
+        if (depth == 0) return DecodeStatus::kDefer;  // not a scanned span: stay inside the arrays
         const int64_t n = lengths[depth];
         if (n == 0) return DecodeStatus::kDefer;  // empty lists: numpy's shapes of them are the reference's
         if (dims[depth] < 0) {
           dims[depth] = n;
         } else if (dims[depth] != n) {
-          return DecodeStatus::kDefer;  // ragged
+          return DecodeStatus::kRagged;
         }
         --depth;
         ++p;
       } else {
+        if (depth == 0) return DecodeStatus::kDefer;  // not a scanned span
         if (ndim < 0) {
           ndim = depth;
         } else if (depth != ndim) {
-          return DecodeStatus::kDefer;  // ragged
+          return DecodeStatus::kRagged;  // a number where a list was
         }
         ++lengths[depth];
-        if (index_ >= count_) return DecodeStatus::kDefer;  // too many: the reference says how many
-        Leaf leaf;
-        if (!ParseLeaf(p, end, &leaf) || !Store(leaf)) return DecodeStatus::kDefer;
+        const char* q = p;
+        if (!defer && index_ < count_) {
+          Leaf leaf;
+          defer = !ParseLeaf(q, end, &leaf) || !Store(leaf);
+        }
+        // The scanner checked the grammar: a leaf runs up to whitespace, a comma or a bracket.
+        p = q > p ? q : p;
+        while (p < end && !AtValueEnd(p, end)) ++p;
         ++index_;
       }
     }
-    if (index_ != count_ || depth != 0) return DecodeStatus::kDefer;
+    *elements = index_;
+    if (depth != 0) return DecodeStatus::kDefer;
+    if (index_ != count_) return DecodeStatus::kWrongCount;
+    if (defer) return DecodeStatus::kDefer;
     return Finish();
   }
 
@@ -520,9 +534,11 @@ bool ScanRequest(std::string_view body, std::string* skeleton, std::vector<JsonD
   return Scanner(body, skeleton, spans).Run();
 }
 
-DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out) {
+DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out,
+                        int64_t* elements) {
+  *elements = 0;
   if (dtype == DataType::kBytes || count <= 0) return DecodeStatus::kDefer;
-  return Decoder(dtype, count, out).Run(text);
+  return Decoder(dtype, count, out).Run(text, elements);
 }
 
 uint16_t DoubleToHalfBits(double value) {

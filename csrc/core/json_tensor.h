@@ -7,8 +7,9 @@
 //  2. DecodeData parses one lifted array into the buffer of the tensor's datatype.
 // Both are conservative: whenever the result could differ from pyserve's reference decoder
 // (pyserve/protocol/kserve.py: orjson, then numpy's inference and checks), they say so (kDefer /
-// not lifted), and the caller uses the reference for that body or that tensor. They never refuse a
-// body themselves: every refusal, and its message, is the reference decoder's.
+// not lifted), and the caller uses the reference for that body or that tensor. The only refusals
+// they find are those of the data's structure (kRagged, kWrongCount), which the reference finds
+// before it looks at any value; the caller raises them with the reference's messages.
 #pragma once
 
 #include <cstddef>
@@ -40,6 +41,10 @@ bool ScanRequest(std::string_view body, std::string* skeleton, std::vector<JsonD
 enum class DecodeStatus : uint8_t {
   kOk,     // `out` holds the `count` elements, row-major
   kDefer,  // the reference decoder must decide: a refusal, or a case whose numpy result is subtle
+  // Refusals whose reference message follows from the structure alone (numpy.array makes nothing
+  // else of it), found without the reference's parse of every number while holding the GIL:
+  kRagged,      // lists of unequal lengths, or elements at unequal depths (numpy: ValueError)
+  kWrongCount,  // equal lengths, but `*elements` elements (numpy's size) rather than `count`
 };
 
 // Decodes one lifted `data` array (text as ScanRequest lifted it) of `count` elements of `dtype`
@@ -48,9 +53,11 @@ enum class DecodeStatus : uint8_t {
 // fraction or exponent parsed as double (correctly rounded, std::from_chars) then rounded to
 // FP32/FP16; integral ones accepted in integer tensors. kDefer for: BYTES; booleans outside BOOL
 // tensors and numbers in BOOL ones; an integer or float out of the datatype's range (or one that
-// overflows FP16/FP32); a fraction, NaN or Infinity in an integer tensor; ragged or empty lists; an
-// element count other than `count`; integers beyond 2**53 in a float tensor without fractions.
-DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out);
+// overflows FP16/FP32); a fraction, NaN or Infinity in an integer tensor; empty lists; integers
+// beyond 2**53 in a float tensor without fractions. kRagged and kWrongCount (`*elements` set) come
+// before those, as in the reference, whose numpy.array finds them before it looks at a value.
+DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out,
+                        int64_t* elements);
 
 // IEEE 754 binary16 bits of `value`, rounded to nearest, ties to even (as numpy's float16 cast).
 uint16_t DoubleToHalfBits(double value);

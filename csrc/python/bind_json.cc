@@ -57,12 +57,18 @@ py::object DecodeJsonTensor(const py::buffer& body, size_t begin, size_t end, co
   py::array out = (*empty)(count, NumpyDtype(dtype));
   void* data = out.mutable_data();
   DecodeStatus status;
+  int64_t elements = 0;
   {
     py::gil_scoped_release release;
-    status = DecodeData(text.substr(begin, end - begin), dtype, count, data);
+    status = DecodeData(text.substr(begin, end - begin), dtype, count, data, &elements);
   }
-  if (status != DecodeStatus::kOk) return py::none();
-  return std::move(out);
+  switch (status) {
+    case DecodeStatus::kOk: return std::move(out);
+    case DecodeStatus::kRagged: return py::int_(-1);
+    case DecodeStatus::kWrongCount: return py::int_(elements);
+    case DecodeStatus::kDefer: break;
+  }
+  return py::none();
 }
 
 }  // namespace
@@ -74,7 +80,8 @@ void RegisterJson(py::module_& m) {
   m.def("decode_json_tensor", &DecodeJsonTensor, py::arg("body"), py::arg("begin"), py::arg("end"),
         py::arg("datatype"), py::arg("count"),
         "Decode the data array body[begin:end] into a flat array of `count` elements of `datatype` "
-        "(GIL released); None when the reference decoder must decide.");
+        "(GIL released); -1 when its lists are ragged, its element count when that is not `count`, "
+        "None when the reference decoder must decide.");
 }
 
 }  // namespace pyserve

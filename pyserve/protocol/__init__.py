@@ -27,8 +27,10 @@ __all__ = [
     "array_from_raw",
     "check_entry",
     "check_shape",
+    "ragged_data",
     "raw_bytes",
     "request_fields",
+    "wrong_count",
 ]
 
 
@@ -205,3 +207,16 @@ def raw_bytes(name: str, values: Any) -> tuple[str, np.ndarray, Any]:
         arr = np.ascontiguousarray(arr)
     # A byte view: bytes.join and msgpack take it as is, and its length is the byte size.
     return datatype, arr, memoryview(arr.reshape(-1)).cast("B")
+
+
+def ragged_data(name: str, datatype: str, what: str) -> PyserveError:
+    """The INVALID_ARGUMENT error for JSON ``data`` of tensor ``name`` whose nested lists are not of
+    equal lengths (numpy makes no array of them): one message for every decoder of it."""
+    kind = "strings" if datatype == "BYTES" else "numbers"
+    return invalid(f"{what} {name!r}: 'data' must be a flat list or nested lists of equal lengths of {kind}")
+
+
+def wrong_count(name: str, shape: tuple[int, ...], count: int, got: int, what: str) -> PyserveError:
+    """The INVALID_ARGUMENT error for JSON ``data`` of tensor ``name`` holding ``got`` elements where
+    its ``shape`` has ``count``."""
+    return invalid(f"{what} {name!r}: expected {count} elements for shape {list(shape)}, got {got}")

@@ -37,8 +37,10 @@ from pyserve.protocol import (
     TensorHeader,
     array_from_raw,
     check_entry,
+    ragged_data,
     raw_bytes,
     request_fields,
+    wrong_count,
 )
 
 __all__ = [
@@ -135,14 +137,8 @@ def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dic
         header: Any = body
         binary = None
     else:
-        if type(header_length) is not int:
-            try:
-                header_length = int(header_length)
-            except (TypeError, ValueError):
-                raise invalid(
-                    f"{HEADER_LENGTH} must be a non-negative integer, got {header_length!r}"
-                ) from None
-        if header_length < 0 or header_length > len(body):
+        header_length = _header_length(header_length)
+        if header_length > len(body):
             raise invalid(f"{HEADER_LENGTH} is {header_length}, expected at most the body length {len(body)}")
         view = memoryview(body)
         header, binary = view[:header_length], view[header_length:]
@@ -154,10 +150,30 @@ def _split(body: bytes, header_length: int | str | None, what: str) -> tuple[dic
             hint = ""
             if header_length is None and b"binary_data_size" in body[:4096]:
                 hint = f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
+            elif header_length is not None:
+                # A length that lies cuts the JSON short or runs into the binary part.
+                hint = f" (read as the first {header_length} bytes of the body, as {HEADER_LENGTH} says)"
             raise invalid(f"{what} is not valid JSON: {e}{hint}") from None
     if type(doc) is not dict:
         raise invalid(f"{what} must be a JSON object, got {_json_type(doc)}")
     return doc, binary
+
+
+def _header_length(value: int | str) -> int:
+    """The Inference-Header-Content-Length ``value`` (a header's text, or an int) as a byte count.
+
+    Only plain ASCII decimal digits (around them, the blanks RFC 9110 5.5 allows) are read, as a
+    Content-Length is (RFC 9110 8.6): Python's ``int()`` would also take ``+37``, ``1_0`` and
+    non-ASCII digits, and a length guessed from those splits the body in the wrong place. Raises
+    INVALID_ARGUMENT naming the header for anything else, a negative int included."""
+    if type(value) is int:
+        if value >= 0:
+            return value
+    elif type(value) is str:
+        digits = value.strip(" \t")
+        if digits.isascii() and digits.isdigit():
+            return int(digits)
+    raise invalid(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
 
 
 def _loads_non_finite(error: orjson.JSONDecodeError, what: str) -> Any:
@@ -283,12 +299,9 @@ def _array_from_json(
         # numpy flattens nested lists in C; ragged nesting is a ValueError.
         arr = np.array(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise invalid(
-            f"{what} {name!r}: 'data' must be a flat list or nested lists of equal lengths "
-            f"of {'strings' if datatype == 'BYTES' else 'numbers'}"
-        ) from None
+        raise ragged_data(name, datatype, what) from None
     if arr.size != count:
-        raise invalid(f"{what} {name!r}: expected {count} elements for shape {list(shape)}, got {arr.size}")
+        raise wrong_count(name, shape, count, arr.size, what)
     try:
         if datatype == "BYTES":
             try:

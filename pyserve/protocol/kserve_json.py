@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from pyserve import _core
+from pyserve.protocol import ragged_data, wrong_count
 
 
 class DataSpan(NamedTuple):
@@ -57,7 +58,8 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], count: int
                     *, body: bytes | bytearray, fallback: Any) -> np.ndarray:
     """The array of one input's ``data``: decoded in C++ when it is a :class:`DataSpan` the C++
     decoder takes, else by ``fallback`` (the reference's ``_array_from_json``, same arguments) on
-    the data as Python values. Raises what ``fallback`` raises (INVALID_ARGUMENT naming the input)."""
+    the data as Python values. Raises what ``fallback`` raises (INVALID_ARGUMENT naming the input);
+    ragged lists and a wrong element count, which the C++ walk finds, with the reference's messages."""
     if type(data) is not DataSpan:
         return fallback(name, datatype, shape, count, data, what)
     # Each element takes two characters or more ("1,"): a larger count (which may not fit an
@@ -66,6 +68,12 @@ def array_from_json(name: str, datatype: str, shape: tuple[int, ...], count: int
     flat = _core.decode_json_tensor(body, data.begin, data.end, datatype, count) if fits else None
     if flat is None:
         return fallback(name, datatype, shape, count, _python(body, data), what)
+    if type(flat) is int:
+        # Refused for its structure alone, as the reference refuses it, without the reference's
+        # parse of every number holding the GIL (seconds, for a 60 MiB body of a small tensor).
+        if flat < 0:
+            raise ragged_data(name, datatype, what)
+        raise wrong_count(name, shape, count, flat, what)
     # count > 0 elements: any shape with that product is one numpy can make.
     return flat.reshape(shape)
 

@@ -116,6 +116,8 @@ class App:
         # True while a worker of a --workers server replays the control journal at start
         # (pyserve.workers.journal): it does not serve yet what its siblings serve.
         self.converging = False
+        # A worker's saved counts (pyserve.workers.counters); None in a server of one process.
+        self.counts: counters.CountSaver | None = None
 
     def ready(self) -> bool:
         """Readiness of this process: False once draining or while converging, else the models'
@@ -175,7 +177,11 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
                                   if settings.worker is not None and settings.worker.count > 1 else None)
     worker = settings.worker
     siblings = Siblings(worker) if worker is not None and worker.count > 1 else None
-    router = handlers.make_router(access, audit, siblings, registry)
+    # A worker's own counts, saved for the whole server's /metrics (pyserve.workers.counters).
+    app.counts = (counters.CountSaver(counters.exposition_path(worker.runtime_dir, worker.index),
+                                      functools.partial(metrics.render, registry))
+                  if worker is not None else None)
+    router = handlers.make_router(access, audit, siblings)
     server = HttpServer(app, router, transport_limits(settings),
                         on_refused=functools.partial(handlers.count_refused, app, router))
     # A worker's private channel: its siblings ask it for its readiness and metrics, and forward
@@ -238,10 +244,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
     ticker = asyncio.create_task(rollouts.run(), name="rollouts")
     sampler = asyncio.create_task(app.dashboard.run(), name="dashboard") if app.dashboard is not None else None
     # A worker's counts are saved off the request path, kept when it dies (pyserve.workers.counters).
-    saver = (asyncio.create_task(counters.keep_saving(worker.runtime_dir, worker.index,
-                                                      functools.partial(metrics.render, registry)),
-                                 name="save-counts")
-             if siblings is not None and worker is not None else None)
+    saver = (asyncio.create_task(app.counts.keep_saving(), name="save-counts")
+             if siblings is not None and app.counts is not None else None)
     for sock in server.sockets:
         host_name, port = sock.getsockname()[:2]
         log.info("======== Running on %s://%s:%s ========", "https" if tls is not None else "http",
@@ -254,6 +258,7 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
              fd_limit if fd_limit is not None else "unknown", server.limits.max_connections)
     await stop.wait()
     app.draining = True
+    server.draining = True  # kept-alive clients are told to reconnect (to a server still ready)
     if settings.drain_grace_s > 0 and not (hurry is not None and hurry.is_set()):
         log.info("draining: readiness is false; still serving for %.1f s (--drain-grace-s) before "
                  "no longer accepting connections", settings.drain_grace_s)
@@ -268,9 +273,9 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
                     settings.shutdown_timeout_s)
     if channel is not None:
         await channel.shutdown(settings.shutdown_timeout_s)
-    if saver is not None and worker is not None:
+    if saver is not None and app.counts is not None:
         saver.cancel()
-        await _save_counts(worker, registry)  # the final counts, every request answered
+        await _save_counts(app.counts)  # the final counts, every request answered
     try:
         await asyncio.wait_for(host.close(), settings.shutdown_timeout_s)
     except TimeoutError:
@@ -300,12 +305,11 @@ async def _converge(app: App, worker: WorkerSettings) -> None:
     app.converging = False
 
 
-async def _save_counts(worker: WorkerSettings, registry: CollectorRegistry) -> None:
-    path = counters.exposition_path(worker.runtime_dir, worker.index)
+async def _save_counts(counts: counters.CountSaver) -> None:
     try:
-        await asyncio.to_thread(counters.write_atomically, path, metrics.render(registry))
+        await counts.save()
     except OSError as e:
-        log.warning("cannot save this worker's final counts to %s: %s", path, e)
+        log.warning("cannot save this worker's final counts to %s: %s", counts.path, e)
 
 
 async def _wait(event: asyncio.Event | None, timeout_s: float) -> None:

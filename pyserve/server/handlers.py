@@ -531,11 +531,11 @@ ROLLOUT_ACTIONS = ("pause", "resume", "promote", "abort")
 
 
 def make_router(access: AccessControl | None = None, audit: ManagementAudit | None = None,
-                siblings: Siblings | None = None, registry: Any = None) -> Router:
+                siblings: Siblings | None = None) -> Router:
     """The URL table: KServe v2 paths as Triton and KServe serve them, each behind the token check of
     its scope (:mod:`pyserve.security.access`); the model-control routes write the audit log.
     Without ``access``, nothing needs a token; without ``audit``, nothing is audited. With
-    ``siblings`` (a ``--workers`` server; ``registry`` is then this worker's metrics), readiness,
+    ``siblings`` (a ``--workers`` server), readiness,
     ``/metrics`` and model control answer for every worker (:mod:`pyserve.workers.routes`)."""
     access = access if access is not None else AccessControl(AccessSettings())
 
@@ -566,7 +566,7 @@ def make_router(access: AccessControl | None = None, audit: ManagementAudit | No
     r.add("GET", "/v2/health/ready", whole(ready))
     r.add("GET", "/v2", scoped(Scope.INFERENCE, server_metadata))
     r.add("GET", "/metrics", scoped(Scope.METRICS, metrics_endpoint if siblings is None
-                                    else workers.whole_server_metrics(siblings, registry)))
+                                    else workers.whole_server_metrics(siblings)))
     r.add("GET", "/v2/logs", read(payload_logs))
     r.add("GET", "/v2/drift", scoped(Scope.METRICS, drift))  # statistics, like /metrics
     r.add("GET", "/v2/repository/index", read(repository_index))

@@ -89,6 +89,10 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self.connections: set[Connection] = set()
         self.closing = False
+        # Draining (SIGTERM's grace): still serving, but each answer says Connection: close, so a
+        # kept-alive client (a pool, a proxy) opens its next connection where the load balancer
+        # sends it now, rather than losing a request sent as the grace ends and idle ones close.
+        self.draining = False
         self.now = time.monotonic()
         self.date = formatdate(usegmt=True).encode()
         self._listener: asyncio.AbstractServer | None = None
@@ -394,7 +398,9 @@ class Connection(asyncio.Protocol):
             return
         parser = self.parser
         http10 = self._http10
-        keep_alive = parser.should_keep_alive() and not self.server.closing and not self._upgrade
+        server = self.server
+        keep_alive = (parser.should_keep_alive() and not server.closing and not server.draining
+                      and not self._upgrade)
         body = self._body
         self._body = b""
         url = b"".join(self._url) if len(self._url) != 1 else self._url[0]

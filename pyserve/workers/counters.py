@@ -8,7 +8,8 @@ stays in the sum:
 
 - **Saved before published.** Each worker saves its own exposition (``exposition-<index>.prom``)
   each time it renders its metrics for a scrape, before it answers, and every
-  :data:`SAVE_INTERVAL_S` seconds off the request path, and once more when it stops. Counters only
+  :data:`SAVE_INTERVAL_S` seconds off the request path, and once more when it stops
+  (:class:`CountSaver`: a render older than the saved one never replaces it). Counters only
   grow in a live process, so a worker's saved file always holds at least what any scrape
   published of it.
 - **Retired totals.** When a worker exits (crashed, killed or stopped), the supervisor adds the
@@ -42,6 +43,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,14 +171,51 @@ def whole_server(runtime_dir: Path, answers: list[str], absent: list[int],
     return merged_metrics.exposition(families)
 
 
-async def keep_saving(runtime_dir: Path, index: int, render: Callable[[], bytes],
-                      interval_s: float = SAVE_INTERVAL_S) -> None:
-    """Saves worker ``index``'s exposition (``render()``) every ``interval_s`` seconds until
-    cancelled; a failed save is logged and tried again at the next tick."""
-    path = exposition_path(runtime_dir, index)
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(write_atomically, path, render())
-        except OSError as e:
-            log.warning("cannot save this worker's metrics to %s: %s", path, e)
+class CountSaver:
+    """Saves one worker's own exposition to its file (:func:`exposition_path`), newest render last.
+
+    Every save renders on the event loop and writes in a thread; two saves in flight at once (a
+    scrape through a sibling, a direct one, the periodic save, the final one) may finish their
+    writes in either order. A write of a render older than the one the file holds is dropped:
+    otherwise the file could go back to fewer counts than a scrape already published, and a
+    ``kill -9`` then would make the whole server's counters go backwards.
+    """
+
+    def __init__(self, path: Path, render: Callable[[], bytes]) -> None:
+        self.path = Path(path)
+        self._render = render
+        self._rendered = 0  # renders so far (on the event loop, so numbered in the order of counts)
+        self._written = 0  # the number of the render the file holds
+        self._lock = threading.Lock()
+
+    def render(self) -> tuple[int, bytes]:
+        """This worker's exposition now, and its number (call on the event loop)."""
+        self._rendered += 1
+        return self._rendered, self._render()
+
+    def write(self, number: int, text: bytes) -> bool:
+        """Writes render ``number``'s ``text`` unless a later render is saved already (blocking:
+        call it in a thread); False when dropped. Raises OSError."""
+        with self._lock:
+            if number <= self._written:
+                return False
+            write_atomically(self.path, text)
+            self._written = number
+        return True
+
+    async def save(self) -> bytes:
+        """Renders this worker's exposition, saves it, and returns it once it is saved (so that
+        a scrape publishes only counts already saved). Raises OSError."""
+        number, text = self.render()
+        await asyncio.to_thread(self.write, number, text)
+        return text
+
+    async def keep_saving(self, interval_s: float = SAVE_INTERVAL_S) -> None:
+        """Saves every ``interval_s`` seconds until cancelled; a failed save is logged and tried
+        again at the next tick."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.save()
+            except OSError as e:
+                log.warning("cannot save this worker's metrics to %s: %s", self.path, e)

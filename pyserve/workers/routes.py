@@ -19,6 +19,7 @@ from pyserve.release.store import REPLICA
 from pyserve.server.errors import async_endpoint
 from pyserve.server.messages import Deferred, Handler, Request, Response, error_response
 from pyserve.workers import counters
+from pyserve.workers.control_lock import control_lock
 from pyserve.workers.channel import CLIENT_HEADER, CONTROL_TIMEOUT_S, Answer, Siblings
 from pyserve.workers.journal import ControlJournal
 
@@ -81,7 +82,8 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
             ) -> Callable[[Request], Awaitable[Response]]:
     """A model-control route applied by every worker: this worker first (an error here is the
     answer, and no sibling is asked), then recorded in the control journal (a worker that starts
-    later replays it: :mod:`pyserve.workers.journal`), then every sibling at once. The answer is
+    later replays it: :mod:`pyserve.workers.journal`), then every sibling at once, all under the
+    server-wide control lock (:mod:`pyserve.workers.control_lock`). The answer is
     this worker's once all succeeded; else 500 naming each worker that failed and why (the change
     then holds on the other workers: repeat the call, or undo it)."""
     control_journal = ControlJournal(siblings.worker.runtime_dir)
@@ -89,6 +91,11 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
     @functools.wraps(handler)
     @async_endpoint
     async def wrapped(request: Request) -> Response:
+        # One call at a time, server-wide: applied by every worker in the same order.
+        async with control_lock(siblings.worker.runtime_dir):
+            return await _apply_everywhere(request)
+
+    async def _apply_everywhere(request: Request) -> Response:
         resp = await handler(request)
         if resp.status >= 400:
             return resp
@@ -116,13 +123,13 @@ def fan_out(siblings: Siblings, handler: Callable[[Request], Awaitable[Response]
     return wrapped
 
 
-def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request], Awaitable[Response]]:
+def whole_server_metrics(siblings: Siblings) -> Callable[[Request], Awaitable[Response]]:
     """``GET /metrics`` of the whole server: this worker's series, its siblings' answers, the saved
     counters of a sibling that does not answer (said in the log) and the retired totals of the
     workers that exited, merged (:mod:`pyserve.workers.counters`): no counter goes backwards when a
-    worker dies or restarts. This worker's exposition is saved before it is published."""
+    worker dies or restarts. This worker's exposition is saved before it is published
+    (``request.app.counts``)."""
     runtime_dir = siblings.worker.runtime_dir
-    own = counters.exposition_path(runtime_dir, siblings.worker.index)
 
     @async_endpoint
     async def handler(request: Request) -> Response:
@@ -130,8 +137,7 @@ def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request
         while True:
             tries += 1
             generation = (await asyncio.to_thread(counters.read_retired, runtime_dir)).generation
-            text = metrics.render(registry)
-            await asyncio.to_thread(counters.write_atomically, own, text)
+            text = await request.app.counts.save()
             texts, absent = [text.decode()], []
             for answer in await siblings.ask("GET", "/metrics"):
                 if answer.ok:
@@ -154,11 +160,8 @@ def whole_server_metrics(siblings: Siblings, registry: Any) -> Callable[[Request
 async def own_metrics(request: Request) -> Response:
     """``GET /metrics`` of the private channel: this worker's series only, saved on the way as its
     last known counts (:mod:`pyserve.workers.counters`)."""
-    text = metrics.render(request.app.registry)
-    worker = request.app.settings.worker
-    if worker is not None:
-        await asyncio.to_thread(counters.write_atomically,
-                                counters.exposition_path(worker.runtime_dir, worker.index), text)
+    counts = request.app.counts
+    text = metrics.render(request.app.registry) if counts is None else await counts.save()
     return Response(text, content_type=metrics.CONTENT_TYPE)
 
 

@@ -168,12 +168,20 @@ class Supervisor:
                     log.info("%s: stopping the %d workers", signal.Signals(sig).name, self.count)
                 self.stopping = True
                 for w in self.workers:
+                    if w.restart_at is not None:
+                        # Dead, reaped and counted already; its restart will not come. Left as it
+                        # was, the next reap would take its old exit status for a failed stop.
+                        w.process = None
                     w.restart_at = None
             self._forward(sig)
 
     def _forward(self, sig: int) -> None:
-        """Sends ``sig`` to every live worker (a second SIGTERM cuts their drain grace short)."""
+        """Sends ``sig`` to every live worker (a second SIGTERM cuts their drain grace short);
+        SIGHUP only to those that listen: one still starting has no handler for it yet (it would
+        die of it), and reads the token and TLS files as it starts anyway."""
         for w in self.workers:
+            if sig == signal.SIGHUP and not (w.listening is not None and w.listening.is_set()):
+                continue
             if self._alive(w):
                 try:
                     os.kill(w.process.pid, sig)

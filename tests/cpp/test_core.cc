@@ -986,21 +986,30 @@ TEST(json_decode_makes_numpys_values_or_defers) {
   REQUIRE(ScanRequest(kJsonBody, &skeleton, &spans));
   const std::string_view x(kJsonBody.data() + spans[0].begin, spans[0].end - spans[0].begin);
   float f[4];
-  REQUIRE(DecodeData(x, DataType::kFp32, 4, f) == DecodeStatus::kOk);
+  int64_t n = -1;
+  REQUIRE(DecodeData(x, DataType::kFp32, 4, f, &n) == DecodeStatus::kOk);
   CHECK_EQ(f[0], 1.5f);
   CHECK(f[1] == 0.0f && !std::signbit(f[1]));  // -0 is an integer: numpy makes +0.0 of it
   CHECK_EQ(f[2], 2.0f);
   CHECK(std::isnan(f[3]));
-  CHECK(DecodeData(x, DataType::kFp32, 3, f) == DecodeStatus::kDefer);   // count
-  CHECK(DecodeData(x, DataType::kInt32, 4, f) == DecodeStatus::kDefer);  // fraction, NaN
+  CHECK(DecodeData(x, DataType::kFp32, 3, f, &n) == DecodeStatus::kWrongCount && n == 4);  // count
+  CHECK(DecodeData(x, DataType::kInt32, 4, f, &n) == DecodeStatus::kDefer);  // fraction, NaN
   int8_t i8[3];
-  CHECK(DecodeData("[1, -128, 127]", DataType::kInt8, 3, i8) == DecodeStatus::kOk && i8[1] == -128);
-  CHECK(DecodeData("[1, -129, 127]", DataType::kInt8, 3, i8) == DecodeStatus::kDefer);
-  CHECK(DecodeData("[1.0, 2e1, -0.0]", DataType::kInt8, 3, i8) == DecodeStatus::kOk && i8[1] == 20);
-  CHECK(DecodeData("[[1, 2], [3]]", DataType::kInt8, 3, i8) == DecodeStatus::kDefer);
-  CHECK(DecodeData("[true, 1]", DataType::kBool, 2, i8) == DecodeStatus::kDefer);
+  CHECK(DecodeData("[1, -128, 127]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kOk && i8[1] == -128);
+  CHECK(DecodeData("[1, -129, 127]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kDefer);
+  CHECK(DecodeData("[1.0, 2e1, -0.0]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kOk && i8[1] == 20);
+  CHECK(DecodeData("[[1, 2], [3]]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kRagged);
+  CHECK(DecodeData("[[1, 2], 3]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kRagged);
+  CHECK(DecodeData("[1, [2, 3]]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kRagged);
+  CHECK(DecodeData("[[1], []]", DataType::kInt8, 1, i8, &n) == DecodeStatus::kDefer);  // empty list
+  CHECK(DecodeData("[true, 1]", DataType::kBool, 2, i8, &n) == DecodeStatus::kDefer);
+  // The structure decides before a value the reference must judge, as numpy.array's shape does.
+  CHECK(DecodeData("[true, 1, 2, 3]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kWrongCount && n == 4);
+  CHECK(DecodeData("[NaN, 300, 1, 2, 3]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kWrongCount && n == 5);
+  CHECK(DecodeData("[[300], [1, 2]]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kRagged);
+  CHECK(DecodeData("[1, 2]", DataType::kInt8, 3, i8, &n) == DecodeStatus::kWrongCount && n == 2);
   uint16_t h[1];
-  CHECK(DecodeData("[65520]", DataType::kFp16, 1, h) == DecodeStatus::kDefer);  // overflow
+  CHECK(DecodeData("[65520]", DataType::kFp16, 1, h, &n) == DecodeStatus::kDefer);  // overflow
 }
 
 TEST(json_half_rounding_is_to_nearest_even) {
@@ -1026,7 +1035,8 @@ TEST(json_scan_and_decode_of_every_prefix_stay_inside_it) {
     CHECK_EQ(n, kJsonBody.size());  // only the whole body is a JSON object
     for (const JsonDataSpan& span : spans) {
       double out[4];
-      DecodeData(std::string_view(prefix.data() + span.begin, span.end - span.begin), DataType::kFp64, 4, out);
+      int64_t n;
+      DecodeData(std::string_view(prefix.data() + span.begin, span.end - span.begin), DataType::kFp64, 4, out, &n);
     }
   }
   // DecodeData is given scanned spans only, but stays inside any text.
@@ -1034,8 +1044,10 @@ TEST(json_scan_and_decode_of_every_prefix_stay_inside_it) {
   for (size_t n = 0; n <= words.size(); ++n) {
     const std::vector<char> prefix(words.begin(), words.begin() + static_cast<std::ptrdiff_t>(n));
     double out[7];
-    DecodeData(std::string_view(prefix.data(), n), DataType::kFp64, 7, out);
-    DecodeData(std::string_view(prefix.data(), n), DataType::kBool, 7, out);
+    int64_t elements;
+    DecodeData(std::string_view(prefix.data(), n), DataType::kFp64, 7, out, &elements);
+    DecodeData(std::string_view(prefix.data(), n), DataType::kBool, 7, out, &elements);
+    DecodeData(std::string_view(prefix.data(), n), DataType::kFp64, 2, out, &elements);  // too many
   }
 }
 
