@@ -1,0 +1,181 @@
+"""The infer fast path: the common request served with a fraction of the general path's Python.
+
+Most requests a server sees are ``POST /v2/models/{name}[/versions/{v}]/infer`` with KServe JSON, the
+binary tensor extension or msgpack, no requested outputs, no parameters, for a model with no traffic
+policy and no hook that acts on it (no payload log, no shadow). The general path
+(:func:`pyserve.server.handlers.infer`) builds a :class:`~pyserve.server.messages.Request`, matches
+the router's patterns, builds a :class:`~pyserve.service.CallContext`, resolves the traffic split
+and runs the service's checks and hook loops: about half of a small request's instructions on the
+loop's thread (``docs/core.md``, "What a request costs, step by step"). Here the request target's
+bytes are looked up in a dict (model name and version, parsed once per target), the body decoded
+with the model's input check, the inputs queued with ``ModelRunner.submit``, and the reply encoded
+from the core future's callback.
+
+Whatever the fast path does not handle it leaves to the general path BEFORE any side effect
+(:meth:`FastInfer.serve` answers None): a target that is not an infer path or holds ``%``, ``?`` or
+``#``; an unknown or unready model or version; a model with a traffic policy (split, alias, shadow,
+rollout) or a hook that is not quiet for it (:meth:`pyserve.service.InferenceService.plain`); a
+server whose inference needs a token; a content type other than JSON (none, ``application/json``,
+``application/octet-stream`` with ``Inference-Header-Content-Length``) or ``application/msgpack``
+exactly; a body the general path would decode on a thread; a body that does not decode or that the
+model's input check refuses (the general path decodes it again and answers the error); requested
+outputs; request parameters. From the submit on, errors are recorded and answered exactly as the
+general path does (:meth:`~pyserve.service.InferenceService.failed`, the same statuses and bodies):
+``tests/test_fast_infer.py`` checks byte-identical answers and metrics for both paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any
+
+from pyserve.errors import PyserveError, internal
+from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
+from pyserve.server import errors as http_errors
+from pyserve.server import handlers, messages
+from pyserve.server.messages import INTERNAL_ERROR, Deferred, Response
+from pyserve.service import CallContext, InferenceService
+
+log = logging.getLogger("pyserve.server")
+
+MSGPACK = handlers.MSGPACK
+# Content types taken as they are sent, without parameters: anything else (a charset, upper case,
+# SageMaker's binary+json) goes to the general path, which parses the header.
+_JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
+MAX_TARGETS = 1024  # request targets remembered (hits and misses); more are parsed each time
+# Larger bodies are decoded on a thread by the general path.
+DECODE_ON_LOOP_MAX_BYTES = handlers.DECODE_OFF_LOOP_BYTES
+
+
+def parse_target(url: bytes) -> tuple[str, str | None] | None:
+    """(model name, version or None) of an infer request target ``/v2/models/{m}[/versions/{v}]/infer``;
+    None for anything else, including targets with ``%``, ``?`` or ``#`` (the general path decodes
+    those) and non-ASCII ones."""
+    if not url.isascii() or url.find(b"%") >= 0 or url.find(b"?") >= 0 or url.find(b"#") >= 0:
+        return None
+    parts = url.decode("ascii").split("/")
+    if len(parts) == 5 and parts[:3] == ["", "v2", "models"] and parts[4] == "infer" and parts[3]:
+        return parts[3], None
+    if (len(parts) == 7 and parts[:3] == ["", "v2", "models"] and parts[4] == "versions"
+            and parts[6] == "infer" and parts[3] and parts[5]):
+        return parts[3], parts[5]
+    return None
+
+
+class _Call:
+    """One call on the fast path, from its submit to its answer."""
+
+    __slots__ = ("runner", "req", "protocol")
+
+    def __init__(self, runner: Any, req: InferRequest, protocol: str) -> None:
+        self.runner = runner
+        self.req = req
+        self.protocol = protocol
+
+
+class FastInfer:
+    """Serves the common infer request without the general path's objects (see the module's text).
+
+    Make one per server, only when inference needs no token (the general path's token check is the
+    router's). :meth:`serve` is called by :class:`pyserve.server.http.Connection` for each complete
+    POST request."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self._targets: dict[bytes, tuple[str, str | None] | None] = {}
+        self.served = 0  # requests this path took (tests look at it)
+
+    def serve(self, url: bytes, headers: dict[str, str], body: bytes | bytearray) -> Response | Deferred | None:
+        """The answer (or the answer to come) of a POST to ``url``; None to leave the request to
+        the general path, with nothing done. ``headers``: lower-case names, as the connection
+        gives them."""
+        targets = self._targets
+        target = targets.get(url, False)
+        if target is False:
+            target = parse_target(url)
+            if len(targets) < MAX_TARGETS:
+                targets[bytes(url)] = target
+        if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
+            return None
+        service = self.service
+        name, version = target  # type: ignore[misc]
+        try:
+            runner = service.runner(name, version)
+        except PyserveError:
+            return None  # 404 / 503: the general path answers and counts it
+        if not service.plain(runner):
+            return None
+        content_type = headers.get("content-type")
+        try:
+            if content_type == MSGPACK:
+                req = msgpack_codec.decode_request(body, service.input_check(runner))
+                protocol = "http+msgpack"
+            elif content_type is None or content_type in _JSON_TYPES:
+                header_length = headers.get("inference-header-content-length")
+                req = kserve.decode_request(body, header_length, service.input_check(runner))
+                protocol = "http+json" if header_length is None else "http+binary"
+            else:
+                return None
+        except Exception:  # noqa: BLE001 - refused or a fault: the general path decodes it again and answers
+            return None
+        params = req.parameters
+        if params and (len(params) != 1 or "binary_data_output" not in params):
+            return None  # priority, timeout or a parameter the general path should see
+        requested = req.outputs
+        if requested is not None:
+            declared = runner.output_names
+            for r in requested:
+                k = r.classification
+                # A classification (Triton's extension) is the general path's, and so is the error
+                # of an output the model does not have.
+                if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
+                    return None
+        # From here on, as the general path: errors are recorded and answered, never handed back.
+        self.served += 1
+        call = _Call(runner, req, protocol)
+        try:
+            future = runner.submit(req.inputs)
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+        return Deferred(future, functools.partial(self._finish, call))
+
+    def _finish(self, call: _Call, done: asyncio.Future) -> Response | Deferred:
+        """The reply of ``call`` once its core future is done (``ModelRunner.submit``'s outputs)."""
+        try:
+            outputs = done.result()
+            runner = call.runner
+            runner.last_inference_ms = time.time_ns() // 1_000_000
+            req = call.req
+            requested = req.outputs
+            if requested is not None:  # as InferenceService.complete
+                outputs = {r.name: outputs[r.name] for r in requested}
+            resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
+            # The general path's encoders, so that the bytes cannot differ.
+            if handlers._reply_nbytes(resp) > handlers.ENCODE_OFF_LOOP_BYTES:
+                return Deferred(handlers._encode_off_loop(req, resp, call.protocol),
+                                functools.partial(self._encoded, call))
+            return handlers._encode_infer(req, resp, call.protocol)
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+
+    def _encoded(self, call: _Call, done: asyncio.Future) -> Response:
+        """The reply encoded on a decoder thread (a large one), as the general path's."""
+        try:
+            return done.result()
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+
+    def _failed(self, call: _Call, e: Exception) -> Response:
+        """The answer to a call that raised ``e`` (call it in the ``except`` block), recorded as the
+        general path records it (:func:`pyserve.server.handlers._infer_failed`)."""
+        runner = call.runner
+        ctx = CallContext(call.protocol, call.req.id)
+        if isinstance(e, PyserveError):
+            self.service.failed(runner.config.name, e, ctx, runner, call.req)
+            return http_errors.error_response(e.kind, e.message)
+        log.exception("unexpected error in an infer request of model %s", runner.config.name)
+        self.service.failed(runner.config.name, internal(INTERNAL_ERROR), ctx, runner, call.req)
+        return messages.internal_error()
