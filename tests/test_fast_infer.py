@@ -257,9 +257,10 @@ def test_fast_and_general_paths_give_the_same_bytes_and_metrics(servers: tuple[S
     before = [pyserve_metrics(s) for s in servers]
     clients = [RawClient(s.port) for s in servers]
     try:
-        for name, raw in corpus().items():
-            got_fast, got_general = (c.exchange(raw) for c in clients)
-            assert got_fast == got_general, name
+        for round_ in (1, 2):  # the second time, bodies seen before decode by their plans
+            for name, raw in corpus().items():
+                got_fast, got_general = (c.exchange(raw) for c in clients)
+                assert got_fast == got_general, (name, round_)
     finally:
         for c in clients:
             c.close()

@@ -30,10 +30,13 @@ import asyncio
 import functools
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pyserve.errors import PyserveError, internal
-from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
+from pyserve.protocol import InferRequest, InferResponse, msgpack_codec
+from pyserve.protocol.request_plans import RequestPlans
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Response
@@ -65,6 +68,20 @@ def parse_target(url: bytes) -> tuple[str, str | None] | None:
     return None
 
 
+class _Target:
+    """An infer request target: the model name and version it names, and the decode plans of the
+    version that last served it (:mod:`pyserve.protocol.request_plans`)."""
+
+    __slots__ = ("name", "version", "runner", "plans")
+
+    def __init__(self, name: str, version: str | None) -> None:
+        self.name = name
+        self.version = version
+        # By weak reference: an unloaded version must not be kept alive by its plans.
+        self.runner: Callable[[], Any] = lambda: None
+        self.plans: RequestPlans | None = None
+
+
 class _Call:
     """One call on the fast path, from its submit to its answer."""
 
@@ -85,7 +102,7 @@ class FastInfer:
 
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self._targets: dict[bytes, tuple[str, str | None] | None] = {}
+        self._targets: dict[bytes, _Target | None] = {}
         self.served = 0  # requests this path took (tests look at it)
 
     def serve(self, url: bytes, headers: dict[str, str], body: bytes | bytearray) -> Response | Deferred | None:
@@ -95,19 +112,24 @@ class FastInfer:
         targets = self._targets
         target = targets.get(url, False)
         if target is False:
-            target = parse_target(url)
+            parsed = parse_target(url)
+            target = _Target(*parsed) if parsed is not None else None
             if len(targets) < MAX_TARGETS:
                 targets[bytes(url)] = target
         if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
             return None
         service = self.service
-        name, version = target  # type: ignore[misc]
         try:
-            runner = service.runner(name, version)
+            runner = service.runner(target.name, target.version)
         except PyserveError:
             return None  # 404 / 503: the general path answers and counts it
         if not service.plain(runner):
             return None
+        plans = target.plans
+        if target.runner() is not runner or plans is None:
+            plans = target.plans = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
+                                                service.input_check(runner))
+            target.runner = weakref.ref(runner)
         content_type = headers.get("content-type")
         try:
             if content_type == MSGPACK:
@@ -115,8 +137,10 @@ class FastInfer:
                 protocol = "http+msgpack"
             elif content_type is None or content_type in _JSON_TYPES:
                 header_length = headers.get("inference-header-content-length")
-                req = kserve.decode_request(body, header_length, service.input_check(runner))
-                protocol = "http+json" if header_length is None else "http+binary"
+                if header_length is None:
+                    req, protocol = plans.decode_json(body), "http+json"
+                else:
+                    req, protocol = plans.decode_binary(body, header_length), "http+binary"
             else:
                 return None
         except Exception:  # noqa: BLE001 - refused or a fault: the general path decodes it again and answers
