@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from test_json_tensor import EDGES, body_of
 
 from pyserve.errors import PyserveError
-from pyserve.protocol import kserve
+from pyserve.protocol import kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
 
 
@@ -111,3 +112,52 @@ def test_binary_header_lengths_the_full_decoder_reads() -> None:
     body, length = binary_body({"a": np.ones(3, np.float32)}, datatypes)
     for text in (length, "0" + length, " " + length, length + "x", "-1", str(len(body) + 1)):
         assert result(plans.decode_binary, body, text) == result(kserve.decode_request, body, text), text
+
+
+def msgpack_body(arrays: dict[str, np.ndarray], datatypes: dict[str, str], **doc: Any) -> bytes:
+    return msgpack.packb({**doc, "inputs": [
+        {"name": n, "datatype": datatypes[n], "shape": list(a.shape), "data": a.tobytes()} for n, a in arrays.items()]})
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=20), st.integers(0, 2**31 - 1))
+@settings(max_examples=50, deadline=None)
+def test_msgpack_bodies_decode_as_the_full_decoder(values: list[float], seed: int) -> None:
+    datatypes = {"a": "FP32", "b": "INT64"}
+    plans = RequestPlans(datatypes, None)
+    n = len(values)
+    plans.decode_msgpack(msgpack_body({"a": np.zeros(n, np.float32), "b": np.zeros(2, np.int64)}, datatypes, id="q"))
+    assert len(plans._msgpack) == 1
+    b = np.random.default_rng(seed).integers(-2**62, 2**62, 2)
+    body = msgpack_body({"a": np.array(values, np.float32), "b": b}, datatypes, id="q")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        planned_result = result(plans.decode_msgpack, body)
+    assert planned_result == result(msgpack_codec.decode_request, body)
+    # Another id, the same length: not the plan's bytes around the payloads.
+    other = msgpack_body({"a": np.array(values, np.float32), "b": b}, datatypes, id="z")
+    assert result(plans.decode_msgpack, other) == result(msgpack_codec.decode_request, other)
+
+
+@pytest.mark.parametrize("doc", [
+    {"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": b"\0" * 8}], "parameters": {"k": 1}},
+    {"outputs": [{"name": "y"}], "inputs": [{"parameters": {"p": [1, 2]}, "data": b"\1" * 8, "name": "a",
+                                             "datatype": "FP32", "shape": [1, 2]}]},
+])
+def test_msgpack_payloads_are_found_wherever_they_are(doc: dict) -> None:
+    plans = RequestPlans({"a": "FP32"}, None)
+    plans.decode_msgpack(msgpack.packb(doc))
+    assert len(plans._msgpack) == 1
+    doc["inputs"][0]["data"] = np.array([1.5, -2], np.float32).tobytes()
+    body = msgpack.packb(doc)
+    assert result(plans.decode_msgpack, body) == result(msgpack_codec.decode_request, body)
+    np.testing.assert_array_equal(plans.decode_msgpack(body).inputs["a"].ravel(), [1.5, -2])
+
+
+def test_msgpack_bodies_not_planned() -> None:
+    plans = RequestPlans({"a": "BYTES", "x": "FP32"}, None)
+    packed = msgpack.packb({"inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": b"\1\0\0\0z"}]})
+    plans.decode_msgpack(packed)
+    twice = msgpack.packb({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": b"\0" * 4,
+                                       "data ": b"\0" * 4}]})
+    plans.decode_msgpack(twice)
+    assert len(plans._msgpack) == 1  # BYTES: not planned; the second (one "data" key) is

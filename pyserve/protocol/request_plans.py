@@ -12,6 +12,9 @@ same as last time, and only the tensors' data differ. A :class:`RequestPlans` re
 - The binary tensor extension: the skeleton is the JSON header (the first
   ``Inference-Header-Content-Length`` bytes) and the body's length; with a plan, each tensor is a
   view of its planned byte range (``numpy.frombuffer``), as the full decoder makes it.
+- msgpack: the body's length and its bytes but the tensors' ``bin`` payloads (found once by walking
+  the body with ``msgpack.Unpacker``); a body equal to a plan's around the payloads is the same
+  document but for the payloads' bytes, each then viewed as its planned array.
 
 A plan is made only from a body the full decoder took, for one model version's input check (make
 one :class:`RequestPlans` per model version); a body without a plan, or whose data the fast C++
@@ -25,22 +28,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import numpy as np
 import orjson
 
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
-from pyserve.protocol import InferRequest, InputCheck, kserve
+from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
 
 MAX_PLANS = 16  # skeletons remembered per model version and encoding; more are decoded in full
 MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not remembered
+# msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
+MAX_MSGPACK_PLANS = 4
+MAX_MSGPACK_BODY_BYTES = 64 << 10
 
 
 class _Plan:
     """What the full decoder made of one skeleton: the tensors' (name, datatype or dtype, shape,
     count or byte range) in body order, and the request's other fields."""
 
-    __slots__ = ("tensors", "id", "parameters", "outputs", "input_parameters")
+    # length and pieces: a msgpack plan's body length, and its bytes but the payloads, as
+    # (begin, end, bytes).
+    __slots__ = ("tensors", "id", "parameters", "outputs", "input_parameters", "length", "pieces")
 
     def __init__(self, tensors: tuple, req: InferRequest) -> None:
         self.tensors = tensors
@@ -63,6 +72,7 @@ class RequestPlans:
         self._check = check
         self._json: dict[bytes, _Plan] = {}
         self._binary: dict[tuple[bytes, int], _Plan] = {}
+        self._msgpack: list[_Plan] = []
 
     def decode_json(self, body: bytes | bytearray) -> InferRequest:
         """``kserve.decode_request(body, None, check)``; raises what it raises."""
@@ -131,3 +141,72 @@ class RequestPlans:
             offset += size
         if len(tensors) == len(req.inputs) == len(entries):
             self._binary[key] = _Plan(tuple(tensors), req)
+
+    def decode_msgpack(self, body: bytes | bytearray) -> InferRequest:
+        """``msgpack_codec.decode_request(body, check)``; raises what it raises."""
+        size = len(body)
+        for plan in self._msgpack:
+            # The same bytes but the tensors' bin payloads, at the same places: the same document.
+            if plan.length != size:
+                continue
+            for begin, end, piece in plan.pieces:
+                if body[begin:end] != piece:
+                    break
+            else:
+                return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
+                                     for name, dtype, shape, count, begin in plan.tensors})
+        req = msgpack_codec.decode_request(body, self._check)
+        if len(self._msgpack) < MAX_MSGPACK_PLANS and size <= MAX_MSGPACK_BODY_BYTES:
+            self._plan_msgpack(bytes(body), req)
+        return req
+
+    def _plan_msgpack(self, body: bytes, req: InferRequest) -> None:
+        spans = _msgpack_data_spans(body)
+        if spans is None or len(spans) != len(req.inputs):
+            return
+        tensors = []
+        pieces = []
+        at = 0
+        for (begin, end), (name, arr) in zip(spans, req.inputs.items()):
+            datatype = self._datatypes.get(name)
+            if datatype is None or datatype == "BYTES" or arr.size == 0:
+                return
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, arr.size, begin))
+            pieces.append((at, begin, body[at:begin]))
+            at = end
+        pieces.append((at, len(body), body[at:]))
+        plan = _Plan(tuple(tensors), req)
+        plan.length, plan.pieces = len(body), tuple(pieces)
+        self._msgpack.append(plan)
+
+
+def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
+    """Where the ``data`` payload of each entry of ``inputs`` lies in a msgpack request ``body``
+    (byte offsets of the bin's bytes, its header excluded), in entry order; None when the body is
+    not that simple (a repeated key, data that is not bin)."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(body) or 1)
+    unpacker.feed(body)
+    spans: list[tuple[int, int]] | None = None
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() != "inputs" or spans is not None:
+                unpacker.skip()
+                continue
+            spans = []
+            for _ in range(unpacker.read_array_header()):
+                found = 0
+                for _ in range(unpacker.read_map_header()):
+                    if unpacker.unpack() != "data":
+                        unpacker.skip()
+                        continue
+                    data = unpacker.unpack()
+                    end = unpacker.tell()
+                    if type(data) is not bytes:
+                        return None
+                    spans.append((end - len(data), end))
+                    found += 1
+                if found != 1:
+                    return None
+    except Exception:  # noqa: BLE001 - the decoder took it; anything unusual is just not planned
+        return None
+    return spans

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pyserve.errors import PyserveError, internal
-from pyserve.protocol import InferRequest, InferResponse, msgpack_codec
+from pyserve.protocol import InferRequest, InferResponse
 from pyserve.protocol.request_plans import RequestPlans
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
@@ -133,7 +133,7 @@ class FastInfer:
         content_type = headers.get("content-type")
         try:
             if content_type == MSGPACK:
-                req = msgpack_codec.decode_request(body, service.input_check(runner))
+                req = plans.decode_msgpack(body)
                 protocol = "http+msgpack"
             elif content_type is None or content_type in _JSON_TYPES:
                 header_length = headers.get("inference-header-content-length")
