@@ -1,15 +1,16 @@
 """The infer fast path: the common request served with a fraction of the general path's Python.
 
 Most requests a server sees are ``POST /v2/models/{name}[/versions/{v}]/infer`` with KServe JSON, the
-binary tensor extension or msgpack, no requested outputs, no parameters, for a model with no traffic
+binary tensor extension or msgpack, without ``priority`` or ``timeout``, for a model with no traffic
 policy and no hook that acts on it (no payload log, no shadow). The general path
 (:func:`pyserve.server.handlers.infer`) builds a :class:`~pyserve.server.messages.Request`, matches
 the router's patterns, builds a :class:`~pyserve.service.CallContext`, resolves the traffic split
-and runs the service's checks and hook loops: about half of a small request's instructions on the
-loop's thread (``docs/core.md``, "What a request costs, step by step"). Here the request target's
-bytes are looked up in a dict (model name and version, parsed once per target), the body decoded
-with the model's input check, the inputs queued with ``ModelRunner.submit``, and the reply encoded
-from the core future's callback.
+and runs the service's checks and hook loops. Here the request target's bytes are looked up in a
+dict (model name and version, parsed once per target), the body decoded by the decode plans of the
+model version (:mod:`pyserve.protocol.request_plans`: a body seen before but for its tensors' data
+is decoded by its data alone), the inputs queued with ``ModelRunner.submit``, and the reply encoded
+by the general path's encoder from the core future's callback (``docs/core.md``, "The infer fast
+path", has the figures).
 
 Whatever the fast path does not handle it leaves to the general path BEFORE any side effect
 (:meth:`FastInfer.serve` answers None): a target that is not an infer path or holds ``%``, ``?`` or
@@ -18,8 +19,9 @@ rollout) or a hook that is not quiet for it (:meth:`pyserve.service.InferenceSer
 server whose inference needs a token; a content type other than JSON (none, ``application/json``,
 ``application/octet-stream`` with ``Inference-Header-Content-Length``) or ``application/msgpack``
 exactly; a body the general path would decode on a thread; a body that does not decode or that the
-model's input check refuses (the general path decodes it again and answers the error); requested
-outputs; request parameters. From the submit on, errors are recorded and answered exactly as the
+model's input check refuses (the general path decodes it again and answers the error); a requested
+output the model does not have, or with a ``classification``; a request parameter other than
+``binary_data_output``. From the submit on, errors are recorded and answered exactly as the
 general path does (:meth:`~pyserve.service.InferenceService.failed`, the same statuses and bodies):
 ``tests/test_fast_infer.py`` checks byte-identical answers and metrics for both paths.
 """
@@ -103,7 +105,6 @@ class FastInfer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
         self._targets: dict[bytes, _Target | None] = {}
-        self.served = 0  # requests this path took (tests look at it)
 
     def serve(self, url: bytes, headers: dict[str, str], body: bytes | bytearray) -> Response | Deferred | None:
         """The answer (or the answer to come) of a POST to ``url``; None to leave the request to
@@ -158,7 +159,6 @@ class FastInfer:
                 if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
                     return None
         # From here on, as the general path: errors are recorded and answered, never handed back.
-        self.served += 1
         call = _Call(runner, req, protocol)
         try:
             future = runner.submit(req.inputs)
