@@ -46,6 +46,7 @@ def build_repo(repo: Repo) -> None:
         all = true
         """)
     repo.identity("alltypes", [(d.lower(), d, [-1]) for d in DTYPES], max_batch_size=8)
+    repo.identity("numeric", [(d.lower(), d, [-1]) for d in DTYPES if d != "BYTES"], max_batch_size=8)
     specs = [(d.lower(), d, [-1, -1]) for d in DTYPES]
     repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
                 + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
@@ -134,6 +135,9 @@ def corpus() -> dict[str, bytes]:
     for protocol in ("json", "binary", "msgpack"):
         for model in ("alltypes", "pytypes"):
             c[f"{model}-{protocol}"] = _infer_req(model, protocol, samples(protocol))
+        numeric = {n: a[:1] for n, a in samples(protocol).items() if n != "in_bytes"}
+        c[f"numeric-{protocol}"] = _infer_req("numeric", protocol, numeric)
+        c[f"numeric-id-{protocol}"] = _infer_req("numeric", protocol, numeric, id="n-1")
         c[f"affine-{protocol}"] = _infer_req("affine", protocol, {"x": X})
         c[f"affine-v1-{protocol}"] = _infer_req("affine", protocol, {"x": X}, version="1")
         c[f"affine-v2-id-{protocol}"] = _infer_req("affine", protocol, {"x": X}, version="2", id="req-7")
@@ -302,7 +306,7 @@ def _split(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
     return line.split()[1].encode(), headers, body
 
 
-TAKEN = ["alltypes-json", "alltypes-binary", "alltypes-msgpack", "pytypes-json", "affine-json", "affine-binary",
+TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json", "alltypes-binary", "alltypes-msgpack", "pytypes-json", "affine-json", "affine-binary",
          "affine-msgpack", "affine-v1-json", "affine-v2-id-binary", "affine-outputs-json", "affine-outputs-binary",
          "affine-outputs-msgpack", "raiser-json", "binary-json-outputs", "binary-mixed-outputs",
          "json-binary-output", "json-binary-output-false", "json-no-content-type", "json-nan-token",
@@ -371,6 +375,28 @@ def test_a_model_with_a_traffic_policy_or_a_payload_log_is_left_to_the_general_p
         return plain, with_policy, with_hook
 
     assert run_service(repo.root, body) == (True, False, False)
+
+
+def test_small_numeric_replies_are_written_by_the_lean_writers(repo: Repo) -> None:
+    """Without the general path's encoder, the common replies are still answered (and the
+    differential test above says with the same bytes)."""
+    from pyserve.server import handlers
+    from pyserve.server.fast_infer import FastInfer
+
+    c = corpus()
+
+    async def body(service: Any, errors: Any) -> list[int]:
+        fast = FastInfer(service)
+        statuses = []
+        for name in ("numeric-json", "numeric-id-msgpack", "affine-json", "affine-v2-id-msgpack"):
+            deferred = fast.serve(*_split(c[name]))
+            await deferred.future  # type: ignore[union-attr]
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(handlers, "_encode_infer", lambda *a: pytest.fail("the general encoder"))
+                statuses.append(deferred.finish(deferred.future).status)  # type: ignore[union-attr]
+        return statuses
+
+    assert run_service(repo.root, body) == [200, 200, 200, 200]
 
 
 @pytest.mark.parametrize("target, expected", [

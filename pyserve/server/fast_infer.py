@@ -36,8 +36,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+import numpy as np
+import orjson
+
 from pyserve.errors import PyserveError, internal
-from pyserve.protocol import InferRequest, InferResponse
+from pyserve import _core
+from pyserve.datatypes import NUMPY_DTYPES
+from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
@@ -68,6 +74,47 @@ def parse_target(url: bytes) -> tuple[str, str | None] | None:
             and parts[6] == "infer" and parts[3] and parts[5]):
         return parts[3], parts[5]
     return None
+
+
+# The outputs the lean writers take: arrays of a numeric datatype in the machine's byte order.
+_DATATYPES = {np.dtype(dtype): datatype for datatype, dtype in NUMPY_DTYPES.items() if datatype != "BYTES"}
+_OUTPUTS_HEAD = b',"outputs":['
+
+
+def _lean_reply(runner: Any, request_id: str | None, outputs: dict[str, Any], protocol: str) -> Response | None:
+    """The reply with every output of ``outputs``, written as the general path's encoders write it
+    (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
+    Python frames and objects; None when it is not the small numeric reply these take (BYTES, another
+    byte order, a reply the general path writes with orjson or joins off the GIL)."""
+    doc: dict[str, Any] = {"model_name": runner.config.name, "model_version": runner.version}
+    if request_id is not None:
+        doc["id"] = request_id
+    if protocol == "http+msgpack":
+        tensors = []
+        nbytes = 0
+        for name, arr in outputs.items():
+            datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
+            if datatype is None or not arr.flags.c_contiguous:
+                return None
+            nbytes += arr.nbytes
+            tensors.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                            "data": memoryview(arr.reshape(-1)).cast("B")})
+        if nbytes > msgpack_codec.JOIN_MIN_BYTES:
+            return None
+        doc["outputs"] = tensors
+        return Response(msgpack.packb(doc), content_type=MSGPACK)
+    entries = []
+    count = 0
+    for name, arr in outputs.items():
+        datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
+        if datatype is None:
+            return None
+        count += arr.size
+        entries.append((name, datatype, arr.shape, arr.ravel()))
+    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS:
+        return None
+    body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", [])
+    return Response(body) if type(body) is bytes else None
 
 
 class _Target:
@@ -174,6 +221,10 @@ class FastInfer:
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req
             requested = req.outputs
+            if requested is None and not req.parameters:  # the common reply: every output in the body
+                lean = _lean_reply(runner, req.id, outputs, call.protocol)
+                if lean is not None:
+                    return lean
             if requested is not None:  # as InferenceService.complete
                 outputs = {r.name: outputs[r.name] for r in requested}
             resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
