@@ -81,15 +81,18 @@ _DATATYPES = {np.dtype(dtype): datatype for datatype, dtype in NUMPY_DTYPES.item
 _OUTPUTS_HEAD = b',"outputs":['
 
 
-def _lean_reply(runner: Any, request_id: str | None, outputs: dict[str, Any], protocol: str) -> Response | None:
-    """The reply with every output of ``outputs``, written as the general path's encoders write it
-    (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
+def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
+    """The reply of ``req`` with the core's ``outputs``, written as the general path's encoders write
+    it (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
     Python frames and objects; None when it is not the small numeric reply these take (BYTES, another
     byte order, a reply the general path writes with orjson or joins off the GIL)."""
     doc: dict[str, Any] = {"model_name": runner.config.name, "model_version": runner.version}
-    if request_id is not None:
-        doc["id"] = request_id
+    if req.id is not None:
+        doc["id"] = req.id
+    requested = req.outputs
     if protocol == "http+msgpack":
+        if requested is not None:
+            return None
         tensors = []
         nbytes = 0
         for name, arr in outputs.items():
@@ -103,18 +106,40 @@ def _lean_reply(runner: Any, request_id: str | None, outputs: dict[str, Any], pr
             return None
         doc["outputs"] = tensors
         return Response(msgpack.packb(doc), content_type=MSGPACK)
-    entries = []
+    params = req.parameters
+    binary_default = bool(params.get("binary_data_output", False)) if params else False
+    if requested is None:
+        items: Any = [(name, binary_default) for name in outputs]
+    else:
+        items = [(r.name, binary_default if r.binary is None else r.binary) for r in requested]
+    entries: list[Any] = []
+    parts: list[Any] = []
     count = 0
-    for name, arr in outputs.items():
+    for name, binary in items:
+        arr = outputs[name]
         datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
         if datatype is None:
             return None
-        count += arr.size
-        entries.append((name, datatype, arr.shape, arr.ravel()))
-    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS:
+        if binary:  # as protocol.raw_bytes: the array's bytes, after its JSON header
+            if not arr.flags.c_contiguous:
+                return None
+            raw = memoryview(arr.reshape(-1)).cast("B")
+            entries.append(orjson.dumps({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                                         "parameters": {"binary_data_size": len(raw)}}))
+            parts.append(raw)
+        else:
+            count += arr.size
+            entries.append((name, datatype, arr.shape, arr.ravel()))
+    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or sum(len(p) for p in parts) > handlers.ENCODE_OFF_LOOP_BYTES:
         return None
-    body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", [])
-    return Response(body) if type(body) is bytes else None
+    body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", parts)
+    if type(body) is not bytes:
+        return None
+    if not parts:
+        return Response(body)
+    header_length = len(body) - sum(len(p) for p in parts)
+    return Response(body, content_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
 
 
 class _Target:
@@ -221,10 +246,9 @@ class FastInfer:
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req
             requested = req.outputs
-            if requested is None and not req.parameters:  # the common reply: every output in the body
-                lean = _lean_reply(runner, req.id, outputs, call.protocol)
-                if lean is not None:
-                    return lean
+            lean = _lean_reply(runner, req, outputs, call.protocol)
+            if lean is not None:
+                return lean
             if requested is not None:  # as InferenceService.complete
                 outputs = {r.name: outputs[r.name] for r in requested}
             resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
