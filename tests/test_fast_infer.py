@@ -306,7 +306,8 @@ def _split(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
     return line.split()[1].encode(), headers, body
 
 
-TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json", "alltypes-binary", "alltypes-msgpack", "pytypes-json", "affine-json", "affine-binary",
+TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json", "alltypes-binary",
+         "alltypes-msgpack", "pytypes-json", "affine-json", "affine-binary",
          "affine-msgpack", "affine-v1-json", "affine-v2-id-binary", "affine-outputs-json", "affine-outputs-binary",
          "affine-outputs-msgpack", "raiser-json", "binary-json-outputs", "binary-mixed-outputs",
          "json-binary-output", "json-binary-output-false", "json-no-content-type", "json-nan-token",

@@ -85,7 +85,8 @@ class RequestPlans:
                 decode = _core.decode_json_tensor
                 for (name, datatype, shape, count), (_, begin, end) in zip(plan.tensors, spans):
                     # As kserve_json.array_from_json: a count the span cannot hold is not tried.
-                    flat = decode(body, begin, end, datatype, count) if count <= (end - begin) // 2 + 1 else None
+                    fits = count <= (end - begin) // 2 + 1
+                    flat = decode(body, begin, end, datatype, count) if fits else None
                     if flat is None:
                         break  # the full decoder's fallback decides, with its messages
                     inputs[name] = flat.reshape(shape)
@@ -135,9 +136,10 @@ class RequestPlans:
         for entry, (name, arr) in zip(entries, req.inputs.items()):
             params: Any = entry.get("parameters")
             size = params.get("binary_data_size") if type(params) is dict else None
-            if type(size) is not int or entry.get("name") != name or self._datatypes.get(name) in (None, "BYTES"):
+            datatype = self._datatypes.get(name)
+            if type(size) is not int or entry.get("name") != name or datatype in (None, "BYTES"):
                 return  # JSON data among binary tensors, or BYTES: not planned
-            tensors.append((name, NUMPY_DTYPES[self._datatypes[name]], arr.shape, offset, offset + size))
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset, offset + size))
             offset += size
         if len(tensors) == len(req.inputs) == len(entries):
             self._binary[key] = _Plan(tuple(tensors), req)

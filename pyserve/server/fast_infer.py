@@ -40,9 +40,9 @@ import msgpack
 import numpy as np
 import orjson
 
-from pyserve.errors import PyserveError, internal
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
+from pyserve.errors import PyserveError, internal
 from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
 from pyserve.server import errors as http_errors
@@ -130,7 +130,7 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
         else:
             count += arr.size
             entries.append((name, datatype, arr.shape, arr.ravel()))
-    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or sum(len(p) for p in parts) > handlers.ENCODE_OFF_LOOP_BYTES:
+    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or sum(map(len, parts)) > handlers.ENCODE_OFF_LOOP_BYTES:
         return None
     body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", parts)
     if type(body) is not bytes:
@@ -178,7 +178,8 @@ class FastInfer:
         self.service = service
         self._targets: dict[bytes, _Target | None] = {}
 
-    def serve(self, url: bytes, headers: dict[str, str], body: bytes | bytearray) -> Response | Deferred | None:
+    def serve(self, url: bytes, headers: dict[str, str],
+              body: bytes | bytearray) -> Response | Deferred | None:
         """The answer (or the answer to come) of a POST to ``url``; None to leave the request to
         the general path, with nothing done. ``headers``: lower-case names, as the connection
         gives them."""
