@@ -110,7 +110,9 @@ def test_binary_header_lengths_the_full_decoder_reads() -> None:
     datatypes = {"a": "FP32"}
     plans = RequestPlans(datatypes, None)
     body, length = binary_body({"a": np.ones(3, np.float32)}, datatypes)
-    for text in (length, "0" + length, " " + length, length + "x", "-1", str(len(body) + 1)):
+    plans.decode_binary(body, length)  # planned
+    arabic = "".join(chr(0x660 + int(d)) for d in length)  # the same number in Arabic-Indic digits
+    for text in (length, "0" + length, " " + length, length + "x", "-1", str(len(body) + 1), "+" + length, arabic):
         assert result(plans.decode_binary, body, text) == result(kserve.decode_request, body, text), text
 
 

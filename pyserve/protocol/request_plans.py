@@ -87,8 +87,8 @@ class RequestPlans:
                     # As kserve_json.array_from_json: a count the span cannot hold is not tried.
                     fits = count <= (end - begin) // 2 + 1
                     flat = decode(body, begin, end, datatype, count) if fits else None
-                    if flat is None:
-                        break  # the full decoder's fallback decides, with its messages
+                    if type(flat) is not np.ndarray:
+                        break  # declined or refused: the full decoder decides, with its messages
                     inputs[name] = flat.reshape(shape)
                 else:
                     return plan.request(inputs)
@@ -112,7 +112,10 @@ class RequestPlans:
 
     def decode_binary(self, body: bytes | bytearray, header_length: str) -> InferRequest:
         """``kserve.decode_request(body, header_length, check)``; raises what it raises."""
-        length = int(header_length) if header_length.isdigit() and len(header_length) < 10 else -1
+        # Plain ASCII digits only (int() also takes "+3", "1_0", other scripts' digits, blanks): any
+        # other form is the full decoder's to read or refuse.
+        plain = header_length.isascii() and header_length.isdigit() and len(header_length) < 10
+        length = int(header_length) if plain else -1
         key = None
         if 0 <= length <= min(len(body), MAX_SKELETON_BYTES):
             key = (bytes(body[:length]), len(body))
