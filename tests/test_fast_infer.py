@@ -184,6 +184,12 @@ def corpus() -> dict[str, bytes]:
                                      b'"data": [1.0, 2.5]}]}', JSON)
     c["json-id-not-string"] = _req("/v2/models/affine/infer",
                                    json.dumps({"id": 5, "inputs": [X_OK]}).encode(), JSON)
+    body, headers = encode("binary", {"x": X})
+    sagemaker = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+    c["sagemaker-binary-ok"] = _req("/v2/models/affine/infer", body,
+                                    {"Content-Type": sagemaker + headers["Inference-Header-Content-Length"]})
+    c["sagemaker-binary-spaced"] = _req("/v2/models/affine/infer", body, {
+        "Content-Type": sagemaker.replace(";", "; ") + headers["Inference-Header-Content-Length"]})
     c["sagemaker-binary"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(),
                                  {"Content-Type": "application/vnd.sagemaker-triton.binary+json;json-header-size=0"})
     c["msgpack-garbage"] = _req("/v2/models/affine/infer", b"\xc1\xc1", {"Content-Type": "application/msgpack"})
@@ -311,13 +317,14 @@ TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json"
          "affine-msgpack", "affine-v1-json", "affine-v2-id-binary", "affine-outputs-json", "affine-outputs-binary",
          "affine-outputs-msgpack", "raiser-json", "binary-json-outputs", "binary-mixed-outputs",
          "json-binary-output", "json-binary-output-false", "json-no-content-type", "json-nan-token",
+         "sagemaker-binary-ok",
          "affine-v2-id-json", "msgpack-parameters"]
 LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification-json", "unknown-output-json",
         "bad-shape-json", "bad-datatype-binary", "too-large-batch-json", "unknown-model-json",
         "unknown-version-msgpack", "extra-input-json", "json-binary-output-string", "json-unknown-parameter",
         "json-charset", "json-upper-case-type", "json-percent-path", "json-query", "json-garbage",
         "json-not-object", "json-no-inputs", "json-non-numeric", "json-int-given-float", "json-id-not-string",
-        "sagemaker-binary", "msgpack-garbage", "msgpack-byte-size", "too-large-batch-msgpack"]
+        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size", "too-large-batch-msgpack"]
 
 
 @pytest.fixture(scope="module")

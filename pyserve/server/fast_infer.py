@@ -17,7 +17,8 @@ Whatever the fast path does not handle it leaves to the general path BEFORE any 
 ``#``; an unknown or unready model or version; a model with a traffic policy (split, alias, shadow,
 rollout) or a hook that is not quiet for it (:meth:`pyserve.service.InferenceService.plain`); a
 server whose inference needs a token; a content type other than JSON (none, ``application/json``,
-``application/octet-stream`` with ``Inference-Header-Content-Length``) or ``application/msgpack``
+``application/octet-stream`` with ``Inference-Header-Content-Length``),
+``application/vnd.sagemaker-triton.binary+json;json-header-size=N`` or ``application/msgpack``
 exactly; a body the general path would decode on a thread; a body that does not decode or that the
 model's input check refuses (the general path decodes it again and answers the error); a requested
 output the model does not have, or with a ``classification``; a request parameter other than
@@ -56,6 +57,9 @@ MSGPACK = handlers.MSGPACK
 # Content types taken as they are sent, without parameters: anything else (a charset, upper case,
 # SageMaker's binary+json) goes to the general path, which parses the header.
 _JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
+# SageMaker's binary+json with its one parameter, as Triton's clients send it; other spellings go
+# to the general path.
+_SAGEMAKER_PREFIX = handlers.SAGEMAKER_BINARY + ";json-header-size="
 MAX_TARGETS = 1024  # request targets remembered (hits and misses); more are parsed each time
 # Larger bodies are decoded on a thread by the general path.
 DECODE_ON_LOOP_MAX_BYTES = handlers.DECODE_OFF_LOOP_BYTES
@@ -215,6 +219,15 @@ class FastInfer:
                     req, protocol = plans.decode_json(body), "http+json"
                 else:
                     req, protocol = plans.decode_binary(body, header_length), "http+binary"
+            elif content_type.startswith(_SAGEMAKER_PREFIX):
+                # Triton's form for clients that cannot set headers: the length in the content type
+                # (as handlers._decode_infer reads it, when the header is absent).
+                header_length = headers.get("inference-header-content-length")
+                if header_length is None:
+                    header_length = content_type[len(_SAGEMAKER_PREFIX):]
+                    if not (header_length.isascii() and header_length.isdigit()):
+                        return None
+                req, protocol = plans.decode_binary(body, header_length), "http+binary"
             else:
                 return None
         except Exception:  # noqa: BLE001 - refused or a fault: the general path decodes it again and answers
