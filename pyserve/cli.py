@@ -169,6 +169,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                    help="/v2/health/ready answers 200 once startup finished, even if a model failed to load")
     p.add_argument("--disable-model-control", action="store_true",
                    help="refuse /v2/repository/models/{m}/load and /unload")
+    p.add_argument("--no-infer-fast-path", action="store_true",
+                   help="serve every infer request by the general path (the fast path serves the "
+                        "common request with less Python, with the same answers: docs/core.md)")
     p.add_argument("--shutdown-timeout-s", type=seconds, default=30.0, metavar="S",
                    help="on SIGTERM/SIGINT, how long in-flight requests may take to finish, "
                         ">= 0 (default 30)")
@@ -439,6 +442,7 @@ def _serve_ignoring_early_sighup(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         strict_readiness=not args.no_strict_readiness,
         model_control=not args.disable_model_control,
+        infer_fast_path=not args.no_infer_fast_path,
         shutdown_timeout_s=args.shutdown_timeout_s,
         drain_grace_s=args.drain_grace_s,
         default_max_batch_size=default_max_batch_size,

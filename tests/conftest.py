@@ -168,7 +168,7 @@ def process_gone(pid: int) -> bool:
     kernel hands it meanwhile is reset."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
         return True
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 

@@ -133,6 +133,12 @@ class ShadowMirror(InferHooks):
         self.in_flight: dict[str, int] = {}
         self._pending: set[asyncio.Future] = set()
 
+    def quiet(self, runner: ModelRunner) -> bool:
+        """True when ``runner``'s model has no shadow to mirror to (no traffic policy, or one
+        without ``shadow``)."""
+        policy = self.host.traffic.policy_or_none(runner.config.name)
+        return policy is None or policy.shadow is None
+
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
                        response: InferResponse) -> None:
         name = runner.config.name

@@ -39,6 +39,7 @@ from pyserve.security import (
 from pyserve.security.audit import DEFAULT_FILE as DEFAULT_AUDIT_FILE
 from pyserve.security.reload import POLL_INTERVAL_S
 from pyserve.server import handlers
+from pyserve.server.fast_infer import FastInfer
 from pyserve.server.http import HttpServer
 from pyserve.server.limits import TransportLimits, default_max_connections, open_file_limit, raise_fd_limit
 from pyserve.service import InferenceService, ModelControl, ModelHost, SingleModel
@@ -68,6 +69,8 @@ class ServerSettings:
     max_connections: int | None = None  # None: from the open file limit (pyserve.server.limits)
     strict_readiness: bool = True
     model_control: bool = True
+    # The infer fast path (pyserve.server.fast_infer); off: every infer request by the general path.
+    infer_fast_path: bool = True
     shutdown_timeout_s: float = 30.0
     # On SIGTERM, how long readiness is false while the server still serves (Kubernetes' endpoint
     # propagation) before it stops accepting; 0: stop accepting at once.
@@ -184,6 +187,8 @@ async def serve(settings: ServerSettings, stop: asyncio.Event, hurry: asyncio.Ev
     router = handlers.make_router(access, audit, siblings)
     server = HttpServer(app, router, transport_limits(settings),
                         on_refused=functools.partial(handlers.count_refused, app, router))
+    if settings.infer_fast_path and not access.required(Scope.INFERENCE):  # tokens: the router checks
+        server.fast_infer = FastInfer(service)
     # A worker's private channel: its siblings ask it for its readiness and metrics, and forward
     # model control to it (pyserve.workers.channel).
     channel = HttpServer(app, handlers.make_channel_router(), server.limits) if worker is not None else None

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from ssl import SSLContext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
@@ -38,6 +38,9 @@ from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Deferred, Request, Response, error_response, internal_error
 from pyserve.server.router import Router
+
+if TYPE_CHECKING:
+    from pyserve.server.fast_infer import FastInfer
 
 log = logging.getLogger("pyserve.server")
 
@@ -79,6 +82,8 @@ class HttpServer:
         self.router = router
         # Told (method, path, status) of each request refused before its handler ran (413, 431...).
         self.on_refused = on_refused
+        # The infer fast path (pyserve.server.fast_infer), tried before the router; None: off.
+        self.fast_infer: FastInfer | None = None
         self.limits = limits
         self.max_body_bytes = limits.max_body_bytes
         # Counters for /metrics (pyserve.metrics.TransportCollector): connections closed at once
@@ -404,6 +409,12 @@ class Connection(asyncio.Protocol):
         body = self._body
         self._body = b""
         url = b"".join(self._url) if len(self._url) != 1 else self._url[0]
+        fast = self.server.fast_infer
+        if fast is not None and parser.get_method() == b"POST":
+            result = fast.serve(url, self._headers, body)
+            if result is not None:
+                self._respond(result, _Slot(not keep_alive, http10, len(body)), False)
+                return
         try:
             path, query = _split_url(url)
         except httptools.HttpParserInvalidURLError:
@@ -432,6 +443,10 @@ class Connection(asyncio.Protocol):
         except Exception:  # handlers turn their own errors into responses; this is a bug
             log.exception("unexpected error in %s %s", request.method, request.path)
             result = internal_error()
+        self._respond(result, slot, head)
+
+    def _respond(self, result: Response | Deferred | Any, slot: _Slot, head: bool) -> None:
+        """Answers with a handler's result: a Response now, a Deferred or a coroutine once done."""
         if type(result) is Response:
             self._answer(result, slot, head)
             return

@@ -22,6 +22,14 @@ class InferHooks:
     ``runner`` is the loaded model version serving the call (``runner.config.name``,
     ``runner.version``); None in :meth:`on_error` when the model or version was not found."""
 
+    def quiet(self, runner: ModelRunner) -> bool:
+        """True when :meth:`before_request` and :meth:`after_response` would do nothing for a call
+        served by ``runner``, so a transport may serve the call without calling them (the HTTP fast
+        path, :mod:`pyserve.server.fast_infer`; :meth:`on_error` is called on every path alike). The
+        default, False, is always safe: override it only with a check that cannot miss. Hooks that
+        override neither method are never asked."""
+        return False
+
     def before_request(self, ctx: CallContext, runner: ModelRunner, request: InferRequest) -> None:
         """Called once the request is decoded and checked, just before it is queued in the core."""
 

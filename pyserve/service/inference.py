@@ -131,6 +131,27 @@ class InferenceService:
         self._last_check = (weakref.ref(runner), check)
         return check
 
+    def plain(self, runner: ModelRunner) -> bool:
+        """True when a call served by ``runner`` (a version :meth:`runner` resolved) needs nothing
+        of the service but the core: its model has no traffic policy (no split, alias, shadow or
+        rollout; a refused policy file counts as one) and every hook with a ``before_request`` or
+        ``after_response`` is :meth:`~InferHooks.quiet` for it. A transport may then queue the call with ``runner.submit`` itself, answer from its
+        outputs (setting ``runner.last_inference_ms``) and record errors with :meth:`failed`
+        (:mod:`pyserve.server.fast_infer`), which is what :meth:`submit` and :meth:`complete` do
+        for a call without outputs requested and without parameters."""
+        try:
+            if self.host.traffic.get(runner.config.name) is not None:
+                return False
+        except PyserveError:  # UNAVAILABLE for a refused policy file: the general path says so
+            return False
+        for _, hooks in self._before:
+            if not hooks.quiet(runner):
+                return False
+        for _, hooks in self._after:
+            if not hooks.quiet(runner):
+                return False
+        return True
+
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""
         self._hooks = (*self._hooks, hooks)

@@ -1,0 +1,217 @@
+"""Decode plans: a request body whose non-data bytes were seen before decodes by its data alone.
+
+A client sends the same request, but its numbers, again and again: the same input names,
+datatypes, shapes, id and parameters. Everything the decoder works out from those bytes (the
+document, the checks of every field, the model's input check, the requested outputs) is then the
+same as last time, and only the tensors' data differ. A :class:`RequestPlans` remembers, per body
+"skeleton", what the full decoder (:func:`pyserve.protocol.kserve.decode_request`) made of it:
+
+- KServe JSON: the skeleton is what ``pyserve._core.scan_kserve_request`` leaves once it lifted the
+  inputs' ``data`` arrays out (the same bytes the full decoder parses with orjson); with a plan,
+  each data array is decoded by ``pyserve._core.decode_json_tensor`` into the planned shape.
+- The binary tensor extension: the skeleton is the JSON header (the first
+  ``Inference-Header-Content-Length`` bytes) and the body's length; with a plan, each tensor is a
+  view of its planned byte range (``numpy.frombuffer``), as the full decoder makes it.
+- msgpack: the body's length and its bytes but the tensors' ``bin`` payloads (found once by walking
+  the body with ``msgpack.Unpacker``); a body equal to a plan's around the payloads is the same
+  document but for the payloads' bytes, each then viewed as its planned array.
+
+A plan is made only from a body the full decoder took, for one model version's input check (make
+one :class:`RequestPlans` per model version); a body without a plan, or whose data the fast C++
+decoder declines (NaN tokens in an integer tensor, out-of-range numbers...), is decoded by the full
+decoder, with its errors. So the result is always the full decoder's: ``tests/test_request_plans.py``
+checks it differentially. BYTES tensors, JSON data not lifted by the scanner, and mixed JSON and
+binary inputs are never planned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+import orjson
+
+from pyserve import _core
+from pyserve.datatypes import NUMPY_DTYPES
+from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
+
+MAX_PLANS = 16  # skeletons remembered per model version and encoding; more are decoded in full
+MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not remembered
+# msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
+MAX_MSGPACK_PLANS = 4
+MAX_MSGPACK_BODY_BYTES = 64 << 10
+
+
+class _Plan:
+    """What the full decoder made of one skeleton: the tensors' (name, datatype or dtype, shape,
+    count or byte range) in body order, and the request's other fields."""
+
+    # length and pieces: a msgpack plan's body length, and its bytes but the payloads, as
+    # (begin, end, bytes).
+    __slots__ = ("tensors", "id", "parameters", "outputs", "input_parameters", "length", "pieces")
+
+    def __init__(self, tensors: tuple, req: InferRequest) -> None:
+        self.tensors = tensors
+        self.id = req.id
+        self.parameters = req.parameters
+        self.outputs = req.outputs
+        self.input_parameters = req.input_parameters
+
+    def request(self, inputs: dict[str, np.ndarray]) -> InferRequest:
+        # The fields are shared between the requests of one plan: the server only reads them.
+        return InferRequest(inputs, self.id, self.parameters, self.outputs, self.input_parameters)
+
+
+class RequestPlans:
+    """The decode plans of one model version (``datatypes``: its inputs' datatypes by name;
+    ``check``: its input check). Not thread-safe: use it from the event loop's thread."""
+
+    def __init__(self, datatypes: dict[str, str], check: InputCheck | None) -> None:
+        self._datatypes = datatypes
+        self._check = check
+        self._json: dict[bytes, _Plan] = {}
+        self._binary: dict[tuple[bytes, int], _Plan] = {}
+        self._msgpack: list[_Plan] = []
+
+    def decode_json(self, body: bytes | bytearray) -> InferRequest:
+        """``kserve.decode_request(body, None, check)``; raises what it raises."""
+        scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
+        if scanned is not None:
+            skeleton, spans = scanned
+            plan = self._json.get(skeleton)
+            if plan is not None and len(spans) == len(plan.tensors):
+                inputs = {}
+                decode = _core.decode_json_tensor
+                for (name, datatype, shape, count), (_, begin, end) in zip(plan.tensors, spans):
+                    # As kserve_json.array_from_json: a count the span cannot hold is not tried.
+                    fits = count <= (end - begin) // 2 + 1
+                    flat = decode(body, begin, end, datatype, count) if fits else None
+                    if type(flat) is not np.ndarray:
+                        break  # declined or refused: the full decoder decides, with its messages
+                    inputs[name] = flat.reshape(shape)
+                else:
+                    return plan.request(inputs)
+        req = kserve.decode_request(body, None, self._check)
+        if scanned is not None and len(self._json) < MAX_PLANS and len(scanned[0]) <= MAX_SKELETON_BYTES:
+            self._plan_json(scanned, req)
+        return req
+
+    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest) -> None:
+        skeleton, spans = scanned
+        # Every input's data lifted, in entry order, numeric (BYTES data stay in the skeleton).
+        if [entry for entry, _, _ in spans] != list(range(len(req.inputs))):
+            return
+        tensors = []
+        for name, arr in req.inputs.items():
+            datatype = self._datatypes.get(name)
+            if datatype is None or datatype == "BYTES" or arr.size == 0:
+                return
+            tensors.append((name, datatype, arr.shape, arr.size))
+        self._json[skeleton] = _Plan(tuple(tensors), req)
+
+    def decode_binary(self, body: bytes | bytearray, header_length: str) -> InferRequest:
+        """``kserve.decode_request(body, header_length, check)``; raises what it raises."""
+        # Plain ASCII digits only (int() also takes "+3", "1_0", other scripts' digits, blanks): any
+        # other form is the full decoder's to read or refuse.
+        plain = header_length.isascii() and header_length.isdigit() and len(header_length) < 10
+        length = int(header_length) if plain else -1
+        key = None
+        if 0 <= length <= min(len(body), MAX_SKELETON_BYTES):
+            key = (bytes(body[:length]), len(body))
+            plan = self._binary.get(key)
+            if plan is not None:
+                view = memoryview(body)
+                return plan.request({name: np.frombuffer(view[begin:end], dtype).reshape(shape)
+                                     for name, dtype, shape, begin, end in plan.tensors})
+        req = kserve.decode_request(body, header_length, self._check)
+        if key is not None and len(self._binary) < MAX_PLANS:
+            self._plan_binary(key, length, req)
+        return req
+
+    def _plan_binary(self, key: tuple[bytes, int], length: int, req: InferRequest) -> None:
+        try:
+            entries = orjson.loads(key[0])["inputs"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return  # NaN tokens and the like: the full decoder's reading, not planned
+        tensors = []
+        offset = length
+        for entry, (name, arr) in zip(entries, req.inputs.items()):
+            params: Any = entry.get("parameters")
+            size = params.get("binary_data_size") if type(params) is dict else None
+            datatype = self._datatypes.get(name)
+            if type(size) is not int or entry.get("name") != name or datatype in (None, "BYTES"):
+                return  # JSON data among binary tensors, or BYTES: not planned
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset, offset + size))
+            offset += size
+        if len(tensors) == len(req.inputs) == len(entries):
+            self._binary[key] = _Plan(tuple(tensors), req)
+
+    def decode_msgpack(self, body: bytes | bytearray) -> InferRequest:
+        """``msgpack_codec.decode_request(body, check)``; raises what it raises."""
+        size = len(body)
+        for plan in self._msgpack:
+            # The same bytes but the tensors' bin payloads, at the same places: the same document.
+            if plan.length != size:
+                continue
+            for begin, end, piece in plan.pieces:
+                if body[begin:end] != piece:
+                    break
+            else:
+                return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
+                                     for name, dtype, shape, count, begin in plan.tensors})
+        req = msgpack_codec.decode_request(body, self._check)
+        if len(self._msgpack) < MAX_MSGPACK_PLANS and size <= MAX_MSGPACK_BODY_BYTES:
+            self._plan_msgpack(bytes(body), req)
+        return req
+
+    def _plan_msgpack(self, body: bytes, req: InferRequest) -> None:
+        spans = _msgpack_data_spans(body)
+        if spans is None or len(spans) != len(req.inputs):
+            return
+        tensors = []
+        pieces = []
+        at = 0
+        for (begin, end), (name, arr) in zip(spans, req.inputs.items()):
+            datatype = self._datatypes.get(name)
+            if datatype is None or datatype == "BYTES" or arr.size == 0:
+                return
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, arr.size, begin))
+            pieces.append((at, begin, body[at:begin]))
+            at = end
+        pieces.append((at, len(body), body[at:]))
+        plan = _Plan(tuple(tensors), req)
+        plan.length, plan.pieces = len(body), tuple(pieces)
+        self._msgpack.append(plan)
+
+
+def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
+    """Where the ``data`` payload of each entry of ``inputs`` lies in a msgpack request ``body``
+    (byte offsets of the bin's bytes, its header excluded), in entry order; None when the body is
+    not that simple (a repeated key, data that is not bin)."""
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(body) or 1)
+    unpacker.feed(body)
+    spans: list[tuple[int, int]] | None = None
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() != "inputs" or spans is not None:
+                unpacker.skip()
+                continue
+            spans = []
+            for _ in range(unpacker.read_array_header()):
+                found = 0
+                for _ in range(unpacker.read_map_header()):
+                    if unpacker.unpack() != "data":
+                        unpacker.skip()
+                        continue
+                    data = unpacker.unpack()
+                    end = unpacker.tell()
+                    if type(data) is not bytes:
+                        return None
+                    spans.append((end - len(data), end))
+                    found += 1
+                if found != 1:
+                    return None
+    except Exception:  # noqa: BLE001 - the decoder took it; anything unusual is just not planned
+        return None
+    return spans

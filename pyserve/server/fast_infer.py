@@ -1,0 +1,294 @@
+"""The infer fast path: the common request served with a fraction of the general path's Python.
+
+Most requests a server sees are ``POST /v2/models/{name}[/versions/{v}]/infer`` with KServe JSON, the
+binary tensor extension or msgpack, without ``priority`` or ``timeout``, for a model with no traffic
+policy and no hook that acts on it (no payload log, no shadow). The general path
+(:func:`pyserve.server.handlers.infer`) builds a :class:`~pyserve.server.messages.Request`, matches
+the router's patterns, builds a :class:`~pyserve.service.CallContext`, resolves the traffic split
+and runs the service's checks and hook loops. Here the request target's bytes are looked up in a
+dict (model name and version, parsed once per target), the body decoded by the decode plans of the
+model version (:mod:`pyserve.protocol.request_plans`: a body seen before but for its tensors' data
+is decoded by its data alone), the inputs queued with ``ModelRunner.submit``, and the reply encoded
+by the general path's encoder from the core future's callback (``docs/core.md``, "The infer fast
+path", has the figures).
+
+Whatever the fast path does not handle it leaves to the general path BEFORE any side effect
+(:meth:`FastInfer.serve` answers None): a target that is not an infer path or holds ``%``, ``?`` or
+``#``; an unknown or unready model or version; a model with a traffic policy (split, alias, shadow,
+rollout) or a hook that is not quiet for it (:meth:`pyserve.service.InferenceService.plain`); a
+server whose inference needs a token; a content type other than JSON (none, ``application/json``,
+``application/octet-stream`` with ``Inference-Header-Content-Length``),
+``application/vnd.sagemaker-triton.binary+json;json-header-size=N`` or ``application/msgpack``
+exactly; a body the general path would decode on a thread; a body that does not decode or that the
+model's input check refuses (the general path decodes it again and answers the error); a requested
+output the model does not have, or with a ``classification``; a request parameter other than
+``binary_data_output``. From the submit on, errors are recorded and answered exactly as the
+general path does (:meth:`~pyserve.service.InferenceService.failed`, the same statuses and bodies):
+``tests/test_fast_infer.py`` checks byte-identical answers and metrics for both paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import numpy as np
+import orjson
+
+from pyserve import _core
+from pyserve.datatypes import NUMPY_DTYPES
+from pyserve.errors import PyserveError, internal
+from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
+from pyserve.protocol.request_plans import RequestPlans
+from pyserve.server import errors as http_errors
+from pyserve.server import handlers, messages
+from pyserve.server.messages import INTERNAL_ERROR, Deferred, Response
+from pyserve.service import CallContext, InferenceService
+
+log = logging.getLogger("pyserve.server")
+
+MSGPACK = handlers.MSGPACK
+# Content types taken as they are sent, without parameters: anything else (a charset, upper case,
+# SageMaker's binary+json) goes to the general path, which parses the header.
+_JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
+# SageMaker's binary+json with its one parameter, as Triton's clients send it; other spellings go
+# to the general path.
+_SAGEMAKER_PREFIX = handlers.SAGEMAKER_BINARY + ";json-header-size="
+MAX_TARGETS = 1024  # request targets remembered (hits and misses); more are parsed each time
+# Larger bodies are decoded on a thread by the general path.
+DECODE_ON_LOOP_MAX_BYTES = handlers.DECODE_OFF_LOOP_BYTES
+
+
+def parse_target(url: bytes) -> tuple[str, str | None] | None:
+    """(model name, version or None) of an infer request target ``/v2/models/{m}[/versions/{v}]/infer``;
+    None for anything else, including targets with ``%``, ``?`` or ``#`` (the general path decodes
+    those) and non-ASCII ones."""
+    if not url.isascii() or url.find(b"%") >= 0 or url.find(b"?") >= 0 or url.find(b"#") >= 0:
+        return None
+    parts = url.decode("ascii").split("/")
+    if len(parts) == 5 and parts[:3] == ["", "v2", "models"] and parts[4] == "infer" and parts[3]:
+        return parts[3], None
+    if (len(parts) == 7 and parts[:3] == ["", "v2", "models"] and parts[4] == "versions"
+            and parts[6] == "infer" and parts[3] and parts[5]):
+        return parts[3], parts[5]
+    return None
+
+
+# The outputs the lean writers take: arrays of a numeric datatype in the machine's byte order.
+_DATATYPES = {np.dtype(dtype): datatype for datatype, dtype in NUMPY_DTYPES.items() if datatype != "BYTES"}
+_OUTPUTS_HEAD = b',"outputs":['
+
+
+def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
+    """The reply of ``req`` with the core's ``outputs``, written as the general path's encoders write
+    it (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
+    Python frames and objects; None when it is not the small numeric reply these take (BYTES, another
+    byte order, a reply the general path writes with orjson or joins off the GIL)."""
+    doc: dict[str, Any] = {"model_name": runner.config.name, "model_version": runner.version}
+    if req.id is not None:
+        doc["id"] = req.id
+    requested = req.outputs
+    if protocol == "http+msgpack":
+        if requested is not None:
+            return None
+        tensors = []
+        nbytes = 0
+        for name, arr in outputs.items():
+            datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
+            if datatype is None or not arr.flags.c_contiguous:
+                return None
+            nbytes += arr.nbytes
+            tensors.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                            "data": memoryview(arr.reshape(-1)).cast("B")})
+        if nbytes > msgpack_codec.JOIN_MIN_BYTES:
+            return None
+        doc["outputs"] = tensors
+        return Response(msgpack.packb(doc), content_type=MSGPACK)
+    params = req.parameters
+    binary_default = bool(params.get("binary_data_output", False)) if params else False
+    if requested is None:
+        items: Any = [(name, binary_default) for name in outputs]
+    else:
+        items = [(r.name, binary_default if r.binary is None else r.binary) for r in requested]
+    entries: list[Any] = []
+    parts: list[Any] = []
+    count = 0
+    for name, binary in items:
+        arr = outputs[name]
+        datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
+        if datatype is None:
+            return None
+        if binary:  # as protocol.raw_bytes: the array's bytes, after its JSON header
+            if not arr.flags.c_contiguous:
+                return None
+            raw = memoryview(arr.reshape(-1)).cast("B")
+            entries.append(orjson.dumps({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                                         "parameters": {"binary_data_size": len(raw)}}))
+            parts.append(raw)
+        else:
+            count += arr.size
+            entries.append((name, datatype, arr.shape, arr.ravel()))
+    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or sum(map(len, parts)) > handlers.ENCODE_OFF_LOOP_BYTES:
+        return None
+    body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", parts)
+    if type(body) is not bytes:
+        return None
+    if not parts:
+        return Response(body)
+    header_length = len(body) - sum(len(p) for p in parts)
+    return Response(body, content_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(header_length)})
+
+
+class _Target:
+    """An infer request target: the model name and version it names, and the decode plans of the
+    version that last served it (:mod:`pyserve.protocol.request_plans`)."""
+
+    __slots__ = ("name", "version", "runner", "plans")
+
+    def __init__(self, name: str, version: str | None) -> None:
+        self.name = name
+        self.version = version
+        # By weak reference: an unloaded version must not be kept alive by its plans.
+        self.runner: Callable[[], Any] = lambda: None
+        self.plans: RequestPlans | None = None
+
+
+class _Call:
+    """One call on the fast path, from its submit to its answer."""
+
+    __slots__ = ("runner", "req", "protocol")
+
+    def __init__(self, runner: Any, req: InferRequest, protocol: str) -> None:
+        self.runner = runner
+        self.req = req
+        self.protocol = protocol
+
+
+class FastInfer:
+    """Serves the common infer request without the general path's objects (see the module's text).
+
+    Make one per server, only when inference needs no token (the general path's token check is the
+    router's). :meth:`serve` is called by :class:`pyserve.server.http.Connection` for each complete
+    POST request."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self._targets: dict[bytes, _Target | None] = {}
+
+    def serve(self, url: bytes, headers: dict[str, str],
+              body: bytes | bytearray) -> Response | Deferred | None:
+        """The answer (or the answer to come) of a POST to ``url``; None to leave the request to
+        the general path, with nothing done. ``headers``: lower-case names, as the connection
+        gives them."""
+        targets = self._targets
+        target = targets.get(url, False)
+        if target is False:
+            parsed = parse_target(url)
+            target = _Target(*parsed) if parsed is not None else None
+            if len(targets) < MAX_TARGETS:
+                targets[bytes(url)] = target
+        if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
+            return None
+        service = self.service
+        try:
+            runner = service.runner(target.name, target.version)
+        except PyserveError:
+            return None  # 404 / 503: the general path answers and counts it
+        if not service.plain(runner):
+            return None
+        plans = target.plans
+        if target.runner() is not runner or plans is None:
+            plans = target.plans = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
+                                                service.input_check(runner))
+            target.runner = weakref.ref(runner)
+        content_type = headers.get("content-type")
+        try:
+            if content_type == MSGPACK:
+                req = plans.decode_msgpack(body)
+                protocol = "http+msgpack"
+            elif content_type is None or content_type in _JSON_TYPES:
+                header_length = headers.get("inference-header-content-length")
+                if header_length is None:
+                    req, protocol = plans.decode_json(body), "http+json"
+                else:
+                    req, protocol = plans.decode_binary(body, header_length), "http+binary"
+            elif content_type.startswith(_SAGEMAKER_PREFIX):
+                # Triton's form for clients that cannot set headers: the length in the content type
+                # (as handlers._decode_infer reads it, when the header is absent).
+                header_length = headers.get("inference-header-content-length")
+                if header_length is None:
+                    header_length = content_type[len(_SAGEMAKER_PREFIX):]
+                    if not (header_length.isascii() and header_length.isdigit()):
+                        return None
+                req, protocol = plans.decode_binary(body, header_length), "http+binary"
+            else:
+                return None
+        except Exception:  # noqa: BLE001 - refused or a fault: the general path decodes it again and answers
+            return None
+        params = req.parameters
+        if params and (len(params) != 1 or "binary_data_output" not in params):
+            return None  # priority, timeout or a parameter the general path should see
+        requested = req.outputs
+        if requested is not None:
+            declared = runner.output_names
+            for r in requested:
+                k = r.classification
+                # A classification (Triton's extension) is the general path's, and so is the error
+                # of an output the model does not have.
+                if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
+                    return None
+        # From here on, as the general path: errors are recorded and answered, never handed back.
+        call = _Call(runner, req, protocol)
+        try:
+            future = runner.submit(req.inputs)
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+        return Deferred(future, functools.partial(self._finish, call))
+
+    def _finish(self, call: _Call, done: asyncio.Future) -> Response | Deferred:
+        """The reply of ``call`` once its core future is done (``ModelRunner.submit``'s outputs)."""
+        try:
+            outputs = done.result()
+            runner = call.runner
+            runner.last_inference_ms = time.time_ns() // 1_000_000
+            req = call.req
+            requested = req.outputs
+            lean = _lean_reply(runner, req, outputs, call.protocol)
+            if lean is not None:
+                return lean
+            if requested is not None:  # as InferenceService.complete
+                outputs = {r.name: outputs[r.name] for r in requested}
+            resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
+            # The general path's encoders, so that the bytes cannot differ.
+            if handlers._reply_nbytes(resp) > handlers.ENCODE_OFF_LOOP_BYTES:
+                return Deferred(handlers._encode_off_loop(req, resp, call.protocol),
+                                functools.partial(self._encoded, call))
+            return handlers._encode_infer(req, resp, call.protocol)
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+
+    def _encoded(self, call: _Call, done: asyncio.Future) -> Response:
+        """The reply encoded on a decoder thread (a large one), as the general path's."""
+        try:
+            return done.result()
+        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
+            return self._failed(call, e)
+
+    def _failed(self, call: _Call, e: Exception) -> Response:
+        """The answer to a call that raised ``e`` (call it in the ``except`` block), recorded as the
+        general path records it (:func:`pyserve.server.handlers._infer_failed`)."""
+        runner = call.runner
+        ctx = CallContext(call.protocol, call.req.id)
+        if isinstance(e, PyserveError):
+            self.service.failed(runner.config.name, e, ctx, runner, call.req)
+            return http_errors.error_response(e.kind, e.message)
+        log.exception("unexpected error in an infer request of model %s", runner.config.name)
+        self.service.failed(runner.config.name, internal(INTERNAL_ERROR), ctx, runner, call.req)
+        return messages.internal_error()

@@ -1,0 +1,428 @@
+"""The infer fast path (pyserve.server.fast_infer) against the general path.
+
+A differential test: two ``pyserve serve`` processes over the same repository, one with the fast path
+(the default) and one with ``--no-infer-fast-path``, are sent the same corpus of requests (every
+encoding and datatype, good and bad inputs, version in the path or not, request ids, parameters,
+requested outputs, errors after the submit) on raw keep-alive connections; every answer must be the
+same bytes (status line, headers but Date, body), and every ``pyserve_*`` metric must have moved the
+same (the duration histograms by their counts). In-process tests check which requests the fast path
+takes and that it leaves the others before any side effect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from conftest import DTYPES, Repo, Server, encode, run_service, toml_tensors
+from prometheus_client.parser import text_string_to_metric_families
+
+pytest.importorskip("onnx")
+
+PASSTHROUGH_MODEL = """
+class Model:
+    def infer(self, inputs):
+        return {"out_" + name[3:]: value for name, value in inputs.items()}
+"""
+
+RAISER_MODEL = """
+class Model:
+    def infer(self, inputs):
+        raise ValueError("bad luck")
+"""
+
+
+def build_repo(repo: Repo) -> None:
+    """affine (ONNX, two versions, batching), alltypes (identity, every datatype), pytypes (python,
+    every datatype, no batching), raiser (python, fails every batch)."""
+    repo.onnx("affine", {1: 1.5, 2: 2.5}, config="""
+        max_batch_size = 16
+        [version_policy]
+        all = true
+        """)
+    repo.identity("alltypes", [(d.lower(), d, [-1]) for d in DTYPES], max_batch_size=8)
+    repo.identity("numeric", [(d.lower(), d, [-1]) for d in DTYPES if d != "BYTES"], max_batch_size=8)
+    specs = [(d.lower(), d, [-1, -1]) for d in DTYPES]
+    repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
+                + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
+                + toml_tensors("outputs", [(f"out_{n}", d, s) for n, d, s in specs]))
+    repo.python("raiser", RAISER_MODEL, 'backend = "python"\n'
+                + toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])]))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    r = Repo(tmp_path_factory.mktemp("fast") / "models")
+    build_repo(r)
+    return r
+
+
+@pytest.fixture(scope="module")
+def servers(serve_module: Any, repo: Repo) -> tuple[Server, Server]:
+    """(fast path on, fast path off) over the same repository."""
+    return serve_module([repo.root]), serve_module([repo.root, "--no-infer-fast-path"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus
+
+def samples(protocol: str) -> dict[str, np.ndarray]:
+    """One [2, 3] input per datatype (``in_<datatype>``), with edge values."""
+    def b(*items: bytes) -> np.ndarray:
+        arr = np.empty(len(items), dtype=object)
+        arr[:] = list(items)
+        return arr
+
+    data = {
+        "bool": np.array([True, False, True, True, False, False]),
+        "uint8": np.array([0, 255, 1, 2, 3, 4], "<u1"),
+        "uint16": np.array([0, 65535, 1, 2, 3, 4], "<u2"),
+        "uint32": np.array([0, 2**32 - 1, 1, 2, 3, 4], "<u4"),
+        "uint64": np.array([0, 2**64 - 1, 1, 2, 3, 4], "<u8"),
+        "int8": np.array([-128, 127, 0, -1, 1, 5], "<i1"),
+        "int16": np.array([-32768, 32767, 0, -1, 1, 5], "<i2"),
+        "int32": np.array([-2**31, 2**31 - 1, 0, -1, 1, 5], "<i4"),
+        "int64": np.array([-2**63, 2**63 - 1, 0, -1, 2**53 + 1, 5], "<i8"),
+        "fp16": np.array([65504, -65504, 0.1, -2.5, 6e-8, 0], "<f2"),
+        "fp32": np.array([3.4028235e38, -1e-45, 0.1, -2.5, 1.17549435e-38, np.nan], "<f4"),
+        "fp64": np.array([1.7976931348623157e308, -5e-324, 0.1, -2.5, 1 / 3, -np.inf], "<f8"),
+        "bytes": b("héllo".encode(), b"", b"a b c", "日本".encode(), b"x" * 300, b"0"),
+    }
+    if protocol != "json":
+        data["bytes"][1] = b"\x00\xff\xfe"
+    return {f"in_{name}": arr.reshape(2, 3) for name, arr in data.items()}
+
+
+def _req(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _infer_req(model: str, protocol: str, inputs: dict[str, np.ndarray], version: str | None = None,
+               **doc: Any) -> bytes:
+    body, headers = encode(protocol, inputs, **doc)
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    return _req(path, body, headers)
+
+
+def _binary_inputs_only(inputs: dict[str, np.ndarray], **doc: Any) -> bytes:
+    """A binary-extension body without the ``binary_data_output`` parameter conftest's encoder adds."""
+    body, headers = encode("binary", inputs, **doc)
+    length = int(headers["Inference-Header-Content-Length"])
+    header = json.loads(body[:length])
+    header["parameters"].pop("binary_data_output")
+    if not header["parameters"]:
+        del header["parameters"]
+    new = json.dumps(header).encode()
+    return _req("/v2/models/affine/infer", new + body[length:],
+                {"Inference-Header-Content-Length": str(len(new)), "Content-Type": "application/octet-stream"})
+
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+X_OK = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+JSON = {"Content-Type": "application/json"}
+
+
+def corpus() -> dict[str, bytes]:
+    """Raw HTTP requests by name: what the fast path takes and what it leaves to the general path."""
+    c: dict[str, bytes] = {}
+    for protocol in ("json", "binary", "msgpack"):
+        for model in ("alltypes", "pytypes"):
+            c[f"{model}-{protocol}"] = _infer_req(model, protocol, samples(protocol))
+        numeric = {n: a[:1] for n, a in samples(protocol).items() if n != "in_bytes"}
+        c[f"numeric-{protocol}"] = _infer_req("numeric", protocol, numeric)
+        c[f"numeric-id-{protocol}"] = _infer_req("numeric", protocol, numeric, id="n-1")
+        c[f"affine-{protocol}"] = _infer_req("affine", protocol, {"x": X})
+        c[f"affine-v1-{protocol}"] = _infer_req("affine", protocol, {"x": X}, version="1")
+        c[f"affine-v2-id-{protocol}"] = _infer_req("affine", protocol, {"x": X}, version="2", id="req-7")
+        c[f"affine-outputs-{protocol}"] = _infer_req("affine", protocol, {"x": X}, outputs=[{"name": "argmax"}])
+        c[f"affine-priority-{protocol}"] = _infer_req("affine", protocol, {"x": X}, parameters={"priority": 1})
+        c[f"affine-timeout-{protocol}"] = _infer_req("affine", protocol, {"x": X},
+                                                     parameters={"timeout": 10_000_000})
+        c[f"affine-classification-{protocol}"] = _infer_req(
+            "affine", protocol, {"x": X}, outputs=[{"name": "y", "parameters": {"classification": 2}}])
+        c[f"raiser-{protocol}"] = _infer_req("raiser", protocol, {"x": np.ones(3, np.float32)})
+        c[f"unknown-output-{protocol}"] = _infer_req("affine", protocol, {"x": X}, outputs=[{"name": "nope"}])
+        c[f"bad-shape-{protocol}"] = _infer_req("affine", protocol, {"x": np.ones((1, 5), np.float32)})
+        c[f"bad-datatype-{protocol}"] = _infer_req("affine", protocol, {"x": np.ones((1, 4), np.int32)})
+        c[f"too-large-batch-{protocol}"] = _infer_req("affine", protocol, {"x": np.ones((17, 4), np.float32)})
+        c[f"unknown-model-{protocol}"] = _infer_req("nope", protocol, {"x": X})
+        c[f"unknown-version-{protocol}"] = _infer_req("affine", protocol, {"x": X}, version="9")
+        c[f"extra-input-{protocol}"] = _infer_req("affine", protocol, {"x": X, "q": X})
+    c["binary-json-outputs"] = _binary_inputs_only({"x": X})
+    c["binary-mixed-outputs"] = _binary_inputs_only(
+        {"x": X}, outputs=[{"name": "y", "parameters": {"binary_data": True}}, {"name": "argmax"}])
+    c["json-binary-output"] = _infer_req("affine", "json", {"x": X}, parameters={"binary_data_output": True})
+    c["json-binary-output-false"] = _infer_req("affine", "json", {"x": X},
+                                               parameters={"binary_data_output": False})
+    c["json-binary-output-string"] = _infer_req("affine", "json", {"x": X},
+                                                parameters={"binary_data_output": "false"})
+    c["json-unknown-parameter"] = _infer_req("affine", "json", {"x": X}, parameters={"color": "red"})
+    c["json-no-content-type"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(), {})
+    c["json-charset"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(),
+                             {"Content-Type": "application/json; charset=utf-8"})
+    c["json-upper-case-type"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(),
+                                     {"Content-Type": "Application/JSON"})
+    c["json-percent-path"] = _req("/v2/models/aff%69ne/infer", json.dumps({"inputs": [X_OK]}).encode(), JSON)
+    c["json-query"] = _req("/v2/models/affine/infer?x=1", json.dumps({"inputs": [X_OK]}).encode(), JSON)
+    c["json-garbage"] = _req("/v2/models/affine/infer", b"{inputs: ", JSON)
+    c["json-not-object"] = _req("/v2/models/affine/infer", b"[1, 2]", JSON)
+    c["json-no-inputs"] = _req("/v2/models/affine/infer", b"{}", JSON)
+    c["json-non-numeric"] = _req("/v2/models/affine/infer",
+                                 json.dumps({"inputs": [{**X_OK, "data": ["a", "b", "c", "d"]}]}).encode(), JSON)
+    c["json-nan-token"] = _req("/v2/models/affine/infer",
+                               b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], '
+                               b'"data": [NaN, Infinity, -Infinity, 1]}]}', JSON)
+    c["json-int-given-float"] = _req("/v2/models/alltypes/infer",
+                                     b'{"inputs": [{"name": "in_int32", "datatype": "INT32", "shape": [2], '
+                                     b'"data": [1.0, 2.5]}]}', JSON)
+    c["json-id-not-string"] = _req("/v2/models/affine/infer",
+                                   json.dumps({"id": 5, "inputs": [X_OK]}).encode(), JSON)
+    body, headers = encode("binary", {"x": X})
+    sagemaker = "application/vnd.sagemaker-triton.binary+json;json-header-size="
+    c["sagemaker-binary-ok"] = _req("/v2/models/affine/infer", body,
+                                    {"Content-Type": sagemaker + headers["Inference-Header-Content-Length"]})
+    c["sagemaker-binary-spaced"] = _req("/v2/models/affine/infer", body, {
+        "Content-Type": sagemaker.replace(";", "; ") + headers["Inference-Header-Content-Length"]})
+    c["sagemaker-binary"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(),
+                                 {"Content-Type": "application/vnd.sagemaker-triton.binary+json;json-header-size=0"})
+    c["msgpack-garbage"] = _req("/v2/models/affine/infer", b"\xc1\xc1", {"Content-Type": "application/msgpack"})
+    c["msgpack-byte-size"] = _req("/v2/models/affine/infer", msgpack.packb(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": b"\0" * 15}]}),
+        {"Content-Type": "application/msgpack"})
+    c["msgpack-parameters"] = _req("/v2/models/affine/infer", msgpack.packb(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": b"\0" * 16}],
+         "parameters": {"binary_data_output": True}}), {"Content-Type": "application/msgpack"})
+    c["http10"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(), JSON).replace(
+        b"HTTP/1.1", b"HTTP/1.0", 1).replace(b"Host: test\r\n", b"Host: test\r\nConnection: keep-alive\r\n", 1)
+    c["get-infer"] = b"GET /v2/models/affine/infer HTTP/1.1\r\nHost: test\r\n\r\n"
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# A raw HTTP/1.1 client: the exact bytes of every answer
+
+class RawClient:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buf = b""
+
+    def exchange(self, raw: bytes) -> tuple[bytes, list[bytes], bytes]:
+        """Sends one request; returns (status line, header lines without Date, body)."""
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self._read()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(self.buf) < length:
+            self._read()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        status, *headers = head.split(b"\r\n")
+        return status, [h for h in headers if not h.lower().startswith(b"date:")], body
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def pyserve_metrics(server: Server) -> dict[tuple[str, frozenset], float]:
+    """The ``pyserve_*`` samples that do not depend on timing: counters, gauges, and the duration
+    histograms' counts (their sums and buckets are times)."""
+    client = RawClient(server.port)
+    try:
+        _, _, body = client.exchange(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+    finally:
+        client.close()
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            if not s.name.startswith("pyserve_"):
+                continue
+            if "_seconds" in s.name and not s.name.endswith("_count"):
+                continue
+            if s.name.endswith(("_created", "_timestamp_seconds", "_last_inference_ms")):
+                continue
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def deltas(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)
+            if after.get(k, 0.0) != before.get(k, 0.0)}
+
+
+def test_fast_and_general_paths_give_the_same_bytes_and_metrics(servers: tuple[Server, Server]) -> None:
+    fast, general = servers
+    before = [pyserve_metrics(s) for s in servers]
+    clients = [RawClient(s.port) for s in servers]
+    try:
+        for round_ in (1, 2):  # the second time, bodies seen before decode by their plans
+            for name, raw in corpus().items():
+                got_fast, got_general = (c.exchange(raw) for c in clients)
+                assert got_fast == got_general, (name, round_)
+    finally:
+        for c in clients:
+            c.close()
+    moved = [deltas(b, pyserve_metrics(s)) for b, s in zip(before, servers)]
+    assert moved[0] == moved[1]
+    assert moved[0], "the corpus moved no metric"
+
+
+def test_pipelined_requests_are_answered_in_order(servers: tuple[Server, Server]) -> None:
+    """Fast and general answers interleaved on one connection, sent at once: in request order."""
+    fast, _ = servers
+    c = corpus()
+    names = ["affine-json", "unknown-model-json", "affine-v2-id-msgpack", "json-percent-path", "raiser-json",
+             "binary-json-outputs", "alltypes-msgpack"]
+    expected = []
+    client = RawClient(fast.port)
+    try:
+        for n in names:
+            expected.append(client.exchange(c[n]))
+        client.sock.sendall(b"".join(c[n] for n in names))
+        got = []
+        for _ in names:
+            got.append(client.exchange(b""))
+    finally:
+        client.close()
+    assert got == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Which requests the fast path takes, in-process
+
+def _split(raw: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for h in lines:
+        k, _, v = h.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return line.split()[1].encode(), headers, body
+
+
+TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json", "alltypes-binary",
+         "alltypes-msgpack", "pytypes-json", "affine-json", "affine-binary",
+         "affine-msgpack", "affine-v1-json", "affine-v2-id-binary", "affine-outputs-json", "affine-outputs-binary",
+         "affine-outputs-msgpack", "raiser-json", "binary-json-outputs", "binary-mixed-outputs",
+         "json-binary-output", "json-binary-output-false", "json-no-content-type", "json-nan-token",
+         "sagemaker-binary-ok",
+         "affine-v2-id-json", "msgpack-parameters"]
+LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification-json", "unknown-output-json",
+        "bad-shape-json", "bad-datatype-binary", "too-large-batch-json", "unknown-model-json",
+        "unknown-version-msgpack", "extra-input-json", "json-binary-output-string", "json-unknown-parameter",
+        "json-charset", "json-upper-case-type", "json-percent-path", "json-query", "json-garbage",
+        "json-not-object", "json-no-inputs", "json-non-numeric", "json-int-given-float", "json-id-not-string",
+        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size", "too-large-batch-msgpack"]
+
+
+@pytest.fixture(scope="module")
+def taken(repo: Repo) -> dict[str, bool]:
+    """For each corpus request: whether the fast path took it (in-process, over the same models)."""
+    from pyserve.server.fast_infer import FastInfer
+
+    async def body(service: Any, errors: Any) -> dict[str, bool]:
+        fast = FastInfer(service)
+        out = {}
+        for name, raw in corpus().items():
+            if name in ("http10", "get-infer"):
+                continue
+            url, headers, payload = _split(raw)
+            result = fast.serve(url, headers, payload)
+            out[name] = result is not None
+            if result is not None and not result.__class__.__name__ == "Response":
+                try:
+                    await result.future  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - the raiser's answer: the error is the point
+                    pass
+        return out
+
+    return run_service(repo.root, body)
+
+
+@pytest.mark.parametrize("name", TAKEN)
+def test_the_common_requests_take_the_fast_path(taken: dict[str, bool], name: str) -> None:
+    assert taken[name] is True
+
+
+@pytest.mark.parametrize("name", LEFT)
+def test_the_others_are_left_to_the_general_path(taken: dict[str, bool], name: str) -> None:
+    assert taken[name] is False
+
+
+def test_a_model_with_a_traffic_policy_or_a_payload_log_is_left_to_the_general_path(repo: Repo) -> None:
+    from pyserve.server.fast_infer import FastInfer
+    from pyserve.service.hooks import InferHooks
+
+    url, headers, payload = _split(corpus()["affine-json"])
+
+    class Logging(InferHooks):
+        def after_response(self, ctx: Any, runner: Any, request: Any, response: Any) -> None:
+            pass
+
+    async def body(service: Any, errors: Any) -> tuple[bool, bool, bool]:
+        fast = FastInfer(service)
+        plain = fast.serve(url, headers, payload) is not None
+        await fast.serve(url, headers, payload).future  # type: ignore[union-attr]
+        service.host.traffic._policies["affine"] = object()  # any policy: split, alias, shadow, rollout
+        with_policy = fast.serve(url, headers, payload) is not None
+        del service.host.traffic._policies["affine"]
+        service.add_hooks(Logging())  # a hook that is not quiet (the payload log's default)
+        with_hook = fast.serve(url, headers, payload) is not None
+        return plain, with_policy, with_hook
+
+    assert run_service(repo.root, body) == (True, False, False)
+
+
+def test_small_numeric_replies_are_written_by_the_lean_writers(repo: Repo) -> None:
+    """Without the general path's encoder, the common replies are still answered (and the
+    differential test above says with the same bytes)."""
+    from pyserve.server import handlers
+    from pyserve.server.fast_infer import FastInfer
+
+    c = corpus()
+
+    async def body(service: Any, errors: Any) -> list[int]:
+        fast = FastInfer(service)
+        statuses = []
+        for name in ("numeric-json", "numeric-id-msgpack", "affine-json", "affine-v2-id-msgpack"):
+            deferred = fast.serve(*_split(c[name]))
+            await deferred.future  # type: ignore[union-attr]
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(handlers, "_encode_infer", lambda *a: pytest.fail("the general encoder"))
+                statuses.append(deferred.finish(deferred.future).status)  # type: ignore[union-attr]
+        return statuses
+
+    assert run_service(repo.root, body) == [200, 200, 200, 200]
+
+
+@pytest.mark.parametrize("target, expected", [
+    (b"/v2/models/m/infer", ("m", None)),
+    (b"/v2/models/m/versions/3/infer", ("m", "3")),
+    (b"/v2/models/m/versions/alias/infer", ("m", "alias")),
+    (b"/v2/models//infer", None),
+    (b"/v2/models/m/versions//infer", None),
+    (b"/v2/models/m/infer/", None),
+    (b"/v2/models/m", None),
+    (b"/v2/models/m/ready", None),
+    (b"/v2/models/a%20b/infer", None),
+    (b"/v2/models/m/infer?x", None),
+    (b"/v2/models/m/infer#f", None),
+    (b"/v2/models/\xc3\xa9/infer", None),
+    (b"http://host/v2/models/m/infer", None),
+])
+def test_parse_target(target: bytes, expected: Any) -> None:
+    from pyserve.server.fast_infer import parse_target
+
+    assert parse_target(target) == expected

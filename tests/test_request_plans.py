@@ -1,0 +1,165 @@
+"""Decode plans (pyserve.protocol.request_plans) against the full decoder: a body decoded by a
+plan (its skeleton seen before) gives the same arrays, fields and refusals as
+``kserve.decode_request``; differential over the JSON decoder's edge cases and random data."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_json_tensor import EDGES, body_of
+
+from pyserve.errors import PyserveError
+from pyserve.protocol import kserve, msgpack_codec
+from pyserve.protocol.request_plans import RequestPlans
+
+
+def result(decode: Any, *args: Any) -> tuple:
+    """Each input's dtype, shape, bytes (BYTES: values) and the request's other fields; or the
+    refusal's kind and message."""
+    try:
+        req = decode(*args)
+    except PyserveError as e:
+        return ("refused", e.kind, e.message)
+    return tuple((n, str(a.dtype), a.shape, a.tolist() if a.dtype == object else a.tobytes())
+                 for n, a in req.inputs.items()) + (req.id, req.parameters, req.outputs, req.input_parameters)
+
+
+def primer(datatype: str, shape: list[int], extra: str = "") -> bytes:
+    """A body the full decoder takes, with the skeleton of ``body_of(datatype, shape, ..., extra)``."""
+    count = math.prod(shape)
+    value = "false" if datatype == "BOOL" else '"a"' if datatype == "BYTES" else "0"
+    return body_of(datatype, shape, "[" + ", ".join([value] * count) + "]", extra)
+
+
+def planned(datatype: str) -> RequestPlans:
+    return RequestPlans({"x": datatype}, None)
+
+
+@pytest.mark.parametrize("datatype,shape,data,expected", EDGES, ids=[f"{d}-{x[:30]}" for d, _, x, _ in EDGES])
+def test_a_planned_body_decodes_as_the_full_decoder(datatype: str, shape: list[int], data: str,
+                                                    expected: str) -> None:
+    plans = planned(datatype)
+    first = primer(datatype, shape)
+    assert result(plans.decode_json, first) == result(kserve.decode_request, first)
+    body = body_of(datatype, shape, data)
+    assert result(plans.decode_json, body) == result(kserve.decode_request, body)
+
+
+def test_the_usual_body_is_planned_and_its_plan_is_used() -> None:
+    plans = planned("FP32")
+    first, second = body_of("FP32", [1, 3], "[1, 2, 3]"), body_of("FP32", [1, 3], "[4.5, -1e3, 7]")
+    plans.decode_json(first)
+    assert len(plans._json) == 1
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        req = plans.decode_json(second)
+    np.testing.assert_array_equal(req.inputs["x"], np.array([[4.5, -1e3, 7]], np.float32))
+    assert req.id == "r"
+
+
+@pytest.mark.parametrize("extra", ['', ', "parameters": {"binary_data_output": true}',
+                                   ', "outputs": [{"name": "y", "parameters": {"binary_data": true}}]'])
+def test_the_other_fields_come_from_the_plan(extra: str) -> None:
+    plans = planned("INT32")
+    plans.decode_json(body_of("INT32", [2], "[1, 2]", extra))
+    body = body_of("INT32", [2], "[3, 4]", extra)
+    assert result(plans.decode_json, body) == result(kserve.decode_request, body)
+
+
+def test_bytes_and_empty_tensors_are_not_planned() -> None:
+    for datatype, shape in (("BYTES", [2]), ("FP32", [0])):
+        plans = planned(datatype)
+        plans.decode_json(primer(datatype, shape))
+        assert plans._json == {}
+
+
+def binary_body(arrays: dict[str, np.ndarray], datatypes: dict[str, str], extra: dict | None = None,
+                trailing: bytes = b"") -> tuple[bytes, str]:
+    header = json.dumps({**(extra or {}), "inputs": [
+        {"name": n, "datatype": datatypes[n], "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+        for n, a in arrays.items()]}).encode()
+    return header + b"".join(a.tobytes() for a in arrays.values()) + trailing, str(len(header))
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=20), st.integers(0, 2**31 - 1))
+@settings(max_examples=50, deadline=None)
+def test_binary_bodies_decode_as_the_full_decoder(values: list[float], seed: int) -> None:
+    datatypes = {"a": "FP32", "b": "INT64"}
+    plans = RequestPlans(datatypes, None)
+    n = len(values)
+    first, length = binary_body({"a": np.zeros(n, np.float32), "b": np.zeros(2, np.int64)}, datatypes, {"id": "q"})
+    plans.decode_binary(first, length)
+    assert len(plans._binary) == 1
+    b = np.random.default_rng(seed).integers(-2**62, 2**62, 2)
+    body, length = binary_body({"a": np.array(values, np.float32), "b": b}, datatypes, {"id": "q"})
+    assert result(plans.decode_binary, body, length) == result(kserve.decode_request, body, length)
+    # The same header with bytes left over (another body length): the full decoder's refusal.
+    longer, length = binary_body({"a": np.array(values, np.float32), "b": b}, datatypes, {"id": "q"}, b"\0")
+    got = result(plans.decode_binary, longer, length)
+    assert got == result(kserve.decode_request, longer, length) and got[0] == "refused"
+
+
+def test_binary_header_lengths_the_full_decoder_reads() -> None:
+    datatypes = {"a": "FP32"}
+    plans = RequestPlans(datatypes, None)
+    body, length = binary_body({"a": np.ones(3, np.float32)}, datatypes)
+    plans.decode_binary(body, length)  # planned
+    arabic = "".join(chr(0x660 + int(d)) for d in length)  # the same number in Arabic-Indic digits
+    for text in (length, "0" + length, " " + length, length + "x", "-1", str(len(body) + 1), "+" + length, arabic):
+        assert result(plans.decode_binary, body, text) == result(kserve.decode_request, body, text), text
+
+
+def msgpack_body(arrays: dict[str, np.ndarray], datatypes: dict[str, str], **doc: Any) -> bytes:
+    return msgpack.packb({**doc, "inputs": [
+        {"name": n, "datatype": datatypes[n], "shape": list(a.shape), "data": a.tobytes()} for n, a in arrays.items()]})
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False), min_size=1, max_size=20), st.integers(0, 2**31 - 1))
+@settings(max_examples=50, deadline=None)
+def test_msgpack_bodies_decode_as_the_full_decoder(values: list[float], seed: int) -> None:
+    datatypes = {"a": "FP32", "b": "INT64"}
+    plans = RequestPlans(datatypes, None)
+    n = len(values)
+    plans.decode_msgpack(msgpack_body({"a": np.zeros(n, np.float32), "b": np.zeros(2, np.int64)}, datatypes, id="q"))
+    assert len(plans._msgpack) == 1
+    b = np.random.default_rng(seed).integers(-2**62, 2**62, 2)
+    body = msgpack_body({"a": np.array(values, np.float32), "b": b}, datatypes, id="q")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        planned_result = result(plans.decode_msgpack, body)
+    assert planned_result == result(msgpack_codec.decode_request, body)
+    # Another id, the same length: not the plan's bytes around the payloads.
+    other = msgpack_body({"a": np.array(values, np.float32), "b": b}, datatypes, id="z")
+    assert result(plans.decode_msgpack, other) == result(msgpack_codec.decode_request, other)
+
+
+@pytest.mark.parametrize("doc", [
+    {"inputs": [{"name": "a", "datatype": "FP32", "shape": [2], "data": b"\0" * 8}], "parameters": {"k": 1}},
+    {"outputs": [{"name": "y"}], "inputs": [{"parameters": {"p": [1, 2]}, "data": b"\1" * 8, "name": "a",
+                                             "datatype": "FP32", "shape": [1, 2]}]},
+])
+def test_msgpack_payloads_are_found_wherever_they_are(doc: dict) -> None:
+    plans = RequestPlans({"a": "FP32"}, None)
+    plans.decode_msgpack(msgpack.packb(doc))
+    assert len(plans._msgpack) == 1
+    doc["inputs"][0]["data"] = np.array([1.5, -2], np.float32).tobytes()
+    body = msgpack.packb(doc)
+    assert result(plans.decode_msgpack, body) == result(msgpack_codec.decode_request, body)
+    np.testing.assert_array_equal(plans.decode_msgpack(body).inputs["a"].ravel(), [1.5, -2])
+
+
+def test_msgpack_bodies_not_planned() -> None:
+    plans = RequestPlans({"a": "BYTES", "x": "FP32"}, None)
+    packed = msgpack.packb({"inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": b"\1\0\0\0z"}]})
+    plans.decode_msgpack(packed)
+    twice = msgpack.packb({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": b"\0" * 4,
+                                       "data ": b"\0" * 4}]})
+    plans.decode_msgpack(twice)
+    assert len(plans._msgpack) == 1  # BYTES: not planned; the second (one "data" key) is
