@@ -406,6 +406,29 @@ DTYPES = {
 }
 
 
+PASSTHROUGH_MODEL = """
+class Model:
+    def infer(self, inputs):
+        return {"out_" + name[3:]: value for name, value in inputs.items()}
+"""
+
+RAISER_MODEL = """
+class Model:
+    def infer(self, inputs):
+        raise ValueError("bad luck")
+"""
+
+
+def add_pytypes_and_raiser(repo: Repo) -> None:
+    """Two python models: pytypes (every datatype in ``in_<datatype>`` [-1, -1], passed through to
+    ``out_<datatype>``, no batching) and raiser (FP32 x [-1] -> y, fails every batch)."""
+    specs = [(d.lower(), d, [-1, -1]) for d in DTYPES]
+    repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
+                + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
+                + toml_tensors("outputs", [(f"out_{n}", d, s) for n, d, s in specs]))
+    repo.python("raiser", RAISER_MODEL, 'backend = "python"\n'
+                + toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])]))
+
 def wire_datatype(arr: np.ndarray) -> str:
     """The KServe datatype of an array (object arrays hold BYTES)."""
     if arr.dtype == object:

@@ -19,22 +19,10 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
-from conftest import DTYPES, Repo, Server, encode, run_service, toml_tensors
+from conftest import DTYPES, Repo, Server, add_pytypes_and_raiser, encode, run_service
 from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("onnx")
-
-PASSTHROUGH_MODEL = """
-class Model:
-    def infer(self, inputs):
-        return {"out_" + name[3:]: value for name, value in inputs.items()}
-"""
-
-RAISER_MODEL = """
-class Model:
-    def infer(self, inputs):
-        raise ValueError("bad luck")
-"""
 
 
 def build_repo(repo: Repo) -> None:
@@ -47,12 +35,7 @@ def build_repo(repo: Repo) -> None:
         """)
     repo.identity("alltypes", [(d.lower(), d, [-1]) for d in DTYPES], max_batch_size=8)
     repo.identity("numeric", [(d.lower(), d, [-1]) for d in DTYPES if d != "BYTES"], max_batch_size=8)
-    specs = [(d.lower(), d, [-1, -1]) for d in DTYPES]
-    repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
-                + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
-                + toml_tensors("outputs", [(f"out_{n}", d, s) for n, d, s in specs]))
-    repo.python("raiser", RAISER_MODEL, 'backend = "python"\n'
-                + toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])]))
+    add_pytypes_and_raiser(repo)
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +344,7 @@ def test_the_others_are_left_to_the_general_path(taken: dict[str, bool], name: s
     assert taken[name] is False
 
 
-def test_a_model_with_a_traffic_policy_or_a_payload_log_is_left_to_the_general_path(repo: Repo) -> None:
+def test_a_model_with_a_traffic_policy_or_an_acting_hook_is_left_to_the_general_path(repo: Repo) -> None:
     from pyserve.server.fast_infer import FastInfer
     from pyserve.service.hooks import InferHooks
 
@@ -378,11 +361,46 @@ def test_a_model_with_a_traffic_policy_or_a_payload_log_is_left_to_the_general_p
         service.host.traffic._policies["affine"] = object()  # any policy: split, alias, shadow, rollout
         with_policy = fast.serve(url, headers, payload) is not None
         del service.host.traffic._policies["affine"]
-        service.add_hooks(Logging())  # a hook that is not quiet (the payload log's default)
+        service.add_hooks(Logging())  # a hook that is not quiet and does not say it only observes
         with_hook = fast.serve(url, headers, payload) is not None
         return plain, with_policy, with_hook
 
     assert run_service(repo.root, body) == (True, False, False)
+
+
+def test_observing_hooks_ride_the_fast_path_and_see_what_the_general_path_shows(repo: Repo) -> None:
+    """A hook that only observes (the payload log) does not send the call to the general path: the
+    fast path calls its after_response with the call's context and answer, as complete() does."""
+    from pyserve.server.fast_infer import FastInfer
+    from pyserve.service.hooks import InferHooks
+
+    url, headers, payload = _split(corpus()["affine-json"])
+    seen: list[tuple] = []
+
+    class Observer(InferHooks):
+        def observes(self, runner: Any) -> bool:
+            return True
+
+        def after_response(self, ctx: Any, runner: Any, request: Any, response: Any) -> None:
+            seen.append((ctx.protocol, ctx.request_id, ctx.future, ctx.started_ns, runner.version,
+                         sorted(request.inputs), response.model_name, response.id, dict(response.outputs)))
+
+    async def body(service: Any, errors: Any) -> tuple[Any, Any]:
+        fast = FastInfer(service)
+        service.add_hooks(Observer())
+        deferred = fast.serve(url, headers, payload)
+        assert deferred is not None  # taken by the fast path
+        outputs = await deferred.future  # type: ignore[union-attr]
+        answer = deferred.finish(deferred.future)  # type: ignore[union-attr]
+        return deferred.future, outputs, answer  # type: ignore[union-attr]
+
+    future, outputs, answer = run_service(repo.root, body)
+    assert answer.status == 200 and len(seen) == 1
+    protocol, rid, ctx_future, started_ns, version, inputs, model, response_id, seen_outputs = seen[0]
+    assert (protocol, ctx_future, version, inputs, model) == ("http+json", future, "2", ["x"], "affine")
+    assert started_ns > 0 and response_id == rid == json.loads(payload).get("id")
+    assert seen_outputs.keys() == outputs.keys()
+    assert all(np.array_equal(seen_outputs[k], outputs[k]) for k in outputs)
 
 
 def test_small_numeric_replies_are_written_by_the_lean_writers(repo: Repo) -> None:

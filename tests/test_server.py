@@ -25,6 +25,7 @@ from conftest import (
     Gate,
     Repo,
     Server,
+    add_pytypes_and_raiser,
     decode,
     encode,
     from_raw,
@@ -33,7 +34,6 @@ from conftest import (
     model_stats,
     onnx_affine_bytes,
     run_onnx,
-    toml_tensors,
     wait_until,
     wire_datatype,
 )
@@ -43,19 +43,6 @@ pytest.importorskip("onnx")
 
 MAX_BODY = 1 << 20
 PROTOCOLS = ("json", "binary", "msgpack")
-
-PASSTHROUGH_MODEL = """
-class Model:
-    def infer(self, inputs):
-        return {"out_" + name[3:]: value for name, value in inputs.items()}
-"""
-
-
-RAISER_MODEL = """
-class Model:
-    def infer(self, inputs):
-        raise ValueError("bad luck")
-"""
 
 
 def metrics(url: str) -> dict[tuple[str, frozenset], float]:
@@ -101,12 +88,7 @@ def build_main_repo(repo: Repo) -> None:
         max_queue_delay_us = 10000
         """)
     repo.identity("alltypes", _alltypes_specs(), max_batch_size=8)
-    specs = [(d.lower(), d, [-1, -1]) for d in DTYPES]
-    repo.python("pytypes", PASSTHROUGH_MODEL, 'backend = "python"\n'
-                + toml_tensors("inputs", [(f"in_{n}", d, s) for n, d, s in specs])
-                + toml_tensors("outputs", [(f"out_{n}", d, s) for n, d, s in specs]))
-    repo.python("raiser", RAISER_MODEL, 'backend = "python"\n'
-                + toml_tensors("inputs", [("x", "FP32", [-1])]) + toml_tensors("outputs", [("y", "FP32", [-1])]))
+    add_pytypes_and_raiser(repo)
     repo.python("gate", GATE_MODEL.format(scale=2.0), gate_config(1, """
         [dynamic_batching]
         max_queue_size = 3

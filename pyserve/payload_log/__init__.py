@@ -216,6 +216,15 @@ class PayloadLog(InferHooks):
         return self._failures.newest(limit)
 
     # -- hooks (event loop thread: references only) ------------------------------------------------
+    def quiet(self, runner: ModelRunner) -> bool:
+        """True when ``runner``'s model keeps no payload log: its calls may take the fast path."""
+        return not runner.config.payload_log.enabled
+
+    def observes(self, runner: ModelRunner) -> bool:
+        """Always True: :meth:`after_response` only queues references to the answer, so logged
+        calls take the HTTP fast path too (:meth:`pyserve.service.InferenceService.fast_observers`)."""
+        return True
+
     def after_response(self, ctx: CallContext, runner: ModelRunner, request: InferRequest,
                        response: InferResponse) -> None:
         config = runner.config

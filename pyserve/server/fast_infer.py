@@ -2,7 +2,7 @@
 
 Most requests a server sees are ``POST /v2/models/{name}[/versions/{v}]/infer`` with KServe JSON, the
 binary tensor extension or msgpack, without ``priority`` or ``timeout``, for a model with no traffic
-policy and no hook that acts on it (no payload log, no shadow). The general path
+policy and no hook that acts on it (no shadow; the payload log only observes). The general path
 (:func:`pyserve.server.handlers.infer`) builds a :class:`~pyserve.server.messages.Request`, matches
 the router's patterns, builds a :class:`~pyserve.service.CallContext`, resolves the traffic split
 and runs the service's checks and hook loops. Here the request target's bytes are looked up in a
@@ -15,7 +15,9 @@ path", has the figures).
 Whatever the fast path does not handle it leaves to the general path BEFORE any side effect
 (:meth:`FastInfer.serve` answers None): a target that is not an infer path or holds ``%``, ``?`` or
 ``#``; an unknown or unready model or version; a model with a traffic policy (split, alias, shadow,
-rollout) or a hook that is not quiet for it (:meth:`pyserve.service.InferenceService.plain`); a
+rollout) or a hook that neither is quiet for it nor only observes the answer
+(:meth:`pyserve.service.InferenceService.fast_observers`; the observers, such as the payload log,
+are called with the answer as the general path calls them); a
 server whose inference needs a token; a content type other than JSON (none, ``application/json``,
 ``application/octet-stream`` with ``Inference-Header-Content-Length``),
 ``application/vnd.sagemaker-triton.binary+json;json-header-size=N`` or ``application/msgpack``
@@ -54,8 +56,8 @@ from pyserve.service import CallContext, InferenceService
 log = logging.getLogger("pyserve.server")
 
 MSGPACK = handlers.MSGPACK
-# Content types taken as they are sent, without parameters: anything else (a charset, upper case,
-# SageMaker's binary+json) goes to the general path, which parses the header.
+# Content types taken as they are sent, without parameters: anything else (a charset, upper case)
+# goes to the general path, which parses the header.
 _JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
 # SageMaker's binary+json with its one parameter, as Triton's clients send it; other spellings go
 # to the general path.
@@ -163,12 +165,17 @@ class _Target:
 class _Call:
     """One call on the fast path, from its submit to its answer."""
 
-    __slots__ = ("runner", "req", "protocol")
+    __slots__ = ("runner", "req", "protocol", "observers", "ctx")
 
-    def __init__(self, runner: Any, req: InferRequest, protocol: str) -> None:
+    def __init__(self, runner: Any, req: InferRequest, protocol: str, observers: tuple,
+                 ctx: CallContext | None) -> None:
         self.runner = runner
         self.req = req
         self.protocol = protocol
+        # The after_response hooks that only observe (the payload log), and the call's context for
+        # them (None without observers: no context is made).
+        self.observers = observers
+        self.ctx = ctx
 
 
 class FastInfer:
@@ -201,7 +208,8 @@ class FastInfer:
             runner = service.runner(target.name, target.version)
         except PyserveError:
             return None  # 404 / 503: the general path answers and counts it
-        if not service.plain(runner):
+        observers = service.fast_observers(runner)
+        if observers is None:
             return None
         plans = target.plans
         if target.runner() is not runner or plans is None:
@@ -245,11 +253,13 @@ class FastInfer:
                 if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
                     return None
         # From here on, as the general path: errors are recorded and answered, never handed back.
-        call = _Call(runner, req, protocol)
+        call = _Call(runner, req, protocol, observers, CallContext(protocol, req.id) if observers else None)
         try:
             future = runner.submit(req.inputs)
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
             return self._failed(call, e)
+        if call.ctx is not None:
+            call.ctx.future = future
         return Deferred(future, functools.partial(self._finish, call))
 
     def _finish(self, call: _Call, done: asyncio.Future) -> Response | Deferred:
@@ -260,6 +270,8 @@ class FastInfer:
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req
             requested = req.outputs
+            if call.observers:
+                self._observe(call, outputs)
             lean = _lean_reply(runner, req, outputs, call.protocol)
             if lean is not None:
                 return lean
@@ -274,6 +286,20 @@ class FastInfer:
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
             return self._failed(call, e)
 
+    @staticmethod
+    def _observe(call: _Call, outputs: dict[str, Any]) -> None:
+        """Calls the observing after_response hooks with the answer, as
+        :meth:`~pyserve.service.InferenceService.complete` does (the requested outputs only)."""
+        runner, req = call.runner, call.req
+        if req.outputs is not None:
+            outputs = {r.name: outputs[r.name] for r in req.outputs}
+        response = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
+        for hook, hooks in call.observers:
+            try:
+                hook(call.ctx, runner, req, response)
+            except Exception:  # noqa: BLE001 - as the general path: a hook's fault never fails a call
+                log.exception("after_response hook %s failed", type(hooks).__name__)
+
     def _encoded(self, call: _Call, done: asyncio.Future) -> Response:
         """The reply encoded on a decoder thread (a large one), as the general path's."""
         try:
@@ -285,7 +311,7 @@ class FastInfer:
         """The answer to a call that raised ``e`` (call it in the ``except`` block), recorded as the
         general path records it (:func:`pyserve.server.handlers._infer_failed`)."""
         runner = call.runner
-        ctx = CallContext(call.protocol, call.req.id)
+        ctx = call.ctx if call.ctx is not None else CallContext(call.protocol, call.req.id)
         if isinstance(e, PyserveError):
             self.service.failed(runner.config.name, e, ctx, runner, call.req)
             return http_errors.error_response(e.kind, e.message)

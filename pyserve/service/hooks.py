@@ -30,6 +30,15 @@ class InferHooks:
         override neither method are never asked."""
         return False
 
+    def observes(self, runner: ModelRunner) -> bool:
+        """True when, for a call served by ``runner``, :meth:`before_request` does nothing and
+        :meth:`after_response` only observes the answer (it changes neither the request nor the
+        response, and a call's answer does not wait for it): the HTTP fast path then serves the call
+        and calls :meth:`after_response` itself, with a :class:`CallContext` (``protocol``,
+        ``request_id``, ``started_ns``, ``future``) and an :class:`InferResponse` (the requested
+        outputs) as the general path makes them. The default, False, is always safe."""
+        return False
+
     def before_request(self, ctx: CallContext, runner: ModelRunner, request: InferRequest) -> None:
         """Called once the request is decoded and checked, just before it is queued in the core."""
 

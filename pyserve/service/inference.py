@@ -132,25 +132,39 @@ class InferenceService:
         return check
 
     def plain(self, runner: ModelRunner) -> bool:
-        """True when a call served by ``runner`` (a version :meth:`runner` resolved) needs nothing
-        of the service but the core: its model has no traffic policy (no split, alias, shadow or
-        rollout; a refused policy file counts as one) and every hook with a ``before_request`` or
-        ``after_response`` is :meth:`~InferHooks.quiet` for it. A transport may then queue the call with ``runner.submit`` itself, answer from its
-        outputs (setting ``runner.last_inference_ms``) and record errors with :meth:`failed`
-        (:mod:`pyserve.server.fast_infer`), which is what :meth:`submit` and :meth:`complete` do
-        for a call without outputs requested and without parameters."""
+        """True when a call served by ``runner`` needs nothing of the service but the core (see
+        :meth:`fast_observers`: no traffic policy, and no hook but quiet ones)."""
+        return self.fast_observers(runner) == ()
+
+    def fast_observers(self, runner: ModelRunner) -> tuple[tuple[Callable[..., None], InferHooks], ...] | None:
+        """The ``after_response`` hooks a transport must call itself to serve a call of ``runner``
+        (a version :meth:`runner` resolved) without the service's loops; None when the call needs
+        the general path. That is when the model has a traffic policy (split, alias, shadow or
+        rollout; a refused policy file counts as one), or a hook with a ``before_request`` or
+        ``after_response`` is neither :meth:`~InferHooks.quiet` for it nor one that only
+        :meth:`~InferHooks.observes` (the payload log). Otherwise a transport may queue the call
+        with ``runner.submit`` itself, answer from its outputs (setting
+        ``runner.last_inference_ms``), call each observer as ``call(ctx, runner, request,
+        response)`` with the answer, and record errors with :meth:`failed`
+        (:mod:`pyserve.server.fast_infer`): what :meth:`submit` and :meth:`complete` do for a call
+        without classification and without parameters."""
         try:
             if self.host.traffic.get(runner.config.name) is not None:
-                return False
+                return None
         except PyserveError:  # UNAVAILABLE for a refused policy file: the general path says so
-            return False
+            return None
         for _, hooks in self._before:
-            if not hooks.quiet(runner):
-                return False
-        for _, hooks in self._after:
-            if not hooks.quiet(runner):
-                return False
-        return True
+            if not (hooks.quiet(runner) or hooks.observes(runner)):
+                return None
+        observers = []
+        for entry in self._after:
+            hooks = entry[1]
+            if hooks.quiet(runner):
+                continue
+            if not hooks.observes(runner):
+                return None
+            observers.append(entry)
+        return tuple(observers)
 
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""
