@@ -88,7 +88,7 @@ _OUTPUTS_HEAD = b',"outputs":['
 
 
 def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
-    """The reply of ``req`` with the core's ``outputs``, written as the general path's encoders write
+    """The reply of ``req`` with ``outputs`` (the requested ones), written as the general path's encoders write
     it (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
     Python frames and objects; None when it is not the small numeric reply these take (BYTES, another
     byte order, a reply the general path writes with orjson or joins off the GIL)."""
@@ -269,43 +269,31 @@ class FastInfer:
             runner = call.runner
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req
-            requested = req.outputs
-            if call.observers:
-                self._observe(call, outputs)
+            if req.outputs is not None:
+                outputs = InferenceService.requested_outputs(runner, req, outputs)
+            resp = self._observe(call, outputs) if call.observers else None
             lean = _lean_reply(runner, req, outputs, call.protocol)
             if lean is not None:
                 return lean
-            if requested is not None:  # as InferenceService.complete
-                outputs = {r.name: outputs[r.name] for r in requested}
-            resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
+            if resp is None:
+                resp = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
             # The general path's encoders, so that the bytes cannot differ.
-            if handlers._reply_nbytes(resp) > handlers.ENCODE_OFF_LOOP_BYTES:
-                return Deferred(handlers._encode_off_loop(req, resp, call.protocol),
-                                functools.partial(self._encoded, call))
-            return handlers._encode_infer(req, resp, call.protocol)
+            return handlers.encode_reply(req, resp, call.protocol, functools.partial(self._failed, call))
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
             return self._failed(call, e)
 
     @staticmethod
-    def _observe(call: _Call, outputs: dict[str, Any]) -> None:
-        """Calls the observing after_response hooks with the answer, as
-        :meth:`~pyserve.service.InferenceService.complete` does (the requested outputs only)."""
+    def _observe(call: _Call, outputs: dict[str, Any]) -> InferResponse:
+        """Calls the observing after_response hooks with the answer (``outputs``: the requested
+        ones), as :meth:`~pyserve.service.InferenceService.complete` does; returns that answer."""
         runner, req = call.runner, call.req
-        if req.outputs is not None:
-            outputs = {r.name: outputs[r.name] for r in req.outputs}
         response = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
         for hook, hooks in call.observers:
             try:
                 hook(call.ctx, runner, req, response)
             except Exception:  # noqa: BLE001 - as the general path: a hook's fault never fails a call
                 log.exception("after_response hook %s failed", type(hooks).__name__)
-
-    def _encoded(self, call: _Call, done: asyncio.Future) -> Response:
-        """The reply encoded on a decoder thread (a large one), as the general path's."""
-        try:
-            return done.result()
-        except Exception as e:  # noqa: BLE001 - answered as the general path answers it
-            return self._failed(call, e)
+        return response
 
     def _failed(self, call: _Call, e: Exception) -> Response:
         """The answer to a call that raised ``e`` (call it in the ``except`` block), recorded as the

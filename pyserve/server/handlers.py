@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import logging
 import urllib.parse
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -168,20 +168,14 @@ def infer(request: Request) -> Response | Deferred | Awaitable[Response]:
     except Exception as e:
         return _infer_failed(request, e, ctx, runner, req)
 
+    def failed(e: Exception) -> Response:
+        return _infer_failed(request, e, ctx, runner, req)
+
     def finish(done: asyncio.Future) -> Response | Deferred:
         try:
-            resp = service.complete(runner, req, ctx, done)
-            if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
-                return Deferred(_encode_off_loop(req, resp, protocol), encoded)
-            return _encode_infer(req, resp, protocol)
+            return encode_reply(req, service.complete(runner, req, ctx, done), protocol, failed)
         except Exception as e:
-            return _infer_failed(request, e, ctx, runner, req)
-
-    def encoded(done: asyncio.Future) -> Response:
-        try:
-            return done.result()
-        except Exception as e:
-            return _infer_failed(request, e, ctx, runner, req)
+            return failed(e)
 
     return Deferred(future, finish)
 
@@ -221,11 +215,25 @@ def _reply_nbytes(resp: Any) -> int:
     return sum(getattr(a, "nbytes", 0) for a in resp.outputs.values())
 
 
-def _encode_off_loop(req: InferRequest, resp: Any, protocol: str) -> asyncio.Future:
-    """:func:`_encode_infer` on a decoder thread, JSON written with the GIL released; the future's
-    result is the Response."""
-    return asyncio.get_running_loop().run_in_executor(_decoder_pool(), _encode_infer, req, resp, protocol,
-                                                      True)
+def encode_reply(req: InferRequest, resp: Any, protocol: str,
+                 failed: Callable[[Exception], Response]) -> Response | Deferred:
+    """The encoded reply of ``req`` (``resp``: its InferResponse) in ``protocol``'s encoding; a
+    Deferred of it when its outputs hold more than :data:`ENCODE_OFF_LOOP_BYTES`, encoded on a decoder
+    thread with the GIL released for JSON. ``failed(e)`` answers an encoder's error ``e`` on that
+    thread (it is called in the ``except`` block); one on the loop's thread is raised."""
+    if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
+        future = asyncio.get_running_loop().run_in_executor(_decoder_pool(), _encode_infer, req, resp, protocol,
+                                                            True)
+        return Deferred(future, functools.partial(_encoded, failed))
+    return _encode_infer(req, resp, protocol)
+
+
+def _encoded(failed: Callable[[Exception], Response], done: asyncio.Future) -> Response:
+    """The Response a decoder thread encoded (:func:`encode_reply`), or ``failed``'s answer to its error."""
+    try:
+        return done.result()
+    except Exception as e:
+        return failed(e)
 
 
 def _decoder_pool() -> ThreadPoolExecutor:
@@ -261,10 +269,9 @@ async def _infer_decoded_off_loop(request: Request, runner: Any) -> Response:
             await future  # a client that hangs up cancels this task, and so the request
         except PyserveError:
             pass  # complete() raises it
-        resp = service.complete(runner, req, ctx, future)
-        if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
-            return await _encode_off_loop(req, resp, protocol)
-        return _encode_infer(req, resp, protocol)
+        reply = encode_reply(req, service.complete(runner, req, ctx, future), protocol,
+                             lambda e: _infer_failed(request, e, ctx, runner, req))
+        return await reply.future if isinstance(reply, Deferred) else reply  # its error: answered below
     except asyncio.CancelledError:
         raise
     except Exception as e:

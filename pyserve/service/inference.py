@@ -257,15 +257,7 @@ class InferenceService:
         when the output's datatype cannot be ranked."""
         outputs = done.result()
         if request.outputs is not None:
-            selected = {}
-            for r in request.outputs:
-                if r.classification:
-                    spec = runner.output_specs[r.name]
-                    selected[r.name] = classify(outputs[r.name], r.classification, runner.config.max_batch_size > 0,
-                                                spec.labels, output=r.name)
-                else:
-                    selected[r.name] = outputs[r.name]
-            outputs = selected
+            outputs = self.requested_outputs(runner, request, outputs)
         runner.last_inference_ms = time.time_ns() // 1_000_000
         response = InferResponse(runner.config.name, runner.version, outputs, request.id, None)
         if self._after:  # _run_hooks written out: one frame and one tuple less for every answer
@@ -275,6 +267,22 @@ class InferenceService:
                 except Exception:
                     log.exception("after_response hook %s failed", type(hooks).__name__)
         return response
+
+    @staticmethod
+    def requested_outputs(runner: ModelRunner, request: InferRequest, outputs: dict) -> dict:
+        """The outputs ``request`` names (``request.outputs``, not None), in its order, from the core's
+        ``outputs`` (name -> array); one requested with ``classification = K`` becomes its top K
+        classes, as BYTES ``"score:index[:label]"`` (Triton's classification extension,
+        :func:`pyserve.classification.classify`): INVALID_ARGUMENT when its datatype cannot be ranked."""
+        selected = {}
+        for r in request.outputs:
+            if r.classification:
+                spec = runner.output_specs[r.name]
+                selected[r.name] = classify(outputs[r.name], r.classification, runner.config.max_batch_size > 0,
+                                            spec.labels, output=r.name)
+            else:
+                selected[r.name] = outputs[r.name]
+        return selected
 
     def failed(self, model_name: str, error: PyserveError, ctx: CallContext | None = None,
                runner: ModelRunner | None = None, request: InferRequest | None = None) -> None:
