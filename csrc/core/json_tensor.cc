@@ -83,33 +83,16 @@ class Scanner {
 
   bool Run() {
     SkipWs();
-    if (!Expect('{')) return false;
+    if (Peek() != '{') return false;
     bool seen_inputs = false;
-    SkipWs();
-    if (Peek() == '}') return Finish();
-    for (;;) {
+    return Items('}', [&] {
       std::string_view key;
       if (!Key(&key)) return false;
-      if (key == "inputs") {
-        if (seen_inputs) return false;  // orjson keeps the last: leave such bodies to it
-        seen_inputs = true;
-        if (Peek() == '[') {
-          if (!Inputs()) return false;
-        } else if (!SkipValue(1)) {
-          return false;
-        }
-      } else if (!SkipValue(1)) {
-        return false;
-      }
-      SkipWs();
-      if (Peek() == ',') {
-        ++p_;
-        SkipWs();
-        continue;
-      }
-      if (!Expect('}')) return false;
-      return Finish();
-    }
+      if (key != "inputs") return SkipValue(1);
+      if (seen_inputs) return false;  // orjson keeps the last: leave such bodies to it
+      seen_inputs = true;
+      return Peek() == '[' ? Inputs() : SkipValue(1);
+    }) && Finish();
   }
 
  private:
@@ -160,6 +143,28 @@ class Scanner {
     return true;
   }
 
+  // The items of the array or object whose opening bracket is at p_, up to `close`: `item()` parses
+  // one at p_ (its leading whitespace skipped) and says whether it held.
+  template <class Item>
+  bool Items(char close, Item item) {
+    ++p_;
+    SkipWs();
+    if (Peek() == close) {
+      ++p_;
+      return true;
+    }
+    for (;;) {
+      if (!item()) return false;
+      SkipWs();
+      if (Peek() == ',') {
+        ++p_;
+        SkipWs();
+        continue;
+      }
+      return Expect(close);
+    }
+  }
+
   // Any value, loosely: the skeleton's parser checks what is not lifted.
   bool SkipValue(int depth) {
     if (depth > kMaxScanDepth) return false;
@@ -169,32 +174,17 @@ class Scanner {
       bool escaped;
       return String(&raw, &escaped);
     }
-    if (c == '[' || c == '{') {
-      const char close = c == '[' ? ']' : '}';
-      ++p_;
-      SkipWs();
-      if (Peek() == close) {
-        ++p_;
-        return true;
-      }
-      for (;;) {
-        if (c == '{') {
-          std::string_view raw;
-          bool escaped;
-          if (!String(&raw, &escaped)) return false;
-          SkipWs();
-          if (!Expect(':')) return false;
-          SkipWs();
-        }
-        if (!SkipValue(depth + 1)) return false;
+    if (c == '[') return Items(']', [&] { return SkipValue(depth + 1); });
+    if (c == '{') {
+      return Items('}', [&] {
+        std::string_view raw;
+        bool escaped;
+        if (!String(&raw, &escaped)) return false;
         SkipWs();
-        if (Peek() == ',') {
-          ++p_;
-          SkipWs();
-          continue;
-        }
-        return Expect(close);
-      }
+        if (!Expect(':')) return false;
+        SkipWs();
+        return SkipValue(depth + 1);
+      });
     }
     const char* begin = p_;
     while (!AtValueEnd(p_, end_)) ++p_;
@@ -202,75 +192,35 @@ class Scanner {
   }
 
   bool Inputs() {
-    ++p_;  // '['
-    SkipWs();
-    if (Peek() == ']') {
-      ++p_;
-      return true;
-    }
-    for (int64_t entry = 0;; ++entry) {
-      if (Peek() == '{') {
-        if (!Entry(entry)) return false;
-      } else if (!SkipValue(2)) {
-        return false;
-      }
-      SkipWs();
-      if (Peek() == ',') {
-        ++p_;
-        SkipWs();
-        continue;
-      }
-      return Expect(']');
-    }
+    int64_t entry = 0;
+    return Items(']', [&] { return Peek() == '{' ? Entry(entry++) : (++entry, SkipValue(2)); });
   }
 
   bool Entry(int64_t entry) {
-    ++p_;  // '{'
-    SkipWs();
-    if (Peek() == '}') {
-      ++p_;
-      return true;
-    }
     bool seen_data = false;
-    for (;;) {
+    return Items('}', [&] {
       std::string_view key;
       if (!Key(&key)) return false;
-      if (key == "data") {
-        if (seen_data) return false;
-        seen_data = true;
-        const char* begin = p_;
-        if (Peek() == '[' && Data(1)) {
-          skeleton_->append(last_, static_cast<size_t>(begin - last_));
-          skeleton_->push_back('0');
-          last_ = p_;
-          spans_->push_back({entry, static_cast<size_t>(begin - base_), static_cast<size_t>(p_ - base_)});
-        } else {
-          p_ = begin;  // not lifted: left to the skeleton's parser
-          if (!SkipValue(3)) return false;
-        }
-      } else if (!SkipValue(3)) {
-        return false;
+      if (key != "data") return SkipValue(3);
+      if (seen_data) return false;
+      seen_data = true;
+      const char* begin = p_;
+      if (Peek() == '[' && Data(1)) {
+        skeleton_->append(last_, static_cast<size_t>(begin - last_));
+        skeleton_->push_back('0');
+        last_ = p_;
+        spans_->push_back({entry, static_cast<size_t>(begin - base_), static_cast<size_t>(p_ - base_)});
+        return true;
       }
-      SkipWs();
-      if (Peek() == ',') {
-        ++p_;
-        SkipWs();
-        continue;
-      }
-      return Expect('}');
-    }
+      p_ = begin;  // not lifted: left to the skeleton's parser
+      return SkipValue(3);
+    });
   }
 
   // A liftable data array at p_ (see ScanRequest), strictly; false leaves p_ anywhere.
   bool Data(int depth) {
     if (depth > kMaxDataDepth) return false;
-    ++p_;  // '['
-    SkipWs();
-    if (Peek() == ']') {
-      ++p_;
-      return true;
-    }
-    for (;;) {
+    return Items(']', [&] {
       const char c = Peek();
       if (c == '[') {
         if (!Data(depth + 1)) return false;
@@ -293,15 +243,8 @@ class Scanner {
         }
         p_ += n;
       }
-      if (!AtValueEnd(p_, end_)) return false;
-      SkipWs();
-      if (Peek() == ',') {
-        ++p_;
-        SkipWs();
-        continue;
-      }
-      return Expect(']');
-    }
+      return AtValueEnd(p_, end_);
+    });
   }
 
   const char* base_;
