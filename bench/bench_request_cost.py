@@ -6,9 +6,9 @@ process sends, for each encoding (KServe JSON, the binary tensor extension, msgp
 then N requests one after another on one keep-alive connection to the tiny MLP (32-64-10 of
 bench_server.py, at most 32 samples per batch, 2 ms delay, one ONNX Runtime thread), with collection
 switched on (``callgrind_control -i on``) for exactly those N; the counts are dumped and divided by
-N. With ``--payload-log`` the model's payload log is on at sample rate 1.0 (issue 9's cost); the
-measure starts once the log's first file is open (pyarrow's first use and the Parquet writer's
-creation are not a request's cost).
+N. With ``--payload-log [RATE]`` the model's payload log is on at sample rate RATE (1.0 when not
+given: issue 9's cost); the measure starts once the log's first file is open (pyarrow's first use
+and the Parquet writer's creation are not a request's cost).
 
 Printed per encoding: the instructions per request of the event loop's thread (the server's main
 thread) and of every other thread together (ONNX Runtime, the core's instance threads, the payload
@@ -20,6 +20,7 @@ machine (quote same-run ratios).
 
     python bench/bench_request_cost.py                      # ~3 min: callgrind, then wall clock
     python bench/bench_request_cost.py --payload-log        # the same with the log at rate 1.0
+    python bench/bench_request_cost.py --payload-log 0.1    # ... at the default rate
     python bench/bench_request_cost.py -n 500 --no-wall     # quicker, instructions only
     python bench/bench_request_cost.py --keep DIR           # keep callgrind's files in DIR
 
@@ -128,11 +129,11 @@ def send(client: Client, raw: bytes, n: int) -> None:
             raise SystemExit(f"the server answered {status}")
 
 
-def write_repository(root: Path, payload_log: bool) -> Path:
+def write_repository(root: Path, payload_log: float | None) -> Path:
     repo = root / "models"
     (repo / "tiny" / "1").mkdir(parents=True)
     write_mlp(repo / "tiny" / "1" / "model.onnx", LAYERS["tiny"])
-    table = "[payload_log]\nsample_rate = 1.0\n" if payload_log else ""
+    table = f"[payload_log]\nsample_rate = {payload_log}\n" if payload_log is not None else ""
     (repo / "tiny" / "config.toml").write_text(
         "max_batch_size = 32\ninstance_count = 1\n[dynamic_batching]\nmax_queue_delay_us = 2000\n"
         "[onnxruntime]\nintra_op_num_threads = 1\n" + table)
@@ -258,7 +259,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", type=int, default=2000, help="requests measured per encoding (default 2000)")
     p.add_argument("--warmup", type=int, default=200, help="requests sent before measuring (default 200)")
-    p.add_argument("--payload-log", action="store_true", help="the model's payload log on at sample rate 1.0")
+    p.add_argument("--payload-log", type=float, nargs="?", const=1.0, metavar="RATE",
+                   help="the model's payload log on, at sample rate RATE (default 1.0)")
     p.add_argument("--port", type=int, default=8151)
     p.add_argument("--no-wall", action="store_true", help="skip the run without valgrind (microseconds)")
     p.add_argument("--keep", metavar="DIR", help="copy callgrind's output files to DIR")
@@ -266,12 +268,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pyserve-cost-") as tmp:
         work = Path(tmp)
         repo = write_repository(work, args.payload_log)
-        log_dir = work / "payload-log" if args.payload_log else None
+        log_dir = work / "payload-log" if args.payload_log is not None else None
         cg = run_callgrind(args, repo, log_dir, work)
         wall = {} if args.no_wall else run_wall(args, repo, log_dir)
     n = args.n
     print(f"# pyserve request cost, tiny model (32-64-10), 1 client, one request at a time, N={n} per encoding, "
-          f"payload log {'on, rate 1.0' if args.payload_log else 'off'}")
+          f"payload log {'off' if args.payload_log is None else f'on, rate {args.payload_log}'}")
     print("# instructions/request (callgrind); loop = the event loop's thread, other = every other thread")
     print(f"{'stage':40s}" + "".join(f"{e:>12s}" for e in ENCODINGS))
     rows = [("loop thread, total", [cg[e]["totals"].get(1, 0) for e in ENCODINGS]),

@@ -346,6 +346,7 @@ def test_the_others_are_left_to_the_general_path(taken: dict[str, bool], name: s
 
 def test_a_model_with_a_traffic_policy_or_an_acting_hook_is_left_to_the_general_path(repo: Repo) -> None:
     from pyserve.server.fast_infer import FastInfer
+    from pyserve.service import CallContext
     from pyserve.service.hooks import InferHooks
 
     url, headers, payload = _split(corpus()["affine-json"])
@@ -372,6 +373,7 @@ def test_observing_hooks_ride_the_fast_path_and_see_what_the_general_path_shows(
     """A hook that only observes (the payload log) does not send the call to the general path: the
     fast path calls its after_response with the call's context and answer, as complete() does."""
     from pyserve.server.fast_infer import FastInfer
+    from pyserve.service import CallContext
     from pyserve.service.hooks import InferHooks
 
     url, headers, payload = _split(corpus()["affine-json"])
@@ -382,6 +384,8 @@ def test_observing_hooks_ride_the_fast_path_and_see_what_the_general_path_shows(
             return True
 
         def after_response(self, ctx: Any, runner: Any, request: Any, response: Any) -> None:
+            assert isinstance(ctx, CallContext)  # hooks may use all of it (deadline_ns, cancel)
+            assert (ctx.routing_key, ctx.timeout_us, ctx.priority, ctx.deadline_ns) == (None, 0, 0, 0)
             seen.append((ctx.protocol, ctx.request_id, ctx.future, ctx.started_ns, runner.version,
                          sorted(request.inputs), response.model_name, response.id, dict(response.outputs)))
 

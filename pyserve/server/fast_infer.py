@@ -162,20 +162,25 @@ class _Target:
         self.plans: RequestPlans | None = None
 
 
-class _Call:
-    """One call on the fast path, from its submit to its answer."""
+class _Call(CallContext):
+    """One call on the fast path, from its submit to its answer: its :class:`CallContext` too (what
+    observers and errors are given), as the general path would make it, at no extra object."""
 
-    __slots__ = ("runner", "req", "protocol", "observers", "ctx")
+    __slots__ = ("runner", "req", "observers")
 
-    def __init__(self, runner: Any, req: InferRequest, protocol: str, observers: tuple,
-                 ctx: CallContext | None) -> None:
+    def __init__(self, runner: Any, req: InferRequest, protocol: str, observers: tuple) -> None:
+        # CallContext's fields set here, not by its dataclass __init__ (a default factory and a
+        # frame more for every call): no routing key, no timeout or priority on this path.
+        self.protocol = protocol
+        self.request_id = req.id
+        self.routing_key = None
+        self.timeout_us = 0
+        self.priority = 0
+        self.started_ns = time.monotonic_ns()
+        self.future = None
         self.runner = runner
         self.req = req
-        self.protocol = protocol
-        # The after_response hooks that only observe (the payload log), and the call's context for
-        # them (None without observers: no context is made).
-        self.observers = observers
-        self.ctx = ctx
+        self.observers = observers  # the after_response hooks that only observe (the payload log)
 
 
 class FastInfer:
@@ -253,13 +258,12 @@ class FastInfer:
                 if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
                     return None
         # From here on, as the general path: errors are recorded and answered, never handed back.
-        call = _Call(runner, req, protocol, observers, CallContext(protocol, req.id) if observers else None)
+        call = _Call(runner, req, protocol, observers)
         try:
             future = runner.submit(req.inputs)
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
             return self._failed(call, e)
-        if call.ctx is not None:
-            call.ctx.future = future
+        call.future = future
         return Deferred(future, functools.partial(self._finish, call))
 
     def _finish(self, call: _Call, done: asyncio.Future) -> Response | Deferred:
@@ -290,7 +294,7 @@ class FastInfer:
         response = InferResponse(runner.config.name, runner.version, outputs, req.id, None)
         for hook, hooks in call.observers:
             try:
-                hook(call.ctx, runner, req, response)
+                hook(call, runner, req, response)
             except Exception:  # noqa: BLE001 - as the general path: a hook's fault never fails a call
                 log.exception("after_response hook %s failed", type(hooks).__name__)
         return response
@@ -299,10 +303,9 @@ class FastInfer:
         """The answer to a call that raised ``e`` (call it in the ``except`` block), recorded as the
         general path records it (:func:`pyserve.server.handlers._infer_failed`)."""
         runner = call.runner
-        ctx = call.ctx if call.ctx is not None else CallContext(call.protocol, call.req.id)
         if isinstance(e, PyserveError):
-            self.service.failed(runner.config.name, e, ctx, runner, call.req)
+            self.service.failed(runner.config.name, e, call, runner, call.req)
             return http_errors.error_response(e.kind, e.message)
         log.exception("unexpected error in an infer request of model %s", runner.config.name)
-        self.service.failed(runner.config.name, internal(INTERNAL_ERROR), ctx, runner, call.req)
+        self.service.failed(runner.config.name, internal(INTERNAL_ERROR), call, runner, call.req)
         return messages.internal_error()
