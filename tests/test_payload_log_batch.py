@@ -273,3 +273,62 @@ def test_gathered_records_are_built_once_build_s_has_passed(tmp_path: Path) -> N
     drain_calls(plog, config, 2)
     plog._rotate(time.time())
     assert plog._gathered_rows == 0 and files._open["m"].pending_rows == 2
+
+
+def test_a_batch_is_transposed_without_an_object_per_record() -> None:
+    """The writer turns thousands of records into columns without thousands of objects alive at once
+    (``zip(*records)`` makes an iterator per record): those would start collections of the young
+    generation, which walk the loop's new objects too."""
+    n = 5000
+    records = [tuple(range(i, i + payload_log._FIELDS)) for i in range(n)]
+    collections: list[int] = []
+
+    def started(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.collect()  # the young generation's count starts at 0 (a collection at 700 more objects)
+    gc.callbacks.append(started)
+    try:
+        fields = payload_log._transposed(records)
+    finally:
+        gc.callbacks.remove(started)
+    assert len(fields) == payload_log._FIELDS
+    assert all(fields[k] == tuple(range(k, k + n)) for k in range(payload_log._FIELDS))
+    assert collections == [], f"{len(collections)} collections while {n} records were transposed"
+
+
+def test_pyarrow_is_set_up_before_the_server_freezes_its_start_up(tmp_path: Path) -> None:
+    """Whatever pyarrow imports on first use (pandas, when installed; compute functions; the Parquet
+    writer) is imported when the payload log is made, not at its first write on the writer's
+    thread: the server freezes what start-up built, and modules imported later would be walked by
+    every full collection. Checked in a fresh interpreter, where nothing is imported yet."""
+    script = f"""
+import sys, types
+from pathlib import Path
+import numpy as np
+from pyserve.config import ModelConfig, PayloadLogConfig, TensorSpec
+from pyserve.payload_log import PayloadLog, PayloadLogSettings
+from pyserve.protocol import InferRequest, InferResponse
+from pyserve.service import CallContext
+
+config = ModelConfig("m", "onnxruntime", (TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "INT64", (1,)),),
+                     max_batch_size=8, payload_log=PayloadLogConfig(enabled=True, sample_rate=1.0))
+plog = PayloadLog(PayloadLogSettings(log_dir=Path({str(tmp_path)!r})), lambda name: config)
+before = set(sys.modules)
+runner = types.SimpleNamespace(config=config, version="1")
+plog.start()
+for i in range(50):
+    plog.after_response(CallContext("http+json", str(i)), runner,
+                        InferRequest({{"x": np.full((1, 4), i, np.float32)}}),
+                        InferResponse("m", "1", {{"y": np.full((1, 1), i)}}))
+plog.flush()
+plog.close()
+print(sorted(m for m in set(sys.modules) - before if not m.startswith("encodings."))[:10])
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert sum(pq.read_metadata(p).num_rows for p in completed_files(tmp_path)) == 50

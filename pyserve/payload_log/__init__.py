@@ -24,6 +24,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,7 +61,7 @@ MAX_CONFIGS = 1024  # model configs known by key before the older ones are forgo
 # A queued record: a tuple of these fields, in this order (see _put). _STARTED_NS is the monotonic
 # clock's (one clock read per call on the loop's thread), made wall-clock time by the writer.
 (_STARTED_NS, _DURATION_NS, _VERSION, _REQUEST_ID, _PROTOCOL, _STATUS, _ERROR, _SAMPLED, _INPUTS, _OUTPUTS,
- _QUEUE_US, _COMPUTE_US, _CONFIG) = range(13)
+ _QUEUE_US, _COMPUTE_US, _CONFIG) = range(_FIELDS := 13)
 
 
 def require_pyarrow() -> None:
@@ -89,6 +90,13 @@ def _wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
+def _transposed(records: list[tuple]) -> list[tuple]:
+    """The fields of ``records`` (tuples of _FIELDS items), one tuple per field. Not ``zip(*records)``:
+    that makes an iterator per record, all alive at once, and thousands of them start collections of
+    the garbage collector's young generation, which then walk the server's other new objects too."""
+    return [tuple(map(itemgetter(i), records)) for i in range(_FIELDS)]
+
+
 def _within(tensors: dict | None, limit: int) -> dict | None:
     """``tensors`` with each array over ``limit`` bytes replaced by a view of one zero broadcast to its
     shape: same datatype, shape and ``nbytes``, no memory held (the record then logs no values)."""
@@ -112,11 +120,14 @@ class PayloadLog(InferHooks):
                  registry: CollectorRegistry | None = None) -> None:
         if settings.log_dir is not None:
             require_pyarrow()
-            # Imported now, not at the first write: the server freezes what start-up built out of the
-            # collector's generations (pyserve.server.app), and these modules (pyarrow.compute's
-            # hundreds of functions) would otherwise be walked by every full collection.
+            # Imported and used now, not at the first write: the server freezes what start-up built
+            # out of the collector's generations (pyserve.server.app), and these modules
+            # (pyarrow.compute's hundreds of functions, pandas) would otherwise be walked by every
+            # full collection.
             import pyserve.payload_log.files
-            import pyserve.payload_log.table  # noqa: F401
+            import pyserve.payload_log.table
+
+            pyserve.payload_log.table.warm_up()
         self.settings = settings
         self._model_config = model_config
         self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
@@ -445,7 +456,7 @@ class PayloadLog(InferHooks):
 
         # The records' fields transposed into columns at C speed; grouped by config key (the same for
         # every call of one model config: one group, as a rule), one layout looked up per group.
-        fields = list(zip(*records))
+        fields = _transposed(records)
         keys = fields[_CONFIG]
         if keys.count(keys[0]) == len(keys):
             groups = {keys[0]: fields}
@@ -453,7 +464,7 @@ class PayloadLog(InferHooks):
             rows: dict[int, list[tuple]] = {}
             for r in records:
                 rows.setdefault(r[_CONFIG], []).append(r)
-            groups = {key: list(zip(*group)) for key, group in rows.items()}
+            groups = {key: _transposed(group) for key, group in rows.items()}
         for key, group in groups.items():
             config = self._config(key)
             lkey = layout_key(config)

@@ -364,3 +364,31 @@ def decode(capture: Capture) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The inputs and outputs the log keeps of ``capture``, redacted (:func:`select`)."""
     config = capture.config
     return select(capture.inputs, config.inputs, config), select(capture.outputs, config.outputs, config)
+
+
+def warm_up() -> None:
+    """Builds and writes (to memory) a small table of every kind of column, so that what pyarrow
+    imports and sets up on first use (pandas, when installed, at its first numpy conversion; the
+    compute functions; the Parquet writer) is done now. The server calls it before it freezes what
+    start-up built out of the garbage collector's generations (pyserve.server.app): imported later,
+    on the writer's thread, pandas alone would add some 70,000 objects to the oldest generation,
+    which every full collection walks. Raises what pyarrow raises (nothing, as a rule)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pyserve.config import ModelConfig, TensorSpec
+    from pyserve.payload_log.files import writer_options
+
+    model = ModelConfig("warm-up", "python", (TensorSpec("x", "FP32", (2,)), TensorSpec("s", "BYTES", (1,))),
+                        (TensorSpec("y", "INT64", (1,)),), max_batch_size=4,
+                        payload_log=PayloadLogConfig(enabled=True, sample_rate=1.0))
+    layout = Layout(model)
+    x = np.zeros((1, 2), np.float32)
+    records = Records(np.zeros(2, np.int64), (1, 1), ("1", "1"), ("a", None), ("http+json", "http+json"),
+                      (OK, "invalid_argument"), (None, "e"), (True, True),
+                      ({"x": x, "s": np.array([[b"a"]], dtype=object)}, {"x": x[:, :1]}),
+                      ({"y": np.zeros((1, 1), np.int64)}, None), (1, None), (1, None))
+    table = build_table(layout, records)
+    with pq.ParquetWriter(io.BytesIO(), table.schema, **writer_options(table.schema)) as writer:
+        writer.write_table(table)
