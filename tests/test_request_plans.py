@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_json_tensor import EDGES, body_of
 
+from pyserve import _core
 from pyserve.errors import PyserveError
 from pyserve.protocol import kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
@@ -71,6 +72,39 @@ def test_the_other_fields_come_from_the_plan(extra: str) -> None:
     plans.decode_json(body_of("INT32", [2], "[1, 2]", extra))
     body = body_of("INT32", [2], "[3, 4]", extra)
     assert result(plans.decode_json, body) == result(kserve.decode_request, body)
+
+
+def test_requests_that_differ_in_their_ids_share_a_plan() -> None:
+    """A client that sends a new id with each request (a UUID, a counter) still gets a plan: a
+    plain id is lifted out of the skeleton like the data, and each request keeps its own id."""
+    plans = planned("FP32")
+    ids = ["r", "", "0b8f6c1e-2c7e-4f5a-9d1b-2a3c4d5e6f70", "id with spaces", "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    bodies = [json.dumps({"id": i, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [k, 2]}]})
+              .encode() for k, i in enumerate(ids)]
+    plans.decode_json(bodies[0])
+    assert len(plans._json) == 1
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        got = [plans.decode_json(b) for b in bodies[1:]]
+    assert [r.id for r in got] == ids[1:]
+    assert [r.inputs["x"].tolist() for r in got] == [[[k, 2]] for k in range(1, len(ids))]
+    assert len(plans._json) == 1
+
+
+@pytest.mark.parametrize("id_text", [r'"caf\u00e9"', '"café"', r'"a\"b"', '"tab\there"', "5", "null", '["a"]',
+                                     '"\u0000"', '"del\x7f"', r'"\t"'])
+def test_ids_that_are_not_plain_stay_in_the_skeleton(id_text: str) -> None:
+    """An id with escapes, non-ASCII or control characters, or not a string, is not lifted: its
+    bytes are the skeleton's, and the full decoder reads (or refuses) it as before."""
+    plans = planned("FP32")
+    body = ('{"id": %s, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}' % id_text).encode()
+    scanned = _core.scan_kserve_request(body)
+    assert scanned is not None and [s[0] for s in scanned[1]] == [0]
+    for _ in range(2):  # the second time from its plan, when the first was taken
+        assert result(plans.decode_json, body) == result(kserve.decode_request, body)
+    duplicate = b'{"id": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "id": "b"}'
+    assert _core.scan_kserve_request(duplicate) is None  # orjson keeps the last: the full decoder's
+    assert result(plans.decode_json, duplicate) == result(kserve.decode_request, duplicate)
 
 
 def test_bytes_and_empty_tensors_are_not_planned() -> None:

@@ -85,11 +85,17 @@ class Scanner {
     SkipWs();
     if (Peek() != '{') return false;
     bool seen_inputs = false;
+    bool seen_id = false;
     return Items('}', [&] {
       std::string_view key;
       if (!Key(&key)) return false;
+      if (key == "id") {
+        if (seen_id) return false;  // orjson keeps the last: leave such bodies to it
+        seen_id = true;
+        return Id() || SkipValue(1);
+      }
       if (key != "inputs") return SkipValue(1);
-      if (seen_inputs) return false;  // orjson keeps the last: leave such bodies to it
+      if (seen_inputs) return false;
       seen_inputs = true;
       return Peek() == '[' ? Inputs() : SkipValue(1);
     }) && Finish();
@@ -109,6 +115,26 @@ class Scanner {
     SkipWs();
     if (p_ != end_) return false;
     skeleton_->append(last_, static_cast<size_t>(end_ - last_));
+    if (id_.entry == kIdEntry) spans_->push_back(id_);
+    return true;
+  }
+
+  // The request's `id` at p_, lifted when it is a string of printable ASCII without escapes (what
+  // JSON takes as it is); false leaves p_ where it was, for SkipValue.
+  bool Id() {
+    if (Peek() != '"') return false;
+    const char* begin = p_ + 1;
+    const char* q = begin;
+    while (q < end_ && *q != '"') {
+      if (*q < 0x20 || *q > 0x7e || *q == '\\') return false;
+      ++q;
+    }
+    if (q >= end_) return false;
+    skeleton_->append(last_, static_cast<size_t>(p_ - last_));
+    skeleton_->append("\"\"");
+    p_ = q + 1;
+    last_ = p_;
+    id_ = {kIdEntry, static_cast<size_t>(begin - base_), static_cast<size_t>(q - base_)};
     return true;
   }
 
@@ -253,6 +279,7 @@ class Scanner {
   const char* last_;  // the end of what the skeleton holds so far
   std::string* skeleton_;
   std::vector<JsonDataSpan>* spans_;
+  JsonDataSpan id_{};  // the lifted id's span (entry kIdEntry), once found
 };
 
 // One element of data as parsed.

@@ -22,7 +22,11 @@
 
 namespace pyserve {
 
-// The byte span [begin, end) of the `data` array of the input at `entry` (its index in `inputs`).
+// The entry of the span of the request's `id` (see ScanRequest).
+inline constexpr int64_t kIdEntry = -1;
+
+// The byte span [begin, end) of the `data` array of the input at `entry` (its index in `inputs`),
+// or of the text of the request's `id` between its quotes (entry kIdEntry).
 struct JsonDataSpan {
   int64_t entry = 0;
   size_t begin = 0;
@@ -30,8 +34,11 @@ struct JsonDataSpan {
 };
 
 // Scans a request body (a JSON object). On true, `spans` holds the lifted `data` arrays, in body
-// order, and `skeleton` the body with each replaced by `0`. False when the body is not one this
-// scanner can take apart with certainty (not an object, escaped or repeated keys `inputs`/`data`,
+// order, and `skeleton` the body with each replaced by `0`; a top-level `id` that is a string of
+// printable ASCII without escapes is lifted too (its span last in `spans`, with entry kIdEntry, and
+// `""` in its place in the skeleton), so that requests differing only in their ids have one
+// skeleton. False when the body is not one this
+// scanner can take apart with certainty (not an object, escaped or repeated keys `inputs`/`data`/`id`,
 // nesting over 512 levels, unterminated strings...): the caller decodes the body as before.
 // A `data` array is lifted only when it holds nothing but arrays, JSON numbers (strict grammar, no
 // finite number too large for a double), true, false and the tokens NaN, Infinity and -Infinity,

@@ -26,6 +26,10 @@ import orjson
 from pyserve import _core
 from pyserve.protocol import ragged_data, wrong_count
 
+# The entry of the request id's span in what _core.scan_kserve_request gives (kIdEntry in
+# csrc/core/json_tensor.h); the data spans' entries are the inputs' indexes.
+ID_ENTRY = -1
+
 
 class DataSpan(NamedTuple):
     """Where an input's ``data`` array lies in the body: ``body[begin:end]`` (byte offsets)."""
@@ -39,9 +43,13 @@ def parse(body: bytes | bytearray) -> dict | None:
     into ``body`` (read by :func:`array_from_json`); None when the body is to be decoded by the
     reference decoder as a whole (nothing lifted, or a body the scanner or orjson does not take)."""
     scanned = _core.scan_kserve_request(body)
-    if scanned is None or not scanned[1]:
+    if scanned is None:
         return None
     skeleton, spans = scanned
+    # A plain id is lifted too (its span last, entry ID_ENTRY): printable ASCII, nothing to decode.
+    id_span = spans.pop() if spans and spans[-1][0] == ID_ENTRY else None
+    if not spans:
+        return None
     try:
         doc = orjson.loads(skeleton)
     except orjson.JSONDecodeError:
@@ -51,6 +59,8 @@ def parse(body: bytes | bytearray) -> dict | None:
         return None
     for entry, begin, end in spans:
         inputs[entry]["data"] = DataSpan(begin, end)  # the scanner lifts data of objects only
+    if id_span is not None:
+        doc["id"] = body[id_span[1]:id_span[2]].decode("ascii")
     return doc
 
 

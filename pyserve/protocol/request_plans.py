@@ -1,14 +1,16 @@
 """Decode plans: a request body whose non-data bytes were seen before decodes by its data alone.
 
-A client sends the same request, but its numbers, again and again: the same input names,
-datatypes, shapes, id and parameters. Everything the decoder works out from those bytes (the
+A client sends the same request, but its numbers (and its id), again and again: the same input
+names, datatypes, shapes and parameters. Everything the decoder works out from those bytes (the
 document, the checks of every field, the model's input check, the requested outputs) is then the
 same as last time, and only the tensors' data differ. A :class:`RequestPlans` remembers, per body
 "skeleton", what the full decoder (:func:`pyserve.protocol.kserve.decode_request`) made of it:
 
 - KServe JSON: the skeleton is what ``pyserve._core.scan_kserve_request`` leaves once it lifted the
-  inputs' ``data`` arrays out (the same bytes the full decoder parses with orjson); with a plan,
-  each data array is decoded by ``pyserve._core.decode_json_tensor`` into the planned shape.
+  inputs' ``data`` arrays out (the same bytes the full decoder parses with orjson), and the
+  request's ``id`` when it is a string of printable ASCII without escapes; with a plan, each data
+  array is decoded by ``pyserve._core.decode_json_tensor`` into the planned shape, and the id is
+  the lifted text.
 - The binary tensor extension: the skeleton is the JSON header (the first
   ``Inference-Header-Content-Length`` bytes) and the body's length; with a plan, each tensor is a
   view of its planned byte range (``numpy.frombuffer``), as the full decoder makes it.
@@ -35,6 +37,7 @@ import orjson
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
+from pyserve.protocol.kserve_json import ID_ENTRY
 
 MAX_PLANS = 16  # skeletons remembered per model version and encoding; more are decoded in full
 MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not remembered
@@ -58,9 +61,9 @@ class _Plan:
         self.outputs = req.outputs
         self.input_parameters = req.input_parameters
 
-    def request(self, inputs: dict[str, np.ndarray]) -> InferRequest:
+    def request(self, inputs: dict[str, np.ndarray], request_id: str | None) -> InferRequest:
         # The fields are shared between the requests of one plan: the server only reads them.
-        return InferRequest(inputs, self.id, self.parameters, self.outputs, self.input_parameters)
+        return InferRequest(inputs, request_id, self.parameters, self.outputs, self.input_parameters)
 
 
 class RequestPlans:
@@ -79,6 +82,9 @@ class RequestPlans:
         scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
         if scanned is not None:
             skeleton, spans = scanned
+            # A plain id is lifted like the data (its own span, last): requests that differ in
+            # their ids alone share a plan.
+            id_span = spans.pop() if spans and spans[-1][0] == ID_ENTRY else None
             plan = self._json.get(skeleton)
             if plan is not None and len(spans) == len(plan.tensors):
                 inputs = {}
@@ -91,7 +97,9 @@ class RequestPlans:
                         break  # declined or refused: the full decoder decides, with its messages
                     inputs[name] = flat.reshape(shape)
                 else:
-                    return plan.request(inputs)
+                    if id_span is None:
+                        return plan.request(inputs, plan.id)
+                    return plan.request(inputs, body[id_span[1]:id_span[2]].decode("ascii"))
         req = kserve.decode_request(body, None, self._check)
         if scanned is not None and len(self._json) < MAX_PLANS and len(scanned[0]) <= MAX_SKELETON_BYTES:
             self._plan_json(scanned, req)
@@ -123,7 +131,7 @@ class RequestPlans:
             if plan is not None:
                 view = memoryview(body)
                 return plan.request({name: np.frombuffer(view[begin:end], dtype).reshape(shape)
-                                     for name, dtype, shape, begin, end in plan.tensors})
+                                     for name, dtype, shape, begin, end in plan.tensors}, plan.id)
         req = kserve.decode_request(body, header_length, self._check)
         if key is not None and len(self._binary) < MAX_PLANS:
             self._plan_binary(key, length, req)
@@ -159,7 +167,7 @@ class RequestPlans:
                     break
             else:
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
-                                     for name, dtype, shape, count, begin in plan.tensors})
+                                     for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
         if len(self._msgpack) < MAX_MSGPACK_PLANS and size <= MAX_MSGPACK_BODY_BYTES:
             self._plan_msgpack(bytes(body), req)
