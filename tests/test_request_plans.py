@@ -140,6 +140,24 @@ def test_binary_bodies_decode_as_the_full_decoder(values: list[float], seed: int
     assert got == result(kserve.decode_request, longer, length) and got[0] == "refused"
 
 
+def test_binary_requests_that_differ_in_their_ids_share_a_plan() -> None:
+    """As for JSON: the binary header's plain id is lifted, so new ids keep the plan; an id that is
+    not plain stays in the header, which is then a skeleton of its own."""
+    datatypes = {"a": "FP32"}
+    plans = RequestPlans(datatypes, None)
+    ids = ["q", "", "7f1d3c", 'say "hi"', "caf\u00e9"]
+    bodies = [binary_body({"a": np.full(3, k, np.float32)}, datatypes, {"id": i}) for k, i in enumerate(ids)]
+    plans.decode_binary(*bodies[0])
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        got = [plans.decode_binary(*b) for b in bodies[1:3]]
+    assert [r.id for r in got] == ids[1:3] and [r.inputs["a"].tolist() for r in got] == [[1] * 3, [2] * 3]
+    for body in bodies[3:]:  # escapes in the id: decoded in full, then planned by their own header
+        for _ in range(2):
+            assert result(plans.decode_binary, *body) == result(kserve.decode_request, *body)
+    assert len(plans._binary) == 3
+
+
 def test_binary_header_lengths_the_full_decoder_reads() -> None:
     datatypes = {"a": "FP32"}
     plans = RequestPlans(datatypes, None)

@@ -12,7 +12,8 @@ same as last time, and only the tensors' data differ. A :class:`RequestPlans` re
   array is decoded by ``pyserve._core.decode_json_tensor`` into the planned shape, and the id is
   the lifted text.
 - The binary tensor extension: the skeleton is the JSON header (the first
-  ``Inference-Header-Content-Length`` bytes) and the body's length; with a plan, each tensor is a
+  ``Inference-Header-Content-Length`` bytes, a plain id lifted as from a JSON body) and the length
+  of the tensors' bytes after it; with a plan, each tensor is a
   view of its planned byte range (``numpy.frombuffer``), as the full decoder makes it.
 - msgpack: the body's length and its bytes but the tensors' ``bin`` payloads (found once by walking
   the body with ``msgpack.Unpacker``); a body equal to a plan's around the payloads is the same
@@ -126,24 +127,32 @@ class RequestPlans:
         length = int(header_length) if plain else -1
         key = None
         if 0 <= length <= min(len(body), MAX_SKELETON_BYTES):
-            key = (bytes(body[:length]), len(body))
+            header = bytes(body[:length])
+            request_id = None
+            if b'"id"' in header:  # a plain id is lifted, as from a JSON body: new ids, one plan
+                scanned = _core.scan_kserve_request(header)
+                if scanned is not None and len(scanned[1]) == 1 and scanned[1][0][0] == ID_ENTRY:
+                    _, begin, end = scanned[1][0]
+                    header, request_id = scanned[0], header[begin:end].decode("ascii")
+            key = (header, len(body) - length)  # the tensors' bytes follow the header, whatever its id
             plan = self._binary.get(key)
             if plan is not None:
-                view = memoryview(body)
+                view = memoryview(body)[length:]
                 return plan.request({name: np.frombuffer(view[begin:end], dtype).reshape(shape)
-                                     for name, dtype, shape, begin, end in plan.tensors}, plan.id)
+                                     for name, dtype, shape, begin, end in plan.tensors},
+                                    plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
         if key is not None and len(self._binary) < MAX_PLANS:
-            self._plan_binary(key, length, req)
+            self._plan_binary(key, req)
         return req
 
-    def _plan_binary(self, key: tuple[bytes, int], length: int, req: InferRequest) -> None:
+    def _plan_binary(self, key: tuple[bytes, int], req: InferRequest) -> None:
         try:
             entries = orjson.loads(key[0])["inputs"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return  # NaN tokens and the like: the full decoder's reading, not planned
         tensors = []
-        offset = length
+        offset = 0  # from the header's end
         for entry, (name, arr) in zip(entries, req.inputs.items()):
             params: Any = entry.get("parameters")
             size = params.get("binary_data_size") if type(params) is dict else None
