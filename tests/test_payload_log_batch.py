@@ -332,3 +332,20 @@ print(sorted(m for m in set(sys.modules) - before if not m.startswith("encodings
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     assert sum(pq.read_metadata(p).num_rows for p in completed_files(tmp_path)) == 50
+
+
+def test_the_writer_threads_cpu_time_is_counted(tmp_path: Path) -> None:
+    """pyserve_payload_log_writer_cpu_seconds_total grows with the writer's work (its thread's CPU
+    time, not wall time: waiting between batches costs nothing)."""
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path), lambda name: config)
+    plog.start()
+    try:
+        for _ in range(200):
+            hooks_call(plog, config, CallContext("http+json"))
+        plog.flush()
+    finally:
+        plog.close()
+    spent = plog.writer_cpu_seconds._value.get()
+    assert plog.records_total.labels("m", "written")._value.get() == 600
+    assert 0 < spent <= time.process_time()  # some, and no more than the whole process spent

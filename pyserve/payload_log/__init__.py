@@ -145,6 +145,10 @@ class PayloadLog(InferHooks):
             "pyserve_payload_log_sink_events", "CloudEvents of the payload log sink by result: delivered, "
             "failed (given up after the retries), dropped (the sink's queue was full).",
             ["model", "result"], registry=registry)
+        self.writer_cpu_seconds = Counter(
+            "pyserve_payload_log_writer_cpu_seconds", "CPU time of the payload log's writer thread: taking "
+            "records off the queue, building and writing their files, handing them to the sink and the "
+            "drift monitor.", registry=registry)
         self.sink_retries_total = Counter(
             "pyserve_payload_log_sink_retries", "Posts of the payload log sink retried after a failure.",
             ["model"], registry=registry)
@@ -357,6 +361,7 @@ class PayloadLog(InferHooks):
         while True:
             stopping = self._stop.wait(wait)
             started = time.monotonic()
+            cpu_started = time.thread_time()
             try:
                 wait = next_wait(wait, self._drain(), self._max, flush_s)
                 if self._files is not None:
@@ -380,6 +385,7 @@ class PayloadLog(InferHooks):
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("payload log: the writer failed on a batch of records")
                 wait = flush_s
+            self.writer_cpu_seconds.inc(time.thread_time() - cpu_started)
             if stopping and not self._queue:
                 return
             wait = max(MIN_WAIT_S, wait - (time.monotonic() - started))
