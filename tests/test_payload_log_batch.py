@@ -204,9 +204,9 @@ def test_records_queued_across_config_reloads_keep_their_config(monkeypatch: pyt
 def test_the_writer_wakes_sooner_when_records_come_fast() -> None:
     # 100 records in 0.5 s with room for 10,000: the usual half second
     assert next_wait(0.5, 100, 10_000, 0.5) == 0.5
-    # 8,000 in 0.5 s would fill the queue before the next drain: wake when about half is there
-    assert next_wait(0.5, 8_000, 10_000, 0.5) == pytest.approx(0.3125)
-    assert next_wait(0.3125, 5_000, 10_000, 0.5) == pytest.approx(0.3125)
+    # 8,000 in 0.5 s would fill the queue before the next drain: wake when about a quarter is there
+    assert next_wait(0.5, 8_000, 10_000, 0.5) == pytest.approx(0.15625)
+    assert next_wait(0.15625, 2_500, 10_000, 0.5) == pytest.approx(0.15625)
     # however fast, never a busy loop; back to the half second when nothing came
     assert next_wait(0.5, 10_000_000, 10_000, 0.5) == payload_log.MIN_WAIT_S
     assert next_wait(0.02, 0, 10_000, 0.5) == 0.5
@@ -329,7 +329,8 @@ print(sorted(m for m in set(sys.modules) - before if not m.startswith("encodings
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
     assert sum(pq.read_metadata(p).num_rows for p in completed_files(tmp_path)) == 50
 

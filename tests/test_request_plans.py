@@ -78,9 +78,10 @@ def test_requests_that_differ_in_their_ids_share_a_plan() -> None:
     """A client that sends a new id with each request (a UUID, a counter) still gets a plan: a
     plain id is lifted out of the skeleton like the data, and each request keeps its own id."""
     plans = planned("FP32")
-    ids = ["r", "", "0b8f6c1e-2c7e-4f5a-9d1b-2a3c4d5e6f70", "id with spaces", "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
-    bodies = [json.dumps({"id": i, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [k, 2]}]})
-              .encode() for k, i in enumerate(ids)]
+    ids = ["r", "", "0b8f6c1e-2c7e-4f5a-9d1b-2a3c4d5e6f70", "id with spaces",
+           "~!#$%&'()*+,-./:;<=>?@[]^_`{|}"]
+    bodies = [json.dumps({"id": i, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
+                                               "data": [k, 2]}]}).encode() for k, i in enumerate(ids)]
     plans.decode_json(bodies[0])
     assert len(plans._json) == 1
     with pytest.MonkeyPatch.context() as m:
@@ -91,18 +92,20 @@ def test_requests_that_differ_in_their_ids_share_a_plan() -> None:
     assert len(plans._json) == 1
 
 
-@pytest.mark.parametrize("id_text", [r'"caf\u00e9"', '"café"', r'"a\"b"', '"tab\there"', "5", "null", '["a"]',
+@pytest.mark.parametrize("id_text", [r'"caf\u00e9"', '"café"', r'"a\"b"', '"tab\there"', "5", "null",
+                                     '["a"]',
                                      '"\u0000"', '"del\x7f"', r'"\t"'])
 def test_ids_that_are_not_plain_stay_in_the_skeleton(id_text: str) -> None:
     """An id with escapes, non-ASCII or control characters, or not a string, is not lifted: its
     bytes are the skeleton's, and the full decoder reads (or refuses) it as before."""
     plans = planned("FP32")
-    body = ('{"id": %s, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}' % id_text).encode()
+    entry = '{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}'
+    body = ('{"id": %s, "inputs": [%s]}' % (id_text, entry)).encode()
     scanned = _core.scan_kserve_request(body)
     assert scanned is not None and [s[0] for s in scanned[1]] == [0]
     for _ in range(2):  # the second time from its plan, when the first was taken
         assert result(plans.decode_json, body) == result(kserve.decode_request, body)
-    duplicate = b'{"id": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}], "id": "b"}'
+    duplicate = ('{"id": "a", "inputs": [%s], "id": "b"}' % entry).encode()
     assert _core.scan_kserve_request(duplicate) is None  # orjson keeps the last: the full decoder's
     assert result(plans.decode_json, duplicate) == result(kserve.decode_request, duplicate)
 

@@ -88,10 +88,11 @@ _OUTPUTS_HEAD = b',"outputs":['
 
 
 def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
-    """The reply of ``req`` with ``outputs`` (the requested ones), written as the general path's encoders write
-    it (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same bytes) with fewer
-    Python frames and objects; None when it is not the small numeric reply these take (BYTES, another
-    byte order, a reply the general path writes with orjson or joins off the GIL)."""
+    """The reply of ``req`` with ``outputs`` (the requested ones), written as the general path's
+    encoders write it (``kserve.encode_response``, ``msgpack_codec.encode_response``: the same
+    bytes) with fewer Python frames and objects; None when it is not the small numeric reply these
+    take (BYTES, another byte order, a reply the general path writes with orjson or joins off the
+    GIL)."""
     doc: dict[str, Any] = {"model_name": runner.config.name, "model_version": runner.version}
     if req.id is not None:
         doc["id"] = req.id

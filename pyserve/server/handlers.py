@@ -222,8 +222,8 @@ def encode_reply(req: InferRequest, resp: Any, protocol: str,
     thread with the GIL released for JSON. ``failed(e)`` answers an encoder's error ``e`` on that
     thread (it is called in the ``except`` block); one on the loop's thread is raised."""
     if _reply_nbytes(resp) > ENCODE_OFF_LOOP_BYTES:
-        future = asyncio.get_running_loop().run_in_executor(_decoder_pool(), _encode_infer, req, resp, protocol,
-                                                            True)
+        future = asyncio.get_running_loop().run_in_executor(_decoder_pool(), _encode_infer, req, resp,
+                                                            protocol, True)
         return Deferred(future, functools.partial(_encoded, failed))
     return _encode_infer(req, resp, protocol)
 

@@ -278,8 +278,8 @@ class InferenceService:
         for r in request.outputs:
             if r.classification:
                 spec = runner.output_specs[r.name]
-                selected[r.name] = classify(outputs[r.name], r.classification, runner.config.max_batch_size > 0,
-                                            spec.labels, output=r.name)
+                selected[r.name] = classify(outputs[r.name], r.classification,
+                                            runner.config.max_batch_size > 0, spec.labels, output=r.name)
             else:
                 selected[r.name] = outputs[r.name]
         return selected
