@@ -350,3 +350,26 @@ def test_the_writer_threads_cpu_time_is_counted(tmp_path: Path) -> None:
     spent = plog.writer_cpu_seconds._value.get()
     assert plog.records_total.labels("m", "written")._value.get() == 600
     assert 0 < spent <= time.process_time()  # some, and no more than the whole process spent
+
+
+def test_a_queue_filling_up_wakes_the_writer_at_once(tmp_path: Path) -> None:
+    """A burst after a quiet spell: the writer, waiting out a long flush_s, is woken when a quarter
+    of the queue is there, and takes it before the queue could fill."""
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path, queue_size=40, flush_s=600.0), lambda name: config)
+    plog.start()
+    try:
+        time.sleep(0.1)  # the writer is in its first wait (600 s)
+        for _ in range(3):  # three records a call: 9, just under a quarter
+            hooks_call(plog, config, CallContext("http+json"))
+        time.sleep(0.2)
+        assert len(plog._queue) == 9  # not woken yet
+        for _ in range(2):  # 15 in all: a quarter (10) was reached
+            hooks_call(plog, config, CallContext("http+json"))
+        deadline = time.monotonic() + 30
+        while plog._queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not plog._queue, "the writer was not woken"
+    finally:
+        plog.close()
+    assert plog.records_total.labels("m", "written")._value.get() == 15

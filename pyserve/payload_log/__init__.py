@@ -7,7 +7,7 @@ call is logged (the model's ``[payload_log]``: on, sample rate, failures) and ap
 references (the fields of a :class:`~pyserve.payload_log.record.Capture`) to a bounded queue; when the
 queue is full the record is dropped and counted, and the call goes on untouched. A writer thread takes
 the queue every ``flush_s`` seconds (sooner when records come fast enough to fill a quarter of it in that
-time), builds the Arrow columns of the whole batch, appends them to the model's open Parquet file and
+time, and at once when a quarter is there), builds the Arrow columns of the whole batch, appends them to the model's open Parquet file and
 hands the records to the CloudEvents sink.
 
 A queued record refers to no object the garbage collector tracks (numbers, strings, the request's
@@ -135,6 +135,10 @@ class PayloadLog(InferHooks):
         self._model_config = model_config
         self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
         self._max = settings.queue_size
+        # The queue's depth at which the loop wakes the writer at once (a burst after a quiet spell
+        # would otherwise fill the queue before the writer's next turn): once per filling.
+        self._wake_at = max(1, settings.queue_size // 4)
+        self._wake = threading.Event()
         self._random = random.random
         registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         self.records_total = Counter(
@@ -205,6 +209,7 @@ class PayloadLog(InferHooks):
         if not self._started:
             return
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout_s)
         if self._sink is not None:
             self._sink.close(self.settings.sink_timeout_s)
@@ -213,6 +218,7 @@ class PayloadLog(InferHooks):
         """Blocks (up to 30 s) until what is queued now is written and every open file published."""
         done = threading.Event()
         self._flush_requests.append(done)
+        self._wake.set()
         done.wait(30)
 
     def add_consumer(self, consumer: Callable[[list[Capture]], None],
@@ -252,9 +258,12 @@ class PayloadLog(InferHooks):
             return
         # _put, written out for the common case (it runs for every call logged).
         queue = self._queue
-        if len(queue) >= self._max:
+        depth = len(queue)
+        if depth >= self._max:
             self._dropped(config.name, "dropped").inc()
             return
+        if depth == self._wake_at:
+            self._wake.set()
         inputs, outputs = request.inputs, response.outputs
         limit = settings.max_tensor_bytes
         if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
@@ -306,9 +315,12 @@ class PayloadLog(InferHooks):
     def _put(self, ctx: CallContext | None, config: ModelConfig, version: str, status: str, error: str | None,
              sampled: bool, inputs: dict | None, outputs: dict | None, duration_ns: int | None = None) -> None:
         queue = self._queue
-        if len(queue) >= self._max:
+        depth = len(queue)
+        if depth >= self._max:
             self._dropped(config.name, "dropped").inc()
             return
+        if depth == self._wake_at:
+            self._wake.set()
         limit = config.payload_log.max_tensor_bytes
         if limit:  # the queue must not keep a large body alive: only its datatype and shape are logged
             inputs, outputs = _within(inputs, limit), _within(outputs, limit)
@@ -362,7 +374,9 @@ class PayloadLog(InferHooks):
         flush_s = self.settings.flush_s
         wait = flush_s
         while True:
-            stopping = self._stop.wait(wait)
+            self._wake.wait(wait)  # flush_s, less when records came fast; or woken (a filling queue, a stop)
+            self._wake.clear()
+            stopping = self._stop.is_set()
             started = time.monotonic()
             cpu_started = time.thread_time()
             try:
