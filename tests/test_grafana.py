@@ -25,7 +25,7 @@ MODEL = "MODEL_VARIABLE"
 VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h", "${model}": MODEL, "$model": MODEL,
              "${version}": ".*", "$version": ".*"}
 # Metrics without a model label (nothing to filter by the variable).
-NO_MODEL_LABEL = {"pyserve_payload_log_queue_depth"}
+NO_MODEL_LABEL = {"pyserve_payload_log_queue_depth", "pyserve_payload_log_writer_cpu_seconds_total"}
 SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
             "gaugehistogram": ("_bucket", "_gsum", "_gcount"), "summary": ("", "_sum", "_count", "_created"),
             "info": ("_info",), "gauge": ("",), "unknown": ("",), "stateset": ("",)}
