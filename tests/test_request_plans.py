@@ -163,3 +163,17 @@ def test_msgpack_bodies_not_planned() -> None:
                                        "data ": b"\0" * 4}]})
     plans.decode_msgpack(twice)
     assert len(plans._msgpack) == 1  # BYTES: not planned; the second (one "data" key) is
+
+
+def test_msgpack_repeated_inputs_key_decodes_as_the_full_decoder() -> None:
+    """A map with "inputs" twice: msgpack keeps the last, so a plan must not read the first's data."""
+    def body(first: list[float], last: list[float]) -> bytes:
+        def inputs(values: list[float]) -> bytes:
+            return msgpack.packb([{"name": "a", "datatype": "FP32", "shape": [2],
+                                   "data": np.array(values, np.float32).tobytes()}])
+        return b"\x82" + msgpack.packb("inputs") + inputs(first) + msgpack.packb("inputs") + inputs(last)
+
+    plans = RequestPlans({"a": "FP32"}, None)
+    plans.decode_msgpack(body([0, 0], [5, 6]))
+    other = body([1, 2], [5, 6])  # the same bytes around the first "inputs"' payload
+    assert result(plans.decode_msgpack, other) == result(msgpack_codec.decode_request, other)

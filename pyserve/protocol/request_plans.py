@@ -194,9 +194,11 @@ def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
     spans: list[tuple[int, int]] | None = None
     try:
         for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() != "inputs" or spans is not None:
+            if unpacker.unpack() != "inputs":
                 unpacker.skip()
                 continue
+            if spans is not None:
+                return None  # "inputs" twice: msgpack keeps the last, whose payloads are not these
             spans = []
             for _ in range(unpacker.read_array_header()):
                 found = 0
