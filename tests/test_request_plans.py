@@ -177,3 +177,30 @@ def test_msgpack_repeated_inputs_key_decodes_as_the_full_decoder() -> None:
     plans.decode_msgpack(body([0, 0], [5, 6]))
     other = body([1, 2], [5, 6])  # the same bytes around the first "inputs"' payload
     assert result(plans.decode_msgpack, other) == result(msgpack_codec.decode_request, other)
+
+
+def test_plans_are_still_made_once_the_plans_are_full() -> None:
+    """A client that sent a new request id each time (16 skeletons used once) must not leave a
+    version without plans for good: the oldest plan makes room for the new skeleton."""
+    from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS
+
+    datatypes = {"a": "FP32"}
+    plans = RequestPlans({"a": "FP32", "x": "FP32"}, None)  # body_of's input is x
+    for i in range(MAX_PLANS):
+        plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "id": "used-once-{i}"'))
+        plans.decode_binary(*binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": f"used-once-{i}"}))
+    for i in range(MAX_MSGPACK_PLANS):
+        plans.decode_msgpack(msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id=f"used-once-{i}"))
+    steady_json = body_of("FP32", [2], "[1, 2]", ', "id": "steady"')
+    steady_binary = binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": "steady"})
+    steady_msgpack = msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id="steady")
+    plans.decode_json(steady_json)
+    plans.decode_binary(*steady_binary)
+    plans.decode_msgpack(steady_msgpack)
+    assert (len(plans._json), len(plans._binary), len(plans._msgpack)) == (MAX_PLANS, MAX_PLANS, MAX_MSGPACK_PLANS)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        assert plans.decode_json(steady_json).id == "steady"
+        assert plans.decode_binary(*steady_binary).id == "steady"
+        assert plans.decode_msgpack(steady_msgpack).id == "steady"
