@@ -425,6 +425,30 @@ def test_small_numeric_replies_are_written_by_the_lean_writers(repo: Repo) -> No
     assert run_service(repo.root, body) == [200, 200, 200, 200]
 
 
+def test_decode_plans_are_kept_per_version_whatever_the_target(repo: Repo) -> None:
+    """The targets that name one version (its number spelled with leading zeros, or none for the
+    newest) share its plans: their memory is bounded by the versions, not by the spellings. And
+    targets seen once (1,024 unknown models, first) do not leave the later ones unremembered, each
+    request parsing its target and making new plans, for good."""
+    from pyserve.server import fast_infer
+    from pyserve.server.fast_infer import FastInfer
+
+    _, headers, payload = _split(corpus()["affine-json"])
+
+    async def body(service: Any, errors: Any) -> tuple[int, bool]:
+        fast = FastInfer(service)
+        for i in range(fast_infer.MAX_TARGETS):
+            assert fast.serve(b"/v2/models/unknown-%d/infer" % i, headers, payload) is None
+        urls = [b"/v2/models/affine/infer", b"/v2/models/affine/versions/2/infer",
+                b"/v2/models/affine/versions/002/infer"]
+        for url in urls:
+            await fast.serve(url, headers, payload).future  # type: ignore[union-attr]
+        remembered = all(url in fast._targets for url in urls)
+        return len({id(fast._targets[url].plans) for url in urls if url in fast._targets}), remembered
+
+    assert run_service(repo.root, body) == (1, True)
+
+
 @pytest.mark.parametrize("target, expected", [
     (b"/v2/models/m/infer", ("m", None)),
     (b"/v2/models/m/versions/3/infer", ("m", "3")),
