@@ -185,6 +185,60 @@ def corpus() -> dict[str, bytes]:
     c["http10"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(), JSON).replace(
         b"HTTP/1.1", b"HTTP/1.0", 1).replace(b"Host: test\r\n", b"Host: test\r\nConnection: keep-alive\r\n", 1)
     c["get-infer"] = b"GET /v2/models/affine/infer HTTP/1.1\r\nHost: test\r\n\r\n"
+    c.update(plan_variants())
+    return c
+
+
+def _x_json(data: str, extra: str = "", datatype: str = "FP32", model: str = "affine", name: str = "x",
+            shape: str = "[1, 4]", edit: tuple[bytes, bytes] = (b"", b"")) -> bytes:
+    body = f'{{"inputs": [{{"name": "{name}", "datatype": "{datatype}", "shape": {shape}, "data": {data}}}]{extra}}}'
+    return _req(f"/v2/models/{model}/infer", body.encode().replace(*edit) if edit[0] else body.encode(), JSON)
+
+
+def _msgpack_inputs_twice(first: np.ndarray, last: np.ndarray) -> bytes:
+    """A msgpack map with the key "inputs" twice (msgpack keeps the last)."""
+    def inputs(a: np.ndarray) -> bytes:
+        return msgpack.packb([{"name": "x", "datatype": "FP32", "shape": list(a.shape), "data": a.tobytes()}])
+    body = b"\x82" + msgpack.packb("inputs") + inputs(first) + msgpack.packb("inputs") + inputs(last)
+    return _req("/v2/models/affine/infer", body, {"Content-Type": "application/msgpack"})
+
+
+def plan_variants() -> dict[str, bytes]:
+    """Bodies that share their skeleton (all but the tensors' data) with the one before them, so
+    that the fast path decodes them by the plan the first made: other numbers and spellings of
+    them, data the C++ decoder declines or refuses, sizes that lie, keys given twice."""
+    c: dict[str, bytes] = {}
+    for i, data in enumerate(["[1, 2, 3, 4]", "[1e5, 100000, 1.0, -0]", "[ [5.25,\n-6E-1 , 7e+0,8] ]",
+                              "[NaN, Infinity, -Infinity, 0]", "[1, 2, 3]", "[1, 2, 3, 4, 5]", "[[1, 2], [3, 4]]",
+                              "[true, 2, 3, 4]", "[1e400, 2, 3, 4]", "[1, 2, 3, 4]"]):
+        c[f"plan-json-{i}"] = _x_json(data)
+    for i, data in enumerate(["[1, 2]", "[1e5, 7]", "[1.0, 7]", "[1.5, 7]", "[NaN, 7]", "[-0, 7]",
+                              "[2147483648, 7]", "[-2147483648, 7]", "[1, 2]"]):
+        c[f"plan-json-int32-{i}"] = _x_json(data, datatype="INT32", model="alltypes", name="in_int32",
+                                            shape="[2]")
+    for i, rid in enumerate(['"a"', '"b"', '"a\\"b\\\\c\\u00e9"', "5", '"a", "id": "b"']):
+        c[f"plan-json-id-{i}"] = _x_json("[1, 2, 3, 4]", f', "id": {rid}')
+    for i, params in enumerate(["true", "false", "true, \"binary_data_output\": false", "1"]):
+        c[f"plan-json-params-{i}"] = _x_json("[1, 2, 3, 4]", f', "parameters": {{"binary_data_output": {params}}}')
+    c["plan-json-escaped-data-key"] = _x_json("[1, 2, 3, 4]", edit=(b'"data"', b'"\\u0064ata"'))
+    c["plan-json-data-twice"] = _x_json("[9, 9, 9, 9]", edit=(b'"data": ', b'"data": [1, 2, 3, 4], "data": '))
+    c["plan-json-inputs-twice"] = _x_json("[1, 2, 3, 4]", ', "inputs": []')
+    strings = ['"plain"', '"q\\"uote"', '"back\\\\slash"', '"\\u00e9\\n\\t"', '"\\ud800"']
+    for i, text in enumerate(strings):
+        c[f"plan-json-bytes-{i}"] = _x_json(f"[{text}]", datatype="BYTES", model="alltypes", name="in_bytes",
+                                            shape="[1]")
+    for i, x in enumerate([X, X * -3.5, X + 0.25]):
+        c[f"plan-binary-{i}"] = _binary_inputs_only({"x": x}, id="b")
+    raw = _binary_inputs_only({"x": X}, id="b")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    longer = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) + 4))
+    c["plan-binary-longer-body"] = longer + b"\r\n\r\n" + body + b"\0" * 4
+    shorter = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) - 4))
+    c["plan-binary-shorter-body"] = shorter + b"\r\n\r\n" + body[:-4]
+    for i, x in enumerate([X, X * -3.5, X + 0.25]):
+        c[f"plan-msgpack-{i}"] = _infer_req("affine", "msgpack", {"x": x}, id="m")
+    c["plan-msgpack-inputs-twice-0"] = _msgpack_inputs_twice(X, X * 2)
+    c["plan-msgpack-inputs-twice-1"] = _msgpack_inputs_twice(X * 3, X * 2)
     return c
 
 
