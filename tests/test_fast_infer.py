@@ -503,6 +503,25 @@ def test_decode_plans_are_kept_per_version_whatever_the_target(repo: Repo) -> No
     assert run_service(repo.root, body) == (1, True)
 
 
+def test_long_targets_are_not_remembered(repo: Repo) -> None:
+    """A request target can be up to 64 KiB long (the header limit): remembering 1,024 of them held
+    over 100 MiB for good. Targets longer than MAX_TARGET_BYTES are parsed each time instead."""
+    from pyserve.server.fast_infer import FastInfer
+
+    _, headers, payload = _split(corpus()["affine-json"])
+
+    async def body(service: Any, errors: Any) -> tuple[int, bool]:
+        fast = FastInfer(service)
+        for i in range(20):
+            url = b"/v2/models/unknown-%d-%s/infer" % (i, b"a" * 60_000)
+            assert fast.serve(url, headers, payload) is None  # unknown model: the general path's 404
+        taken = fast.serve(b"/v2/models/affine/infer", headers, payload) is not None
+        return max(map(len, fast._targets)), taken
+
+    longest, taken = run_service(repo.root, body)
+    assert longest < 60_000 and taken  # none of the long ones
+
+
 @pytest.mark.parametrize("target, expected", [
     (b"/v2/models/m/infer", ("m", None)),
     (b"/v2/models/m/versions/3/infer", ("m", "3")),

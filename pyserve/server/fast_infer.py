@@ -64,6 +64,9 @@ _JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
 _SAGEMAKER_PREFIX = handlers.SAGEMAKER_BINARY + ";json-header-size="
 # Request targets remembered (hits and misses); a new one takes the place of the oldest.
 MAX_TARGETS = 1024
+# A longer target is parsed each time: a target may be as long as the headers allow (64 KiB), and
+# 1,024 of those held over 100 MiB for good.
+MAX_TARGET_BYTES = 1024
 # Larger bodies are decoded on a thread by the general path.
 DECODE_ON_LOOP_MAX_BYTES = handlers.DECODE_OFF_LOOP_BYTES
 
@@ -204,9 +207,10 @@ class FastInfer:
         if target is False:
             parsed = parse_target(url)
             target = _Target(*parsed) if parsed is not None else None
-            if len(targets) >= MAX_TARGETS:
-                del targets[next(iter(targets))]  # the oldest: dicts keep insertion order
-            targets[bytes(url)] = target
+            if len(url) <= MAX_TARGET_BYTES:
+                if len(targets) >= MAX_TARGETS:
+                    del targets[next(iter(targets))]  # the oldest: dicts keep insertion order
+                targets[bytes(url)] = target
         if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
             return None
         service = self.service
