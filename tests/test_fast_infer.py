@@ -503,6 +503,33 @@ def test_decode_plans_are_kept_per_version_whatever_the_target(repo: Repo) -> No
     assert run_service(repo.root, body) == (1, True)
 
 
+@pytest.mark.parametrize("protocol", ["json", "binary", "msgpack"])
+def test_a_reloaded_model_is_not_decoded_by_the_plans_of_its_old_config(tmp_path: Any, protocol: str) -> None:
+    """Plans made for FP32 [2], then the model reloaded as INT32 [3]: the body planned before is
+    refused (left to the general path, which answers the error), the new one answered as INT32."""
+    from pyserve.server.fast_infer import FastInfer
+    from pyserve.service.control import ModelControl
+
+    models = Repo(tmp_path / "models")
+    models.identity("flip", [("x", "FP32", [2])], max_batch_size=4)
+    old = _split(_infer_req("flip", protocol, {"in_x": np.array([[1.5, 2.5]], np.float32)}))
+    new = _split(_infer_req("flip", protocol, {"in_x": np.array([[1, 2, 3]], np.int32)}))
+
+    async def body(service: Any, errors: Any) -> tuple[list[str], bool, str]:
+        fast = FastInfer(service)
+        datatypes = []
+        for _ in range(2):  # the second by the plan
+            outputs = await fast.serve(*old).future  # type: ignore[union-attr]
+            datatypes.append(str(outputs["out_x"].dtype))
+        models.identity("flip", [("x", "INT32", [3])], max_batch_size=4)
+        await ModelControl(service.host).load("flip")
+        refused = fast.serve(*old) is None
+        outputs = await fast.serve(*new).future  # type: ignore[union-attr]
+        return datatypes, refused, str(outputs["out_x"].dtype)
+
+    assert run_service(models.root, body) == (["float32", "float32"], True, "int32")
+
+
 def test_long_targets_are_not_remembered(repo: Repo) -> None:
     """A request target can be up to 64 KiB long (the header limit): remembering 1,024 of them held
     over 100 MiB for good. Targets longer than MAX_TARGET_BYTES are parsed each time instead."""
