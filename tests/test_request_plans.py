@@ -204,3 +204,37 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
         assert plans.decode_json(steady_json).id == "steady"
         assert plans.decode_binary(*steady_binary).id == "steady"
         assert plans.decode_msgpack(steady_msgpack).id == "steady"
+
+
+# Number spellings and other tokens a data array may hold, for the property test below: each must
+# decode by a plan as the full decoder decodes it (or be refused with its message).
+TOKENS = ["0", "1", "-1", "-0", "1.0", "1e5", "100000", "1E+2", "1e-400", "1e400", "2.5", "NaN", "Infinity",
+          "-Infinity", "true", "false", "255", "256", "-129", "65504", "65520", "3.4028235e38", "3.5e38",
+          "18446744073709551615", "18446744073709551616", "9223372036854775808", "-9223372036854775809",
+          "9007199254740993", "0.1", "00", "01", "-", "1.", ".5", "+1", "1e", "0x1", "nan", "null", '"1"', "[]",
+          "[1]", "1 2"]
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+             "FP64"]
+
+
+@st.composite
+def data_texts(draw: Any, count: int) -> str:
+    """A data array of about ``count`` tokens: flat or in two rows, with blanks between."""
+    n = draw(st.sampled_from([count, count, count - 1, count + 1]))
+    tokens = [draw(st.sampled_from(TOKENS)) for _ in range(n)]
+    blank = draw(st.sampled_from(["", " ", "\n", "\t "]))
+    if len(tokens) == count and count % 2 == 0 and draw(st.booleans()):
+        half = count // 2
+        return "[[" + f",{blank}".join(tokens[:half]) + "],[" + ",".join(tokens[half:]) + "]]"
+    return "[" + blank + f",{blank}".join(tokens) + blank + "]"
+
+
+@given(st.sampled_from(DATATYPES), st.sampled_from([[2], [1, 2], [2, 2], [4]]), st.data())
+@settings(max_examples=200, deadline=None)
+def test_any_data_under_a_planned_skeleton_decodes_as_the_full_decoder(datatype: str, shape: list[int],
+                                                                       data: Any) -> None:
+    plans = planned(datatype)
+    plans.decode_json(primer(datatype, shape))
+    assert len(plans._json) == 1
+    body = body_of(datatype, shape, data.draw(data_texts(math.prod(shape))))
+    assert result(plans.decode_json, body) == result(kserve.decode_request, body)
