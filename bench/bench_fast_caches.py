@@ -37,8 +37,8 @@ from bench_server import wait_ready  # noqa: E402
 def write_repo(root: Path) -> None:
     (root / "ident").mkdir(parents=True)
     spec = 'datatype = "FP32"\nshape = [2]\n'
-    (root / "ident" / "config.toml").write_text(
-        f'backend = "identity"\nmax_batch_size = 8\n[[inputs]]\nname = "x"\n{spec}[[outputs]]\nname = "y"\n{spec}')
+    tensors = f'[[inputs]]\nname = "x"\n{spec}[[outputs]]\nname = "y"\n{spec}'
+    (root / "ident" / "config.toml").write_text(f'backend = "identity"\nmax_batch_size = 8\n{tensors}')
 
 
 def rss_mib(pid: int) -> float:

@@ -194,7 +194,8 @@ def corpus() -> dict[str, bytes]:
 
 def _x_json(data: str, extra: str = "", datatype: str = "FP32", model: str = "affine", name: str = "x",
             shape: str = "[1, 4]", edit: tuple[bytes, bytes] = (b"", b"")) -> bytes:
-    body = f'{{"inputs": [{{"name": "{name}", "datatype": "{datatype}", "shape": {shape}, "data": {data}}}]{extra}}}'
+    entry = f'{{"name": "{name}", "datatype": "{datatype}", "shape": {shape}, "data": {data}}}'
+    body = f'{{"inputs": [{entry}]{extra}}}'
     return _req(f"/v2/models/{model}/infer", body.encode().replace(*edit) if edit[0] else body.encode(), JSON)
 
 
@@ -212,8 +213,8 @@ def plan_variants() -> dict[str, bytes]:
     them, data the C++ decoder declines or refuses, sizes that lie, keys given twice."""
     c: dict[str, bytes] = {}
     for i, data in enumerate(["[1, 2, 3, 4]", "[1e5, 100000, 1.0, -0]", "[ [5.25,\n-6E-1 , 7e+0,8] ]",
-                              "[NaN, Infinity, -Infinity, 0]", "[1, 2, 3]", "[1, 2, 3, 4, 5]", "[[1, 2], [3, 4]]",
-                              "[true, 2, 3, 4]", "[1e400, 2, 3, 4]", "[1, 2, 3, 4]"]):
+                              "[NaN, Infinity, -Infinity, 0]", "[1, 2, 3]", "[1, 2, 3, 4, 5]",
+                              "[[1, 2], [3, 4]]", "[true, 2, 3, 4]", "[1e400, 2, 3, 4]", "[1, 2, 3, 4]"]):
         c[f"plan-json-{i}"] = _x_json(data)
     for i, data in enumerate(["[1, 2]", "[1e5, 7]", "[1.0, 7]", "[1.5, 7]", "[NaN, 7]", "[-0, 7]",
                               "[2147483648, 7]", "[-2147483648, 7]", "[1, 2]"]):
@@ -222,7 +223,8 @@ def plan_variants() -> dict[str, bytes]:
     for i, rid in enumerate(['"a"', '"b"', '"a\\"b\\\\c\\u00e9"', "5", '"a", "id": "b"']):
         c[f"plan-json-id-{i}"] = _x_json("[1, 2, 3, 4]", f', "id": {rid}')
     for i, params in enumerate(["true", "false", "true, \"binary_data_output\": false", "1"]):
-        c[f"plan-json-params-{i}"] = _x_json("[1, 2, 3, 4]", f', "parameters": {{"binary_data_output": {params}}}')
+        c[f"plan-json-params-{i}"] = _x_json("[1, 2, 3, 4]",
+                                             f', "parameters": {{"binary_data_output": {params}}}')
     c["plan-json-escaped-data-key"] = _x_json("[1, 2, 3, 4]", edit=(b'"data"', b'"\\u0064ata"'))
     c["plan-json-data-twice"] = _x_json("[9, 9, 9, 9]", edit=(b'"data": ', b'"data": [1, 2, 3, 4], "data": '))
     c["plan-json-inputs-twice"] = _x_json("[1, 2, 3, 4]", ', "inputs": []')
@@ -360,17 +362,17 @@ TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json"
          "sagemaker-binary-ok",
          "affine-v2-id-json", "msgpack-parameters",
          # bodies with a skeleton seen before: by its plan (or in full, when the C++ decoder declines)
-         "plan-json-1", "plan-json-2", "plan-json-3", "plan-json-int32-1", "plan-json-int32-2", "plan-json-id-2",
-         "plan-json-escaped-data-key", "plan-json-bytes-1", "plan-binary-1", "plan-msgpack-1",
-         "plan-msgpack-inputs-twice-1"]
+         "plan-json-1", "plan-json-2", "plan-json-3", "plan-json-int32-1", "plan-json-int32-2",
+         "plan-json-id-2", "plan-json-escaped-data-key", "plan-json-bytes-1", "plan-binary-1",
+         "plan-msgpack-1", "plan-msgpack-inputs-twice-1"]
 LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification-json", "unknown-output-json",
         "bad-shape-json", "bad-datatype-binary", "too-large-batch-json", "unknown-model-json",
         "unknown-version-msgpack", "extra-input-json", "json-binary-output-string", "json-unknown-parameter",
         "json-charset", "json-upper-case-type", "json-percent-path", "json-query", "json-garbage",
         "json-not-object", "json-no-inputs", "json-non-numeric", "json-int-given-float", "json-id-not-string",
-        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size", "too-large-batch-msgpack",
-        "plan-json-4", "plan-json-8", "plan-json-int32-3", "plan-json-int32-6", "plan-binary-longer-body",
-        "plan-binary-shorter-body"]
+        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size",
+        "too-large-batch-msgpack", "plan-json-4", "plan-json-8", "plan-json-int32-3", "plan-json-int32-6",
+        "plan-binary-longer-body", "plan-binary-shorter-body"]
 
 
 @pytest.fixture(scope="module")

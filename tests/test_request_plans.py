@@ -197,7 +197,8 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
     plans.decode_json(steady_json)
     plans.decode_binary(*steady_binary)
     plans.decode_msgpack(steady_msgpack)
-    assert (len(plans._json), len(plans._binary), len(plans._msgpack)) == (MAX_PLANS, MAX_PLANS, MAX_MSGPACK_PLANS)
+    sizes = (len(plans._json), len(plans._binary), len(plans._msgpack))
+    assert sizes == (MAX_PLANS, MAX_PLANS, MAX_MSGPACK_PLANS)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
         m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
@@ -211,8 +212,8 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
 TOKENS = ["0", "1", "-1", "-0", "1.0", "1e5", "100000", "1E+2", "1e-400", "1e400", "2.5", "NaN", "Infinity",
           "-Infinity", "true", "false", "255", "256", "-129", "65504", "65520", "3.4028235e38", "3.5e38",
           "18446744073709551615", "18446744073709551616", "9223372036854775808", "-9223372036854775809",
-          "9007199254740993", "0.1", "00", "01", "-", "1.", ".5", "+1", "1e", "0x1", "nan", "null", '"1"', "[]",
-          "[1]", "1 2"]
+          "9007199254740993", "0.1", "00", "01", "-", "1.", ".5", "+1", "1e", "0x1", "nan", "null", '"1"',
+          "[]", "[1]", "1 2"]
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
              "FP64"]
 
