@@ -26,8 +26,9 @@ pytest.importorskip("onnx")
 
 
 def build_repo(repo: Repo) -> None:
-    """affine (ONNX, two versions, batching), alltypes (identity, every datatype), pytypes (python,
-    every datatype, no batching), raiser (python, fails every batch)."""
+    """affine (ONNX, two versions, batching), alltypes (identity, every datatype), numeric (alltypes
+    but BYTES), int32s and strings (identity, one INT32 or BYTES input), pytypes (python, every
+    datatype, no batching), raiser (python, fails every batch)."""
     repo.onnx("affine", {1: 1.5, 2: 2.5}, config="""
         max_batch_size = 16
         [version_policy]
@@ -35,6 +36,8 @@ def build_repo(repo: Repo) -> None:
         """)
     repo.identity("alltypes", [(d.lower(), d, [-1]) for d in DTYPES], max_batch_size=8)
     repo.identity("numeric", [(d.lower(), d, [-1]) for d in DTYPES if d != "BYTES"], max_batch_size=8)
+    repo.identity("int32s", [("int32", "INT32", [-1])], max_batch_size=8)
+    repo.identity("strings", [("bytes", "BYTES", [-1])], max_batch_size=8)
     add_pytypes_and_raiser(repo)
 
 
@@ -185,6 +188,62 @@ def corpus() -> dict[str, bytes]:
     c["http10"] = _req("/v2/models/affine/infer", json.dumps({"inputs": [X_OK]}).encode(), JSON).replace(
         b"HTTP/1.1", b"HTTP/1.0", 1).replace(b"Host: test\r\n", b"Host: test\r\nConnection: keep-alive\r\n", 1)
     c["get-infer"] = b"GET /v2/models/affine/infer HTTP/1.1\r\nHost: test\r\n\r\n"
+    c.update(plan_variants())
+    return c
+
+
+def _x_json(data: str, extra: str = "", datatype: str = "FP32", model: str = "affine", name: str = "x",
+            shape: str = "[1, 4]", edit: tuple[bytes, bytes] = (b"", b"")) -> bytes:
+    entry = f'{{"name": "{name}", "datatype": "{datatype}", "shape": {shape}, "data": {data}}}'
+    body = f'{{"inputs": [{entry}]{extra}}}'
+    return _req(f"/v2/models/{model}/infer", body.encode().replace(*edit) if edit[0] else body.encode(), JSON)
+
+
+def _msgpack_inputs_twice(first: np.ndarray, last: np.ndarray) -> bytes:
+    """A msgpack map with the key "inputs" twice (msgpack keeps the last)."""
+    def inputs(a: np.ndarray) -> bytes:
+        return msgpack.packb([{"name": "x", "datatype": "FP32", "shape": list(a.shape), "data": a.tobytes()}])
+    body = b"\x82" + msgpack.packb("inputs") + inputs(first) + msgpack.packb("inputs") + inputs(last)
+    return _req("/v2/models/affine/infer", body, {"Content-Type": "application/msgpack"})
+
+
+def plan_variants() -> dict[str, bytes]:
+    """Bodies that share their skeleton (all but the tensors' data) with the one before them, so
+    that the fast path decodes them by the plan the first made: other numbers and spellings of
+    them, data the C++ decoder declines or refuses, sizes that lie, keys given twice."""
+    c: dict[str, bytes] = {}
+    for i, data in enumerate(["[1, 2, 3, 4]", "[1e5, 100000, 1.0, -0]", "[ [5.25,\n-6E-1 , 7e+0,8] ]",
+                              "[NaN, Infinity, -Infinity, 0]", "[1, 2, 3]", "[1, 2, 3, 4, 5]",
+                              "[[1, 2], [3, 4]]", "[true, 2, 3, 4]", "[1e400, 2, 3, 4]", "[1, 2, 3, 4]"]):
+        c[f"plan-json-{i}"] = _x_json(data)
+    for i, data in enumerate(["[1, 2]", "[1e5, 7]", "[1.0, 7]", "[1.5, 7]", "[NaN, 7]", "[-0, 7]",
+                              "[2147483648, 7]", "[-2147483648, 7]", "[1, 2]"]):
+        c[f"plan-json-int32-{i}"] = _x_json(data, datatype="INT32", model="int32s", name="in_int32",
+                                            shape="[1, 2]")
+    for i, rid in enumerate(['"a"', '"b"', '"a\\"b\\\\c\\u00e9"', "5", '"a", "id": "b"']):
+        c[f"plan-json-id-{i}"] = _x_json("[1, 2, 3, 4]", f', "id": {rid}')
+    for i, params in enumerate(["true", "false", "true, \"binary_data_output\": false", "1"]):
+        c[f"plan-json-params-{i}"] = _x_json("[1, 2, 3, 4]",
+                                             f', "parameters": {{"binary_data_output": {params}}}')
+    c["plan-json-escaped-data-key"] = _x_json("[1, 2, 3, 4]", edit=(b'"data"', b'"\\u0064ata"'))
+    c["plan-json-data-twice"] = _x_json("[9, 9, 9, 9]", edit=(b'"data": ', b'"data": [1, 2, 3, 4], "data": '))
+    c["plan-json-inputs-twice"] = _x_json("[1, 2, 3, 4]", ', "inputs": []')
+    strings = ['"plain"', '"q\\"uote"', '"back\\\\slash"', '"\\u00e9\\n\\t"', '"\\ud800"']
+    for i, text in enumerate(strings):
+        c[f"plan-json-bytes-{i}"] = _x_json(f"[{text}]", datatype="BYTES", model="strings", name="in_bytes",
+                                            shape="[1, 1]")
+    for i, x in enumerate([X, X * -3.5, X + 0.25]):
+        c[f"plan-binary-{i}"] = _binary_inputs_only({"x": x}, id="b")
+    raw = _binary_inputs_only({"x": X}, id="b")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    longer = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) + 4))
+    c["plan-binary-longer-body"] = longer + b"\r\n\r\n" + body + b"\0" * 4
+    shorter = head.replace(b"Content-Length: %d" % len(body), b"Content-Length: %d" % (len(body) - 4))
+    c["plan-binary-shorter-body"] = shorter + b"\r\n\r\n" + body[:-4]
+    for i, x in enumerate([X, X * -3.5, X + 0.25]):
+        c[f"plan-msgpack-{i}"] = _infer_req("affine", "msgpack", {"x": x}, id="m")
+    c["plan-msgpack-inputs-twice-0"] = _msgpack_inputs_twice(X, X * 2)
+    c["plan-msgpack-inputs-twice-1"] = _msgpack_inputs_twice(X * 3, X * 2)
     return c
 
 
@@ -301,13 +360,19 @@ TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json"
          "affine-outputs-msgpack", "raiser-json", "binary-json-outputs", "binary-mixed-outputs",
          "json-binary-output", "json-binary-output-false", "json-no-content-type", "json-nan-token",
          "sagemaker-binary-ok",
-         "affine-v2-id-json", "msgpack-parameters"]
+         "affine-v2-id-json", "msgpack-parameters",
+         # bodies with a skeleton seen before: by its plan (or in full, when the C++ decoder declines)
+         "plan-json-1", "plan-json-2", "plan-json-3", "plan-json-int32-1", "plan-json-int32-2",
+         "plan-json-id-2", "plan-json-escaped-data-key", "plan-json-bytes-1", "plan-binary-1",
+         "plan-msgpack-1", "plan-msgpack-inputs-twice-1"]
 LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification-json", "unknown-output-json",
         "bad-shape-json", "bad-datatype-binary", "too-large-batch-json", "unknown-model-json",
         "unknown-version-msgpack", "extra-input-json", "json-binary-output-string", "json-unknown-parameter",
         "json-charset", "json-upper-case-type", "json-percent-path", "json-query", "json-garbage",
         "json-not-object", "json-no-inputs", "json-non-numeric", "json-int-given-float", "json-id-not-string",
-        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size", "too-large-batch-msgpack"]
+        "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size",
+        "too-large-batch-msgpack", "plan-json-4", "plan-json-8", "plan-json-int32-3", "plan-json-int32-6",
+        "plan-binary-longer-body", "plan-binary-shorter-body"]
 
 
 @pytest.fixture(scope="module")
@@ -427,6 +492,76 @@ def test_small_numeric_replies_are_written_by_the_lean_writers(repo: Repo) -> No
         return statuses
 
     assert run_service(repo.root, body) == [200, 200, 200, 200]
+
+
+def test_decode_plans_are_kept_per_version_whatever_the_target(repo: Repo) -> None:
+    """The targets that name one version (its number spelled with leading zeros, or none for the
+    newest) share its plans: their memory is bounded by the versions, not by the spellings. And
+    targets seen once (1,024 unknown models, first) do not leave the later ones unremembered, each
+    request parsing its target and making new plans, for good."""
+    from pyserve.server import fast_infer
+    from pyserve.server.fast_infer import FastInfer
+
+    _, headers, payload = _split(corpus()["affine-json"])
+
+    async def body(service: Any, errors: Any) -> tuple[int, bool]:
+        fast = FastInfer(service)
+        for i in range(fast_infer.MAX_TARGETS):
+            assert fast.serve(b"/v2/models/unknown-%d/infer" % i, headers, payload) is None
+        urls = [b"/v2/models/affine/infer", b"/v2/models/affine/versions/2/infer",
+                b"/v2/models/affine/versions/002/infer"]
+        for url in urls:
+            await fast.serve(url, headers, payload).future  # type: ignore[union-attr]
+        remembered = all(url in fast._targets for url in urls)
+        return len({id(fast._targets[url].plans) for url in urls if url in fast._targets}), remembered
+
+    assert run_service(repo.root, body) == (1, True)
+
+
+@pytest.mark.parametrize("protocol", ["json", "binary", "msgpack"])
+def test_a_reloaded_model_is_not_decoded_by_the_plans_of_its_old_config(tmp_path: Any, protocol: str) -> None:
+    """Plans made for FP32 [2], then the model reloaded as INT32 [3]: the body planned before is
+    refused (left to the general path, which answers the error), the new one answered as INT32."""
+    from pyserve.server.fast_infer import FastInfer
+    from pyserve.service.control import ModelControl
+
+    models = Repo(tmp_path / "models")
+    models.identity("flip", [("x", "FP32", [2])], max_batch_size=4)
+    old = _split(_infer_req("flip", protocol, {"in_x": np.array([[1.5, 2.5]], np.float32)}))
+    new = _split(_infer_req("flip", protocol, {"in_x": np.array([[1, 2, 3]], np.int32)}))
+
+    async def body(service: Any, errors: Any) -> tuple[list[str], bool, str]:
+        fast = FastInfer(service)
+        datatypes = []
+        for _ in range(2):  # the second by the plan
+            outputs = await fast.serve(*old).future  # type: ignore[union-attr]
+            datatypes.append(str(outputs["out_x"].dtype))
+        models.identity("flip", [("x", "INT32", [3])], max_batch_size=4)
+        await ModelControl(service.host).load("flip")
+        refused = fast.serve(*old) is None
+        outputs = await fast.serve(*new).future  # type: ignore[union-attr]
+        return datatypes, refused, str(outputs["out_x"].dtype)
+
+    assert run_service(models.root, body) == (["float32", "float32"], True, "int32")
+
+
+def test_long_targets_are_not_remembered(repo: Repo) -> None:
+    """A request target can be up to 64 KiB long (the header limit): remembering 1,024 of them held
+    over 100 MiB for good. Targets longer than MAX_TARGET_BYTES are parsed each time instead."""
+    from pyserve.server.fast_infer import FastInfer
+
+    _, headers, payload = _split(corpus()["affine-json"])
+
+    async def body(service: Any, errors: Any) -> tuple[int, bool]:
+        fast = FastInfer(service)
+        for i in range(20):
+            url = b"/v2/models/unknown-%d-%s/infer" % (i, b"a" * 60_000)
+            assert fast.serve(url, headers, payload) is None  # unknown model: the general path's 404
+        taken = fast.serve(b"/v2/models/affine/infer", headers, payload) is not None
+        return max(map(len, fast._targets)), taken
+
+    longest, taken = run_service(repo.root, body)
+    assert longest < 60_000 and taken  # none of the long ones
 
 
 @pytest.mark.parametrize("target, expected", [

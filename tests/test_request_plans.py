@@ -218,3 +218,79 @@ def test_msgpack_bodies_not_planned() -> None:
                                        "data ": b"\0" * 4}]})
     plans.decode_msgpack(twice)
     assert len(plans._msgpack) == 1  # BYTES: not planned; the second (one "data" key) is
+
+
+def test_msgpack_repeated_inputs_key_decodes_as_the_full_decoder() -> None:
+    """A map with "inputs" twice: msgpack keeps the last, so a plan must not read the first's data."""
+    def body(first: list[float], last: list[float]) -> bytes:
+        def inputs(values: list[float]) -> bytes:
+            return msgpack.packb([{"name": "a", "datatype": "FP32", "shape": [2],
+                                   "data": np.array(values, np.float32).tobytes()}])
+        return b"\x82" + msgpack.packb("inputs") + inputs(first) + msgpack.packb("inputs") + inputs(last)
+
+    plans = RequestPlans({"a": "FP32"}, None)
+    plans.decode_msgpack(body([0, 0], [5, 6]))
+    other = body([1, 2], [5, 6])  # the same bytes around the first "inputs"' payload
+    assert result(plans.decode_msgpack, other) == result(msgpack_codec.decode_request, other)
+
+
+def test_plans_are_still_made_once_the_plans_are_full() -> None:
+    """A client that sent a new request id each time (16 skeletons used once) must not leave a
+    version without plans for good: the oldest plan makes room for the new skeleton."""
+    from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS
+
+    datatypes = {"a": "FP32"}
+    plans = RequestPlans({"a": "FP32", "x": "FP32"}, None)  # body_of's input is x
+    for i in range(MAX_PLANS):
+        plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "id": "used-once-{i}"'))
+        plans.decode_binary(*binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": f"used-once-{i}"}))
+    for i in range(MAX_MSGPACK_PLANS):
+        plans.decode_msgpack(msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id=f"used-once-{i}"))
+    steady_json = body_of("FP32", [2], "[1, 2]", ', "id": "steady"')
+    steady_binary = binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": "steady"})
+    steady_msgpack = msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id="steady")
+    plans.decode_json(steady_json)
+    plans.decode_binary(*steady_binary)
+    plans.decode_msgpack(steady_msgpack)
+    sizes = (len(plans._json), len(plans._binary), len(plans._msgpack))
+    assert sizes == (MAX_PLANS, MAX_PLANS, MAX_MSGPACK_PLANS)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
+        assert plans.decode_json(steady_json).id == "steady"
+        assert plans.decode_binary(*steady_binary).id == "steady"
+        assert plans.decode_msgpack(steady_msgpack).id == "steady"
+
+
+# Number spellings and other tokens a data array may hold, for the property test below: each must
+# decode by a plan as the full decoder decodes it (or be refused with its message).
+TOKENS = ["0", "1", "-1", "-0", "1.0", "1e5", "100000", "1E+2", "1e-400", "1e400", "2.5", "NaN", "Infinity",
+          "-Infinity", "true", "false", "255", "256", "-129", "65504", "65520", "3.4028235e38", "3.5e38",
+          "18446744073709551615", "18446744073709551616", "9223372036854775808", "-9223372036854775809",
+          "9007199254740993", "0.1", "00", "01", "-", "1.", ".5", "+1", "1e", "0x1", "nan", "null", '"1"',
+          "[]", "[1]", "1 2"]
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+             "FP64"]
+
+
+@st.composite
+def data_texts(draw: Any, count: int) -> str:
+    """A data array of about ``count`` tokens: flat or in two rows, with blanks between."""
+    n = draw(st.sampled_from([count, count, count - 1, count + 1]))
+    tokens = [draw(st.sampled_from(TOKENS)) for _ in range(n)]
+    blank = draw(st.sampled_from(["", " ", "\n", "\t "]))
+    if len(tokens) == count and count % 2 == 0 and draw(st.booleans()):
+        half = count // 2
+        return "[[" + f",{blank}".join(tokens[:half]) + "],[" + ",".join(tokens[half:]) + "]]"
+    return "[" + blank + f",{blank}".join(tokens) + blank + "]"
+
+
+@given(st.sampled_from(DATATYPES), st.sampled_from([[2], [1, 2], [2, 2], [4]]), st.data())
+@settings(max_examples=200, deadline=None)
+def test_any_data_under_a_planned_skeleton_decodes_as_the_full_decoder(datatype: str, shape: list[int],
+                                                                       data: Any) -> None:
+    plans = planned(datatype)
+    plans.decode_json(primer(datatype, shape))
+    assert len(plans._json) == 1
+    body = body_of(datatype, shape, data.draw(data_texts(math.prod(shape))))
+    assert result(plans.decode_json, body) == result(kserve.decode_request, body)

@@ -40,7 +40,9 @@ from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
 from pyserve.protocol.kserve_json import ID_ENTRY
 
-MAX_PLANS = 16  # skeletons remembered per model version and encoding; more are decoded in full
+# Skeletons remembered per model version and encoding; a new one takes the place of the oldest, so
+# that skeletons seen once (a new request id each time) do not leave a version without plans for good.
+MAX_PLANS = 16
 MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not remembered
 # msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
 MAX_MSGPACK_PLANS = 4
@@ -102,7 +104,7 @@ class RequestPlans:
                         return plan.request(inputs, plan.id)
                     return plan.request(inputs, body[id_span[1]:id_span[2]].decode("ascii"))
         req = kserve.decode_request(body, None, self._check)
-        if scanned is not None and len(self._json) < MAX_PLANS and len(scanned[0]) <= MAX_SKELETON_BYTES:
+        if scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES:
             self._plan_json(scanned, req)
         return req
 
@@ -117,7 +119,7 @@ class RequestPlans:
             if datatype is None or datatype == "BYTES" or arr.size == 0:
                 return
             tensors.append((name, datatype, arr.shape, arr.size))
-        self._json[skeleton] = _Plan(tuple(tensors), req)
+        _remember(self._json, skeleton, _Plan(tuple(tensors), req))
 
     def decode_binary(self, body: bytes | bytearray, header_length: str) -> InferRequest:
         """``kserve.decode_request(body, header_length, check)``; raises what it raises."""
@@ -142,7 +144,7 @@ class RequestPlans:
                                      for name, dtype, shape, begin, end in plan.tensors},
                                     plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
-        if key is not None and len(self._binary) < MAX_PLANS:
+        if key is not None:
             self._plan_binary(key, req)
         return req
 
@@ -162,7 +164,7 @@ class RequestPlans:
             tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset, offset + size))
             offset += size
         if len(tensors) == len(req.inputs) == len(entries):
-            self._binary[key] = _Plan(tuple(tensors), req)
+            _remember(self._binary, key, _Plan(tuple(tensors), req))
 
     def decode_msgpack(self, body: bytes | bytearray) -> InferRequest:
         """``msgpack_codec.decode_request(body, check)``; raises what it raises."""
@@ -178,7 +180,7 @@ class RequestPlans:
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
                                      for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
-        if len(self._msgpack) < MAX_MSGPACK_PLANS and size <= MAX_MSGPACK_BODY_BYTES:
+        if size <= MAX_MSGPACK_BODY_BYTES:
             self._plan_msgpack(bytes(body), req)
         return req
 
@@ -199,7 +201,16 @@ class RequestPlans:
         pieces.append((at, len(body), body[at:]))
         plan = _Plan(tuple(tensors), req)
         plan.length, plan.pieces = len(body), tuple(pieces)
+        if len(self._msgpack) >= MAX_MSGPACK_PLANS:
+            del self._msgpack[0]  # the oldest
         self._msgpack.append(plan)
+
+
+def _remember(plans: dict, key: Any, plan: _Plan) -> None:
+    """``plans[key] = plan``, the oldest plan forgotten first when there are MAX_PLANS."""
+    if len(plans) >= MAX_PLANS:
+        del plans[next(iter(plans))]  # dicts keep insertion order: the first is the oldest
+    plans[key] = plan
 
 
 def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
@@ -211,9 +222,11 @@ def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
     spans: list[tuple[int, int]] | None = None
     try:
         for _ in range(unpacker.read_map_header()):
-            if unpacker.unpack() != "inputs" or spans is not None:
+            if unpacker.unpack() != "inputs":
                 unpacker.skip()
                 continue
+            if spans is not None:
+                return None  # "inputs" twice: msgpack keeps the last, whose payloads are not these
             spans = []
             for _ in range(unpacker.read_array_header()):
                 found = 0

@@ -62,7 +62,11 @@ _JSON_TYPES = frozenset(("application/json", "application/octet-stream"))
 # SageMaker's binary+json with its one parameter, as Triton's clients send it; other spellings go
 # to the general path.
 _SAGEMAKER_PREFIX = handlers.SAGEMAKER_BINARY + ";json-header-size="
-MAX_TARGETS = 1024  # request targets remembered (hits and misses); more are parsed each time
+# Request targets remembered (hits and misses); a new one takes the place of the oldest.
+MAX_TARGETS = 1024
+# A longer target is parsed each time: a target may be as long as the headers allow (64 KiB), and
+# 1,024 of those held over 100 MiB for good.
+MAX_TARGET_BYTES = 1024
 # Larger bodies are decoded on a thread by the general path.
 DECODE_ON_LOOP_MAX_BYTES = handlers.DECODE_OFF_LOOP_BYTES
 
@@ -151,7 +155,8 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
 
 class _Target:
     """An infer request target: the model name and version it names, and the decode plans of the
-    version that last served it (:mod:`pyserve.protocol.request_plans`)."""
+    version that last served it (:mod:`pyserve.protocol.request_plans`; shared by the targets that
+    name that version)."""
 
     __slots__ = ("name", "version", "runner", "plans")
 
@@ -194,6 +199,9 @@ class FastInfer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
         self._targets: dict[bytes, _Target | None] = {}
+        # The decode plans of each version, whatever target names it ("1", "01", none for the newest):
+        # their memory is bounded by the versions loaded. By weak reference, as _Target.runner.
+        self._plans: weakref.WeakKeyDictionary[Any, RequestPlans] = weakref.WeakKeyDictionary()
 
     def serve(self, url: bytes, headers: dict[str, str],
               body: bytes | bytearray) -> Response | Deferred | None:
@@ -205,7 +213,9 @@ class FastInfer:
         if target is False:
             parsed = parse_target(url)
             target = _Target(*parsed) if parsed is not None else None
-            if len(targets) < MAX_TARGETS:
+            if len(url) <= MAX_TARGET_BYTES:
+                if len(targets) >= MAX_TARGETS:
+                    del targets[next(iter(targets))]  # the oldest: dicts keep insertion order
                 targets[bytes(url)] = target
         if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
             return None
@@ -219,8 +229,11 @@ class FastInfer:
             return None
         plans = target.plans
         if target.runner() is not runner or plans is None:
-            plans = target.plans = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
-                                                service.input_check(runner))
+            plans = self._plans.get(runner)
+            if plans is None:
+                plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
+                                                           service.input_check(runner))
+            target.plans = plans
             target.runner = weakref.ref(runner)
         content_type = headers.get("content-type")
         try:
