@@ -235,19 +235,20 @@ def test_msgpack_repeated_inputs_key_decodes_as_the_full_decoder() -> None:
 
 
 def test_plans_are_still_made_once_the_plans_are_full() -> None:
-    """A client that sent a new request id each time (16 skeletons used once) must not leave a
-    version without plans for good: the oldest plan makes room for the new skeleton."""
+    """A client that sent a new skeleton each time (16 used once: a new parameter value, or a new
+    id for msgpack, whose ids are not lifted) must not leave a version without plans for good: the
+    oldest plan makes room for the new skeleton."""
     from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS
 
     datatypes = {"a": "FP32"}
     plans = RequestPlans({"a": "FP32", "x": "FP32"}, None)  # body_of's input is x
     for i in range(MAX_PLANS):
-        plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "id": "used-once-{i}"'))
-        plans.decode_binary(*binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": f"used-once-{i}"}))
+        plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": {i}}}'))
+        plans.decode_binary(*binary_body({"a": np.ones(2, np.float32)}, datatypes, {"parameters": {"n": i}}))
     for i in range(MAX_MSGPACK_PLANS):
         plans.decode_msgpack(msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id=f"used-once-{i}"))
-    steady_json = body_of("FP32", [2], "[1, 2]", ', "id": "steady"')
-    steady_binary = binary_body({"a": np.ones(2, np.float32)}, datatypes, {"id": "steady"})
+    steady_json = body_of("FP32", [2], "[1, 2]", ', "parameters": {"n": "steady"}')
+    steady_binary = binary_body({"a": np.ones(2, np.float32)}, datatypes, {"parameters": {"n": "steady"}})
     steady_msgpack = msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id="steady")
     plans.decode_json(steady_json)
     plans.decode_binary(*steady_binary)
@@ -257,8 +258,8 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
     with pytest.MonkeyPatch.context() as m:
         m.setattr(kserve, "decode_request", lambda *a: pytest.fail("decoded in full"))
         m.setattr(msgpack_codec, "decode_request", lambda *a: pytest.fail("decoded in full"))
-        assert plans.decode_json(steady_json).id == "steady"
-        assert plans.decode_binary(*steady_binary).id == "steady"
+        assert plans.decode_json(steady_json).parameters == {"n": "steady"}
+        assert plans.decode_binary(*steady_binary).parameters == {"n": "steady"}
         assert plans.decode_msgpack(steady_msgpack).id == "steady"
 
 
