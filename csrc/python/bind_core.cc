@@ -192,6 +192,9 @@ py::list Drain(CompletionQueue& cq) {
   py::list out(items.size());
   const void* last_holder = nullptr;
   py::object last_base;
+  // The outputs' names as Python strings, made once per drain rather than once per request and output
+  // (a batch's requests name the same outputs in the same order).
+  std::vector<std::pair<std::string, py::str>> names;
   for (size_t i = 0; i < items.size(); ++i) {
     Completion& c = items[i];
     auto* owner = static_cast<PyRequestOwner*>(c.owner.get());
@@ -199,12 +202,15 @@ py::list Drain(CompletionQueue& cq) {
     py::object outputs = py::none();
     if (c.status.ok()) {
       py::dict d;
-      for (const auto& s : c.outputs) {
+      for (size_t o = 0; o < c.outputs.size(); ++o) {
+        const OutputSlice& s = c.outputs[o];
         if (s.view.dtype != DataType::kBytes && s.holder.get() != last_holder) {
           last_holder = s.holder.get();  // one capsule per batch output, shared by its slices
           last_base = HolderCapsule(s.holder);
         }
-        d[py::str(s.name)] = ToNumpy(s.view, s.holder, s.view.dtype == DataType::kBytes ? py::handle() : last_base);
+        if (o == names.size()) names.emplace_back(s.name, py::str(s.name));
+        if (names[o].first != s.name) names[o] = {s.name, py::str(s.name)};
+        d[names[o].second] = ToNumpy(s.view, s.holder, s.view.dtype == DataType::kBytes ? py::handle() : last_base);
       }
       outputs = std::move(d);
     }

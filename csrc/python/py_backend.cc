@@ -15,7 +15,8 @@ PyObjectHolder::~PyObjectHolder() {
   PyGILState_Release(state);
 }
 
-py::dtype NumpyDtype(DataType dtype) {
+namespace {
+py::dtype MakeDtype(DataType dtype) {
   switch (dtype) {
     case DataType::kBool: return py::dtype("?");
     case DataType::kUint8: return py::dtype("<u1");
@@ -32,6 +33,17 @@ py::dtype NumpyDtype(DataType dtype) {
     case DataType::kBytes: return py::dtype("O");
   }
   return py::dtype("O");
+}
+}  // namespace
+
+py::dtype NumpyDtype(DataType dtype) {
+  // Made once per datatype: numpy parses a type string on every py::dtype("<f4"), which cost each
+  // request's every output view about 2,000 instructions. Never freed (leaked on purpose), so that no
+  // destructor runs after the interpreter is gone. GIL held.
+  static py::object* cache[static_cast<int>(DataType::kBytes) + 1] = {};
+  py::object*& slot = cache[static_cast<int>(dtype)];
+  if (slot == nullptr) slot = new py::object(MakeDtype(dtype));
+  return py::reinterpret_borrow<py::dtype>(*slot);
 }
 
 namespace {
@@ -54,7 +66,7 @@ Status CheckArray(const py::array& array, DataType expected, const std::string& 
   const bool ok = expected == DataType::kBytes
                       ? bytes_like
                       : kind == KindOf(expected) && static_cast<size_t>(dt.itemsize()) == ElementSize(expected) &&
-                            dt.attr("byteorder").cast<std::string>() != ">";
+                            dt.byteorder() != '>';  // the descriptor's field: no attribute lookup
   if (!ok) {
     // Name what was sent in the protocol's words (INT32), falling back to numpy's for the rest.
     std::string got = "numpy " + py::str(dt).cast<std::string>();
