@@ -105,9 +105,10 @@ class PyScheduler {
       }
       if (item == nullptr) Raise({StatusCode::kInvalidArgument, "missing input '" + specs[i].name + "'"});
       ++present;
-      const std::string who = "input '" + specs[i].name + "'";
+      // The name for a message, built only when one is needed (every input of every request passes here).
+      const auto who = [&specs, i] { return "input '" + specs[i].name + "'"; };
       if (!py::isinstance<py::array>(item)) {
-        Raise({StatusCode::kInvalidArgument, who + ": expected a numpy array"});
+        Raise({StatusCode::kInvalidArgument, who() + ": expected a numpy array"});
       }
       auto array = py::reinterpret_borrow<py::array>(item);
       Status s = CheckArray(array, specs[i].dtype, who);
@@ -117,7 +118,7 @@ class PyScheduler {
       in.view.shape.assign(array.shape(), array.shape() + array.ndim());
       if (specs[i].dtype == DataType::kBytes) {
         try {
-          in.owned = SerializeBytes(array, who);
+          in.owned = SerializeBytes(array, who());
         } catch (const py::value_error& e) {
           Raise({StatusCode::kInvalidArgument, e.what()});
         }

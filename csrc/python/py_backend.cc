@@ -59,7 +59,7 @@ char KindOf(DataType d) {
 }
 }  // namespace
 
-Status CheckArray(const py::array& array, DataType expected, const std::string& who) {
+Status CheckArray(const py::array& array, DataType expected, const std::function<std::string()>& who) {
   const py::dtype dt = array.dtype();
   const char kind = dt.kind();
   const bool bytes_like = kind == 'O' || kind == 'S' || kind == 'U';
@@ -74,10 +74,10 @@ Status CheckArray(const py::array& array, DataType expected, const std::string& 
       const auto d = static_cast<DataType>(t);
       if (kind == KindOf(d) && static_cast<size_t>(dt.itemsize()) == ElementSize(d)) got = DataTypeName(d);
     }
-    return {StatusCode::kInvalidArgument, who + ": expected datatype " + DataTypeName(expected) + ", got " + got};
+    return {StatusCode::kInvalidArgument, who() + ": expected datatype " + DataTypeName(expected) + ", got " + got};
   }
   if (expected != DataType::kBytes && !(array.flags() & py::array::c_style)) {
-    return {StatusCode::kInvalidArgument, who + ": the array must be C-contiguous"};
+    return {StatusCode::kInvalidArgument, who() + ": the array must be C-contiguous"};
   }
   return Status::Ok();
 }
