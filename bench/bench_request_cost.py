@@ -8,9 +8,9 @@ after another; with more, each connection sends its next request when its answer
 form as under load) to the tiny MLP (32-64-10 of bench_server.py) or, with ``--model heavy``, the
 heavy one (512-2048-2048-2048-10), at most 32 samples per batch, 2 ms delay, one ONNX Runtime
 thread, with collection switched on (``callgrind_control -i on``) for exactly those N; the counts are
-dumped and divided by N. With ``--payload-log [RATE]`` the model's payload log is on at sample rate RATE (1.0 when not
-given: issue 9's cost); the measure starts once the log's first file is open (pyarrow's first use
-and the Parquet writer's creation are not a request's cost).
+dumped and divided by N. With ``--payload-log [RATE]`` the model's payload log is on at sample rate
+RATE (1.0 when not given: issue 9's cost); the measure starts once the log's first file is open
+(pyarrow's first use and the Parquet writer's creation are not a request's cost).
 
 Printed per encoding: the instructions per request of the event loop's thread (the server's main
 thread) and of every other thread together (ONNX Runtime, the core's instance threads, the payload
@@ -325,8 +325,8 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 
 def run_wall(args: argparse.Namespace, repo: Path, log_dir: Path | None) -> dict:
     port = args.port + 1
-    server = subprocess.Popen(server_pinning(args, server_argv(repo, port, log_dir)), stdout=subprocess.DEVNULL,
-                              env=SERVER_ENV)
+    argv = server_pinning(args, server_argv(repo, port, log_dir))
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=SERVER_ENV)
     results = {}
     try:
         wait_ready(f"http://127.0.0.1:{port}")
@@ -373,8 +373,8 @@ def main() -> int:
                    help=f"comma-separated, of {', '.join(ALL_ENCODINGS)} (default {','.join(ENCODINGS)})")
     args = p.parse_args()
     args.encodings = args.encodings.split(",")
-    if not set(args.encodings) <= set(ALL_ENCODINGS):
-        p.error(f"--encodings: expected some of {', '.join(ALL_ENCODINGS)}, got {','.join(args.encodings)}")
+    if not set(args.encodings) <= set(ALL_ENCODINGS) or len(set(args.encodings)) != len(args.encodings):
+        p.error(f"--encodings: expected some of {', '.join(ALL_ENCODINGS)}, each once, got {','.join(args.encodings)}")
     if args.clients < 1:
         p.error("--clients must be at least 1")
     with tempfile.TemporaryDirectory(prefix="pyserve-cost-") as tmp:
@@ -388,26 +388,30 @@ def main() -> int:
     print(f"# pyserve request cost, {args.model} model ({dims}), {args.clients} client"
           f"{'s, each' if args.clients > 1 else ','} one request at a time, N={n} per encoding, "
           f"payload log {'off' if args.payload_log is None else f'on, rate {args.payload_log}'}")
+    encodings = args.encodings
     if cg:
         print("# instructions/request (callgrind); loop = the event loop's thread, other = every other thread")
-        print(f"{'stage':40s}" + "".join(f"{e:>12s}" for e in args.encodings))
-        rows = [("loop thread, total", [cg[e]["totals"].get(1, 0) for e in args.encodings]),
-                ("other threads, total", [sum(v for t, v in cg[e]["totals"].items() if t != 1) for e in args.encodings])]
+        print(f"{'stage':40s}" + "".join(f"{e:>12s}" for e in encodings))
+        rows = [("loop thread, total", [cg[e]["totals"].get(1, 0) for e in encodings]),
+                ("other threads, total",
+                 [sum(v for t, v in cg[e]["totals"].items() if t != 1) for e in encodings])]
         for i, (name, _) in enumerate(STAGES):
-            rows.append((f"  {name}", [cg[e]["stages"][i] for e in args.encodings]))
+            rows.append((f"  {name}", [cg[e]["stages"][i] for e in encodings]))
         for name, values in rows:
             print(f"{name:40s}" + "".join(f"{v / n:12,.0f}" for v in values))
-        print(f"{'samples per batch (mean)':40s}" + "".join(f"{mean_batch(cg[e]['batches']):12.2f}" for e in args.encodings))
+        print(f"{'samples per batch (mean)':40s}"
+              + "".join(f"{mean_batch(cg[e]['batches']):12.2f}" for e in encodings))
     if wall:
         m = n * 5
         print(f"# microseconds/request, no valgrind, N={m} (noisy on a shared machine: compare within one run)")
-        for key, name, fmt in (("round_trip_us", "client round trip (us)" if args.clients == 1 else "wall time / requests (us)",
-                                "{:12.1f}"),
+        trip = "client round trip (us)" if args.clients == 1 else "wall time / requests (us)"
+        for key, name, fmt in (("round_trip_us", trip, "{:12.1f}"),
                                ("cpu_us", "server CPU, all threads (us)", "{:12.1f}"),
                                ("loop_cpu_us", "  of it the loop's thread (us)", "{:12.1f}"),
                                ("rps", "requests/s", "{:12,.0f}")):
-            print(f"{name:40s}" + "".join(fmt.format(wall[e][key]) for e in args.encodings))
-        print(f"{'samples per batch (mean)':40s}" + "".join(f"{mean_batch(wall[e]['batches']):12.2f}" for e in args.encodings))
+            print(f"{name:40s}" + "".join(fmt.format(wall[e][key]) for e in encodings))
+        print(f"{'samples per batch (mean)':40s}"
+              + "".join(f"{mean_batch(wall[e]['batches']):12.2f}" for e in encodings))
     return 0
 
 
