@@ -17,8 +17,8 @@ thread) and of every other thread together (ONNX Runtime, the core's instance th
 log's writer), and the loop thread's instructions split into stages by the C functions where they are
 spent, inclusive of what they call (see STAGES; "python" is what is left: the interpreter running
 pyserve's own code). A second run without valgrind gives microseconds: the client's round trip and
-the server's CPU time per request (user + system from /proc, all threads), both noisy on a shared
-machine (quote same-run ratios). With ``--clients`` above 1 the server is pinned to CPU 1 and this
+the server's CPU time per request (the scheduler's run time from /proc, all threads), both noisy on
+a shared machine (quote same-run ratios). With ``--clients`` above 1 the server is pinned to CPU 1 and this
 client to CPU 0 (as bench_server.py and the peers harness pin them), the server's CPU is split into
 the event loop's thread and the others (/proc/PID/task), and the batch sizes the server reported
 (``pyserve_batch_size`` on /metrics) are printed beside the figures: the heavy model at 64 clients is
@@ -317,10 +317,21 @@ def run_callgrind(args: argparse.Namespace, repo: Path, log_dir: Path | None, wo
 
 
 def cpu_s(pid: int, tid: int | None = None) -> float:
-    """CPU seconds (user + system) of a process (all its threads) or of one of its threads."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    fields = Path(path).read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process (all its threads) or of one of its threads: the scheduler's run time
+    in nanoseconds (``/proc/PID/task/TID/schedstat``) where the kernel keeps it, else user + system
+    time from ``stat`` (in clock ticks, 10 ms: too coarse for a short run)."""
+    root = Path(f"/proc/{pid}/task")
+    tasks = [root / str(tid)] if tid is not None else list(root.iterdir())
+    total = 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            if tid is None and not task.exists():
+                continue  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def run_wall(args: argparse.Namespace, repo: Path, log_dir: Path | None) -> dict:
@@ -374,7 +385,8 @@ def main() -> int:
     args = p.parse_args()
     args.encodings = args.encodings.split(",")
     if not set(args.encodings) <= set(ALL_ENCODINGS) or len(set(args.encodings)) != len(args.encodings):
-        p.error(f"--encodings: expected some of {', '.join(ALL_ENCODINGS)}, each once, got {','.join(args.encodings)}")
+        p.error(f"--encodings: expected some of {', '.join(ALL_ENCODINGS)}, each once, "
+                f"got {','.join(args.encodings)}")
     if args.clients < 1:
         p.error("--clients must be at least 1")
     with tempfile.TemporaryDirectory(prefix="pyserve-cost-") as tmp:
@@ -410,6 +422,9 @@ def main() -> int:
                                ("loop_cpu_us", "  of it the loop's thread (us)", "{:12.1f}"),
                                ("rps", "requests/s", "{:12,.0f}")):
             print(f"{name:40s}" + "".join(fmt.format(wall[e][key]) for e in encodings))
+        # With a costly model and the server bound by its core: the part of the in-process limit it serves.
+        print(f"{'other threads (ORT) share of server CPU':40s}"
+              + "".join(f"{100 * (1 - wall[e]['loop_cpu_us'] / wall[e]['cpu_us']):11.1f}%" for e in encodings))
         print(f"{'samples per batch (mean)':40s}"
               + "".join(f"{mean_batch(wall[e]['batches']):12.2f}" for e in encodings))
     return 0
