@@ -292,6 +292,7 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
     "inputs, needle",
     [
         ({"x": np.zeros((1, 4), np.float64)}, "expected datatype FP32, got FP64"),
+        ({"x": np.zeros((1, 4), ">f4")}, "expected datatype FP32"),  # not the machine's byte order
         ({"x": np.zeros((1, 5), np.float32)}, "expected shape [-1, 4]"),
         ({"x": np.zeros((4,), np.float32)}, "expected shape [-1, 4]"),
         ({"x": np.zeros((1, 8), np.float32)[:, ::2]}, "C-contiguous"),
@@ -301,7 +302,7 @@ def test_requests_of_different_shapes_never_share_a_batch() -> None:
         ({"x": np.zeros((1, 4), np.float32), "z": np.zeros(1)}, "unexpected input 'z'"),
         ({"x": [[1.0, 2.0, 3.0, 4.0]]}, "expected a numpy array"),
     ],
-    ids=["dtype", "dim", "rank", "strided", "too-big", "empty", "missing", "extra", "list"],
+    ids=["dtype", "big-endian", "dim", "rank", "strided", "too-big", "empty", "missing", "extra", "list"],
 )
 def test_bad_input_is_refused_with_a_clear_error(inputs, needle) -> None:
     sched = _core.Scheduler(options(), _core.IdentityBackend(), _core.CompletionQueue())

@@ -119,26 +119,28 @@ Status Scheduler::Validate(Request* r) const {
       continue;  // never batching (ValidateOptions): nothing to check against the other inputs
     }
     const TensorView& v = r->inputs[i].view;
-    const std::string who = "input '" + spec.name + "'";
+    // The messages' strings are built only for a refusal: this runs for every input of every request.
+    const auto who = [&spec] { return "input '" + spec.name + "'"; };
     if (v.dtype != spec.dtype) {
-      return Invalid(who + ": expected datatype " + DataTypeName(spec.dtype) + ", got " + DataTypeName(v.dtype));
+      return Invalid(who() + ": expected datatype " + DataTypeName(spec.dtype) + ", got " + DataTypeName(v.dtype));
     }
-    const size_t rank = spec.shape.size() + (batching ? 1 : 0);
-    std::vector<int64_t> expected = spec.shape;
-    if (batching) expected.insert(expected.begin(), -1);
-    if (v.shape.size() != rank) {
-      return Invalid(who + ": expected shape " + ShapeString(expected) + ", got " + ShapeString(v.shape));
+    const size_t skip = batching ? 1 : 0;  // the batch dimension leads, of any size
+    const size_t rank = spec.shape.size() + skip;
+    bool shape_ok = v.shape.size() == rank;
+    for (size_t d = 0; shape_ok && d < rank; ++d) {
+      const int64_t want = d < skip ? -1 : spec.shape[d - skip];
+      shape_ok = v.shape[d] >= 0 && (want < 0 || v.shape[d] == want);
     }
-    for (size_t d = 0; d < rank; ++d) {
-      if (v.shape[d] < 0 || (expected[d] >= 0 && v.shape[d] != expected[d])) {
-        return Invalid(who + ": expected shape " + ShapeString(expected) + ", got " + ShapeString(v.shape));
-      }
+    if (!shape_ok) {
+      std::vector<int64_t> expected = spec.shape;
+      if (batching) expected.insert(expected.begin(), -1);
+      return Invalid(who() + ": expected shape " + ShapeString(expected) + ", got " + ShapeString(v.shape));
     }
     if (batching) {
       if (i == 0) {
         batch_size = v.shape[0];
       } else if (v.shape[0] != batch_size) {
-        return Invalid(who + ": batch dimension " + std::to_string(v.shape[0]) + " differs from input '" +
+        return Invalid(who() + ": batch dimension " + std::to_string(v.shape[0]) + " differs from input '" +
                        specs[0].name + "' (" + std::to_string(batch_size) + ")");
       }
       for (size_t d = 1; d < rank; ++d) signature = Mix(signature, static_cast<uint64_t>(v.shape[d]));
@@ -150,17 +152,17 @@ Status Scheduler::Validate(Request* r) const {
     for (int64_t dim : v.shape) overflow = overflow || __builtin_mul_overflow(count, dim, &count);
     const size_t min_element_bytes = spec.dtype == DataType::kBytes ? 4 : ElementSize(spec.dtype);
     if (overflow || (count > 0 && static_cast<uint64_t>(count) > v.nbytes / min_element_bytes)) {
-      return Invalid(who + ": shape " + ShapeString(v.shape) + " holds more elements than the " +
+      return Invalid(who() + ": shape " + ShapeString(v.shape) + " holds more elements than the " +
                      std::to_string(v.nbytes) + " bytes given");
     }
     if (spec.dtype == DataType::kBytes) {
       std::vector<uint64_t> offsets;
       if (!BytesElementOffsets(v.data, v.nbytes, count, &offsets)) {
-        return Invalid(who + ": BYTES data does not hold the " + std::to_string(count) + " elements of shape " +
+        return Invalid(who() + ": BYTES data does not hold the " + std::to_string(count) + " elements of shape " +
                        ShapeString(v.shape));
       }
     } else if (v.nbytes != static_cast<size_t>(count) * ElementSize(spec.dtype)) {
-      return Invalid(who + ": expected " + std::to_string(count * ElementSize(spec.dtype)) + " bytes for " +
+      return Invalid(who() + ": expected " + std::to_string(count * ElementSize(spec.dtype)) + " bytes for " +
                      DataTypeName(spec.dtype) + " shape " + ShapeString(v.shape) + ", got " +
                      std::to_string(v.nbytes));
     }

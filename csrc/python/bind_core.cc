@@ -105,9 +105,10 @@ class PyScheduler {
       }
       if (item == nullptr) Raise({StatusCode::kInvalidArgument, "missing input '" + specs[i].name + "'"});
       ++present;
-      const std::string who = "input '" + specs[i].name + "'";
+      // The name for a message, built only when one is needed (every input of every request passes here).
+      const auto who = [&specs, i] { return "input '" + specs[i].name + "'"; };
       if (!py::isinstance<py::array>(item)) {
-        Raise({StatusCode::kInvalidArgument, who + ": expected a numpy array"});
+        Raise({StatusCode::kInvalidArgument, who() + ": expected a numpy array"});
       }
       auto array = py::reinterpret_borrow<py::array>(item);
       Status s = CheckArray(array, specs[i].dtype, who);
@@ -117,7 +118,7 @@ class PyScheduler {
       in.view.shape.assign(array.shape(), array.shape() + array.ndim());
       if (specs[i].dtype == DataType::kBytes) {
         try {
-          in.owned = SerializeBytes(array, who);
+          in.owned = SerializeBytes(array, who());
         } catch (const py::value_error& e) {
           Raise({StatusCode::kInvalidArgument, e.what()});
         }
@@ -192,6 +193,9 @@ py::list Drain(CompletionQueue& cq) {
   py::list out(items.size());
   const void* last_holder = nullptr;
   py::object last_base;
+  // The outputs' names as Python strings, made once per drain rather than once per request and output
+  // (a batch's requests name the same outputs in the same order).
+  std::vector<std::pair<std::string, py::str>> names;
   for (size_t i = 0; i < items.size(); ++i) {
     Completion& c = items[i];
     auto* owner = static_cast<PyRequestOwner*>(c.owner.get());
@@ -199,12 +203,15 @@ py::list Drain(CompletionQueue& cq) {
     py::object outputs = py::none();
     if (c.status.ok()) {
       py::dict d;
-      for (const auto& s : c.outputs) {
+      for (size_t o = 0; o < c.outputs.size(); ++o) {
+        const OutputSlice& s = c.outputs[o];
         if (s.view.dtype != DataType::kBytes && s.holder.get() != last_holder) {
           last_holder = s.holder.get();  // one capsule per batch output, shared by its slices
           last_base = HolderCapsule(s.holder);
         }
-        d[py::str(s.name)] = ToNumpy(s.view, s.holder, s.view.dtype == DataType::kBytes ? py::handle() : last_base);
+        if (o == names.size()) names.emplace_back(s.name, py::str(s.name));
+        if (names[o].first != s.name) names[o] = {s.name, py::str(s.name)};
+        d[names[o].second] = ToNumpy(s.view, s.holder, s.view.dtype == DataType::kBytes ? py::handle() : last_base);
       }
       outputs = std::move(d);
     }

@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,8 +25,12 @@ struct PyObjectHolder {
 
 // Numpy dtype of a datatype (BYTES: object).
 pybind11::dtype NumpyDtype(DataType dtype);
-// The datatype of a numpy array, checked against `expected`; the error names the tensor.
-Status CheckArray(const pybind11::array& array, DataType expected, const std::string& who);
+// The datatype of a numpy array, checked against `expected`; the error names the tensor (`who` is
+// called only for an error: the request path checks every input of every request).
+Status CheckArray(const pybind11::array& array, DataType expected, const std::function<std::string()>& who);
+inline Status CheckArray(const pybind11::array& array, DataType expected, const std::string& who) {
+  return CheckArray(array, expected, [&who] { return who; });
+}
 // BYTES wire form <-> numpy object arrays of bytes.
 std::string SerializeBytes(const pybind11::array& array, const std::string& who);
 pybind11::array DeserializeBytes(const uint8_t* data, size_t nbytes, const std::vector<int64_t>& shape);
