@@ -373,3 +373,24 @@ def test_a_queue_filling_up_wakes_the_writer_at_once(tmp_path: Path) -> None:
     finally:
         plog.close()
     assert plog.records_total.labels("m", "written")._value.get() == 15
+
+
+def test_a_failed_warm_up_does_not_stop_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """pyarrow's set-up failing at start (a broken optional import, say) is logged, and the writer
+    still writes: what is wrong is said at each batch, as without the warm-up."""
+    def broken() -> None:
+        raise RuntimeError("a broken pandas")
+
+    monkeypatch.setattr(table, "warm_up", broken)
+    config = model((TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),))
+    with caplog.at_level("WARNING", logger="pyserve.payload_log"):
+        plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path), lambda name: config)
+    assert "set-up for writing failed" in caplog.text
+    plog.start()
+    try:
+        hooks_call(plog, config, CallContext("http+json"))
+        plog.flush()
+    finally:
+        plog.close()
+    assert plog.records_total.labels("m", "written")._value.get() == 3

@@ -236,9 +236,10 @@ def test_msgpack_repeated_inputs_key_decodes_as_the_full_decoder() -> None:
 
 def test_plans_are_still_made_once_the_plans_are_full() -> None:
     """A client that sent a new skeleton each time (16 used once: a new parameter value, or a new
-    id for msgpack, whose ids are not lifted) must not leave a version without plans for good: the
-    oldest plan makes room for the new skeleton."""
-    from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS
+    id for msgpack, whose ids are not lifted) must not leave a version without plans for good: a
+    steady client's body is planned within PLAN_EVERY_WHEN_FULL sightings, in place of the plan used
+    longest ago."""
+    from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS, PLAN_EVERY_WHEN_FULL
 
     datatypes = {"a": "FP32"}
     plans = RequestPlans({"a": "FP32", "x": "FP32"}, None)  # body_of's input is x
@@ -250,9 +251,10 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
     steady_json = body_of("FP32", [2], "[1, 2]", ', "parameters": {"n": "steady"}')
     steady_binary = binary_body({"a": np.ones(2, np.float32)}, datatypes, {"parameters": {"n": "steady"}})
     steady_msgpack = msgpack_body({"a": np.ones(2, np.float32)}, datatypes, id="steady")
-    plans.decode_json(steady_json)
-    plans.decode_binary(*steady_binary)
-    plans.decode_msgpack(steady_msgpack)
+    for _ in range(PLAN_EVERY_WHEN_FULL):  # planned at the 8th miss at the latest
+        plans.decode_json(steady_json)
+        plans.decode_binary(*steady_binary)
+        plans.decode_msgpack(steady_msgpack)
     sizes = (len(plans._json), len(plans._binary), len(plans._msgpack))
     assert sizes == (MAX_PLANS, MAX_PLANS, MAX_MSGPACK_PLANS)
     with pytest.MonkeyPatch.context() as m:
@@ -261,6 +263,46 @@ def test_plans_are_still_made_once_the_plans_are_full() -> None:
         assert plans.decode_json(steady_json).parameters == {"n": "steady"}
         assert plans.decode_binary(*steady_binary).parameters == {"n": "steady"}
         assert plans.decode_msgpack(steady_msgpack).id == "steady"
+
+
+def test_a_client_of_new_skeletons_neither_pushes_out_a_used_plan_nor_plans_each_body() -> None:
+    """Once the plans are full, a client whose every body is a new skeleton (a new parameter value)
+    is planned only one body in PLAN_EVERY_WHEN_FULL, in place of the plan used longest ago: a plan
+    another client uses between them stays."""
+    from pyserve.protocol.request_plans import MAX_PLANS, PLAN_EVERY_WHEN_FULL
+
+    plans = planned("FP32")
+    steady = body_of("FP32", [2], "[1, 2]")
+    decoded: list[bytes] = []
+    made: list[bytes] = []
+    real_decode, real_plan = kserve.decode_request, RequestPlans._plan_json
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kserve, "decode_request", lambda body, *a: decoded.append(body) or real_decode(body, *a))
+        m.setattr(RequestPlans, "_plan_json", lambda self, scanned, req: made.append(scanned[0])
+                  or real_plan(self, scanned, req))
+        plans.decode_json(steady)
+        for i in range(400):
+            plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": {i}}}'))
+            if i % 4 == 0:  # the steady client, between the other's bodies
+                plans.decode_json(steady)
+    assert decoded.count(steady) == 1  # planned at once, and never pushed out
+    assert len(made) <= 1 + MAX_PLANS + 400 // PLAN_EVERY_WHEN_FULL
+
+
+def test_a_skeleton_planned_again_pushes_out_no_other_plan() -> None:
+    """A planned skeleton whose data the C++ decoder declines (an integer beyond 2**64 in FP64) is
+    decoded in full and planned again, in its own place."""
+    plans = planned("FP64")
+    for i in range(15):
+        plans.decode_json(body_of("FP64", [1], "[1]", f', "parameters": {{"n": {i}}}'))
+    declined = body_of("FP64", [1], "[1]", ', "parameters": {"n": "x"}')
+    plans.decode_json(declined)
+    before = list(plans._json)
+    assert len(before) == 16
+    odd = body_of("FP64", [1], "[18446744073709551616]", ', "parameters": {"n": "x"}')
+    for _ in range(20):
+        assert result(plans.decode_json, odd) == result(kserve.decode_request, odd)
+    assert sorted(plans._json) == sorted(before)
 
 
 # Number spellings and other tokens a data array may hold, for the property test below: each must

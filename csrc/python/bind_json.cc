@@ -75,8 +75,9 @@ py::object DecodeJsonTensor(const py::buffer& body, size_t begin, size_t end, co
 
 void RegisterJson(py::module_& m) {
   m.def("scan_kserve_request", &ScanKServeRequest, py::arg("body"),
-        "Lift the inputs' JSON data arrays out of a KServe request body (GIL released): "
-        "(skeleton bytes, [(entry, begin, end)]), or None to decode the body as before.");
+        "Lift the inputs' JSON data arrays (and a plain top-level id) out of a KServe request body "
+        "(GIL released): (skeleton bytes, [(entry, begin, end)]), the id's span last with entry -1; "
+        "or None to decode the body as before.");
   m.def("decode_json_tensor", &DecodeJsonTensor, py::arg("body"), py::arg("begin"), py::arg("end"),
         py::arg("datatype"), py::arg("count"),
         "Decode the data array body[begin:end] into a flat array of `count` elements of `datatype` "

@@ -6,9 +6,9 @@ every call whatever protocol carried it. On the event loop's thread a hook only 
 call is logged (the model's ``[payload_log]``: on, sample rate, failures) and appends a tuple of
 references (the fields of a :class:`~pyserve.payload_log.record.Capture`) to a bounded queue; when the
 queue is full the record is dropped and counted, and the call goes on untouched. A writer thread takes
-the queue every ``flush_s`` seconds (sooner when records come fast enough to fill a quarter of it in that
-time, and at once when a quarter is there), builds the Arrow columns of the whole batch, appends them to the model's open Parquet file and
-hands the records to the CloudEvents sink.
+the queue every ``flush_s`` seconds (sooner when records come fast enough to fill a quarter of it
+in that time, and at once when a quarter is there), builds the Arrow columns of the whole batch,
+appends them to the model's open Parquet file and hands the records to the CloudEvents sink.
 
 A queued record refers to no object the garbage collector tracks (numbers, strings, the request's
 dicts of arrays, the core's timings rather than its future, and the model's config by a small
@@ -130,7 +130,11 @@ class PayloadLog(InferHooks):
             import pyserve.payload_log.files
             import pyserve.payload_log.table
 
-            pyserve.payload_log.table.warm_up()
+            try:
+                pyserve.payload_log.table.warm_up()
+            except Exception:  # noqa: BLE001 - the writer says what is wrong with each batch, as before
+                log.warning("payload log: pyarrow's set-up for writing failed; the writer will try at its "
+                            "first batch", exc_info=True)
         self.settings = settings
         self._model_config = model_config
         self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
@@ -373,14 +377,20 @@ class PayloadLog(InferHooks):
         next_retention = time.time() + RETENTION_EVERY_S
         flush_s = self.settings.flush_s
         wait = flush_s
+        last_drain = time.monotonic()
         while True:
-            self._wake.wait(wait)  # flush_s, less when records came fast; or woken (a filling queue, a stop)
-            self._wake.clear()
+            # flush_s, less when records came fast; or woken (a filling queue, a flush, a stop)
+            self._wake.wait(wait)
             stopping = self._stop.is_set()
+            if not stopping:  # once stopping, no more waits: the last records are taken at once
+                self._wake.clear()
             started = time.monotonic()
             cpu_started = time.thread_time()
             try:
-                wait = next_wait(wait, self._drain(), self._max, flush_s)
+                # The rate over the time that really passed since the last drain (a wake-up may
+                # have come before the wait was over).
+                wait = next_wait(started - last_drain, self._drain(), self._max, flush_s)
+                last_drain = started
                 if self._files is not None:
                     now = time.time()
                     flushes = []

@@ -40,12 +40,18 @@ from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
 from pyserve.protocol.kserve_json import ID_ENTRY
 
-# Skeletons remembered per model version and encoding; a new one takes the place of the oldest, so
-# that skeletons seen once (a new request id each time) do not leave a version without plans for good.
+# Skeletons remembered per model version and encoding; a new one takes the place of the one used
+# longest ago (see PLAN_EVERY_WHEN_FULL), so that skeletons seen once (a new parameter value each
+# time) do not leave a version without plans for good.
 MAX_PLANS = 16
 MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not remembered
 # msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
 MAX_MSGPACK_PLANS = 4
+# Once an encoding's plans are full, a body without a plan is planned (pushing out the plan used
+# longest ago) only at every PLAN_EVERY_WHEN_FULL-th such body: a client whose every body is a new
+# skeleton (a new parameter value each time) then pays for a plan it never uses one time in eight,
+# and a steady client still gets its plan within a few requests.
+PLAN_EVERY_WHEN_FULL = 8
 MAX_MSGPACK_BODY_BYTES = 64 << 10
 
 
@@ -79,6 +85,7 @@ class RequestPlans:
         self._json: dict[bytes, _Plan] = {}
         self._binary: dict[tuple[bytes, int], _Plan] = {}
         self._msgpack: list[_Plan] = []
+        self._misses_when_full = {"json": 0, "binary": 0, "msgpack": 0}
 
     def decode_json(self, body: bytes | bytearray) -> InferRequest:
         """``kserve.decode_request(body, None, check)``; raises what it raises."""
@@ -100,13 +107,22 @@ class RequestPlans:
                         break  # declined or refused: the full decoder decides, with its messages
                     inputs[name] = flat.reshape(shape)
                 else:
+                    _used(self._json, skeleton, plan)
                     if id_span is None:
                         return plan.request(inputs, plan.id)
                     return plan.request(inputs, body[id_span[1]:id_span[2]].decode("ascii"))
         req = kserve.decode_request(body, None, self._check)
         if scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES:
-            self._plan_json(scanned, req)
+            if self._may_plan("json", len(self._json), MAX_PLANS):
+                self._plan_json(scanned, req)
         return req
+
+    def _may_plan(self, encoding: str, plans: int, limit: int) -> bool:
+        """Whether a body without a plan is planned, ``encoding`` holding ``plans`` of ``limit``."""
+        if plans < limit:
+            return True
+        misses = self._misses_when_full[encoding] = self._misses_when_full[encoding] + 1
+        return misses % PLAN_EVERY_WHEN_FULL == 0
 
     def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest) -> None:
         skeleton, spans = scanned
@@ -139,12 +155,13 @@ class RequestPlans:
             key = (header, len(body) - length)  # the tensors' bytes follow the header, whatever its id
             plan = self._binary.get(key)
             if plan is not None:
+                _used(self._binary, key, plan)
                 view = memoryview(body)[length:]
                 return plan.request({name: np.frombuffer(view[begin:end], dtype).reshape(shape)
                                      for name, dtype, shape, begin, end in plan.tensors},
                                     plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
-        if key is not None:
+        if key is not None and self._may_plan("binary", len(self._binary), MAX_PLANS):
             self._plan_binary(key, req)
         return req
 
@@ -177,10 +194,14 @@ class RequestPlans:
                 if body[begin:end] != piece:
                     break
             else:
+                if len(self._msgpack) >= MAX_MSGPACK_PLANS and plan is not self._msgpack[-1]:
+                    self._msgpack.remove(plan)  # the plan used last goes last: the first goes first
+                    self._msgpack.append(plan)
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
                                      for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
-        if size <= MAX_MSGPACK_BODY_BYTES:
+        full = len(self._msgpack)
+        if size <= MAX_MSGPACK_BODY_BYTES and self._may_plan("msgpack", full, MAX_MSGPACK_PLANS):
             self._plan_msgpack(bytes(body), req)
         return req
 
@@ -202,15 +223,25 @@ class RequestPlans:
         plan = _Plan(tuple(tensors), req)
         plan.length, plan.pieces = len(body), tuple(pieces)
         if len(self._msgpack) >= MAX_MSGPACK_PLANS:
-            del self._msgpack[0]  # the oldest
+            del self._msgpack[0]  # the one used longest ago
         self._msgpack.append(plan)
 
 
 def _remember(plans: dict, key: Any, plan: _Plan) -> None:
-    """``plans[key] = plan``, the oldest plan forgotten first when there are MAX_PLANS."""
-    if len(plans) >= MAX_PLANS:
-        del plans[next(iter(plans))]  # dicts keep insertion order: the first is the oldest
+    """``plans[key] = plan``, last; the plan used longest ago forgotten first when there are
+    MAX_PLANS (none when ``key`` has one: a skeleton whose data the C++ decoder declined is planned
+    again, and must not push out another)."""
+    if plans.pop(key, None) is None and len(plans) >= MAX_PLANS:
+        del plans[next(iter(plans))]  # dicts keep insertion order: the first is the one used longest ago
     plans[key] = plan
+
+
+def _used(plans: dict, key: Any, plan: _Plan) -> None:
+    """Moves the plan just used last in ``plans``, when they are full (only then does the order
+    decide which plan goes)."""
+    if len(plans) >= MAX_PLANS:
+        del plans[key]
+        plans[key] = plan
 
 
 def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:

@@ -36,7 +36,10 @@ class InferHooks:
         response, and a call's answer does not wait for it): the HTTP fast path then serves the call
         and calls :meth:`after_response` itself, with a :class:`CallContext` (``protocol``,
         ``request_id``, ``started_ns``, ``future``) and an :class:`InferResponse` (the requested
-        outputs) as the general path makes them. The default, False, is always safe."""
+        outputs) as the general path makes them. That context is the fast path's own record of the
+        call (a CallContext subclass that also holds the request): a hook that keeps something
+        past the call should keep the fields it needs, not the context. The default, False, is
+        always safe."""
         return False
 
     def before_request(self, ctx: CallContext, runner: ModelRunner, request: InferRequest) -> None:
