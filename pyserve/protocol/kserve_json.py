@@ -31,6 +31,16 @@ from pyserve.protocol import ragged_data, wrong_count
 ID_ENTRY = -1
 
 
+def lifted_id(text: bytes | bytearray, spans: list[tuple[int, int, int]]) -> str | None:
+    """The request id ``_core.scan_kserve_request`` lifted out of ``text`` (its span, last in
+    ``spans``, is taken off the list), or None when it lifted none. A lifted id is printable ASCII
+    without escapes: its text is the id."""
+    if spans and spans[-1][0] == ID_ENTRY:
+        _, begin, end = spans.pop()
+        return text[begin:end].decode("ascii")
+    return None
+
+
 class DataSpan(NamedTuple):
     """Where an input's ``data`` array lies in the body: ``body[begin:end]`` (byte offsets)."""
 
@@ -46,8 +56,7 @@ def parse(body: bytes | bytearray) -> dict | None:
     if scanned is None:
         return None
     skeleton, spans = scanned
-    # A plain id is lifted too (its span last, entry ID_ENTRY): printable ASCII, nothing to decode.
-    id_span = spans.pop() if spans and spans[-1][0] == ID_ENTRY else None
+    request_id = lifted_id(body, spans)
     if not spans:
         return None
     try:
@@ -59,8 +68,8 @@ def parse(body: bytes | bytearray) -> dict | None:
         return None
     for entry, begin, end in spans:
         inputs[entry]["data"] = DataSpan(begin, end)  # the scanner lifts data of objects only
-    if id_span is not None:
-        doc["id"] = body[id_span[1]:id_span[2]].decode("ascii")
+    if request_id is not None:
+        doc["id"] = request_id
     return doc
 
 

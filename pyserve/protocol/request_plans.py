@@ -38,7 +38,7 @@ import orjson
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
-from pyserve.protocol.kserve_json import ID_ENTRY
+from pyserve.protocol.kserve_json import lifted_id
 
 # Skeletons remembered per model version and encoding; a new one takes the place of the one used
 # longest ago (see PLAN_EVERY_WHEN_FULL), so that skeletons seen once (a new parameter value each
@@ -92,9 +92,8 @@ class RequestPlans:
         scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
         if scanned is not None:
             skeleton, spans = scanned
-            # A plain id is lifted like the data (its own span, last): requests that differ in
-            # their ids alone share a plan.
-            id_span = spans.pop() if spans and spans[-1][0] == ID_ENTRY else None
+            # A plain id is lifted like the data: requests that differ in their ids alone share a plan.
+            request_id = lifted_id(body, spans)
             plan = self._json.get(skeleton)
             if plan is not None and len(spans) == len(plan.tensors):
                 inputs = {}
@@ -108,9 +107,7 @@ class RequestPlans:
                     inputs[name] = flat.reshape(shape)
                 else:
                     _used(self._json, skeleton, plan)
-                    if id_span is None:
-                        return plan.request(inputs, plan.id)
-                    return plan.request(inputs, body[id_span[1]:id_span[2]].decode("ascii"))
+                    return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, None, self._check)
         if scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES:
             if self._may_plan("json", len(self._json), MAX_PLANS):
@@ -149,9 +146,9 @@ class RequestPlans:
             request_id = None
             if b'"id"' in header:  # a plain id is lifted, as from a JSON body: new ids, one plan
                 scanned = _core.scan_kserve_request(header)
-                if scanned is not None and len(scanned[1]) == 1 and scanned[1][0][0] == ID_ENTRY:
-                    _, begin, end = scanned[1][0]
-                    header, request_id = scanned[0], header[begin:end].decode("ascii")
+                lifted = lifted_id(header, scanned[1]) if scanned is not None else None
+                if lifted is not None and not scanned[1]:  # the id alone lifted (no JSON data)
+                    header, request_id = scanned[0], lifted
             key = (header, len(body) - length)  # the tensors' bytes follow the header, whatever its id
             plan = self._binary.get(key)
             if plan is not None:
@@ -200,8 +197,8 @@ class RequestPlans:
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
                                      for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
-        full = len(self._msgpack)
-        if size <= MAX_MSGPACK_BODY_BYTES and self._may_plan("msgpack", full, MAX_MSGPACK_PLANS):
+        held = len(self._msgpack)
+        if size <= MAX_MSGPACK_BODY_BYTES and self._may_plan("msgpack", held, MAX_MSGPACK_PLANS):
             self._plan_msgpack(bytes(body), req)
         return req
 
