@@ -109,9 +109,9 @@ class RequestPlans:
                     _used(self._json, skeleton, plan)
                     return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, None, self._check)
-        if scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES:
-            if self._may_plan("json", len(self._json), MAX_PLANS):
-                self._plan_json(scanned, req)
+        if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
+                and self._may_plan("json", len(self._json), MAX_PLANS)):
+            self._plan_json(scanned, req)
         return req
 
     def _may_plan(self, encoding: str, plans: int, limit: int) -> bool:
