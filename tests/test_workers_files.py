@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,18 @@ def _fresh(method: str, url: str, **kw: Any) -> requests.Response:
 
 def _worker_pids(server: Server) -> dict[int, int]:
     return {int(i): int(pid) for i, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", server.log())}
+
+
+def _onnxruntime_leftovers() -> set[str]:
+    """The names of what onnxruntime itself leaves in TMPDIR on import (1.32 writes a `.ses` file
+    there unless CI is set): not pyserve's to remove."""
+    scratch = Path(tempfile.mkdtemp(prefix="pyserve-ort-"))
+    try:
+        subprocess.run([sys.executable, "-c", "import onnxruntime"], env={**os.environ, "TMPDIR": str(scratch)},
+                       check=True, timeout=120)
+        return {p.name for p in scratch.iterdir()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -61,7 +75,7 @@ def test_workers_unpack_an_artifact_each_in_their_own_folder_removed_even_after_
     assert len(list(scratch.glob("*/unpacked-*/pyserve-artifact-*"))) == 2
     assert {_fresh("POST", f"{url}/v2/models/affine/infer", json=INFER).status_code for _ in range(20)} == {200}
     server.stop()
-    assert list(scratch.iterdir()) == []
+    assert [p for p in scratch.iterdir() if p.name not in _onnxruntime_leftovers()] == []
 
 
 @pytest.mark.slow
