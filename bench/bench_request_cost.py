@@ -65,14 +65,19 @@ ALL_ENCODINGS = (*ENCODINGS, "sagemaker")
 # by a few thousand instructions per request otherwise.
 SERVER_ENV = {**os.environ, "PYTHONHASHSEED": "0"}
 # Stages of the loop thread: a name and the C functions (a regular expression over callgrind's function
-# names) whose inclusive costs, summed, are the stage. Stages nest as indented: the handler runs
-# inside llhttp's on_message_complete callback, and the answer is written from a loop callback
-# (Handle._run: the future's done callbacks, the core's flush); what they leave is the interpreter
-# running pyserve's Python code and the loop's own work (reading, writing, polling).
+# names) whose inclusive costs, summed, are the stage. Stages nest as indented: a request is read,
+# parsed (one C++ call for a plain request, llhttp's callbacks for others) and handled inside uvloop's
+# on_read (the handler right after the parse, or inside llhttp's on_message_complete callback); the
+# answer is written from a loop callback (Handle._run: the future's done callbacks, the core's flush);
+# what they leave is the interpreter running pyserve's Python code and the loop's own work (reading,
+# writing, polling).
 STAGES = (
-    ("HTTP parse + handler (llhttp_execute)", r"^llhttp_execute$"),
-    ("  headers (httptools callbacks)", r"6parser_cb_on_(url|header_field|header_value|headers_complete|message_begin)$"),
-    ("  handler (on_message_complete)", r"6parser_cb_on_message_complete$"),
+    ("request read, parsed, handled (on_read)", r"__pyx_f_6uvloop_4loop___uv_stream_on_read$"),
+    ("  plain request parse (C++)", r"pyserve::ParsePlainRequest\("),
+    ("  llhttp parse + handler (not plain)", r"^llhttp_execute$"),
+    ("    headers (httptools callbacks)",
+     r"6parser_cb_on_(url|header_field|header_value|headers_complete|message_begin)$"),
+    ("    handler (on_message_complete)", r"6parser_cb_on_message_complete$"),
     ("loop callbacks (Handle._run)", r"loop_6Handle__run$"),
     ("JSON tensor decode (C++)", r"pyserve::(ScanRequest|DecodeData)\("),
     ("orjson (dumps + loads)", r"^(dumps|loads)$"),

@@ -1,5 +1,10 @@
 """HTTP/1.1 on asyncio, with httptools' parser (llhttp, as in Node.js and uvicorn): the transport.
 
+Plain requests (a request line, a few header lines and a Content-Length body, whole in one read:
+most requests) are parsed by one C++ call (``_core.parse_plain_request``) instead of llhttp's
+callbacks into Python, one per header line; anything else, errors included, is llhttp's
+(docs/core.md, "Plain HTTP requests").
+
 Why not a framework's server: aiohttp spends ~40 us of one core per request (request, stream reader
 and writer objects, a task per request) before the handler runs; on a model that computes a batch of
 32 in 4 ms that overhead, not the model, bounds the throughput. Here a request is parsed straight
@@ -34,6 +39,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from pyserve._core import parse_plain_request
 from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
 from pyserve.server.messages import Deferred, Request, Response, error_response, internal_error
@@ -86,6 +92,8 @@ class HttpServer:
         self.fast_infer: FastInfer | None = None
         self.limits = limits
         self.max_body_bytes = limits.max_body_bytes
+        # Plain requests (most) parsed by one C call rather than llhttp's callbacks; False: all by llhttp.
+        self.parse_plain = True
         # Counters for /metrics (pyserve.metrics.TransportCollector): connections closed at once
         # for being over the cap; requests answered 408 for headers or a body that came too slowly.
         self.connections_refused = 0
@@ -283,6 +291,12 @@ class Connection(asyncio.Protocol):
             self._feeding = False
 
     def _parse(self, data: bytes | memoryview) -> None:
+        if not self.in_message and self.server.parse_plain:
+            taken = self._serve_plain(data)
+            if taken:
+                if taken == len(data):
+                    return
+                data = memoryview(data)[taken:]
         if self.in_head:
             self.head_bytes += len(data)
         try:
@@ -402,27 +416,48 @@ class Connection(asyncio.Protocol):
         if self._refused or self.closing:
             return
         parser = self.parser
-        http10 = self._http10
-        server = self.server
-        keep_alive = (parser.should_keep_alive() and not server.closing and not server.draining
-                      and not self._upgrade)
         body = self._body
         self._body = b""
         url = b"".join(self._url) if len(self._url) != 1 else self._url[0]
-        fast = self.server.fast_infer
-        if fast is not None and parser.get_method() == b"POST":
-            result = fast.serve(url, self._headers, body)
+        self._serve(parser.get_method(), url, self._headers, body, self._http10,
+                    parser.should_keep_alive() and not self._upgrade)
+
+    def _serve_plain(self, data: bytes | memoryview) -> int:
+        """Serves the plain requests at the start of ``data`` (:func:`pyserve._core.parse_plain_request`:
+        one C call each instead of llhttp's callbacks); returns how many bytes they took, the rest
+        being for llhttp (a request that is not plain, or not all read yet)."""
+        pos = 0
+        end = len(data)
+        limit = self.server.max_body_bytes
+        while pos < end:
+            plain = parse_plain_request(data, pos, limit)
+            if plain is None:
+                break
+            pos, method, url, headers, body, http10, keep_alive = plain
+            self._serve(method, url, headers, body, http10, keep_alive)
+            if self.closing:
+                return end  # Connection: close, or the server is ending: the rest is never read
+        return pos
+
+    def _serve(self, method: bytes, url: bytes, headers: dict[str, str], body: bytes | bytearray,
+               http10: bool, keep_alive: bool) -> None:
+        """Serves one complete request (``headers``: lower-case names)."""
+        server = self.server
+        close = not keep_alive or server.closing or server.draining
+        fast = server.fast_infer
+        if fast is not None and method == b"POST":
+            result = fast.serve(url, headers, body)
             if result is not None:
-                self._respond(result, _Slot(not keep_alive, http10, len(body)), False)
+                self._respond(result, _Slot(close, http10, len(body)), False)
                 return
         try:
             path, query = _split_url(url)
         except httptools.HttpParserInvalidURLError:
             self._refuse(400, f"invalid URL {url[:200]!r}")
             return
-        request = Request(self.server.app, parser.get_method().decode("ascii", "replace"), path, query,
-                          self._headers, body, self.peer, self.client_cert)
-        self._dispatch(request, _Slot(not keep_alive, http10, len(body)))
+        request = Request(server.app, method.decode("ascii", "replace"), path, query, headers, body,
+                          self.peer, self.client_cert)
+        self._dispatch(request, _Slot(close, http10, len(body)))
 
     # -- answering -------------------------------------------------------------------------------
     def _dispatch(self, request: Request, slot: _Slot) -> None:
