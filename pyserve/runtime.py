@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyserve.runtime")
 
+# What ModelRunner.submit_callback's drain calls: (code, message, outputs, queue_us, compute_us).
+Completion = Callable[[int, str, "dict[str, np.ndarray] | None", int, int], None]
+
 # Scheduler.flush results (csrc/core/scheduler.h FlushResult).
 _FLUSH_RAN_INLINE, _FLUSH_POSTPONED = 1, 2
 
@@ -57,8 +60,15 @@ class CompletionPump:
         self._closed = False
 
     def drain(self) -> None:
-        """Completes the futures of every finished request (called by the loop on wake-up)."""
+        """Completes the futures of every finished request, and calls the callbacks of those queued by
+        :meth:`ModelRunner.submit_callback` (called by the loop on wake-up)."""
         for future, code, message, outputs, queue_us, compute_us in self.queue.drain():
+            if type(future) is not CallFuture:
+                try:
+                    future(code, message, outputs, queue_us, compute_us)
+                except Exception:  # one caller's fault must not lose the others' answers
+                    log.exception("unexpected error in a completion callback")
+                continue
             if future.done():  # the caller gave up (cancelled) before the answer came
                 continue
             future.queue_us = queue_us
@@ -165,14 +175,38 @@ class ModelRunner:
         if not inline:
             self._background = True  # until this turn's flush has dispatched it
         if self._dispatch_when_idle and not self._flush_scheduled:
-            # The first request of this loop turn: if the model is cheap and idle it runs now, and
-            # its future is done before the caller awaits it (a lone client pays no loop turn).
-            # Requests later in the turn gather for the flush scheduled below.
-            if self._scheduler.flush(self._inline_ok and not self._background) == _FLUSH_RAN_INLINE:
-                self._pump.drain()
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)  # runs after this iteration's other handlers
+            self._first_of_turn()
         return future
+
+    def submit_callback(self, inputs: dict[str, np.ndarray], callback: Completion) -> int:
+        """Queues one request without a future: the completion drain calls ``callback(code, message,
+        outputs, queue_us, compute_us)`` on the loop's thread once it is answered (``code`` 0 and the
+        outputs, or a core status code and its message with ``outputs`` None; ``queue_us`` and
+        ``compute_us`` as :class:`CallFuture` has them), possibly before this returns (a cheap batch
+        run inline). The infer fast path's form of :meth:`submit`: no future, no done callback, no
+        turn of the loop's ready queue per answer. Returns the request's id for :meth:`cancel`;
+        raises PyserveError as :meth:`submit` does (nothing queued, the callback never called)."""
+        try:
+            request_id = self._scheduler.submit(inputs, callback, 0, 0)
+        except _core.CoreError as e:
+            raise self._refused(inputs, error_from_core(*e.args)) from None
+        if self._dispatch_when_idle and not self._flush_scheduled:
+            self._first_of_turn()
+        return request_id
+
+    def cancel(self, request_id: int) -> None:
+        """Cancels a request of :meth:`submit_callback` still queued (its callback is then called with
+        the core's CANCELLED status); one whose batch runs is answered as usual."""
+        self._scheduler.cancel(request_id)
+
+    def _first_of_turn(self) -> None:
+        # The first request of this loop turn: if the model is cheap and idle it runs now, and its
+        # answer is in before the caller awaits it (a lone client pays no loop turn). Requests later
+        # in the turn gather for the flush scheduled below.
+        if self._scheduler.flush(self._inline_ok and not self._background) == _FLUSH_RAN_INLINE:
+            self._pump.drain()
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush)  # runs after this iteration's other handlers
 
     def _refused(self, inputs: dict[str, np.ndarray], error: PyserveError) -> PyserveError:
         """``error`` (the core's refusal of ``inputs``), saying where the limit comes from when a request

@@ -13,7 +13,7 @@ import pytest
 
 from pyserve import _core
 from pyserve.config import DynamicBatching, ModelConfig, TensorSpec
-from pyserve.errors import ErrorKind, PyserveError
+from pyserve.errors import ErrorKind, PyserveError, error_from_core
 from pyserve.runtime import CompletionPump, ModelRunner
 
 OK, INVALID, UNAVAILABLE, DEADLINE, CANCELLED, INTERNAL = range(6)
@@ -427,6 +427,42 @@ def test_runner_cancelled_future_cancels_queued_request() -> None:
         pump.close()
 
     asyncio.run(main())
+
+
+def test_runner_submit_callback_answers_without_a_future_and_cancels() -> None:
+    """submit_callback's callable is called by the drain with the outputs, or with the core's status
+    (CANCELLED for a request cancelled while queued: it never runs); one callback that raises does
+    not keep the others of the same drain from their answers."""
+    gate = Gate()
+    got: list[tuple] = []
+
+    def callback(tag: str, raises: bool = False) -> Any:
+        def completed(code: int, message: str, outputs: Any, queue_us: int, compute_us: int) -> None:
+            got.append((tag, code, None if outputs is None else float(outputs["y"][0, 0]), queue_us >= 0))
+            if raises:
+                raise RuntimeError("a caller's bug")
+        return completed
+
+    async def main() -> None:
+        pump = CompletionPump()
+        runner = ModelRunner(_config(max_batch_size=4), "1", gate, pump)
+        runner.submit_callback(sample(0), callback("first"))
+        await asyncio.get_running_loop().run_in_executor(None, gate.started.wait, 5)
+        cancelled = runner.submit_callback(sample(1), callback("cancelled"))
+        runner.submit_callback(sample(2), callback("raiser", raises=True))
+        runner.submit_callback(sample(3), callback("after"))
+        runner.cancel(cancelled)
+        gate.release.set()
+        await runner.stop()
+        pump.close()
+
+    asyncio.run(main())
+    by_tag = {tag: rest for tag, *rest in got}
+    assert len(got) == 4 and by_tag["first"] == [0, 0.0, True]
+    assert by_tag["raiser"] == [0, 4.0, True] and by_tag["after"] == [0, 6.0, True]  # y = 2x
+    code, outputs, _ = by_tag["cancelled"]
+    assert outputs is None and error_from_core(code, "").kind is ErrorKind.CANCELLED
+    assert gate.batches == [[0.0], [2.0, 3.0]]  # the cancelled request never ran
 
 
 def test_runner_task_cancelled_while_awaiting_cancels_queued_request() -> None:

@@ -283,10 +283,9 @@ class PayloadLog(InferHooks):
         if key is None:
             key = self._config_key(config)
         started_ns = ctx.started_ns
-        future = ctx.future
+        queue_us, compute_us = ctx.timings()
         queue.append((started_ns, time.monotonic_ns() - started_ns, runner.version, ctx.request_id, ctx.protocol, OK,
-                      None, True, inputs, outputs, getattr(future, "queue_us", None),
-                      getattr(future, "compute_us", None), key))
+                      None, True, inputs, outputs, queue_us, compute_us, key))
 
     def on_error(self, ctx: CallContext | None, model_name: str, runner: ModelRunner | None,
                  request: InferRequest | None, error: PyserveError) -> None:
@@ -340,9 +339,9 @@ class PayloadLog(InferHooks):
         if duration_ns is None:
             duration_ns = now_ns - ctx.started_ns
         # The core's timings are read now (the call is answered): the queue holds no future.
-        future = ctx.future
+        queue_us, compute_us = ctx.timings()
         queue.append((now_ns - duration_ns, duration_ns, version, ctx.request_id, ctx.protocol, status, error, sampled,
-                      inputs, outputs, getattr(future, "queue_us", None), getattr(future, "compute_us", None), key))
+                      inputs, outputs, queue_us, compute_us, key))
 
     def _config_key(self, config: ModelConfig) -> int:
         """The key of a config not seen yet (event loop thread)."""

@@ -8,9 +8,10 @@ the router's patterns, builds a :class:`~pyserve.service.CallContext`, resolves 
 and runs the service's checks and hook loops. Here the request target's bytes are looked up in a
 dict (model name and version, parsed once per target), the body decoded by the decode plans of the
 model version (:mod:`pyserve.protocol.request_plans`: a body seen before but for its tensors' data
-is decoded by its data alone), the inputs queued with ``ModelRunner.submit``, and the reply encoded
-by the general path's encoder from the core future's callback (``docs/core.md``, "The infer fast
-path", has the figures).
+is decoded by its data alone), the inputs queued with ``ModelRunner.submit_callback`` (no asyncio
+future: the completion drain calls the call's :meth:`_Call.completed`), and the reply written by
+the lean writers or the general path's encoder (``docs/core.md``, "The infer fast path", has the
+figures).
 
 Whatever the fast path does not handle it leaves to the general path BEFORE any side effect
 (:meth:`FastInfer.serve` answers None): a target that is not an infer path or holds ``%``, ``?`` or
@@ -31,7 +32,6 @@ general path does (:meth:`~pyserve.service.InferenceService.failed`, the same st
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
@@ -45,12 +45,12 @@ import orjson
 
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
-from pyserve.errors import PyserveError, internal
+from pyserve.errors import PyserveError, error_from_core, internal
 from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
-from pyserve.server.messages import INTERNAL_ERROR, Deferred, Response
+from pyserve.server.messages import INTERNAL_ERROR, Deferred, Pending, Response
 from pyserve.service import CallContext, InferenceService
 
 log = logging.getLogger("pyserve.server")
@@ -168,13 +168,16 @@ class _Target:
         self.plans: RequestPlans | None = None
 
 
-class _Call(CallContext):
+class _Call(CallContext, Pending):
     """One call on the fast path, from its submit to its answer: its :class:`CallContext` too (what
-    observers and errors are given), as the general path would make it, at no extra object."""
+    observers and errors are given), as the general path would make it, at no extra object; and the
+    connection's :class:`Pending` answer, given to it by the completion drain calling
+    :meth:`completed` (``ModelRunner.submit_callback``): no future, no done callback."""
 
-    __slots__ = ("runner", "req", "observers")
+    __slots__ = ("runner", "req", "observers", "fast", "queue_us", "compute_us", "answer", "on_answer",
+                 "request_handle", "state")
 
-    def __init__(self, runner: Any, req: InferRequest, protocol: str, observers: tuple) -> None:
+    def __init__(self, fast: FastInfer, runner: Any, req: InferRequest, protocol: str, observers: tuple) -> None:
         # CallContext's fields set here, not by its dataclass __init__ (a default factory and a
         # frame more for every call): no routing key, no timeout or priority on this path.
         self.protocol = protocol
@@ -187,6 +190,48 @@ class _Call(CallContext):
         self.runner = runner
         self.req = req
         self.observers = observers  # the after_response hooks that only observe (the payload log)
+        self.fast = fast
+        self.queue_us = self.compute_us = -1  # the core's timings, once answered (-1: never ran)
+        self.answer: Response | Deferred | None = None  # answered before the connection asked
+        self.on_answer = None
+        self.request_handle = -1  # the core's id of the queued request, for cancel
+        self.state = _QUEUED
+
+    def completed(self, code: int, message: str, outputs: dict[str, Any] | None, queue_us: int,
+                  compute_us: int) -> None:
+        """The completion drain's call (``ModelRunner.submit_callback``): answers the call."""
+        if self.state is not _QUEUED:
+            return  # cancelled: its client is gone
+        self.state = _ANSWERED
+        self.queue_us, self.compute_us = queue_us, compute_us
+        if code == 0:
+            resp = self.fast._finish(self, outputs)  # type: ignore[arg-type]
+        else:
+            resp = self.fast._failed(self, error_from_core(code, message))
+        on_answer = self.on_answer
+        if on_answer is None:
+            self.answer = resp  # answered inline, before serve returned
+        else:
+            self.on_answer = None  # the connection's partial: no cycle left behind
+            on_answer(resp)
+
+    def timings(self) -> tuple[int | None, int | None]:
+        return self.queue_us, self.compute_us
+
+    def done(self) -> bool:
+        return self.state is not _QUEUED
+
+    def cancel(self) -> bool:
+        if self.state is not _QUEUED:
+            return False
+        self.state = _CANCELLED
+        self.on_answer = None
+        if self.request_handle >= 0:
+            self.runner.cancel(self.request_handle)
+        return True
+
+
+_QUEUED, _ANSWERED, _CANCELLED = "queued", "answered", "cancelled"
 
 
 class FastInfer:
@@ -272,18 +317,19 @@ class FastInfer:
                 if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
                     return None
         # From here on, as the general path: errors are recorded and answered, never handed back.
-        call = _Call(runner, req, protocol, observers)
+        call = _Call(self, runner, req, protocol, observers)
         try:
-            future = runner.submit(req.inputs)
+            handle = runner.submit_callback(req.inputs, call.completed)
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
             return self._failed(call, e)
-        call.future = future
-        return Deferred(future, functools.partial(self._finish, call))
+        if call.answer is not None:
+            return call.answer  # the batch ran inline: answered already
+        call.request_handle = handle
+        return call
 
-    def _finish(self, call: _Call, done: asyncio.Future) -> Response | Deferred:
-        """The reply of ``call`` once its core future is done (``ModelRunner.submit``'s outputs)."""
+    def _finish(self, call: _Call, outputs: dict[str, Any]) -> Response | Deferred:
+        """The reply of ``call`` with its outputs (``ModelRunner.submit_callback``'s)."""
         try:
-            outputs = done.result()
             runner = call.runner
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req

@@ -39,10 +39,10 @@ from urllib.parse import unquote
 
 import httptools
 
-from pyserve._core import parse_plain_request
+from pyserve import _core
 from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
-from pyserve.server.messages import Deferred, Request, Response, error_response, internal_error
+from pyserve.server.messages import Deferred, Pending, Request, Response, error_response, internal_error
 from pyserve.server.router import Router
 
 if TYPE_CHECKING:
@@ -64,6 +64,12 @@ FEED_SLICE = 8 << 10
 SERVER_NAME = b"pyserve"
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# HTTP parsing, not model access (which goes through pyserve.service): the core's parser of plain requests.
+parse_plain_request = _core.parse_plain_request
+# The Content-Type lines of the server's own answers, made once.
+_CONTENT_TYPE_LINES = {t: b"Content-Type: %s\r\n" % t.encode() for t in (
+    "application/json", "application/octet-stream", "application/msgpack", "text/plain; charset=utf-8",
+    "text/html; charset=utf-8", "text/plain; version=0.0.4; charset=utf-8")}
 
 
 def _split_url(url: bytes) -> tuple[str, str]:
@@ -108,6 +114,8 @@ class HttpServer:
         self.draining = False
         self.now = time.monotonic()
         self.date = formatdate(usegmt=True).encode()
+        # Each status's first lines (status line, Server, Date), made once per Date (a second).
+        self.status_lines: dict[int, bytes] = {}
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._all_closed: asyncio.Event = asyncio.Event()
@@ -155,9 +163,20 @@ class HttpServer:
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)  # first: never lost
         # A coarse clock for idle checks and the Date header, so a request never calls either.
         self.now = time.monotonic()
-        self.date = formatdate(usegmt=True).encode()
+        date = formatdate(usegmt=True).encode()
+        if date != self.date:
+            self.date = date
+            self.status_lines = {}
         for conn in list(self.connections):
             conn.sweep(self.now)
+
+    def status_line(self, status: int) -> bytes:
+        """The first lines of an answer of ``status``: status line, Server and Date."""
+        line = b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n" % (
+            status, _REASONS.get(status, b"Unknown"), SERVER_NAME, self.date)
+        if status in _REASONS:  # a handler's odd status is not remembered
+            self.status_lines[status] = line
+        return line
 
     def forget(self, conn: Connection) -> None:
         """Called by a connection once it is closed."""
@@ -197,7 +216,7 @@ class _Slot:
     def __init__(self, close: bool, http10: bool, nbytes: int = 0) -> None:
         self.resp: Response | None = None
         self.head = False  # answering a HEAD request: no body
-        self.future: asyncio.Future | None = None
+        self.future: asyncio.Future | Pending | None = None
         self.close = close  # the connection ends after this answer
         self.http10 = http10
         self.nbytes = nbytes  # request body bytes held until the answer is written
@@ -493,14 +512,23 @@ class Connection(asyncio.Protocol):
                     self._answer(result, slot, head)
                     return
                 future, finish = result.future, result.finish  # a Deferred again: encoded off the loop
+        elif isinstance(result, Pending):  # the infer fast path: answered by a call, not a future
+            slot.future = result
+            result.on_answer = functools.partial(self._fill_answer, slot, head)
+            self._owe(slot)
+            return
         else:  # a coroutine: rare endpoints (model control) that await
             future = asyncio.ensure_future(result)  # type: ignore[arg-type]
             finish = self._task_response
         slot.future = future
-        self.pending.append(slot)
-        self.pending_bytes += slot.nbytes
         # A partial (called in C), not a lambda: one Python frame less per answer.
         future.add_done_callback(functools.partial(self._fill, slot, finish, head))
+        self._owe(slot)
+
+    def _owe(self, slot: _Slot) -> None:
+        """Queues the answer still to come of ``slot`` behind those owed."""
+        self.pending.append(slot)
+        self.pending_bytes += slot.nbytes
         if slot.close:
             self._stop_reading()
         elif len(self.pending) >= MAX_PIPELINED or self.pending_bytes > self.server.max_body_bytes:
@@ -522,6 +550,12 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error while answering")
             resp = internal_error()
+        self._fill_answer(slot, head, resp)
+
+    def _fill_answer(self, slot: _Slot, head: bool, resp: Response | Deferred) -> None:
+        """Writes ``resp``, the answer of ``slot``, once those before it are written."""
+        if self.transport is None:
+            return  # the connection is gone
         if type(resp) is Deferred:  # the answer is made off the loop (a large reply's encoding)
             slot.future = resp.future
             resp.future.add_done_callback(functools.partial(self._fill, slot, resp.finish, head))
@@ -567,20 +601,24 @@ class Connection(asyncio.Protocol):
 
     def _encode(self, resp: Response, slot: _Slot, head: bool) -> bytes:
         body = resp.body
-        status = resp.status
-        parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
-                 % (status, _REASONS.get(status, b"Unknown"), SERVER_NAME, self.server.date)]
+        server = self.server
+        start = server.status_lines.get(resp.status)
+        if start is None:
+            start = server.status_line(resp.status)
+        parts = [start]
         if resp.headers:
             for k, v in resp.headers.items():
                 parts.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
-        if resp.content_type:
-            parts.append(b"Content-Type: %s\r\n" % resp.content_type.encode("latin-1"))
-        parts.append(b"Content-Length: %d\r\n" % len(body))
+        content_type = resp.content_type
+        if content_type:
+            line = _CONTENT_TYPE_LINES.get(content_type)
+            parts.append(line if line is not None else b"Content-Type: %s\r\n" % content_type.encode("latin-1"))
         if slot.close:
-            parts.append(b"Connection: close\r\n")
-        elif slot.http10:
-            parts.append(b"Connection: keep-alive\r\n")  # HTTP/1.0 keep-alive is opt-in: confirm it
-        parts.append(b"\r\n")
+            parts.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        elif slot.http10:  # HTTP/1.0 keep-alive is opt-in: confirm it
+            parts.append(b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body))
+        else:
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
         if not head and len(body):
             parts.append(body)
         return b"".join(parts)

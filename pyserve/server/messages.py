@@ -76,6 +76,25 @@ class Deferred:
         self.finish = finish
 
 
+class Pending:
+    """An answer to come without a future: its maker calls ``on_answer(resp)`` once, with a
+    :class:`Response` or a :class:`Deferred` (a large reply encoded off the loop). The connection
+    sets ``on_answer``; :meth:`done` and :meth:`cancel` are a future's (the connection cancels what
+    a client that hung up still waits for). The infer fast path's calls are Pending: no asyncio
+    future, done callback and loop turn per answer (``pyserve.server.fast_infer``)."""
+
+    __slots__ = ()
+    on_answer: Callable[[Response | Deferred], None] | None
+
+    def done(self) -> bool:
+        """True once answered or cancelled."""
+        raise NotImplementedError
+
+    def cancel(self) -> bool:
+        """Abandons the answer (False when it is done already)."""
+        raise NotImplementedError
+
+
 Handler = Callable[[Request], Response | Deferred | Awaitable[Response]]
 
 

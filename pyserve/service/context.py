@@ -33,6 +33,13 @@ class CallContext:
         """The monotonic time (ns) by which the call must be answered; 0 when it has no timeout."""
         return self.started_ns + self.timeout_us * 1000 if self.timeout_us else 0
 
+    def timings(self) -> tuple[int | None, int | None]:
+        """(queue_us, compute_us): how long the call's request waited in the core's queue and how long
+        its batch's backend call took, in µs, once answered (-1: it never queued / never ran); None
+        when not known (not submitted, or answered without the core)."""
+        future = self.future
+        return getattr(future, "queue_us", None), getattr(future, "compute_us", None)
+
     def cancel(self) -> bool:
         """Cancels the call; False when it was not submitted or is already answered."""
         return self.future is not None and self.future.cancel()
