@@ -212,6 +212,32 @@ def test_random_data_decodes_as_the_reference_does(datatype: str, nested: tuple[
     assert_same(body_of(datatype, shape, text, extra=', "parameters": {"priority": 1}'))
 
 
+def _decimal_text(negative: bool, m: int, k: int, leading_zeros: int) -> str:
+    """The decimal text of ±m / 10**k with k fraction digits (k >= 1) and extra leading zeros."""
+    digits = str(m).rjust(k + 1, "0")
+    whole, fraction = digits[:-k], digits[-k:]
+    return ("-" if negative else "") + ("0" * leading_zeros if whole != "0" else "") + whole + "." + fraction
+
+
+@settings(max_examples=500, deadline=None)
+@given(negative=st.booleans(), k=st.integers(1, 25), leading_zeros=st.sampled_from([0, 0, 0, 1]),
+       m=st.one_of(st.integers(0, 2**54), st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 10**15, 10**16 - 1,
+                                                           10**16, 10**17 + 3, 0, 1, 5, 15625])),
+       datatype=st.sampled_from(["FP64", "FP32", "FP16"]))
+@example(negative=False, m=2**53, k=22, leading_zeros=0, datatype="FP64")
+@example(negative=True, m=0, k=1, leading_zeros=0, datatype="FP32")
+def test_plain_decimals_decode_as_the_reference_does(negative: bool, m: int, k: int, leading_zeros: int,
+                                                     datatype: str) -> None:
+    """-?digits.digits without an exponent is read by Clinger's fast path (one exact division) when
+    its digits make an integer up to 2**53 and it has at most 22 fraction digits, by from_chars
+    otherwise: either way the double float() reads, then the reference's rounding to the datatype.
+    Leading zeros are not JSON: both refuse them."""
+    text = _decimal_text(negative, m, k, leading_zeros)
+    got = assert_same(body_of(datatype, [2], f"[{text}, 0.5]"))
+    if got[0] != "refused":
+        assert np.frombuffer(got[0][3], got[0][1])[0] == np.array(float(text)).astype(got[0][1])
+
+
 @settings(max_examples=150, deadline=None)
 @given(first=_nested(), second=_nested(),
        types=st.tuples(st.sampled_from(DATATYPES), st.sampled_from(DATATYPES)))

@@ -291,9 +291,52 @@ struct Leaf {
   double d;  // kFloat: a number with a fraction or exponent, or a non-finite token
 };
 
+// Powers of ten a double holds exactly.
+constexpr double kExactPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                        1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+// The common float leaf, -?digits.digits without an exponent, whose digits (leading zeros aside)
+// make an integer m below 2**53: its value is m / 10**k with k fraction digits, both exact doubles,
+// so one IEEE division rounds it correctly (Clinger's fast path: W. D. Clinger, "How to Read
+// Floating Point Numbers Accurately", PLDI 1990; as in fast_float and Python's own dtoa.c), the
+// same double std::from_chars and float() give. False (nothing consumed) for anything else.
+bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
+  const char* q = p;
+  const bool negative = q < end && *q == '-';
+  if (negative) ++q;
+  uint64_t m = 0;
+  int digits = 0;  // significant ones: m < 10**digits
+  const char* start = q;
+  while (q < end && *q >= '0' && *q <= '9') {
+    m = m * 10 + static_cast<uint64_t>(*q - '0');
+    digits += m != 0;
+    ++q;
+  }
+  if (q == start || q >= end || *q != '.') return false;
+  ++q;
+  const char* fraction = q;
+  while (q < end && *q >= '0' && *q <= '9') {
+    m = m * 10 + static_cast<uint64_t>(*q - '0');
+    digits += m != 0;
+    ++q;
+  }
+  const int64_t k = q - fraction;
+  if (k == 0 || k > 22 || digits > 16 || m > (uint64_t{1} << 53)) return false;
+  if (q < end && (*q == 'e' || *q == 'E')) return false;
+  const double value = static_cast<double>(m) / kExactPowersOfTen[k];
+  *out = negative ? -value : value;
+  p = q;
+  return true;
+}
+
 // Parses the leaf at p (already checked by the scanner); false where the reference must decide.
 bool ParseLeaf(const char*& p, const char* end, Leaf* leaf) {
   const char c = *p;
+  if ((c == '-' || (c >= '0' && c <= '9')) && ParseSimpleDecimal(p, end, &leaf->d)) {
+    leaf->kind = Leaf::kFloat;
+    return true;
+  }
   // The words are checked again (cheap, and rare): DecodeData never reads past `end`, whatever text.
   if (c == 't' || c == 'f') {
     leaf->kind = Leaf::kBool;

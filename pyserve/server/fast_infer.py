@@ -89,6 +89,8 @@ def parse_target(url: bytes) -> tuple[str, str | None] | None:
 # The outputs the lean writers take: arrays of a numeric datatype in the machine's byte order.
 _DATATYPES = {np.dtype(dtype): datatype for datatype, dtype in NUMPY_DTYPES.items() if datatype != "BYTES"}
 _OUTPUTS_HEAD = b',"outputs":['
+# packb's bytes (its defaults) without a Packer made and freed per reply; the loop's thread only.
+_PACKER = msgpack.Packer()
 
 
 def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
@@ -116,7 +118,7 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
         if nbytes > msgpack_codec.JOIN_MIN_BYTES:
             return None
         doc["outputs"] = tensors
-        return Response(msgpack.packb(doc), content_type=MSGPACK)
+        return Response(_PACKER.pack(doc), content_type=MSGPACK)
     params = req.parameters
     binary_default = bool(params.get("binary_data_output", False)) if params else False
     if requested is None:
