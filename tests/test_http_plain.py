@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyserve._core import parse_plain_request
+from pyserve.server import messages
 from pyserve.server.http import Connection, HttpServer
 from pyserve.server.limits import TransportLimits
 from pyserve.server.router import Router
@@ -191,6 +192,69 @@ def test_plain_requests_do_not_reach_llhttp() -> None:
 
     served = asyncio.run(run())
     assert [(s[0], s[1], s[3]) for s in served] == [(b"POST", b"/a", b"xy"), (b"GET", b"/b", b"")]
+
+
+def test_a_plain_request_over_a_feed_slice_read_at_once_is_served_plain() -> None:
+    """A body bigger than the transport's parse slice (8 KiB), read whole: one C call, not llhttp."""
+    from pyserve.server.http import FEED_SLICE
+
+    body = b"x" * (FEED_SLICE * 2)
+
+    class NoParser:
+        def feed_data(self, data: bytes) -> None:
+            raise AssertionError("llhttp fed")
+
+    async def run() -> list[tuple]:
+        server = HttpServer(None, Router(), TransportLimits())
+        conn = Connection(server)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        conn.parser = NoParser()  # type: ignore[assignment]
+        served: list[tuple] = []
+        conn._serve = lambda *a: served.append(a)  # type: ignore[method-assign]
+        conn.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return served
+
+    served = asyncio.run(run())
+    assert len(served) == 1 and served[0][3] == body
+
+
+def test_plain_requests_stop_being_served_once_reading_is_paused() -> None:
+    """A client pipelining more than a connection may owe: the plain parser stops where reading is
+    paused and the rest waits (served once answers go out), as with llhttp."""
+    from pyserve.server.http import MAX_PIPELINED
+
+    one = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
+    data = one * (MAX_PIPELINED * 12)  # well over a parse slice (8 KiB)
+
+    async def run(plain: bool) -> tuple[int, int]:
+        server = HttpServer(None, Router(), TransportLimits())
+        server.parse_plain = plain
+        conn = Connection(server)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        served: list[tuple] = []
+
+        def owe(*a: Any) -> None:  # each request's answer still to come
+            served.append(a)
+            conn._owe(conn_slot())
+
+        from pyserve.server.http import _Slot
+
+        def conn_slot() -> Any:
+            return _Slot(False, False)
+
+        conn._serve = owe  # type: ignore[method-assign]
+        conn.data_received(data)
+        paused = len(served)
+        while conn.pending:  # the answers go out: reading resumes, the rest is served
+            slot = conn.pending[0]
+            slot.resp = messages.Response(b"")
+            conn._write_ready()
+        return paused, len(served)
+
+    with_plain, without = asyncio.run(run(True)), asyncio.run(run(False))
+    assert with_plain[1] == without[1] == MAX_PIPELINED * 12  # none lost
+    # No more than llhttp's slices let through before the pause: here the first MAX_PIPELINED.
+    assert with_plain[0] == MAX_PIPELINED <= without[0] < MAX_PIPELINED * 12, (with_plain, without)
 
 
 def test_mixed_plain_and_llhttp_requests_keep_their_order() -> None:

@@ -289,9 +289,17 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return  # refused or ending: what still arrives is dropped
         self.last_active = self.server.now
-        if len(data) <= FEED_SLICE and self._backlog is None:
-            self._parse(data)  # the common case: one request, or a few small ones
-            return
+        if self._backlog is None:
+            if len(data) <= FEED_SLICE:
+                self._parse(data)  # the common case: one request, or a few small ones
+                return
+            if not self.in_message and self.server.parse_plain:
+                # Whole plain requests of any size first (a body over FEED_SLICE read at once), until
+                # reading is paused; what is left is parsed a piece at a time below.
+                taken = self._serve_plain(data)
+                if taken == len(data) or self.closing:
+                    return
+                data = memoryview(data)[taken:]
         view = memoryview(data)
         self._backlog = view if self._backlog is None else memoryview(bytes(self._backlog) + data)
         self._feed_backlog()
@@ -444,7 +452,8 @@ class Connection(asyncio.Protocol):
     def _serve_plain(self, data: bytes | memoryview) -> int:
         """Serves the plain requests at the start of ``data`` (:func:`pyserve._core.parse_plain_request`:
         one C call each instead of llhttp's callbacks); returns how many bytes they took, the rest
-        being for llhttp (a request that is not plain, or not all read yet)."""
+        being for llhttp (a request that is not plain, or not all read yet) or, once reading is
+        paused, for later."""
         pos = 0
         end = len(data)
         limit = self.server.max_body_bytes
@@ -456,6 +465,8 @@ class Connection(asyncio.Protocol):
             self._serve(method, url, headers, body, http10, keep_alive)
             if self.closing:
                 return end  # Connection: close, or the server is ending: the rest is never read
+            if self.reading_paused:
+                break  # answers owed pile up: the caller keeps the rest for later
         return pos
 
     def _serve(self, method: bytes, url: bytes, headers: dict[str, str], body: bytes | bytearray,
@@ -596,7 +607,7 @@ class Connection(asyncio.Protocol):
                 return
         if not pending and self.closing:
             self._close_after_writes()
-        else:
+        elif self.reading_paused:  # checked here too: most answers find reading going on
             self._maybe_resume_reading()
 
     def _encode(self, resp: Response, slot: _Slot, head: bool) -> bytes:
