@@ -296,34 +296,34 @@ constexpr double kExactPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,
                                         1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                         1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-// The common float leaf, -?digits.digits without an exponent, whose digits (leading zeros aside)
-// make an integer m below 2**53: its value is m / 10**k with k fraction digits, both exact doubles,
+// The common float leaf, -?digits.digits without an exponent, of at most 19 digits that make an
+// integer m up to 2**53: its value is m / 10**k with k fraction digits, both exact doubles,
 // so one IEEE division rounds it correctly (Clinger's fast path: W. D. Clinger, "How to Read
 // Floating Point Numbers Accurately", PLDI 1990; as in fast_float and Python's own dtoa.c), the
 // same double std::from_chars and float() give. False (nothing consumed) for anything else.
 bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
   const char* q = p;
   const bool negative = q < end && *q == '-';
-  if (negative) ++q;
+  q += negative;
+  // At most 19 digits (leading zeros too): m cannot overflow 64 bits.
+  const char* limit = end - q > 20 ? q + 20 : end;
   uint64_t m = 0;
-  int digits = 0;  // significant ones: m < 10**digits
   const char* start = q;
-  while (q < end && *q >= '0' && *q <= '9') {
-    m = m * 10 + static_cast<uint64_t>(*q - '0');
-    digits += m != 0;
+  unsigned digit;
+  while (q < limit && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+    m = m * 10 + digit;
     ++q;
   }
-  if (q == start || q >= end || *q != '.') return false;
-  ++q;
-  const char* fraction = q;
-  while (q < end && *q >= '0' && *q <= '9') {
-    m = m * 10 + static_cast<uint64_t>(*q - '0');
-    digits += m != 0;
+  if (q == start || q >= limit || *q != '.') return false;
+  const char* fraction = ++q;
+  while (q < limit && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+    m = m * 10 + digit;
     ++q;
   }
   const int64_t k = q - fraction;
-  if (k == 0 || k > 22 || digits > 16 || m > (uint64_t{1} << 53)) return false;
-  if (q < end && (*q == 'e' || *q == 'E')) return false;
+  if (k == 0 || k > 22 || m > (uint64_t{1} << 53)) return false;
+  // At the limit more digits may follow; an exponent is from_chars' to read.
+  if (q < end && (q == limit || *q == 'e' || *q == 'E')) return false;
   const double value = static_cast<double>(m) / kExactPowersOfTen[k];
   *out = negative ? -value : value;
   p = q;
@@ -458,6 +458,9 @@ class Decoder {
         p = q > p ? q : p;
         while (p < end && !AtValueEnd(p, end)) ++p;
         ++index_;
+        if (!defer && (dtype_ == DataType::kFp32 || dtype_ == DataType::kFp64)) {
+          p = PlainDecimalRun(p, end, &lengths[depth]);
+        }
       }
     }
     *elements = index_;
@@ -468,6 +471,29 @@ class Decoder {
   }
 
  private:
+  // The rest of a row of plain decimals after a leaf at p (the common body: `, 0.51224, -1.5, ...`),
+  // parsed and stored without the walk's dispatch; returns where the walk goes on (at a comma or
+  // bracket it did not take). FP32 and FP64 only: a value below 2**53 never overflows either, so
+  // none is the reference's to judge.
+  const char* PlainDecimalRun(const char* p, const char* end, int64_t* length) {
+    while (p < end && *p == ',' && index_ < count_) {
+      const char* q = p + 1;
+      while (q < end && IsWs(*q)) ++q;
+      double d;
+      if (!ParseSimpleDecimal(q, end, &d)) break;
+      if (dtype_ == DataType::kFp32) {
+        static_cast<float*>(out_)[index_] = static_cast<float>(d);
+      } else {
+        static_cast<double*>(out_)[index_] = d;
+      }
+      has_float_ = true;
+      ++*length;
+      ++index_;
+      p = q;  // the scanner checked the grammar: whitespace, a comma or a bracket follows
+    }
+    return p;
+  }
+
   bool Store(const Leaf& leaf) {
     if (dtype_ == DataType::kBool) {
       if (leaf.kind != Leaf::kBool) return false;
