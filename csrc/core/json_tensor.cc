@@ -248,15 +248,8 @@ class Scanner {
     if (depth > kMaxDataDepth) return false;
     return Items(']', [&] {
       const char c = Peek();
-      if (c == '[') {
-        if (!Data(depth + 1)) return false;
-      } else if (c == 't' || c == 'f') {
-        const size_t n = c == 't' ? 4 : 5;
-        if (!StartsWith(p_, end_, c == 't' ? "true" : "false", n)) return false;
-        p_ += n;
-      } else if (const size_t token = NonFiniteLength(p_, end_)) {
-        p_ += token;
-      } else {
+      if (IsDigit(c) || (c == '-' && p_ + 1 < end_ && IsDigit(p_[1]))) {
+        // A number, the common leaf: tried first (a negative one is no -Infinity to compare).
         bool is_float;
         long magnitude;
         const size_t n = NumberLength(p_, end_, &is_float, &magnitude);
@@ -268,6 +261,16 @@ class Scanner {
           if (std::from_chars(p_, p_ + n, value).ec != std::errc()) return false;
         }
         p_ += n;
+      } else if (c == '[') {
+        if (!Data(depth + 1)) return false;
+      } else if (c == 't' || c == 'f') {
+        const size_t n = c == 't' ? 4 : 5;
+        if (!StartsWith(p_, end_, c == 't' ? "true" : "false", n)) return false;
+        p_ += n;
+      } else if (const size_t token = NonFiniteLength(p_, end_)) {
+        p_ += token;
+      } else {
+        return false;  // not a leaf of a data array
       }
       return AtValueEnd(p_, end_);
     });
