@@ -1,5 +1,5 @@
 """The payload log when things go wrong underneath it: a disk that fills up while a file is being
-written."""
+written, and queues too small for the writer's wake-up (``queue_size // 4`` is 0 below 4)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytest.importorskip("pyarrow")
+from pyserve.config import ModelConfig, PayloadLogConfig, TensorSpec
+from pyserve.payload_log import PayloadLog, PayloadLogSettings
+from pyserve.protocol import InferRequest, InferResponse
+from pyserve.service import CallContext
 
-# Run in a process of its own: RLIMIT_FSIZE (each file written may grow to LIMIT bytes, then a write
+# Run in a process of its own: RLIMIT_FSIZE (each file written may grow to 100,000 bytes, then a write
 # fails with EFBIG, as a full disk fails with ENOSPC) is the whole process's.
 _FULL_DISK = textwrap.dedent("""
     import json, resource, signal, sys
@@ -61,3 +67,38 @@ def test_a_disk_that_fills_up_publishes_no_broken_file_and_counts_every_record(t
     assert got["tmp"] == []
     assert got["written"] == got["readable"] == 100  # the rows written once there was room
     assert got["written"] + got["lost"] == got["appended"]
+
+
+LOGGED = PayloadLogConfig(enabled=True, sample_rate=1.0)
+CONFIG = ModelConfig("m", "onnxruntime", (TensorSpec("x", "FP32", (4,)),), (TensorSpec("y", "FP32", (4,)),),
+                     max_batch_size=8, payload_log=LOGGED)
+
+
+def _logged_call(plog: PayloadLog, i: int) -> None:
+    runner = types.SimpleNamespace(config=CONFIG, version="1")
+    x = {"x": np.full((1, 4), i, np.float32)}
+    plog.after_response(CallContext("http+json", f"r{i}"), runner, InferRequest(x),
+                        InferResponse("m", "1", {"y": x["x"]}))
+
+
+@pytest.mark.parametrize("queue_size", [1, 2, 3, 4])
+def test_a_small_queue_wakes_the_writer_too(tmp_path: Path, queue_size: int) -> None:
+    """The hook wakes the writer when the queue reaches ``queue_size // 4`` records, which is 0 for
+    a queue of 1 to 3: with a queue of 1 the wake-up was put at a depth of 1, which the queue never
+    reaches before it is full, so the writer slept out flush_s with a full queue and dropped all
+    but one record in each flush_s (20 of 3,000 records kept, against 2,216 with a queue of 2)."""
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path, queue_size=queue_size, flush_s=600.0),
+                      lambda name: CONFIG)
+    plog.start()
+    try:
+        time.sleep(0.1)  # the writer is in its first wait (600 s)
+        for i in range(queue_size):
+            _logged_call(plog, i)  # a full queue
+        deadline = time.monotonic() + 30
+        while plog._queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not plog._queue, "the writer was not woken"
+    finally:
+        plog.close()
+    assert plog.records_total.labels("m", "written")._value.get() == queue_size
+    assert plog.records_total.labels("m", "dropped")._value.get() == 0
