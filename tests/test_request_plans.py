@@ -337,3 +337,44 @@ def test_any_data_under_a_planned_skeleton_decodes_as_the_full_decoder(datatype:
     assert len(plans._json) == 1
     body = body_of(datatype, shape, data.draw(data_texts(math.prod(shape))))
     assert result(plans.decode_json, body) == result(kserve.decode_request, body)
+
+
+def test_the_plan_that_goes_is_the_one_used_longest_ago_whenever_it_was_used() -> None:
+    """Hits move their plan last from the first plan on, not only once the plans are full: a plan
+    used after each of the other skeletons until the plans filled up is not the one that goes, in
+    any encoding (it was: hits were ordered only once full, so it stayed first and went first)."""
+    from pyserve.protocol.request_plans import MAX_MSGPACK_PLANS, MAX_PLANS, PLAN_EVERY_WHEN_FULL
+
+    datatypes = {"a": "FP32"}
+    arrays = {"a": np.zeros(2, np.float32)}
+
+    def json_body(tag: str) -> bytes:
+        return body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": "{tag}"}}')
+
+    def bin_body(tag: str) -> tuple[bytes, str]:
+        return binary_body(arrays, datatypes, {"parameters": {"n": tag}})
+
+    def msgpack_of(tag: str) -> bytes:
+        return msgpack_body(arrays, datatypes, id=tag)
+
+    cases = [("json", lambda p: p.decode_json, json_body, lambda p: p._json, MAX_PLANS, planned("FP32")),
+             ("binary", lambda p: lambda b: p.decode_binary(*b), bin_body, lambda p: p._binary, MAX_PLANS,
+              RequestPlans(datatypes, None)),
+             ("msgpack", lambda p: p.decode_msgpack, msgpack_of, lambda p: p._msgpack, MAX_MSGPACK_PLANS,
+              RequestPlans(datatypes, None))]
+    for encoding, decoder, body, held, limit, plans in cases:
+        decode = decoder(plans)
+        decode(body("kept"))
+        for i in range(limit - 1):  # the plans fill up; "kept" used after every other but the last
+            decode(body(f"once-{i}"))
+            if i < limit - 2:
+                decode(body("kept"))
+        assert len(held(plans)) == limit, encoding
+        for i in range(PLAN_EVERY_WHEN_FULL):  # one new skeleton planned, in place of "once-0"
+            decode(body(f"new-{i}"))
+        decoded = []
+        with pytest.MonkeyPatch.context() as m:
+            for module in (kserve, msgpack_codec):
+                m.setattr(module, "decode_request", lambda *a: decoded.append(a))
+            decode(body("kept"))
+        assert decoded == [], f"{encoding}: the plan used last but one was pushed out"

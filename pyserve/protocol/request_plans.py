@@ -191,7 +191,7 @@ class RequestPlans:
                 if body[begin:end] != piece:
                     break
             else:
-                if len(self._msgpack) >= MAX_MSGPACK_PLANS and plan is not self._msgpack[-1]:
+                if plan is not self._msgpack[-1]:
                     self._msgpack.remove(plan)  # the plan used last goes last: the first goes first
                     self._msgpack.append(plan)
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
@@ -234,11 +234,12 @@ def _remember(plans: dict, key: Any, plan: _Plan) -> None:
 
 
 def _used(plans: dict, key: Any, plan: _Plan) -> None:
-    """Moves the plan just used last in ``plans``, when they are full (only then does the order
-    decide which plan goes)."""
-    if len(plans) >= MAX_PLANS:
-        del plans[key]
-        plans[key] = plan
+    """Moves the plan just used last in ``plans`` (dicts keep insertion order: the first is then the
+    one used longest ago). At every hit, not only once full: the order of the hits before the plans
+    were full decides which plan goes too (a plan used just before they filled up went first, in
+    place of one used once long before)."""
+    del plans[key]
+    plans[key] = plan
 
 
 def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
