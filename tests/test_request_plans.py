@@ -92,6 +92,20 @@ def test_requests_that_differ_in_their_ids_share_a_plan() -> None:
     assert len(plans._json) == 1
 
 
+def test_a_plan_holds_no_lifted_id() -> None:
+    """A plan made from a body whose plain id was lifted does not keep that id (every body of its
+    skeleton brings its own): a long id (up to the body's size) would be held by each of the 16
+    plans (3.2 MiB for ids of 200 KiB, measured with tracemalloc), for nothing."""
+    plans = planned("FP32")
+    long_id = "i" * 200_000
+    body = json.dumps({"id": long_id, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]})
+    assert plans.decode_json(body.encode()).id == long_id
+    [plan] = plans._json.values()
+    assert plan.id is None
+    assert plans.decode_json(body.replace(long_id, "short").encode()).id == "short"
+    assert plans.decode_json(body.encode()).id == long_id
+
+
 @pytest.mark.parametrize("id_text", [r'"caf\u00e9"', '"café"', r'"a\"b"', '"tab\there"', "5", "null",
                                      '["a"]',
                                      '"\u0000"', '"del\x7f"', r'"\t"'])
@@ -278,8 +292,8 @@ def test_a_client_of_new_skeletons_neither_pushes_out_a_used_plan_nor_plans_each
     real_decode, real_plan = kserve.decode_request, RequestPlans._plan_json
     with pytest.MonkeyPatch.context() as m:
         m.setattr(kserve, "decode_request", lambda body, *a: decoded.append(body) or real_decode(body, *a))
-        m.setattr(RequestPlans, "_plan_json", lambda self, scanned, req: made.append(scanned[0])
-                  or real_plan(self, scanned, req))
+        m.setattr(RequestPlans, "_plan_json", lambda self, scanned, req, lifted: made.append(scanned[0])
+                  or real_plan(self, scanned, req, lifted))
         plans.decode_json(steady)
         for i in range(400):
             plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": {i}}}'))

@@ -111,7 +111,7 @@ class RequestPlans:
         req = kserve.decode_request(body, None, self._check)
         if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
                 and self._may_plan("json", len(self._json), MAX_PLANS)):
-            self._plan_json(scanned, req)
+            self._plan_json(scanned, req, request_id is not None)
         return req
 
     def _may_plan(self, encoding: str, plans: int, limit: int) -> bool:
@@ -121,7 +121,7 @@ class RequestPlans:
         misses = self._misses_when_full[encoding] = self._misses_when_full[encoding] + 1
         return misses % PLAN_EVERY_WHEN_FULL == 0
 
-    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest) -> None:
+    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest, id_lifted: bool) -> None:
         skeleton, spans = scanned
         # Every input's data lifted, in entry order, numeric (BYTES data stay in the skeleton).
         if [entry for entry, _, _ in spans] != list(range(len(req.inputs))):
@@ -132,7 +132,12 @@ class RequestPlans:
             if datatype is None or datatype == "BYTES" or arr.size == 0:
                 return
             tensors.append((name, datatype, arr.shape, arr.size))
-        _remember(self._json, skeleton, _Plan(tuple(tensors), req))
+        plan = _Plan(tuple(tensors), req)
+        if id_lifted:
+            # Each body of this skeleton brings its own id: the plan need not hold this one (which
+            # the skeleton's size limit does not bound: up to the body's size, 16 plans of it).
+            plan.id = None
+        _remember(self._json, skeleton, plan)
 
     def decode_binary(self, body: bytes | bytearray, header_length: str) -> InferRequest:
         """``kserve.decode_request(body, header_length, check)``; raises what it raises."""
