@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 from pathlib import Path
@@ -102,3 +103,27 @@ def test_a_small_queue_wakes_the_writer_too(tmp_path: Path, queue_size: int) -> 
         plog.close()
     assert plog.records_total.labels("m", "written")._value.get() == queue_size
     assert plog.records_total.labels("m", "dropped")._value.get() == 0
+
+
+def test_a_stop_that_outlasts_its_timeout_says_what_is_lost(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A writer still busy when close's timeout runs out (a backlog of a huge queue, a stuck
+    consumer) is left behind by the exiting process with its records: that was silent."""
+    release = threading.Event()
+    plog = PayloadLog(PayloadLogSettings(log_dir=tmp_path, flush_s=600.0), lambda name: CONFIG)
+    plog.add_consumer(lambda captures: release.wait(30))
+    plog.start()
+    try:
+        _logged_call(plog, 0)
+        plog._wake.set()  # the writer takes it and blocks in the consumer
+        deadline = time.monotonic() + 30
+        while plog._queue and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i in range(1, 6):
+            _logged_call(plog, i)
+        with caplog.at_level("ERROR", logger="pyserve.payload_log"):
+            plog.close(timeout_s=0.1)
+        assert "did not finish within 0.1 s of the stop: 5 queued records" in caplog.text
+    finally:
+        release.set()
+        plog._thread.join(30)

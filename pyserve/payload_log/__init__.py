@@ -216,6 +216,11 @@ class PayloadLog(InferHooks):
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            # The process exits without them (the writer is a daemon thread): said, not silent.
+            log.error("payload log: the writer did not finish within %g s of the stop: %d queued records and "
+                      "the open files' records are lost (their temporary files are removed at the next start)",
+                      timeout_s, len(self._queue))
         if self._sink is not None:
             self._sink.close(self.settings.sink_timeout_s)
 
