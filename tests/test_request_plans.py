@@ -392,3 +392,22 @@ def test_the_plan_that_goes_is_the_one_used_longest_ago_whenever_it_was_used() -
                 m.setattr(module, "decode_request", lambda *a: decoded.append(a))
             decode(body("kept"))
         assert decoded == [], f"{encoding}: the plan used last but one was pushed out"
+
+
+def test_bodies_that_cannot_be_planned_do_not_take_the_turns_of_those_that_can() -> None:
+    """Once the plans are full, a new skeleton is planned at every PLAN_EVERY_WHEN_FULL-th miss:
+    bodies that can never be planned (BYTES) must not count as misses, or a steady pattern of them
+    (here 7 between each body of a new steady client) keeps that client from its turn for good."""
+    from pyserve.protocol.request_plans import MAX_PLANS, PLAN_EVERY_WHEN_FULL
+
+    plans = RequestPlans({"x": "FP32", "s": "BYTES"}, None)
+    for i in range(MAX_PLANS):
+        plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": {i}}}'))
+    assert len(plans._json) == MAX_PLANS
+    steady = body_of("FP32", [2], "[1, 2]", ', "parameters": {"n": "steady"}')
+    text = b'{"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}'
+    for _ in range(2 * PLAN_EVERY_WHEN_FULL):
+        plans.decode_json(steady)
+        for _ in range(PLAN_EVERY_WHEN_FULL - 1):
+            plans.decode_json(text)
+    assert any(b'"steady"' in skeleton for skeleton in plans._json)

@@ -48,7 +48,8 @@ MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not r
 # msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
 MAX_MSGPACK_PLANS = 4
 # Once an encoding's plans are full, a body without a plan is planned (pushing out the plan used
-# longest ago) only at every PLAN_EVERY_WHEN_FULL-th such body: a client whose every body is a new
+# longest ago) only at every PLAN_EVERY_WHEN_FULL-th such body that could be planned (BYTES bodies,
+# say, are not counted): a client whose every body is a new
 # skeleton (a new parameter value each time) then pays for a plan it never uses one time in eight,
 # and a steady client still gets its plan within a few requests.
 PLAN_EVERY_WHEN_FULL = 8
@@ -110,9 +111,21 @@ class RequestPlans:
                     return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, None, self._check)
         if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
-                and self._may_plan("json", len(self._json), MAX_PLANS)):
+                and self._plannable(req) and self._may_plan("json", len(self._json), MAX_PLANS)):
             self._plan_json(scanned, req, request_id is not None)
         return req
+
+    def _plannable(self, req: InferRequest) -> bool:
+        """Whether a plan can be made of ``req`` as far as its arrays say (inputs of the model, not
+        BYTES, not empty): a body that cannot be planned in any case is no miss for
+        :meth:`_may_plan` (a client of BYTES bodies, say, took the every-PLAN_EVERY_WHEN_FULL-th
+        turns in a steady pattern, and another's new skeleton then waited for good)."""
+        datatypes = self._datatypes
+        for name, arr in req.inputs.items():
+            datatype = datatypes.get(name)
+            if datatype is None or datatype == "BYTES" or arr.size == 0:
+                return False
+        return True
 
     def _may_plan(self, encoding: str, plans: int, limit: int) -> bool:
         """Whether a body without a plan is planned, ``encoding`` holding ``plans`` of ``limit``."""
@@ -163,7 +176,8 @@ class RequestPlans:
                                      for name, dtype, shape, begin, end in plan.tensors},
                                     plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
-        if key is not None and self._may_plan("binary", len(self._binary), MAX_PLANS):
+        if (key is not None and self._plannable(req)
+                and self._may_plan("binary", len(self._binary), MAX_PLANS)):
             self._plan_binary(key, req)
         return req
 
@@ -203,7 +217,8 @@ class RequestPlans:
                                      for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
         held = len(self._msgpack)
-        if size <= MAX_MSGPACK_BODY_BYTES and self._may_plan("msgpack", held, MAX_MSGPACK_PLANS):
+        if (size <= MAX_MSGPACK_BODY_BYTES and self._plannable(req)
+                and self._may_plan("msgpack", held, MAX_MSGPACK_PLANS)):
             self._plan_msgpack(bytes(body), req)
         return req
 
