@@ -411,3 +411,32 @@ def test_bodies_that_cannot_be_planned_do_not_take_the_turns_of_those_that_can()
         for _ in range(PLAN_EVERY_WHEN_FULL - 1):
             plans.decode_json(text)
     assert any(b'"steady"' in skeleton for skeleton in plans._json)
+
+
+ANY_ID = st.one_of(st.none(), st.text(max_size=6), st.integers(), st.lists(st.text(max_size=2)))
+
+
+@given(st.lists(st.tuples(ANY_ID, st.booleans(), st.booleans(), st.booleans(), st.integers(-9, 9)),
+                min_size=2, max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_any_ids_in_any_place_decode_as_the_full_decoder(bodies: list[tuple]) -> None:
+    """Bodies that differ in their id (any text, escaped or as UTF-8, or not a string; before or after
+    the inputs; or none), JSON and binary, in any order: each decodes as the full decoder decodes
+    it, by a plan made for another id or in full."""
+    plans, binary_plans = planned("FP32"), RequestPlans({"x": "FP32"}, None)
+    for rid, first, ascii_only, binary, k in bodies:
+        entry: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": [2]}
+        if binary:
+            entry["parameters"] = {"binary_data_size": 8}
+        else:
+            entry["data"] = [k, 1.5]
+        doc = {"id": rid, "inputs": [entry]} if first else {"inputs": [entry], "id": rid}
+        if rid is None:
+            del doc["id"]
+        text = json.dumps(doc, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+        if binary:
+            body, length = text + np.array([k, 1.5], np.float32).tobytes(), str(len(text))
+            got = result(binary_plans.decode_binary, body, length)
+            assert got == result(kserve.decode_request, body, length)
+        else:
+            assert result(plans.decode_json, text) == result(kserve.decode_request, text)
