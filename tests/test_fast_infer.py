@@ -244,6 +244,36 @@ def plan_variants() -> dict[str, bytes]:
         c[f"plan-msgpack-{i}"] = _infer_req("affine", "msgpack", {"x": x}, id="m")
     c["plan-msgpack-inputs-twice-0"] = _msgpack_inputs_twice(X, X * 2)
     c["plan-msgpack-inputs-twice-1"] = _msgpack_inputs_twice(X * 3, X * 2)
+    c.update(id_variants())
+    return c
+
+
+# Request ids the scanner lifts (plain: printable ASCII, no escapes) and ids it must leave in the
+# skeleton (escapes, UTF-8, control characters, not a string), each echoed in the reply as sent.
+IDS = ['"a"', '""', '"' + "x" * 5000 + '"', '"~!#$%&()*+,-./:;<=>?@[]^_`{|}"', '"\\u0041"', '"q\\"uote"',
+       '"back\\\\slash"', '"caf\u00e9"', '"\\ud83d\\ude00"', '"\\t"', '"del\x7f"', "7", "null", "{}",
+       '["a"]']
+
+
+def id_variants() -> dict[str, bytes]:
+    """Bodies that differ from the one before them in their id alone (or in where it is, or in the
+    keys that look like one), JSON and binary, so that the fast path decodes most by a plan made
+    for another id; a binary header whose id changes length moves the tensors' bytes with it."""
+    c: dict[str, bytes] = {}
+    x_ok = '{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, %d]}'
+    for i, rid in enumerate(IDS):
+        c[f"plan-json-idv-{i}"] = _x_json(f"[1, 2, 3, {i}]", f', "id": {rid}')
+        c[f"plan-json-idv-first-{i}"] = _req("/v2/models/affine/infer",
+                                            ('{"id": %s, "inputs": [%s]}' % (rid, x_ok % i)).encode(), JSON)
+    for i, doc in enumerate(['{"inputs": [%s], "parameters": {"id": "p"}}',
+                             '{"id": "a", "i\\u0064": "b", "inputs": [%s]}', '{"i\\u0064": "b", "inputs": [%s]}',
+                             '{"inputs": [%s], "id": "a", "id": "b"}', '{ "id" :"spaced" , "inputs": [%s] }',
+                             '{"inputs": [%s]}']):
+        c[f"plan-json-idkey-{i}"] = _req("/v2/models/affine/infer", (doc % (x_ok % i)).encode(), JSON)
+    inner = '{"id": "inner", "name": "x", "datatype": "FP32", "shape": [1, 4], "data": [4, 3, 2, 1]}'
+    c["plan-json-id-in-input"] = _req("/v2/models/affine/infer", ('{"inputs": [%s]}' % inner).encode(), JSON)
+    for i, rid in enumerate(["b", "bb", "", "b" * 300, "caf\u00e9", 'q"', "b" * 3]):
+        c[f"plan-binary-idv-{i}"] = _binary_inputs_only({"x": X * i}, id=rid)
     return c
 
 
@@ -390,7 +420,9 @@ TAKEN = ["numeric-json", "numeric-binary", "numeric-id-msgpack", "alltypes-json"
          # bodies with a skeleton seen before: by its plan (or in full, when the C++ decoder declines)
          "plan-json-1", "plan-json-2", "plan-json-3", "plan-json-int32-1", "plan-json-int32-2",
          "plan-json-id-2", "plan-json-escaped-data-key", "plan-json-bytes-1", "plan-binary-1",
-         "plan-msgpack-1", "plan-msgpack-inputs-twice-1"]
+         "plan-msgpack-1", "plan-msgpack-inputs-twice-1", "plan-json-idv-1", "plan-json-idv-2",
+         "plan-json-idv-4", "plan-json-idv-7", "plan-json-idv-first-3", "plan-json-idkey-4", "plan-json-id-in-input",
+         "plan-binary-idv-1", "plan-binary-idv-3", "plan-binary-idv-4"]
 LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification-json", "unknown-output-json",
         "bad-shape-json", "bad-datatype-binary", "too-large-batch-json", "unknown-model-json",
         "unknown-version-msgpack", "extra-input-json", "json-binary-output-string", "json-unknown-parameter",
@@ -398,7 +430,8 @@ LEFT = ["affine-priority-json", "affine-timeout-msgpack", "affine-classification
         "json-not-object", "json-no-inputs", "json-non-numeric", "json-int-given-float", "json-id-not-string",
         "sagemaker-binary", "sagemaker-binary-spaced", "msgpack-garbage", "msgpack-byte-size",
         "too-large-batch-msgpack", "plan-json-4", "plan-json-8", "plan-json-int32-3", "plan-json-int32-6",
-        "plan-binary-longer-body", "plan-binary-shorter-body"]
+        "plan-binary-longer-body", "plan-binary-shorter-body", "plan-json-idv-11", "plan-json-idv-13",
+        "plan-json-idkey-0"]
 
 
 @pytest.fixture(scope="module")

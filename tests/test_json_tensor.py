@@ -286,3 +286,27 @@ def test_ragged_lists_and_wrong_counts_are_refused_without_the_reference_parse(d
     parsed = AssertionError("the reference parsed the data")
     with mock.patch.object(kserve_json, "_python", side_effect=parsed):
         assert outcome(body, reference=False) == got
+
+
+_ANY_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+                         lambda inner: st.lists(inner, max_size=3)
+                         | st.dictionaries(st.sampled_from(["id", "a"]), inner, max_size=2), max_leaves=4)
+
+
+@given(st.one_of(st.none(), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=8),
+                 st.text(max_size=8), _ANY_JSON), st.booleans(), st.booleans(), st.booleans(),
+       st.sampled_from([(",", ":"), (", ", ": "), (" ,", " : ")]))
+@example(" a ", True, True, False, (",", ":"))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+def test_a_lifted_id_is_the_reference_id(request_id: Any, first: bool, ascii_only: bool, with_bytes: bool,
+                                         separators: tuple[str, str]) -> None:
+    """The scanner lifts a plain string id (printable ASCII, no escapes) out of the body: whatever
+    the id (any text, escaped or as UTF-8, numbers, lists, objects holding an "id" key, null),
+    before or after the inputs, beside BYTES data that is not lifted, the request is the
+    reference's, its id and refusals included."""
+    inputs: list[dict] = [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2.5]}]
+    if with_bytes:
+        inputs.append({"name": "s", "datatype": "BYTES", "shape": [1], "data": ["q"]})
+    doc = {"id": request_id, "inputs": inputs} if first else {"inputs": inputs, "id": request_id}
+    body = json.dumps(doc, ensure_ascii=ascii_only, separators=separators).encode("utf-8", "surrogatepass")
+    assert_same(body)

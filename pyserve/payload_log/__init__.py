@@ -140,8 +140,9 @@ class PayloadLog(InferHooks):
         self._queue: collections.deque[tuple] = collections.deque()  # records, fields as _put orders them
         self._max = settings.queue_size
         # The queue's depth at which the loop wakes the writer at once (a burst after a quiet spell
-        # would otherwise fill the queue before the writer's next turn): once per filling.
-        self._wake_at = max(1, settings.queue_size // 4)
+        # would otherwise fill the queue before the writer's next turn): once per filling. 0 for a
+        # queue of 1 to 3 (the first record wakes it): a depth of 1 is never reached by a queue of 1.
+        self._wake_at = settings.queue_size // 4
         self._wake = threading.Event()
         self._random = random.random
         registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
@@ -215,6 +216,11 @@ class PayloadLog(InferHooks):
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            # The process exits without them (the writer is a daemon thread): said, not silent.
+            log.error("payload log: the writer did not finish within %g s of the stop: %d queued records and "
+                      "the open files' records are lost (their temporary files are removed at the next start)",
+                      timeout_s, len(self._queue))
         if self._sink is not None:
             self._sink.close(self.settings.sink_timeout_s)
 

@@ -128,7 +128,8 @@ class ParquetFiles:
         f.pending_rows += table.num_rows
         f.pending_bytes += table.nbytes
         if f.pending_rows >= ROW_GROUP_ROWS or f.pending_bytes >= ROW_GROUP_BYTES:
-            self._write_pending(model, f)
+            if not self._write_pending(model, f):
+                return  # the file was given up: the next rows start a new one
         if f.sink.tell() + f.pending_bytes >= self.rotate_bytes:
             self.close(model)
 
@@ -145,11 +146,11 @@ class ParquetFiles:
 
     def close(self, model: str) -> None:
         """Finishes the file of ``model``: pending rows, footer, fsync, rename to its final name."""
-        f = self._open.pop(model, None)
-        if f is None:
+        f = self._open.get(model)
+        if f is None or not self._write_pending(model, f):
             return
+        del self._open[model]
         try:
-            self._write_pending(model, f)
             f.writer.close()
             f.sink.flush()
             os.fsync(f.sink.fileno())
@@ -160,10 +161,10 @@ class ParquetFiles:
                 self._on_closed(model, f.rows)
             else:
                 f.tmp.unlink(missing_ok=True)
-        except OSError as e:
+        except (OSError, pa.ArrowException) as e:
             log.error("payload log: cannot finish %s: %s; its %d records are lost", f.final, e, f.rows)
             self._on_lost(model, f.rows)
-            f.tmp.unlink(missing_ok=True)
+            _discard(f)
 
     def close_all(self) -> None:
         for model in list(self._open):
@@ -212,17 +213,31 @@ class ParquetFiles:
         self._open[model] = f
         return f
 
-    def _write_pending(self, model: str, f: OpenFile) -> None:
+    def _write_pending(self, model: str, f: OpenFile) -> bool:
+        """Writes the pending rows of ``model``'s open file ``f`` as a row group; False when that
+        failed and the file was given up.
+
+        A write that fails (a full disk) leaves the file without a footer and pyarrow's writer closed
+        (each later write: ArrowInvalid "Operation on closed file"; its close: no error, no footer),
+        so the file is given up whole: removed, its rows and the pending ones counted lost. Finished
+        and renamed, it would be a ``.parquet`` file that no reader opens (and a query over the
+        folder fails on it)."""
         if not f.pending:
-            return
+            return True
         table = pa.concat_tables(f.pending) if len(f.pending) > 1 else f.pending[0]
         f.pending, f.pending_rows, f.pending_bytes = [], 0, 0
         try:
             f.writer.write_table(table)
-            f.rows += table.num_rows
-        except OSError as e:
-            log.error("payload log: cannot write %s: %s; %d records lost", f.tmp, e, table.num_rows)
-            self._on_lost(model, table.num_rows)
+        except (OSError, pa.ArrowException) as e:
+            lost = f.rows + table.num_rows
+            log.error("payload log: cannot write %s: %s; the file is given up, %d records lost",
+                      f.tmp, e, lost)
+            self._open.pop(model, None)
+            _discard(f)
+            self._on_lost(model, lost)
+            return False
+        f.rows += table.num_rows
+        return True
 
     @staticmethod
     def _fsync_dir(folder: Path) -> None:
@@ -237,6 +252,19 @@ class ParquetFiles:
             pass
         finally:
             os.close(fd)
+
+
+def _discard(f: OpenFile) -> None:
+    """Closes what is left of a file given up and removes it (its errors, a full disk's, ignored)."""
+    for close in (f.writer.close, f.sink.close):
+        try:
+            close()
+        except (OSError, pa.ArrowException):
+            pass
+    try:
+        f.tmp.unlink(missing_ok=True)
+    except OSError as e:  # a folder made read-only meanwhile: the next server removes it (an orphan)
+        log.warning("payload log: cannot remove %s: %s", f.tmp, e)
 
 
 def _alive(pid: int) -> bool:

@@ -48,7 +48,8 @@ MAX_SKELETON_BYTES = 4096  # a longer skeleton (many inputs, a long id) is not r
 # msgpack plans are tried in turn (the bytes around the payloads compared): a few, of small bodies.
 MAX_MSGPACK_PLANS = 4
 # Once an encoding's plans are full, a body without a plan is planned (pushing out the plan used
-# longest ago) only at every PLAN_EVERY_WHEN_FULL-th such body: a client whose every body is a new
+# longest ago) only at every PLAN_EVERY_WHEN_FULL-th such body that could be planned (BYTES bodies,
+# say, are not counted): a client whose every body is a new
 # skeleton (a new parameter value each time) then pays for a plan it never uses one time in eight,
 # and a steady client still gets its plan within a few requests.
 PLAN_EVERY_WHEN_FULL = 8
@@ -110,9 +111,21 @@ class RequestPlans:
                     return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, None, self._check)
         if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
-                and self._may_plan("json", len(self._json), MAX_PLANS)):
-            self._plan_json(scanned, req)
+                and self._plannable(req) and self._may_plan("json", len(self._json), MAX_PLANS)):
+            self._plan_json(scanned, req, request_id is not None)
         return req
+
+    def _plannable(self, req: InferRequest) -> bool:
+        """Whether a plan can be made of ``req`` as far as its arrays say (inputs of the model, not
+        BYTES, not empty): a body that cannot be planned in any case is no miss for
+        :meth:`_may_plan` (a client of BYTES bodies, say, took the every-PLAN_EVERY_WHEN_FULL-th
+        turns in a steady pattern, and another's new skeleton then waited for good)."""
+        datatypes = self._datatypes
+        for name, arr in req.inputs.items():
+            datatype = datatypes.get(name)
+            if datatype is None or datatype == "BYTES" or arr.size == 0:
+                return False
+        return True
 
     def _may_plan(self, encoding: str, plans: int, limit: int) -> bool:
         """Whether a body without a plan is planned, ``encoding`` holding ``plans`` of ``limit``."""
@@ -121,7 +134,7 @@ class RequestPlans:
         misses = self._misses_when_full[encoding] = self._misses_when_full[encoding] + 1
         return misses % PLAN_EVERY_WHEN_FULL == 0
 
-    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest) -> None:
+    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest, id_lifted: bool) -> None:
         skeleton, spans = scanned
         # Every input's data lifted, in entry order, numeric (BYTES data stay in the skeleton).
         if [entry for entry, _, _ in spans] != list(range(len(req.inputs))):
@@ -132,7 +145,12 @@ class RequestPlans:
             if datatype is None or datatype == "BYTES" or arr.size == 0:
                 return
             tensors.append((name, datatype, arr.shape, arr.size))
-        _remember(self._json, skeleton, _Plan(tuple(tensors), req))
+        plan = _Plan(tuple(tensors), req)
+        if id_lifted:
+            # Each body of this skeleton brings its own id: the plan need not hold this one (which
+            # the skeleton's size limit does not bound: up to the body's size, 16 plans of it).
+            plan.id = None
+        _remember(self._json, skeleton, plan)
 
     def decode_binary(self, body: bytes | bytearray, header_length: str) -> InferRequest:
         """``kserve.decode_request(body, header_length, check)``; raises what it raises."""
@@ -158,7 +176,8 @@ class RequestPlans:
                                      for name, dtype, shape, begin, end in plan.tensors},
                                     plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
-        if key is not None and self._may_plan("binary", len(self._binary), MAX_PLANS):
+        if (key is not None and self._plannable(req)
+                and self._may_plan("binary", len(self._binary), MAX_PLANS)):
             self._plan_binary(key, req)
         return req
 
@@ -191,14 +210,15 @@ class RequestPlans:
                 if body[begin:end] != piece:
                     break
             else:
-                if len(self._msgpack) >= MAX_MSGPACK_PLANS and plan is not self._msgpack[-1]:
+                if plan is not self._msgpack[-1]:
                     self._msgpack.remove(plan)  # the plan used last goes last: the first goes first
                     self._msgpack.append(plan)
                 return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
                                      for name, dtype, shape, count, begin in plan.tensors}, plan.id)
         req = msgpack_codec.decode_request(body, self._check)
         held = len(self._msgpack)
-        if size <= MAX_MSGPACK_BODY_BYTES and self._may_plan("msgpack", held, MAX_MSGPACK_PLANS):
+        if (size <= MAX_MSGPACK_BODY_BYTES and self._plannable(req)
+                and self._may_plan("msgpack", held, MAX_MSGPACK_PLANS)):
             self._plan_msgpack(bytes(body), req)
         return req
 
@@ -234,11 +254,12 @@ def _remember(plans: dict, key: Any, plan: _Plan) -> None:
 
 
 def _used(plans: dict, key: Any, plan: _Plan) -> None:
-    """Moves the plan just used last in ``plans``, when they are full (only then does the order
-    decide which plan goes)."""
-    if len(plans) >= MAX_PLANS:
-        del plans[key]
-        plans[key] = plan
+    """Moves the plan just used last in ``plans`` (dicts keep insertion order: the first is then the
+    one used longest ago). At every hit, not only once full: the order of the hits before the plans
+    were full decides which plan goes too (a plan used just before they filled up went first, in
+    place of one used once long before)."""
+    del plans[key]
+    plans[key] = plan
 
 
 def _msgpack_data_spans(body: bytes) -> list[tuple[int, int]] | None:
