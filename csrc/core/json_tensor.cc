@@ -299,11 +299,13 @@ constexpr double kExactPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,
                                         1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                         1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-// The common float leaf, -?digits.digits without an exponent, of at most 19 digits that make an
-// integer m up to 2**53: its value is m / 10**k with k fraction digits, both exact doubles,
-// so one IEEE division rounds it correctly (Clinger's fast path: W. D. Clinger, "How to Read
-// Floating Point Numbers Accurately", PLDI 1990; as in fast_float and Python's own dtoa.c), the
-// same double std::from_chars and float() give. False (nothing consumed) for anything else.
+// A float leaf with a fraction, -?digits.digits[exponent], read once. Without an exponent, with at
+// most 19 digits that make an integer m up to 2**53 and k <= 22 fraction digits, its value is
+// m / 10**k, both exact doubles, so one IEEE division rounds it correctly (Clinger's fast path:
+// W. D. Clinger, "How to Read Floating Point Numbers Accurately", PLDI 1990; as in fast_float and
+// Python's own dtoa.c); others (17 digits, as Python writes a double; an exponent) are read by
+// std::from_chars. Either way the double float() gives. False (nothing consumed) for an integer,
+// a number beyond a double, or no number: the caller's general path decides.
 bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
   const char* q = p;
   const bool negative = q < end && *q == '-';
@@ -324,12 +326,17 @@ bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
     ++q;
   }
   const int64_t k = q - fraction;
-  if (k == 0 || k > 22 || m > (uint64_t{1} << 53)) return false;
+  if (k == 0) return false;
   // At the limit more digits may follow; an exponent is from_chars' to read.
-  if (q < end && (q == limit || *q == 'e' || *q == 'E')) return false;
-  const double value = static_cast<double>(m) / kExactPowersOfTen[k];
-  *out = negative ? -value : value;
-  p = q;
+  if (k <= 22 && m <= (uint64_t{1} << 53) && (q >= end || (q != limit && *q != 'e' && *q != 'E'))) {
+    const double value = static_cast<double>(m) / kExactPowersOfTen[k];
+    *out = negative ? -value : value;
+    p = q;
+    return true;
+  }
+  const std::from_chars_result r = std::from_chars(p, end, *out);
+  if (r.ec != std::errc()) return false;  // beyond a double: the reference decides
+  p = r.ptr;
   return true;
 }
 
@@ -462,7 +469,7 @@ class Decoder {
         while (p < end && !AtValueEnd(p, end)) ++p;
         ++index_;
         if (!defer && (dtype_ == DataType::kFp32 || dtype_ == DataType::kFp64)) {
-          p = PlainDecimalRun(p, end, &lengths[depth]);
+          p = PlainDecimalRun(p, end, &lengths[depth], &defer);
         }
       }
     }
@@ -474,18 +481,22 @@ class Decoder {
   }
 
  private:
-  // The rest of a row of plain decimals after a leaf at p (the common body: `, 0.51224, -1.5, ...`),
+  // The rest of a row of decimals after a leaf at p (the common body: `, 0.51224, -1.5, ...`),
   // parsed and stored without the walk's dispatch; returns where the walk goes on (at a comma or
-  // bracket it did not take). FP32 and FP64 only: a value below 2**53 never overflows either, so
-  // none is the reference's to judge.
-  const char* PlainDecimalRun(const char* p, const char* end, int64_t* length) {
+  // bracket it did not take). FP32 and FP64 only; a value too large for FP32 sets `defer`.
+  const char* PlainDecimalRun(const char* p, const char* end, int64_t* length, bool* defer) {
     while (p < end && *p == ',' && index_ < count_) {
       const char* q = p + 1;
       while (q < end && IsWs(*q)) ++q;
       double d;
       if (!ParseSimpleDecimal(q, end, &d)) break;
       if (dtype_ == DataType::kFp32) {
-        static_cast<float*>(out_)[index_] = static_cast<float>(d);
+        const float f = static_cast<float>(d);
+        if (std::isinf(f) && std::isfinite(d)) {  // too large: the reference says which
+          *defer = true;
+          break;
+        }
+        static_cast<float*>(out_)[index_] = f;
       } else {
         static_cast<double*>(out_)[index_] = d;
       }
