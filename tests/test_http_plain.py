@@ -169,29 +169,36 @@ def test_bad_arguments_raise() -> None:
 
 # -- the transport with and without it -----------------------------------------------------------
 
-def test_plain_requests_do_not_reach_llhttp() -> None:
-    """A plain request is served without llhttp's parser (it would raise here), one that is not
-    plain still through it."""
+class NoParser:
+    """Stands in for llhttp's parser: raises when fed, so what a connection serves is the plain parser's."""
 
-    class NoParser:
-        def feed_data(self, data: bytes) -> None:
-            raise AssertionError(f"llhttp fed {bytes(data)!r}")
+    def feed_data(self, data: bytes) -> None:
+        raise AssertionError(f"llhttp fed {bytes(data)[:80]!r}")
+
+
+def serve_without_llhttp(*reads: bytes) -> list[tuple]:
+    """The requests a connection without llhttp serves from ``reads`` (the last may raise)."""
 
     async def run() -> list[tuple]:
-        server = HttpServer(None, Router(), TransportLimits())
-        conn = Connection(server)
+        conn = Connection(HttpServer(None, Router(), TransportLimits()))
         conn.connection_made(FakeTransport())  # type: ignore[arg-type]
         conn.parser = NoParser()  # type: ignore[assignment]
         served: list[tuple] = []
         conn._serve = lambda *a: served.append(a)  # type: ignore[method-assign]
-        conn.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy"
-                           b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
-        with pytest.raises(AssertionError, match="llhttp fed"):
-            conn.data_received(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for data in reads:
+            conn.data_received(data)
         return served
 
-    served = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_plain_requests_do_not_reach_llhttp() -> None:
+    """A plain request is served without llhttp's parser, one that is not plain still through it."""
+    served = serve_without_llhttp(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy"
+                                  b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
     assert [(s[0], s[1], s[3]) for s in served] == [(b"POST", b"/a", b"xy"), (b"GET", b"/b", b"")]
+    with pytest.raises(AssertionError, match="llhttp fed"):
+        serve_without_llhttp(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 
 def test_a_plain_request_over_a_feed_slice_read_at_once_is_served_plain() -> None:
@@ -199,22 +206,8 @@ def test_a_plain_request_over_a_feed_slice_read_at_once_is_served_plain() -> Non
     from pyserve.server.http import FEED_SLICE
 
     body = b"x" * (FEED_SLICE * 2)
-
-    class NoParser:
-        def feed_data(self, data: bytes) -> None:
-            raise AssertionError("llhttp fed")
-
-    async def run() -> list[tuple]:
-        server = HttpServer(None, Router(), TransportLimits())
-        conn = Connection(server)
-        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
-        conn.parser = NoParser()  # type: ignore[assignment]
-        served: list[tuple] = []
-        conn._serve = lambda *a: served.append(a)  # type: ignore[method-assign]
-        conn.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        return served
-
-    served = asyncio.run(run())
+    head = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)
+    served = serve_without_llhttp(head + body)
     assert len(served) == 1 and served[0][3] == body
 
 
