@@ -42,7 +42,8 @@ import httptools
 from pyserve import _core
 from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
-from pyserve.server.messages import Deferred, Pending, Request, Response, error_response, internal_error
+from pyserve.server.messages import (INTERNAL_ERROR, Deferred, Pending, Request, Response, error_response,
+                                     internal_error)
 from pyserve.server.router import Router
 
 if TYPE_CHECKING:
@@ -332,7 +333,7 @@ class Connection(asyncio.Protocol):
             # One of our callbacks raised: a bug of the server, not of the request.
             log.error("unexpected error while handling a request", exc_info=e.__context__ or e)
             if not self.closing:
-                self._refuse(500, "internal server error (see the server log)")
+                self._refuse(500, INTERNAL_ERROR)
             return
         except httptools.HttpParserUpgrade:
             # A protocol switch (h2c, websocket) is not offered: the request was answered in
@@ -462,7 +463,16 @@ class Connection(asyncio.Protocol):
             if plain is None:
                 break
             pos, method, url, headers, body, http10, keep_alive = plain
-            self._serve(method, url, headers, body, http10, keep_alive)
+            try:
+                self._serve(method, url, headers, body, http10, keep_alive)
+            except Exception:
+                # A bug of the server, not of the request: answered 500 as llhttp's path answers it
+                # (HttpParserCallbackError), not raised out of data_received, where asyncio would
+                # drop the connection and the answers it still owes.
+                log.exception("unexpected error while handling a request")
+                if not self.closing:
+                    self._refuse(500, INTERNAL_ERROR)
+                return end
             if self.closing:
                 return end  # Connection: close, or the server is ending: the rest is never read
             if self.reading_paused:
