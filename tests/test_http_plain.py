@@ -405,3 +405,23 @@ def test_mixed_streams_cut_anywhere_are_served_as_llhttp_serves_them(stream: byt
         assert serve_bytes(chunks, True) == serve_bytes(chunks, False), cut
     bytewise = [stream[i:i + 1] for i in range(len(stream))]
     assert serve_bytes(bytewise, True) == serve_bytes(bytewise, False)
+
+
+def test_a_body_limit_beyond_64_bits_still_serves_plain_requests() -> None:
+    """--max-body-bytes takes any integer >= 1: one over the C parser's unsigned 64-bit limit must
+    not make every request fail (OverflowError out of data_received, the connection dropped)."""
+
+    async def run(plain: bool) -> list[tuple]:
+        server = HttpServer(None, Router(), TransportLimits(max_body_bytes=10 ** 20))
+        server.parse_plain = plain
+        conn = Connection(server)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        served: list[tuple] = []
+        conn._serve = lambda *a: served.append(a)  # type: ignore[method-assign]
+        conn.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy"
+                           b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        return served
+
+    with_plain, without = asyncio.run(run(True)), asyncio.run(run(False))
+    assert [(s[0], s[1], bytes(s[3])) for s in with_plain] == [(b"POST", b"/a", b"xy"), (b"GET", b"/b", b"")]
+    assert with_plain == without

@@ -63,6 +63,9 @@ LINGER_S = 2.0  # after refusing a request mid-body, how long its remaining byte
 # requests stops being parsed (and answered) once the server stops reading from it.
 FEED_SLICE = 8 << 10
 SERVER_NAME = b"pyserve"
+# The largest body limit handed to the plain parser (``_core.parse_plain_request`` takes a C
+# unsigned 64-bit one): --max-body-bytes may be larger.
+PLAIN_MAX_BODY_BYTES = (1 << 63) - 1
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # HTTP parsing, not model access (which goes through pyserve.service): the core's parser of plain requests.
@@ -99,6 +102,9 @@ class HttpServer:
         self.fast_infer: FastInfer | None = None
         self.limits = limits
         self.max_body_bytes = limits.max_body_bytes
+        # The plain parser's limit is a C unsigned 64-bit: a larger limit (no bound worth the name)
+        # reads the same there, as it takes no Content-Length over 18 digits anyway.
+        self.plain_max_body_bytes = min(limits.max_body_bytes, PLAIN_MAX_BODY_BYTES)
         # Plain requests (most) parsed by one C call rather than llhttp's callbacks; False: all by llhttp.
         self.parse_plain = True
         # Counters for /metrics (pyserve.metrics.TransportCollector): connections closed at once
@@ -457,7 +463,7 @@ class Connection(asyncio.Protocol):
         paused, for later."""
         pos = 0
         end = len(data)
-        limit = self.server.max_body_bytes
+        limit = self.server.plain_max_body_bytes
         while pos < end:
             plain = parse_plain_request(data, pos, limit)
             if plain is None:
