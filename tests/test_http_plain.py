@@ -346,3 +346,75 @@ def test_well_formed_requests_are_taken_by_the_plain_parser(headers: list[tuple[
     stream = b"".join(lines) + body
     assert parse_plain_request(stream, 0, MAX_BODY) is not None, (stream, names)
     assert serve_bytes([stream], True) == serve_bytes([stream], False)
+
+
+def test_a_fault_while_serving_a_plain_request_is_answered_500_as_on_llhttps_path() -> None:
+    """A bug of the server raised while serving a plain request is answered 500 and ends the
+    connection, as llhttp's path does (its callbacks' HttpParserCallbackError): it is not raised out
+    of data_received, where asyncio would drop the connection without an answer."""
+
+    class Faulty:
+        def serve(self, url: bytes, headers: dict[str, str], body: bytes) -> None:
+            raise KeyError("a bug")
+
+    async def run(plain: bool) -> tuple[bytes, bool]:
+        server = HttpServer(None, Router(), TransportLimits())
+        server.parse_plain = plain
+        server.date = b"Tue, 01 Dec 2026 00:00:00 GMT"
+        server.fast_infer = Faulty()  # type: ignore[assignment]
+        conn = Connection(server)
+        transport = FakeTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        conn.data_received(b"POST /v2/models/m/infer HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+                           b"GET /v2/health/live HTTP/1.1\r\nHost: h\r\n\r\n")
+        return b"".join(transport.written), transport.closed
+
+    with_plain, without = asyncio.run(run(True)), asyncio.run(run(False))
+    assert with_plain == without
+    assert with_plain[0].startswith(b"HTTP/1.1 500 ") and with_plain[0].endswith(b'{"error":"%s"}'
+                                                                                % messages.INTERNAL_ERROR.encode())
+    assert with_plain[1]
+
+
+# Streams where plain and llhttp-only requests follow each other, with what llhttp skips or reads
+# specially between them: every cut (and byte by byte) must serve the same requests.
+_MIXED_STREAMS = [
+    b"\r\nGET /1 HTTP/1.1\r\nHost: h\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"POST /1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;a=b\r\nx\r\n0\r\nX: y\r\n\r\n"
+    b"POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz",
+    b"POST /1 HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx"
+    b"GET /2 HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\nGET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n\r\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"HEAD /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxyGET /2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    b"GET /3 HTTP/1.1\r\nHost: h\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("stream", _MIXED_STREAMS)
+def test_mixed_streams_cut_anywhere_are_served_as_llhttp_serves_them(stream: bytes) -> None:
+    for cut in range(len(stream) + 1):
+        chunks = [c for c in (stream[:cut], stream[cut:]) if c]
+        assert serve_bytes(chunks, True) == serve_bytes(chunks, False), cut
+    bytewise = [stream[i:i + 1] for i in range(len(stream))]
+    assert serve_bytes(bytewise, True) == serve_bytes(bytewise, False)
+
+
+def test_a_body_limit_beyond_64_bits_still_serves_plain_requests() -> None:
+    """--max-body-bytes takes any integer >= 1: one over the C parser's unsigned 64-bit limit must
+    not make every request fail (OverflowError out of data_received, the connection dropped)."""
+
+    async def run(plain: bool) -> list[tuple]:
+        server = HttpServer(None, Router(), TransportLimits(max_body_bytes=10 ** 20))
+        server.parse_plain = plain
+        conn = Connection(server)
+        conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+        served: list[tuple] = []
+        conn._serve = lambda *a: served.append(a)  # type: ignore[method-assign]
+        conn.data_received(b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy"
+                           b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
+        return served
+
+    with_plain, without = asyncio.run(run(True)), asyncio.run(run(False))
+    assert [(s[0], s[1], bytes(s[3])) for s in with_plain] == [(b"POST", b"/a", b"xy"), (b"GET", b"/b", b"")]
+    assert with_plain == without

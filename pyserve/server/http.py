@@ -42,7 +42,8 @@ import httptools
 from pyserve import _core
 from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
-from pyserve.server.messages import Deferred, Pending, Request, Response, error_response, internal_error
+from pyserve.server.messages import (INTERNAL_ERROR, Deferred, Pending, Request, Response, error_response,
+                                     internal_error)
 from pyserve.server.router import Router
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ LINGER_S = 2.0  # after refusing a request mid-body, how long its remaining byte
 # requests stops being parsed (and answered) once the server stops reading from it.
 FEED_SLICE = 8 << 10
 SERVER_NAME = b"pyserve"
+# The largest body limit handed to the plain parser (``_core.parse_plain_request`` takes a C
+# unsigned 64-bit one): --max-body-bytes may be larger.
+PLAIN_MAX_BODY_BYTES = (1 << 63) - 1
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 # HTTP parsing, not model access (which goes through pyserve.service): the core's parser of plain requests.
@@ -98,6 +102,9 @@ class HttpServer:
         self.fast_infer: FastInfer | None = None
         self.limits = limits
         self.max_body_bytes = limits.max_body_bytes
+        # The plain parser's limit is a C unsigned 64-bit: a larger limit (no bound worth the name)
+        # reads the same there, as it takes no Content-Length over 18 digits anyway.
+        self.plain_max_body_bytes = min(limits.max_body_bytes, PLAIN_MAX_BODY_BYTES)
         # Plain requests (most) parsed by one C call rather than llhttp's callbacks; False: all by llhttp.
         self.parse_plain = True
         # Counters for /metrics (pyserve.metrics.TransportCollector): connections closed at once
@@ -332,7 +339,7 @@ class Connection(asyncio.Protocol):
             # One of our callbacks raised: a bug of the server, not of the request.
             log.error("unexpected error while handling a request", exc_info=e.__context__ or e)
             if not self.closing:
-                self._refuse(500, "internal server error (see the server log)")
+                self._refuse(500, INTERNAL_ERROR)
             return
         except httptools.HttpParserUpgrade:
             # A protocol switch (h2c, websocket) is not offered: the request was answered in
@@ -456,13 +463,22 @@ class Connection(asyncio.Protocol):
         paused, for later."""
         pos = 0
         end = len(data)
-        limit = self.server.max_body_bytes
+        limit = self.server.plain_max_body_bytes
         while pos < end:
             plain = parse_plain_request(data, pos, limit)
             if plain is None:
                 break
             pos, method, url, headers, body, http10, keep_alive = plain
-            self._serve(method, url, headers, body, http10, keep_alive)
+            try:
+                self._serve(method, url, headers, body, http10, keep_alive)
+            except Exception:
+                # A bug of the server, not of the request: answered 500 as llhttp's path answers it
+                # (HttpParserCallbackError), not raised out of data_received, where asyncio would
+                # drop the connection and the answers it still owes.
+                log.exception("unexpected error while handling a request")
+                if not self.closing:
+                    self._refuse(500, INTERNAL_ERROR)
+                return end
             if self.closing:
                 return end  # Connection: close, or the server is ending: the rest is never read
             if self.reading_paused:
