@@ -25,10 +25,10 @@ constexpr TcharTable kTchar;
 
 char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
-bool EqualsLower(std::string_view s, std::string_view lower) {
-  if (s.size() != lower.size()) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (Lower(s[i]) != lower[i]) return false;
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (Lower(a[i]) != Lower(b[i])) return false;
   }
   return true;
 }
@@ -90,27 +90,23 @@ PlainParse ParsePlainRequest(std::string_view data, uint64_t max_body_bytes, Pla
     const std::string_view value = data.substr(value_start, i - value_start);
     i += 2;
     for (size_t k = 0; k < count; ++k) {
-      const std::string_view seen = out->headers[k].name;
-      if (seen.size() == name.size()) {
-        size_t j = 0;
-        while (j < name.size() && Lower(seen[j]) == Lower(name[j])) ++j;
-        if (j == name.size()) return PlainParse::kDefer;  // joined by the general path
-      }
+      // A name twice: llhttp's path joins the values.
+      if (EqualsIgnoreCase(out->headers[k].name, name)) return PlainParse::kDefer;
     }
     out->headers[count++] = {name, value};
     switch (Lower(name[0])) {
       case 'c':
-        if (EqualsLower(name, "content-length")) {
+        if (EqualsIgnoreCase(name, "content-length")) {
           if (value.empty() || value.size() > 18) return PlainParse::kDefer;
           for (char c : value) {
             if (c < '0' || c > '9') return PlainParse::kDefer;
             length = length * 10 + static_cast<uint64_t>(c - '0');
           }
           has_length = true;
-        } else if (EqualsLower(name, "connection")) {
-          if (EqualsLower(value, "close")) {
+        } else if (EqualsIgnoreCase(name, "connection")) {
+          if (EqualsIgnoreCase(value, "close")) {
             connection = 1;
-          } else if (EqualsLower(value, "keep-alive")) {
+          } else if (EqualsIgnoreCase(value, "keep-alive")) {
             connection = 2;
           } else {
             return PlainParse::kDefer;
@@ -118,19 +114,19 @@ PlainParse ParsePlainRequest(std::string_view data, uint64_t max_body_bytes, Pla
         }
         break;
       case 'e':
-        if (EqualsLower(name, "expect")) return PlainParse::kDefer;
+        if (EqualsIgnoreCase(name, "expect")) return PlainParse::kDefer;
         break;
       case 'h':
-        if (EqualsLower(name, "host")) ++hosts;
+        if (EqualsIgnoreCase(name, "host")) ++hosts;
         break;
       case 'p':
-        if (EqualsLower(name, "proxy-connection")) return PlainParse::kDefer;
+        if (EqualsIgnoreCase(name, "proxy-connection")) return PlainParse::kDefer;
         break;
       case 't':
-        if (EqualsLower(name, "transfer-encoding")) return PlainParse::kDefer;
+        if (EqualsIgnoreCase(name, "transfer-encoding")) return PlainParse::kDefer;
         break;
       case 'u':
-        if (EqualsLower(name, "upgrade")) return PlainParse::kDefer;
+        if (EqualsIgnoreCase(name, "upgrade")) return PlainParse::kDefer;
         break;
       default:
         break;

@@ -42,8 +42,15 @@ import httptools
 from pyserve import _core
 from pyserve.security.tls import ClientCertificate, client_certificate
 from pyserve.server.limits import TransportLimits
-from pyserve.server.messages import (INTERNAL_ERROR, Deferred, Pending, Request, Response, error_response,
-                                     internal_error)
+from pyserve.server.messages import (
+    INTERNAL_ERROR,
+    Deferred,
+    Pending,
+    Request,
+    Response,
+    error_response,
+    internal_error,
+)
 from pyserve.server.router import Router
 
 if TYPE_CHECKING:
@@ -300,13 +307,11 @@ class Connection(asyncio.Protocol):
             if len(data) <= FEED_SLICE:
                 self._parse(data)  # the common case: one request, or a few small ones
                 return
-            if not self.in_message and self.server.parse_plain:
-                # Whole plain requests of any size first (a body over FEED_SLICE read at once), until
-                # reading is paused; what is left is parsed a piece at a time below.
-                taken = self._serve_plain(data)
-                if taken == len(data) or self.closing:
-                    return
-                data = memoryview(data)[taken:]
+            # Whole plain requests of any size first (a body over FEED_SLICE read at once), until
+            # reading is paused; what is left is parsed a piece at a time below.
+            data = self._serve_plain(data)
+            if not data:
+                return
         view = memoryview(data)
         self._backlog = view if self._backlog is None else memoryview(bytes(self._backlog) + data)
         self._feed_backlog()
@@ -325,12 +330,9 @@ class Connection(asyncio.Protocol):
             self._feeding = False
 
     def _parse(self, data: bytes | memoryview) -> None:
-        if not self.in_message and self.server.parse_plain:
-            taken = self._serve_plain(data)
-            if taken:
-                if taken == len(data):
-                    return
-                data = memoryview(data)[taken:]
+        data = self._serve_plain(data)
+        if not data:
+            return
         if self.in_head:
             self.head_bytes += len(data)
         try:
@@ -456,11 +458,14 @@ class Connection(asyncio.Protocol):
         self._serve(parser.get_method(), url, self._headers, body, self._http10,
                     parser.should_keep_alive() and not self._upgrade)
 
-    def _serve_plain(self, data: bytes | memoryview) -> int:
+    def _serve_plain(self, data: bytes | memoryview) -> bytes | memoryview:
         """Serves the plain requests at the start of ``data`` (:func:`pyserve._core.parse_plain_request`:
-        one C call each instead of llhttp's callbacks); returns how many bytes they took, the rest
-        being for llhttp (a request that is not plain, or not all read yet) or, once reading is
-        paused, for later."""
+        one C call each instead of llhttp's callbacks) and returns the rest: for llhttp (a request
+        that is not plain, or not all read yet) or, once reading is paused, for later; empty when
+        nothing is left to read (all taken, or the connection ends). Between messages only (llhttp
+        holds the start of one it is reading), and only with ``HttpServer.parse_plain``."""
+        if self.in_message or not self.server.parse_plain:
+            return data
         pos = 0
         end = len(data)
         limit = self.server.plain_max_body_bytes
@@ -478,12 +483,12 @@ class Connection(asyncio.Protocol):
                 log.exception("unexpected error while handling a request")
                 if not self.closing:
                     self._refuse(500, INTERNAL_ERROR)
-                return end
+                return b""
             if self.closing:
-                return end  # Connection: close, or the server is ending: the rest is never read
+                return b""  # Connection: close, or the server is ending: the rest is never read
             if self.reading_paused:
                 break  # answers owed pile up: the caller keeps the rest for later
-        return pos
+        return memoryview(data)[pos:] if pos else data
 
     def _serve(self, method: bytes, url: bytes, headers: dict[str, str], body: bytes | bytearray,
                http10: bool, keep_alive: bool) -> None:
@@ -639,7 +644,9 @@ class Connection(asyncio.Protocol):
         content_type = resp.content_type
         if content_type:
             line = _CONTENT_TYPE_LINES.get(content_type)
-            parts.append(line if line is not None else b"Content-Type: %s\r\n" % content_type.encode("latin-1"))
+            if line is None:
+                line = b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+            parts.append(line)
         if slot.close:
             parts.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
         elif slot.http10:  # HTTP/1.0 keep-alive is opt-in: confirm it
