@@ -309,11 +309,12 @@ class Connection(asyncio.Protocol):
                 return
             # Whole plain requests of any size first (a body over FEED_SLICE read at once), until
             # reading is paused; what is left is parsed a piece at a time below.
-            data = self._serve_plain(data)
-            if not data:
+            rest = self._serve_plain(data)
+            if not rest:
                 return
-        view = memoryview(data)
-        self._backlog = view if self._backlog is None else memoryview(bytes(self._backlog) + data)
+            self._backlog = memoryview(rest)
+        else:
+            self._backlog = memoryview(bytes(self._backlog) + data)
         self._feed_backlog()
 
     def _feed_backlog(self) -> None:
@@ -546,7 +547,8 @@ class Connection(asyncio.Protocol):
                 future, finish = result.future, result.finish  # a Deferred again: encoded off the loop
         elif isinstance(result, Pending):  # the infer fast path: answered by a call, not a future
             slot.future = result
-            result.on_answer = functools.partial(self._fill_answer, slot, head)
+            # on_answer is a slot of Pending's subclasses (one of its own would clash with theirs).
+            result.on_answer = functools.partial(self._fill_answer, slot, head)  # type: ignore[misc]
             self._owe(slot)
             return
         else:  # a coroutine: rare endpoints (model control) that await
@@ -573,7 +575,7 @@ class Connection(asyncio.Protocol):
         log.error("unexpected error in a handler", exc_info=exc)
         return internal_error()
 
-    def _fill(self, slot: _Slot, finish: Callable[[asyncio.Future], Response], head: bool,
+    def _fill(self, slot: _Slot, finish: Callable[[asyncio.Future], Response | Deferred], head: bool,
               future: asyncio.Future) -> None:
         if future.cancelled() or self.transport is None:
             return  # the connection is gone
