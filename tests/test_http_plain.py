@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from http_fakes import FakeTransport
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,44 +24,6 @@ from pyserve.server.limits import TransportLimits
 from pyserve.server.router import Router
 
 MAX_BODY = 16
-
-
-class FakeTransport:
-    """What a Connection calls on its transport, recorded."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def write_eof(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
 
 
 def serve_bytes(chunks: list[bytes], plain: bool) -> tuple[list[tuple], bytes, bool]:

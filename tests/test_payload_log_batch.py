@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import wait_until
 
 import pyserve.payload_log as payload_log
 import pyserve.payload_log.table as table
@@ -366,10 +367,7 @@ def test_a_queue_filling_up_wakes_the_writer_at_once(tmp_path: Path) -> None:
         assert len(plog._queue) == 9  # not woken yet
         for _ in range(2):  # 15 in all: a quarter (10) was reached
             hooks_call(plog, config, CallContext("http+json"))
-        deadline = time.monotonic() + 30
-        while plog._queue and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not plog._queue, "the writer was not woken"
+        wait_until(lambda: not plog._queue, timeout_s=30, what="the writer, woken, to take the queue")
     finally:
         plog.close()
     assert plog.records_total.labels("m", "written")._value.get() == 15

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_until
 
 from pyserve.config import ModelConfig, PayloadLogConfig, TensorSpec
 from pyserve.payload_log import PayloadLog, PayloadLogSettings
@@ -95,10 +96,7 @@ def test_a_small_queue_wakes_the_writer_too(tmp_path: Path, queue_size: int) -> 
         time.sleep(0.1)  # the writer is in its first wait (600 s)
         for i in range(queue_size):
             _logged_call(plog, i)  # a full queue
-        deadline = time.monotonic() + 30
-        while plog._queue and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not plog._queue, "the writer was not woken"
+        wait_until(lambda: not plog._queue, timeout_s=30, what="the writer, woken, to take the queue")
     finally:
         plog.close()
     assert plog.records_total.labels("m", "written")._value.get() == queue_size
@@ -116,9 +114,7 @@ def test_a_stop_that_outlasts_its_timeout_says_what_is_lost(tmp_path: Path,
     try:
         _logged_call(plog, 0)
         plog._wake.set()  # the writer takes it and blocks in the consumer
-        deadline = time.monotonic() + 30
-        while plog._queue and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: not plog._queue, timeout_s=30, what="the writer to take the first record")
         for i in range(1, 6):
             _logged_call(plog, i)
         with caplog.at_level("ERROR", logger="pyserve.payload_log"):

@@ -59,6 +59,7 @@ def main(argv: list[str]) -> None:
     else:
         corpus = [tempfile.mkdtemp(prefix=f"pyserve-fuzz-{name}-")]
     sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent))  # tests/: the helpers targets.py shares with the tests
     import targets
 
     instrument_pyserve()

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+from http_fakes import FakeTransport  # tests/, put on sys.path by run.py
+
 from pyserve.config import TensorSpec
 from pyserve.errors import PyserveError
 import numpy as np
@@ -131,38 +133,6 @@ def fuzz_msgpack(data: bytes) -> None:
 
 # -- the HTTP request path ---------------------------------------------------------------------
 
-class _Transport:
-    """What a Connection needs of an asyncio transport; keeps what is written."""
-
-    def __init__(self) -> None:
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(bytes(data))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None: ...
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
 def _infer(request: Request) -> Response:
     """Decodes the body as the infer handler does (its protocol chosen by the content type)."""
     try:
@@ -192,7 +162,7 @@ def fuzz_http(data: bytes) -> None:
     """Raw bytes into one connection, in up to three reads (split where the first byte says); every
     answer written must be a well-formed HTTP/1.1 response, none a 500."""
     conn = Connection(_server)
-    transport = _Transport()
+    transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     cut = data[0] if data else 0
     for piece in (data[1:cut + 1], data[cut + 1:cut * 2 + 1], data[cut * 2 + 1:]):
