@@ -163,14 +163,23 @@ def http_status(url: str, timeout_s: float = 5.0) -> int | None:
 
 
 def process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has exited (a zombie has closed its sockets). A process killed with
-    SIGKILL keeps its listening sockets until the kernel has torn down its memory: a connection the
-    kernel hands it meanwhile is reset."""
+    """Whether process ``pid`` has exited and closed its sockets. A process killed with SIGKILL keeps
+    its listening sockets until its last thread has exited: a connection the kernel hands it
+    meanwhile is reset. The leader of a threaded process (a worker: ONNX Runtime's and the core's
+    threads) shows as a zombie while its other threads still tear down and still hold the sockets,
+    so every thread must be a zombie or gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or between open and read
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):  # reaped
         return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+    for thread in threads:
+        try:
+            stat = (thread / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # that thread is gone
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+            return False
+    return True
 
 
 @dataclass

@@ -206,10 +206,15 @@ class _Call(CallContext, Pending):
             return  # cancelled: its client is gone
         self.state = _ANSWERED
         self.queue_us, self.compute_us = queue_us, compute_us
-        if code == 0:
-            resp = self.fast._finish(self, outputs)  # type: ignore[arg-type]
-        else:
-            resp = self.fast._failed(self, error_from_core(code, message))
+        try:
+            if code == 0:
+                resp = self.fast._finish(self, outputs)  # type: ignore[arg-type]
+            else:
+                resp = self.fast._failed(self, error_from_core(code, message))
+        except Exception:  # a bug (the failure's own recording raised): answered, never left owed
+            log.exception("unexpected error while answering an infer request of model %s",
+                          self.runner.config.name)
+            resp = messages.internal_error()
         on_answer = self.on_answer
         if on_answer is None:
             self.answer = resp  # answered inline, before serve returned

@@ -81,6 +81,8 @@ parse_plain_request = _core.parse_plain_request
 _CONTENT_TYPE_LINES = {t: b"Content-Type: %s\r\n" % t.encode() for t in (
     "application/json", "application/octet-stream", "application/msgpack", "text/plain; charset=utf-8",
     "text/html; charset=utf-8", "text/plain; version=0.0.4; charset=utf-8")}
+# What an answer that cannot be written is replaced by (Connection._encode).
+_INTERNAL_ERROR = internal_error()
 
 
 def _split_url(url: bytes) -> tuple[str, str]:
@@ -634,30 +636,39 @@ class Connection(asyncio.Protocol):
             self._maybe_resume_reading()
 
     def _encode(self, resp: Response, slot: _Slot, head: bool) -> bytes:
-        body = resp.body
-        server = self.server
-        start = server.status_lines.get(resp.status)
-        if start is None:
-            start = server.status_line(resp.status)
-        parts = [start]
-        if resp.headers:
-            for k, v in resp.headers.items():
-                parts.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
-        content_type = resp.content_type
-        if content_type:
-            line = _CONTENT_TYPE_LINES.get(content_type)
-            if line is None:
-                line = b"Content-Type: %s\r\n" % content_type.encode("latin-1")
-            parts.append(line)
-        if slot.close:
-            parts.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-        elif slot.http10:  # HTTP/1.0 keep-alive is opt-in: confirm it
-            parts.append(b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body))
-        else:
-            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        if not head and len(body):
-            parts.append(body)
-        return b"".join(parts)
+        """The bytes of ``resp``, the answer of ``slot``; a 500 in its place when it cannot be
+        written (a handler's header that is not Latin-1, a body that is not bytes): a bug, answered,
+        never a gap that would hand the next answer to this request."""
+        try:
+            body = resp.body
+            server = self.server
+            start = server.status_lines.get(resp.status)
+            if start is None:
+                start = server.status_line(resp.status)
+            parts = [start]
+            if resp.headers:
+                for k, v in resp.headers.items():
+                    parts.append(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")))
+            content_type = resp.content_type
+            if content_type:
+                line = _CONTENT_TYPE_LINES.get(content_type)
+                if line is None:
+                    line = b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+                parts.append(line)
+            if slot.close:
+                parts.append(b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+            elif slot.http10:  # HTTP/1.0 keep-alive is opt-in: confirm it
+                parts.append(b"Content-Length: %d\r\nConnection: keep-alive\r\n\r\n" % len(body))
+            else:
+                parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+            if not head and len(body):
+                parts.append(body)
+            return b"".join(parts)
+        except Exception:
+            if resp is _INTERNAL_ERROR:
+                raise  # the fallback itself failed: nothing sensible is left to write
+            log.exception("unexpected error while writing an answer (status %s)", resp.status)
+            return self._encode(_INTERNAL_ERROR, slot, head)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answers the message being read with an error before its end, then ends the connection."""
