@@ -490,6 +490,39 @@ def test_a_model_with_a_traffic_policy_or_an_acting_hook_is_left_to_the_general_
     assert run_service(repo.root, body) == (True, False, False)
 
 
+def test_what_serves_a_target_follows_the_loads_and_unloads_of_its_versions(repo: Repo) -> None:
+    """The fast path keeps what serves a target (runner, observers, plans) between requests only
+    while no entry of the registry changes: the next request after an unload, a load or a reload of
+    a version is served by what serves the target now, or left to the general path."""
+    from pyserve.server.fast_infer import FastInfer
+
+    url, headers, payload = _split(corpus()["affine-json"])  # no version: the newest
+    v1_url, _, _ = _split(corpus()["affine-v1-json"])
+
+    async def body(service: Any, errors: Any) -> list[Any]:
+        fast = FastInfer(service)
+        models = service.host.repository
+
+        async def served_by(target: bytes = url) -> str | None:
+            result = fast.serve(target, headers, payload)
+            return None if result is None else json.loads((await answer_of(result)).body)["model_version"]
+
+        seen = [await served_by(), await served_by(v1_url)]
+        await models.unload_version("affine", 2)
+        seen.append(await served_by())
+        await models.load_version("affine", 2)
+        seen.append(await served_by())
+        reloaded = service.runner("affine", "2")
+        await models.load_version("affine", 2)  # swapped for a new runner: the old one is stopped
+        seen.append(await served_by())
+        assert service.runner("affine", "2") is not reloaded
+        await models.unload("affine")
+        seen += [await served_by(), await served_by(v1_url)]
+        return seen
+
+    assert run_service(repo.root, body) == ["2", "1", "1", "2", "2", None, None]
+
+
 def test_observing_hooks_ride_the_fast_path_and_see_what_the_general_path_shows(repo: Repo) -> None:
     """A hook that only observes (the payload log) does not send the call to the general path: the
     fast path calls its after_response with the call's context and answer, as complete() does."""
@@ -637,3 +670,25 @@ def test_parse_target(target: bytes, expected: Any) -> None:
     from pyserve.server.fast_infer import parse_target
 
     assert parse_target(target) == expected
+
+
+def test_lean_msgpack_replies_write_what_packb_writes_and_keep_few_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The msgpack replies joined from pieces made once are the general encoder's bytes, for any
+    shapes, ids and outputs; the pieces kept stay under MAX_REPLY_PIECES however many shapes come."""
+    from types import SimpleNamespace
+
+    from pyserve.protocol import InferRequest, InferResponse, msgpack_codec
+    from pyserve.server import fast_infer
+
+    monkeypatch.setattr(fast_infer, "MAX_REPLY_PIECES", 8)
+    runner = SimpleNamespace(config=SimpleNamespace(name="m\u00e9"), version="3")
+    for rows in range(1, 40):
+        y = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
+        outputs = {"y": y, "label": np.arange(rows, dtype=np.int64), "scalar": np.full((), rows, dtype=np.float64)}
+        for request_id in (None, "", f"req-{rows}", "x" * 40):
+            resp = fast_infer._msgpack_reply(runner, InferRequest({}, request_id), outputs)
+            expected = msgpack_codec.encode_response(InferResponse("m\u00e9", "3", outputs, request_id))
+            assert resp is not None and resp.body == expected, (rows, request_id)
+            assert len(fast_infer._MSGPACK_PIECES) <= 8
+    assert fast_infer._msgpack_reply(runner, InferRequest({}), {"y": y.T}) is None  # not C-contiguous
+    assert fast_infer._msgpack_reply(runner, InferRequest({}), {"y": y.astype(">f4")}) is None  # byte order

@@ -109,24 +109,39 @@ def _join_response(doc: dict[str, Any], items: Iterable[tuple[str, Any]]) -> byt
     of the tensors' bytes under the GIL: the maps are packed around each tensor's raw bytes (a bin
     header before them, as msgpack's spec has it), and the pieces joined in C++."""
     items = list(items)
-    packer = msgpack.Packer()
-    head = [packer.pack_map_header(len(doc) + 1)]
-    for key, value in doc.items():
-        head += [packer.pack(key), packer.pack(value)]
-    head += [packer.pack("outputs"), packer.pack_array_header(len(items))]
+    head = reply_head(doc, len(items))
     pieces: list[Any] = []
     for name, values in items:
         datatype, arr, raw = raw_bytes(name, values)
-        n = len(raw)
-        # bin 8 / bin 16 / bin 32: the smallest that holds n, as packb writes it.
-        bin_header = (b"\xc4" + n.to_bytes(1, "big") if n < 1 << 8 else
-                      b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big"))
-        head += [packer.pack_map_header(4), packer.pack("name"), packer.pack(name), packer.pack("datatype"),
-                 packer.pack(datatype), packer.pack("shape"), packer.pack(list(arr.shape)), packer.pack("data"),
-                 bin_header]
-        pieces += [b"".join(head), raw]
-        head = []
+        pieces += [head + entry_head(name, datatype, arr.shape, len(raw)), raw]
+        head = b""
     return _core.join_buffers(pieces)
+
+
+def reply_head(fields: Mapping[str, Any], outputs: int) -> bytes:
+    """The packed bytes of a reply before its first tensor's entry: the map of ``fields`` (in their
+    order) and ``outputs``, up to the header of the ``outputs`` array of ``outputs`` entries, as
+    packb writes ``{**fields, "outputs": [...]}``."""
+    packer = msgpack.Packer()
+    head = [packer.pack_map_header(len(fields) + 1)]
+    for key, value in fields.items():
+        head += [packer.pack(key), packer.pack(value)]
+    head += [packer.pack("outputs"), packer.pack_array_header(outputs)]
+    return b"".join(head)
+
+
+def entry_head(name: str, datatype: str, shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The packed bytes of one tensor's entry before its data: the map ``{"name", "datatype",
+    "shape", "data"}`` up to the bin header of ``nbytes`` bytes of data, as packb writes the entry
+    before the bytes themselves."""
+    packer = msgpack.Packer()
+    # bin 8 / bin 16 / bin 32: the smallest that holds nbytes, as packb writes it.
+    bin_header = (b"\xc4" + nbytes.to_bytes(1, "big") if nbytes < 1 << 8 else
+                  b"\xc5" + nbytes.to_bytes(2, "big") if nbytes < 1 << 16 else
+                  b"\xc6" + nbytes.to_bytes(4, "big"))
+    return b"".join([packer.pack_map_header(4), packer.pack("name"), packer.pack(name),
+                     packer.pack("datatype"), packer.pack(datatype), packer.pack("shape"),
+                     packer.pack(list(shape)), packer.pack("data"), bin_header])
 
 
 def encode_request(

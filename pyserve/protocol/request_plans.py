@@ -13,8 +13,8 @@ same as last time, and only the tensors' data differ. A :class:`RequestPlans` re
   the lifted text.
 - The binary tensor extension: the skeleton is the JSON header (the first
   ``Inference-Header-Content-Length`` bytes, a plain id lifted as from a JSON body) and the length
-  of the tensors' bytes after it; with a plan, each tensor is a
-  view of its planned byte range (``numpy.frombuffer``), as the full decoder makes it.
+  of the tensors' bytes after it; with a plan, each tensor is an array over its planned bytes of
+  the body (no copy), as the full decoder makes it.
 - msgpack: the body's length and its bytes but the tensors' ``bin`` payloads (found once by walking
   the body with ``msgpack.Unpacker``); a body equal to a plan's around the payloads is the same
   document but for the payloads' bytes, each then viewed as its planned array.
@@ -57,8 +57,10 @@ MAX_MSGPACK_BODY_BYTES = 64 << 10
 
 
 class _Plan:
-    """What the full decoder made of one skeleton: the tensors' (name, datatype or dtype, shape,
-    count or byte range) in body order, and the request's other fields."""
+    """What the full decoder made of one skeleton: the tensors in body order, and the request's
+    other fields. A JSON plan's tensors are (name, datatype, shape, count); a binary or msgpack
+    plan's (name, dtype, shape, start), the start of the data from the header's end (binary) or
+    the body's start (msgpack)."""
 
     # length and pieces: a msgpack plan's body length, and its bytes but the payloads, as
     # (begin, end, bytes).
@@ -171,10 +173,8 @@ class RequestPlans:
             plan = self._binary.get(key)
             if plan is not None:
                 _used(self._binary, key, plan)
-                view = memoryview(body)[length:]
-                return plan.request({name: np.frombuffer(view[begin:end], dtype).reshape(shape)
-                                     for name, dtype, shape, begin, end in plan.tensors},
-                                    plan.id if request_id is None else request_id)
+                inputs = _arrays(body, plan.tensors, length)
+                return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
         if (key is not None and self._plannable(req)
                 and self._may_plan("binary", len(self._binary), MAX_PLANS)):
@@ -194,7 +194,7 @@ class RequestPlans:
             datatype = self._datatypes.get(name)
             if type(size) is not int or entry.get("name") != name or datatype in (None, "BYTES"):
                 return  # JSON data among binary tensors, or BYTES: not planned
-            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset, offset + size))
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset))
             offset += size
         if len(tensors) == len(req.inputs) == len(entries):
             _remember(self._binary, key, _Plan(tuple(tensors), req))
@@ -213,8 +213,7 @@ class RequestPlans:
                 if plan is not self._msgpack[-1]:
                     self._msgpack.remove(plan)  # the plan used last goes last: the first goes first
                     self._msgpack.append(plan)
-                return plan.request({name: np.frombuffer(body, dtype, count, begin).reshape(shape)
-                                     for name, dtype, shape, count, begin in plan.tensors}, plan.id)
+                return plan.request(_arrays(body, plan.tensors, 0), plan.id)
         req = msgpack_codec.decode_request(body, self._check)
         held = len(self._msgpack)
         if (size <= MAX_MSGPACK_BODY_BYTES and self._plannable(req)
@@ -233,7 +232,7 @@ class RequestPlans:
             datatype = self._datatypes.get(name)
             if datatype is None or datatype == "BYTES" or arr.size == 0:
                 return
-            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, arr.size, begin))
+            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, begin))
             pieces.append((at, begin, body[at:begin]))
             at = end
         pieces.append((at, len(body), body[at:]))
@@ -242,6 +241,16 @@ class RequestPlans:
         if len(self._msgpack) >= MAX_MSGPACK_PLANS:
             del self._msgpack[0]  # the one used longest ago
         self._msgpack.append(plan)
+
+
+def _arrays(body: bytes | bytearray, tensors: tuple, offset: int) -> dict[str, np.ndarray]:
+    """The inputs of a binary or msgpack plan's ``tensors`` (name, dtype, shape, start) over the bytes
+    of ``body`` (no copy), each from ``offset + start``; the plan's body length vouches for the size."""
+    ndarray = np.ndarray
+    if len(tensors) == 1:  # the common request: no comprehension (a function made and called)
+        name, dtype, shape, start = tensors[0]
+        return {name: ndarray(shape, dtype, body, offset + start)}
+    return {name: ndarray(shape, dtype, body, offset + start) for name, dtype, shape, start in tensors}
 
 
 def _remember(plans: dict, key: Any, plan: _Plan) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pyserve.config import ModelConfig
 from pyserve.errors import not_found, unavailable
@@ -35,13 +36,24 @@ class ModelState(enum.Enum):
 
 @dataclass
 class ModelEntry:
-    """What the registry knows of one model: its state, why, its config and its loaded versions."""
+    """What the registry knows of one model: its state, why, its config and its loaded versions.
+
+    Every change of a field of any entry (a new entry too) bumps :attr:`generation`: a reader that
+    keeps what a lookup answered (the infer fast path, :mod:`pyserve.server.fast_infer`) may keep it
+    while the generation is the same. The fields are replaced, never changed in place (``versions``
+    is a new dict each time), so no change goes unseen."""
+
+    generation: ClassVar[int] = 0
 
     name: str
     state: ModelState = ModelState.LOADING
     reason: str = ""
     config: ModelConfig | None = None
     versions: dict[int, ModelRunner] = field(default_factory=dict)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        ModelEntry.generation += 1
 
     def runner(self, version: str | None) -> ModelRunner:
         """The runner of ``version`` (newest when None or ""); NOT_FOUND / UNAVAILABLE otherwise."""

@@ -48,6 +48,7 @@ from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.errors import PyserveError, error_from_core, internal
 from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
+from pyserve.repository.registry import ModelEntry
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Pending, Response
@@ -91,6 +92,68 @@ _DATATYPES = {np.dtype(dtype): datatype for datatype, dtype in NUMPY_DTYPES.item
 _OUTPUTS_HEAD = b',"outputs":['
 # packb's bytes (its defaults) without a Packer made and freed per reply; the loop's thread only.
 _PACKER = msgpack.Packer()
+# The bytes around the data of the lean replies, made once, by what they depend on. msgpack
+# (_msgpack_reply): (output name, dtype, shape) for a tensor's entry up to its data, (model, version,
+# outputs[, "id"]) for the reply's head. KServe JSON (_lean_reply): (output name, dtype, shape) for a
+# binary output's entry, (model, version) for the head of a reply without an id. Each is emptied
+# when it holds MAX_REPLY_PIECES (clients may send any batch size: the shapes are theirs to vary).
+_MSGPACK_PIECES: dict[tuple, Any] = {}
+_JSON_PIECES: dict[tuple, Any] = {}
+MAX_REPLY_PIECES = 4096
+# An empty id as packb writes it (a fixstr of length 0): the place of a reply's id in its head.
+_PACKED_EMPTY_ID = _PACKER.pack("")
+
+
+def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> Response | None:
+    """The msgpack reply of ``req`` with all its ``outputs``: the packed bytes around the tensors'
+    data made once (``msgpack_codec.reply_head`` and ``entry_head``, the bytes packb writes) and
+    joined with the data; None for what :func:`_lean_reply` leaves to the general path."""
+    pieces = _MSGPACK_PIECES
+    parts: list[Any] = [b""]
+    nbytes = 0
+    for name, arr in outputs.items():
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
+            return None
+        key = (name, arr.dtype, arr.shape)
+        head = pieces.get(key)
+        if head is None:
+            datatype = _DATATYPES.get(arr.dtype)
+            if datatype is None:
+                return None
+            head = _keep_piece(pieces, key, msgpack_codec.entry_head(name, datatype, arr.shape, arr.nbytes))
+        nbytes += arr.nbytes
+        parts.append(head)
+        parts.append(arr)  # a C-contiguous array is a buffer of its bytes: joined as they are
+    if nbytes > msgpack_codec.JOIN_MIN_BYTES:
+        return None
+    model, version, request_id = runner.config.name, runner.version, req.id
+    if request_id is None:
+        key = (model, version, len(outputs))
+        head = pieces.get(key)
+        if head is None:
+            fields = {"model_name": model, "model_version": version}
+            head = _keep_piece(pieces, key, msgpack_codec.reply_head(fields, len(outputs)))
+        parts[0] = head
+    else:
+        # The id's place in the map between two pieces made once: {model_name, model_version, id, outputs}.
+        key = (model, version, len(outputs), "id")
+        around = pieces.get(key)
+        if around is None:
+            fields = {"model_name": model, "model_version": version, "id": ""}
+            head = msgpack_codec.reply_head(fields, len(outputs))
+            # It ends with the empty id, the "outputs" key and the array's header.
+            after = _PACKER.pack("outputs") + _PACKER.pack_array_header(len(outputs))
+            around = _keep_piece(pieces, key, (head[:-len(after) - len(_PACKED_EMPTY_ID)], after))
+        parts[0] = around[0] + _PACKER.pack(request_id) + around[1]
+    return Response(b"".join(parts), content_type=MSGPACK)
+
+
+def _keep_piece(pieces: dict[tuple, Any], key: tuple, piece: Any) -> Any:
+    """Keeps ``piece`` for ``key`` in ``pieces`` (emptied when full) and returns it."""
+    if len(pieces) >= MAX_REPLY_PIECES:
+        pieces.clear()
+    pieces[key] = piece
+    return piece
 
 
 def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> Response | None:
@@ -99,26 +162,20 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
     bytes) with fewer Python frames and objects; None when it is not the small numeric reply these
     take (BYTES, another byte order, a reply the general path writes with orjson or joins off the
     GIL)."""
-    doc: dict[str, Any] = {"model_name": runner.config.name, "model_version": runner.version}
-    if req.id is not None:
-        doc["id"] = req.id
     requested = req.outputs
     if protocol == "http+msgpack":
-        if requested is not None:
-            return None
-        tensors = []
-        nbytes = 0
-        for name, arr in outputs.items():
-            datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
-            if datatype is None or not arr.flags.c_contiguous:
-                return None
-            nbytes += arr.nbytes
-            tensors.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
-                            "data": memoryview(arr.reshape(-1)).cast("B")})
-        if nbytes > msgpack_codec.JOIN_MIN_BYTES:
-            return None
-        doc["outputs"] = tensors
-        return Response(_PACKER.pack(doc), content_type=MSGPACK)
+        return _msgpack_reply(runner, req, outputs) if requested is None else None
+    pieces = _JSON_PIECES
+    model, version, request_id = runner.config.name, runner.version, req.id
+    if request_id is None:
+        key = (model, version)
+        head = pieces.get(key)
+        if head is None:
+            head = _keep_piece(pieces, key, orjson.dumps({"model_name": model, "model_version": version})[:-1]
+                               + _OUTPUTS_HEAD)
+    else:
+        doc = {"model_name": model, "model_version": version, "id": request_id}
+        head = orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD
     params = req.parameters
     binary_default = bool(params.get("binary_data_output", False)) if params else False
     if requested is None:
@@ -127,30 +184,47 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
         items = [(r.name, binary_default if r.binary is None else r.binary) for r in requested]
     entries: list[Any] = []
     parts: list[Any] = []
-    count = 0
+    count = nbytes = 0
     for name, binary in items:
         arr = outputs[name]
-        datatype = _DATATYPES.get(arr.dtype) if type(arr) is np.ndarray else None
-        if datatype is None:
+        if type(arr) is not np.ndarray:
             return None
         if binary:  # as protocol.raw_bytes: the array's bytes, after its JSON header
             if not arr.flags.c_contiguous:
                 return None
-            raw = memoryview(arr.reshape(-1)).cast("B")
-            entries.append(orjson.dumps({"name": name, "datatype": datatype, "shape": list(arr.shape),
-                                         "parameters": {"binary_data_size": len(raw)}}))
-            parts.append(raw)
+            key = (name, arr.dtype, arr.shape)
+            entry = pieces.get(key)
+            if entry is None:
+                datatype = _DATATYPES.get(arr.dtype)
+                if datatype is None:
+                    return None
+                entry = _keep_piece(pieces, key, orjson.dumps({
+                    "name": name, "datatype": datatype, "shape": list(arr.shape),
+                    "parameters": {"binary_data_size": arr.nbytes}}))
+            entries.append(entry)
+            parts.append(arr)  # a C-contiguous array is a buffer of its bytes
+            nbytes += arr.nbytes
         else:
+            datatype = _DATATYPES.get(arr.dtype)
+            if datatype is None:
+                return None
             count += arr.size
             entries.append((name, datatype, arr.shape, arr.ravel()))
-    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or sum(map(len, parts)) > handlers.ENCODE_OFF_LOOP_BYTES:
-        return None
-    body = _core.encode_json_reply(orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD, entries, b"]}", parts)
-    if type(body) is not bytes:
+    if count > kserve.WRITER_ON_LOOP_MAX_ELEMENTS or nbytes > handlers.ENCODE_OFF_LOOP_BYTES:
         return None
     if not parts:
-        return Response(body)
-    header_length = len(body) - sum(len(p) for p in parts)
+        body = _core.encode_json_reply(head, entries, b"]}", parts)
+        return Response(body) if type(body) is bytes else None
+    if count:  # JSON data and binary data in one reply
+        raws = [memoryview(a.reshape(-1)).cast("B") for a in parts]
+        body = _core.encode_json_reply(head, entries, b"]}", raws)
+        if type(body) is not bytes:
+            return None
+        header_length = len(body) - nbytes
+    else:  # binary data only: the header is made of pieces made once
+        header = b"".join((head, b",".join(entries), b"]}"))
+        header_length = len(header)
+        body = b"".join((header, *parts))
     return Response(body, content_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
@@ -160,14 +234,19 @@ class _Target:
     version that last served it (:mod:`pyserve.protocol.request_plans`; shared by the targets that
     name that version)."""
 
-    __slots__ = ("name", "version", "runner", "plans")
+    __slots__ = ("name", "version", "runner", "plans", "observers", "generation")
 
     def __init__(self, name: str, version: str | None) -> None:
         self.name = name
         self.version = version
-        # By weak reference: an unloaded version must not be kept alive by its plans.
+        # What the service answered for this target, kept while `generation` (ModelEntry.generation
+        # plus the service's hooks_generation: both only grow) is the same: the runner, by weak
+        # reference (an unloaded version must not be kept alive by its plans), its observers, and
+        # its plans.
         self.runner: Callable[[], Any] = lambda: None
         self.plans: RequestPlans | None = None
+        self.observers: tuple = ()
+        self.generation = -1
 
 
 class _Call(CallContext, Pending):
@@ -273,20 +352,18 @@ class FastInfer:
             return None
         service = self.service
         try:
-            runner = service.runner(target.name, target.version)
+            if service.host.traffic.get(target.name) is not None:
+                return None  # a split, alias, shadow or rollout: the general path's
         except PyserveError:
-            return None  # 404 / 503: the general path answers and counts it
-        observers = service.fast_observers(runner)
-        if observers is None:
-            return None
-        plans = target.plans
-        if target.runner() is not runner or plans is None:
-            plans = self._plans.get(runner)
-            if plans is None:
-                plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
-                                                           service.input_check(runner))
-            target.plans = plans
-            target.runner = weakref.ref(runner)
+            return None  # a refused policy file: the general path answers it
+        generation = ModelEntry.generation + service.hooks_generation
+        runner = target.runner() if target.generation == generation else None
+        if runner is None:
+            runner = self._route(target, generation)
+            if runner is None:
+                return None
+        observers = target.observers
+        plans: RequestPlans = target.plans  # type: ignore[assignment]
         content_type = headers.get("content-type")
         try:
             if content_type == MSGPACK:
@@ -333,6 +410,26 @@ class FastInfer:
             return call.answer  # the batch ran inline: answered already
         call.request_handle = handle
         return call
+
+    def _route(self, target: _Target, generation: int) -> Any:
+        """Looks up what serves ``target`` (its runner, observers and decode plans) and keeps it in
+        ``target`` for ``generation``; returns the runner, or None when the call is the general
+        path's (404, 503, or a hook that neither is quiet nor only observes)."""
+        service = self.service
+        try:
+            runner = service.runner(target.name, target.version)
+        except PyserveError:
+            return None  # 404 / 503: the general path answers and counts it
+        observers = service.fast_observers(runner)
+        if observers is None:
+            return None
+        plans = self._plans.get(runner)
+        if plans is None:
+            plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
+                                                       service.input_check(runner))
+        target.runner, target.observers, target.plans = weakref.ref(runner), observers, plans
+        target.generation = generation
+        return runner
 
     def _finish(self, call: _Call, outputs: dict[str, Any]) -> Response | Deferred:
         """The reply of ``call`` with its outputs (``ModelRunner.submit_callback``'s)."""

@@ -27,7 +27,9 @@ class InferHooks:
         served by ``runner``, so a transport may serve the call without calling them (the HTTP fast
         path, :mod:`pyserve.server.fast_infer`; :meth:`on_error` is called on every path alike). The
         default, False, is always safe: override it only with a check that cannot miss. Hooks that
-        override neither method are never asked."""
+        override neither method are never asked. Transports keep the answer of this and of
+        :meth:`observes` for a runner while its model has no traffic policy: a hook whose answer
+        changes for another reason says so with ``InferenceService.hooks_changed()``."""
         return False
 
     def observes(self, runner: ModelRunner) -> bool:

@@ -106,6 +106,9 @@ class InferenceService:
         self.host = host
         self._errors = errors
         self._hooks: tuple[InferHooks, ...] = ()
+        # Bumped by hooks_changed: a transport keeps what fast_observers answered while it and
+        # ModelEntry.generation stay the same (and the model has no traffic policy).
+        self.hooks_generation = 0
         # Per hook point, (method, hooks) of the hooks that do something there: a method left as
         # InferHooks' no-op is never called (each call runs on the loop's thread, for every request).
         self._before: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
@@ -169,6 +172,14 @@ class InferenceService:
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""
         self._hooks = (*self._hooks, hooks)
+        self.hooks_changed()
+
+    def hooks_changed(self) -> None:
+        """Says that what :meth:`fast_observers` answers may have changed for some runner: hooks were
+        added, or a hook's :meth:`~InferHooks.quiet` or :meth:`~InferHooks.observes` now answers
+        otherwise than before for a reason other than the runner and the model's traffic policy
+        (on which transports keep what it answered: :attr:`hooks_generation`)."""
+        self.hooks_generation += 1
 
         def point(name: str) -> tuple[tuple[Callable[..., None], InferHooks], ...]:
             return tuple((getattr(h, name), h) for h in self._hooks
