@@ -36,7 +36,6 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -48,11 +47,10 @@ from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.errors import PyserveError, error_from_core, internal
 from pyserve.protocol import InferRequest, InferResponse, kserve, msgpack_codec
 from pyserve.protocol.request_plans import RequestPlans
-from pyserve.repository.registry import ModelEntry
 from pyserve.server import errors as http_errors
 from pyserve.server import handlers, messages
 from pyserve.server.messages import INTERNAL_ERROR, Deferred, Pending, Response
-from pyserve.service import CallContext, InferenceService
+from pyserve.service import CallContext, FastRoute, InferenceService
 
 log = logging.getLogger("pyserve.server")
 
@@ -229,24 +227,17 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
 
-class _Target:
-    """An infer request target: the model name and version it names, and the decode plans of the
-    version that last served it (:mod:`pyserve.protocol.request_plans`; shared by the targets that
-    name that version)."""
+class _Target(FastRoute):
+    """An infer request target: the model name and version it names, what serves them
+    (:class:`~pyserve.service.FastRoute`), and the decode plans of that runner
+    (:mod:`pyserve.protocol.request_plans`; shared by the targets that name that version)."""
 
-    __slots__ = ("name", "version", "runner", "plans", "observers", "generation")
+    __slots__ = ("planned", "plans")
 
     def __init__(self, name: str, version: str | None) -> None:
-        self.name = name
-        self.version = version
-        # What the service answered for this target, kept while `generation` (ModelEntry.generation
-        # plus the service's hooks_generation: both only grow) is the same: the runner, by weak
-        # reference (an unloaded version must not be kept alive by its plans), its observers, and
-        # its plans.
-        self.runner: Callable[[], Any] = lambda: None
+        super().__init__(name, version)
         self.plans: RequestPlans | None = None
-        self.observers: tuple = ()
-        self.generation = -1
+        self.planned: Any = None  # the route's runner reference the plans were taken for
 
 
 class _Call(CallContext, Pending):
@@ -350,20 +341,17 @@ class FastInfer:
                 targets[bytes(url)] = target
         if target is None or len(body) > DECODE_ON_LOOP_MAX_BYTES:
             return None
-        service = self.service
-        try:
-            if service.host.traffic.get(target.name) is not None:
-                return None  # a split, alias, shadow or rollout: the general path's
-        except PyserveError:
-            return None  # a refused policy file: the general path answers it
-        generation = ModelEntry.generation + service.hooks_generation
-        runner = target.runner() if target.generation == generation else None
+        runner = self.service.fast_route(target)
         if runner is None:
-            runner = self._route(target, generation)
-            if runner is None:
-                return None
+            return None
         observers = target.observers
-        plans: RequestPlans = target.plans  # type: ignore[assignment]
+        plans = target.plans
+        if target.planned is not target.runner or plans is None:  # a new runner (or the first)
+            plans = self._plans.get(runner)
+            if plans is None:
+                plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
+                                                           self.service.input_check(runner))
+            target.plans, target.planned = plans, target.runner
         content_type = headers.get("content-type")
         try:
             if content_type == MSGPACK:
@@ -410,26 +398,6 @@ class FastInfer:
             return call.answer  # the batch ran inline: answered already
         call.request_handle = handle
         return call
-
-    def _route(self, target: _Target, generation: int) -> Any:
-        """Looks up what serves ``target`` (its runner, observers and decode plans) and keeps it in
-        ``target`` for ``generation``; returns the runner, or None when the call is the general
-        path's (404, 503, or a hook that neither is quiet nor only observes)."""
-        service = self.service
-        try:
-            runner = service.runner(target.name, target.version)
-        except PyserveError:
-            return None  # 404 / 503: the general path answers and counts it
-        observers = service.fast_observers(runner)
-        if observers is None:
-            return None
-        plans = self._plans.get(runner)
-        if plans is None:
-            plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
-                                                       service.input_check(runner))
-        target.runner, target.observers, target.plans = weakref.ref(runner), observers, plans
-        target.generation = generation
-        return runner
 
     def _finish(self, call: _Call, outputs: dict[str, Any]) -> Response | Deferred:
         """The reply of ``call`` with its outputs (``ModelRunner.submit_callback``'s)."""

@@ -16,7 +16,7 @@ from pyserve.service.context import CallContext
 from pyserve.service.control import ModelControl
 from pyserve.service.hooks import InferHooks
 from pyserve.service.host import ModelHost, SingleModel
-from pyserve.service.inference import InferenceService, ModelMetadata, VersionStatistics
+from pyserve.service.inference import FastRoute, InferenceService, ModelMetadata, VersionStatistics
 
-__all__ = ["CallContext", "InferHooks", "InferenceService", "ModelControl", "ModelHost", "ModelMetadata", "SingleModel",
+__all__ = ["CallContext", "FastRoute", "InferHooks", "InferenceService", "ModelControl", "ModelHost", "ModelMetadata", "SingleModel",
            "VersionStatistics"]

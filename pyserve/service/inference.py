@@ -33,6 +33,7 @@ from pyserve.errors import ErrorKind, PyserveError, internal, invalid, not_found
 from pyserve.protocol import InferRequest, InferResponse
 from pyserve.release import TrafficPolicy
 from pyserve.repository import version_number
+from pyserve.repository.registry import ModelEntry
 from pyserve.runtime import ModelRunner
 from pyserve.service.context import CallContext
 from pyserve.service.hooks import InferHooks
@@ -95,6 +96,22 @@ def _parameter(params: dict, key: str, maximum: int) -> int:
     return value
 
 
+class FastRoute:
+    """What serves one model and version (``version`` None: the newest) on a transport's fast path,
+    kept between calls by :meth:`InferenceService.fast_route`: the runner by weak reference, the
+    observers to call, and the generation they were looked up in. Transports may subclass it to keep
+    their own per-target state beside it."""
+
+    __slots__ = ("generation", "name", "observers", "runner", "version")
+
+    def __init__(self, name: str, version: str | None) -> None:
+        self.name = name
+        self.version = version
+        self.runner: Callable[[], ModelRunner | None] = lambda: None
+        self.observers: tuple[tuple[Callable[..., None], InferHooks], ...] = ()
+        self.generation = -1
+
+
 class InferenceService:
     """Runs inference calls on the models of a :class:`~pyserve.service.host.ModelHost`.
 
@@ -138,6 +155,36 @@ class InferenceService:
         """True when a call served by ``runner`` needs nothing of the service but the core (see
         :meth:`fast_observers`: no traffic policy, and no hook but quiet ones)."""
         return self.fast_observers(runner) == ()
+
+    def fast_route(self, route: FastRoute) -> ModelRunner | None:
+        """The runner serving ``route``'s model and version on a transport's fast path, with the
+        observers it must call in ``route.observers`` (:meth:`fast_observers`); None when the call
+        is the general path's (an unknown or unready model or version, a traffic policy, a hook that
+        acts). What it looked up is kept in ``route`` while no registry entry changed
+        (``ModelEntry.generation``) and no hook did (:meth:`hooks_changed`): one dict lookup of the
+        model's traffic policy per call instead of the registry's and the hooks' lookups. A new
+        runner is held by a new ``route.runner`` (a weak reference: an unloaded version is never
+        kept alive by a route), which is how a transport knows to renew what it keeps per runner."""
+        name = route.name
+        try:
+            if self.host.traffic.get(name) is not None:
+                return None  # a split, alias, shadow or rollout (set a moment ago, maybe)
+        except PyserveError:
+            return None  # a refused policy file: the general path answers it
+        generation = ModelEntry.generation + self.hooks_generation  # both only grow
+        if route.generation == generation:
+            runner = route.runner()
+            if runner is not None:
+                return runner
+        try:
+            runner = self.runner(name, route.version)
+        except PyserveError:
+            return None  # 404 / 503: the general path answers and counts it
+        observers = self.fast_observers(runner)
+        if observers is None:
+            return None
+        route.runner, route.observers, route.generation = weakref.ref(runner), observers, generation
+        return runner
 
     def fast_observers(self, runner: ModelRunner) -> tuple[tuple[Callable[..., None], InferHooks], ...] | None:
         """The ``after_response`` hooks a transport must call itself to serve a call of ``runner``
