@@ -36,6 +36,7 @@ import functools
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -112,13 +113,9 @@ def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> R
     for name, arr in outputs.items():
         if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
             return None
-        key = (name, arr.dtype, arr.shape)
-        head = pieces.get(key)
+        head = _entry_piece(pieces, name, arr, _msgpack_entry)
         if head is None:
-            datatype = _DATATYPES.get(arr.dtype)
-            if datatype is None:
-                return None
-            head = _keep_piece(pieces, key, msgpack_codec.entry_head(name, datatype, arr.shape, arr.nbytes))
+            return None
         nbytes += arr.nbytes
         parts.append(head)
         parts.append(arr)  # a C-contiguous array is a buffer of its bytes: joined as they are
@@ -144,6 +141,31 @@ def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> R
             around = _keep_piece(pieces, key, (head[:-len(after) - len(_PACKED_EMPTY_ID)], after))
         parts[0] = around[0] + _PACKER.pack(request_id) + around[1]
     return Response(b"".join(parts), content_type=MSGPACK)
+
+
+def _entry_piece(pieces: dict[tuple, Any], name: str, arr: np.ndarray,
+                 make: Callable[[str, str, np.ndarray], bytes]) -> bytes | None:
+    """The bytes of output ``name``'s entry before its data, kept in ``pieces`` by (name, dtype,
+    shape) and made by ``make(name, datatype, arr)`` the first time; None for a dtype the lean
+    writers do not take (BYTES, another byte order)."""
+    key = (name, arr.dtype, arr.shape)
+    piece = pieces.get(key)
+    if piece is None:
+        datatype = _DATATYPES.get(arr.dtype)
+        if datatype is None:
+            return None
+        piece = _keep_piece(pieces, key, make(name, datatype, arr))
+    return piece
+
+
+def _msgpack_entry(name: str, datatype: str, arr: np.ndarray) -> bytes:
+    return msgpack_codec.entry_head(name, datatype, arr.shape, arr.nbytes)
+
+
+def _binary_entry(name: str, datatype: str, arr: np.ndarray) -> bytes:
+    """A binary output's JSON entry, as ``kserve.encode_response`` writes it."""
+    return orjson.dumps({"name": name, "datatype": datatype, "shape": list(arr.shape),
+                         "parameters": {"binary_data_size": arr.nbytes}})
 
 
 def _keep_piece(pieces: dict[tuple, Any], key: tuple, piece: Any) -> Any:
@@ -190,15 +212,9 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
         if binary:  # as protocol.raw_bytes: the array's bytes, after its JSON header
             if not arr.flags.c_contiguous:
                 return None
-            key = (name, arr.dtype, arr.shape)
-            entry = pieces.get(key)
+            entry = _entry_piece(pieces, name, arr, _binary_entry)
             if entry is None:
-                datatype = _DATATYPES.get(arr.dtype)
-                if datatype is None:
-                    return None
-                entry = _keep_piece(pieces, key, orjson.dumps({
-                    "name": name, "datatype": datatype, "shape": list(arr.shape),
-                    "parameters": {"binary_data_size": arr.nbytes}}))
+                return None
             entries.append(entry)
             parts.append(arr)  # a C-contiguous array is a buffer of its bytes
             nbytes += arr.nbytes
