@@ -20,6 +20,8 @@ import msgpack
 import numpy as np
 import pytest
 from conftest import DTYPES, Repo, Server, add_pytypes_and_raiser, encode, run_service
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("onnx")
@@ -692,3 +694,62 @@ def test_lean_msgpack_replies_write_what_packb_writes_and_keep_few_pieces(monkey
             assert len(fast_infer._MSGPACK_PIECES) <= 8
     assert fast_infer._msgpack_reply(runner, InferRequest({}), {"y": y.T}) is None  # not C-contiguous
     assert fast_infer._msgpack_reply(runner, InferRequest({}), {"y": y.astype(">f4")}) is None  # byte order
+
+
+_NUMERIC = [dtype for datatype, dtype in DTYPES.items() if datatype != "BYTES"]
+
+
+@st.composite
+def _outputs(draw: Any) -> dict[str, np.ndarray]:
+    """Outputs of any numeric datatype and shape (0-d, empty, a few elements), some transposed (not
+    C-contiguous) or big-endian, which the lean writers must write as the general encoder or leave."""
+    outputs = {}
+    for name in draw(st.lists(st.text(min_size=1, max_size=4), min_size=1, max_size=4, unique=True)):
+        dtype = draw(st.sampled_from(_NUMERIC))
+        shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+        arr = np.frombuffer(draw(st.binary(min_size=dtype.itemsize * int(np.prod(shape)),
+                                           max_size=dtype.itemsize * int(np.prod(shape)))),
+                            np.uint8 if dtype.kind == "b" else dtype).reshape(shape)
+        arr = arr.astype(bool) if dtype.kind == "b" else arr
+        layout = draw(st.sampled_from(["as is", "transposed", "big-endian"]))
+        outputs[name] = (arr if layout == "as is" else arr.T if layout == "transposed"
+                         else arr.astype(arr.dtype.newbyteorder(">")))
+    return outputs
+
+
+@given(_outputs(), st.sampled_from(["m", 'm"\\\u00e9\u2028']), st.one_of(st.none(), st.text(max_size=20)),
+       st.sampled_from([None, {"binary_data_output": True}, {"binary_data_output": False}]),
+       st.sampled_from(["http+json", "http+binary", "http+msgpack"]), st.data())
+@example({"a": np.zeros((), bool), "b": np.zeros((0,), bool)}, "m", None, None, "http+json", None)
+@settings(max_examples=300, deadline=None)
+def test_lean_replies_write_what_the_general_encoder_writes(outputs: dict[str, np.ndarray], model: str,
+                                                            request_id: str | None, parameters: Any,
+                                                            protocol: str, data: Any) -> None:
+    """Every reply a lean writer takes is the general encoder's bytes (body, content type, headers),
+    whatever the outputs requested and which go binary: an empty JSON output beside a binary one
+    (no JSON element at all) included, which the lean writer once answered 500."""
+    from types import SimpleNamespace
+
+    from pyserve.protocol import InferRequest, InferResponse, RequestedOutput
+    from pyserve.server import fast_infer, handlers
+
+    names = list(outputs)
+    if data is None:  # the explicit example: "a" binary, "b" (empty) as JSON
+        requested: Any = [RequestedOutput("a", True, None), RequestedOutput("b", None, None)]
+    elif data.draw(st.booleans()):
+        chosen = data.draw(st.lists(st.sampled_from(names), min_size=1, unique=True))
+        requested = [RequestedOutput(n, data.draw(st.sampled_from([None, True, False])), None)
+                     for n in chosen]
+    else:
+        requested = None
+    if requested is not None:
+        outputs = {r.name: outputs[r.name] for r in requested}
+    runner = SimpleNamespace(config=SimpleNamespace(name=model), version="3")
+    req = InferRequest({}, request_id, parameters, requested)
+    for _ in range(2):  # the pieces made, then the pieces kept
+        lean = fast_infer._lean_reply(runner, req, outputs, protocol)
+        if lean is None:
+            return  # left to the general encoder
+        general = handlers._encode_infer(req, InferResponse(model, "3", outputs, request_id), protocol)
+        assert (lean.status, lean.content_type, lean.headers, lean.body) == (
+            general.status, general.content_type, general.headers, general.body)

@@ -229,7 +229,7 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
     if not parts:
         body = _core.encode_json_reply(head, entries, b"]}", parts)
         return Response(body) if type(body) is bytes else None
-    if count:  # JSON data and binary data in one reply
+    if len(parts) < len(entries):  # JSON data and binary data in one reply (a JSON output may be empty)
         raws = [memoryview(a.reshape(-1)).cast("B") for a in parts]
         body = _core.encode_json_reply(head, entries, b"]}", raws)
         if type(body) is not bytes:
