@@ -95,3 +95,15 @@ def test_a_fast_path_call_whose_answering_raises_is_answered_500(code: int) -> N
     assert len(answered) == 1 and answered[0].status == 500
     assert answered[0].body == b'{"error":"%s"}' % messages.INTERNAL_ERROR.encode()
     assert call.done() and call.timings() == (1, 2)
+
+
+def test_a_body_of_any_buffer_is_framed_by_its_bytes() -> None:
+    """Content-Length counts the body's bytes: a buffer of 4-byte items (an array, a memoryview of
+    one) says 12 for three items, not 3, or the client would read the rest as the next answer."""
+    import numpy as np
+
+    data = np.arange(3, dtype=np.float32)
+    router = Router()
+    router.add("GET", "/bad", lambda request: messages.Response(data, content_type="application/octet-stream"))
+    router.add("GET", "/ok", lambda request: messages.Response(memoryview(data)))
+    assert _serve(router, PIPELINE, True) == [(200, data.tobytes()), (200, data.tobytes())]

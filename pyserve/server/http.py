@@ -641,6 +641,8 @@ class Connection(asyncio.Protocol):
         never a gap that would hand the next answer to this request."""
         try:
             body = resp.body
+            if type(body) is not bytes:  # any buffer: Content-Length counts bytes, not its items
+                body = memoryview(body).cast("B")
             server = self.server
             start = server.status_lines.get(resp.status)
             if start is None:
