@@ -131,14 +131,14 @@ def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> R
         parts[0] = head
     else:
         # The id's place in the map between two pieces made once: {model_name, model_version, id, outputs}.
-        key = (model, version, len(outputs), "id")
-        around = pieces.get(key)
+        id_key = (model, version, len(outputs), "id")
+        around = pieces.get(id_key)
         if around is None:
             fields = {"model_name": model, "model_version": version, "id": ""}
             head = msgpack_codec.reply_head(fields, len(outputs))
             # It ends with the empty id, the "outputs" key and the array's header.
             after = _PACKER.pack("outputs") + _PACKER.pack_array_header(len(outputs))
-            around = _keep_piece(pieces, key, (head[:-len(after) - len(_PACKED_EMPTY_ID)], after))
+            around = _keep_piece(pieces, id_key, (head[:-len(after) - len(_PACKED_EMPTY_ID)], after))
         parts[0] = around[0] + _PACKER.pack(request_id) + around[1]
     return Response(b"".join(parts), content_type=MSGPACK)
 
