@@ -602,9 +602,31 @@ def test_decode_plans_are_kept_per_version_whatever_the_target(repo: Repo) -> No
         for url in urls:
             await answer_of(fast.serve(url, headers, payload))
         remembered = all(url in fast._targets for url in urls)
-        return len({id(fast._targets[url].plans) for url in urls if url in fast._targets}), remembered
+        return len({id(fast._targets[url].plans()) for url in urls if url in fast._targets}), remembered
 
     assert run_service(repo.root, body) == (1, True)
+
+
+def test_a_target_not_asked_for_again_keeps_no_plans_of_a_reloaded_version(repo: Repo) -> None:
+    """A target keeps its decode plans by weak reference: once its version is reloaded (a new
+    runner), the old runner's plans go with it, even if that target is never asked for again."""
+    import gc
+    import weakref
+
+    from pyserve.server.fast_infer import FastInfer
+
+    v1_url, headers, payload = _split(corpus()["affine-v1-binary"])
+
+    async def body(service: Any, errors: Any) -> tuple[bool, bool]:
+        fast = FastInfer(service)
+        await answer_of(fast.serve(v1_url, headers, payload))
+        await answer_of(fast.serve(v1_url, headers, payload))  # decoded by the plan made above
+        old = weakref.ref(fast._targets[v1_url].plans())
+        await service.host.repository.load_version("affine", 1)
+        gc.collect()
+        return old() is None, fast.serve(v1_url, headers, payload) is not None
+
+    assert run_service(repo.root, body) == (True, True)
 
 
 @pytest.mark.parametrize("protocol", ["json", "binary", "msgpack"])

@@ -252,7 +252,9 @@ class _Target(FastRoute):
 
     def __init__(self, name: str, version: str | None) -> None:
         super().__init__(name, version)
-        self.plans: RequestPlans | None = None
+        # By weak reference: the plans live as long as their runner (FastInfer._plans), not as long
+        # as a target that is never asked for again after its version was reloaded.
+        self.plans: Callable[[], RequestPlans | None] = lambda: None
         self.planned: Any = None  # the route's runner reference the plans were taken for
 
 
@@ -361,13 +363,13 @@ class FastInfer:
         if runner is None:
             return None
         observers = target.observers
-        plans = target.plans
+        plans = target.plans()
         if target.planned is not target.runner or plans is None:  # a new runner (or the first)
             plans = self._plans.get(runner)
             if plans is None:
                 plans = self._plans[runner] = RequestPlans({s.name: s.datatype for s in runner.config.inputs},
                                                            self.service.input_check(runner))
-            target.plans, target.planned = plans, target.runner
+            target.plans, target.planned = weakref.ref(plans), target.runner
         content_type = headers.get("content-type")
         try:
             if content_type == MSGPACK:
