@@ -39,8 +39,8 @@ class ModelEntry:
     """What the registry knows of one model: its state, why, its config and its loaded versions.
 
     Every change of a field of any entry (a new entry too) bumps :attr:`generation`: a reader that
-    keeps what a lookup answered (the infer fast path, :mod:`pyserve.server.fast_infer`) may keep it
-    while the generation is the same. The fields are replaced, never changed in place (``versions``
+    keeps what a lookup answered (``InferenceService.fast_route``, for the transports' fast paths)
+    may keep it while the generation is the same. The fields are replaced, never changed in place (``versions``
     is a new dict each time), so no change goes unseen."""
 
     generation: ClassVar[int] = 0

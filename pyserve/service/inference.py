@@ -219,6 +219,12 @@ class InferenceService:
     def add_hooks(self, hooks: InferHooks) -> None:
         """Adds hooks that run around every later call."""
         self._hooks = (*self._hooks, hooks)
+
+        def point(name: str) -> tuple[tuple[Callable[..., None], InferHooks], ...]:
+            return tuple((getattr(h, name), h) for h in self._hooks
+                         if hasattr(h, name) and getattr(type(h), name, None) is not getattr(InferHooks, name))
+
+        self._before, self._after, self._on_error = point("before_request"), point("after_response"), point("on_error")
         self.hooks_changed()
 
     def hooks_changed(self) -> None:
@@ -227,12 +233,6 @@ class InferenceService:
         otherwise than before for a reason other than the runner and the model's traffic policy
         (on which transports keep what it answered: :attr:`hooks_generation`)."""
         self.hooks_generation += 1
-
-        def point(name: str) -> tuple[tuple[Callable[..., None], InferHooks], ...]:
-            return tuple((getattr(h, name), h) for h in self._hooks
-                         if hasattr(h, name) and getattr(type(h), name, None) is not getattr(InferHooks, name))
-
-        self._before, self._after, self._on_error = point("before_request"), point("after_response"), point("on_error")
 
     # -- the call --------------------------------------------------------------------------------
     def runner(self, name: str, version: str | None = None) -> ModelRunner:
