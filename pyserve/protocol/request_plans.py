@@ -141,12 +141,8 @@ class RequestPlans:
         # Every input's data lifted, in entry order, numeric (BYTES data stay in the skeleton).
         if [entry for entry, _, _ in spans] != list(range(len(req.inputs))):
             return
-        tensors = []
-        for name, arr in req.inputs.items():
-            datatype = self._datatypes.get(name)
-            if datatype is None or datatype == "BYTES" or arr.size == 0:
-                return
-            tensors.append((name, datatype, arr.shape, arr.size))
+        # The inputs are the model's, numeric and not empty: the caller asked _plannable.
+        tensors = [(name, self._datatypes[name], arr.shape, arr.size) for name, arr in req.inputs.items()]
         plan = _Plan(tuple(tensors), req)
         if id_lifted:
             # Each body of this skeleton brings its own id: the plan need not hold this one (which
@@ -191,10 +187,9 @@ class RequestPlans:
         for entry, (name, arr) in zip(entries, req.inputs.items()):
             params: Any = entry.get("parameters")
             size = params.get("binary_data_size") if type(params) is dict else None
-            datatype = self._datatypes.get(name)
-            if type(size) is not int or entry.get("name") != name or datatype in (None, "BYTES"):
-                return  # JSON data among binary tensors, or BYTES: not planned
-            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, offset))
+            if type(size) is not int or entry.get("name") != name:
+                return  # JSON data among binary tensors: not planned (BYTES ones _plannable refused)
+            tensors.append((name, NUMPY_DTYPES[self._datatypes[name]], arr.shape, offset))
             offset += size
         if len(tensors) == len(req.inputs) == len(entries):
             _remember(self._binary, key, _Plan(tuple(tensors), req))
@@ -228,11 +223,8 @@ class RequestPlans:
         tensors = []
         pieces = []
         at = 0
-        for (begin, end), (name, arr) in zip(spans, req.inputs.items()):
-            datatype = self._datatypes.get(name)
-            if datatype is None or datatype == "BYTES" or arr.size == 0:
-                return
-            tensors.append((name, NUMPY_DTYPES[datatype], arr.shape, begin))
+        for (begin, end), (name, arr) in zip(spans, req.inputs.items()):  # _plannable was asked
+            tensors.append((name, NUMPY_DTYPES[self._datatypes[name]], arr.shape, begin))
             pieces.append((at, begin, body[at:begin]))
             at = end
         pieces.append((at, len(body), body[at:]))
