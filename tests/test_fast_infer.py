@@ -12,6 +12,7 @@ takes and that it leaves the others before any side effect.
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 from typing import Any
@@ -86,10 +87,20 @@ def samples(protocol: str) -> dict[str, np.ndarray]:
     return {f"in_{name}": arr.reshape(2, 3) for name, arr in data.items()}
 
 
-def _req(path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}",
+def _req(path: str, body: bytes, headers: dict[str, str], chunks: random.Random | None = None) -> bytes:
+    """A POST of ``body``; in random chunks (Transfer-Encoding: chunked) when ``chunks`` is given."""
+    lines = [f"POST {path} HTTP/1.1", "Host: test",
+             "Transfer-Encoding: chunked" if chunks else f"Content-Length: {len(body)}",
              *(f"{k}: {v}" for k, v in headers.items())]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    if chunks is None:
+        return raw + body
+    at = 0
+    while at < len(body):
+        n = min(chunks.randint(1, max(1, len(body) // 2)), len(body) - at)
+        raw += b"%x\r\n" % n + body[at:at + n] + b"\r\n"
+        at += n
+    return raw + b"0\r\n\r\n"
 
 
 def _infer_req(model: str, protocol: str, inputs: dict[str, np.ndarray], version: str | None = None,

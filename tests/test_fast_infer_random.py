@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import DTYPES, Repo, Server, encode
-from test_fast_infer import RawClient, build_repo
+from test_fast_infer import RawClient, _req, build_repo
 
 pytest.importorskip("onnx")
 
@@ -32,22 +32,6 @@ def servers(serve_module: Any, tmp_path_factory: pytest.TempPathFactory) -> tupl
     repo = Repo(tmp_path_factory.mktemp("random") / "models")
     build_repo(repo)
     return serve_module([repo.root]), serve_module([repo.root, "--no-infer-fast-path"])
-
-
-def _post(path: str, body: bytes, headers: dict[str, str], chunks: random.Random | None = None) -> bytes:
-    """A POST of ``body``; in random chunks (Transfer-Encoding: chunked) when ``chunks`` is given."""
-    lines = [f"POST {path} HTTP/1.1", "Host: test",
-             "Transfer-Encoding: chunked" if chunks else f"Content-Length: {len(body)}",
-             *(f"{k}: {v}" for k, v in headers.items())]
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    if chunks is None:
-        return raw + body
-    at = 0
-    while at < len(body):
-        n = min(chunks.randint(1, max(1, len(body) // 2)), len(body) - at)
-        raw += b"%x\r\n" % n + body[at:at + n] + b"\r\n"
-        at += n
-    return raw + b"0\r\n\r\n"
 
 
 def _numeric_request(rng: random.Random, skeleton: dict[str, Any]) -> bytes:
@@ -88,7 +72,7 @@ def _numeric_request(rng: random.Random, skeleton: dict[str, Any]) -> bytes:
         body, headers = new + body[length:], {**headers, "Inference-Header-Content-Length": str(len(new))}
     elif protocol == "json" and binary_output is not None:
         body = json.dumps({**json.loads(body), "parameters": {"binary_data_output": binary_output}}).encode()
-    return _post("/v2/models/numeric/infer", body, headers, rng if rng.random() < 0.4 else None)
+    return _req("/v2/models/numeric/infer", body, headers, rng if rng.random() < 0.4 else None)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -136,7 +120,7 @@ def test_tensors_at_any_alignment_are_read_as_the_full_decoder_reads_them(
                             if model == "pytypes":
                                 inputs["in_bytes"] = np.array([[b"ab", b"c"]], dtype=object)
                         body, headers = encode(protocol, inputs, id="i" * k)
-                        raw = _post(f"/v2/models/{model}/infer", body, headers)
+                        raw = _req(f"/v2/models/{model}/infer", body, headers)
                         answer = fast.exchange(raw)
                         assert answer == general.exchange(raw), (protocol, k, model)
                         assert answer[0] == b"HTTP/1.1 200 OK", answer
@@ -164,14 +148,14 @@ def test_model_control_between_requests_is_followed_by_both_paths(serve: Any, tm
         for step in range(80):
             op = rng.choice(control)
             body = rng.choice(configs) if op.endswith("affine/load") and rng.random() < 0.6 else b""
-            assert a.exchange(_post(op, body, {}))[0] == b.exchange(_post(op, body, {}))[0], (op, body)
+            assert a.exchange(_req(op, body, {}))[0] == b.exchange(_req(op, body, {}))[0], (op, body)
             for _ in range(rng.randint(1, 4)):
                 protocol = rng.choice(["json", "binary", "msgpack"])
                 version = rng.choice([None, "1", "2", "3", "02"])
                 rows = rng.choice([1, 2, 5])
                 payload, headers = encode(protocol, {"x": np.resize(x, (rows, 4)) + step}, id=f"r{step}")
                 path = "/v2/models/affine" + (f"/versions/{version}" if version else "") + "/infer"
-                raw = _post(path, payload, headers)
+                raw = _req(path, payload, headers)
                 assert a.exchange(raw) == b.exchange(raw), (step, op, path)
     finally:
         a.close()
