@@ -79,7 +79,7 @@ STAGES = (
      r"6parser_cb_on_(url|header_field|header_value|headers_complete|message_begin)$"),
     ("    handler (on_message_complete)", r"6parser_cb_on_message_complete$"),
     ("loop callbacks (Handle._run)", r"loop_6Handle__run$"),
-    ("JSON tensor decode (C++)", r"pyserve::(ScanRequest|DecodeData)\("),
+    ("JSON tensor decode (C++)", r"pyserve::(ScanRequest|DecodeData|JsonSkeleton::Match)\("),
     ("orjson (dumps + loads)", r"^(dumps|loads)$"),
     ("msgpack", r"^__pyx_pw_7msgpack_9_cmsgpack_(3unpackb|6Packer_7pack)$"),
     ("asyncio futures (C)", r"^(_asyncio_Future_set_result|future_schedule_callbacks|FutureObj_dealloc|"
@@ -89,12 +89,15 @@ STAGES = (
 
 
 
-def bodies(dim: int) -> dict[str, tuple[bytes, dict[str, str]]]:
-    """One request of one sample per encoding: (body, extra headers)."""
+def bodies(dim: int, decimals: int | None = None) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """One request of one sample per encoding: (body, extra headers). ``decimals``: the JSON body's
+    numbers rounded to that many decimals (the peers harness's body has 5), else as ``tolist()`` of
+    FP32 values writes them (up to 17 significant digits, as a numpy client sends them)."""
     import msgpack
 
     x = np.random.default_rng(0).standard_normal((1, dim)).astype(np.float32)
-    doc = {"inputs": [{"name": "x", "shape": [1, dim], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    data = x.ravel().tolist() if decimals is None else [round(v, decimals) for v in x.ravel().tolist()]
+    doc = {"inputs": [{"name": "x", "shape": [1, dim], "datatype": "FP32", "data": data}]}
     header = json.dumps({"inputs": [{"name": "x", "shape": [1, dim], "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
                          "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
@@ -296,7 +299,7 @@ def run_callgrind(args: argparse.Namespace, repo: Path, log_dir: Path | None, wo
         wait_ready(f"http://127.0.0.1:{args.port}", timeout_s=600)
         client = connect(args, args.port)
         for part, enc in enumerate(args.encodings, start=1):
-            body, headers = bodies(LAYERS[args.model][0])[enc]
+            body, headers = bodies(LAYERS[args.model][0], args.json_decimals)[enc]
             raw = raw_request(args.model, body, headers)
             send(client, raw, args.warmup)
             if log_dir is not None and part == 1:
@@ -349,7 +352,7 @@ def run_wall(args: argparse.Namespace, repo: Path, log_dir: Path | None) -> dict
         client = connect(args, port)
         n = args.n * 5
         for enc in args.encodings:
-            body, headers = bodies(LAYERS[args.model][0])[enc]
+            body, headers = bodies(LAYERS[args.model][0], args.json_decimals)[enc]
             raw = raw_request(args.model, body, headers)
             send(client, raw, args.warmup * 5)
             batches0 = batch_sizes(port, args.model)
@@ -381,6 +384,8 @@ def main() -> int:
                         "server is pinned to CPU 1 and the client to CPU 0)")
     p.add_argument("--payload-log", type=float, nargs="?", const=1.0, metavar="RATE",
                    help="the model's payload log on, at sample rate RATE (default 1.0)")
+    p.add_argument("--json-decimals", type=int, metavar="D",
+                   help="round the JSON body's numbers to D decimals (the peers harness's body: 5)")
     p.add_argument("--port", type=int, default=8151)
     p.add_argument("--no-wall", action="store_true", help="skip the run without valgrind (microseconds)")
     p.add_argument("--no-callgrind", action="store_true", help="skip the run under valgrind (instructions)")

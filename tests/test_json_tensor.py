@@ -11,7 +11,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from pyserve import _core
@@ -310,3 +310,136 @@ def test_a_lifted_id_is_the_reference_id(request_id: Any, first: bool, ascii_onl
     doc = {"id": request_id, "inputs": inputs} if first else {"inputs": inputs, "id": request_id}
     body = json.dumps(doc, ensure_ascii=ascii_only, separators=separators).encode("utf-8", "surrogatepass")
     assert_same(body)
+
+
+# -- a plan's skeleton matched in one pass: JsonSkeleton.match against scan-then-decode ---------------
+
+
+def _two_pass(skeleton: bytes, tensors: list[tuple[str, str, tuple]], body: bytes) -> Any:
+    """What a plan of ``skeleton`` made of ``body`` before JsonSkeleton: scan_kserve_request, the
+    skeleton compared, then decode_json_tensor per span; None where it fell back to the full decoder."""
+    scanned = _core.scan_kserve_request(body)
+    if scanned is None or scanned[0] != skeleton:
+        return None
+    spans = scanned[1]
+    request_id = kserve_json.lifted_id(body, spans)
+    inputs = {}
+    for (name, datatype, shape), (_, begin, end) in zip(tensors, spans, strict=True):
+        flat = _core.decode_json_tensor(body, begin, end, datatype, int(np.prod(shape)))
+        if type(flat) is not np.ndarray:
+            return None
+        inputs[name] = flat.reshape(shape)
+    return inputs, request_id
+
+
+def _comparable(hit: Any) -> Any:
+    if hit is None:
+        return None
+    inputs, request_id = hit
+    return {name: (str(a.dtype), a.shape, a.tobytes()) for name, a in inputs.items()}, request_id
+
+
+def _plan_body(first: str, second: str, request_id: str | None, ws: str) -> bytes:
+    id_part = "" if request_id is None else f'"id":{ws}{json.dumps(request_id)},{ws}'
+    return (f'{{{id_part}"inputs":{ws}[{{"name":"a","datatype":"A","shape":[2,2],"data":{ws}{first}}},'
+            f'{ws}{{"data":{second}{ws},"name":"b","shape":[3],"datatype":"B"}}],'
+            f'"outputs":[{{"name":"y"}}]}}{ws}').encode()
+
+
+_TYPICAL_FLOATS = st.one_of(
+    st.floats(-1e6, 1e6).map(repr),  # 17 digits, exponents for small ones (8e-05)
+    st.floats(-1e6, 1e6).map(lambda f: repr(round(f, 5))),  # the peers harness's body
+    st.floats(width=32, allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.9g}"),
+    st.integers(-(2**20), 2**20).map(str),
+)
+_FLOAT_LEAVES = st.one_of(_TYPICAL_FLOATS, _TYPICAL_FLOATS, _TYPICAL_FLOATS, st.sampled_from(
+    ["-0", "0", "-0.0", "1e-400", "1e400", "8e-05", "1E+3", "0.1e1", "3.5e38", "1e-320", "9007199254740993"]))
+_INT_LEAVES = st.one_of(st.integers(-100, 100).map(str), st.integers(-100, 100).map(str),
+                        st.sampled_from(_INT_EDGES).map(str), st.sampled_from(["-0", "1.0", "1e2", "1.5"]))
+_BAD_LEAVES = st.sampled_from(["01", "1.", "-", "NaN", "true", "1e", ".5", "+1", "1ee2", '"1"', "null"])
+
+
+@st.composite
+def _data_text(draw: st.DrawFn, count: int, datatype: str) -> str:
+    """A data array of ``count`` leaves for ``datatype``, flat or nested in two rows; at times of
+    other leaves (other types', malformed), at times ragged or of a wrong count."""
+    typed = _FLOAT_LEAVES if datatype.startswith("FP") else _INT_LEAVES
+    leaf = st.one_of(typed, _leaf(), _BAD_LEAVES) if draw(st.integers(0, 4)) == 0 else typed
+    leaves = [draw(leaf) for _ in range(count + draw(st.sampled_from([0] * 8 + [-1, 1])))]
+    ws = draw(st.sampled_from(["", "", " ", "\n\t", " \r "]))
+    if count % 2 == 0 and draw(st.booleans()):
+        # Two rows, at times of unequal lengths with the right count: ragged only in the structure.
+        cut = len(leaves) // 2 if draw(st.integers(0, 3)) else draw(st.integers(0, len(leaves)))
+        rows = [leaves[:cut], leaves[cut:]]
+        return "[" + ws + f",{ws}".join("[" + f",{ws}".join(r) + "]" for r in rows) + ws + "]"
+    return "[" + ws + f",{ws}".join(leaves) + ws + "]"
+
+
+_NUMERIC = [d for d in DATATYPES if d != "BYTES"]
+_COMMON = st.sampled_from(["FP32", "FP32", "FP64", "INT64", "INT32"])
+_USUAL = st.one_of(_COMMON, _COMMON, _COMMON, st.sampled_from(_NUMERIC))
+_PLAIN_ID = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=6)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(types=st.tuples(_USUAL, _USUAL), request_id=st.one_of(st.none(), _PLAIN_ID),
+       new_id=st.one_of(st.none(), _PLAIN_ID, _PLAIN_ID, _PLAIN_ID, st.text(max_size=6)),
+       ws=st.sampled_from(["", " "]),
+       data=st.data())
+@example(types=("FP32", "FP32"), request_id=None, new_id=None, ws="", data=None)
+def test_a_skeleton_matches_what_scan_then_decode_takes(types: tuple[str, str], request_id: str | None,
+                                                        new_id: str | None, ws: str, data: Any) -> None:
+    """Whatever the new body's data (plain numbers of every form, exponents, 17 digits, integers at
+    every range edge, words, malformed leaves, ragged or nested lists, whitespace) and id (plain,
+    escaped, UTF-8), and at times a changed byte outside the data, JsonSkeleton.match gives what
+    scanning the body, comparing its skeleton and decoding each span gave: the same arrays, byte
+    for byte, and id, or nothing where that path fell back to the full decoder."""
+    tensors = [("a", types[0], (2, 2)), ("b", types[1], (3,))]
+    plan_body = _plan_body("[1, 2, 3, 4]", "[5, 6, 7]", request_id, ws)
+    plan_body = plan_body.replace(b'"A"', f'"{types[0]}"'.encode()).replace(b'"B"', f'"{types[1]}"'.encode())
+    skeleton, spans = _core.scan_kserve_request(plan_body)
+    matcher = _core.JsonSkeleton(plan_body, spans, tensors)
+    if data is None:  # the example: the plan's own body
+        body = plan_body
+    else:
+        first, second = data.draw(_data_text(4, types[0])), data.draw(_data_text(3, types[1]))
+        body_id = request_id if new_id is None or request_id is None else new_id
+        body = _plan_body(first, second, body_id, ws)
+        body = body.replace(b'"A"', f'"{types[0]}"'.encode()).replace(b'"B"', f'"{types[1]}"'.encode())
+        if data.draw(st.integers(0, 9)) == 0:  # a byte changed anywhere
+            at = data.draw(st.integers(0, len(body) - 1))
+            body = body[:at] + bytes([data.draw(st.integers(0, 255))]) + body[at + 1:]
+    want = _comparable(_two_pass(skeleton, tensors, body))
+    event("decoded" if want is not None else "left to the full decoder")
+    assert _comparable(matcher.match(body)) == want, body[:300]
+    if data is None:
+        assert want is not None
+
+
+def test_a_skeleton_takes_the_usual_bodies_in_one_pass() -> None:
+    """The bodies clients send (flat and nested float data as numpy's tolist() and round() write it,
+    token ids) match; a body that differs outside its data, or is cut short, does not."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    for datatype, data, shape in [("FP32", x.ravel().tolist(), (2, 64)), ("FP32", x.tolist(), (2, 64)),
+                                  ("FP32", np.round(x, 5).ravel().tolist(), (2, 64)),
+                                  ("FP64", x.astype(np.float64).ravel().tolist(), (2, 64)),
+                                  ("INT64", rng.integers(0, 50000, 128).tolist(), (2, 64)),
+                                  ("INT32", rng.integers(-9, 9, 128).tolist(), (2, 64))]:
+        def body(values: Any, request_id: str = "r1", name: str = "x", datatype: str = datatype,
+                 shape: tuple = shape) -> bytes:
+            return json.dumps({"id": request_id, "inputs": [{"name": name, "shape": list(shape),
+                                                             "datatype": datatype, "data": values}]}).encode()
+
+        primer = body(data)
+        _, spans = _core.scan_kserve_request(primer)
+        matcher = _core.JsonSkeleton(primer, spans, [("x", datatype, shape)])
+        values = (x[::-1] if datatype.startswith("FP") else np.asarray(data)[::-1]).tolist()
+        inputs, request_id = matcher.match(body(values, "r2"))
+        assert request_id == "r2"
+        want = kserve.decode_request(body(values, "r2")).inputs["x"]
+        assert inputs["x"].dtype == want.dtype and inputs["x"].shape == shape
+        assert inputs["x"].tobytes() == want.tobytes()
+        assert matcher.match(body(values, "r2", name="z")) is None
+        assert matcher.match(body(values)[:-1]) is None
+        assert matcher.match(body(values) + b"x") is None

@@ -292,8 +292,8 @@ def test_a_client_of_new_skeletons_neither_pushes_out_a_used_plan_nor_plans_each
     real_decode, real_plan = kserve.decode_request, RequestPlans._plan_json
     with pytest.MonkeyPatch.context() as m:
         m.setattr(kserve, "decode_request", lambda body, *a: decoded.append(body) or real_decode(body, *a))
-        m.setattr(RequestPlans, "_plan_json", lambda self, scanned, req, lifted: made.append(scanned[0])
-                  or real_plan(self, scanned, req, lifted))
+        m.setattr(RequestPlans, "_plan_json", lambda self, body, scanned, id_span, req:
+                  made.append(scanned[0]) or real_plan(self, body, scanned, id_span, req))
         plans.decode_json(steady)
         for i in range(400):
             plans.decode_json(body_of("FP32", [2], "[1, 2]", f', "parameters": {{"n": {i}}}'))

@@ -3,11 +3,14 @@
 // against that decoder (differential tests over random data).
 #include "core/json_tensor.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <system_error>
+#include <type_traits>
 
 namespace pyserve {
 
@@ -80,6 +83,15 @@ class Scanner {
   Scanner(std::string_view body, std::string* skeleton, std::vector<JsonDataSpan>* spans)
       : base_(body.data()), p_(body.data()), end_(body.data() + body.size()), last_(base_),
         skeleton_(skeleton), spans_(spans) {}
+
+  // The length of the data array at `p` as Run lifts it (see ScanRequest), or 0 when Run would not.
+  static size_t DataLength(const char* p, const char* end) {
+    std::string unused_skeleton;
+    std::vector<JsonDataSpan> unused_spans;
+    Scanner s(std::string_view(p, static_cast<size_t>(end - p)), &unused_skeleton, &unused_spans);
+    if (s.Peek() != '[' || !s.Data(1)) return 0;
+    return static_cast<size_t>(s.p_ - p);
+  }
 
   bool Run() {
     SkipWs();
@@ -579,7 +591,222 @@ class Decoder {
   bool big_integer_ = false;
 };
 
+// One leaf of a plain data array at p, a JSON number, stored into *out as DecodeData stores it (T:
+// float, double or an integer type); false, with nothing consumed, for any other leaf (a word, a
+// fraction or exponent in an integer tensor, more than 18 integer digits, an integer beyond 2**53
+// in a float tensor, a value beyond T or a double): the general path decides.
+template <typename T>
+inline bool ParsePlainLeaf(const char*& p, const char* end, T* out) {
+  const char* q = p;
+  const bool negative = q < end && *q == '-';
+  q += negative;
+  if (q >= end) return false;
+  const char* digits = q;
+  uint64_t m = 0;
+  unsigned digit;
+  if (*q == '0') {
+    ++q;
+  } else {
+    while (q < end && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+      m = m * 10 + digit;  // wraps past 19 digits: such a number is not taken below
+      ++q;
+    }
+    if (q == digits) return false;
+  }
+  const int64_t int_digits = q - digits;
+  if constexpr (std::is_floating_point_v<T>) {
+    double d;
+    int64_t k = -1;  // fraction digits, when there is a fraction
+    if (q < end && *q == '.') {
+      const char* fraction = ++q;
+      while (q < end && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+        m = m * 10 + digit;
+        ++q;
+      }
+      k = q - fraction;
+      if (k == 0) return false;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+      // An exponent (Python writes 8e-05): from_chars, correctly rounded as DecodeData's; one
+      // beyond a double (or an underflow, whose sign from_chars does not say) is the reference's.
+      ++q;
+      if (q < end && (*q == '+' || *q == '-')) ++q;
+      const char* exponent = q;
+      while (q < end && IsDigit(*q)) ++q;
+      if (q == exponent) return false;
+      const std::from_chars_result r = std::from_chars(p, q, d);
+      if (r.ec != std::errc() || r.ptr != q) return false;
+    } else if (k < 0) {
+      // An integer: exact in a double up to 2**53 (DecodeData rounds it once, as numpy does); -0 is 0.
+      if (int_digits > 16 || m > (uint64_t{1} << 53)) return false;
+      d = negative && m != 0 ? -static_cast<double>(m) : static_cast<double>(m);
+    } else if (int_digits + k <= 19 && k <= 22 && m <= (uint64_t{1} << 53)) {
+      d = static_cast<double>(m) / kExactPowersOfTen[k];  // Clinger's fast path, as ParseSimpleDecimal
+      if (negative) d = -d;
+    } else {
+      // Correctly rounded too (17 digits, as Python writes a double); out of range: the reference.
+      const std::from_chars_result r = std::from_chars(p, q, d);
+      if (r.ec != std::errc() || r.ptr != q) return false;
+    }
+    const T value = static_cast<T>(d);
+    if (std::isinf(value)) return false;  // too large for FP32: the reference says which
+    *out = value;
+  } else {
+    if (q < end && (*q == '.' || *q == 'e' || *q == 'E')) return false;
+    if (int_digits > 18) return false;  // below 10**18: an int64 either way
+    const int64_t v = negative ? -static_cast<int64_t>(m) : static_cast<int64_t>(m);
+    using L = std::numeric_limits<T>;
+    const bool below = v < static_cast<int64_t>(L::min());
+    if (below || (v > 0 && static_cast<uint64_t>(v) > static_cast<uint64_t>(L::max()))) return false;
+    *out = static_cast<T>(v);
+  }
+  p = q;
+  return true;
+}
+
+// A data array at p (its '[') of plain leaves (ParsePlainLeaf), nested in equal lists at most
+// kMaxPlainDepth deep, whitespace as JSON allows, exactly `count` leaves: decoded into `out` in a
+// single pass (grammar, shape and values at once), returning its end; nullptr for any other array
+// (then DataLength and DecodeData decide). What it takes, the scanner lifts and DecodeData decodes
+// to the same values (tests/test_json_tensor.py checks this differentially).
+constexpr int kMaxPlainDepth = 8;
+
+template <typename T>
+const char* DecodePlainArray(const char* p, const char* end, int64_t count, T* out) {
+  int64_t dims[kMaxPlainDepth + 1];     // the length of every list at each depth, once one closed
+  int64_t lengths[kMaxPlainDepth + 1];  // the length so far of the open list at each depth
+  std::fill(std::begin(dims), std::end(dims), -1);
+  int depth = 0;
+  int ndim = -1;  // the leaves' depth, once one was read
+  int64_t index = 0;
+  for (;;) {
+    // A value is due at p.
+    if (p < end && *p == '[') {
+      if (depth == kMaxPlainDepth || (ndim >= 0 && depth >= ndim)) return nullptr;
+      if (depth > 0) ++lengths[depth];
+      lengths[++depth] = 0;
+      ++p;
+      while (p < end && IsWs(*p)) ++p;
+      continue;  // `[]` or `[,`: the leaf below refuses `]` and `,`
+    }
+    if (depth == 0 || (ndim >= 0 && depth != ndim) || index == count) return nullptr;
+    ndim = depth;
+    if (!ParsePlainLeaf(p, end, out + index)) return nullptr;
+    ++index;
+    ++lengths[depth];
+    // After a value: `,` and the next value, or `]` closing lists.
+    for (;;) {
+      while (p < end && IsWs(*p)) ++p;
+      if (p >= end) return nullptr;
+      if (*p == ',') {
+        ++p;
+        while (p < end && IsWs(*p)) ++p;
+        break;
+      }
+      if (*p != ']') return nullptr;
+      ++p;
+      const int64_t n = lengths[depth];
+      if (dims[depth] < 0) {
+        dims[depth] = n;
+      } else if (dims[depth] != n) {
+        return nullptr;
+      }
+      if (--depth == 0) return index == count ? p : nullptr;
+    }
+  }
+}
+
+// DecodePlainArray for the datatypes it takes; nullptr for the others.
+const char* DecodePlain(const char* p, const char* end, DataType dtype, int64_t count, void* out) {
+  switch (dtype) {
+    case DataType::kFp32: return DecodePlainArray(p, end, count, static_cast<float*>(out));
+    case DataType::kFp64: return DecodePlainArray(p, end, count, static_cast<double*>(out));
+    case DataType::kInt8: return DecodePlainArray(p, end, count, static_cast<int8_t*>(out));
+    case DataType::kInt16: return DecodePlainArray(p, end, count, static_cast<int16_t*>(out));
+    case DataType::kInt32: return DecodePlainArray(p, end, count, static_cast<int32_t*>(out));
+    case DataType::kInt64: return DecodePlainArray(p, end, count, static_cast<int64_t*>(out));
+    case DataType::kUint8: return DecodePlainArray(p, end, count, static_cast<uint8_t*>(out));
+    case DataType::kUint16: return DecodePlainArray(p, end, count, static_cast<uint16_t*>(out));
+    case DataType::kUint32: return DecodePlainArray(p, end, count, static_cast<uint32_t*>(out));
+    case DataType::kUint64: return DecodePlainArray(p, end, count, static_cast<uint64_t*>(out));
+    default: return nullptr;  // FP16, BOOL, BYTES: the general path
+  }
+}
+
 }  // namespace
+
+JsonSkeleton::JsonSkeleton(std::string_view body, const std::vector<JsonDataSpan>& spans,
+                           std::vector<Tensor> tensors)
+    : tensors_(std::move(tensors)) {
+  std::vector<JsonDataSpan> ordered = spans;  // the id's span comes last from ScanRequest
+  std::stable_sort(ordered.begin(), ordered.end(),
+                   [](const JsonDataSpan& a, const JsonDataSpan& b) { return a.begin < b.begin; });
+  size_t at = 0;
+  int64_t data_spans = 0;
+  for (const JsonDataSpan& span : ordered) {
+    if (span.begin < at || span.end < span.begin || span.end > body.size()) {
+      throw std::invalid_argument("JsonSkeleton: spans overlap or lie outside the body");
+    }
+    if (span.entry == kIdEntry) {
+      if (lifts_id_) throw std::invalid_argument("JsonSkeleton: two id spans");
+      lifts_id_ = true;
+      holes_.push_back(kIdEntry);
+    } else {
+      if (span.entry != data_spans) {
+        throw std::invalid_argument("JsonSkeleton: data spans out of entry order");
+      }
+      holes_.push_back(data_spans++);
+    }
+    pieces_.emplace_back(body.substr(at, span.begin - at));
+    at = span.end;
+  }
+  pieces_.emplace_back(body.substr(at));
+  if (data_spans != static_cast<int64_t>(tensors_.size())) {
+    throw std::invalid_argument("JsonSkeleton: " + std::to_string(tensors_.size()) + " tensors for " +
+                                std::to_string(data_spans) + " data spans");
+  }
+  for (const Tensor& t : tensors_) {
+    if (t.count <= 0 || t.dtype == DataType::kBytes) {
+      throw std::invalid_argument("JsonSkeleton: a tensor needs a numeric datatype and a count above 0");
+    }
+  }
+}
+
+bool JsonSkeleton::Match(std::string_view body, void* const* outs, std::string_view* id) const {
+  const char* p = body.data();
+  const char* const end = p + body.size();
+  *id = {};
+  for (size_t i = 0;; ++i) {
+    const std::string& piece = pieces_[i];
+    if (static_cast<size_t>(end - p) < piece.size() || std::memcmp(p, piece.data(), piece.size()) != 0) {
+      return false;
+    }
+    p += piece.size();
+    if (i == holes_.size()) return p == end;
+    if (holes_[i] == kIdEntry) {  // as Scanner::Id lifts it: printable ASCII, no escape, up to `"`
+      const char* q = p;
+      while (q < end && *q != '"') {
+        if (*q < 0x20 || *q > 0x7e || *q == '\\') return false;
+        ++q;
+      }
+      *id = std::string_view(p, static_cast<size_t>(q - p));
+      p = q;
+      continue;
+    }
+    const Tensor& t = tensors_[static_cast<size_t>(holes_[i])];
+    void* out = outs[holes_[i]];
+    const char* q = DecodePlain(p, end, t.dtype, t.count, out);
+    if (q == nullptr) {
+      // Not a plain array: the scanner's grammar and DecodeData's values, as the two-pass path.
+      const size_t n = Scanner::DataLength(p, end);
+      int64_t elements = 0;
+      if (n == 0) return false;
+      if (DecodeData(std::string_view(p, n), t.dtype, t.count, out, &elements) != DecodeStatus::kOk) return false;
+      q = p + n;
+    }
+    p = q;
+  }
+}
 
 bool ScanRequest(std::string_view body, std::string* skeleton, std::vector<JsonDataSpan>* spans) {
   skeleton->clear();

@@ -66,6 +66,41 @@ enum class DecodeStatus : uint8_t {
 DecodeStatus DecodeData(std::string_view text, DataType dtype, int64_t count, void* out,
                         int64_t* elements);
 
+// A KServe JSON body's skeleton as a decode plan keeps it: the body's bytes around its lifted spans
+// (ScanRequest's), with each data span's datatype and element count. Match() takes a new body in
+// one pass: it compares the bytes between the spans and decodes each data array straight into its
+// tensor's buffer as it reads it (a plain run of numbers without a dispatch per element; anything
+// else through ScanRequest's and DecodeData's own code for that span). It holds exactly when
+// ScanRequest would make this very skeleton of the body and DecodeData would decode each of its
+// data arrays (kOk) with the span's datatype and count, and then `outs` hold what DecodeData makes;
+// else the caller takes the scan-then-decode path, which decides (with its refusals).
+class JsonSkeleton {
+ public:
+  struct Tensor {
+    DataType dtype;
+    int64_t count;  // elements, > 0
+  };
+  // `body`: a body ScanRequest took; `spans`: what it returned (the id's last, if lifted);
+  // `tensors[i]`: the datatype and element count of the i-th data span. Throws
+  // std::invalid_argument when they do not fit together (spans out of order or out of the body,
+  // a count that is not the spans', BYTES).
+  JsonSkeleton(std::string_view body, const std::vector<JsonDataSpan>& spans, std::vector<Tensor> tensors);
+
+  // Whether `body` has this skeleton and decodable data (see the class). outs[i]: the buffer of
+  // tensor i (count * ElementSize(dtype) bytes), written even when Match fails. `id`: the lifted
+  // id's text (between its quotes), when the skeleton lifted one.
+  bool Match(std::string_view body, void* const* outs, std::string_view* id) const;
+
+  size_t tensor_count() const { return tensors_.size(); }
+  bool lifts_id() const { return lifts_id_; }
+
+ private:
+  std::vector<std::string> pieces_;  // the bytes before each span, and after the last one
+  std::vector<int64_t> holes_;       // per span: the tensor's index, or kIdEntry
+  std::vector<Tensor> tensors_;
+  bool lifts_id_ = false;
+};
+
 // IEEE 754 binary16 bits of `value`, rounded to nearest, ties to even (as numpy's float16 cast).
 uint16_t DoubleToHalfBits(double value);
 

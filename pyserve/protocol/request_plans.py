@@ -10,7 +10,9 @@ same as last time, and only the tensors' data differ. A :class:`RequestPlans` re
   inputs' ``data`` arrays out (the same bytes the full decoder parses with orjson), and the
   request's ``id`` when it is a string of printable ASCII without escapes; with a plan, each data
   array is decoded by ``pyserve._core.decode_json_tensor`` into the planned shape, and the id is
-  the lifted text.
+  the lifted text. The plan used last is tried first, in one pass over the body: its
+  ``pyserve._core.JsonSkeleton`` compares the bytes around the spans and decodes each data array
+  as it reads it (no scan, no skeleton built), and takes exactly the bodies that path would.
 - The binary tensor extension: the skeleton is the JSON header (the first
   ``Inference-Header-Content-Length`` bytes, a plain id lifted as from a JSON body) and the length
   of the tensors' bytes after it; with a plan, each tensor is an array over its planned bytes of
@@ -38,7 +40,7 @@ import orjson
 from pyserve import _core
 from pyserve.datatypes import NUMPY_DTYPES
 from pyserve.protocol import InferRequest, InputCheck, kserve, msgpack_codec
-from pyserve.protocol.kserve_json import lifted_id
+from pyserve.protocol.kserve_json import ID_ENTRY, lifted_id
 
 # Skeletons remembered per model version and encoding; a new one takes the place of the one used
 # longest ago (see PLAN_EVERY_WHEN_FULL), so that skeletons seen once (a new parameter value each
@@ -64,7 +66,8 @@ class _Plan:
 
     # length and pieces: a msgpack plan's body length, and its bytes but the payloads, as
     # (begin, end, bytes).
-    __slots__ = ("tensors", "id", "parameters", "outputs", "input_parameters", "length", "pieces")
+    # skeleton: a JSON plan's _core.JsonSkeleton, which matches and decodes a body in one pass.
+    __slots__ = ("id", "input_parameters", "length", "outputs", "parameters", "pieces", "skeleton", "tensors")
 
     def __init__(self, tensors: tuple, req: InferRequest) -> None:
         self.tensors = tensors
@@ -92,9 +95,17 @@ class RequestPlans:
 
     def decode_json(self, body: bytes | bytearray) -> InferRequest:
         """``kserve.decode_request(body, None, check)``; raises what it raises."""
+        if self._json and type(body) is bytes:
+            # The plan used last (a steady client's) matched in one pass, data decoded as it goes.
+            plan = next(reversed(self._json.values()))
+            hit = plan.skeleton.match(body)
+            if hit is not None:
+                inputs, request_id = hit
+                return plan.request(inputs, plan.id if request_id is None else request_id)
         scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
         if scanned is not None:
             skeleton, spans = scanned
+            id_span = spans[-1] if spans and spans[-1][0] == ID_ENTRY else None
             # A plain id is lifted like the data: requests that differ in their ids alone share a plan.
             request_id = lifted_id(body, spans)
             plan = self._json.get(skeleton)
@@ -114,7 +125,7 @@ class RequestPlans:
         req = kserve.decode_request(body, None, self._check)
         if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
                 and self._plannable(req) and self._may_plan("json", len(self._json), MAX_PLANS)):
-            self._plan_json(scanned, req, request_id is not None)
+            self._plan_json(body, scanned, id_span, req)
         return req
 
     def _plannable(self, req: InferRequest) -> bool:
@@ -136,15 +147,19 @@ class RequestPlans:
         misses = self._misses_when_full[encoding] = self._misses_when_full[encoding] + 1
         return misses % PLAN_EVERY_WHEN_FULL == 0
 
-    def _plan_json(self, scanned: tuple[bytes, list], req: InferRequest, id_lifted: bool) -> None:
-        skeleton, spans = scanned
+    def _plan_json(self, body: bytes, scanned: tuple[bytes, list], id_span: tuple | None,
+                   req: InferRequest) -> None:
+        skeleton, spans = scanned  # spans without the id's (lifted_id took it off)
         # Every input's data lifted, in entry order, numeric (BYTES data stay in the skeleton).
         if [entry for entry, _, _ in spans] != list(range(len(req.inputs))):
             return
         # The inputs are the model's, numeric and not empty: the caller asked _plannable.
         tensors = [(name, self._datatypes[name], arr.shape, arr.size) for name, arr in req.inputs.items()]
         plan = _Plan(tuple(tensors), req)
-        if id_lifted:
+        plan.skeleton = _core.JsonSkeleton(
+            body, spans if id_span is None else [*spans, id_span],
+            [(name, datatype, shape) for name, datatype, shape, _ in tensors])
+        if id_span is not None:
             # Each body of this skeleton brings its own id: the plan need not hold this one (which
             # the skeleton's size limit does not bound: up to the body's size, 16 plans of it).
             plan.id = None

@@ -1051,6 +1051,59 @@ TEST(json_scan_and_decode_of_every_prefix_stay_inside_it) {
   }
 }
 
+TEST(json_skeleton_matches_its_bytes_and_decodes_the_data_in_one_pass) {
+  const std::string plan =
+      R"({"id": "r1", "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2], )"
+      R"("data": [[1.5, -0], [2, 3]]}, {"data": [7, -8], "name": "i", "datatype": "INT64"}]})";
+  std::string skeleton;
+  std::vector<JsonDataSpan> spans;
+  REQUIRE(ScanRequest(plan, &skeleton, &spans));
+  const JsonSkeleton s(plan, spans, {{DataType::kFp32, 4}, {DataType::kInt64, 2}});
+  CHECK(s.lifts_id());
+  float x[4];
+  int64_t i[2];
+  void* outs[2] = {x, i};
+  std::string_view id;
+  const auto body = [&](const std::string& request_id, const std::string& data, const std::string& ints) {
+    std::string b = plan;
+    b.replace(b.find("[7, -8]"), 7, ints);
+    b.replace(b.find("[[1.5, -0], [2, 3]]"), 19, data);
+    b.replace(b.find("r1"), 2, request_id);
+    return b;
+  };
+  const std::string next = body("next", "[[8e-05, -0], [ 0.30471707880496979 ,\n-4.25]]", "[9, 1]");
+  REQUIRE(s.Match(next, outs, &id));
+  CHECK_EQ(id, std::string_view("next"));
+  CHECK_EQ(x[0], static_cast<float>(8e-05));
+  CHECK(x[1] == 0.0f && !std::signbit(x[1]));  // -0 is an integer: +0.0, as DecodeData makes it
+  CHECK_EQ(x[2], static_cast<float>(0.30471707880496979));
+  CHECK_EQ(x[3], -4.25f);
+  CHECK(i[0] == 9 && i[1] == 1);
+  REQUIRE(s.Match(body("", "[1, NaN, -Infinity, 4]", "[1.0, 2e0]"), outs, &id));  // DecodeData's path
+  CHECK(std::isnan(x[1]) && std::isinf(x[2]) && i[1] == 2);
+  CHECK(!s.Match(body("", "[1, true, 3, 4]", "[1, 2]"), outs, &id));  // DecodeData leaves it to the reference
+  CHECK(!s.Match(body("a\\b", "[1, 2, 3, 4]", "[1, 2]"), outs, &id));   // an escaped id is not lifted
+  CHECK(!s.Match(body("r", "[[1, 2, 3], [4]]", "[1, 2]"), outs, &id));     // ragged
+  CHECK(!s.Match(body("r", "[1, 2, 3]", "[1, 2]"), outs, &id));            // a wrong count
+  CHECK(!s.Match(body("r", "[1, 2, 3, 4]", "[1, 2.5]"), outs, &id));       // a fraction in INT64
+  CHECK(!s.Match(body("r", "[1, 2, 3, 4,]", "[1, 2]"), outs, &id));        // not JSON
+  CHECK(!s.Match(body("r", "[1, 2, 3, 01]", "[1, 2]"), outs, &id));
+  CHECK(!s.Match(body("r", "[1, 2, 3, 4]", "[1, 2]") + " ", outs, &id));  // other bytes around the data
+  bool threw = false;
+  try {
+    JsonSkeleton(plan, spans, {{DataType::kFp32, 4}});
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK(threw);
+  // Under AddressSanitizer each prefix lies in a buffer of its own size: a read past it is caught.
+  const std::string whole = body("r2", "[[1.5e3, -0.25], [2, 3]]", "[1, -2]");
+  for (size_t n = 0; n <= whole.size(); ++n) {
+    const std::vector<char> prefix(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(n));
+    CHECK_EQ(s.Match(std::string_view(prefix.data(), n), outs, &id), n == whole.size());
+  }
+}
+
 }  // namespace
 
 int main() {
