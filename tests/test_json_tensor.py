@@ -443,3 +443,21 @@ def test_a_skeleton_takes_the_usual_bodies_in_one_pass() -> None:
         assert matcher.match(body(values, "r2", name="z")) is None
         assert matcher.match(body(values)[:-1]) is None
         assert matcher.match(body(values) + b"x") is None
+
+
+@pytest.mark.parametrize("datatype", ["FP64", "FP32"])
+def test_a_skeleton_reads_long_runs_of_digits(datatype: str) -> None:
+    """Runs of digits past eight are read eight at a time: fractions of 9 to 22 digits whose digits
+    make an integer up to 2**53 (one exact division) or beyond it (from_chars), long integers, each
+    the value float() reads (as the reference's numpy makes it)."""
+    texts = ["0.0000000012345678", "0.0000000000000001", "123.0000000000001", "0.1234567890123456",
+             "9007199254.740992", "9007199254.740993", "1.2345678901234567890123", "0.000000000000000000001",
+             "12345678901234567", "9007199254740993", "-98765432.123456789", "0.30471707880496979",
+             "-0.0000000000000000", "1234567812345678.5"]
+    body = body_of(datatype, [len(texts)], "[" + ", ".join(texts) + "]")
+    _, spans = _core.scan_kserve_request(body)
+    matcher = _core.JsonSkeleton(body, spans, [("x", datatype, (len(texts),))])
+    inputs, _ = matcher.match(body)
+    want = np.array([float(t) for t in texts]).astype({"FP64": np.float64, "FP32": np.float32}[datatype])
+    assert inputs["x"].tobytes() == want.tobytes()
+    assert inputs["x"].tobytes() == kserve.decode_request(body).inputs["x"].tobytes()

@@ -591,6 +591,44 @@ class Decoder {
   bool big_integer_ = false;
 };
 
+// Appends the decimal digits at q to m (m * 10**n + their value, wrapping past 19 digits) and
+// returns their count n, q past them. Past the first eight, eight at a time while the next eight
+// bytes are all digits (a double's 17: which bytes are digits and their value without a branch per
+// byte, SWAR as fast_float's parse_eight_digits_unrolled; D. Lemire, "Number Parsing at a Gigabyte
+// per Second", 2021).
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "AppendDigits reads characters as a word");
+
+inline int64_t AppendDigits(const char*& q, const char* end, uint64_t* m) {
+  const char* start = q;
+  unsigned digit;
+  // The first eight one at a time: most runs end there (`0.51224`), quicker so than with a word.
+  const char* first = end - q > 8 ? q + 8 : end;
+  while (q < first && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+    *m = *m * 10 + digit;
+    ++q;
+  }
+  if (q < first) return q - start;
+  while (end - q >= 8) {
+    uint64_t v;
+    std::memcpy(&v, q, 8);  // the first character is the lowest byte
+    // A byte is a digit when its high nibble is 3 and its low nibble at most 9 (no carry leaves a byte).
+    const uint64_t high = (v & 0xF0F0F0F0F0F0F0F0ull) ^ 0x3030303030303030ull;
+    const uint64_t low = ((v & 0x0F0F0F0F0F0F0F0Full) + 0x0606060606060606ull) & 0xF0F0F0F0F0F0F0F0ull;
+    if ((high | low) != 0) break;
+    uint64_t x = v - 0x3030303030303030ull;
+    x = x * 10 + (x >> 8);
+    x = (((x & 0x000000FF000000FFull) * (100 + (1000000ull << 32))) +
+         (((x >> 16) & 0x000000FF000000FFull) * (1 + (10000ull << 32)))) >> 32;
+    *m = *m * 100000000 + x;
+    q += 8;
+  }
+  while (q < end && (digit = static_cast<unsigned>(*q - '0')) < 10) {
+    *m = *m * 10 + digit;
+    ++q;
+  }
+  return q - start;
+}
+
 // One leaf of a plain data array at p, a JSON number, stored into *out as DecodeData stores it (T:
 // float, double or an integer type); false, with nothing consumed, for any other leaf (a word, a
 // fraction or exponent in an integer tensor, more than 18 integer digits, an integer beyond 2**53
@@ -603,27 +641,18 @@ inline bool ParsePlainLeaf(const char*& p, const char* end, T* out) {
   if (q >= end) return false;
   const char* digits = q;
   uint64_t m = 0;
-  unsigned digit;
   if (*q == '0') {
     ++q;
-  } else {
-    while (q < end && (digit = static_cast<unsigned>(*q - '0')) < 10) {
-      m = m * 10 + digit;  // wraps past 19 digits: such a number is not taken below
-      ++q;
-    }
-    if (q == digits) return false;
+  } else if (AppendDigits(q, end, &m) == 0) {  // m wraps past 19 digits: such a number is not taken below
+    return false;
   }
   const int64_t int_digits = q - digits;
   if constexpr (std::is_floating_point_v<T>) {
     double d;
     int64_t k = -1;  // fraction digits, when there is a fraction
     if (q < end && *q == '.') {
-      const char* fraction = ++q;
-      while (q < end && (digit = static_cast<unsigned>(*q - '0')) < 10) {
-        m = m * 10 + digit;
-        ++q;
-      }
-      k = q - fraction;
+      ++q;
+      k = AppendDigits(q, end, &m);
       if (k == 0) return false;
     }
     if (q < end && (*q == 'e' || *q == 'E')) {
