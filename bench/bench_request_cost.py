@@ -31,6 +31,7 @@ ONNX Runtime's own limit.
     python bench/bench_request_cost.py -n 500 --no-wall     # quicker, instructions only
     python bench/bench_request_cost.py --keep DIR           # keep callgrind's files in DIR
     python bench/bench_request_cost.py --model heavy --clients 64 -n 1000   # the peers harness's load
+    python bench/bench_request_cost.py --model heavy --clients 64 --json-decimals 5   # ... and its JSON body
 
 Needs valgrind (``apt-get install valgrind``) and the ``test`` extra (onnx); ``--payload-log`` needs
 the ``log`` extra (pyarrow).
