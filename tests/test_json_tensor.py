@@ -6,6 +6,7 @@ body): the same arrays, bit for bit, or the same refusal with the same message.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 from unittest import mock
 
@@ -323,6 +324,8 @@ def _two_pass(skeleton: bytes, tensors: list[tuple[str, str, tuple]], body: byte
         return None
     spans = scanned[1]
     request_id = kserve_json.lifted_id(body, spans)
+    if len(spans) != len(tensors):
+        return None  # `"data": 0` in place of an array: the same skeleton, nothing lifted (as decode_json)
     inputs = {}
     for (name, datatype, shape), (_, begin, end) in zip(tensors, spans, strict=True):
         flat = _core.decode_json_tensor(body, begin, end, datatype, int(np.prod(shape)))
@@ -461,3 +464,81 @@ def test_a_skeleton_reads_long_runs_of_digits(datatype: str) -> None:
     want = np.array([float(t) for t in texts]).astype({"FP64": np.float64, "FP32": np.float32}[datatype])
     assert inputs["x"].tobytes() == want.tobytes()
     assert inputs["x"].tobytes() == kserve.decode_request(body).inputs["x"].tobytes()
+
+
+def _hostile_number(rng: random.Random, datatype: str) -> str:
+    """A JSON number (or a near miss) for ``datatype``: integers at the range edges of every integer
+    datatype and of doubles, 16 to 40 digits, fractions with many leading zeros, exponents of many
+    digits or at a double's and a float's limits, subnormals, -0."""
+    if rng.random() < 0.15:
+        return rng.choice(["-0", "-0.0", "-0e0", "0e99999999999999999999", "1e-320", "-1e-320", "4.9e-324",
+                           "2.4e-324", "1e-400", "1e309", "3.4028235e38", "3.4028236e38", "3.40282357e38",
+                           "7e-46", "1.4e-45", "1e0000000000000000000001", "1E+0", "00", "-01", "1.", "-",
+                           "-.5", "1e", "NaN", "-Infinity", "true", "1.0", "2e1"])
+    if rng.random() < 0.3:
+        edge = rng.choice([2**7, 2**8, 2**15, 2**16, 2**31, 2**32, 2**53, 2**63, 2**64,
+                           10**17, 10**18, 10**19])
+        return str(rng.choice([1, -1]) * (edge + rng.randint(-2, 1)))
+    if not datatype.startswith("FP"):
+        return str(rng.randint(-(10 ** rng.randint(1, 20)), 10 ** rng.randint(1, 20)))
+    digits = rng.choice([1, 1, 2, 8, 9, 15, 16, 17, 18, 19, 20, 25, 40])
+    text = ("-" if rng.random() < 0.4 else "") + str(rng.randint(10 ** (digits - 1), 10**digits - 1))
+    if rng.random() < 0.3:
+        text = text.replace(text.lstrip("-"), "0")
+    if text.lstrip("-") == "0" or rng.random() < 0.6:
+        zeros = "0" * rng.choice([0, 0, 1, 7, 8, 9, 17, 30, 330])
+        fraction = zeros + str(rng.randint(0, 10 ** rng.randint(1, 30)))
+        text += "." + fraction
+    if rng.random() < 0.3:
+        exponent = rng.choice([0, 1, 22, 23, 37, 38, 39, 45, 46, 300, 307, 308, 309, 323, 324, 400])
+        text += rng.choice("eE") + rng.choice(["", "+", "-"]) + "0" * rng.choice([0, 0, 3]) + str(exponent)
+    return text
+
+
+def test_a_skeleton_matches_scan_then_decode_on_hostile_numbers_nesting_ids_and_cuts() -> None:
+    """What the strategies above rarely make: one to three tensors of every numeric datatype, long
+    digit runs, leading-zero fractions, many-digit exponents, integers at 2**53, 2**63 and 2**64,
+    nesting up to 40 levels (the plain reader stops at 8, the scanner at 32), tabs and CRs, `[]`,
+    `[[]]`, `[[1],[]]`, `"data": 0`, ids of every printable ASCII byte or of bytes >= 0x80, and bodies
+    cut at every byte: JsonSkeleton.match gives what scan-then-decode gives, or None where it
+    gives none."""
+    rng = random.Random(7)
+    numeric = [d for d in DATATYPES if d != "BYTES"]
+    counted = {"decoded": 0, "none": 0}
+    for _ in range(150):
+        tensors = [(f"t{i}", rng.choice(numeric), rng.choice([(1,), (2,), (3,), (2, 2), (9,)]))
+                   for i in range(rng.choice([1, 1, 2, 3]))]
+        request_id, ws = rng.choice([None, "r1"]), rng.choice(["", " ", "\t"])  # the skeleton's whitespace
+
+        def body_of_data(datas: list[str], request_id: str | None) -> bytes:
+            entries = ",".join(f'{{"name":"{n}","datatype":"{d}","shape":{list(s)},"data":{ws}{data}{ws}}}'
+                               for (n, d, s), data in zip(tensors, datas, strict=True))
+            id_part = b"" if request_id is None else b'"id":"' + request_id.encode("latin-1") + b'",'
+            return b"{" + id_part + f'"inputs":[{entries}]}}'.encode()
+
+        plan_body = body_of_data(["[" + ",".join(["1"] * int(np.prod(s))) + "]" for _, _, s in tensors],
+                                 request_id)
+        skeleton, spans = _core.scan_kserve_request(plan_body)
+        matcher = _core.JsonSkeleton(plan_body, spans, tensors)
+        for _ in range(30):
+            datas = []
+            for _, datatype, shape in tensors:
+                count = int(np.prod(shape)) + (rng.choice([-1, 1]) if rng.random() < 0.05 else 0)
+                leaves = [_hostile_number(rng, datatype) if rng.random() < 0.2 else str(rng.randint(0, 9))
+                          for _ in range(count)]
+                inner = rng.choice(["", " ", "\t", "\r\n "])
+                data = "[" + inner + f",{inner}".join(leaves) + inner + "]"
+                data = "[" * (levels := rng.choice([0, 0, 1, 7, 8, 31, 32, 40])) + data + "]" * levels
+                if rng.random() < 0.03:
+                    data = rng.choice(["[]", "[[]]", "[[1],[]]", "[[],[1]]", "0", "[1,]", "[[1,2],[3]]"])
+                datas.append(data)
+            printable = "".join(chr(rng.randint(0x20, 0x7E)) for _ in range(rng.randint(0, 5)))
+            new_id = None if request_id is None else printable.replace('"', "").replace("\\", "")
+            if new_id is not None and rng.random() < 0.1:
+                new_id += chr(rng.randint(0x7F, 0xFF))  # DEL or a byte >= 0x80: not lifted
+            body = body_of_data(datas, new_id)
+            for cut in [body] + ([body[:n] for n in range(len(body))] if rng.random() < 0.02 else []):
+                want = _comparable(_two_pass(skeleton, tensors, cut))
+                counted["none" if want is None else "decoded"] += 1
+                assert _comparable(matcher.match(cut)) == want, cut[:400]
+    assert counted["decoded"] > 800, counted  # the data decoded often enough to compare values

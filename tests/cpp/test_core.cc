@@ -1102,6 +1102,18 @@ TEST(json_skeleton_matches_its_bytes_and_decodes_the_data_in_one_pass) {
     const std::vector<char> prefix(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(n));
     CHECK_EQ(s.Match(std::string_view(prefix.data(), n), outs, &id), n == whole.size());
   }
+  // Long digit runs are read eight bytes at a time (AppendDigits): cut anywhere in them, a run ends at
+  // the buffer's end, where no word may be read past it.
+  const std::string digits =
+      body("r3", "[[0.123456789012345678901, -98765432109876.5], [1e-0000000000000001, 4]]",
+           "[123456789012345678, -1]");
+  for (size_t n = 0; n <= digits.size(); ++n) {
+    const std::vector<char> prefix(digits.begin(), digits.begin() + static_cast<std::ptrdiff_t>(n));
+    CHECK_EQ(s.Match(std::string_view(prefix.data(), n), outs, &id), n == digits.size());
+  }
+  CHECK_EQ(x[0], static_cast<float>(0.123456789012345678901));
+  CHECK_EQ(x[1], static_cast<float>(-98765432109876.5));
+  CHECK(x[2] == 0.1f && i[0] == 123456789012345678);
 }
 
 }  // namespace
