@@ -510,7 +510,8 @@ def test_a_skeleton_matches_scan_then_decode_on_hostile_numbers_nesting_ids_and_
                    for i in range(rng.choice([1, 1, 2, 3]))]
         request_id, ws = rng.choice([None, "r1"]), rng.choice(["", " ", "\t"])  # the skeleton's whitespace
 
-        def body_of_data(datas: list[str], request_id: str | None) -> bytes:
+        def body_of_data(datas: list[str], request_id: str | None, ws: str = ws,
+                         tensors: list = tensors) -> bytes:
             entries = ",".join(f'{{"name":"{n}","datatype":"{d}","shape":{list(s)},"data":{ws}{data}{ws}}}'
                                for (n, d, s), data in zip(tensors, datas, strict=True))
             id_part = b"" if request_id is None else b'"id":"' + request_id.encode("latin-1") + b'",'
@@ -542,3 +543,20 @@ def test_a_skeleton_matches_scan_then_decode_on_hostile_numbers_nesting_ids_and_
                 counted["none" if want is None else "decoded"] += 1
                 assert _comparable(matcher.match(cut)) == want, cut[:400]
     assert counted["decoded"] > 800, counted  # the data decoded often enough to compare values
+
+
+def test_a_skeleton_refuses_plans_that_do_not_fit_their_body() -> None:
+    """JsonSkeleton's arguments are checked: a tensor per data span, a count that does not overflow,
+    a numeric datatype (ValueError, the message names what is wrong)."""
+    body = body_of("FP32", [2], "[1, 2]")
+    _, spans = _core.scan_kserve_request(body)
+    with pytest.raises(ValueError, match="overflows"):
+        _core.JsonSkeleton(body, spans, [("x", "FP32", (2**40, 2**40))])
+    with pytest.raises(ValueError, match="2 tensors for 1 data spans"):
+        _core.JsonSkeleton(body, spans, [("x", "FP32", (2,)), ("y", "FP32", (2,))])
+    with pytest.raises(ValueError, match="numeric datatype"):
+        _core.JsonSkeleton(body, spans, [("x", "BYTES", (2,))])
+    with pytest.raises(ValueError, match="unknown datatype"):
+        _core.JsonSkeleton(body, spans, [("x", "FP8", (2,))])
+    skeleton = _core.JsonSkeleton(body, spans, [("x", "FP32", (2,))])
+    assert skeleton.match(b"{}") is None and skeleton.match(body[:-1]) is None

@@ -790,6 +790,7 @@ JsonSkeleton::JsonSkeleton(std::string_view body, const std::vector<JsonDataSpan
     at = span.end;
   }
   pieces_.emplace_back(body.substr(at));
+  for (const std::string& piece : pieces_) fixed_bytes_ += piece.size();
   if (data_spans != static_cast<int64_t>(tensors_.size())) {
     throw std::invalid_argument("JsonSkeleton: " + std::to_string(tensors_.size()) + " tensors for " +
                                 std::to_string(data_spans) + " data spans");

@@ -90,6 +90,11 @@ class JsonSkeleton {
   // tensor i (count * ElementSize(dtype) bytes), written even when Match fails. `id`: the lifted
   // id's text (between its quotes), when the skeleton lifted one.
   bool Match(std::string_view body, void* const* outs, std::string_view* id) const;
+  // Whether `body` starts with the bytes before the first span (and is long enough for the bytes
+  // around the spans): a cheap test before buffers are made for Match. Match checks it again.
+  bool MayMatch(std::string_view body) const {
+    return body.size() >= fixed_bytes_ && body.compare(0, pieces_[0].size(), pieces_[0]) == 0;
+  }
 
   size_t tensor_count() const { return tensors_.size(); }
   bool lifts_id() const { return lifts_id_; }
@@ -98,6 +103,7 @@ class JsonSkeleton {
   std::vector<std::string> pieces_;  // the bytes before each span, and after the last one
   std::vector<int64_t> holes_;       // per span: the tensor's index, or kIdEntry
   std::vector<Tensor> tensors_;
+  size_t fixed_bytes_ = 0;  // the pieces' bytes together
   bool lifts_id_ = false;
 };
 

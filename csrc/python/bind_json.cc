@@ -100,6 +100,7 @@ class PyJsonSkeleton {
   py::object Match(const py::buffer& body) const {
     const py::buffer_info info = body.request();
     const std::string_view text = View(info);
+    if (!skeleton_.MayMatch(text)) return py::none();  // another skeleton's body: no buffers made
     const size_t n = names_.size();
     std::vector<py::object> arrays(n);
     std::vector<void*> outs(n);
@@ -132,7 +133,11 @@ class PyJsonSkeleton {
       DataType dtype;
       if (!ParseDataType(datatype, &dtype)) throw py::value_error("unknown datatype " + datatype);
       int64_t count = 1;
-      for (const auto& dim : shape) count *= dim.cast<int64_t>();
+      for (const auto& dim : shape) {
+        if (__builtin_mul_overflow(count, dim.cast<int64_t>(), &count)) {
+          throw py::value_error("tensor '" + name + "': its shape's element count overflows");
+        }
+      }
       planned.push_back({dtype, count});
     }
     return JsonSkeleton(View(info), lifted, std::move(planned));
