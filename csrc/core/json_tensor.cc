@@ -311,13 +311,20 @@ constexpr double kExactPowersOfTen[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,
                                         1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                         1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+// ±m / 10**k into *out when m <= 2**53 and k <= 22: both are exact doubles, so one IEEE division
+// rounds it correctly (Clinger's fast path: W. D. Clinger, "How to Read Floating Point Numbers
+// Accurately", PLDI 1990; as in fast_float and Python's own dtoa.c). False otherwise: from_chars'.
+inline bool ExactDecimal(uint64_t m, int64_t k, bool negative, double* out) {
+  if (k > 22 || m > (uint64_t{1} << 53)) return false;
+  const double value = static_cast<double>(m) / kExactPowersOfTen[k];
+  *out = negative ? -value : value;
+  return true;
+}
+
 // A float leaf with a fraction, -?digits.digits[exponent], read once. Without an exponent, with at
-// most 19 digits that make an integer m up to 2**53 and k <= 22 fraction digits, its value is
-// m / 10**k, both exact doubles, so one IEEE division rounds it correctly (Clinger's fast path:
-// W. D. Clinger, "How to Read Floating Point Numbers Accurately", PLDI 1990; as in fast_float and
-// Python's own dtoa.c); others (17 digits, as Python writes a double; an exponent) are read by
-// std::from_chars. Either way the double float() gives. False (nothing consumed) for an integer,
-// a number beyond a double, or no number: the caller's general path decides.
+// most 19 digits, by ExactDecimal when it can; others (17 digits, as Python writes a double; an
+// exponent) by std::from_chars. Either way the double float() gives. False (nothing consumed) for
+// an integer, a number beyond a double, or no number: the caller's general path decides.
 bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
   const char* q = p;
   const bool negative = q < end && *q == '-';
@@ -340,9 +347,7 @@ bool ParseSimpleDecimal(const char*& p, const char* end, double* out) {
   const int64_t k = q - fraction;
   if (k == 0) return false;
   // At the limit more digits may follow; an exponent is from_chars' to read.
-  if (k <= 22 && m <= (uint64_t{1} << 53) && (q >= end || (q != limit && *q != 'e' && *q != 'E'))) {
-    const double value = static_cast<double>(m) / kExactPowersOfTen[k];
-    *out = negative ? -value : value;
+  if ((q >= end || (q != limit && *q != 'e' && *q != 'E')) && ExactDecimal(m, k, negative, out)) {
     p = q;
     return true;
   }
@@ -669,9 +674,8 @@ inline bool ParsePlainLeaf(const char*& p, const char* end, T* out) {
       // An integer: exact in a double up to 2**53 (DecodeData rounds it once, as numpy does); -0 is 0.
       if (int_digits > 16 || m > (uint64_t{1} << 53)) return false;
       d = negative && m != 0 ? -static_cast<double>(m) : static_cast<double>(m);
-    } else if (int_digits + k <= 19 && k <= 22 && m <= (uint64_t{1} << 53)) {
-      d = static_cast<double>(m) / kExactPowersOfTen[k];  // Clinger's fast path, as ParseSimpleDecimal
-      if (negative) d = -d;
+    } else if (int_digits + k <= 19 && ExactDecimal(m, k, negative, &d)) {
+      // m did not wrap (19 digits at most): as ParseSimpleDecimal reads it.
     } else {
       // Correctly rounded too (17 digits, as Python writes a double); out of range: the reference.
       const std::from_chars_result r = std::from_chars(p, q, d);
@@ -831,7 +835,8 @@ bool JsonSkeleton::Match(std::string_view body, void* const* outs, std::string_v
       const size_t n = Scanner::DataLength(p, end);
       int64_t elements = 0;
       if (n == 0) return false;
-      if (DecodeData(std::string_view(p, n), t.dtype, t.count, out, &elements) != DecodeStatus::kOk) return false;
+      const DecodeStatus status = DecodeData(std::string_view(p, n), t.dtype, t.count, out, &elements);
+      if (status != DecodeStatus::kOk) return false;
       q = p + n;
     }
     p = q;

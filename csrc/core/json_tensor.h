@@ -96,7 +96,6 @@ class JsonSkeleton {
     return body.size() >= fixed_bytes_ && body.compare(0, pieces_[0].size(), pieces_[0]) == 0;
   }
 
-  size_t tensor_count() const { return tensors_.size(); }
   bool lifts_id() const { return lifts_id_; }
 
  private:

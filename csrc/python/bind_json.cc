@@ -6,8 +6,8 @@
 #include <pybind11/stl.h>
 
 #include <string>
-#include <tuple>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "core/json_tensor.h"
