@@ -95,13 +95,14 @@ class RequestPlans:
 
     def decode_json(self, body: bytes | bytearray) -> InferRequest:
         """``kserve.decode_request(body, None, check)``; raises what it raises."""
+        tried = None
         if self._json and type(body) is bytes:
             # The plan used last (a steady client's) matched in one pass, data decoded as it goes.
-            plan = next(reversed(self._json.values()))
-            hit = plan.skeleton.match(body)
+            tried = next(reversed(self._json.values()))
+            hit = tried.skeleton.match(body)
             if hit is not None:
                 inputs, request_id = hit
-                return plan.request(inputs, plan.id if request_id is None else request_id)
+                return tried.request(inputs, tried.id if request_id is None else request_id)
         scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
         if scanned is not None:
             skeleton, spans = scanned
@@ -109,7 +110,8 @@ class RequestPlans:
             # A plain id is lifted like the data: requests that differ in their ids alone share a plan.
             request_id = lifted_id(body, spans)
             plan = self._json.get(skeleton)
-            if plan is not None and len(spans) == len(plan.tensors):
+            # The plan match refused takes no second try: it holds exactly when this would.
+            if plan is not None and plan is not tried and len(spans) == len(plan.tensors):
                 inputs = {}
                 decode = _core.decode_json_tensor
                 for (name, datatype, shape, count), (_, begin, end) in zip(plan.tensors, spans):
