@@ -386,7 +386,8 @@ def main() -> int:
     p.add_argument("--payload-log", type=float, nargs="?", const=1.0, metavar="RATE",
                    help="the model's payload log on, at sample rate RATE (default 1.0)")
     p.add_argument("--json-decimals", type=int, metavar="D",
-                   help="round the JSON body's numbers to D decimals (the peers harness's body: 5)")
+                   help="round the JSON body's numbers to D decimals (the peers harness's body: 5; "
+                        "default: as tolist() writes FP32 values, up to 17 significant digits)")
     p.add_argument("--port", type=int, default=8151)
     p.add_argument("--no-wall", action="store_true", help="skip the run without valgrind (microseconds)")
     p.add_argument("--no-callgrind", action="store_true", help="skip the run under valgrind (instructions)")
