@@ -786,3 +786,23 @@ def test_lean_replies_write_what_the_general_encoder_writes(outputs: dict[str, n
         general = handlers._encode_infer(req, InferResponse(model, "3", outputs, request_id), protocol)
         assert (lean.status, lean.content_type, lean.headers, lean.body) == (
             general.status, general.content_type, general.headers, general.body)
+    # A plan's reply form (a request without an id), where there is one, writes the same bytes for
+    # these outputs and refuses outputs of another shape, dtype or layout, or missing.
+    form = fast_infer.reply_form(runner, req, outputs, protocol)
+    if form is None:
+        return
+    assert request_id is None and all(isinstance(a, np.ndarray) for a in outputs.values())
+    made = form.reply(outputs)
+    assert made is not None
+    assert (made.status, made.content_type, made.headers, made.body) == (
+        general.status, general.content_type, general.headers, general.body)
+    name = form.names[data.draw(st.integers(0, len(form.names) - 1))] if data is not None else form.names[0]
+    arr = outputs[name]
+    changes = [arr.reshape(1, *arr.shape), np.zeros(arr.shape, np.int16 if arr.dtype == np.int8 else np.int8)]
+    if arr.ndim == 2 and min(arr.shape) > 1:
+        changes.append(np.asfortranarray(arr))  # the same shape and dtype, not C-contiguous
+    for other in [*changes, None]:  # None: the output missing
+        changed = {k: v for k, v in outputs.items() if k != name}
+        if other is not None:
+            changed[name] = other
+        assert form.reply(changed) is None, (name, None if other is None else (other.shape, other.dtype))

@@ -67,7 +67,11 @@ class _Plan:
     # length and pieces: a msgpack plan's body length, and its bytes but the payloads, as
     # (begin, end, bytes).
     # skeleton: a JSON plan's _core.JsonSkeleton, which matches and decodes a body in one pass.
-    __slots__ = ("id", "input_parameters", "length", "outputs", "parameters", "pieces", "skeleton", "tensors")
+    # served, reply: what the infer fast path keeps per plan (pyserve.server.fast_infer): whether its
+    # requests are the fast path's (their parameters and requested outputs checked once), and the
+    # form of their reply.
+    __slots__ = ("id", "input_parameters", "length", "outputs", "parameters", "pieces", "reply", "served",
+                 "skeleton", "tensors")
 
     def __init__(self, tensors: tuple, req: InferRequest) -> None:
         self.tensors = tensors
@@ -75,6 +79,8 @@ class _Plan:
         self.parameters = req.parameters
         self.outputs = req.outputs
         self.input_parameters = req.input_parameters
+        self.served: bool | None = None
+        self.reply: Any = None
 
     def request(self, inputs: dict[str, np.ndarray], request_id: str | None) -> InferRequest:
         # The fields are shared between the requests of one plan: the server only reads them.
@@ -83,7 +89,10 @@ class _Plan:
 
 class RequestPlans:
     """The decode plans of one model version (``datatypes``: its inputs' datatypes by name;
-    ``check``: its input check). Not thread-safe: use it from the event loop's thread."""
+    ``check``: its input check). Not thread-safe: use it from the event loop's thread.
+
+    ``hit`` is the plan that decoded the last body (None when the full decoder did): a caller may
+    keep what it works out of a plan's requests on it (:class:`_Plan`'s ``served`` and ``reply``)."""
 
     def __init__(self, datatypes: dict[str, str], check: InputCheck | None) -> None:
         self._datatypes = datatypes
@@ -92,16 +101,18 @@ class RequestPlans:
         self._binary: dict[tuple[bytes, int], _Plan] = {}
         self._msgpack: list[_Plan] = []
         self._misses_when_full = {"json": 0, "binary": 0, "msgpack": 0}
+        self.hit: _Plan | None = None
 
     def decode_json(self, body: bytes | bytearray) -> InferRequest:
         """``kserve.decode_request(body, None, check)``; raises what it raises."""
-        tried = None
+        self.hit = tried = None
         if self._json and type(body) is bytes:
             # The plan used last (a steady client's) matched in one pass, data decoded as it goes.
             tried = next(reversed(self._json.values()))
             hit = tried.skeleton.match(body)
             if hit is not None:
                 inputs, request_id = hit
+                self.hit = tried
                 return tried.request(inputs, tried.id if request_id is None else request_id)
         scanned = _core.scan_kserve_request(body) if type(body) is bytes else None
         if scanned is not None:
@@ -123,6 +134,7 @@ class RequestPlans:
                     inputs[name] = flat.reshape(shape)
                 else:
                     _used(self._json, skeleton, plan)
+                    self.hit = plan
                     return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, None, self._check)
         if (scanned is not None and len(scanned[0]) <= MAX_SKELETON_BYTES
@@ -173,7 +185,7 @@ class RequestPlans:
         # other form is the full decoder's to read or refuse.
         plain = header_length.isascii() and header_length.isdigit() and len(header_length) < 10
         length = int(header_length) if plain else -1
-        key = None
+        self.hit = key = None
         if 0 <= length <= min(len(body), MAX_SKELETON_BYTES):
             header = bytes(body[:length])
             request_id = None
@@ -187,6 +199,7 @@ class RequestPlans:
             if plan is not None:
                 _used(self._binary, key, plan)
                 inputs = _arrays(body, plan.tensors, length)
+                self.hit = plan
                 return plan.request(inputs, plan.id if request_id is None else request_id)
         req = kserve.decode_request(body, header_length, self._check)
         if (key is not None and self._plannable(req)
@@ -214,6 +227,7 @@ class RequestPlans:
     def decode_msgpack(self, body: bytes | bytearray) -> InferRequest:
         """``msgpack_codec.decode_request(body, check)``; raises what it raises."""
         size = len(body)
+        self.hit = None
         for plan in self._msgpack:
             # The same bytes but the tensors' bin payloads, at the same places: the same document.
             if plan.length != size:
@@ -225,6 +239,7 @@ class RequestPlans:
                 if plan is not self._msgpack[-1]:
                     self._msgpack.remove(plan)  # the plan used last goes last: the first goes first
                     self._msgpack.append(plan)
+                self.hit = plan
                 return plan.request(_arrays(body, plan.tensors, 0), plan.id)
         req = msgpack_codec.decode_request(body, self._check)
         held = len(self._msgpack)

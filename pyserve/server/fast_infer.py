@@ -243,6 +243,114 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
                     headers={"Inference-Header-Content-Length": str(header_length)})
 
 
+class _ReplyForm:
+    """The lean reply of a decode plan's requests made of pieces made once: the requests of one plan
+    without an id ask for the same reply but for the outputs' data, so everything else in it is
+    what it was for the plan's first. For the binary extension with every output binary, the JSON
+    header before the outputs' bytes; for msgpack, the packed bytes before each output's data.
+    :meth:`reply` joins them with the data, in ``names``' order, when each output has the dtype and
+    shape the form was made for (``tests/test_fast_infer.py`` checks the bytes against the general
+    encoder's)."""
+
+    __slots__ = ("content_type", "dtypes", "header_length", "names", "pieces", "shapes")
+
+    def __init__(self, names: tuple[str, ...], arrays: list[np.ndarray], pieces: tuple[bytes, ...],
+                 content_type: str, header_length: str | None) -> None:
+        self.names = names
+        self.dtypes = tuple(a.dtype for a in arrays)
+        self.shapes = tuple(a.shape for a in arrays)
+        self.pieces = pieces  # pieces[i] goes before output i's data
+        self.content_type = content_type
+        self.header_length = header_length  # the binary extension's Inference-Header-Content-Length
+
+    def reply(self, outputs: dict[str, Any]) -> Response | None:
+        """The reply with ``outputs`` (the core's, by name); None when one of the form's outputs is
+        missing or not the C-contiguous array of the dtype and shape the form was made for."""
+        names = self.names
+        if len(names) == 1:  # the common reply: no loop, no list
+            arr = outputs.get(names[0])
+            if (type(arr) is not np.ndarray or arr.shape != self.shapes[0] or arr.dtype != self.dtypes[0]
+                    or not arr.flags.c_contiguous):
+                return None
+            body = b"".join((self.pieces[0], arr))  # type: ignore[arg-type]  # an array is a buffer
+        else:
+            parts: list[Any] = []
+            for name, dtype, shape, piece in zip(names, self.dtypes, self.shapes, self.pieces):
+                arr = outputs.get(name)
+                if (type(arr) is not np.ndarray or arr.shape != shape or arr.dtype != dtype
+                        or not arr.flags.c_contiguous):
+                    return None
+                parts.append(piece)
+                parts.append(arr)
+            body = b"".join(parts)
+        if self.header_length is None:
+            return Response(body, content_type=self.content_type)
+        return Response(body, content_type=self.content_type,
+                        headers={"Inference-Header-Content-Length": self.header_length})
+
+
+# A plan whose replies the form it was given did not fit (its outputs' shapes vary): none is made
+# for it again, so that such a model pays for one form, not one per reply.
+_NO_FORM = object()
+
+
+def reply_form(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol: str) -> _ReplyForm | None:
+    """The form of the lean reply to ``req`` (no id) with ``outputs`` (the core's, every output by
+    name) for a plan's requests like it: a msgpack reply of every output, or a KServe reply whose
+    outputs are all binary (the binary extension); None for any other reply (an id, JSON data, a
+    datatype or size :func:`_lean_reply` leaves to the general path)."""
+    if req.id is not None:
+        return None
+    requested = req.outputs
+    model, version = runner.config.name, runner.version
+    if protocol == "http+msgpack":
+        if requested is not None:
+            return None
+        names = tuple(outputs)
+        header_length = None
+        content_type = MSGPACK
+    else:
+        params = req.parameters
+        binary_default = bool(params.get("binary_data_output", False)) if params else False
+        if requested is None:
+            if not binary_default:
+                return None
+            names = tuple(outputs)
+        else:
+            if not all(binary_default if r.binary is None else r.binary for r in requested):
+                return None
+            names = tuple(r.name for r in requested)
+        content_type = "application/octet-stream"
+    if not names:
+        return None  # a reply without outputs: _lean_reply's to write
+    msgpack_form = content_type == MSGPACK
+    entry = _msgpack_entry if msgpack_form else _binary_entry
+    arrays: list[np.ndarray] = []
+    heads = []
+    for name in names:
+        arr = outputs.get(name)
+        if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
+            return None
+        datatype = _DATATYPES.get(arr.dtype)
+        if datatype is None:
+            return None
+        arrays.append(arr)
+        heads.append(entry(name, datatype, arr))
+    nbytes = sum(arr.nbytes for arr in arrays)
+    fields = {"model_name": model, "model_version": version}
+    if msgpack_form:
+        if nbytes > msgpack_codec.JOIN_MIN_BYTES:
+            return None
+        pieces = (msgpack_codec.reply_head(fields, len(names)) + heads[0], *heads[1:])
+    else:
+        if nbytes > handlers.ENCODE_OFF_LOOP_BYTES:
+            return None
+        header = b"".join((orjson.dumps(fields)[:-1], _OUTPUTS_HEAD, b",".join(heads), b"]}"))
+        header_length = str(len(header))
+        pieces = (header, *(b"" for _ in names[1:]))
+    return _ReplyForm(names, arrays, pieces, content_type, header_length)
+
+
 class _Target(FastRoute):
     """An infer request target: the model name and version it names, what serves them
     (:class:`~pyserve.service.FastRoute`), and the decode plans of that runner
@@ -264,10 +372,11 @@ class _Call(CallContext, Pending):
     connection's :class:`Pending` answer, given to it by the completion drain calling
     :meth:`completed` (``ModelRunner.submit_callback``): no future, no done callback."""
 
-    __slots__ = ("runner", "req", "observers", "fast", "queue_us", "compute_us", "answer", "on_answer",
-                 "request_handle", "state")
+    __slots__ = ("runner", "req", "plan", "observers", "fast", "queue_us", "compute_us", "answer",
+                 "on_answer", "request_handle", "state")
 
-    def __init__(self, fast: FastInfer, runner: Any, req: InferRequest, protocol: str, observers: tuple) -> None:
+    def __init__(self, fast: FastInfer, runner: Any, req: InferRequest, plan: Any, protocol: str,
+                 observers: tuple) -> None:
         # CallContext's fields set here, not by its dataclass __init__ (a default factory and a
         # frame more for every call): no routing key, no timeout or priority on this path.
         self.protocol = protocol
@@ -279,6 +388,7 @@ class _Call(CallContext, Pending):
         self.future = None
         self.runner = runner
         self.req = req
+        self.plan = plan  # the decode plan of its body (request_plans._Plan), None if decoded in full
         self.observers = observers  # the after_response hooks that only observe (the payload log)
         self.fast = fast
         self.queue_us = self.compute_us = -1  # the core's timings, once answered (-1: never ran)
@@ -394,20 +504,18 @@ class FastInfer:
                 return None
         except Exception:  # noqa: BLE001 - refused or a fault: the general path decodes it again and answers
             return None
-        params = req.parameters
-        if params and (len(params) != 1 or "binary_data_output" not in params):
-            return None  # priority, timeout or a parameter the general path should see
-        requested = req.outputs
-        if requested is not None:
-            declared = runner.output_names
-            for r in requested:
-                k = r.classification
-                # A classification (Triton's extension) is the general path's, and so is the error
-                # of an output the model does not have.
-                if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
-                    return None
+        plan = plans.hit
+        # A plan's requests share their parameters and requested outputs (and the plans are the
+        # runner's): checked for its first request only.
+        served = plan.served if plan is not None else None
+        if served is None:
+            served = self._served(runner, req)
+            if plan is not None:
+                plan.served = served
+        if not served:
+            return None
         # From here on, as the general path: errors are recorded and answered, never handed back.
-        call = _Call(self, runner, req, protocol, observers)
+        call = _Call(self, runner, req, plan, protocol, observers)
         try:
             handle = runner.submit_callback(req.inputs, call.completed)
         except Exception as e:  # noqa: BLE001 - answered as the general path answers it
@@ -417,12 +525,39 @@ class FastInfer:
         call.request_handle = handle
         return call
 
+    @staticmethod
+    def _served(runner: Any, req: InferRequest) -> bool:
+        """Whether ``req``'s parameters and requested outputs are the fast path's."""
+        params = req.parameters
+        if params and (len(params) != 1 or "binary_data_output" not in params):
+            return False  # priority, timeout or a parameter the general path should see
+        requested = req.outputs
+        if requested is not None:
+            declared = runner.output_names
+            for r in requested:
+                k = r.classification
+                # A classification (Triton's extension) is the general path's, and so is the error
+                # of an output the model does not have.
+                if r.name not in declared or not (k is None or (type(k) is int and k == 0)):
+                    return False
+        return True
+
     def _finish(self, call: _Call, outputs: dict[str, Any]) -> Response | Deferred:
         """The reply of ``call`` with its outputs (``ModelRunner.submit_callback``'s)."""
         try:
             runner = call.runner
             runner.last_inference_ms = time.time_ns() // 1_000_000
             req = call.req
+            plan = call.plan
+            if plan is not None and not call.observers and req.id is None:
+                form = plan.reply
+                if form is None:  # the plan's first reply
+                    form = plan.reply = reply_form(runner, req, outputs, call.protocol) or _NO_FORM
+                if form is not _NO_FORM:
+                    lean = form.reply(outputs)
+                    if lean is not None:
+                        return lean
+                    plan.reply = _NO_FORM  # this plan's outputs vary: no form for it again
             if req.outputs is not None:
                 outputs = InferenceService.requested_outputs(runner, req, outputs)
             resp = self._observe(call, outputs) if call.observers else None
