@@ -88,7 +88,7 @@ class _FaultyFast:
 @pytest.mark.parametrize("code", [0, 5])
 def test_a_fast_path_call_whose_answering_raises_is_answered_500(code: int) -> None:
     runner = SimpleNamespace(config=SimpleNamespace(name="m"))
-    call = _Call(_FaultyFast(), runner, SimpleNamespace(id=None), "json", ())  # type: ignore[arg-type]
+    call = _Call(_FaultyFast(), runner, SimpleNamespace(id=None), None, "json", ())  # type: ignore[arg-type]
     answered: list[Any] = []
     call.on_answer = answered.append
     call.completed(code, "failed", {} if code == 0 else None, 1, 2)
