@@ -123,12 +123,7 @@ def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> R
         return None
     model, version, request_id = runner.config.name, runner.version, req.id
     if request_id is None:
-        key = (model, version, len(outputs))
-        head = pieces.get(key)
-        if head is None:
-            fields = {"model_name": model, "model_version": version}
-            head = _keep_piece(pieces, key, msgpack_codec.reply_head(fields, len(outputs)))
-        parts[0] = head
+        parts[0] = _msgpack_head(model, version, len(outputs))
     else:
         # The id's place in the map between two pieces made once: {model_name, model_version, id, outputs}.
         id_key = (model, version, len(outputs), "id")
@@ -141,6 +136,37 @@ def _msgpack_reply(runner: Any, req: InferRequest, outputs: dict[str, Any]) -> R
             around = _keep_piece(pieces, id_key, (head[:-len(after) - len(_PACKED_EMPTY_ID)], after))
         parts[0] = around[0] + _PACKER.pack(request_id) + around[1]
     return Response(b"".join(parts), content_type=MSGPACK)
+
+
+def _msgpack_head(model: str, version: str, outputs: int) -> bytes:
+    """The packed bytes of a msgpack reply without an id before its first output's entry (kept)."""
+    key = (model, version, outputs)
+    head = _MSGPACK_PIECES.get(key)
+    if head is None:
+        fields = {"model_name": model, "model_version": version}
+        head = _keep_piece(_MSGPACK_PIECES, key, msgpack_codec.reply_head(fields, outputs))
+    return head
+
+
+def _json_head(model: str, version: str) -> bytes:
+    """The bytes of a KServe reply without an id up to its first output's entry (kept)."""
+    key = (model, version)
+    head = _JSON_PIECES.get(key)
+    if head is None:
+        fields = {"model_name": model, "model_version": version}
+        head = _keep_piece(_JSON_PIECES, key, orjson.dumps(fields)[:-1] + _OUTPUTS_HEAD)
+    return head
+
+
+def _reply_items(req: InferRequest, outputs: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(output name, binary or not) for each output a KServe reply to ``req`` holds, in its order:
+    every output, or the requested ones; binary as requested, else as ``binary_data_output``."""
+    params = req.parameters
+    binary_default = bool(params.get("binary_data_output", False)) if params else False
+    requested = req.outputs
+    if requested is None:
+        return [(name, binary_default) for name in outputs]
+    return [(r.name, binary_default if r.binary is None else r.binary) for r in requested]
 
 
 def _entry_piece(pieces: dict[tuple, Any], name: str, arr: np.ndarray,
@@ -188,20 +214,11 @@ def _lean_reply(runner: Any, req: InferRequest, outputs: dict[str, Any], protoco
     pieces = _JSON_PIECES
     model, version, request_id = runner.config.name, runner.version, req.id
     if request_id is None:
-        key = (model, version)
-        head = pieces.get(key)
-        if head is None:
-            head = _keep_piece(pieces, key, orjson.dumps({"model_name": model, "model_version": version})[:-1]
-                               + _OUTPUTS_HEAD)
+        head = _json_head(model, version)
     else:
         doc = {"model_name": model, "model_version": version, "id": request_id}
         head = orjson.dumps(doc)[:-1] + _OUTPUTS_HEAD
-    params = req.parameters
-    binary_default = bool(params.get("binary_data_output", False)) if params else False
-    if requested is None:
-        items: Any = [(name, binary_default) for name in outputs]
-    else:
-        items = [(r.name, binary_default if r.binary is None else r.binary) for r in requested]
+    items = _reply_items(req, outputs)
     entries: list[Any] = []
     parts: list[Any] = []
     count = nbytes = 0
@@ -298,57 +315,46 @@ def reply_form(runner: Any, req: InferRequest, outputs: dict[str, Any], protocol
     """The form of the lean reply to ``req`` (no id) with ``outputs`` (the core's, every output by
     name) for a plan's requests like it: a msgpack reply of every output, or a KServe reply whose
     outputs are all binary (the binary extension); None for any other reply (an id, JSON data, a
-    datatype or size :func:`_lean_reply` leaves to the general path)."""
+    datatype or size :func:`_lean_reply` leaves to the general path). Made of the pieces the lean
+    writers keep, so its bytes are theirs."""
     if req.id is not None:
         return None
-    requested = req.outputs
-    model, version = runner.config.name, runner.version
-    if protocol == "http+msgpack":
-        if requested is not None:
-            return None
+    msgpack_form = protocol == "http+msgpack"
+    if msgpack_form:
+        if req.outputs is not None:
+            return None  # requested outputs in msgpack: the general path's, as in _lean_reply
         names = tuple(outputs)
-        header_length = None
-        content_type = MSGPACK
     else:
-        params = req.parameters
-        binary_default = bool(params.get("binary_data_output", False)) if params else False
-        if requested is None:
-            if not binary_default:
-                return None
-            names = tuple(outputs)
-        else:
-            if not all(binary_default if r.binary is None else r.binary for r in requested):
-                return None
-            names = tuple(r.name for r in requested)
-        content_type = "application/octet-stream"
+        items = _reply_items(req, outputs)
+        if not all(binary for _, binary in items):
+            return None
+        names = tuple(name for name, _ in items)
     if not names:
         return None  # a reply without outputs: _lean_reply's to write
-    msgpack_form = content_type == MSGPACK
-    entry = _msgpack_entry if msgpack_form else _binary_entry
+    kept, entry = (_MSGPACK_PIECES, _msgpack_entry) if msgpack_form else (_JSON_PIECES, _binary_entry)
     arrays: list[np.ndarray] = []
-    heads = []
+    heads: list[bytes] = []
     for name in names:
         arr = outputs.get(name)
         if type(arr) is not np.ndarray or not arr.flags.c_contiguous:
             return None
-        datatype = _DATATYPES.get(arr.dtype)
-        if datatype is None:
+        head = _entry_piece(kept, name, arr, entry)
+        if head is None:
             return None
         arrays.append(arr)
-        heads.append(entry(name, datatype, arr))
+        heads.append(head)
     nbytes = sum(arr.nbytes for arr in arrays)
-    fields = {"model_name": model, "model_version": version}
+    model, version = runner.config.name, runner.version
     if msgpack_form:
         if nbytes > msgpack_codec.JOIN_MIN_BYTES:
             return None
-        pieces = (msgpack_codec.reply_head(fields, len(names)) + heads[0], *heads[1:])
-    else:
-        if nbytes > handlers.ENCODE_OFF_LOOP_BYTES:
-            return None
-        header = b"".join((orjson.dumps(fields)[:-1], _OUTPUTS_HEAD, b",".join(heads), b"]}"))
-        header_length = str(len(header))
-        pieces = (header, *(b"" for _ in names[1:]))
-    return _ReplyForm(names, arrays, pieces, content_type, header_length)
+        pieces = (_msgpack_head(model, version, len(names)) + heads[0], *heads[1:])
+        return _ReplyForm(names, arrays, pieces, MSGPACK, None)
+    if nbytes > handlers.ENCODE_OFF_LOOP_BYTES:
+        return None
+    header = b"".join((_json_head(model, version), b",".join(heads), b"]}"))
+    pieces = (header, *(b"" for _ in names[1:]))
+    return _ReplyForm(names, arrays, pieces, "application/octet-stream", str(len(header)))
 
 
 class _Target(FastRoute):
